@@ -1,0 +1,427 @@
+//! The storage protocol's routes and handlers.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /storage/:address` | 200 blob (or 206 with `Range`, 304 with `If-None-Match`), 404 |
+//! | `HEAD /storage/:address` | 200 with `Content-Length` and `ETag`, 404 |
+//! | `PUT /storage/:address` | 200 when the body hashes to the address, 400 otherwise, 413 too large |
+//! | `POST /storage/` | 200 `text/plain` address |
+//! | `HEAD /storage/fetch` | 200 when a broker is configured, else 404 |
+//! | `PUT\|POST /storage/fetch` | JSON `{address, container}`: copy from a peer; 200, 404 |
+
+use std::io::{self, Read, Seek, SeekFrom};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, head, post};
+use bytes::{Bytes, BytesMut};
+use futures_util::{Stream, StreamExt};
+use invariant_runtime::{ApiError, ApiJson, ApiPath, ApiResult};
+use invariant_spec::storage::FetchRequest;
+use invariant_spec::{Id, StorageClient};
+use tokio::io::AsyncReadExt;
+use tokio::sync::mpsc;
+use tokio_util::io::ReaderStream;
+
+use crate::AppState;
+use crate::range::{self, Selection};
+use crate::store::StoreError;
+
+/// Blobs (or ranges) up to this size are read in one blocking call and sent whole.
+const INLINE_READ: u64 = 256 * 1024;
+/// Chunk size when streaming larger blobs from disk.
+const STREAM_CHUNK: usize = 256 * 1024;
+/// Uploads with a declared length up to this are collected in memory, then written
+/// in one blocking call; larger or unknown-length bodies stream to disk.
+const INLINE_WRITE: u64 = 256 * 1024;
+/// Bytes gathered before handing a chunk to the disk writer.
+const WRITE_CHUNK: usize = 256 * 1024;
+/// `Cache-Control` for immutable content.
+const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
+
+/// Every storage route.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/storage", post(post_blob))
+        .route(
+            "/storage/fetch",
+            head(fetch_supported).put(fetch_blob).post(fetch_blob),
+        )
+        .route(
+            "/storage/{address}",
+            get(get_blob).head(head_blob).put(put_blob),
+        )
+        .with_state(state)
+}
+
+fn blob_headers(headers: &mut HeaderMap, id: &Id) {
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(CACHE_CONTROL),
+    );
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(tag) = HeaderValue::from_str(&range::etag(id)) {
+        headers.insert(header::ETAG, tag);
+    }
+}
+
+fn not_found(id: &Id) -> ApiError {
+    ApiError::not_found(format!("blob {id} is not held here"))
+}
+
+async fn blocking<T, F>(context: &'static str, f: F) -> ApiResult<T>
+where
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(ApiError::internal(context, e)),
+        Err(e) => Err(ApiError::internal(context, e)),
+    }
+}
+
+async fn head_blob(State(state): State<AppState>, ApiPath(id): ApiPath<Id>) -> ApiResult<Response> {
+    let store = state.store().clone();
+    let size = blocking("reading blob size", move || store.size(&id)).await?;
+    let Some(size) = size else {
+        return Err(not_found(&id));
+    };
+    let mut response = Response::new(Body::empty());
+    blob_headers(response.headers_mut(), &id);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    Ok(response)
+}
+
+/// What the blocking part of a GET found.
+enum Opened {
+    Absent,
+    Unsatisfiable(u64),
+    Inline {
+        data: Vec<u8>,
+        selection: Selection,
+        len: u64,
+    },
+    Stream {
+        file: std::fs::File,
+        selection: Selection,
+        len: u64,
+    },
+}
+
+async fn get_blob(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Id>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    if range::not_modified(&headers, &id) {
+        let store = state.store().clone();
+        let present = blocking("checking blob", move || store.size(&id)).await?;
+        if present.is_none() {
+            return Err(not_found(&id));
+        }
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        blob_headers(response.headers_mut(), &id);
+        response.headers_mut().remove(header::CONTENT_TYPE);
+        return Ok(response);
+    }
+
+    let store = state.store().clone();
+    let request_headers = headers.clone();
+    let opened = blocking("reading blob", move || {
+        let Some((mut file, len)) = store.open_blob(&id)? else {
+            return Ok(Opened::Absent);
+        };
+        let selection = range::select(&request_headers, &id, len);
+        let (start, count) = match selection {
+            Selection::Unsatisfiable => return Ok(Opened::Unsatisfiable(len)),
+            Selection::Full => (0, len),
+            Selection::Partial { start, end } => (start, end - start + 1),
+        };
+        if count <= INLINE_READ {
+            file.seek(SeekFrom::Start(start))?;
+            let mut data = Vec::with_capacity(count as usize);
+            file.take(count).read_to_end(&mut data)?;
+            if data.len() as u64 != count {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "blob shrank while reading",
+                ));
+            }
+            Ok(Opened::Inline {
+                data,
+                selection,
+                len,
+            })
+        } else {
+            file.seek(SeekFrom::Start(start))?;
+            Ok(Opened::Stream {
+                file,
+                selection,
+                len,
+            })
+        }
+    })
+    .await?;
+
+    let (body, selection, len) = match opened {
+        Opened::Absent => return Err(not_found(&id)),
+        Opened::Unsatisfiable(len) => {
+            let mut response = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                format!("range outside the blob's {len} bytes"),
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(response);
+        }
+        Opened::Inline {
+            data,
+            selection,
+            len,
+        } => (Body::from(data), selection, len),
+        Opened::Stream {
+            file,
+            selection,
+            len,
+        } => {
+            let count = match selection {
+                Selection::Partial { start, end } => end - start + 1,
+                _ => len,
+            };
+            let file = tokio::fs::File::from_std(file).take(count);
+            let stream = ReaderStream::with_capacity(file, STREAM_CHUNK);
+            (Body::from_stream(stream), selection, len)
+        }
+    };
+
+    let mut response = Response::new(body);
+    blob_headers(response.headers_mut(), &id);
+    let count = match selection {
+        Selection::Partial { start, end } => {
+            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
+                response.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            end - start + 1
+        }
+        _ => len,
+    };
+    response
+        .headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(count));
+    Ok(response)
+}
+
+fn declared_length(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    match headers.get(header::CONTENT_LENGTH) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .map(Some)
+            .ok_or_else(|| ApiError::bad_request("Content-Length is not a number")),
+    }
+}
+
+fn store_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::TooLarge { limit } => {
+            ApiError::too_large(format!("blob exceeds the limit of {limit} bytes"))
+        }
+        StoreError::HashMismatch { expected, actual } => ApiError::bad_request(format!(
+            "body hashes to {actual}, not to the address {expected}"
+        )),
+        other => ApiError::internal("writing blob", other),
+    }
+}
+
+/// Receives a body into the store, verifying it against `expected` when given.
+/// Nothing is stored unless the whole body arrived, fits, and verifies.
+pub(crate) async fn receive<S, E>(
+    state: &AppState,
+    body: S,
+    declared: Option<u64>,
+    expected: Option<Id>,
+) -> ApiResult<Id>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
+    E: std::fmt::Display,
+{
+    let limit = state.store().max_blob_size();
+    if let Some(len) = declared
+        && len > limit
+    {
+        return Err(ApiError::too_large(format!(
+            "blob of {len} bytes exceeds the limit of {limit} bytes"
+        )));
+    }
+    let mut body = body;
+    let store = state.store().clone();
+
+    if declared.is_some_and(|len| len <= INLINE_WRITE) {
+        let mut data = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        while let Some(chunk) = body.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::bad_request(format!("could not read body: {e}")))?;
+            if (data.len() + chunk.len()) as u64 > limit {
+                return Err(store_error(StoreError::TooLarge { limit }));
+            }
+            data.extend_from_slice(&chunk);
+        }
+        let data = data.freeze();
+        return match tokio::task::spawn_blocking(move || store.put(&data, expected)).await {
+            Ok(result) => result.map_err(store_error),
+            Err(e) => Err(ApiError::internal("writing blob", e)),
+        };
+    }
+
+    // Stream to disk: a blocking task hashes and writes what this task receives.
+    let (tx, mut rx) = mpsc::channel::<Option<Bytes>>(4);
+    let writer = tokio::task::spawn_blocking(move || -> Result<Option<Id>, StoreError> {
+        let mut writer = store.writer()?;
+        while let Some(message) = rx.blocking_recv() {
+            match message {
+                Some(chunk) => writer.write(&chunk)?,
+                None => return writer.commit(expected).map(Some),
+            }
+        }
+        Ok(None) // sender gone without the end marker: upload abandoned
+    });
+
+    let mut pending = BytesMut::with_capacity(WRITE_CHUNK);
+    let mut read_error = None;
+    let mut writer_gone = false;
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(chunk) => {
+                pending.extend_from_slice(&chunk);
+                if pending.len() >= WRITE_CHUNK
+                    && tx.send(Some(pending.split().freeze())).await.is_err()
+                {
+                    writer_gone = true;
+                    break;
+                }
+            }
+            Err(e) => {
+                read_error = Some(format!("could not read body: {e}"));
+                break;
+            }
+        }
+    }
+    if read_error.is_none() && !writer_gone {
+        if !pending.is_empty() {
+            let _ = tx.send(Some(pending.freeze())).await;
+        }
+        let _ = tx.send(None).await;
+    }
+    drop(tx);
+
+    let outcome = writer
+        .await
+        .map_err(|e| ApiError::internal("writing blob", e))?;
+    match (outcome, read_error) {
+        (Err(e), _) => Err(store_error(e)),
+        (Ok(_), Some(reason)) => Err(ApiError::bad_request(reason)),
+        (Ok(Some(id)), None) => Ok(id),
+        (Ok(None), None) => Err(ApiError::bad_request("upload ended early")),
+    }
+}
+
+async fn put_blob(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Id>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let declared = declared_length(&headers)?;
+    receive(&state, body.into_data_stream(), declared, Some(id)).await?;
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn post_blob(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let declared = declared_length(&headers)?;
+    let id = receive(&state, body.into_data_stream(), declared, None).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        id.to_string(),
+    )
+        .into_response())
+}
+
+async fn fetch_supported(State(state): State<AppState>) -> StatusCode {
+    if state.broker().is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    }
+}
+
+async fn fetch_blob(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<FetchRequest>,
+) -> ApiResult<Response> {
+    let Some(broker) = state.broker() else {
+        return Err(ApiError::not_found(
+            "this server has no broker to fetch through",
+        ));
+    };
+    let FetchRequest { address, container } = request;
+    let store = state.store().clone();
+    if blocking("checking blob", move || store.size(&address))
+        .await?
+        .is_some()
+    {
+        return Ok(StatusCode::OK.into_response());
+    }
+    let location = broker.location(&container).await.map_err(|e| {
+        tracing::warn!(%container, error = %e, "broker lookup failed");
+        ApiError::not_found(format!("cannot resolve container {container}: {e}"))
+    })?;
+    let Some(location) = location else {
+        return Err(ApiError::not_found(format!(
+            "the broker does not know container {container}"
+        )));
+    };
+    let mut last_problem = format!("container {container} has no urls");
+    for url in location.all_urls() {
+        let client = match StorageClient::new(&url) {
+            Ok(c) => c,
+            Err(e) => {
+                last_problem = e.to_string();
+                continue;
+            }
+        };
+        match client.get(&address).await {
+            Ok(Some(stream)) => {
+                // `receive` verifies the hash; the client stream verifies it too.
+                match receive(&state, stream, None, Some(address)).await {
+                    Ok(_) => return Ok(StatusCode::OK.into_response()),
+                    Err(e) if e.status().is_server_error() => return Err(e),
+                    Err(e) => last_problem = e.reason().to_string(),
+                }
+            }
+            Ok(None) => last_problem = format!("container {container} does not hold {address}"),
+            Err(e) => last_problem = e.to_string(),
+        }
+    }
+    Err(ApiError::not_found(format!(
+        "could not fetch {address}: {last_problem}"
+    )))
+}

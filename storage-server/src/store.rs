@@ -1,0 +1,411 @@
+//! The blob store: one file per blob under `<data-dir>/blobs/ab/cd/<remaining 60 hex>`.
+//!
+//! **A file at a blob's path always holds exactly the bytes that hash to its name.**
+//! Writes go to `<data-dir>/blobs/tmp/` (same filesystem) while being hashed, are
+//! fsynced, verified against the expected address, renamed into place, and the
+//! destination directory is fsynced before the write is acknowledged. Temp files left
+//! by a crash are removed by [`BlobStore::open`]. Readers never see partial blobs.
+//!
+//! All methods block; async callers run them on the blocking pool.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use invariant_spec::Id;
+use sha2::{Digest, Sha256};
+
+/// Why a write did not store a blob.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The blob exceeds the store's size limit; nothing was stored.
+    #[error("blob exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// The configured limit in bytes.
+        limit: u64,
+    },
+    /// The bytes do not hash to the address they were sent for; nothing was stored.
+    #[error("content hashes to {actual}, not to {expected}")]
+    HashMismatch {
+        /// The address the client named.
+        expected: Id,
+        /// The SHA-256 of the bytes received.
+        actual: Id,
+    },
+    /// The filesystem failed.
+    #[error("storage i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+/// Blobs on disk, addressed by SHA-256.
+#[derive(Debug, Clone)]
+pub struct BlobStore {
+    root: PathBuf,
+    tmp: PathBuf,
+    max_blob_size: u64,
+}
+
+const TMP_DIR: &str = "tmp";
+const TMP_SUFFIX: &str = ".partial";
+
+impl BlobStore {
+    /// Opens (creating if needed) the store under `data_dir/blobs`, removing temp files
+    /// left by an earlier crash.
+    pub fn open(data_dir: &Path, max_blob_size: u64) -> io::Result<BlobStore> {
+        let root = data_dir.join("blobs");
+        let tmp = root.join(TMP_DIR);
+        fs::create_dir_all(&tmp)?;
+        let mut removed = 0usize;
+        for entry in fs::read_dir(&tmp)? {
+            let entry = entry?;
+            if entry.file_type()?.is_file() {
+                fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            tracing::info!(removed, "removed temp files left by an interrupted write");
+            sync_dir(&tmp)?;
+        }
+        Ok(BlobStore {
+            root,
+            tmp,
+            max_blob_size,
+        })
+    }
+
+    /// The largest blob accepted, in bytes.
+    pub fn max_blob_size(&self) -> u64 {
+        self.max_blob_size
+    }
+
+    /// Where the blob `id` lives.
+    pub fn blob_path(&self, id: &Id) -> PathBuf {
+        let hex = id.to_string();
+        self.root.join(&hex[0..2]).join(&hex[2..4]).join(&hex[4..])
+    }
+
+    /// The size of blob `id`, or `None` if absent.
+    pub fn size(&self, id: &Id) -> io::Result<Option<u64>> {
+        match fs::metadata(self.blob_path(id)) {
+            Ok(meta) => Ok(Some(meta.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens blob `id` for reading, with its size; `None` if absent.
+    pub fn open_blob(&self, id: &Id) -> io::Result<Option<(File, u64)>> {
+        match File::open(self.blob_path(id)) {
+            Ok(file) => {
+                let len = file.metadata()?.len();
+                Ok(Some((file, len)))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Starts writing a blob. Dropping the writer without committing discards it.
+    pub fn writer(&self) -> io::Result<BlobWriter> {
+        let name = format!(
+            "{:016x}{:016x}{TMP_SUFFIX}",
+            rand::random::<u64>(),
+            rand::random::<u64>()
+        );
+        let tmp_path = self.tmp.join(name);
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp_path)?;
+        Ok(BlobWriter {
+            store: self.clone(),
+            file: Some(file),
+            tmp_path,
+            hasher: Sha256::new(),
+            len: 0,
+        })
+    }
+
+    /// Stores `data` (verifying it against `expected` when given) and returns its address.
+    pub fn put(&self, data: &[u8], expected: Option<Id>) -> Result<Id, StoreError> {
+        if data.len() as u64 > self.max_blob_size {
+            return Err(StoreError::TooLarge {
+                limit: self.max_blob_size,
+            });
+        }
+        let mut writer = self.writer()?;
+        writer.write(data)?;
+        writer.commit(expected)
+    }
+
+    /// Every held blob with its size, read lazily from the directory tree (in no
+    /// particular order). Files whose names are not blob addresses are skipped.
+    pub fn list(&self) -> impl Iterator<Item = io::Result<(Id, u64)>> + Send + 'static {
+        BlobList::new(self.root.clone())
+    }
+
+    fn install(&self, tmp_path: &Path, id: &Id) -> io::Result<()> {
+        let dest = self.blob_path(id);
+        let leaf_dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        if fs::metadata(&dest).is_ok() {
+            // Already stored (possibly by a concurrent writer still finishing): make sure
+            // its directory entry is durable before acknowledging.
+            fs::remove_file(tmp_path)?;
+            return sync_dir(&leaf_dir);
+        }
+        ensure_dir(&self.root, &leaf_dir)?;
+        fs::rename(tmp_path, &dest)?;
+        sync_dir(&leaf_dir)
+    }
+}
+
+/// Creates `dir` (at most two levels below `root`) and fsyncs each parent whose
+/// entries changed, so a durable blob is never orphaned by a lost directory entry.
+fn ensure_dir(root: &Path, dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    let mut chain = Vec::new();
+    let mut current = Some(dir);
+    while let Some(d) = current {
+        if d == root || d.is_dir() {
+            break;
+        }
+        chain.push(d.to_path_buf());
+        current = d.parent();
+    }
+    for d in chain.iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        if let Some(parent) = d.parent() {
+            sync_dir(parent)?;
+        }
+    }
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// An in-progress blob write: bytes go to a temp file while being hashed.
+#[derive(Debug)]
+pub struct BlobWriter {
+    store: BlobStore,
+    file: Option<File>,
+    tmp_path: PathBuf,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl BlobWriter {
+    /// Appends bytes. Fails with [`StoreError::TooLarge`] past the store's limit.
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
+        let limit = self.store.max_blob_size;
+        self.len += chunk.len() as u64;
+        if self.len > limit {
+            return Err(StoreError::TooLarge { limit });
+        }
+        self.hasher.update(chunk);
+        match self.file.as_mut() {
+            Some(file) => file.write_all(chunk).map_err(StoreError::Io),
+            None => Err(StoreError::Io(io::Error::other("writer already finished"))),
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether nothing has been written.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Makes the blob durable and visible. With `expected`, refuses (and discards)
+    /// content that hashes to anything else.
+    pub fn commit(mut self, expected: Option<Id>) -> Result<Id, StoreError> {
+        let actual = Id::from_bytes(std::mem::take(&mut self.hasher).finalize().into());
+        if let Some(expected) = expected
+            && expected != actual
+        {
+            return Err(StoreError::HashMismatch { expected, actual });
+        }
+        if let Some(file) = self.file.take() {
+            file.sync_data()?;
+        }
+        self.store.install(&self.tmp_path, &actual)?;
+        // Installed: the temp path no longer exists, nothing for Drop to remove.
+        self.tmp_path = PathBuf::new();
+        Ok(actual)
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        self.file.take();
+        if !self.tmp_path.as_os_str().is_empty() {
+            let _ = fs::remove_file(&self.tmp_path);
+        }
+    }
+}
+
+/// Walks `blobs/ab/cd/*` lazily.
+struct BlobList {
+    stack: Vec<(fs::ReadDir, String)>,
+    pending_error: Option<io::Error>,
+}
+
+impl BlobList {
+    fn new(root: PathBuf) -> BlobList {
+        match fs::read_dir(&root) {
+            Ok(rd) => BlobList {
+                stack: vec![(rd, String::new())],
+                pending_error: None,
+            },
+            Err(e) => BlobList {
+                stack: Vec::new(),
+                pending_error: Some(e),
+            },
+        }
+    }
+}
+
+impl Iterator for BlobList {
+    type Item = io::Result<(Id, u64)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(e) = self.pending_error.take() {
+            return Some(Err(e));
+        }
+        loop {
+            let depth = self.stack.len();
+            let (dir, prefix) = self.stack.last_mut()?;
+            let entry = match dir.next() {
+                None => {
+                    self.stack.pop();
+                    continue;
+                }
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok(entry)) => entry,
+            };
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let file_type = match entry.file_type() {
+                Ok(t) => t,
+                Err(e) => return Some(Err(e)),
+            };
+            if depth < 3 {
+                let is_shard = name.len() == 2 && name.bytes().all(|b| b.is_ascii_hexdigit());
+                if file_type.is_dir() && is_shard {
+                    let child_prefix = format!("{prefix}{name}");
+                    match fs::read_dir(entry.path()) {
+                        Ok(rd) => self.stack.push((rd, child_prefix)),
+                        Err(e) => return Some(Err(e)),
+                    }
+                }
+                continue;
+            }
+            if !file_type.is_file() {
+                continue;
+            }
+            let Ok(id) = Id::parse(&format!("{prefix}{name}")) else {
+                continue;
+            };
+            return Some(entry.metadata().map(|m| (id, m.len())));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(limit: u64) -> (tempfile::TempDir, BlobStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path(), limit).expect("open");
+        (dir, store)
+    }
+
+    #[test]
+    fn put_then_read_back() {
+        let (_dir, store) = store(1 << 20);
+        let id = store.put(b"hello", None).expect("put");
+        assert_eq!(id, Id::of_content(b"hello"));
+        assert_eq!(store.size(&id).expect("size"), Some(5));
+        assert_eq!(fs::read(store.blob_path(&id)).expect("read"), b"hello");
+        let hex = id.to_string();
+        assert!(store.blob_path(&id).ends_with(format!(
+            "{}/{}/{}",
+            &hex[..2],
+            &hex[2..4],
+            &hex[4..]
+        )));
+        // Idempotent.
+        assert_eq!(store.put(b"hello", Some(id)).expect("again"), id);
+    }
+
+    #[test]
+    fn wrong_hash_stores_nothing() {
+        let (_dir, store) = store(1 << 20);
+        let claimed = Id::of_content(b"other");
+        let err = store.put(b"hello", Some(claimed)).expect_err("mismatch");
+        assert!(matches!(err, StoreError::HashMismatch { .. }));
+        assert_eq!(store.size(&claimed).expect("size"), None);
+        assert_eq!(store.size(&Id::of_content(b"hello")).expect("size"), None);
+        assert_eq!(fs::read_dir(&store.tmp).expect("tmp").count(), 0);
+    }
+
+    #[test]
+    fn too_large_stores_nothing() {
+        let (_dir, store) = store(4);
+        assert!(matches!(
+            store.put(b"hello", None),
+            Err(StoreError::TooLarge { limit: 4 })
+        ));
+        let mut writer = store.writer().expect("writer");
+        writer.write(b"hel").expect("fits");
+        assert!(matches!(
+            writer.write(b"lo"),
+            Err(StoreError::TooLarge { .. })
+        ));
+        drop(writer);
+        assert_eq!(fs::read_dir(&store.tmp).expect("tmp").count(), 0);
+        assert_eq!(store.list().count(), 0);
+    }
+
+    #[test]
+    fn abandoned_temp_files_are_removed_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path(), 100).expect("open");
+        let mut writer = store.writer().expect("writer");
+        writer.write(b"partial").expect("write");
+        std::mem::forget(writer); // as if the process died mid-write
+        assert_eq!(fs::read_dir(&store.tmp).expect("tmp").count(), 1);
+        let reopened = BlobStore::open(dir.path(), 100).expect("reopen");
+        assert_eq!(fs::read_dir(&reopened.tmp).expect("tmp").count(), 0);
+    }
+
+    #[test]
+    fn list_yields_every_blob_once() {
+        let (_dir, store) = store(1 << 20);
+        let mut expected = Vec::new();
+        for i in 0..50u32 {
+            let data = format!("blob {i}").repeat(i as usize + 1);
+            let id = store.put(data.as_bytes(), None).expect("put");
+            expected.push((id, data.len() as u64));
+        }
+        // Stray files are ignored.
+        fs::write(store.root.join("README"), "x").expect("stray");
+        let mut listed: Vec<_> = store.list().collect::<io::Result<_>>().expect("list");
+        listed.sort();
+        expected.sort();
+        assert_eq!(listed, expected);
+    }
+}
