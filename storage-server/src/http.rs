@@ -10,9 +10,10 @@
 //! | `PUT\|POST /storage/fetch` | JSON `{address, container}`: copy from a peer; 200, 404 |
 
 use std::io::{self, Read, Seek, SeekFrom};
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, BodyDataStream};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -340,6 +341,42 @@ where
     }
 }
 
+/// After a 413, reads and discards at most this much of the rest of the upload ...
+const DRAIN_LIMIT: u64 = 64 * 1024 * 1024;
+/// ... for at most this long.
+const DRAIN_TIME: Duration = Duration::from_secs(10);
+
+/// Passes `result` through; when it is a 413, first drains the unread rest of the body
+/// (bounded by [`DRAIN_LIMIT`] and [`DRAIN_TIME`]). An HTTP/1 client still sending its
+/// body when the server closes the connection sees a reset, not the 413. A client that
+/// sent `Expect: 100-continue` was not told to continue and is not drained.
+async fn drain_if_too_large<T>(
+    result: ApiResult<T>,
+    headers: &HeaderMap,
+    body: &mut BodyDataStream,
+) -> ApiResult<T> {
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if let Err(e) = &result
+        && e.status() == StatusCode::PAYLOAD_TOO_LARGE
+        && !expects_continue
+    {
+        let mut drained = 0u64;
+        let _ = tokio::time::timeout(DRAIN_TIME, async {
+            while drained <= DRAIN_LIMIT {
+                match body.next().await {
+                    Some(Ok(chunk)) => drained += chunk.len() as u64,
+                    _ => break,
+                }
+            }
+        })
+        .await;
+    }
+    result
+}
+
 async fn put_blob(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Id>,
@@ -347,7 +384,9 @@ async fn put_blob(
     body: Body,
 ) -> ApiResult<Response> {
     let declared = declared_length(&headers)?;
-    receive(&state, body.into_data_stream(), declared, Some(id)).await?;
+    let mut body = body.into_data_stream();
+    let result = receive(&state, &mut body, declared, Some(id)).await;
+    drain_if_too_large(result, &headers, &mut body).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -357,7 +396,9 @@ async fn post_blob(
     body: Body,
 ) -> ApiResult<Response> {
     let declared = declared_length(&headers)?;
-    let id = receive(&state, body.into_data_stream(), declared, None).await?;
+    let mut body = body.into_data_stream();
+    let result = receive(&state, &mut body, declared, None).await;
+    let id = drain_if_too_large(result, &headers, &mut body).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         id.to_string(),

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -23,7 +24,8 @@ use storage_server::{DEFAULT_MAX_BLOB_SIZE, StorageConfig};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 
-/// Above the server's 256 KiB inline read/write thresholds.
+/// Sizes. The server reads and writes up to 256 KiB inline and streams anything larger,
+/// so tests use blobs on both sides of that threshold.
 const KIB: usize = 1024;
 const MIB: usize = 1024 * 1024;
 
@@ -153,7 +155,7 @@ fn address_of(data: &[u8]) -> Id {
     Id::of_content(data)
 }
 
-fn header<'a>(response: &'a reqwest::Response, name: reqwest::header::HeaderName) -> &'a str {
+fn header(response: &reqwest::Response, name: reqwest::header::HeaderName) -> &str {
     response
         .headers()
         .get(&name)
@@ -537,35 +539,58 @@ async fn an_aborted_upload_stores_nothing() {
     let s = TestServer::start(DEFAULT_MAX_BLOB_SIZE).await;
     let whole = random_bytes(20, 900 * KIB);
     let address = address_of(&whole);
-    let mut chunks: Vec<Result<Bytes, std::io::Error>> = whole[..600 * KIB]
+    let sent: Vec<Bytes> = whole[..600 * KIB]
         .chunks(100 * KIB)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .map(Bytes::copy_from_slice)
         .collect();
-    chunks.push(Err(std::io::Error::other("client gave up")));
     for (method, url) in [
         (reqwest::Method::PUT, s.blob_url(&address.to_string())),
         (reqwest::Method::POST, s.url("/storage/")),
     ] {
+        // Sends some chunks, waits until the server is writing them to a temp file,
+        // then fails the body: the connection is cut mid-upload.
+        let server_was_writing = Arc::new(AtomicBool::new(false));
+        let state = (
+            sent.clone().into_iter(),
+            s.data_dir().to_path_buf(),
+            Arc::clone(&server_was_writing),
+            false,
+        );
+        let body =
+            futures_util::stream::unfold(state, |(mut chunks, dir, seen, done)| async move {
+                if done {
+                    return None;
+                }
+                if let Some(chunk) = chunks.next() {
+                    return Some((Ok(chunk), (chunks, dir, seen, false)));
+                }
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                while std::time::Instant::now() < deadline {
+                    if !tmp_files(&dir).is_empty() {
+                        seen.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                let error = std::io::Error::other("client gave up");
+                Some((Err(error), (chunks, dir, seen, true)))
+            });
         let result = s
             .http
-            .request(method, &url)
-            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
-                chunks
-                    .iter()
-                    .map(|c| match c {
-                        Ok(b) => Ok(b.clone()),
-                        Err(e) => Err(std::io::Error::other(e.to_string())),
-                    })
-                    .collect::<Vec<_>>(),
-            )))
+            .request(method.clone(), &url)
+            .body(reqwest::Body::wrap_stream(body))
             .send()
             .await;
         if let Ok(response) = result {
             assert!(
                 !response.status().is_success(),
-                "an aborted upload was acknowledged"
+                "{method}: an aborted upload was acknowledged"
             );
         }
+        assert!(
+            server_was_writing.load(Ordering::SeqCst),
+            "{method}: the server never started writing the upload"
+        );
     }
     // The server notices the broken body asynchronously: wait for its cleanup.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -696,6 +721,48 @@ async fn blobs_over_the_limit_get_413_and_store_nothing() {
         assert_eq!(&got[..], &blob[..]);
     }
     assert_eq!(stored_blob_files(s.data_dir()).len(), 3);
+    assert!(tmp_files(s.data_dir()).is_empty());
+    s.stop().await;
+}
+
+/// A client still sending a body far over the limit must be able to read the 413 (not a
+/// connection reset), whether the length was declared or the body is chunked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_far_over_the_limit_still_read_413() {
+    let s = TestServer::start(1000).await;
+    let big = Bytes::from(random_bytes(8, 8 * MIB));
+    let address = address_of(&big);
+    for round in 0..3 {
+        for (method, url) in [
+            (reqwest::Method::PUT, s.blob_url(&address.to_string())),
+            (reqwest::Method::POST, s.url("/storage/")),
+        ] {
+            let declared = s
+                .http
+                .request(method.clone(), &url)
+                .body(big.clone())
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: {method} with a length: {e:?}"));
+            assert_eq!(declared.status(), StatusCode::PAYLOAD_TOO_LARGE);
+            let chunks: Vec<Result<Bytes, std::io::Error>> = (0..big.len())
+                .step_by(64 * KIB)
+                .map(|i| Ok(big.slice(i..(i + 64 * KIB).min(big.len()))))
+                .collect();
+            let chunked = s
+                .http
+                .request(method.clone(), &url)
+                .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                    chunks,
+                )))
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("round {round}: chunked {method}: {e:?}"));
+            assert_eq!(chunked.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        }
+    }
+    assert_eq!(s.client.has(&address).await.expect("has"), None);
+    assert!(stored_blob_files(s.data_dir()).is_empty());
     assert!(tmp_files(s.data_dir()).is_empty());
     s.stop().await;
 }
