@@ -9,6 +9,7 @@
 //! - [`error`]: the one error → HTTP mapping ([`ApiError`]) and extractors whose
 //!   rejections are plain-text 400s.
 //! - [`metrics`]: Prometheus `GET /metrics` and per-route request metrics.
+//! - [`registration`]: self-registration with the broker given by `--broker`.
 //! - [`server`]: binding, the common routes (`/id`, `/metrics`), trailing-slash
 //!   normalization, panic containment, graceful shutdown, and [`run_main`] for binaries.
 
@@ -17,6 +18,7 @@ pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod options;
+pub mod registration;
 pub mod server;
 
 pub use error::{ApiError, ApiJson, ApiPath, ApiResult};

@@ -93,6 +93,10 @@ pub struct CommonArgs {
     #[arg(long, env = "INVARIANT_ADVERTISE")]
     pub advertise: Option<String>,
 
+    /// Seconds between re-registrations with the broker (±10% jitter).
+    #[arg(long, env = "INVARIANT_REGISTER_INTERVAL", default_value_t = 30)]
+    pub register_interval: u64,
+
     /// Log format on stderr.
     #[arg(long, env = "INVARIANT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -111,6 +115,8 @@ pub struct ServerOptions {
     pub broker: Option<String>,
     /// Advertised url, if set.
     pub advertise: Option<String>,
+    /// How often to re-register with the broker.
+    pub register_interval: std::time::Duration,
 }
 
 impl ServerOptions {
@@ -122,6 +128,7 @@ impl ServerOptions {
             data_dir: data_dir.into(),
             broker: None,
             advertise: None,
+            register_interval: std::time::Duration::from_secs(30),
         }
     }
 }
@@ -140,6 +147,7 @@ impl CommonArgs {
                 .unwrap_or_else(|| PathBuf::from(".invariant").join(role.dir_name())),
             broker: self.broker.clone(),
             advertise: self.advertise.clone(),
+            register_interval: std::time::Duration::from_secs(self.register_interval.max(1)),
         }
     }
 }

@@ -3,7 +3,8 @@
 //! A role crate builds its protocol [`Router`] and hands it to [`serve`], which adds
 //! `GET /id` and `GET /metrics`, request metrics, panic containment (a panicking
 //! handler answers 500; the server stays up) and trailing-slash normalization, binds,
-//! and runs until the context's shutdown token is cancelled. Shutdown stops accepting
+//! starts self-registration when a broker is configured, and runs until the context's
+//! shutdown token is cancelled. Shutdown stops accepting
 //! and lets in-flight requests finish.
 
 use std::future::Future;
@@ -16,7 +17,8 @@ use axum::Router;
 use axum::extract::Request;
 use axum::http::header;
 use axum::routing::get;
-use invariant_spec::Id;
+use invariant_spec::broker::Registration;
+use invariant_spec::{BrokerClient, Id};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -24,7 +26,7 @@ use tower::Layer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::normalize_path::NormalizePathLayer;
 
-use crate::{CommonArgs, Role, ServerOptions, identity, logging, metrics};
+use crate::{CommonArgs, Role, ServerOptions, identity, logging, metrics, registration};
 
 /// What a role needs to build its router: resolved options, the server's id, and the
 /// shutdown signal every background task should watch.
@@ -36,16 +38,27 @@ pub struct ServerContext {
     pub id: Id,
     /// Cancelled when the server shuts down.
     pub shutdown: CancellationToken,
+    /// Client for `--broker`, when given.
+    pub broker: Option<BrokerClient>,
 }
 
 impl ServerContext {
-    /// Creates the data directory and loads (or creates) the server id.
+    /// Checks the broker url, creates the data directory and loads (or creates) the
+    /// server id.
     pub fn prepare(options: ServerOptions) -> io::Result<ServerContext> {
+        let broker = match &options.broker {
+            Some(url) => Some(
+                BrokerClient::new(url)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
+            ),
+            None => None,
+        };
         let id = identity::load_or_create(&options.data_dir)?;
         Ok(ServerContext {
             options,
             id,
             shutdown: CancellationToken::new(),
+            broker,
         })
     }
 
@@ -149,6 +162,20 @@ pub async fn serve(ctx: &ServerContext, routes: Router) -> io::Result<Server> {
         .unwrap_or_else(|| format!("http://{local_addr}"));
     let app = NormalizePathLayer::trim_trailing_slash().layer(app(ctx.role(), ctx.id, routes));
     let shutdown = ctx.shutdown.clone();
+    if let Some(broker) = &ctx.broker {
+        let registration = Registration {
+            id: ctx.id,
+            urls: vec![url.clone()],
+            url: None,
+            kind: ctx.role().kind().to_string(),
+        };
+        registration::spawn(
+            broker.clone(),
+            registration,
+            ctx.options.register_interval,
+            shutdown.clone(),
+        );
+    }
     let signal = shutdown.clone().cancelled_owned();
     let task = tokio::spawn(async move {
         axum::serve(

@@ -73,11 +73,7 @@ impl AppState {
 /// Opens the store under the context's data directory and serves it.
 pub async fn start(ctx: &ServerContext, config: StorageConfig) -> anyhow::Result<Server> {
     let store = BlobStore::open(ctx.data_dir(), config.max_blob_size)?;
-    let broker = match &ctx.options.broker {
-        Some(url) => Some(BrokerClient::new(url)?),
-        None => None,
-    };
-    let state = AppState::new(store, broker);
+    let state = AppState::new(store, ctx.broker.clone());
     Ok(invariant_runtime::serve(ctx, http::router(state)).await?)
 }
 
