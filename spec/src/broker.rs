@@ -177,7 +177,9 @@ impl BrokerClient {
                 continue;
             };
             match endpoint.server_id().await {
-                Ok(answered) if answered == *id => return Ok(Some(endpoint.base_url().to_string())),
+                Ok(answered) if answered == *id => {
+                    return Ok(Some(endpoint.base_url().to_string()));
+                }
                 _ => continue,
             }
         }
@@ -210,7 +212,10 @@ mod tests {
             r#"{{"id":"{id}","urls":["http://b"],"url":"http://a","kind":"slots"}}"#
         ))
         .expect("both");
-        assert_eq!(both.all_urls(), vec!["http://b".to_string(), "http://a".to_string()]);
+        assert_eq!(
+            both.all_urls(),
+            vec!["http://b".to_string(), "http://a".to_string()]
+        );
         assert!(serde_json::from_str::<Registration>(r#"{"id":"zz","kind":"x"}"#).is_err());
     }
 

@@ -11,12 +11,22 @@
 //! - [`http`]: the common conventions every client shares (base urls, `/id`).
 
 pub mod broker;
+pub mod distributor;
 pub mod error;
+pub mod find;
 pub mod http;
 pub mod id;
+pub mod names;
+pub mod productions;
+pub mod slots;
 pub mod storage;
 
 pub use broker::BrokerClient;
+pub use distributor::DistributorClient;
 pub use error::{ClientError, ClientResult};
+pub use find::FindClient;
 pub use id::{Distance, Id, IdParseError};
+pub use names::NamesClient;
+pub use productions::ProductionsClient;
+pub use slots::SlotsClient;
 pub use storage::StorageClient;

@@ -1,0 +1,280 @@
+//! Registrations in redb, at `<data-dir>/broker.redb`.
+//!
+//! Tables:
+//! - `servers`: server id (32 bytes) → versioned [`Record`] bytes.
+//! - `servers_by_kind`: kind → server ids (multimap), kept in step with `servers` in the
+//!   same transaction, so `registered/:kind` never scans every server.
+//!
+//! Every write commits with redb's default durability (`Durability::Immediate`): the
+//! change is on disk when the method returns. All methods block; async callers run them
+//! on the blocking pool.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use invariant_spec::Id;
+use redb::{
+    CommitError, Database, DatabaseError, MultimapTableDefinition, ReadableDatabase, ReadableTable,
+    StorageError, TableDefinition, TableError, TransactionError,
+};
+
+use crate::record::{DecodeError, Record};
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "broker.redb";
+
+const SERVERS: TableDefinition<&[u8; Id::LEN], &[u8]> = TableDefinition::new("servers");
+const BY_KIND: MultimapTableDefinition<&str, &[u8; Id::LEN]> =
+    MultimapTableDefinition::new("servers_by_kind");
+
+/// How long [`RegistrationStore::open`] waits for a database held by another handle.
+const OPEN_WAIT: Duration = Duration::from_secs(5);
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// Another open handle (this or another process) holds the database.
+    #[error("{0} is already open")]
+    AlreadyOpen(PathBuf),
+    /// The database file cannot be opened.
+    #[error("opening the database: {0}")]
+    Open(#[from] DatabaseError),
+    /// A transaction could not start.
+    #[error("database transaction: {0}")]
+    Transaction(#[from] TransactionError),
+    /// A table could not be opened.
+    #[error("database table: {0}")]
+    Table(#[from] TableError),
+    /// Reading or writing the file failed.
+    #[error("database storage: {0}")]
+    Storage(#[from] StorageError),
+    /// A commit failed (nothing of the transaction is kept).
+    #[error("database commit: {0}")]
+    Commit(#[from] CommitError),
+    /// The blocking task running a store operation panicked or was cancelled.
+    #[error("store task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+    /// A stored record cannot be read.
+    #[error("stored record of {id} is unreadable: {source}")]
+    Corrupt {
+        /// The server whose record is unreadable.
+        id: Id,
+        /// Why.
+        source: DecodeError,
+    },
+}
+
+/// The broker's registrations. Cloning shares the open database.
+#[derive(Clone, Debug)]
+pub struct RegistrationStore {
+    db: Arc<Database>,
+}
+
+impl RegistrationStore {
+    /// Opens (creating if needed) `<data_dir>/broker.redb`. When another handle holds
+    /// the file (typically a broker still stopping in this process), waits up to 5 s
+    /// for it to be released, then fails with [`StoreError::AlreadyOpen`].
+    pub fn open(data_dir: &Path) -> Result<RegistrationStore, StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let started = Instant::now();
+        let db = loop {
+            match Database::create(&path) {
+                Ok(db) => break db,
+                Err(DatabaseError::DatabaseAlreadyOpen) if started.elapsed() < OPEN_WAIT => {
+                    tracing::debug!(path = %path.display(), "database still held; waiting");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(StoreError::AlreadyOpen(path));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        let txn = db.begin_write()?;
+        txn.open_table(SERVERS)?;
+        txn.open_multimap_table(BY_KIND)?;
+        txn.commit()?;
+        Ok(RegistrationStore { db: Arc::new(db) })
+    }
+
+    /// Runs `f` with this store on tokio's blocking pool (from async code).
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(&RegistrationStore) -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store)).await?
+    }
+
+    /// Registers `id`, replacing any earlier registration of it. Durable on return.
+    pub fn put(&self, id: &Id, record: &Record) -> Result<(), StoreError> {
+        let key = id.as_bytes();
+        let txn = self.db.begin_write()?;
+        {
+            let mut servers = txn.open_table(SERVERS)?;
+            let mut by_kind = txn.open_multimap_table(BY_KIND)?;
+            let previous = servers
+                .insert(key, record.encode().as_slice())?
+                .map(|old| Record::decode(old.value()));
+            if let Some(Ok(previous)) = &previous
+                && previous.kind != record.kind
+            {
+                by_kind.remove(previous.kind.as_str(), key)?;
+            }
+            // An unreadable old record may be indexed under any kind: clear them all.
+            if let Some(Err(_)) = &previous {
+                for kind in invariant_spec::broker::KINDS {
+                    by_kind.remove(*kind, key)?;
+                }
+            }
+            by_kind.insert(record.kind.as_str(), key)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// The registration of `id`, if any.
+    pub fn get(&self, id: &Id) -> Result<Option<Record>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let servers = txn.open_table(SERVERS)?;
+        let found = servers.get(id.as_bytes())?;
+        found.map(|guard| decode(id, guard.value())).transpose()
+    }
+
+    /// Ids registered with `kind`, in ascending order.
+    pub fn ids_of_kind(&self, kind: &str) -> Result<Vec<Id>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let by_kind = txn.open_multimap_table(BY_KIND)?;
+        let mut ids = Vec::new();
+        for entry in by_kind.get(kind)? {
+            let entry = entry?;
+            ids.push(Id::from_bytes(*entry.value()));
+        }
+        Ok(ids)
+    }
+
+    /// Every registration, in ascending id order.
+    pub fn all(&self) -> Result<Vec<(Id, Record)>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let servers = txn.open_table(SERVERS)?;
+        let mut out = Vec::new();
+        for entry in servers.iter()? {
+            let (key, value) = entry?;
+            let id = Id::from_bytes(*key.value());
+            out.push((id, decode(&id, value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// Removes `id` only if its registration is still `expected` (a server that
+    /// re-registered meanwhile is kept). Returns whether it was removed. Durable on return.
+    pub fn remove_if_unchanged(&self, id: &Id, expected: &Record) -> Result<bool, StoreError> {
+        let key = id.as_bytes();
+        let txn = self.db.begin_write()?;
+        let removed = {
+            let mut servers = txn.open_table(SERVERS)?;
+            let current = servers.get(key)?.map(|guard| Record::decode(guard.value()));
+            if current.as_ref().is_some_and(|c| c.as_ref() == Ok(expected)) {
+                servers.remove(key)?;
+                let mut by_kind = txn.open_multimap_table(BY_KIND)?;
+                by_kind.remove(expected.kind.as_str(), key)?;
+                true
+            } else {
+                false
+            }
+        };
+        if removed {
+            txn.commit()?;
+        } else {
+            txn.abort()?;
+        }
+        Ok(removed)
+    }
+}
+
+fn decode(id: &Id, bytes: &[u8]) -> Result<Record, StoreError> {
+    Record::decode(bytes).map_err(|source| StoreError::Corrupt { id: *id, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(kind: &str, urls: &[&str]) -> Record {
+        Record {
+            kind: kind.to_string(),
+            urls: urls.iter().map(|u| u.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn put_get_replace_and_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RegistrationStore::open(dir.path()).expect("open");
+        let a = Id::of_content(b"a");
+        let b = Id::of_content(b"b");
+        assert_eq!(store.get(&a).expect("get"), None);
+        assert!(store.ids_of_kind("storage").expect("ids").is_empty());
+
+        store
+            .put(&a, &record("storage", &["http://a"]))
+            .expect("put a");
+        store
+            .put(&b, &record("storage", &["http://b"]))
+            .expect("put b");
+        let mut both = vec![a, b];
+        both.sort();
+        assert_eq!(store.ids_of_kind("storage").expect("ids"), both);
+
+        // Replacing moves a to its new kind and urls.
+        let moved = record("slots", &["http://a2", "http://a3"]);
+        store.put(&a, &moved).expect("replace a");
+        assert_eq!(store.get(&a).expect("get"), Some(moved.clone()));
+        assert_eq!(store.ids_of_kind("storage").expect("ids"), vec![b]);
+        assert_eq!(store.ids_of_kind("slots").expect("ids"), vec![a]);
+        assert_eq!(store.all().expect("all").len(), 2);
+
+        // Conditional removal only removes the registration it was asked about.
+        assert!(
+            !store
+                .remove_if_unchanged(&a, &record("storage", &["http://a"]))
+                .expect("stale remove")
+        );
+        assert!(store.get(&a).expect("get").is_some());
+        assert!(store.remove_if_unchanged(&a, &moved).expect("remove"));
+        assert_eq!(store.get(&a).expect("get"), None);
+        assert!(store.ids_of_kind("slots").expect("ids").is_empty());
+        assert!(!store.remove_if_unchanged(&a, &moved).expect("absent"));
+    }
+
+    #[test]
+    fn open_waits_for_a_handle_being_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = RegistrationStore::open(dir.path()).expect("open");
+        let releaser = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(first);
+        });
+        let second = RegistrationStore::open(dir.path());
+        releaser.join().expect("releaser thread");
+        assert!(second.is_ok(), "{second:?}");
+    }
+
+    #[test]
+    fn registrations_survive_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = Id::of_content(b"a");
+        let kept = record("names", &["http://n:1"]);
+        {
+            let store = RegistrationStore::open(dir.path()).expect("open");
+            store.put(&a, &kept).expect("put");
+        }
+        let store = RegistrationStore::open(dir.path()).expect("reopen");
+        assert_eq!(store.get(&a).expect("get"), Some(kept));
+        assert_eq!(store.ids_of_kind("names").expect("ids"), vec![a]);
+        assert!(dir.path().join(DB_FILE).is_file());
+    }
+}

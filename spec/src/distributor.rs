@@ -1,0 +1,223 @@
+//! The distributor protocol (`/distributor/`): keeps pinned blocks on N storage servers.
+//!
+//! Request bodies of every route are lists of 64-hex ids, in any of these forms (a
+//! server accepts all and reads them as a stream):
+//! a JSON array (`["ab..", "cd.."]`), or ids separated by white space and/or commas,
+//! each optionally in double quotes. [`DistributorClient`] sends a JSON array.
+//!
+//! - `PUT /distributor/pin`, `PUT /distributor/unpin`: add or remove one pin per listed
+//!   id (pins are reference-counted; duplicates in one body count twice). 200 with an
+//!   empty body. Unpinning below zero is refused with 409 and nothing is applied.
+//! - `PUT /distributor/register/storage`, `PUT /distributor/unregister/storage`: add or
+//!   remove one registration per listed storage server id (reference-counted like
+//!   pins; 409 below zero).
+//! - `POST /distributor/blocks` → JSON array of [`BlockPlacement`], one per listed id in
+//!   request order: the storage servers the block is placed on (the N active servers
+//!   nearest to it by XOR distance, nearest first); empty for a block that is not pinned.
+//! - `GET /distributor/status` → [`DistributorStatus`].
+//!
+//! Malformed bodies (bad hex, wrong length, truncated JSON array) get 400 and nothing in
+//! them is applied.
+
+use serde::{Deserialize, Serialize};
+
+use crate::http::{Endpoint, expect_success};
+use crate::{ClientError, ClientResult, Id};
+
+/// One answer item of `POST /distributor/blocks`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockPlacement {
+    /// The block asked about.
+    pub block: Id,
+    /// Storage servers the block is placed on, nearest first; empty when not pinned.
+    pub storages: Vec<Id>,
+}
+
+/// Answer of `GET /distributor/status`. Readers default absent fields to zero.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DistributorStatus {
+    /// Distinct blocks with at least one pin.
+    #[serde(default)]
+    pub pinned: u64,
+    /// Pinned blocks not (yet) held by every server of their placement, including
+    /// blocks that cannot be placed (no active storage server, no live copy found).
+    #[serde(default)]
+    pub under_replicated: u64,
+    /// Block copies between storage servers running now.
+    #[serde(default)]
+    pub copies_in_flight: u64,
+    /// Storage servers answering health checks.
+    #[serde(default)]
+    pub storages_active: u64,
+    /// Storage servers distributed onto when active: explicit registrations plus,
+    /// unless turned off, those the broker lists.
+    #[serde(default)]
+    pub storages_known: u64,
+    /// Distinct explicitly registered storage servers.
+    #[serde(default)]
+    pub storages_registered: u64,
+    /// Copies each pinned block should have (N).
+    #[serde(default)]
+    pub replicas: u64,
+    /// Copies completed since the server started.
+    #[serde(default)]
+    pub copies_completed: u64,
+    /// Copy attempts that failed since the server started.
+    #[serde(default)]
+    pub copies_failed: u64,
+    /// Full placement passes completed since the server started.
+    #[serde(default)]
+    pub passes: u64,
+}
+
+/// Typed client for one distributor.
+#[derive(Clone, Debug)]
+pub struct DistributorClient {
+    endpoint: Endpoint,
+}
+
+impl DistributorClient {
+    /// A client for the server at `base_url` (e.g. `http://127.0.0.1:3007`).
+    pub fn new(base_url: &str) -> ClientResult<DistributorClient> {
+        Ok(DistributorClient {
+            endpoint: Endpoint::new(base_url)?,
+        })
+    }
+
+    /// A client sharing an existing endpoint (and its connection pool).
+    pub fn from_endpoint(endpoint: Endpoint) -> DistributorClient {
+        DistributorClient { endpoint }
+    }
+
+    /// The endpoint (base url and HTTP client).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The server's id.
+    pub async fn id(&self) -> ClientResult<Id> {
+        self.endpoint.server_id().await
+    }
+
+    /// Adds one pin to each of `blocks`.
+    pub async fn pin(&self, blocks: &[Id]) -> ClientResult<()> {
+        self.put_ids("/distributor/pin", blocks).await
+    }
+
+    /// Removes one pin from each of `blocks` (a 409 status error when one is not pinned;
+    /// then nothing was removed).
+    pub async fn unpin(&self, blocks: &[Id]) -> ClientResult<()> {
+        self.put_ids("/distributor/unpin", blocks).await
+    }
+
+    /// Adds one registration to each storage server in `storages`.
+    pub async fn register_storage(&self, storages: &[Id]) -> ClientResult<()> {
+        self.put_ids("/distributor/register/storage", storages).await
+    }
+
+    /// Removes one registration from each storage server in `storages` (409 below zero).
+    pub async fn unregister_storage(&self, storages: &[Id]) -> ClientResult<()> {
+        self.put_ids("/distributor/unregister/storage", storages)
+            .await
+    }
+
+    /// The placement of each of `blocks`, in order.
+    pub async fn blocks(&self, blocks: &[Id]) -> ClientResult<Vec<BlockPlacement>> {
+        let url = self.endpoint.url("/distributor/blocks");
+        let request = self.endpoint.http().post(&url).body(ids_json(blocks));
+        let response = self.endpoint.send(&url, request).await?;
+        let response = expect_success(&url, response).await?;
+        let placements: Vec<BlockPlacement> =
+            response.json().await.map_err(|e| ClientError::Protocol {
+                url: url.clone(),
+                reason: format!("blocks answer is not a JSON array of placements: {e}"),
+            })?;
+        if placements.len() != blocks.len() {
+            return Err(ClientError::Protocol {
+                url,
+                reason: format!(
+                    "asked about {} blocks, got {} placements",
+                    blocks.len(),
+                    placements.len()
+                ),
+            });
+        }
+        Ok(placements)
+    }
+
+    /// Counters and gauges of the distributor.
+    pub async fn status(&self) -> ClientResult<DistributorStatus> {
+        let url = self.endpoint.url("/distributor/status");
+        let response = self
+            .endpoint
+            .send(&url, self.endpoint.http().get(&url))
+            .await?;
+        let response = expect_success(&url, response).await?;
+        response.json().await.map_err(|e| ClientError::Protocol {
+            url,
+            reason: format!("status answer is not the expected JSON: {e}"),
+        })
+    }
+
+    async fn put_ids(&self, path: &str, ids: &[Id]) -> ClientResult<()> {
+        let url = self.endpoint.url(path);
+        let request = self.endpoint.http().put(&url).body(ids_json(ids));
+        let response = self.endpoint.send(&url, request).await?;
+        expect_success(&url, response).await?;
+        Ok(())
+    }
+}
+
+/// `ids` as a JSON array of hex strings.
+fn ids_json(ids: &[Id]) -> Vec<u8> {
+    // 64 hex + 2 quotes + 1 comma per id, plus brackets.
+    let mut out = String::with_capacity(ids.len() * (Id::HEX_LEN + 3) + 2);
+    out.push('[');
+    for (i, id) in ids.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        out.push_str(&id.to_string());
+        out.push('"');
+    }
+    out.push(']');
+    out.into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_body_is_a_json_array_of_hex() {
+        let a = Id::of_content(b"a");
+        let b = Id::of_content(b"b");
+        let parsed: Vec<Id> = serde_json::from_slice(&ids_json(&[a, b])).expect("json");
+        assert_eq!(parsed, vec![a, b]);
+        assert_eq!(ids_json(&[]), b"[]");
+    }
+
+    #[test]
+    fn status_reader_defaults_missing_fields() {
+        let status: DistributorStatus =
+            serde_json::from_str(r#"{"pinned":3,"storages_active":2,"extra":true}"#)
+                .expect("json");
+        assert_eq!(status.pinned, 3);
+        assert_eq!(status.storages_active, 2);
+        assert_eq!(status.under_replicated, 0);
+    }
+
+    #[test]
+    fn placement_wire_form() {
+        let block = Id::of_content(b"x");
+        let storage = Id::of_content(b"s");
+        let json = serde_json::to_value(BlockPlacement {
+            block,
+            storages: vec![storage],
+        })
+        .expect("json");
+        assert_eq!(json["block"], block.to_string());
+        assert_eq!(json["storages"][0], storage.to_string());
+    }
+}
