@@ -94,7 +94,7 @@ pub async fn start(ctx: &ServerContext, config: BrokerConfig) -> Result<Server, 
         .build()?;
     let state = AppState::new(ctx.id, store.clone());
     let server = invariant_runtime::serve(ctx, http::router(state)).await?;
-    tokio::spawn(liveness::run(
+    ctx.tasks.spawn(liveness::run(
         store,
         config.liveness,
         http,

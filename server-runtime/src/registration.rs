@@ -11,17 +11,16 @@ use std::time::Duration;
 
 use invariant_spec::BrokerClient;
 use invariant_spec::broker::Registration;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// Registers `registration` with `broker` now and periodically until `shutdown`.
-pub fn spawn(
+pub async fn run(
     broker: BrokerClient,
     registration: Registration,
     interval: Duration,
     shutdown: CancellationToken,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
+) {
+    {
         let mut backoff = Duration::from_secs(1).min(interval);
         let mut healthy: Option<bool> = None;
         loop {
@@ -57,7 +56,7 @@ pub fn spawn(
                 _ = tokio::time::sleep(wait) => {}
             }
         }
-    })
+    }
 }
 
 /// `base` ± 10%.
@@ -74,7 +73,10 @@ mod tests {
     fn jitter_stays_within_ten_percent() {
         for _ in 0..1000 {
             let d = jittered(Duration::from_secs(10));
-            assert!(d >= Duration::from_secs(9) && d <= Duration::from_secs(11), "{d:?}");
+            assert!(
+                d >= Duration::from_secs(9) && d <= Duration::from_secs(11),
+                "{d:?}"
+            );
         }
     }
 }

@@ -22,6 +22,7 @@ use invariant_spec::{BrokerClient, Id};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::Layer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::normalize_path::NormalizePathLayer;
@@ -40,6 +41,10 @@ pub struct ServerContext {
     pub shutdown: CancellationToken,
     /// Client for `--broker`, when given.
     pub broker: Option<BrokerClient>,
+    /// Background tasks of the server (spawn them here): [`Server::join`] returns only
+    /// after every tracked task has finished, so a stopped server holds no resources.
+    /// Tasks must end when [`ServerContext::shutdown`] is cancelled.
+    pub tasks: TaskTracker,
 }
 
 impl ServerContext {
@@ -59,6 +64,7 @@ impl ServerContext {
             id,
             shutdown: CancellationToken::new(),
             broker,
+            tasks: TaskTracker::new(),
         })
     }
 
@@ -169,21 +175,25 @@ pub async fn serve(ctx: &ServerContext, routes: Router) -> io::Result<Server> {
             url: None,
             kind: ctx.role().kind().to_string(),
         };
-        registration::spawn(
+        ctx.tasks.spawn(registration::run(
             broker.clone(),
             registration,
             ctx.options.register_interval,
             shutdown.clone(),
-        );
+        ));
     }
     let signal = shutdown.clone().cancelled_owned();
+    let tasks = ctx.tasks.clone();
     let task = tokio::spawn(async move {
-        axum::serve(
+        let served = axum::serve(
             listener,
             axum::ServiceExt::<Request>::into_make_service(app),
         )
         .with_graceful_shutdown(signal)
-        .await
+        .await;
+        tasks.close();
+        tasks.wait().await;
+        served
     });
     Ok(Server {
         id: ctx.id,
