@@ -108,10 +108,13 @@ impl DnsFallback {
             Err(e) if e.is_no_records_found() => return Ok(None),
             Err(e) => return Err(failed(e.to_string())),
         };
-        let strings = lookup.answers().iter().flat_map(|record| match &record.data {
-            RData::TXT(txt) => txt.txt_data.iter().map(|s| &s[..]).collect(),
-            _ => Vec::new(),
-        });
+        let strings = lookup
+            .answers()
+            .iter()
+            .flat_map(|record| match &record.data {
+                RData::TXT(txt) => txt.txt_data.iter().map(|s| &s[..]).collect(),
+                _ => Vec::new(),
+            });
         let Some((address, slot)) = pick_invariant_record(strings) else {
             return Ok(None);
         };
@@ -126,7 +129,9 @@ impl DnsFallback {
 
 /// The invariant record among TXT character-strings: a slot id if any, else a data
 /// address; `(address, is_slot)`.
-pub fn pick_invariant_record<'a>(strings: impl IntoIterator<Item = &'a [u8]>) -> Option<(Id, bool)> {
+pub fn pick_invariant_record<'a>(
+    strings: impl IntoIterator<Item = &'a [u8]>,
+) -> Option<(Id, bool)> {
     let mut data = None;
     for string in strings {
         let Ok(text) = std::str::from_utf8(string) else {
@@ -166,8 +171,14 @@ mod tests {
     fn slot_and_data_forms_are_recognised() {
         let slot = format!("invariant-slot={}", hex(1));
         let data = format!("invariant-data={}", hex(2).to_uppercase());
-        assert_eq!(pick(&[slot.clone()]), Some((Id::from_bytes([1; 32]), true)));
-        assert_eq!(pick(&[data.clone()]), Some((Id::from_bytes([2; 32]), false)));
+        assert_eq!(
+            pick(std::slice::from_ref(&slot)),
+            Some((Id::from_bytes([1; 32]), true))
+        );
+        assert_eq!(
+            pick(std::slice::from_ref(&data)),
+            Some((Id::from_bytes([2; 32]), false))
+        );
         // The slot wins whatever the order.
         assert_eq!(
             pick(&[data.clone(), slot.clone()]),
@@ -180,10 +191,7 @@ mod tests {
         );
         // First data record wins among several.
         let other = format!("invariant-data={}", hex(4));
-        assert_eq!(
-            pick(&[other, data]),
-            Some((Id::from_bytes([4; 32]), false))
-        );
+        assert_eq!(pick(&[other, data]), Some((Id::from_bytes([4; 32]), false)));
     }
 
     #[test]
@@ -196,7 +204,10 @@ mod tests {
         assert_eq!(pick_invariant_record([&[0xff, 0xfe][..]]), None);
         // A malformed slot does not hide a good data record.
         assert_eq!(
-            pick(&["invariant-slot=zz".into(), format!("invariant-data={}", hex(5))]),
+            pick(&[
+                "invariant-slot=zz".into(),
+                format!("invariant-data={}", hex(5))
+            ]),
             Some((Id::from_bytes([5; 32]), false))
         );
     }

@@ -63,7 +63,9 @@ async fn lookup(
         }));
     }
     let Some(dns) = state.dns() else {
-        return Err(ApiError::not_found(format!("name {name} is not registered")));
+        return Err(ApiError::not_found(format!(
+            "name {name} is not registered"
+        )));
     };
     match dns.lookup(&name).await {
         Ok(Some(answer)) => Ok(Json(NameRecord {

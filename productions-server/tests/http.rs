@@ -142,10 +142,7 @@ async fn raw_put_with_uppercase_output_is_stored_lowercase() {
         .send()
         .await
         .expect("raw get");
-    assert_eq!(
-        response.text().await.expect("body"),
-        output.to_string()
-    );
+    assert_eq!(response.text().await.expect("body"), output.to_string());
 }
 
 #[tokio::test]
@@ -172,7 +169,10 @@ async fn same_output_again_is_fine_and_a_different_one_replaces_it() {
     let (task, input) = (random_id(&mut rng), random_id(&mut rng));
     let (first, second) = (random_id(&mut rng), random_id(&mut rng));
     t.client.put(&task, &input, &first).await.expect("put");
-    t.client.put(&task, &input, &first).await.expect("same again");
+    t.client
+        .put(&task, &input, &first)
+        .await
+        .expect("same again");
     assert_eq!(t.client.get(&task, &input).await.expect("get"), Some(first));
     t.client
         .put(&task, &input, &second)
@@ -197,8 +197,19 @@ async fn malformed_input_is_400_and_writes_nothing() {
     let good = format!("/production/{task}/{input}");
     let cases = [
         // (method is PUT?, path, what the reason mentions)
-        (true, format!("/production/nothex/{input}?output={output}"), "64"),
-        (true, format!("/production/{task}/{}?output={output}", &input.to_string()[..63]), "64"),
+        (
+            true,
+            format!("/production/nothex/{input}?output={output}"),
+            "64",
+        ),
+        (
+            true,
+            format!(
+                "/production/{task}/{}?output={output}",
+                &input.to_string()[..63]
+            ),
+            "64",
+        ),
         (true, good.clone(), "output"),
         (true, format!("{good}?other={output}"), "output"),
         (true, format!("{good}?output="), "output"),
@@ -206,11 +217,19 @@ async fn malformed_input_is_400_and_writes_nothing() {
         (true, format!("{good}?output={output}0"), "output"),
         (true, format!("{good}?output=%zz"), ""),
         (false, format!("/production/{task}/nothex"), "64"),
-        (false, format!("/production/{}g/{input}", &task.to_string()[..63]), "hex"),
+        (
+            false,
+            format!("/production/{}g/{input}", &task.to_string()[..63]),
+            "hex",
+        ),
     ];
     for (put, path, mention) in cases {
         let url = t.url(&path);
-        let request = if put { t.http.put(&url) } else { t.http.get(&url) };
+        let request = if put {
+            t.http.put(&url)
+        } else {
+            t.http.get(&url)
+        };
         let response = request.send().await.expect("send");
         let (status, content_type, text) = status_and_text(response).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {text}");
@@ -263,10 +282,7 @@ async fn restart_keeps_productions_and_the_server_id() {
     let t = t.restart().await;
     assert_eq!(t.client.id().await.expect("server id"), id);
     for (task, input, output) in &recorded {
-        assert_eq!(
-            t.client.get(task, input).await.expect("get"),
-            Some(*output)
-        );
+        assert_eq!(t.client.get(task, input).await.expect("get"), Some(*output));
     }
     assert!(t.dir.path().join("productions.redb").is_file());
 }
@@ -292,9 +308,6 @@ async fn concurrent_puts_are_all_recorded() {
         result.expect("concurrent put");
     }
     for (task, input, output) in &entries {
-        assert_eq!(
-            t.client.get(task, input).await.expect("get"),
-            Some(*output)
-        );
+        assert_eq!(t.client.get(task, input).await.expect("get"), Some(*output));
     }
 }
