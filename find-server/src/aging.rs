@@ -124,8 +124,12 @@ async fn apply(state: &AppState, failures: &mut HashMap<Id, u32>, container: Id,
             .await;
             match dropped {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(%container, records = n, "container no longer holds blocks"),
-                Err(e) => tracing::error!(%container, error = %e, "updating checked records failed"),
+                Ok(n) => {
+                    tracing::info!(%container, records = n, "container no longer holds blocks")
+                }
+                Err(e) => {
+                    tracing::error!(%container, error = %e, "updating checked records failed")
+                }
             }
         }
         Verdict::Unreachable => {
@@ -136,7 +140,9 @@ async fn apply(state: &AppState, failures: &mut HashMap<Id, u32>, container: Id,
             }
             failures.remove(&container);
             match blocking(move || store.remove_container(&container)).await {
-                Ok(n) => tracing::info!(%container, records = n, "container stopped answering; records dropped"),
+                Ok(n) => {
+                    tracing::info!(%container, records = n, "container stopped answering; records dropped")
+                }
                 Err(e) => tracing::error!(%container, error = %e, "dropping records failed"),
             }
         }

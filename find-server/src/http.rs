@@ -52,11 +52,7 @@ async fn find(State(state): State<AppState>, ApiPath(id): ApiPath<Id>) -> ApiRes
         // Writing to a String cannot fail.
         let _ = writeln!(body, "{answer}");
     }
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        body,
-    )
-        .into_response())
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response())
 }
 
 async fn has(

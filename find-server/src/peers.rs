@@ -30,7 +30,9 @@ pub struct PeerBook {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Maps only: a panic mid-update leaves them usable.
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A client for find server `id`: its cached url, else resolved through the broker.
@@ -51,9 +53,11 @@ pub async fn client_for(state: &AppState, id: &Id) -> Result<Option<FindClient>,
             None => return Ok(None),
         },
     };
-    Ok(Endpoint::with_client(&url, broker.endpoint().http().clone())
-        .ok()
-        .map(FindClient::from_endpoint))
+    Ok(
+        Endpoint::with_client(&url, broker.endpoint().http().clone())
+            .ok()
+            .map(FindClient::from_endpoint),
+    )
 }
 
 /// Adds `id` to the routing table, persisting it when new. Returns what the table did.

@@ -228,7 +228,7 @@ impl FindStore {
                 last_seen: decode_time(value.value())?,
             });
         }
-        out.sort_by(|a, b| b.last_seen.cmp(&a.last_seen));
+        out.sort_by_key(|h| std::cmp::Reverse(h.last_seen));
         out.truncate(limit);
         Ok(out)
     }
@@ -439,8 +439,14 @@ mod tests {
         assert_eq!(
             holders,
             vec![
-                Holder { container: c1, last_seen: 200 },
-                Holder { container: c2, last_seen: 150 },
+                Holder {
+                    container: c1,
+                    last_seen: 200
+                },
+                Holder {
+                    container: c2,
+                    last_seen: 150
+                },
             ]
         );
         assert_eq!(store.holders(&blocks[0], 1).expect("limited").len(), 1);
@@ -448,7 +454,10 @@ mod tests {
         assert_eq!(store.len().expect("len"), 4);
         // An older report does not move last-seen backwards.
         store.record(&c1, &blocks[..1], 50).expect("old report");
-        assert_eq!(store.holders(&blocks[0], 1).expect("holders")[0].last_seen, 200);
+        assert_eq!(
+            store.holders(&blocks[0], 1).expect("holders")[0].last_seen,
+            200
+        );
     }
 
     #[test]
@@ -479,19 +488,36 @@ mod tests {
         assert_eq!(store.containers().expect("containers"), containers);
 
         // A sample starting anywhere wraps around and has no duplicates.
-        let sample = store.sample(&containers[0], &blocks[5], 20).expect("sample");
+        let sample = store
+            .sample(&containers[0], &blocks[5], 20)
+            .expect("sample");
         let mut unique = sample.clone();
         unique.sort();
         unique.dedup();
         assert_eq!(unique.len(), 20);
-        assert_eq!(store.sample(&containers[0], &id(200), 7).expect("sample").len(), 7);
+        assert_eq!(
+            store
+                .sample(&containers[0], &id(200), 7)
+                .expect("sample")
+                .len(),
+            7
+        );
 
-        assert_eq!(store.remove(&containers[1], &blocks[..5]).expect("remove"), 5);
-        assert_eq!(store.remove(&containers[1], &blocks[..5]).expect("again"), 0);
+        assert_eq!(
+            store.remove(&containers[1], &blocks[..5]).expect("remove"),
+            5
+        );
+        assert_eq!(
+            store.remove(&containers[1], &blocks[..5]).expect("again"),
+            0
+        );
         assert_eq!(containers_of(&store, &blocks[0]).len(), 2);
 
         assert_eq!(store.remove_container(&containers[0]).expect("drop"), 20);
-        assert_eq!(containers_of(&store, &blocks[9]), vec![containers[1], containers[2]]);
+        assert_eq!(
+            containers_of(&store, &blocks[9]),
+            vec![containers[1], containers[2]]
+        );
         assert_eq!(
             store.containers().expect("containers"),
             vec![containers[1], containers[2]]

@@ -459,6 +459,34 @@ mod tests {
     }
 
     #[test]
+    fn walk_dedupes_and_visits_nearest_first() {
+        let target = Id::from_bytes([0; 32]);
+        let near = Id::from_bytes([1; 32]);
+        let mid = Id::from_bytes([2; 32]);
+        let far = Id::from_bytes([0x80; 32]);
+        let holder = id(b"holder");
+        let mut walk = Walk {
+            target,
+            holders: Vec::new(),
+            candidates: BTreeMap::new(),
+            visited: HashSet::from([mid]),
+        };
+        walk.absorb(vec![
+            FindAnswer::Closer(far),
+            FindAnswer::Has(holder),
+            FindAnswer::Closer(mid),
+            FindAnswer::Closer(near),
+            FindAnswer::Has(holder),
+        ]);
+        assert_eq!(walk.holders, vec![holder]);
+        // `mid` was visited already; the rest come nearest first, each once.
+        assert_eq!(walk.next_batch(1), vec![near]);
+        walk.absorb(vec![FindAnswer::Closer(near)]);
+        assert_eq!(walk.next_batch(3), vec![far]);
+        assert!(walk.next_batch(3).is_empty());
+    }
+
+    #[test]
     fn odd_lines_are_skipped_or_rejected() {
         let a = id(b"a");
         assert_eq!(FindAnswer::parse_line("   "), Ok(None));

@@ -73,21 +73,36 @@ fn main() -> anyhow::Result<()> {
             let big = unique_blobs(&mut rng, big_count, MIB);
             let put_big = run(&client, &url, concurrency, Op::Put(big.clone())).await?;
             report("PUT 1 MiB", concurrency, &put_big);
-            let get_big = run(&client, &url, concurrency, Op::Get(cycle(&big, 4 * big_count))).await?;
+            let get_big = run(
+                &client,
+                &url,
+                concurrency,
+                Op::Get(cycle(&big, 4 * big_count)),
+            )
+            .await?;
             report("GET 1 MiB", concurrency, &get_big);
 
             let small_count = if concurrency == 1 { 2000 } else { 8000 } / scale;
             let small = unique_blobs(&mut rng, small_count, 4096);
             let put_small = run(&client, &url, concurrency, Op::Put(small.clone())).await?;
             report("PUT 4 KiB", concurrency, &put_small);
-            let get_small =
-                run(&client, &url, concurrency, Op::Get(cycle(&small, 5 * small_count))).await?;
+            let get_small = run(
+                &client,
+                &url,
+                concurrency,
+                Op::Get(cycle(&small, 5 * small_count)),
+            )
+            .await?;
             report("GET 4 KiB", concurrency, &get_small);
 
             if concurrency == 16 {
                 println!();
                 println!("targets at concurrency 16");
-                target("PUT 1 MiB MB/s (80% of min(sha, sync write))", put_big.mb_per_s(), put_target);
+                target(
+                    "PUT 1 MiB MB/s (80% of min(sha, sync write))",
+                    put_big.mb_per_s(),
+                    put_target,
+                );
                 target("GET 1 MiB MB/s", get_big.mb_per_s(), 1200.0);
                 target("GET 4 KiB ops/s", get_small.ops_per_s(), 25_000.0);
                 target("PUT 4 KiB ops/s", put_small.ops_per_s(), 5_000.0);
@@ -193,7 +208,12 @@ fn report(name: &str, concurrency: usize, o: &Outcome) {
     );
 }
 
-async fn run(client: &reqwest::Client, url: &str, concurrency: usize, op: Op) -> anyhow::Result<Outcome> {
+async fn run(
+    client: &reqwest::Client,
+    url: &str,
+    concurrency: usize,
+    op: Op,
+) -> anyhow::Result<Outcome> {
     let (blobs, put) = match op {
         Op::Put(b) => (b, true),
         Op::Get(b) => (b, false),
@@ -202,7 +222,8 @@ async fn run(client: &reqwest::Client, url: &str, concurrency: usize, op: Op) ->
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (client, url, blobs, next) = (client.clone(), url.to_string(), blobs.clone(), next.clone());
+        let (client, url, blobs, next) =
+            (client.clone(), url.to_string(), blobs.clone(), next.clone());
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut bytes = 0usize;
@@ -224,7 +245,11 @@ async fn run(client: &reqwest::Client, url: &str, concurrency: usize, op: Op) ->
                     }
                     let body = response.bytes().await?;
                     if body.len() != blob.data.len() {
-                        bail!("GET returned {} bytes, expected {}", body.len(), blob.data.len());
+                        bail!(
+                            "GET returned {} bytes, expected {}",
+                            body.len(),
+                            blob.data.len()
+                        );
                     }
                     bytes += body.len();
                 }

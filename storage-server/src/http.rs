@@ -387,6 +387,7 @@ async fn put_blob(
     let mut body = body.into_data_stream();
     let result = receive(&state, &mut body, declared, Some(id)).await;
     drain_if_too_large(result, &headers, &mut body).await?;
+    state.report_added(id);
     Ok(StatusCode::OK.into_response())
 }
 
@@ -399,6 +400,7 @@ async fn post_blob(
     let mut body = body.into_data_stream();
     let result = receive(&state, &mut body, declared, None).await;
     let id = drain_if_too_large(result, &headers, &mut body).await?;
+    state.report_added(id);
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         id.to_string(),
@@ -453,7 +455,10 @@ async fn fetch_blob(
             Ok(Some(stream)) => {
                 // `receive` verifies the hash; the client stream verifies it too.
                 match receive(&state, stream, None, Some(address)).await {
-                    Ok(_) => return Ok(StatusCode::OK.into_response()),
+                    Ok(_) => {
+                        state.report_added(address);
+                        return Ok(StatusCode::OK.into_response());
+                    }
                     Err(e) if e.status().is_server_error() => return Err(e),
                     Err(e) => last_problem = e.reason().to_string(),
                 }

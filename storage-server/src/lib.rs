@@ -6,20 +6,24 @@
 //! - [`store`]: atomic, fsynced, verified blob files and their listing.
 //! - [`http`]: routes and handlers, including the streaming upload pipeline.
 //! - [`range`]: `Range` / `If-None-Match` interpretation.
+//! - [`report`]: reporting held blobs to find servers.
 //!
 //! [`start`] runs the server in-process (tests use it on port 0); `main.rs` wraps it.
 
 pub mod http;
 pub mod range;
+pub mod report;
 pub mod store;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::Stream;
 use invariant_runtime::{Server, ServerContext};
 use invariant_spec::{BrokerClient, Id};
 use tokio::sync::mpsc;
 
+use crate::report::Reporter;
 use crate::store::BlobStore;
 
 /// Default largest blob accepted: 32 MiB.
@@ -31,12 +35,20 @@ pub struct StorageConfig {
     /// Largest blob accepted; larger uploads get 413 and store nothing.
     /// Default [`DEFAULT_MAX_BLOB_SIZE`].
     pub max_blob_size: u64,
+    /// Find servers (base urls) to report held blobs to (`--find`). When empty, the
+    /// find servers the broker knows are used (none without a broker).
+    pub find: Vec<String>,
+    /// Period of full holdings reports to find servers.
+    /// Default [`report::DEFAULT_FIND_REFRESH`].
+    pub find_refresh: Duration,
 }
 
 impl Default for StorageConfig {
     fn default() -> StorageConfig {
         StorageConfig {
             max_blob_size: DEFAULT_MAX_BLOB_SIZE,
+            find: Vec::new(),
+            find_refresh: report::DEFAULT_FIND_REFRESH,
         }
     }
 }
@@ -51,13 +63,26 @@ pub struct AppState {
 struct Inner {
     store: BlobStore,
     broker: Option<BrokerClient>,
+    reporter: Option<Reporter>,
 }
 
 impl AppState {
     /// State over `store`, resolving peers through `broker` when given.
     pub fn new(store: BlobStore, broker: Option<BrokerClient>) -> AppState {
+        AppState::with_reporter(store, broker, None)
+    }
+    /// State that also reports new blobs through `reporter`.
+    pub fn with_reporter(
+        store: BlobStore,
+        broker: Option<BrokerClient>,
+        reporter: Option<Reporter>,
+    ) -> AppState {
         AppState {
-            inner: Arc::new(Inner { store, broker }),
+            inner: Arc::new(Inner {
+                store,
+                broker,
+                reporter,
+            }),
         }
     }
     /// The blob store.
@@ -68,13 +93,35 @@ impl AppState {
     pub fn broker(&self) -> Option<&BrokerClient> {
         self.inner.broker.as_ref()
     }
+    /// Queues a newly stored blob for reporting to find servers (never waits).
+    pub fn report_added(&self, address: Id) {
+        if let Some(reporter) = &self.inner.reporter {
+            reporter.added(address);
+        }
+    }
 }
 
 /// Opens the store under the context's data directory and serves it.
 pub async fn start(ctx: &ServerContext, config: StorageConfig) -> anyhow::Result<Server> {
     let store = BlobStore::open(ctx.data_dir(), config.max_blob_size)?;
-    let state = AppState::new(store, ctx.broker.clone());
-    Ok(invariant_runtime::serve(ctx, http::router(state)).await?)
+    // Reporting stops with the server, or at once if it cannot start.
+    let reporting = ctx.shutdown.child_token();
+    let reporter = report::spawn(
+        ctx.id,
+        store.clone(),
+        &config.find,
+        ctx.broker.clone(),
+        config.find_refresh,
+        reporting.clone(),
+    )?;
+    let state = AppState::with_reporter(store, ctx.broker.clone(), reporter);
+    match invariant_runtime::serve(ctx, http::router(state)).await {
+        Ok(server) => Ok(server),
+        Err(e) => {
+            reporting.cancel();
+            Err(e.into())
+        }
+    }
 }
 
 /// Streams the held blobs `(address, size)` without blocking the async runtime

@@ -79,9 +79,15 @@ async fn launch(data_dir: &Path, max_blob_size: u64, broker: Option<String>) -> 
     let mut options = ServerOptions::ephemeral(Role::Storage, data_dir);
     options.broker = broker;
     let ctx = ServerContext::prepare(options).expect("prepare server context");
-    storage_server::start(&ctx, StorageConfig { max_blob_size })
-        .await
-        .expect("start storage server")
+    storage_server::start(
+        &ctx,
+        StorageConfig {
+            max_blob_size,
+            ..StorageConfig::default()
+        },
+    )
+    .await
+    .expect("start storage server")
 }
 
 /// Serves `router` on a free loopback port; returns its url and the serving task.

@@ -1,0 +1,311 @@
+//! In-process tests of holdings reports to find servers (`storage_server::report`).
+//!
+//! A fake find server records every `PUT /find/has/` it receives; a fake broker answers
+//! `registered`, `location` and `register`. Waits for background reports poll with a
+//! generous deadline; nothing asserts on speed.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::Path as AxumPath;
+use axum::http::StatusCode as AxumStatus;
+use axum::response::IntoResponse;
+use bytes::Bytes;
+use invariant_runtime::{Role, Server, ServerContext, ServerOptions};
+use invariant_spec::broker::Location;
+use invariant_spec::find::HasRequest;
+use invariant_spec::{Id, StorageClient};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+use storage_server::StorageConfig;
+use storage_server::report::BATCH;
+use tokio::task::JoinHandle;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn spawn_app(router: axum::Router) -> (String, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind fake server");
+    let addr = listener.local_addr().expect("fake server address");
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (format!("http://{addr}"), task)
+}
+
+/// A find server that only records the has reports it receives.
+struct FakeFind {
+    id: Id,
+    url: String,
+    reports: Arc<Mutex<Vec<HasRequest>>>,
+    task: JoinHandle<()>,
+}
+
+impl FakeFind {
+    async fn start() -> FakeFind {
+        let id = Id::random();
+        let reports: Arc<Mutex<Vec<HasRequest>>> = Arc::default();
+        let on_has = {
+            let reports = Arc::clone(&reports);
+            move |axum::Json(request): axum::Json<HasRequest>| {
+                let reports = Arc::clone(&reports);
+                async move {
+                    reports.lock().expect("reports lock").push(request);
+                    AxumStatus::OK
+                }
+            }
+        };
+        let id_text = id.to_string();
+        let router = axum::Router::new()
+            .route("/find/has", axum::routing::put(on_has.clone()))
+            .route("/find/has/", axum::routing::put(on_has))
+            .route(
+                "/id/",
+                axum::routing::get(move || async move { id_text.clone() }),
+            );
+        let (url, task) = spawn_app(router).await;
+        FakeFind {
+            id,
+            url,
+            reports,
+            task,
+        }
+    }
+
+    fn reports(&self) -> Vec<HasRequest> {
+        self.reports.lock().expect("reports lock").clone()
+    }
+
+    /// Every id reported for `container`.
+    fn reported(&self, container: &Id) -> HashSet<Id> {
+        self.reports()
+            .into_iter()
+            .filter(|r| r.container == *container)
+            .flat_map(|r| r.ids)
+            .collect()
+    }
+}
+
+impl Drop for FakeFind {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A broker answering `location` from `locations` and `registered/find` with `finds`.
+async fn spawn_fake_broker(
+    locations: HashMap<Id, String>,
+    finds: Vec<Id>,
+) -> (String, JoinHandle<()>) {
+    let locations = Arc::new(locations);
+    let router = axum::Router::new()
+        .route(
+            "/broker/location/{id}",
+            axum::routing::get(move |AxumPath(id): AxumPath<String>| {
+                let locations = Arc::clone(&locations);
+                async move {
+                    match Id::parse(&id)
+                        .ok()
+                        .and_then(|id| locations.get(&id).map(|u| (id, u.clone())))
+                    {
+                        Some((id, url)) => axum::Json(Location {
+                            id,
+                            urls: vec![url.clone()],
+                            url: Some(url),
+                            ttl: None,
+                            token: None,
+                        })
+                        .into_response(),
+                        None => (AxumStatus::NOT_FOUND, "unknown").into_response(),
+                    }
+                }
+            }),
+        )
+        .route(
+            "/broker/registered/{kind}",
+            axum::routing::get(move |AxumPath(kind): AxumPath<String>| {
+                let finds = finds.clone();
+                async move {
+                    let ids = if kind == "find" { finds } else { Vec::new() };
+                    axum::Json(ids)
+                }
+            }),
+        )
+        .route(
+            "/broker/register/",
+            axum::routing::post(|| async { axum::Json(serde_json::json!({"id": Id::random()})) }),
+        );
+    spawn_app(router).await
+}
+
+async fn launch(data_dir: &Path, broker: Option<String>, find: Vec<String>) -> Server {
+    let mut options = ServerOptions::ephemeral(Role::Storage, data_dir);
+    options.broker = broker;
+    let ctx = ServerContext::prepare(options).expect("prepare storage context");
+    let config = StorageConfig {
+        find,
+        ..StorageConfig::default()
+    };
+    storage_server::start(&ctx, config)
+        .await
+        .expect("start storage server")
+}
+
+fn seeded(seed: u64, len: usize) -> Vec<u8> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut out = vec![0u8; len];
+    rng.fill_bytes(&mut out);
+    out
+}
+
+/// Writes blobs straight into the store's layout (`blobs/ab/cd/<rest>`), as if stored
+/// before the server started.
+fn preload(data_dir: &Path, count: u64) -> HashSet<Id> {
+    let mut ids = HashSet::new();
+    for seed in 0..count {
+        let data = seeded(seed, 64);
+        let id = Id::of_content(&data);
+        let hex = id.to_string();
+        let dir = data_dir.join("blobs").join(&hex[0..2]).join(&hex[2..4]);
+        std::fs::create_dir_all(&dir).expect("create blob dir");
+        std::fs::write(dir.join(&hex[4..]), &data).expect("write blob");
+        ids.insert(id);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn holdings_are_reported_at_start_in_batches() {
+    let find = FakeFind::start().await;
+    let dir = tempfile::tempdir().expect("data dir");
+    let held = preload(dir.path(), 2500);
+    let storage = launch(dir.path(), None, vec![find.url.clone()]).await;
+
+    eventually("every held blob is reported", || async {
+        find.reported(&storage.id()) == held
+    })
+    .await;
+    let reports = find.reports();
+    assert!(reports.len() >= 3, "{} batches", reports.len());
+    for report in &reports {
+        assert_eq!(report.container, storage.id());
+        assert!(!report.ids.is_empty() && report.ids.len() <= BATCH);
+    }
+    storage.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn new_blobs_are_reported_in_batches() {
+    let find = FakeFind::start().await;
+    let dir = tempfile::tempdir().expect("data dir");
+    let storage = launch(dir.path(), None, vec![find.url.clone()]).await;
+    let client = StorageClient::new(storage.url()).expect("client");
+
+    let mut expected = HashSet::new();
+    for seed in 0..40u64 {
+        let data = Bytes::from(seeded(1000 + seed, 100));
+        let address = if seed % 2 == 0 {
+            client.post(data).await.expect("post")
+        } else {
+            let address = Id::of_content(&data);
+            client.put(&address, data).await.expect("put");
+            address
+        };
+        expected.insert(address);
+    }
+    eventually("new blobs are reported", || async {
+        find.reported(&storage.id()) == expected
+    })
+    .await;
+    // How many batches depends on timing; each names this server and fits a batch.
+    for report in find.reports() {
+        assert_eq!(report.container, storage.id());
+        assert!(report.ids.len() <= BATCH);
+    }
+    storage.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn uploads_succeed_when_the_find_server_is_down() {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", listener.local_addr().expect("addr"))
+    };
+    let dir = tempfile::tempdir().expect("data dir");
+    preload(dir.path(), 10);
+    let storage = launch(dir.path(), None, vec![dead]).await;
+    let client = StorageClient::new(storage.url()).expect("client");
+    for seed in 0..20u64 {
+        let data = Bytes::from(seeded(2000 + seed, 5000));
+        let address = client.post(data.clone()).await.expect("post");
+        assert_eq!(
+            client
+                .get_bytes(&address)
+                .await
+                .expect("get")
+                .expect("held"),
+            data
+        );
+    }
+    storage.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn without_the_flag_the_brokers_find_servers_are_used() {
+    let find = FakeFind::start().await;
+    let holder_dir = tempfile::tempdir().expect("holder dir");
+    let holder = launch(holder_dir.path(), None, Vec::new()).await;
+    let holder_client = StorageClient::new(holder.url()).expect("holder client");
+    let fetched = holder_client
+        .post(Bytes::from_static(b"fetched through the broker"))
+        .await
+        .expect("post to holder");
+
+    let locations = HashMap::from([
+        (find.id, find.url.clone()),
+        (holder.id(), holder.url().to_string()),
+    ]);
+    let (broker_url, broker_task) = spawn_fake_broker(locations, vec![find.id]).await;
+    let dir = tempfile::tempdir().expect("data dir");
+    let storage = launch(dir.path(), Some(broker_url), Vec::new()).await;
+    let client = StorageClient::new(storage.url()).expect("client");
+
+    let put = client
+        .post(Bytes::from_static(b"reported via the broker"))
+        .await
+        .expect("post");
+    // A blob copied with /storage/fetch is reported too.
+    assert!(client.fetch(&fetched, &holder.id()).await.expect("fetch"));
+    let expected: HashSet<Id> = [put, fetched].into_iter().collect();
+    eventually("blobs are reported to the broker's find server", || async {
+        find.reported(&storage.id()) == expected
+    })
+    .await;
+    // The holder has neither --find nor a broker: it reports nothing anywhere.
+    assert!(find.reported(&holder.id()).is_empty());
+
+    storage.stop().await.expect("stop");
+    holder.stop().await.expect("stop holder");
+    broker_task.abort();
+}
