@@ -7,7 +7,15 @@
 //!
 //! - [`id`]: ids, hex form, XOR distance.
 //! - [`storage`]: the storage protocol and [`StorageClient`].
-//! - [`broker`]: broker wire types and [`BrokerClient`] (location lookup).
+//! - [`broker`]: registrations, locations and [`BrokerClient`] (which also resolves an
+//!   id to a url that answers with that id).
+//! - [`slots`]: signed mutable pointers and [`SlotsClient`] (CAS, history, watch), with
+//!   the ed25519 update message.
+//! - [`find`]: who holds a block, [`FindClient`], the iterative lookup and a reader that
+//!   fetches from whichever holder answers.
+//! - [`names`]: names → addresses and [`NamesClient`].
+//! - [`productions`]: task output cache and [`ProductionsClient`].
+//! - [`distributor`]: pins, storage sets, placement and [`DistributorClient`].
 //! - [`http`]: the common conventions every client shares (base urls, `/id`).
 
 pub mod broker;
