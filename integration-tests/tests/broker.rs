@@ -65,29 +65,33 @@ async fn killed_server_is_dropped_and_broker_restart_keeps_the_rest() -> anyhow:
         expected.push(StorageClient::new(s.url())?.id().await?);
     }
     expected.sort();
-    wait_until("3 storage registrations", Duration::from_secs(10), || async {
-        Ok(storage_ids(&client).await? == expected)
-    })
+    wait_until(
+        "3 storage registrations",
+        Duration::from_secs(10),
+        || async { Ok(storage_ids(&client).await? == expected) },
+    )
     .await?;
 
     // kill -9 one storage server: liveness drops it, the others stay.
     let victim = StorageClient::new(storages[0].url())?.id().await?;
     storages[0].kill9()?;
-    wait_until("the killed server to be dropped", Duration::from_secs(10), || async {
-        Ok(!storage_ids(&client).await?.contains(&victim))
-    })
+    wait_until(
+        "the killed server to be dropped",
+        Duration::from_secs(10),
+        || async { Ok(!storage_ids(&client).await?.contains(&victim)) },
+    )
     .await?;
-    let survivors: Vec<Id> = expected.iter().copied().filter(|id| *id != victim).collect();
+    let survivors: Vec<Id> = expected
+        .iter()
+        .copied()
+        .filter(|id| *id != victim)
+        .collect();
     assert_eq!(storage_ids(&client).await?, survivors);
     assert!(client.location(&victim).await?.is_none());
 
     // Restart the broker (kill -9: registrations were acknowledged, so they persist).
     broker.kill9()?;
-    let broker = ServerProcess::start(
-        "broker-server",
-        &broker_dir,
-        LIVENESS,
-    )?;
+    let broker = ServerProcess::start("broker-server", &broker_dir, LIVENESS)?;
     let restarted = BrokerClient::new(broker.url())?;
     assert_eq!(storage_ids(&restarted).await?, survivors);
     for id in &survivors {

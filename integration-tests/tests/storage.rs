@@ -105,7 +105,8 @@ async fn sigterm_lets_an_in_flight_upload_finish() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_millis(300)).await;
     server.terminate()?;
     upload.await??;
-    let status = tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(20))).await??;
+    let status =
+        tokio::task::spawn_blocking(move || server.wait_exit(Duration::from_secs(20))).await??;
     assert!(status.success(), "exit after draining: {status}");
     Ok(())
 }

@@ -1,0 +1,134 @@
+//! `invariant up` as a real process: every role starts and registers with the broker,
+//! the CLI stores and reads blobs through it, and SIGTERM stops the whole network.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use integration_tests::bin_path;
+
+fn invariant(args: &[&str], broker: &str) -> anyhow::Result<std::process::Output> {
+    Ok(Command::new(bin_path("invariant")?)
+        .args(args)
+        .env("INVARIANT_BROKER", broker)
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+#[test]
+fn up_starts_every_role_and_stops_cleanly() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("network.toml");
+    std::fs::write(
+        &config,
+        "[broker]\nport = 0\n[storage]\ncount = 3\nports = [0, 0, 0]\n\
+         [find]\nport = 0\n[slots]\nport = 0\n[names]\nport = 0\n\
+         [productions]\nport = 0\n[files]\nport = 0\n[distributor]\nport = 0\n",
+    )?;
+    let data = dir.path().join("net");
+    let mut up = Command::new(bin_path("invariant")?)
+        .arg("up")
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--config")
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+
+    // Read `<name> <url>` lines until "network up".
+    let stdout = up.stdout.take().expect("piped stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut urls: HashMap<String, String> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let line = rx.recv_timeout(remaining)??;
+        if line.starts_with("network up") {
+            break;
+        }
+        let mut parts = line.split_whitespace();
+        if let (Some(name), Some(url)) = (parts.next(), parts.next()) {
+            urls.insert(name.to_string(), url.to_string());
+        }
+    }
+    let broker = urls.get("broker").expect("a broker line").clone();
+    for name in [
+        "storage-1",
+        "storage-2",
+        "storage-3",
+        "slots",
+        "names",
+        "productions",
+        "find",
+    ] {
+        assert!(urls.contains_key(name), "{name} not started: {urls:?}");
+    }
+
+    // Every server registers itself with the broker.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = invariant(&["status"], &broker)?;
+        let text = String::from_utf8_lossy(&status.stdout).to_string();
+        let storage_lines = text.lines().filter(|l| l.starts_with("storage")).count();
+        let has = |kind: &str| text.lines().any(|l| l.starts_with(kind));
+        if status.status.success() && storage_lines == 3 && has("slots") && has("names") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "registrations incomplete:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Blobs through the CLI.
+    let file = dir.path().join("blob.bin");
+    let content: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &content)?;
+    let put = invariant(&["put", file.to_str().expect("utf-8 path")], &broker)?;
+    assert!(
+        put.status.success(),
+        "put failed: {}",
+        String::from_utf8_lossy(&put.stderr)
+    );
+    let address = String::from_utf8(put.stdout)?.trim().to_string();
+    assert_eq!(address.len(), 64);
+    let cat = invariant(&["cat", &address], &broker)?;
+    assert!(cat.status.success());
+    assert_eq!(cat.stdout, content);
+
+    // SIGTERM stops everything; the servers' ports close.
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(up.id().to_string())
+        .status()?;
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(exit) = up.try_wait()? {
+            break exit;
+        }
+        assert!(Instant::now() < deadline, "invariant up did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "invariant up exited with {exit}");
+    for (name, url) in &urls {
+        let addr = url.trim_start_matches("http://");
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "{name} still listening at {url} after up stopped"
+        );
+    }
+    Ok(())
+}
