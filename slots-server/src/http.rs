@@ -10,7 +10,10 @@
 //! | `GET /slots/watch/:id` | NDJSON: the current state, then each accepted state; 404 |
 //!
 //! Signatures are checked here, on the blocking pool, before an update reaches the
-//! writer; the writer only compares `previous` with the current address.
+//! writer, with verifiers cached per slot ([`crate::verifiers`]); the writer only
+//! compares `previous` with the current address.
+
+use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
@@ -24,7 +27,7 @@ use invariant_spec::Id;
 use invariant_spec::slots::{RegisterRequest, SlotConfig, SlotState, SlotVerifier, UpdateRequest};
 
 use crate::AppState;
-use crate::store::{Op, Outcome, StoreError};
+use crate::store::{self, Op, Outcome, StoreError};
 use crate::watch::{history_stream, state_line, watch_stream};
 use crate::writer::WriteError;
 
@@ -45,6 +48,10 @@ pub fn router(state: AppState) -> Router {
 
 fn unknown(id: &Id) -> ApiError {
     ApiError::not_found(format!("slot {id} is not registered here"))
+}
+
+fn unsupported() -> ApiError {
+    ApiError::bad_request("this server cannot store that signature kind")
 }
 
 fn write_failed(e: WriteError) -> ApiError {
@@ -70,18 +77,26 @@ async fn register(
 ) -> ApiResult<Json<bool>> {
     let signature = request.signature.unwrap_or_default();
     // Validates the configuration (parses an RSA key; checks an ed25519 id is a key).
-    SlotVerifier::new(request.id, &signature).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let verifier = SlotVerifier::new(request.id, &signature)
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    if !store::supports(&signature) {
+        return Err(unsupported());
+    }
     let op = Op::Register {
         id: request.id,
         address: request.address,
         signature,
     };
     match state.writer().submit(op).await.map_err(write_failed)? {
-        Outcome::Accepted { .. } => Ok(Json(true)),
+        Outcome::Accepted { .. } => {
+            state.verifiers().insert(request.id, Arc::new(verifier));
+            Ok(Json(true))
+        }
         Outcome::Taken => Err(ApiError::conflict(format!(
             "slot {} is already registered",
             request.id
         ))),
+        Outcome::Unsupported => Err(unsupported()),
         other => Err(ApiError::internal(
             "registering a slot",
             format!("{other:?}"),
@@ -100,11 +115,21 @@ async fn get_slot(
     }
 }
 
-/// What the pre-writer check of an update found.
-enum Checked {
-    Unknown,
-    Refused(String),
-    Verified(Option<Vec<u8>>),
+/// The verifier of slot `id`: cached, or built from its stored configuration.
+async fn verifier(state: &AppState, id: Id) -> ApiResult<Arc<SlotVerifier>> {
+    if let Some(verifier) = state.verifiers().get(&id) {
+        return Ok(verifier);
+    }
+    let store = state.store();
+    let Some(config) = blocking("reading a slot config", move || store.config(&id)).await? else {
+        return Err(unknown(&id));
+    };
+    // Checked at registration; a stored key that no longer parses cannot authorise.
+    let verifier =
+        SlotVerifier::new(id, &config).map_err(|e| ApiError::forbidden(e.to_string()))?;
+    let verifier = Arc::new(verifier);
+    state.verifiers().insert(id, Arc::clone(&verifier));
+    Ok(verifier)
 }
 
 async fn update(
@@ -112,34 +137,23 @@ async fn update(
     ApiPath(id): ApiPath<Id>,
     ApiJson(request): ApiJson<UpdateRequest>,
 ) -> ApiResult<Json<bool>> {
-    let store = state.store();
     let UpdateRequest {
         address,
         previous,
         signature,
         ..
     } = request;
-    let checked = blocking("checking an update", move || {
-        let Some(config) = store.config(&id)? else {
-            return Ok(Checked::Unknown);
-        };
-        let verifier = match SlotVerifier::new(id, &config) {
-            Ok(verifier) => verifier,
-            // Checked at registration; a key that no longer parses is unusable.
-            Err(e) => return Ok(Checked::Refused(e.to_string())),
-        };
-        Ok(
-            match verifier.verify(&previous, &address, signature.as_deref()) {
-                Ok(bytes) => Checked::Verified(bytes),
-                Err(e) => Checked::Refused(e.to_string()),
-            },
-        )
-    })
-    .await?;
-    let signature = match checked {
-        Checked::Unknown => return Err(unknown(&id)),
-        Checked::Refused(reason) => return Err(ApiError::forbidden(reason)),
-        Checked::Verified(bytes) => bytes,
+    let verifier = verifier(&state, id).await?;
+    let signature = if verifier.requires_signature() {
+        // Signature checks are CPU work: keep them off the async workers.
+        let checked = tokio::task::spawn_blocking(move || {
+            verifier.verify(&previous, &address, signature.as_deref())
+        })
+        .await
+        .map_err(|e| ApiError::internal("verifying a signature", e))?;
+        checked.map_err(|e| ApiError::forbidden(e.to_string()))?
+    } else {
+        None
     };
     let op = Op::Update {
         id,
@@ -153,7 +167,9 @@ async fn update(
             "previous {previous} is stale: slot {id} holds {current}"
         ))),
         Outcome::Unknown => Err(unknown(&id)),
-        Outcome::Taken => Err(ApiError::internal("updating a slot", "taken")),
+        other @ (Outcome::Taken | Outcome::Unsupported) => {
+            Err(ApiError::internal("updating a slot", format!("{other:?}")))
+        }
     }
 }
 

@@ -7,6 +7,7 @@
 //! - [`writer`]: group commit — one thread applies every waiting change in one durable
 //!   transaction, then answers them all.
 //! - [`watch`]: per-slot broadcast of accepted states; gap-free watch and history streams.
+//! - [`verifiers`]: cache of parsed signature configurations.
 //! - [`http`]: routes and handlers (signature checks happen here, before the writer).
 //!
 //! **An update answered 200 is durably committed; updates of a slot are linearizable;
@@ -14,12 +15,13 @@
 //!
 //! Metrics, besides the runtime's per-route ones: `slots_commit_batch_size`
 //! (histogram: ops per committed transaction) and `slots_ops_total{outcome}` (counter:
-//! `accepted`, `stale`, `taken`, `unknown`).
+//! `accepted`, `stale`, `taken`, `unknown`, `unsupported`).
 //!
 //! [`start`] runs the server in-process (tests use it on port 0); `main.rs` wraps it.
 
 pub mod http;
 pub mod store;
+pub mod verifiers;
 pub mod watch;
 pub mod writer;
 
@@ -29,6 +31,7 @@ use invariant_runtime::{Server, ServerContext};
 use tokio_util::sync::CancellationToken;
 
 use crate::store::Store;
+use crate::verifiers::Verifiers;
 use crate::watch::Watchers;
 use crate::writer::Writer;
 
@@ -70,6 +73,7 @@ struct Inner {
     store: Arc<Store>,
     writer: Writer,
     watchers: Arc<Watchers>,
+    verifiers: Verifiers,
     shutdown: CancellationToken,
 }
 
@@ -85,6 +89,10 @@ impl AppState {
     /// The watch channels.
     pub fn watchers(&self) -> &Watchers {
         &self.inner.watchers
+    }
+    /// Parsed signature configurations of recently used slots.
+    pub fn verifiers(&self) -> &Verifiers {
+        &self.inner.verifiers
     }
     /// Cancelled when the server shuts down (ends watch streams).
     pub fn shutdown(&self) -> &CancellationToken {
@@ -105,6 +113,7 @@ pub async fn start(ctx: &ServerContext, config: SlotsConfig) -> anyhow::Result<S
             store,
             writer,
             watchers,
+            verifiers: Verifiers::new(verifiers::DEFAULT_CAPACITY),
             shutdown: ctx.shutdown.clone(),
         }),
     };

@@ -28,7 +28,9 @@ const KIND_ED25519: u8 = 2;
 
 type ConfigValue = (u8, u8, &'static str);
 type StateKey = ([u8; 32], u64);
-type StateValue = (u8, [u8; 32], Option<[u8; 32]>, u64, Option<&'static [u8]>);
+/// (format, address, previous address or `None` for root, time ms, signature bytes).
+type StateRecord<'a> = (u8, [u8; 32], Option<[u8; 32]>, u64, Option<&'a [u8]>);
+type StateValue = StateRecord<'static>;
 
 const CONFIGS: TableDefinition<[u8; 32], ConfigValue> = TableDefinition::new("configs");
 const STATES: TableDefinition<StateKey, StateValue> = TableDefinition::new("states");
@@ -110,6 +112,8 @@ pub enum Outcome {
     },
     /// Register: the id is already registered.
     Taken,
+    /// Register: this store cannot record the signature kind.
+    Unsupported,
     /// Update: the slot is unknown.
     Unknown,
     /// Update: `previous` is not the current address, which is `current`.
@@ -215,11 +219,14 @@ impl Store {
     /// Applies `ops` in order in one write transaction and commits it durably (fsync)
     /// before returning. Each op sees the effects of the ones before it. On error nothing
     /// is committed.
-    pub fn apply(&self, ops: &[Op]) -> Result<Vec<Outcome>, StoreError> {
+    pub fn apply<'a>(
+        &self,
+        ops: impl IntoIterator<Item = &'a Op>,
+    ) -> Result<Vec<Outcome>, StoreError> {
         let mut txn = self.db.begin_write()?;
         // Durable is redb's default; stated so that it cannot silently change.
         txn.set_durability(Durability::Immediate)?;
-        let mut outcomes = Vec::with_capacity(ops.len());
+        let mut outcomes = Vec::new();
         {
             let mut configs = txn.open_table(CONFIGS)?;
             let mut states = txn.open_table(STATES)?;
@@ -231,10 +238,10 @@ impl Store {
                         address,
                         signature,
                     } => {
+                        let encoded = encode_config(signature);
                         if configs.get(id.as_bytes())?.is_some() {
                             Outcome::Taken
-                        } else {
-                            let (kind, key) = encode_config(signature);
+                        } else if let Some((kind, key)) = encoded {
                             configs.insert(id.as_bytes(), (FORMAT, kind, key))?;
                             states.insert(
                                 (*id.as_bytes(), 0),
@@ -251,6 +258,8 @@ impl Store {
                                     proof: None,
                                 },
                             }
+                        } else {
+                            Outcome::Unsupported
                         }
                     }
                     Op::Update {
@@ -321,12 +330,19 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn encode_config(config: &SignatureConfig) -> (u8, &str) {
+/// Whether this store can record `config` (a kind added to the wire type later needs a
+/// storage code here first).
+pub fn supports(config: &SignatureConfig) -> bool {
+    encode_config(config).is_some()
+}
+
+fn encode_config(config: &SignatureConfig) -> Option<(u8, &str)> {
     match config {
-        SignatureConfig::Sha256Rsa { key } => (KIND_RSA, key.as_str()),
-        SignatureConfig::Ed25519 => (KIND_ED25519, ""),
-        // `None` and any kind added to the wire type later without storage support.
-        _ => (KIND_NONE, ""),
+        SignatureConfig::None => Some((KIND_NONE, "")),
+        SignatureConfig::Sha256Rsa { key } => Some((KIND_RSA, key.as_str())),
+        SignatureConfig::Ed25519 => Some((KIND_ED25519, "")),
+        // Never store an unknown kind as something weaker.
+        _ => None,
     }
 }
 
@@ -350,13 +366,7 @@ fn decode_config(
 
 fn decode_state(
     id: &Id,
-    (format, address, previous, time, signature): (
-        u8,
-        [u8; 32],
-        Option<[u8; 32]>,
-        u64,
-        Option<&[u8]>,
-    ),
+    (format, address, previous, time, signature): StateRecord<'_>,
 ) -> Result<SlotState, StoreError> {
     check_format(id, format)?;
     Ok(SlotState {
@@ -514,6 +524,23 @@ mod tests {
         assert_eq!(seq, 1);
         assert_eq!(state.signature.as_deref(), Some("abcd"));
         assert!(state.time.is_some());
+    }
+
+    #[test]
+    fn every_current_signature_kind_is_stored_as_itself() {
+        let id = Id::random();
+        for config in [
+            SignatureConfig::None,
+            SignatureConfig::Ed25519,
+            SignatureConfig::Sha256Rsa { key: "K".into() },
+        ] {
+            assert!(supports(&config));
+            let (kind, key) = encode_config(&config).expect("supported");
+            assert_eq!(
+                decode_config(&id, (FORMAT, kind, key)).expect("decode"),
+                config
+            );
+        }
     }
 
     #[test]

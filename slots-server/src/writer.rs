@@ -72,7 +72,6 @@ impl Writer {
 
 fn run(store: &Store, watchers: &Watchers, mut receiver: mpsc::Receiver<Job>, max_batch: usize) {
     let mut batch: Vec<Job> = Vec::with_capacity(max_batch);
-    let mut ops: Vec<Op> = Vec::with_capacity(max_batch);
     while let Some(first) = receiver.blocking_recv() {
         batch.push(first);
         while batch.len() < max_batch {
@@ -81,9 +80,7 @@ fn run(store: &Store, watchers: &Watchers, mut receiver: mpsc::Receiver<Job>, ma
                 Err(_) => break,
             }
         }
-        ops.extend(batch.iter().map(|job| job.op.clone()));
-        let result = store.apply(&ops);
-        ops.clear();
+        let result = store.apply(batch.iter().map(|job| &job.op));
         metrics::histogram!("slots_commit_batch_size").record(batch.len() as f64);
         match result {
             Ok(outcomes) => {
@@ -114,6 +111,7 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Accepted { .. } => "accepted",
         Outcome::Taken => "taken",
+        Outcome::Unsupported => "unsupported",
         Outcome::Unknown => "unknown",
         Outcome::Stale { .. } => "stale",
     }
