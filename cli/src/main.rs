@@ -3,11 +3,17 @@
 //! - `up`: start every role locally ([`up`]).
 //! - `status`: what the broker knows, and whether each server answers.
 //! - `put` / `get` / `cat`: blobs on the network's storage servers.
+//! - `slot create|get|set|history|watch`: ed25519-signed slots (keys in [`keys`]).
+//! - `name register|lookup|update`: names.
+//! - `pin` / `unpin`: blocks kept on N storage servers by the distributor.
+//! - `find`: which storage servers hold a blob.
 //!
 //! Every command except `up` finds the network through `--broker` (or
 //! `INVARIANT_BROKER`), defaulting to the broker url `up` uses by default.
 
 mod config;
+mod keys;
+mod network;
 mod up;
 
 use std::io::Write;
@@ -18,7 +24,11 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use futures_util::StreamExt;
 use invariant_spec::broker::KINDS;
-use invariant_spec::{BrokerClient, Id, StorageClient};
+use invariant_spec::find::{LookupOptions, lookup};
+use invariant_spec::names;
+use invariant_spec::{
+    BrokerClient, DistributorClient, FindClient, Id, NamesClient, SlotsClient, StorageClient,
+};
 
 /// The invariant storage network from the command line.
 #[derive(Parser, Debug)]
@@ -33,8 +43,78 @@ struct Cli {
     )]
     broker: String,
 
+    /// Folder for local keys (default `$XDG_CONFIG_HOME/invariant` or `~/.config/invariant`).
+    #[arg(long, global = true, env = "INVARIANT_CONFIG_DIR")]
+    config_dir: Option<PathBuf>,
+
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum SlotCommand {
+    /// Create an ed25519 slot holding `address`; its key is kept in the config dir.
+    Create {
+        /// The slot's first address.
+        address: Id,
+    },
+    /// The slot's current state (JSON).
+    Get {
+        /// The slot id.
+        slot: Id,
+    },
+    /// Move the slot to `address` (compare-and-swap from its current value, signed
+    /// with the local key when the slot needs one).
+    Set {
+        /// The slot id.
+        slot: Id,
+        /// The new address.
+        address: Id,
+    },
+    /// Every state, newest first (one JSON object per line).
+    History {
+        /// The slot id.
+        slot: Id,
+    },
+    /// The current state, then each new one as it is set (until Ctrl-C).
+    Watch {
+        /// The slot id.
+        slot: Id,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum NameCommand {
+    /// Register `name` → `address`.
+    Register {
+        /// The name (no dot means `<name>.local`).
+        name: String,
+        /// A content address, or a slot id with `--slot`.
+        address: Id,
+        /// `address` is a slot id.
+        #[arg(long)]
+        slot: bool,
+        /// Seconds lookups may cache the answer.
+        #[arg(long)]
+        ttl: Option<u32>,
+    },
+    /// Look a name up (JSON).
+    Lookup {
+        /// The name.
+        name: String,
+    },
+    /// Move `name` from `previous` to `address` (compare-and-swap).
+    Update {
+        /// The name.
+        name: String,
+        /// The address it must hold now.
+        previous: Id,
+        /// The new address.
+        address: Id,
+        /// `address` is a slot id.
+        #[arg(long)]
+        slot: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -69,6 +149,29 @@ enum Command {
     },
     /// Write a blob to stdout (verified against its address).
     Cat {
+        /// The blob's address.
+        address: Id,
+    },
+    /// Slots: signed mutable pointers.
+    #[command(subcommand)]
+    Slot(SlotCommand),
+    /// Names → addresses.
+    #[command(subcommand)]
+    Name(NameCommand),
+    /// Ask the distributor to keep blocks on N storage servers.
+    Pin {
+        /// Block addresses.
+        #[arg(required = true)]
+        blocks: Vec<Id>,
+    },
+    /// Release pins taken with `pin`.
+    Unpin {
+        /// Block addresses.
+        #[arg(required = true)]
+        blocks: Vec<Id>,
+    },
+    /// The storage servers that hold a blob, by iterative lookup over find servers.
+    Find {
         /// The blob's address.
         address: Id,
     },
@@ -123,7 +226,149 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut stdout = std::io::stdout().lock();
             copy_blob(&broker(&cli.broker)?, &address, &mut stdout).await
         }
+        Command::Slot(command) => {
+            let config_dir = cli.config_dir.unwrap_or_else(keys::default_config_dir);
+            slot(&broker(&cli.broker)?, &config_dir, command).await
+        }
+        Command::Name(command) => name(&broker(&cli.broker)?, command).await,
+        Command::Pin { blocks } => {
+            let broker = broker(&cli.broker)?;
+            let endpoint = network::first(&broker, "distribute").await?;
+            DistributorClient::from_endpoint(endpoint)
+                .pin(&blocks)
+                .await?;
+            println!("pinned {} blocks", blocks.len());
+            Ok(())
+        }
+        Command::Unpin { blocks } => {
+            let broker = broker(&cli.broker)?;
+            let endpoint = network::first(&broker, "distribute").await?;
+            DistributorClient::from_endpoint(endpoint)
+                .unpin(&blocks)
+                .await?;
+            println!("unpinned {} blocks", blocks.len());
+            Ok(())
+        }
+        Command::Find { address } => {
+            let broker = broker(&cli.broker)?;
+            let start = FindClient::from_endpoint(network::first(&broker, "find").await?);
+            let holders = lookup(&broker, &start, &address, LookupOptions::default()).await?;
+            if holders.is_empty() {
+                bail!("no find server knows a holder of {address}");
+            }
+            for holder in holders {
+                match broker.resolve(&holder).await? {
+                    Some(url) => println!("{holder} {url}"),
+                    None => println!("{holder} (not answering)"),
+                }
+            }
+            Ok(())
+        }
     }
+}
+
+async fn slot(
+    broker: &BrokerClient,
+    config_dir: &std::path::Path,
+    command: SlotCommand,
+) -> anyhow::Result<()> {
+    let slots = SlotsClient::from_endpoint(network::first(broker, "slots").await?);
+    match command {
+        SlotCommand::Create { address } => {
+            let (signer, slot) = keys::create(config_dir)?;
+            if !slots
+                .register(&signer.register_request(slot, address))
+                .await?
+            {
+                bail!("slot {slot} already exists");
+            }
+            println!("{slot}");
+        }
+        SlotCommand::Get { slot } => {
+            let state = slots
+                .get(&slot)
+                .await?
+                .with_context(|| format!("unknown slot {slot}"))?;
+            println!("{}", serde_json::to_string(&state)?);
+        }
+        SlotCommand::Set { slot, address } => {
+            let current = slots
+                .get(&slot)
+                .await?
+                .with_context(|| format!("unknown slot {slot}"))?;
+            match keys::load(config_dir, &slot)? {
+                Some(signer) => {
+                    slots
+                        .update_signed(&slot, &signer, &current.address, &address)
+                        .await?
+                }
+                None => {
+                    let request =
+                        invariant_spec::slots::UpdateRequest::unsigned(current.address, address);
+                    slots.update(&slot, &request).await?
+                }
+            }
+            println!("{address}");
+        }
+        SlotCommand::History { slot } => {
+            let states = slots
+                .history_all(&slot)
+                .await?
+                .with_context(|| format!("unknown slot {slot}"))?;
+            for state in states {
+                println!("{}", serde_json::to_string(&state)?);
+            }
+        }
+        SlotCommand::Watch { slot } => {
+            let mut stream = slots
+                .watch(&slot)
+                .await?
+                .with_context(|| format!("unknown slot {slot}"))?;
+            while let Some(state) = stream.next().await {
+                println!("{}", serde_json::to_string(&state?)?);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn name(broker: &BrokerClient, command: NameCommand) -> anyhow::Result<()> {
+    let names = NamesClient::from_endpoint(network::first(broker, "names").await?);
+    match command {
+        NameCommand::Register {
+            name,
+            address,
+            slot,
+            ttl,
+        } => {
+            let mut request = names::RegisterRequest::new(name, address);
+            request.slot = slot.then_some(true);
+            request.ttl = ttl;
+            names.register(&request).await?;
+            println!("registered");
+        }
+        NameCommand::Lookup { name } => {
+            let record = names
+                .lookup(&name)
+                .await?
+                .with_context(|| format!("{name} is not known"))?;
+            println!("{}", serde_json::to_string(&record)?);
+        }
+        NameCommand::Update {
+            name,
+            previous,
+            address,
+            slot,
+        } => {
+            let mut request = names::UpdateRequest::new(name.clone(), previous, address);
+            request.slot = slot.then_some(true);
+            if !names.update(&request).await? {
+                bail!("{name} no longer holds {previous}");
+            }
+            println!("updated");
+        }
+    }
+    Ok(())
 }
 
 fn broker(url: &str) -> anyhow::Result<BrokerClient> {

@@ -108,6 +108,52 @@ fn up_starts_every_role_and_stops_cleanly() -> anyhow::Result<()> {
     assert!(cat.status.success());
     assert_eq!(cat.stdout, content);
 
+    // Slots and names through the CLI, keys kept in a private config dir.
+    let config_dir = dir.path().join("config");
+    let cfg = config_dir.to_str().expect("utf-8 path");
+    let created = invariant(&["--config-dir", cfg, "slot", "create", &address], &broker)?;
+    assert!(
+        created.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created.stderr)
+    );
+    let slot = String::from_utf8(created.stdout)?.trim().to_string();
+    let next = "ab".repeat(32);
+    let set = invariant(&["--config-dir", cfg, "slot", "set", &slot, &next], &broker)?;
+    assert!(
+        set.status.success(),
+        "{}",
+        String::from_utf8_lossy(&set.stderr)
+    );
+    let history = invariant(&["slot", "history", &slot], &broker)?;
+    let history = String::from_utf8(history.stdout)?;
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 2, "history: {history}");
+    assert!(lines[0].contains(&next) && lines[1].contains(&address));
+    // Without the key, a signed slot refuses the update.
+    let other = dir.path().join("other-config");
+    let refused = invariant(
+        &[
+            "--config-dir",
+            other.to_str().expect("utf-8"),
+            "slot",
+            "set",
+            &slot,
+            &address,
+        ],
+        &broker,
+    )?;
+    assert!(!refused.status.success());
+
+    let registered = invariant(&["name", "register", "photos", &address], &broker)?;
+    assert!(
+        registered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&registered.stderr)
+    );
+    let looked = invariant(&["name", "lookup", "PHOTOS.local"], &broker)?;
+    assert!(String::from_utf8(looked.stdout)?.contains(&address));
+
     // SIGTERM stops everything; the servers' ports close.
     let status = Command::new("kill")
         .arg("-TERM")
