@@ -112,7 +112,8 @@ impl DistributorClient {
 
     /// Adds one registration to each storage server in `storages`.
     pub async fn register_storage(&self, storages: &[Id]) -> ClientResult<()> {
-        self.put_ids("/distributor/register/storage", storages).await
+        self.put_ids("/distributor/register/storage", storages)
+            .await
     }
 
     /// Removes one registration from each storage server in `storages` (409 below zero).
@@ -201,8 +202,7 @@ mod tests {
     #[test]
     fn status_reader_defaults_missing_fields() {
         let status: DistributorStatus =
-            serde_json::from_str(r#"{"pinned":3,"storages_active":2,"extra":true}"#)
-                .expect("json");
+            serde_json::from_str(r#"{"pinned":3,"storages_active":2,"extra":true}"#).expect("json");
         assert_eq!(status.pinned, 3);
         assert_eq!(status.storages_active, 2);
         assert_eq!(status.under_replicated, 0);

@@ -19,6 +19,7 @@
 //! - [`http`]: the common conventions every client shares (base urls, `/id`).
 
 pub mod broker;
+pub mod content;
 pub mod distributor;
 pub mod error;
 pub mod find;

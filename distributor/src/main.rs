@@ -1,0 +1,59 @@
+//! `distributor`: the distributor role as a process. See the crate docs and README.
+
+use std::time::Duration;
+
+use clap::Parser;
+use distributor::DistributorConfig;
+use invariant_runtime::{CommonArgs, Role, run_main};
+
+/// Keeps pinned blocks on the N nearest storage servers of the invariant network.
+#[derive(Parser, Debug)]
+#[command(name = "distributor", version, about)]
+struct Cli {
+    #[command(flatten)]
+    common: CommonArgs,
+
+    /// Copies each pinned block should have.
+    #[arg(long, env = "INVARIANT_REPLICAS", default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..))]
+    replicas: u16,
+
+    /// Blocks repaired (copied) at once.
+    #[arg(long, env = "INVARIANT_PARALLELISM", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..))]
+    parallelism: u16,
+
+    /// Distribute only onto explicitly registered storage servers, not onto every
+    /// storage server the broker lists.
+    #[arg(long, env = "INVARIANT_NO_BROKER_STORAGES")]
+    no_broker_storages: bool,
+
+    /// Seconds between health checks of the storage servers (±20%).
+    #[arg(long, env = "INVARIANT_HEALTH_INTERVAL", default_value = "10", value_parser = seconds)]
+    health_interval: Duration,
+
+    /// Seconds between full placement passes (±20%).
+    #[arg(long, env = "INVARIANT_REPAIR_INTERVAL", default_value = "300", value_parser = seconds)]
+    repair_interval: Duration,
+}
+
+fn seconds(text: &str) -> Result<Duration, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{text} is not a positive number of seconds"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let config = DistributorConfig {
+        replicas: usize::from(cli.replicas),
+        parallelism: usize::from(cli.parallelism),
+        broker_storages: !cli.no_broker_storages,
+        health_interval: cli.health_interval,
+        repair_interval: cli.repair_interval,
+        ..DistributorConfig::default()
+    };
+    run_main(Role::Distributor, &cli.common, |ctx| async move {
+        Ok(distributor::start(&ctx, config).await?)
+    })
+}

@@ -1,0 +1,27 @@
+//! Distributor gauges and counters (through the `metrics` crate, shown by `/metrics`).
+//!
+//! Gauges (set from [`DistributorStatus`] every second and after each change):
+//! - `distributor_pinned_blocks`: distinct pinned blocks.
+//! - `distributor_under_replicated_blocks`: pinned blocks not yet on all their servers.
+//! - `distributor_copies_in_flight`: copies running now.
+//! - `distributor_storages_active`: storage servers answering health checks.
+//! - `distributor_storages_known`: storage servers distributed onto when active.
+//!
+//! Counter `distributor_copies_total{result="ok"|"failed"}`: finished copy attempts.
+
+use invariant_spec::distributor::DistributorStatus;
+
+/// Sets every gauge from `status`.
+pub fn publish(status: &DistributorStatus) {
+    metrics::gauge!("distributor_pinned_blocks").set(status.pinned as f64);
+    metrics::gauge!("distributor_under_replicated_blocks").set(status.under_replicated as f64);
+    metrics::gauge!("distributor_copies_in_flight").set(status.copies_in_flight as f64);
+    metrics::gauge!("distributor_storages_active").set(status.storages_active as f64);
+    metrics::gauge!("distributor_storages_known").set(status.storages_known as f64);
+}
+
+/// Counts one finished copy attempt.
+pub fn copy_finished(ok: bool) {
+    let result = if ok { "ok" } else { "failed" };
+    metrics::counter!("distributor_copies_total", "result" => result).increment(1);
+}

@@ -1,0 +1,150 @@
+//! Shared state of a running distributor: store, membership, repair queue, counters.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+use invariant_spec::distributor::DistributorStatus;
+use invariant_spec::{BrokerClient, Id};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::DistributorConfig;
+use crate::membership::Membership;
+use crate::repair::WorkQueue;
+use crate::store::{HolderUpdate, Store, StoreError};
+
+/// A blocking store call that failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BlockingError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The blocking task panicked or was cancelled.
+    #[error("blocking task failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+/// Counters behind the status route and the gauges.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    /// Distinct pinned blocks (updated under the write lock, after each commit).
+    pub pinned: AtomicU64,
+    /// Explicitly registered storage servers (distinct).
+    pub registered: AtomicU64,
+    pub copies_in_flight: AtomicU64,
+    pub copies_completed: AtomicU64,
+    pub copies_failed: AtomicU64,
+    pub passes: AtomicU64,
+}
+
+/// Counts one copy as in flight until dropped.
+pub(crate) struct InFlight<'a>(&'a Stats);
+
+impl<'a> InFlight<'a> {
+    pub fn start(stats: &'a Stats) -> InFlight<'a> {
+        stats.copies_in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(stats)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.copies_in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Everything the handlers and background tasks share (behind one `Arc`).
+#[derive(Debug)]
+pub(crate) struct Core {
+    pub config: DistributorConfig,
+    pub store: Store,
+    pub members: Membership,
+    pub work: WorkQueue,
+    pub stats: Stats,
+    /// Serializes pin and registration changes with their in-memory effects, so the
+    /// queue and counters follow the order of commits.
+    pub writes: tokio::sync::Mutex<()>,
+    /// Every background task and blocking call, so shutdown can wait for them.
+    pub tasks: TaskTracker,
+    pub shutdown: CancellationToken,
+    /// The broker (through the probe client), when configured.
+    pub broker: Option<BrokerClient>,
+    /// Short-timeout client for health checks, `HEAD`s and reports.
+    pub probe_http: reqwest::Client,
+    /// Client for copies (timeout [`DistributorConfig::copy_timeout`]).
+    pub transfer_http: reqwest::Client,
+    /// Placement knowledge to write (batched by the holder writer).
+    pub holder_updates: mpsc::Sender<HolderUpdate>,
+    /// `(storage, block)` holdings to report to find servers.
+    pub reports: mpsc::Sender<(Id, Id)>,
+    /// Wakes the pass loop.
+    pub pass_wake: Notify,
+    /// Storage servers whose holdings the next pass must re-check (they came back).
+    pub pass_verify: Mutex<HashSet<Id>>,
+}
+
+impl Core {
+    /// Runs `f` on the blocking pool (tracked, so shutdown waits for it).
+    pub async fn blocking<T, F>(&self, f: F) -> Result<T, BlockingError>
+    where
+        F: FnOnce() -> Result<T, StoreError> + Send + 'static,
+        T: Send + 'static,
+    {
+        Ok(self.tasks.spawn_blocking(f).await??)
+    }
+
+    /// Records that `storage` holds `block` (durably, batched) and reports it.
+    pub async fn learned_holder(&self, block: Id, storage: Id) {
+        // Fails only once the writer stopped at shutdown.
+        let _ = self
+            .holder_updates
+            .send(HolderUpdate::Add { block, storage })
+            .await;
+        // Best effort: a full queue drops the report, never the copy.
+        let _ = self.reports.try_send((storage, block));
+    }
+
+    /// Records that `storage` does not hold `block`.
+    pub async fn lost_holder(&self, block: Id, storage: Id) {
+        let _ = self
+            .holder_updates
+            .send(HolderUpdate::Remove { block, storage })
+            .await;
+    }
+
+    /// Asks for a full placement pass, re-checking `verify` servers' holdings.
+    pub fn request_pass(&self, verify: impl IntoIterator<Item = Id>) {
+        self.pass_verify
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(verify);
+        self.pass_wake.notify_one();
+    }
+
+    /// The current status.
+    pub fn status(&self) -> DistributorStatus {
+        let active = self.members.active();
+        DistributorStatus {
+            pinned: self.stats.pinned.load(Ordering::Relaxed),
+            under_replicated: self.work.len() as u64,
+            copies_in_flight: self.stats.copies_in_flight.load(Ordering::Relaxed),
+            storages_active: active.ids.len() as u64,
+            storages_known: self.members.known() as u64,
+            storages_registered: self.stats.registered.load(Ordering::Relaxed),
+            replicas: self.config.replicas as u64,
+            copies_completed: self.stats.copies_completed.load(Ordering::Relaxed),
+            copies_failed: self.stats.copies_failed.load(Ordering::Relaxed),
+            passes: self.stats.passes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Sets the gauges from the current status.
+    pub fn publish(&self) -> DistributorStatus {
+        let status = self.status();
+        crate::metrics::publish(&status);
+        status
+    }
+}

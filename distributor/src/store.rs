@@ -1,0 +1,613 @@
+//! Durable distributor state in one redb database, `<data-dir>/distributor.redb`.
+//!
+//! Tables (every value starts with the format marker [`FORMAT_V1`]):
+//! - `pins`: block → `FORMAT_V1 ‖ count (u64 LE)`; a block with no pin has no row.
+//! - `storages`: storage server id → `FORMAT_V1 ‖ count (u64 LE)`: explicit registrations.
+//! - `holders`: `block ‖ storage` → `FORMAT_V1`: storage servers known to hold a pinned
+//!   block (placement knowledge; rows go when the block's last pin goes).
+//! - `meta`: `"schema"` → [`SCHEMA`], checked at open.
+//!
+//! Pin and registration changes are one transaction per request, committed with redb's
+//! default `Durability::Immediate` (on disk when `commit` returns) before the answer.
+//! A request that would take a count below zero changes nothing.
+//!
+//! All methods block; call them from a blocking thread.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::Arc;
+
+use invariant_spec::Id;
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "distributor.redb";
+/// Format marker at the start of every stored value.
+pub const FORMAT_V1: u8 = 1;
+/// Version of the table layout, stored under `meta["schema"]`.
+pub const SCHEMA: u64 = 1;
+
+type Counts = TableDefinition<'static, &'static [u8; 32], &'static [u8]>;
+
+const PINS: Counts = TableDefinition::new("pins");
+const STORAGES: Counts = TableDefinition::new("storages");
+const HOLDERS: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("holders");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// A store failure (never caused by client input).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The data directory cannot be created.
+    #[error("cannot create the data directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// redb failed (I/O, corruption detected by redb, ...).
+    #[error("database error: {0}")]
+    Database(#[from] redb::Error),
+    /// A stored value does not decode.
+    #[error("stored record is corrupt: {0}")]
+    Corrupt(String),
+    /// The database was written by a newer, unknown layout.
+    #[error("database schema {found} is not supported (this build reads {SCHEMA})")]
+    Schema {
+        /// The schema found on disk.
+        found: u64,
+    },
+}
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    StoreError::Database(e.into())
+}
+
+/// A decrement that would go below zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BelowZero {
+    /// The first id (in sorted order) whose count is too small.
+    pub id: Id,
+    /// Its current count.
+    pub have: u64,
+    /// How many removals the request asked for.
+    pub asked: u64,
+}
+
+/// What an increment did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Added {
+    /// Ids that had no count before (sorted, distinct).
+    pub new: Vec<Id>,
+    /// Distinct ids with a count after the change.
+    pub total: u64,
+}
+
+/// What a decrement did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Removed {
+    /// Ids whose count reached zero (sorted, distinct).
+    pub released: Vec<Id>,
+    /// Distinct ids with a count after the change.
+    pub total: u64,
+}
+
+/// A change of placement knowledge.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HolderUpdate {
+    /// `storage` was seen holding `block`.
+    Add {
+        /// The block.
+        block: Id,
+        /// The storage server.
+        storage: Id,
+    },
+    /// `storage` was seen not holding `block`.
+    Remove {
+        /// The block.
+        block: Id,
+        /// The storage server.
+        storage: Id,
+    },
+}
+
+/// A pinned block with the storage servers known to hold it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PinnedBlock {
+    /// The block.
+    pub block: Id,
+    /// Known holders, in id order.
+    pub holders: Vec<Id>,
+}
+
+/// The distributor database. Cloning shares it.
+#[derive(Clone, Debug)]
+pub struct Store {
+    db: Arc<Database>,
+}
+
+fn encode_count(count: u64) -> [u8; 9] {
+    let mut value = [0u8; 9];
+    value[0] = FORMAT_V1;
+    value[1..].copy_from_slice(&count.to_le_bytes());
+    value
+}
+
+fn decode_count(value: &[u8]) -> Result<u64, StoreError> {
+    match value.split_first() {
+        Some((&FORMAT_V1, rest)) => {
+            let bytes: [u8; 8] = rest.try_into().map_err(|_| {
+                StoreError::Corrupt(format!("count record has {} bytes, not 9", value.len()))
+            })?;
+            Ok(u64::from_le_bytes(bytes))
+        }
+        Some((format, _)) => Err(StoreError::Corrupt(format!(
+            "unknown format marker {format}"
+        ))),
+        None => Err(StoreError::Corrupt("empty count record".into())),
+    }
+}
+
+fn holder_key(block: &Id, storage: &Id) -> [u8; 64] {
+    let mut key = [0u8; 64];
+    key[..32].copy_from_slice(block.as_bytes());
+    key[32..].copy_from_slice(storage.as_bytes());
+    key
+}
+
+fn holder_bounds(block: &Id) -> ([u8; 64], [u8; 64]) {
+    let mut low = [0u8; 64];
+    low[..32].copy_from_slice(block.as_bytes());
+    let mut high = [0xffu8; 64];
+    high[..32].copy_from_slice(block.as_bytes());
+    (low, high)
+}
+
+fn storage_of(key: &[u8; 64]) -> Id {
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(&key[32..]);
+    Id::from_bytes(bytes)
+}
+
+/// Multiplicity of each distinct id, in id order.
+fn tally(ids: &[Id]) -> BTreeMap<Id, u64> {
+    let mut counts = BTreeMap::new();
+    for id in ids {
+        *counts.entry(*id).or_insert(0u64) += 1;
+    }
+    counts
+}
+
+impl Store {
+    /// Opens (creating if needed) `<data_dir>/distributor.redb`.
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        std::fs::create_dir_all(data_dir)?;
+        let db = Database::builder()
+            .set_cache_size(64 * 1024 * 1024)
+            .create(data_dir.join(DB_FILE))
+            .map_err(db_err)?;
+        let txn = db.begin_write().map_err(db_err)?;
+        {
+            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let found = meta.get("schema").map_err(db_err)?.map(|v| v.value());
+            match found {
+                None => {
+                    meta.insert("schema", SCHEMA).map_err(db_err)?;
+                }
+                Some(SCHEMA) => {}
+                Some(found) => return Err(StoreError::Schema { found }),
+            }
+            txn.open_table(PINS).map_err(db_err)?;
+            txn.open_table(STORAGES).map_err(db_err)?;
+            txn.open_table(HOLDERS).map_err(db_err)?;
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(Store { db: Arc::new(db) })
+    }
+
+    /// Adds one pin per listed block (duplicates count twice). Durable on return.
+    pub fn pin(&self, blocks: &[Id]) -> Result<Added, StoreError> {
+        self.increment(PINS, blocks)
+    }
+
+    /// Removes one pin per listed block; nothing changes if a count would go below
+    /// zero. Holder knowledge of released blocks is dropped. Durable on return.
+    pub fn unpin(&self, blocks: &[Id]) -> Result<Result<Removed, BelowZero>, StoreError> {
+        self.decrement(PINS, blocks, true)
+    }
+
+    /// Adds one registration per listed storage server. Durable on return.
+    pub fn register(&self, storages: &[Id]) -> Result<Added, StoreError> {
+        self.increment(STORAGES, storages)
+    }
+
+    /// Removes one registration per listed storage server; nothing changes if a count
+    /// would go below zero. Durable on return.
+    pub fn unregister(&self, storages: &[Id]) -> Result<Result<Removed, BelowZero>, StoreError> {
+        self.decrement(STORAGES, storages, false)
+    }
+
+    fn increment(&self, table: Counts, ids: &[Id]) -> Result<Added, StoreError> {
+        if ids.is_empty() {
+            return Ok(Added {
+                new: Vec::new(),
+                total: self.count_rows(table)?,
+            });
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let added = {
+            let mut rows = txn.open_table(table).map_err(db_err)?;
+            let mut new = Vec::new();
+            // Sorted keys: B-tree inserts touch neighbouring pages.
+            for (id, add) in tally(ids) {
+                let before = match rows.get(id.as_bytes()).map_err(db_err)? {
+                    Some(value) => decode_count(value.value())?,
+                    None => 0,
+                };
+                if before == 0 {
+                    new.push(id);
+                }
+                let after = before.saturating_add(add);
+                rows.insert(id.as_bytes(), encode_count(after).as_slice())
+                    .map_err(db_err)?;
+            }
+            Added {
+                new,
+                total: rows.len().map_err(db_err)?,
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(added)
+    }
+
+    fn decrement(
+        &self,
+        table: Counts,
+        ids: &[Id],
+        drop_holders: bool,
+    ) -> Result<Result<Removed, BelowZero>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Ok(Removed {
+                released: Vec::new(),
+                total: self.count_rows(table)?,
+            }));
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let outcome = apply_decrement(&txn, table, ids, drop_holders)?;
+        match outcome {
+            Ok(removed) => {
+                txn.commit().map_err(db_err)?;
+                Ok(Ok(removed))
+            }
+            Err(below) => {
+                txn.abort().map_err(db_err)?;
+                Ok(Err(below))
+            }
+        }
+    }
+
+    fn count_rows(&self, table: Counts) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let rows = txn.open_table(table).map_err(db_err)?;
+        rows.len().map_err(db_err)
+    }
+
+    /// Distinct pinned blocks.
+    pub fn pinned_count(&self) -> Result<u64, StoreError> {
+        self.count_rows(PINS)
+    }
+
+    /// The pin count of `block` (0 when not pinned).
+    pub fn pins(&self, block: &Id) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let rows = txn.open_table(PINS).map_err(db_err)?;
+        let value = rows.get(block.as_bytes()).map_err(db_err)?;
+        value.map(|v| decode_count(v.value())).unwrap_or(Ok(0))
+    }
+
+    /// Whether each of `blocks` is pinned, in order.
+    pub fn pinned_flags(&self, blocks: &[Id]) -> Result<Vec<bool>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let rows = txn.open_table(PINS).map_err(db_err)?;
+        blocks
+            .iter()
+            .map(|b| Ok(rows.get(b.as_bytes()).map_err(db_err)?.is_some()))
+            .collect()
+    }
+
+    /// The registration count of each explicitly registered storage server.
+    pub fn registered(&self) -> Result<Vec<(Id, u64)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let rows = txn.open_table(STORAGES).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in rows.iter().map_err(db_err)? {
+            let (key, value) = row.map_err(db_err)?;
+            out.push((Id::from_bytes(*key.value()), decode_count(value.value())?));
+        }
+        Ok(out)
+    }
+
+    /// The known holders of `block` when it is pinned; `None` when it is not.
+    pub fn pinned_block(&self, block: &Id) -> Result<Option<Vec<Id>>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let pins = txn.open_table(PINS).map_err(db_err)?;
+        if pins.get(block.as_bytes()).map_err(db_err)?.is_none() {
+            return Ok(None);
+        }
+        let holders = txn.open_table(HOLDERS).map_err(db_err)?;
+        read_holders(&holders, block).map(Some)
+    }
+
+    /// Up to `limit` pinned blocks after `after` (exclusive) in id order, with their
+    /// known holders, all from one snapshot.
+    pub fn scan(&self, after: Option<Id>, limit: usize) -> Result<Vec<PinnedBlock>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let pins = txn.open_table(PINS).map_err(db_err)?;
+        let holders = txn.open_table(HOLDERS).map_err(db_err)?;
+        let start = after.map(|a| *a.as_bytes());
+        let lower = match &start {
+            Some(bytes) => Bound::Excluded(bytes),
+            None => Bound::Unbounded,
+        };
+        let mut out = Vec::with_capacity(limit.min(4096));
+        for row in pins
+            .range::<&[u8; 32]>((lower, Bound::Unbounded))
+            .map_err(db_err)?
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (key, _) = row.map_err(db_err)?;
+            let block = Id::from_bytes(*key.value());
+            let known = read_holders(&holders, &block)?;
+            out.push(PinnedBlock {
+                block,
+                holders: known,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Applies knowledge updates in one transaction. Additions for blocks that are no
+    /// longer pinned are skipped.
+    pub fn apply_holders(&self, updates: &[HolderUpdate]) -> Result<(), StoreError> {
+        if updates.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        {
+            let pins = txn.open_table(PINS).map_err(db_err)?;
+            let mut holders = txn.open_table(HOLDERS).map_err(db_err)?;
+            for update in updates {
+                match update {
+                    HolderUpdate::Add { block, storage } => {
+                        if pins.get(block.as_bytes()).map_err(db_err)?.is_some() {
+                            holders
+                                .insert(&holder_key(block, storage), [FORMAT_V1].as_slice())
+                                .map_err(db_err)?;
+                        }
+                    }
+                    HolderUpdate::Remove { block, storage } => {
+                        holders
+                            .remove(&holder_key(block, storage))
+                            .map_err(db_err)?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(db_err)?;
+        Ok(())
+    }
+}
+
+fn read_holders(
+    holders: &impl ReadableTable<&'static [u8; 64], &'static [u8]>,
+    block: &Id,
+) -> Result<Vec<Id>, StoreError> {
+    let (low, high) = holder_bounds(block);
+    let mut out = Vec::new();
+    for row in holders.range::<&[u8; 64]>(&low..=&high).map_err(db_err)? {
+        let (key, _) = row.map_err(db_err)?;
+        out.push(storage_of(key.value()));
+    }
+    Ok(out)
+}
+
+fn apply_decrement(
+    txn: &WriteTransaction,
+    table: Counts,
+    ids: &[Id],
+    drop_holders: bool,
+) -> Result<Result<Removed, BelowZero>, StoreError> {
+    let mut rows = txn.open_table(table).map_err(db_err)?;
+    let counts = tally(ids);
+    // Check everything first so a refused request changes nothing.
+    let mut plan = Vec::with_capacity(counts.len());
+    for (id, asked) in counts {
+        let have = match rows.get(id.as_bytes()).map_err(db_err)? {
+            Some(value) => decode_count(value.value())?,
+            None => 0,
+        };
+        if have < asked {
+            return Ok(Err(BelowZero { id, have, asked }));
+        }
+        plan.push((id, have - asked));
+    }
+    let mut released = Vec::new();
+    for (id, after) in plan {
+        if after == 0 {
+            rows.remove(id.as_bytes()).map_err(db_err)?;
+            released.push(id);
+        } else {
+            rows.insert(id.as_bytes(), encode_count(after).as_slice())
+                .map_err(db_err)?;
+        }
+    }
+    let total = rows.len().map_err(db_err)?;
+    drop(rows);
+    if drop_holders && !released.is_empty() {
+        let mut holders = txn.open_table(HOLDERS).map_err(db_err)?;
+        for block in &released {
+            let (low, high) = holder_bounds(block);
+            holders
+                .retain_in::<&[u8; 64], _>(&low..=&high, |_, _| false)
+                .map_err(db_err)?;
+        }
+    }
+    Ok(Ok(Removed { released, total }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u8) -> Id {
+        Id::of_content(&[n])
+    }
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("open");
+        (dir, store)
+    }
+
+    #[test]
+    fn pins_are_reference_counted() {
+        let (_dir, store) = open();
+        let added = store.pin(&[id(1), id(2), id(1)]).expect("pin");
+        let mut want = vec![id(1), id(2)];
+        want.sort();
+        assert_eq!(added.new, want);
+        assert_eq!(added.total, 2);
+        assert_eq!(store.pins(&id(1)).expect("count"), 2);
+        assert_eq!(store.pin(&[id(2)]).expect("pin").new, vec![]);
+
+        let removed = store.unpin(&[id(1)]).expect("unpin").expect("allowed");
+        assert!(removed.released.is_empty());
+        assert_eq!(removed.total, 2);
+        let removed = store.unpin(&[id(1)]).expect("unpin").expect("allowed");
+        assert_eq!(removed.released, vec![id(1)]);
+        assert_eq!(store.pinned_count().expect("count"), 1);
+    }
+
+    #[test]
+    fn unpin_below_zero_changes_nothing() {
+        let (_dir, store) = open();
+        store.pin(&[id(1), id(2)]).expect("pin");
+        let refused = store
+            .unpin(&[id(1), id(2), id(2)])
+            .expect("unpin")
+            .expect_err("below zero");
+        assert_eq!(
+            refused,
+            BelowZero {
+                id: id(2),
+                have: 1,
+                asked: 2
+            }
+        );
+        assert_eq!(store.pins(&id(1)).expect("count"), 1);
+        assert_eq!(store.pins(&id(2)).expect("count"), 1);
+        assert!(store.unpin(&[id(3)]).expect("unpin").is_err());
+    }
+
+    #[test]
+    fn registrations_and_holders_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            store.register(&[id(9), id(9)]).expect("register");
+            store.pin(&[id(1)]).expect("pin");
+            store
+                .apply_holders(&[
+                    HolderUpdate::Add {
+                        block: id(1),
+                        storage: id(9),
+                    },
+                    // Not pinned: skipped.
+                    HolderUpdate::Add {
+                        block: id(2),
+                        storage: id(9),
+                    },
+                ])
+                .expect("holders");
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.registered().expect("registered"), vec![(id(9), 2)]);
+        assert_eq!(
+            store.pinned_block(&id(1)).expect("block"),
+            Some(vec![id(9)])
+        );
+        assert_eq!(store.pinned_block(&id(2)).expect("block"), None);
+    }
+
+    #[test]
+    fn releasing_a_pin_forgets_its_holders() {
+        let (_dir, store) = open();
+        store.pin(&[id(1), id(2)]).expect("pin");
+        let updates: Vec<HolderUpdate> = [1u8, 2]
+            .iter()
+            .flat_map(|b| {
+                [7u8, 8].map(|s| HolderUpdate::Add {
+                    block: id(*b),
+                    storage: id(s),
+                })
+            })
+            .collect();
+        store.apply_holders(&updates).expect("holders");
+        store.unpin(&[id(1)]).expect("unpin").expect("allowed");
+        store.pin(&[id(1)]).expect("pin again");
+        assert_eq!(store.pinned_block(&id(1)).expect("block"), Some(vec![]));
+        let mut two = vec![id(7), id(8)];
+        two.sort();
+        assert_eq!(store.pinned_block(&id(2)).expect("block"), Some(two));
+        store
+            .apply_holders(&[HolderUpdate::Remove {
+                block: id(2),
+                storage: id(7),
+            }])
+            .expect("remove");
+        assert_eq!(
+            store.pinned_block(&id(2)).expect("block"),
+            Some(vec![id(8)])
+        );
+    }
+
+    #[test]
+    fn scan_pages_through_pins_in_order() {
+        let (_dir, store) = open();
+        let blocks: Vec<Id> = (0..50u8).map(id).collect();
+        store.pin(&blocks).expect("pin");
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.scan(after, 7).expect("scan");
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|p| p.block);
+            seen.extend(page.into_iter().map(|p| p.block));
+        }
+        let mut want = blocks;
+        want.sort();
+        assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn unknown_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let db = Database::create(dir.path().join(DB_FILE)).expect("create");
+            let txn = db.begin_write().expect("txn");
+            txn.open_table(META)
+                .expect("meta")
+                .insert("schema", 99)
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::Schema { found: 99 })
+        ));
+    }
+}
