@@ -108,6 +108,28 @@ fn up_starts_every_role_and_stops_cleanly() -> anyhow::Result<()> {
     assert!(cat.status.success());
     assert_eq!(cat.stdout, content);
 
+    // The distributor keeps the blob on 3 storage servers; find locates it.
+    let pinned = invariant(&["pin", &address], &broker)?;
+    assert!(
+        pinned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pinned.stderr)
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let found = invariant(&["find", &address], &broker)?;
+        let holders = String::from_utf8_lossy(&found.stdout).lines().count();
+        if found.status.success() && holders == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "expected 3 holders, find said:\n{}",
+            String::from_utf8_lossy(&found.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
     // Slots and names through the CLI, keys kept in a private config dir.
     let config_dir = dir.path().join("config");
     let cfg = config_dir.to_str().expect("utf-8 path");
