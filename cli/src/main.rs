@@ -5,7 +5,9 @@
 //! - `put` / `get` / `cat`: blobs on the network's storage servers.
 //! - `slot create|get|set|history|watch`: ed25519-signed slots (keys in [`keys`]).
 //! - `name register|lookup|update`: names.
-//! - `pin` / `unpin`: blocks kept on N storage servers by the distributor.
+//! - `upload` / `download`: file trees ([`trees`]).
+//! - `pin` / `unpin`: blocks (or a whole tree's) kept on N storage servers by the
+//!   distributor.
 //! - `find`: which storage servers hold a blob.
 //!
 //! Every command except `up` finds the network through `--broker` (or
@@ -14,6 +16,7 @@
 mod config;
 mod keys;
 mod network;
+mod trees;
 mod up;
 
 use std::io::Write;
@@ -158,23 +161,71 @@ enum Command {
     /// Names → addresses.
     #[command(subcommand)]
     Name(NameCommand),
+    /// Upload a directory; prints the root content link (JSON) as the last line.
+    Upload {
+        /// The directory.
+        dir: PathBuf,
+        /// Encrypt every block (aes-256-cbc, a random key per file).
+        #[arg(long)]
+        encrypt: bool,
+        /// Compress every block.
+        #[arg(long, value_enum)]
+        compress: Option<CompressArg>,
+        /// Ask the distributor to keep the whole tree on N storage servers.
+        #[arg(long)]
+        pin: bool,
+    },
+    /// Download the tree at a content link into a new (or empty) directory.
+    Download {
+        /// The root content link as JSON, or `@file` holding it.
+        link: String,
+        /// Destination directory.
+        dir: PathBuf,
+    },
     /// Ask the distributor to keep blocks on N storage servers.
     Pin {
         /// Block addresses.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "tree")]
         blocks: Vec<Id>,
+        /// Pin every blob of the tree at this content link (JSON or `@file`).
+        #[arg(long)]
+        tree: Option<String>,
     },
     /// Release pins taken with `pin`.
     Unpin {
         /// Block addresses.
-        #[arg(required = true)]
+        #[arg(required_unless_present = "tree")]
         blocks: Vec<Id>,
+        /// Unpin every blob of the tree at this content link (JSON or `@file`).
+        #[arg(long)]
+        tree: Option<String>,
     },
     /// The storage servers that hold a blob, by iterative lookup over find servers.
     Find {
         /// The blob's address.
         address: Id,
     },
+}
+
+/// Block compression for `upload`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum CompressArg {
+    /// zlib (`inflate`).
+    Inflate,
+    /// brotli.
+    Brotli,
+    /// gzip (`unzip`).
+    Gzip,
+}
+
+impl From<CompressArg> for invariant_content::Compression {
+    fn from(arg: CompressArg) -> invariant_content::Compression {
+        match arg {
+            CompressArg::Inflate => invariant_content::Compression::Inflate,
+            CompressArg::Brotli => invariant_content::Compression::Brotli,
+            CompressArg::Gzip => invariant_content::Compression::Gzip,
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -231,24 +282,27 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             slot(&broker(&cli.broker)?, &config_dir, command).await
         }
         Command::Name(command) => name(&broker(&cli.broker)?, command).await,
-        Command::Pin { blocks } => {
-            let broker = broker(&cli.broker)?;
-            let endpoint = network::first(&broker, "distribute").await?;
-            DistributorClient::from_endpoint(endpoint)
-                .pin(&blocks)
-                .await?;
-            println!("pinned {} blocks", blocks.len());
+        Command::Upload {
+            dir,
+            encrypt,
+            compress,
+            pin,
+        } => {
+            let options = trees::UploadOptions {
+                encrypt,
+                compress: compress.map(Into::into),
+                pin,
+            };
+            let link = trees::upload(&broker(&cli.broker)?, &dir, options).await?;
+            println!("{}", serde_json::to_string(&link)?);
             Ok(())
         }
-        Command::Unpin { blocks } => {
-            let broker = broker(&cli.broker)?;
-            let endpoint = network::first(&broker, "distribute").await?;
-            DistributorClient::from_endpoint(endpoint)
-                .unpin(&blocks)
-                .await?;
-            println!("unpinned {} blocks", blocks.len());
-            Ok(())
+        Command::Download { link, dir } => {
+            let link = trees::parse_link(&link)?;
+            trees::download(&broker(&cli.broker)?, &link, &dir).await
         }
+        Command::Pin { blocks, tree } => pin(&broker(&cli.broker)?, blocks, tree, true).await,
+        Command::Unpin { blocks, tree } => pin(&broker(&cli.broker)?, blocks, tree, false).await,
         Command::Find { address } => {
             let broker = broker(&cli.broker)?;
             let start = FindClient::from_endpoint(network::first(&broker, "find").await?);
@@ -265,6 +319,33 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+async fn pin(
+    broker: &BrokerClient,
+    blocks: Vec<Id>,
+    tree: Option<String>,
+    pin: bool,
+) -> anyhow::Result<()> {
+    if let Some(tree) = tree {
+        let count = trees::pin_tree(broker, &trees::parse_link(&tree)?, pin).await?;
+        println!("{} {count} blobs", if pin { "pinned" } else { "unpinned" });
+    }
+    if !blocks.is_empty() {
+        let distributor =
+            DistributorClient::from_endpoint(network::first(broker, "distribute").await?);
+        if pin {
+            distributor.pin(&blocks).await?;
+        } else {
+            distributor.unpin(&blocks).await?;
+        }
+        println!(
+            "{} {} blocks",
+            if pin { "pinned" } else { "unpinned" },
+            blocks.len()
+        );
+    }
+    Ok(())
 }
 
 async fn slot(

@@ -200,15 +200,21 @@ async fn wait_for_signal_or_exit(running: &mut [Running]) {
         }
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut reported = vec![false; running.len()];
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => return,
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => return,
             _ = tick.tick() => {
-                for server in running.iter_mut() {
+                // A server that dies is reported once; the rest of the network keeps
+                // running (the distributor and broker cope with a lost server).
+                for (server, reported) in running.iter_mut().zip(reported.iter_mut()) {
+                    if *reported {
+                        continue;
+                    }
                     if let Ok(Some(status)) = server.child.try_wait() {
-                        eprintln!("{} exited unexpectedly ({status}); stopping the network", server.name);
-                        return;
+                        eprintln!("{} exited ({status}); the other servers keep running", server.name);
+                        *reported = true;
                     }
                 }
             }

@@ -403,6 +403,55 @@ async fn symlink(_target: &str, path: &Path) -> ContentResult<()> {
     })
 }
 
+/// Every blob address a file's content depends on: the link's own address and, for
+/// block trees, every list and block below it (depth first, duplicates kept out).
+pub async fn content_addresses(reader: &Reader, link: &ContentLink) -> ContentResult<Vec<Id>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    collect_content(reader, link, &mut out, &mut seen).await?;
+    Ok(out)
+}
+
+/// Every blob address a whole tree depends on: directory blobs, and each file's
+/// [`content_addresses`]. Pinning these keeps the tree readable.
+pub async fn tree_addresses(reader: &Reader, root: &ContentLink) -> ContentResult<Vec<Id>> {
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    let mut directories = vec![root.clone()];
+    while let Some(directory) = directories.pop() {
+        collect_content(reader, &directory, &mut out, &mut seen).await?;
+        for entry in read_directory(reader, &directory).await? {
+            match (entry.kind, entry.content) {
+                (EntryKind::Directory, Some(link)) => directories.push(link),
+                (EntryKind::File, Some(link)) => {
+                    collect_content(reader, &link, &mut out, &mut seen).await?
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
+}
+
+async fn collect_content(
+    reader: &Reader,
+    link: &ContentLink,
+    out: &mut Vec<Id>,
+    seen: &mut HashSet<Id>,
+) -> ContentResult<()> {
+    let mut pending = vec![link.clone()];
+    while let Some(link) = pending.pop() {
+        if !seen.insert(link.address) {
+            continue;
+        }
+        out.push(link.address);
+        if let Some(blocks) = reader.block_list(&link).await? {
+            pending.extend(blocks.into_iter().map(|b| b.content));
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,5 +505,39 @@ mod tests {
             let time = from_millis(ms).expect("in range");
             assert_eq!(to_millis(time), ms);
         }
+    }
+
+    #[tokio::test]
+    async fn tree_addresses_cover_every_stored_blob() {
+        use crate::store::MemoryStore;
+        use crate::writer::{ChunkConfig, WriterConfig};
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("tree");
+        std::fs::create_dir_all(root.join("sub/deeper")).expect("dirs");
+        std::fs::write(root.join("a.txt"), b"alpha").expect("write");
+        let big: Vec<u8> = (0..20_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        std::fs::write(root.join("sub/big.bin"), &big).expect("write");
+        std::fs::write(root.join("sub/deeper/empty"), b"").expect("write");
+
+        let store = Arc::new(MemoryStore::new());
+        let config = WriterConfig {
+            chunking: ChunkConfig {
+                min_size: 256,
+                avg_size: 1024,
+                max_size: 4096,
+            },
+            list_limit: 1024,
+            ..WriterConfig::default()
+        };
+        let writer = Writer::new(store.clone(), config).expect("writer");
+        let written = upload_directory(&writer, &root).await.expect("upload");
+        let reader = Reader::new(store.clone());
+        let mut walked = tree_addresses(&reader, &written.link).await.expect("walk");
+        walked.sort();
+        let mut stored = store.addresses();
+        stored.sort();
+        assert_eq!(walked, stored, "every blob of the upload, and only those");
+        assert!(walked.len() > 10, "a multi-level tree: {}", walked.len());
     }
 }
