@@ -78,15 +78,18 @@ fn pid_of_server(data_dir: &Path) -> anyhow::Result<u32> {
             .split(|b| *b == 0)
             .map(|a| String::from_utf8_lossy(a).to_string())
             .collect();
-        if args.iter().any(|a| a == "--data-dir") && args.iter().any(|a| *a == wanted) {
+        if args.iter().any(|a| a == "--data-dir") && args.contains(&wanted) {
             return Ok(pid);
         }
     }
     anyhow::bail!("no process serves {wanted}")
 }
 
-/// Every file, directory and symlink under `root`: relative path → (kind, mode, bytes/target).
-fn snapshot(root: &Path) -> anyhow::Result<BTreeMap<PathBuf, (char, u32, Vec<u8>)>> {
+/// A tree's content: relative path → (kind `f`/`d`/`l`, mode, bytes or link target).
+type Snapshot = BTreeMap<PathBuf, (char, u32, Vec<u8>)>;
+
+/// Every file, directory and symlink under `root`.
+fn snapshot(root: &Path) -> anyhow::Result<Snapshot> {
     let mut out = BTreeMap::new();
     let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
