@@ -22,6 +22,15 @@ use crate::AppState;
 use crate::record::Record;
 use crate::store::StoreError;
 
+/// Every route [`router`] serves, as `(method, path)` (axum path syntax). Listed for
+/// tools that compare a server with its OpenAPI description (`spec/openapi/`).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/broker/register"),
+    ("GET", "/broker/location/{id}"),
+    ("GET", "/broker/registered/{kind}"),
+    ("GET", "/broker/servers/{kind}"),
+];
+
 /// Every broker route.
 pub fn router(state: AppState) -> Router {
     Router::new()

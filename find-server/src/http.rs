@@ -24,6 +24,16 @@ use crate::{AppState, FindError, blocking, forward, now_ms, peers};
 /// Most `HAS` lines in one answer.
 pub const MAX_HAS_LINES: usize = 1000;
 
+/// Every route [`router`] serves, as `(method, path)` (axum path syntax). Listed for
+/// tools that compare a server with its OpenAPI description (`spec/openapi/`).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("PUT", "/find/has"),
+    ("POST", "/find/has"),
+    ("PUT", "/find/notify"),
+    ("POST", "/find/notify"),
+    ("GET", "/find/{id}"),
+];
+
 /// Every find route.
 pub fn router(state: AppState) -> Router {
     Router::new()

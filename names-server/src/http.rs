@@ -20,6 +20,14 @@ use invariant_spec::names::{NameRecord, RegisterRequest, UpdateRequest, canonica
 use crate::AppState;
 use crate::store::{RegisterOutcome, StoreError, StoredName, UpdateOutcome};
 
+/// Every route [`router`] serves, as `(method, path)` (axum path syntax). Listed for
+/// tools that compare a server with its OpenAPI description (`spec/openapi/`).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/names/lookup/{name}"),
+    ("PUT", "/names/register"),
+    ("POST", "/names/update"),
+];
+
 /// Every names route.
 pub fn router(state: AppState) -> Router {
     Router::new()

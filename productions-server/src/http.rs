@@ -23,6 +23,13 @@ use invariant_spec::Id;
 use crate::AppState;
 use crate::store::{PutOutcome, StoreError};
 
+/// Every route [`router`] serves, as `(method, path)` (axum path syntax). Listed for
+/// tools that compare a server with its OpenAPI description (`spec/openapi/`).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/production/{task}/{input}"),
+    ("PUT", "/production/{task}/{input}"),
+];
+
 /// Every productions route.
 pub fn router(state: AppState) -> Router {
     Router::new()

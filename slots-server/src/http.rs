@@ -34,6 +34,19 @@ use crate::writer::WriteError;
 /// Content type of history and watch answers.
 const NDJSON: &str = "application/x-ndjson";
 
+/// Every route [`router`] serves, as `(method, path)` (axum path syntax). Listed for
+/// tools that compare a server with its OpenAPI description (`spec/openapi/`).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("PUT", "/slots/register"),
+    ("POST", "/slots/register"),
+    ("GET", "/slots/config/{id}"),
+    ("GET", "/slots/configuration/{id}"),
+    ("GET", "/slots/history/{id}"),
+    ("GET", "/slots/watch/{id}"),
+    ("GET", "/slots/{id}"),
+    ("PUT", "/slots/{id}"),
+];
+
 /// Every slots route.
 pub fn router(state: AppState) -> Router {
     Router::new()

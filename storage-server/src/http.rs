@@ -43,6 +43,18 @@ const WRITE_CHUNK: usize = 256 * 1024;
 /// `Cache-Control` for immutable content.
 const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 
+/// Every route [`router`] serves, as `(method, path)` (axum path syntax). Listed for
+/// tools that compare a server with its OpenAPI description (`spec/openapi/`).
+pub const ROUTES: &[(&str, &str)] = &[
+    ("POST", "/storage"),
+    ("HEAD", "/storage/fetch"),
+    ("PUT", "/storage/fetch"),
+    ("POST", "/storage/fetch"),
+    ("GET", "/storage/{address}"),
+    ("HEAD", "/storage/{address}"),
+    ("PUT", "/storage/{address}"),
+];
+
 /// Every storage route.
 pub fn router(state: AppState) -> Router {
     Router::new()

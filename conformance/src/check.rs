@@ -1,0 +1,310 @@
+//! The machinery every check uses: the run context ([`Ctx`]), a collected HTTP answer
+//! ([`Resp`]), verdicts and small assertion helpers.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use invariant_spec::Id;
+use reqwest::header::HeaderMap;
+use reqwest::{Method, RequestBuilder};
+
+use crate::helper::Helper;
+
+/// How a check that did not fail ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Pass,
+    Warn(String),
+    Skip(String),
+}
+
+/// Why a check failed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Fail(pub(crate) String);
+
+impl From<reqwest::Error> for Fail {
+    fn from(e: reqwest::Error) -> Fail {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        Fail(text)
+    }
+}
+
+impl From<invariant_spec::ClientError> for Fail {
+    fn from(e: invariant_spec::ClientError) -> Fail {
+        Fail(e.to_string())
+    }
+}
+
+/// What a check returns.
+pub(crate) type Verdict = Result<Outcome, Fail>;
+
+/// A boxed check future.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A check: reads the context, talks to the server, returns a verdict.
+pub(crate) type CheckFn = for<'a> fn(&'a Ctx) -> BoxFuture<'a, Verdict>;
+
+/// One check of the suite.
+#[derive(Clone, Copy)]
+pub(crate) struct CheckDef {
+    /// Unique id (the `--only` key), usually equal to the anchor.
+    pub(crate) id: &'static str,
+    /// The spec document, relative to `spec/`.
+    pub(crate) doc: &'static str,
+    /// The anchor of the rule in that document.
+    pub(crate) anchor: &'static str,
+    /// What it checks.
+    pub(crate) title: &'static str,
+    /// The check itself.
+    pub(crate) run: CheckFn,
+}
+
+impl std::fmt::Debug for CheckDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckDef").field("id", &self.id).finish()
+    }
+}
+
+/// Returns early with a failure.
+macro_rules! fail {
+    ($($arg:tt)*) => {
+        return Err($crate::check::Fail(format!($($arg)*)))
+    };
+}
+
+/// Fails unless `cond` holds.
+macro_rules! ensure {
+    ($cond:expr, $($arg:tt)*) => {
+        if !$cond {
+            return Err($crate::check::Fail(format!($($arg)*)));
+        }
+    };
+}
+
+pub(crate) use {ensure, fail};
+
+/// Warnings gathered while a check runs; the check passes when there are none.
+#[derive(Debug, Default)]
+pub(crate) struct Warnings(Vec<String>);
+
+impl Warnings {
+    pub(crate) fn add(&mut self, note: impl Into<String>) {
+        self.0.push(note.into());
+    }
+    pub(crate) fn merge(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Pass => {}
+            Outcome::Warn(note) | Outcome::Skip(note) => self.0.push(note),
+        }
+    }
+    pub(crate) fn outcome(self) -> Verdict {
+        if self.0.is_empty() {
+            Ok(Outcome::Pass)
+        } else {
+            Ok(Outcome::Warn(self.0.join("; ")))
+        }
+    }
+}
+
+/// A whole HTTP answer.
+#[derive(Debug, Clone)]
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Resp {
+    /// A header's value as text, if present and visible ASCII.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as (lossy) text.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The media type without parameters, lowercase.
+    pub(crate) fn media_type(&self) -> String {
+        self.header("content-type")
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+    }
+
+    /// `"<status> <first 160 characters of the body>"`, for messages.
+    pub(crate) fn describe(&self) -> String {
+        let text: String = self.text().chars().take(160).collect();
+        format!("{} {:?}", self.status, text.trim())
+    }
+
+    /// The body parsed as JSON.
+    pub(crate) fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, Fail> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            Fail(format!(
+                "answer is not the expected JSON ({e}): {}",
+                self.describe()
+            ))
+        })
+    }
+
+    /// Fails unless the status is `expected`.
+    pub(crate) fn expect(&self, expected: u16, what: &str) -> Result<(), Fail> {
+        if self.status == expected {
+            Ok(())
+        } else {
+            Err(Fail(format!(
+                "{what}: expected {expected}, got {}",
+                self.describe()
+            )))
+        }
+    }
+}
+
+/// The verdict on the answer to a request with a malformed id or name in its path
+/// (`common-malformed-id`): 400 passes; 404 and other 4xx are tolerated with a warning;
+/// anything else fails.
+pub(crate) fn malformed_answer(resp: &Resp, what: &str) -> Verdict {
+    match resp.status {
+        400 => Ok(Outcome::Pass),
+        404 => Ok(Outcome::Warn(format!(
+            "{what}: 404 for a malformed id (400 is preferred)"
+        ))),
+        s if (400..500).contains(&s) => Ok(Outcome::Warn(format!(
+            "{what}: {s} for malformed input (400 is preferred)"
+        ))),
+        _ => Err(Fail(format!(
+            "{what}: expected 400, got {}",
+            resp.describe()
+        ))),
+    }
+}
+
+/// The verdict on the answer to a malformed body: 400 passes; 413 and 422 and other
+/// 4xx are tolerated with a warning (404 too, for an id that cannot exist); anything
+/// else fails.
+pub(crate) fn rejected_answer(resp: &Resp, what: &str) -> Verdict {
+    match resp.status {
+        400 => Ok(Outcome::Pass),
+        s if (400..500).contains(&s) => {
+            Ok(Outcome::Warn(format!("{what}: {s} (400 is preferred)")))
+        }
+        _ => Err(Fail(format!(
+            "{what}: expected 400, got {}",
+            resp.describe()
+        ))),
+    }
+}
+
+/// Fails unless `text` is exactly 64 lowercase hex characters (after trimming white
+/// space); returns the id.
+pub(crate) fn lowercase_id(text: &str, what: &str) -> Result<Id, Fail> {
+    let trimmed = text.trim();
+    let id = Id::parse(trimmed).map_err(|e| Fail(format!("{what}: {e}: {trimmed:?}")))?;
+    ensure!(
+        trimmed == id.to_string(),
+        "{what}: ids are emitted in lowercase, got {trimmed:?}"
+    );
+    Ok(id)
+}
+
+/// Everything a check needs: the server, an HTTP client, the suite's helper server and
+/// the run's options.
+#[derive(Debug)]
+pub(crate) struct Ctx {
+    pub(crate) base: String,
+    pub(crate) http: reqwest::Client,
+    pub(crate) timeout: Duration,
+    pub(crate) helper: Helper,
+    pub(crate) max_blob_size: Option<u64>,
+}
+
+impl Ctx {
+    /// `base + path`.
+    pub(crate) fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// A request to `path` with the per-request timeout.
+    pub(crate) fn req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .timeout(self.timeout)
+    }
+
+    /// Sends `request` and collects the whole answer.
+    pub(crate) async fn call(&self, request: RequestBuilder) -> Result<Resp, Fail> {
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.bytes().await?;
+        Ok(Resp {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub(crate) async fn get(&self, path: &str) -> Result<Resp, Fail> {
+        self.call(self.req(Method::GET, path)).await
+    }
+
+    pub(crate) async fn head(&self, path: &str) -> Result<Resp, Fail> {
+        self.call(self.req(Method::HEAD, path)).await
+    }
+
+    /// `method path` with a raw body.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<Resp, Fail> {
+        self.call(self.req(method, path).body(body)).await
+    }
+
+    /// `method path` with a JSON body.
+    pub(crate) async fn json<T: serde::Serialize + ?Sized>(
+        &self,
+        method: Method,
+        path: &str,
+        body: &T,
+    ) -> Result<Resp, Fail> {
+        let bytes = serde_json::to_vec(body).map_err(|e| Fail(e.to_string()))?;
+        self.call(
+            self.req(method, path)
+                .header("content-type", "application/json")
+                .body(bytes),
+        )
+        .await
+    }
+}
+
+/// A random blob of `len` bytes whose address has never been seen.
+pub(crate) fn random_bytes(len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    rand::fill(&mut out[..]);
+    out
+}
+
+/// A fresh random id.
+pub(crate) fn random_id() -> Id {
+    Id::random()
+}
+
+/// `id` in upper case.
+pub(crate) fn upper(id: &Id) -> String {
+    id.to_string().to_ascii_uppercase()
+}

@@ -1,0 +1,385 @@
+//! Distributor checks (`spec/distributor.md`): reference-counted pins and storage
+//! registrations, the accepted id-list body forms, placements and status.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use invariant_spec::Id;
+use reqwest::Method;
+use serde_json::Value;
+
+use crate::check::{
+    BoxFuture, CheckDef, Ctx, Fail, Outcome, Resp, Verdict, Warnings, ensure, fail, lowercase_id,
+    random_bytes, random_id, rejected_answer,
+};
+
+const DOC: &str = "distributor.md";
+
+pub(crate) static CHECKS: &[CheckDef] = &[
+    CheckDef {
+        id: "distributor-pin",
+        doc: DOC,
+        anchor: "distributor-pins",
+        title: "PUT /distributor/pin and unpin count references; below zero is 409",
+        run: pin,
+    },
+    CheckDef {
+        id: "distributor-body-forms",
+        doc: DOC,
+        anchor: "distributor-bodies",
+        title: "id lists are accepted as a JSON array, separated by white space or commas",
+        run: body_forms,
+    },
+    CheckDef {
+        id: "distributor-body-malformed",
+        doc: DOC,
+        anchor: "distributor-bodies",
+        title: "a malformed id list is 400 and nothing in it is applied",
+        run: body_malformed,
+    },
+    CheckDef {
+        id: "distributor-storage",
+        doc: DOC,
+        anchor: "distributor-storage",
+        title: "PUT /distributor/register/storage and unregister count references",
+        run: storage,
+    },
+    CheckDef {
+        id: "distributor-blocks",
+        doc: DOC,
+        anchor: "distributor-blocks",
+        title: "POST /distributor/blocks answers one placement per id, in order",
+        run: blocks,
+    },
+    CheckDef {
+        id: "distributor-placement",
+        doc: DOC,
+        anchor: "distributor-placement",
+        title: "a pinned block is placed on the N registered storage servers nearest to it",
+        run: placement,
+    },
+    CheckDef {
+        id: "distributor-repair",
+        doc: DOC,
+        anchor: "distributor-placement",
+        title: "a pinned block is copied onto every server of its placement",
+        run: repair,
+    },
+    CheckDef {
+        id: "distributor-status",
+        doc: DOC,
+        anchor: "distributor-status",
+        title: "GET /distributor/status answers a JSON object",
+        run: status,
+    },
+];
+
+fn json_list(ids: &[Id]) -> String {
+    let quoted: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
+    format!("[{}]", quoted.join(","))
+}
+
+async fn put(c: &Ctx, route: &str, body: String) -> Result<Resp, Fail> {
+    c.send(Method::PUT, &format!("/distributor/{route}"), body)
+        .await
+}
+
+async fn put_ok(c: &Ctx, route: &str, ids: &[Id]) -> Result<(), Fail> {
+    put(c, route, json_list(ids))
+        .await?
+        .expect(200, &format!("PUT /distributor/{route}"))
+}
+
+/// Fails unless removing one reference from each of `ids` is refused with 409.
+async fn below_zero(c: &Ctx, route: &str, ids: &[Id], why: &str) -> Result<(), Fail> {
+    let resp = put(c, route, json_list(ids)).await?;
+    resp.expect(409, why)
+}
+
+fn pin(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let (a, b) = (random_id(), random_id());
+        put_ok(c, "pin", &[a, a, b]).await?;
+        // a has 2 pins, b has 1: asking for b twice must change nothing.
+        below_zero(c, "unpin", &[a, b, b], "unpinning b below zero").await?;
+        put_ok(c, "unpin", &[a, b]).await?;
+        put_ok(c, "unpin", &[a]).await?;
+        below_zero(c, "unpin", &[a], "unpinning a block with no pins").await?;
+        below_zero(c, "unpin", &[random_id()], "unpinning a block never pinned").await?;
+        put(c, "pin", "[]".into())
+            .await?
+            .expect(200, "pinning an empty list")?;
+        Ok(Outcome::Pass)
+    })
+}
+
+fn body_forms(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let ids: Vec<Id> = (0..4).map(|_| random_id()).collect();
+        let forms = [
+            (
+                "white space",
+                format!("{}\n{}\t{} {}\n", ids[0], ids[1], ids[2], ids[3]),
+            ),
+            (
+                "commas",
+                format!("{},{}, {} ,{}", ids[0], ids[1], ids[2], ids[3]),
+            ),
+            (
+                "quoted values",
+                format!(
+                    "\"{}\" \"{}\",\"{}\"\n\"{}\"",
+                    ids[0], ids[1], ids[2], ids[3]
+                ),
+            ),
+            (
+                "upper case",
+                ids.iter()
+                    .map(|i| i.to_string().to_ascii_uppercase())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+            ),
+        ];
+        for (what, body) in forms {
+            put(c, "pin", body)
+                .await?
+                .expect(200, &format!("pin with ids separated by {what}"))?;
+        }
+        // Each form added one pin to each id: four unpins succeed, a fifth is refused.
+        for _ in 0..4 {
+            put_ok(c, "unpin", &ids).await?;
+        }
+        below_zero(c, "unpin", &ids[..1], "a fifth unpin").await?;
+        Ok(Outcome::Pass)
+    })
+}
+
+fn body_malformed(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let mut warnings = Warnings::default();
+        let good = random_id();
+        let bodies = [
+            ("a bad id", format!("[\"{good}\", \"xyz\"]")),
+            ("a short id", format!("{good} abcd")),
+            ("a truncated array", format!("[\"{good}\"")),
+            ("a non-hex id", format!("{good} {}", "g".repeat(64))),
+        ];
+        for (what, body) in bodies {
+            let resp = put(c, "pin", body).await?;
+            warnings.merge(rejected_answer(&resp, &format!("pin with {what}"))?);
+        }
+        below_zero(
+            c,
+            "unpin",
+            &[good],
+            "unpinning an id from refused bodies (nothing may have been applied)",
+        )
+        .await?;
+        warnings.outcome()
+    })
+}
+
+fn storage(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let s = random_id();
+        put_ok(c, "register/storage", &[s, s]).await?;
+        put_ok(c, "unregister/storage", &[s]).await?;
+        put_ok(c, "unregister/storage", &[s]).await?;
+        below_zero(
+            c,
+            "unregister/storage",
+            &[s],
+            "unregistering a storage server below zero",
+        )
+        .await?;
+        Ok(Outcome::Pass)
+    })
+}
+
+fn blocks(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let (pinned, loose) = (random_id(), random_id());
+        put_ok(c, "pin", &[pinned]).await?;
+        let asked = [loose, pinned, loose];
+        let resp = c
+            .send(Method::POST, "/distributor/blocks", json_list(&asked))
+            .await?;
+        resp.expect(200, "POST /distributor/blocks")?;
+        let answer: Vec<Value> = resp.json()?;
+        ensure!(
+            answer.len() == asked.len(),
+            "asked about {} blocks, got {} placements",
+            asked.len(),
+            answer.len()
+        );
+        for (item, block) in answer.iter().zip(asked) {
+            let Some(text) = item.get("block").and_then(Value::as_str) else {
+                fail!("a placement has no block: {item}");
+            };
+            ensure!(
+                lowercase_id(text, "block")? == block,
+                "placements must follow the request order: {item} for {block}"
+            );
+            let Some(storages) = item.get("storages").and_then(Value::as_array) else {
+                fail!("a placement has no storages array: {item}");
+            };
+            for storage in storages {
+                lowercase_id(storage.as_str().unwrap_or(""), "a storage id")?;
+            }
+            if block == loose {
+                ensure!(
+                    storages.is_empty(),
+                    "an unpinned block has storages: {item}"
+                );
+            }
+        }
+        let empty = c.send(Method::POST, "/distributor/blocks", "").await?;
+        empty.expect(200, "POST /distributor/blocks with no ids")?;
+        let none: Vec<Value> = empty.json()?;
+        ensure!(none.is_empty(), "no ids asked, got {none:?}");
+        put_ok(c, "unpin", &[pinned]).await?;
+        Ok(Outcome::Pass)
+    })
+}
+
+fn status(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let resp = c.get("/distributor/status").await?;
+        if resp.status == 404 {
+            return Ok(Outcome::Warn(
+                "no /distributor/status (an optional extension of this project)".into(),
+            ));
+        }
+        resp.expect(200, "GET /distributor/status")?;
+        let body: Value = resp.json()?;
+        ensure!(body.is_object(), "status must be a JSON object: {body}");
+        for field in ["pinned", "storages_active", "replicas"] {
+            if let Some(v) = body.get(field) {
+                ensure!(v.is_u64(), "{field} must be a count: {body}");
+            }
+        }
+        Ok(Outcome::Pass)
+    })
+}
+
+/// The storages of one block's placement.
+async fn placement_of(c: &Ctx, block: &Id) -> Result<Vec<Id>, Fail> {
+    let resp = c
+        .send(Method::POST, "/distributor/blocks", json_list(&[*block]))
+        .await?;
+    resp.expect(200, "POST /distributor/blocks")?;
+    let answer: Vec<Value> = resp.json()?;
+    let Some(storages) = answer
+        .first()
+        .and_then(|item| item.get("storages"))
+        .and_then(Value::as_array)
+    else {
+        fail!("no placement in {answer:?}");
+    };
+    storages
+        .iter()
+        .map(|s| lowercase_id(s.as_str().unwrap_or(""), "a storage id"))
+        .collect()
+}
+
+/// Four suite storage peers registered with the distributor, one holding `data`;
+/// `None` (skip) when the distributor cannot resolve the suite's peers.
+async fn storage_peers(c: &Ctx, data: &Bytes) -> Result<Option<(Vec<Id>, Id)>, Fail> {
+    if !c.helper.brokered() {
+        return Ok(None);
+    }
+    let block = Id::of_content(data);
+    let mut peers = vec![
+        c.helper
+            .add_peer("storage", vec![(block, data.clone())])
+            .await?,
+    ];
+    for _ in 0..3 {
+        peers.push(c.helper.add_peer("storage", Vec::new()).await?);
+    }
+    put_ok(c, "register/storage", &peers).await?;
+    Ok(Some((peers, block)))
+}
+
+const NO_BROKER: &str = "the distributor resolves storage servers through a broker the suite \
+                         does not know (give --suite-broker or --broker)";
+
+/// The instant after which a bounded wait gives up.
+fn deadline(c: &Ctx) -> tokio::time::Instant {
+    tokio::time::Instant::now() + c.timeout * 2
+}
+
+fn placement(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let data = Bytes::from(random_bytes(2000));
+        let Some((mut peers, block)) = storage_peers(c, &data).await? else {
+            return Ok(Outcome::Skip(NO_BROKER.into()));
+        };
+        put_ok(c, "pin", &[block]).await?;
+        let registered = peers.clone();
+        block.sort_by_distance(&mut peers);
+        let until = deadline(c);
+        let (settled, last) = loop {
+            let last = placement_of(c, &block).await?;
+            if last.len() >= 3 || last.len() == registered.len() {
+                break (true, last);
+            }
+            if tokio::time::Instant::now() >= until {
+                break (false, last);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        put_ok(c, "unpin", &[block]).await?;
+        put_ok(c, "unregister/storage", &registered).await?;
+        ensure!(
+            settled,
+            "the placement never reached 3 of the 4 active storage servers: {last:?}"
+        );
+        let n = last.len();
+        ensure!(
+            last == peers[..n],
+            "the placement must be the {n} servers nearest to the block, nearest first: \
+             got {last:?}, expected {:?}",
+            &peers[..n]
+        );
+        if n != 3 {
+            return Ok(Outcome::Warn(format!(
+                "placement on {n} servers (the default N is 3)"
+            )));
+        }
+        Ok(Outcome::Pass)
+    })
+}
+
+fn repair(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let data = Bytes::from(random_bytes(3000));
+        let Some((peers, block)) = storage_peers(c, &data).await? else {
+            return Ok(Outcome::Skip(NO_BROKER.into()));
+        };
+        put_ok(c, "pin", &[block]).await?;
+        let until = deadline(c);
+        let (copied, targets) = loop {
+            let targets = placement_of(c, &block).await?;
+            if !targets.is_empty() && targets.iter().all(|t| c.helper.holds(t, &block)) {
+                break (true, targets);
+            }
+            if tokio::time::Instant::now() >= until {
+                break (false, targets);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        put_ok(c, "unpin", &[block]).await?;
+        put_ok(c, "unregister/storage", &peers).await?;
+        let missing: Vec<&Id> = targets
+            .iter()
+            .filter(|t| !c.helper.holds(t, &block))
+            .collect();
+        ensure!(
+            copied,
+            "after {} s, placement {targets:?} still lacks the block on {missing:?}",
+            (c.timeout * 2).as_secs()
+        );
+        Ok(Outcome::Pass)
+    })
+}
