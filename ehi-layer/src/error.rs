@@ -1,0 +1,232 @@
+//! The crate's error types: one enum for vault operations ([`EhiError`]), with the
+//! keystore's ([`KeystoreError`]) and the importer's ([`ImportError`]) as parts of it.
+//!
+//! Messages are written for the patient at the terminal: they say what failed and, where
+//! it helps, what to do. They may name FHIR entries and ids (they stay on the device);
+//! they never contain key material.
+
+use std::path::PathBuf;
+
+use invariant_spec::{ClientError, Id};
+
+/// Why the keystore file could not be created, opened or destroyed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeystoreError {
+    /// The passphrase does not open the keystore (or the file was altered: the two
+    /// cannot be told apart, by design of the AEAD).
+    #[error(
+        "wrong passphrase for keystore {path} (or the file was altered): nothing was decrypted"
+    )]
+    WrongPassphrase {
+        /// The keystore file.
+        path: PathBuf,
+    },
+    /// No keystore at the path.
+    #[error("no keystore at {path}; create one with `ehi init`")]
+    NotFound {
+        /// The path looked at.
+        path: PathBuf,
+    },
+    /// A keystore already exists where a new one was to be written.
+    #[error("a keystore already exists at {path}; refusing to overwrite it")]
+    AlreadyExists {
+        /// The existing file.
+        path: PathBuf,
+    },
+    /// The file is not a keystore of a format this version reads.
+    #[error("keystore {path} is not readable: {reason}")]
+    Format {
+        /// The keystore file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The key-derivation parameters are outside the accepted range.
+    #[error("unusable Argon2id parameters: {0}")]
+    Params(String),
+    /// Reading or writing the file failed.
+    #[error("keystore {path}: {source}")]
+    Io {
+        /// The keystore file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A cryptographic operation failed (HPKE, sealing).
+    #[error("cryptography: {0}")]
+    Crypto(String),
+    /// The operating system's random number generator failed.
+    #[error("the system random number generator failed: {0}")]
+    Random(String),
+}
+
+/// Why an import was refused. Nothing of a refused import is committed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImportError {
+    /// An input could not be read.
+    #[error("{source_name}: {error}")]
+    Read {
+        /// The input's name (file path or label).
+        source_name: String,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+    /// An input is not JSON (nor NDJSON).
+    #[error("{source_name}: not JSON or NDJSON: {reason}")]
+    NotJson {
+        /// The input's name.
+        source_name: String,
+        /// The parser's complaint.
+        reason: String,
+    },
+    /// One entry (a Bundle entry or an NDJSON line) is invalid.
+    #[error("{source_name}, {entry}: {reason}")]
+    Entry {
+        /// The input's name.
+        source_name: String,
+        /// Which entry: `entry 12 (fullUrl urn:uuid:…)` or `line 7`.
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// What went wrong in a vault operation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EhiError {
+    /// The keystore could not be used.
+    #[error(transparent)]
+    Keystore(#[from] KeystoreError),
+    /// The input of an import was refused; nothing was committed.
+    #[error("import refused, nothing was stored: {0}")]
+    Import(#[from] ImportError),
+    /// A server of the invariant network could not be reached or refused a request.
+    #[error("{context}: {source}")]
+    Network {
+        /// What the vault was doing.
+        context: String,
+        /// The client error.
+        #[source]
+        source: ClientError,
+    },
+    /// The network lacks a server the vault needs.
+    #[error("the invariant network at {broker} has no usable {kind} server{hint}")]
+    MissingServer {
+        /// The broker asked.
+        broker: String,
+        /// The server kind (`storage`, `slots`).
+        kind: &'static str,
+        /// Extra detail.
+        hint: String,
+    },
+    /// No vault exists for this keystore.
+    #[error("no vault found for this keystore (slot {slot} is unknown to the slots server)")]
+    NoVault {
+        /// The vault slot.
+        slot: Id,
+    },
+    /// A vault already exists for this keystore.
+    #[error("a vault already exists for this keystore (slot {slot})")]
+    VaultExists {
+        /// The vault slot.
+        slot: Id,
+    },
+    /// The vault was removed: its slot holds the tombstone.
+    #[error("this vault was removed (its slot {slot} holds the tombstone); nothing can be read")]
+    Removed {
+        /// The vault slot.
+        slot: Id,
+    },
+    /// A blob is missing from every storage server.
+    #[error("{what} (blob {address}) is missing from every storage server")]
+    MissingBlob {
+        /// Which object.
+        what: String,
+        /// Its address.
+        address: Id,
+    },
+    /// Stored data failed an integrity check: a blob whose bytes do not match its
+    /// address on every server, or a ciphertext that does not authenticate under the
+    /// vault's keys (tampering, or a different vault's data).
+    #[error("{what} is corrupted or was tampered with: {reason}")]
+    Corrupt {
+        /// Which object.
+        what: String,
+        /// What check failed.
+        reason: String,
+    },
+    /// The data was written by a newer (or unknown) format.
+    #[error("{what} has format version {found}; this build reads version {supported}")]
+    UnsupportedFormat {
+        /// Which object.
+        what: &'static str,
+        /// The version found.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+    /// The resource (or version) does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The resource was deleted (its latest version is a deletion).
+    #[error("{0} was deleted")]
+    Gone(String),
+    /// A request argument is malformed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// Search failed.
+    #[error("search: {0}")]
+    Search(String),
+    /// Concurrent writers kept winning the race for the vault slot.
+    #[error("gave up after {attempts} attempts: other devices keep updating the vault")]
+    Contention {
+        /// How many commits were tried.
+        attempts: u32,
+    },
+    /// Local file I/O failed (export).
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A blocking worker task failed (a bug: it panicked or was cancelled).
+    #[error("internal worker failed: {0}")]
+    Worker(String),
+    /// Encryption or signing failed.
+    #[error("cryptography: {0}")]
+    Crypto(String),
+}
+
+impl EhiError {
+    /// A [`EhiError::Network`] with context.
+    pub(crate) fn network(context: impl Into<String>, source: ClientError) -> EhiError {
+        EhiError::Network {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// A [`EhiError::Corrupt`].
+    pub(crate) fn corrupt(what: impl Into<String>, reason: impl Into<String>) -> EhiError {
+        EhiError::Corrupt {
+            what: what.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<tokio::task::JoinError> for EhiError {
+    fn from(e: tokio::task::JoinError) -> EhiError {
+        EhiError::Worker(e.to_string())
+    }
+}
+
+/// Result alias of the crate.
+pub type Result<T, E = EhiError> = std::result::Result<T, E>;

@@ -1,0 +1,236 @@
+//! The stored formats inside the encrypted envelopes: the vault root and the scope
+//! manifests (postcard, each starting with a `format` number).
+//!
+//! ## Vault root (format 1), sealed under `derive_key(CONTEXT_ROOT, root key)`, epoch 0
+//! - `vault_id` (16 random bytes), `generation` (+1 per commit), `updated_ms`;
+//! - per scope: the scope slot's ed25519 seed and id, the **current epoch**, the key of
+//!   **every epoch** (so blobs written under an old epoch stay readable after a
+//!   rotation), and the blocks of the current manifest (head first);
+//! - the patient's per-type scope overrides;
+//! - devices (their HPKE public keys), grants (empty in format 1; the field exists so
+//!   that grants sealed to apps can be listed here), and the audit log head (none yet).
+//!
+//! ## Scope manifest (format 1), sealed under `derive_key(CONTEXT_MANIFEST, epoch key)`
+//! - the scope, the epoch of the key that sealed it, its generation;
+//! - the resource table: type → id → versions, oldest first. Each version records its
+//!   number (`meta.versionId`), the epoch of the key that sealed its blob, its blocks
+//!   (head first; none for a deletion), `meta.lastUpdated`, when it was imported, a
+//!   BLAKE3 hash of its content without `meta.versionId`/`meta.lastUpdated` (to skip
+//!   unchanged re-imports), and the patients it references (the patient compartment);
+//! - the search index: `ehi_search::SearchIndex`, postcard-encoded, with its own format
+//!   number, over the current version of every resource in the scope.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EhiError, Result};
+use crate::keys::SecretKey;
+use crate::scope::Scope;
+
+/// Vault root format written by this build.
+pub const ROOT_FORMAT: u32 = 1;
+/// Scope manifest format written by this build.
+pub const MANIFEST_FORMAT: u32 = 1;
+/// Search index encoding written by this build (postcard of `ehi_search::SearchIndex`).
+pub const INDEX_FORMAT: u32 = 1;
+
+/// The vault root.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VaultRoot {
+    /// [`ROOT_FORMAT`].
+    pub format: u32,
+    /// Random id of the vault.
+    pub vault_id: [u8; 16],
+    /// Commit counter.
+    pub generation: u64,
+    /// Time of the commit, ms since the Unix epoch.
+    pub updated_ms: u64,
+    /// Every scope.
+    pub scopes: BTreeMap<Scope, ScopeRecord>,
+    /// The patient's resourceType → scope overrides.
+    pub overrides: BTreeMap<String, Scope>,
+    /// Devices that hold the keystore (HPKE public keys).
+    pub devices: Vec<DeviceRecord>,
+    /// Grants to apps (always empty in format 1).
+    pub grants: Vec<GrantRecord>,
+    /// Address of the newest audit entry (none in format 1).
+    pub audit_head: Option<[u8; 32]>,
+}
+
+/// One scope in the root.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScopeRecord {
+    /// Seed of the scope slot's ed25519 key.
+    pub slot_seed: SecretKey,
+    /// The scope slot (the key's public half).
+    pub slot_id: [u8; 32],
+    /// The epoch new data is sealed under.
+    pub current_epoch: u32,
+    /// The key of every epoch, oldest first.
+    pub keys: Vec<EpochKey>,
+    /// Blocks of the current manifest, head first.
+    pub manifest: Vec<[u8; 32]>,
+}
+
+impl ScopeRecord {
+    /// The key of `epoch`.
+    pub fn key(&self, epoch: u32) -> Option<&SecretKey> {
+        self.keys.iter().find(|k| k.epoch == epoch).map(|k| &k.key)
+    }
+}
+
+/// A scope key of one epoch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EpochKey {
+    /// The epoch number (0 first).
+    pub epoch: u32,
+    /// The random key.
+    pub key: SecretKey,
+    /// When it was created, ms since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// A device holding the keystore.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    /// Its HPKE (X25519) public key.
+    pub hpke_public: [u8; 32],
+    /// When it was added, ms since the Unix epoch.
+    pub added_ms: u64,
+}
+
+/// A grant to an app (reserved; format 1 writes none).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GrantRecord {
+    /// The per-grant slot the sealed grant is published through.
+    pub slot_id: [u8; 32],
+    /// The app's HPKE public key.
+    pub app_hpke: [u8; 32],
+    /// Scopes granted.
+    pub scopes: Vec<Scope>,
+    /// Whether the app may contribute (else read only).
+    pub contribute: bool,
+    /// Expiry, ms since the Unix epoch.
+    pub expires_ms: u64,
+    /// Purpose of use.
+    pub purpose: String,
+}
+
+/// A scope manifest.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ScopeManifest {
+    /// [`MANIFEST_FORMAT`].
+    pub format: u32,
+    /// The scope.
+    pub scope: Scope,
+    /// Epoch of the key that sealed this manifest.
+    pub epoch: u32,
+    /// Commit counter of the scope.
+    pub generation: u64,
+    /// type → id → versions (oldest first).
+    pub resources: BTreeMap<String, BTreeMap<String, Vec<VersionEntry>>>,
+    /// [`INDEX_FORMAT`].
+    pub index_format: u32,
+    /// The encoded search index.
+    pub index: Vec<u8>,
+}
+
+/// One version of one resource.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionEntry {
+    /// `meta.versionId` (1, 2, …).
+    pub version: u64,
+    /// Epoch of the key that sealed the blob.
+    pub epoch: u32,
+    /// Blob blocks, head first; empty for a deletion.
+    pub blocks: Vec<[u8; 32]>,
+    /// `meta.lastUpdated` of this version (for a deletion: when it was deleted).
+    pub last_updated: String,
+    /// When this version was imported, ms since the Unix epoch.
+    pub imported_ms: u64,
+    /// Whether this version is a deletion.
+    pub deleted: bool,
+    /// BLAKE3 of the canonical content without `meta.versionId` / `meta.lastUpdated`.
+    pub content_hash: [u8; 32],
+    /// Ids of the Patients this version references (or is).
+    pub patients: Vec<String>,
+}
+
+/// Encodes with postcard.
+pub fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>> {
+    postcard::to_stdvec(value).map_err(|e| EhiError::Crypto(format!("encoding the {what}: {e}")))
+}
+
+/// Decodes with postcard, checking the format number first.
+pub fn decode_root(bytes: &[u8]) -> Result<VaultRoot> {
+    check_format(bytes, ROOT_FORMAT, "vault root")?;
+    postcard::from_bytes(bytes)
+        .map_err(|e| EhiError::corrupt("vault root", format!("does not decode: {e}")))
+}
+
+/// Decodes a manifest, checking the format number first.
+pub fn decode_manifest(bytes: &[u8], scope: Scope) -> Result<ScopeManifest> {
+    check_format(bytes, MANIFEST_FORMAT, "scope manifest")?;
+    let manifest: ScopeManifest = postcard::from_bytes(bytes).map_err(|e| {
+        EhiError::corrupt(
+            format!("manifest of scope {scope}"),
+            format!("does not decode: {e}"),
+        )
+    })?;
+    if manifest.scope != scope {
+        return Err(EhiError::corrupt(
+            format!("manifest of scope {scope}"),
+            format!("it says it belongs to scope {}", manifest.scope),
+        ));
+    }
+    Ok(manifest)
+}
+
+/// Every format starts with its number (a postcard varint).
+fn check_format(bytes: &[u8], supported: u32, what: &'static str) -> Result<()> {
+    let (found, _) = postcard::take_from_bytes::<u32>(bytes)
+        .map_err(|e| EhiError::corrupt(what, format!("no format number: {e}")))?;
+    if found != supported {
+        return Err(EhiError::UnsupportedFormat {
+            what,
+            found,
+            supported,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn format_numbers_are_checked() {
+        let manifest = ScopeManifest {
+            format: 7,
+            scope: Scope::Clinical,
+            epoch: 0,
+            generation: 0,
+            resources: BTreeMap::new(),
+            index_format: INDEX_FORMAT,
+            index: Vec::new(),
+        };
+        let bytes = encode(&manifest, "m").expect("encode");
+        assert!(matches!(
+            decode_manifest(&bytes, Scope::Clinical),
+            Err(EhiError::UnsupportedFormat { found: 7, .. })
+        ));
+        let ok = ScopeManifest {
+            format: MANIFEST_FORMAT,
+            ..manifest
+        };
+        let bytes = encode(&ok, "m").expect("encode");
+        assert!(decode_manifest(&bytes, Scope::Clinical).is_ok());
+        assert!(matches!(
+            decode_manifest(&bytes, Scope::Financial),
+            Err(EhiError::Corrupt { .. })
+        ));
+        assert!(decode_root(&[]).is_err());
+    }
+}

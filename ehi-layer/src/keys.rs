@@ -1,0 +1,107 @@
+//! Key material: a 32-byte secret that wipes itself ([`SecretKey`]), fresh randomness
+//! from the operating system, and the BLAKE3 key-derivation contexts of the vault.
+//!
+//! Every key of the vault is random (from the OS generator), never derived from content.
+//! Sub-keys are separated by purpose with `blake3::derive_key` under the context strings
+//! below, so one random key never encrypts two kinds of object.
+
+use std::fmt;
+
+use rand::TryRngCore;
+use rand::rngs::OsRng;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::error::KeystoreError;
+
+/// BLAKE3 context: the AEAD key of the vault root, from the root key.
+pub const CONTEXT_ROOT: &str = "invariant ehi-layer v1 vault root";
+/// BLAKE3 context: the AEAD key of a scope manifest, from a scope epoch key.
+pub const CONTEXT_MANIFEST: &str = "invariant ehi-layer v1 scope manifest";
+/// BLAKE3 context: the AEAD key of resource version blobs, from a scope epoch key.
+pub const CONTEXT_RESOURCE: &str = "invariant ehi-layer v1 resource version";
+
+/// A 32-byte secret key. Wiped from memory when dropped; never printed.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+pub struct SecretKey([u8; 32]);
+
+impl SecretKey {
+    /// Wraps key bytes (the caller should wipe its own copy).
+    pub fn from_bytes(bytes: [u8; 32]) -> SecretKey {
+        SecretKey(bytes)
+    }
+
+    /// A fresh key from the operating system's random generator.
+    pub fn random() -> Result<SecretKey, KeystoreError> {
+        let mut key = SecretKey([0; 32]);
+        fill_random(&mut key.0)?;
+        Ok(key)
+    }
+
+    /// The key bytes.
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A sub-key for `context` (BLAKE3 `derive_key`).
+    pub fn derive(&self, context: &str) -> SecretKey {
+        SecretKey(blake3::derive_key(context, &self.0))
+    }
+}
+
+impl fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SecretKey(..)")
+    }
+}
+
+impl Serialize for SecretKey {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretKey {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<SecretKey, D::Error> {
+        <[u8; 32]>::deserialize(deserializer).map(SecretKey)
+    }
+}
+
+/// Fills `buf` from the operating system's random generator.
+pub fn fill_random(buf: &mut [u8]) -> Result<(), KeystoreError> {
+    OsRng
+        .try_fill_bytes(buf)
+        .map_err(|e| KeystoreError::Random(e.to_string()))
+}
+
+/// `N` random bytes from the operating system.
+pub fn random_bytes<const N: usize>() -> Result<[u8; N], KeystoreError> {
+    let mut out = [0u8; N];
+    fill_random(&mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_keys_differ_and_derivations_separate_purposes() {
+        let a = SecretKey::random().expect("random");
+        let b = SecretKey::random().expect("random");
+        assert_ne!(a, b);
+        assert_ne!(a.derive(CONTEXT_MANIFEST), a.derive(CONTEXT_RESOURCE));
+        assert_ne!(a.derive(CONTEXT_ROOT), a.derive(CONTEXT_MANIFEST));
+        assert_eq!(a.derive(CONTEXT_ROOT), a.derive(CONTEXT_ROOT));
+        assert_eq!(format!("{a:?}"), "SecretKey(..)");
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let a = SecretKey::random().expect("random");
+        let bytes = postcard::to_stdvec(&a).expect("encode");
+        assert_eq!(bytes.len(), 32);
+        let back: SecretKey = postcard::from_bytes(&bytes).expect("decode");
+        assert_eq!(a, back);
+    }
+}

@@ -1,0 +1,277 @@
+//! The invariant network as the vault sees it: storage servers, the slots server that
+//! holds the vault slot, and (optionally) a distributor, all found through a broker.
+//!
+//! - Servers are found with `BrokerClient::registered(kind)` and checked with
+//!   `resolve` (the url must answer `GET /id/` with the registered id).
+//! - A blob is written to the storage server nearest its address by XOR distance (the
+//!   distributor places pinned blocks on the N nearest, so that server is one of them)
+//!   and, if that fails, to the next nearest. Reads try servers nearest first; a server
+//!   answering bytes that do not hash to the address is skipped, and only when every
+//!   server fails is the blob reported missing or corrupted.
+//! - Pins go to the distributor when one is registered; without one, pinning is a
+//!   no-op and the blobs live only where they were written.
+//! - All clients share one HTTP connection pool.
+
+use bytes::Bytes;
+use futures_util::future::join_all;
+use invariant_spec::http::{Endpoint, default_http_client};
+use invariant_spec::{
+    BrokerClient, ClientError, DistributorClient, Id, SlotsClient, StorageClient,
+};
+
+use crate::error::{EhiError, Result};
+use crate::seal::Blob;
+
+/// Ids per pin/unpin request.
+const PIN_BATCH: usize = 20_000;
+
+/// One storage server.
+#[derive(Clone, Debug)]
+struct StorageNode {
+    id: Id,
+    client: StorageClient,
+}
+
+/// The servers a vault uses.
+#[derive(Clone, Debug)]
+pub struct Network {
+    broker_url: String,
+    storages: Vec<StorageNode>,
+    slots_id: Id,
+    slots: SlotsClient,
+    distributor: Option<DistributorClient>,
+}
+
+impl Network {
+    /// Finds the servers through the broker at `broker_url`. `slots_server` is the slots
+    /// server that holds (or will hold) the vault slot; `None` picks the registered one
+    /// with the smallest id.
+    pub async fn connect(broker_url: &str, slots_server: Option<Id>) -> Result<Network> {
+        let http = default_http_client();
+        let endpoint = Endpoint::with_client(broker_url, http.clone())
+            .map_err(|e| EhiError::network(format!("broker {broker_url}"), e))?;
+        let broker = BrokerClient::from_endpoint(endpoint);
+        let broker_url = broker.endpoint().base_url().to_string();
+        let client = |url: &str| {
+            Endpoint::with_client(url, http.clone())
+                .map_err(|e| EhiError::network(format!("server url {url}"), e))
+        };
+
+        let storage_ids = registered(&broker, "storage").await?;
+        let resolved = join_all(storage_ids.iter().map(|id| broker.resolve(id))).await;
+        let mut storages = Vec::new();
+        for (id, url) in storage_ids.iter().zip(resolved) {
+            if let Ok(Some(url)) = url {
+                storages.push(StorageNode {
+                    id: *id,
+                    client: StorageClient::from_endpoint(client(&url)?),
+                });
+            }
+        }
+        if storages.is_empty() {
+            return Err(EhiError::MissingServer {
+                broker: broker_url,
+                kind: "storage",
+                hint: String::new(),
+            });
+        }
+
+        let (slots_id, slots_url) = match slots_server {
+            Some(id) => {
+                let url = broker
+                    .resolve(&id)
+                    .await
+                    .map_err(|e| EhiError::network("resolving the slots server", e))?
+                    .ok_or_else(|| EhiError::MissingServer {
+                        broker: broker_url.clone(),
+                        kind: "slots",
+                        hint: format!(" (the vault's slots server {id} does not answer)"),
+                    })?;
+                (id, url)
+            }
+            None => {
+                let mut ids = registered(&broker, "slots").await?;
+                ids.sort();
+                let mut found = None;
+                for id in ids {
+                    if let Ok(Some(url)) = broker.resolve(&id).await {
+                        found = Some((id, url));
+                        break;
+                    }
+                }
+                found.ok_or_else(|| EhiError::MissingServer {
+                    broker: broker_url.clone(),
+                    kind: "slots",
+                    hint: String::new(),
+                })?
+            }
+        };
+        let slots = SlotsClient::from_endpoint(client(&slots_url)?);
+
+        let mut distributor = None;
+        let mut ids = registered(&broker, "distribute").await?;
+        ids.sort();
+        for id in ids {
+            if let Ok(Some(url)) = broker.resolve(&id).await {
+                distributor = Some(DistributorClient::from_endpoint(client(&url)?));
+                break;
+            }
+        }
+
+        Ok(Network {
+            broker_url,
+            storages,
+            slots_id,
+            slots,
+            distributor,
+        })
+    }
+
+    /// The broker's base url.
+    pub fn broker_url(&self) -> &str {
+        &self.broker_url
+    }
+
+    /// The slots server holding the vault slot.
+    pub fn slots_server(&self) -> Id {
+        self.slots_id
+    }
+
+    /// Ids of the storage servers in use.
+    pub fn storage_servers(&self) -> Vec<Id> {
+        self.storages.iter().map(|s| s.id).collect()
+    }
+
+    /// Whether a distributor keeps the vault's blocks replicated.
+    pub fn has_distributor(&self) -> bool {
+        self.distributor.is_some()
+    }
+
+    pub(crate) fn slots(&self) -> &SlotsClient {
+        &self.slots
+    }
+
+    /// Storage servers ordered by XOR distance to `address`, nearest first.
+    fn nearest(&self, address: &Id) -> Vec<&StorageNode> {
+        let mut nodes: Vec<&StorageNode> = self.storages.iter().collect();
+        nodes.sort_by_key(|n| address.distance(&n.id));
+        nodes
+    }
+
+    /// Stores `blob` on the nearest storage server that accepts it.
+    pub(crate) async fn put(&self, blob: &Blob) -> Result<()> {
+        let mut last = None;
+        for node in self.nearest(&blob.address) {
+            match node.client.put(&blob.address, blob.bytes.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(match last {
+            Some(e) => EhiError::network(format!("storing blob {}", blob.address), e),
+            None => EhiError::MissingServer {
+                broker: self.broker_url.clone(),
+                kind: "storage",
+                hint: String::new(),
+            },
+        })
+    }
+
+    /// Reads blob `address` (verified against its address). `what` names it in errors.
+    pub(crate) async fn get(&self, address: &Id, what: &str) -> Result<Bytes> {
+        let mut corrupt = None;
+        let mut failure = None;
+        for node in self.nearest(address) {
+            match node.client.get_bytes(address).await {
+                Ok(Some(bytes)) => return Ok(bytes),
+                Ok(None) => {}
+                Err(ClientError::HashMismatch { actual, .. }) => {
+                    corrupt = Some(format!(
+                        "storage server {} returned bytes hashing to {actual}",
+                        node.id
+                    ));
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        if let Some(reason) = corrupt {
+            return Err(EhiError::corrupt(
+                format!("{what} (blob {address})"),
+                format!("no server holds an intact copy; {reason}"),
+            ));
+        }
+        if let Some(e) = failure {
+            return Err(EhiError::network(format!("reading {what} ({address})"), e));
+        }
+        Err(EhiError::MissingBlob {
+            what: what.to_string(),
+            address: *address,
+        })
+    }
+
+    /// Adds one pin to each block (no-op without a distributor).
+    pub(crate) async fn pin(&self, blocks: &[Id]) -> Result<()> {
+        let Some(distributor) = &self.distributor else {
+            return Ok(());
+        };
+        for batch in blocks.chunks(PIN_BATCH) {
+            distributor
+                .pin(batch)
+                .await
+                .map_err(|e| EhiError::network("pinning the vault's blocks", e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes one pin from each block; blocks that are not pinned are skipped.
+    /// Returns how many pins were removed (0 without a distributor).
+    pub(crate) async fn unpin(&self, blocks: &[Id]) -> Result<usize> {
+        let Some(distributor) = &self.distributor else {
+            return Ok(0);
+        };
+        let mut removed = 0;
+        for batch in blocks.chunks(PIN_BATCH) {
+            match distributor.unpin(batch).await {
+                Ok(()) => removed += batch.len(),
+                Err(e) if e.status() == Some(409) => {
+                    // Some block is not pinned and the batch was refused whole: go one
+                    // by one so every pinned block still loses its pin.
+                    for block in batch {
+                        match distributor.unpin(std::slice::from_ref(block)).await {
+                            Ok(()) => removed += 1,
+                            Err(e) if e.status() == Some(409) => {}
+                            Err(e) => {
+                                return Err(EhiError::network("unpinning the vault's blocks", e));
+                            }
+                        }
+                    }
+                }
+                Err(e) => return Err(EhiError::network("unpinning the vault's blocks", e)),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Unpins without failing (for superseded objects; a lost unpin only keeps a block
+    /// replicated longer).
+    pub(crate) async fn unpin_quietly(&self, blocks: &[Id]) {
+        if blocks.is_empty() {
+            return;
+        }
+        if let Err(e) = self.unpin(blocks).await {
+            tracing::warn!(error = %e, count = blocks.len(), "could not unpin superseded blocks");
+        }
+    }
+}
+
+async fn registered(broker: &BrokerClient, kind: &'static str) -> Result<Vec<Id>> {
+    broker.registered(kind).await.map_err(|e| {
+        EhiError::network(
+            format!(
+                "asking the broker at {} for {kind} servers",
+                broker.endpoint().base_url()
+            ),
+            e,
+        )
+    })
+}

