@@ -163,7 +163,9 @@ async fn start(role: Role, dir: &Path) -> Server {
         Role::Distributor => distributor::start(&ctx, Default::default())
             .await
             .expect("distributor"),
-        Role::Files => panic!("no files server in this workspace yet"),
+        Role::Files => files_server::start(&ctx, Default::default())
+            .await
+            .expect("files"),
     }
 }
 
@@ -306,6 +308,17 @@ async fn productions() {
 #[tokio::test]
 async fn distributor() {
     check(Role::Distributor, "distributor", "distributor", None).await;
+}
+
+#[tokio::test]
+async fn files() {
+    check(
+        Role::Files,
+        "files",
+        "files-server",
+        Some(files_server::http::ROUTES),
+    )
+    .await;
 }
 
 #[test]

@@ -182,6 +182,21 @@ async fn productions() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ctx = context(ServerRole::Files, dir.path(), None);
+    let server = files_server::start(&ctx, Default::default())
+        .await
+        .expect("start files");
+    let report = run(Role::Files, server.url(), options())
+        .await
+        .expect("run suite");
+    let report = assert_passed(report);
+    assert!(not_passed(&report).is_empty(), "{:?}", not_passed(&report));
+    stop(server, dir).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn names() {
     let dir = tempfile::tempdir().expect("tempdir");
     let ctx = context(ServerRole::Names, dir.path(), None);

@@ -28,7 +28,7 @@ SEED=${INVARIANT_FUZZ_SEED:-20240607}
 ROLE_TIMEOUT=${INVARIANT_FUZZ_TIMEOUT:-240}
 BIN="target/$PROFILE"
 
-ALL_ROLES=(storage slots broker find names productions distributor)
+ALL_ROLES=(storage slots broker find names productions distributor files)
 if [ "$#" -gt 0 ]; then ROLES=("$@"); else ROLES=("${ALL_ROLES[@]}"); fi
 
 if ! command -v "$ST" >/dev/null 2>&1; then
