@@ -202,6 +202,29 @@ pub enum EhiError {
     /// Encryption or signing failed.
     #[error("cryptography: {0}")]
     Crypto(String),
+    /// The grant expired: the app library refuses to use it.
+    #[error("grant {grant} expired at {expired}; ask the patient for a new grant")]
+    GrantExpired {
+        /// The grant id.
+        grant: String,
+        /// When it expired (FHIR instant).
+        expired: String,
+    },
+    /// The grant was revoked (its slot holds the tombstone), or the data moved to a key
+    /// epoch the grant does not hold.
+    #[error("grant {grant} no longer gives access: {reason}")]
+    Revoked {
+        /// The grant id.
+        grant: String,
+        /// What showed it.
+        reason: String,
+    },
+    /// The audit log does not verify.
+    #[error(transparent)]
+    AuditBroken(#[from] crate::audit::AuditBreak),
+    /// The app asked for data outside its grant.
+    #[error("not granted: {0}")]
+    NotGranted(String),
 }
 
 impl EhiError {

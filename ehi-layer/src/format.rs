@@ -1,14 +1,16 @@
 //! The stored formats inside the encrypted envelopes: the vault root and the scope
 //! manifests (postcard, each starting with a `format` number).
 //!
-//! ## Vault root (format 1), sealed under `derive_key(CONTEXT_ROOT, root key)`, epoch 0
+//! ## Vault root (format 2), sealed under `derive_key(CONTEXT_ROOT, root key)`, epoch 0
 //! - `vault_id` (16 random bytes), `generation` (+1 per commit), `updated_ms`;
 //! - per scope: the scope slot's ed25519 seed and id, the **current epoch**, the key of
 //!   **every epoch** (so blobs written under an old epoch stay readable after a
 //!   rotation), and the blocks of the current manifest (head first);
 //! - the patient's per-type scope overrides;
-//! - devices (their HPKE public keys), grants (empty in format 1; the field exists so
-//!   that grants sealed to apps can be listed here), and the audit log head (none yet).
+//! - devices (their HPKE public keys), grants (empty in format 1; format 2 lists the
+//!   grants to apps, [`GrantRecord`], with each grant slot's seed), and the audit log
+//!   head (none yet). Format 2 is format 1 plus non-empty grants: a format 1 root
+//!   decodes as is.
 //!
 //! ## Scope manifest (format 1), sealed under `derive_key(CONTEXT_MANIFEST, epoch key)`
 //! - the scope, the epoch of the key that sealed it, its generation;
@@ -28,8 +30,9 @@ use crate::error::{EhiError, Result};
 use crate::keys::SecretKey;
 use crate::scope::Scope;
 
-/// Vault root format written by this build.
-pub const ROOT_FORMAT: u32 = 1;
+/// Vault root format written by this build (2: grants are written; format 1 roots,
+/// whose grant list is always empty, decode unchanged).
+pub const ROOT_FORMAT: u32 = 2;
 /// Scope manifest format written by this build.
 pub const MANIFEST_FORMAT: u32 = 1;
 /// Search index encoding written by this build (postcard of `ehi_search::SearchIndex`).
@@ -52,7 +55,7 @@ pub struct VaultRoot {
     pub overrides: BTreeMap<String, Scope>,
     /// Devices that hold the keystore (HPKE public keys).
     pub devices: Vec<DeviceRecord>,
-    /// Grants to apps (always empty in format 1).
+    /// Grants to apps (always empty in format 1; see [`crate::grant`]).
     pub grants: Vec<GrantRecord>,
     /// Address of the newest audit entry (none in format 1).
     pub audit_head: Option<[u8; 32]>,
@@ -100,21 +103,33 @@ pub struct DeviceRecord {
     pub added_ms: u64,
 }
 
-/// A grant to an app (reserved; format 1 writes none).
+/// A grant to an app (format 2 roots; see [`crate::grant`]).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GrantRecord {
+    /// Random grant id.
+    pub id: [u8; 16],
+    /// The app's name (from its card).
+    pub app_name: String,
+    /// The app's ed25519 public key.
+    pub app_signing: [u8; 32],
+    /// The app's HPKE (X25519) public key.
+    pub app_hpke: [u8; 32],
+    /// Seed of the per-grant slot's ed25519 key (the patient owns the slot).
+    pub slot_seed: SecretKey,
     /// The per-grant slot the sealed grant is published through.
     pub slot_id: [u8; 32],
-    /// The app's HPKE public key.
-    pub app_hpke: [u8; 32],
     /// Scopes granted.
     pub scopes: Vec<Scope>,
     /// Whether the app may contribute (else read only).
     pub contribute: bool,
+    /// When it was granted, ms since the Unix epoch.
+    pub created_ms: u64,
     /// Expiry, ms since the Unix epoch.
     pub expires_ms: u64,
-    /// Purpose of use.
+    /// Purpose of use (a v3 PurposeOfUse code).
     pub purpose: String,
+    /// Address of the sealed grant blob the slot should point at.
+    pub sealed: [u8; 32],
 }
 
 /// A scope manifest.
@@ -164,7 +179,9 @@ pub fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>> {
 
 /// Decodes with postcard, checking the format number first.
 pub fn decode_root(bytes: &[u8]) -> Result<VaultRoot> {
-    check_format(bytes, ROOT_FORMAT, "vault root")?;
+    if check_format(bytes, 1, "vault root").is_err() {
+        check_format(bytes, ROOT_FORMAT, "vault root")?;
+    }
     postcard::from_bytes(bytes)
         .map_err(|e| EhiError::corrupt("vault root", format!("does not decode: {e}")))
 }

@@ -21,6 +21,9 @@ pub const CONTEXT_MANIFEST: &str = "invariant ehi-layer v1 scope manifest";
 /// BLAKE3 context: the AEAD key of resource version blobs, from a scope epoch key.
 pub const CONTEXT_RESOURCE: &str = "invariant ehi-layer v1 resource version";
 
+/// BLAKE3 context: the AEAD key of audit log entries, from the vault root's AEAD key.
+pub const CONTEXT_AUDIT: &str = "invariant ehi-layer v1 audit log";
+
 /// A 32-byte secret key. Wiped from memory when dropped; never printed.
 #[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub struct SecretKey([u8; 32]);

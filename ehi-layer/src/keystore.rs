@@ -205,6 +205,11 @@ impl Keystore {
         SlotSigner::ed25519_from_seed(self.secrets.signing_seed.expose())
     }
 
+    /// The patient's ed25519 signing key (signs grants).
+    pub(crate) fn signing_key(&self) -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(self.secrets.signing_seed.expose())
+    }
+
     /// The vault root key.
     pub(crate) fn root_key(&self) -> &SecretKey {
         &self.secrets.root_key
@@ -248,119 +253,21 @@ impl Keystore {
         passphrase: &str,
         params: KdfParams,
     ) -> Result<(), KeystoreError> {
-        if path.exists() {
-            return Err(KeystoreError::AlreadyExists {
-                path: path.to_path_buf(),
-            });
-        }
-        let salt: [u8; 32] = random_bytes()?;
-        let nonce: [u8; 24] = random_bytes()?;
-        let mut file = File {
-            format: FORMAT.into(),
-            version: VERSION,
-            kdf: KdfSection {
-                algorithm: "argon2id".into(),
-                argon2_version: 0x13,
-                memory_kib: params.memory_kib,
-                iterations: params.iterations,
-                parallelism: params.parallelism,
-                salt: hex::encode(salt),
-            },
-            cipher: "xchacha20poly1305".into(),
-            nonce: hex::encode(nonce),
-            sealed: String::new(),
-        };
-        let key = derive_file_key(&params, passphrase, &salt)?;
         let plaintext = Zeroizing::new(
             postcard::to_stdvec(&self.secrets)
                 .map_err(|e| KeystoreError::Crypto(format!("encoding the secrets: {e}")))?,
         );
-        let cipher = XChaCha20Poly1305::new(Key::from_slice(key.expose()));
-        let aad = file.aad();
-        let sealed = cipher
-            .encrypt(
-                XNonce::from_slice(&nonce),
-                Payload {
-                    msg: &plaintext,
-                    aad: &aad,
-                },
-            )
-            .map_err(|_| KeystoreError::Crypto("sealing the keystore failed".into()))?;
-        file.sealed = hex::encode(sealed);
-        let json = serde_json::to_vec_pretty(&file).map_err(|e| KeystoreError::Format {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
-        write_new(path, &json)
+        save_sealed(path, FORMAT, &plaintext, passphrase, params)
     }
 
     /// Reads and decrypts the keystore at `path`. Runs Argon2id: call it off the async
     /// workers.
     pub fn open(path: &Path, passphrase: &str) -> Result<Keystore, KeystoreError> {
-        let io = |source| KeystoreError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let text = match fs::read(path) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(KeystoreError::NotFound {
-                    path: path.to_path_buf(),
-                });
-            }
-            Err(e) => return Err(io(e)),
-        };
+        let plaintext = open_sealed(path, FORMAT, passphrase)?;
         let format = |reason: String| KeystoreError::Format {
             path: path.to_path_buf(),
             reason,
         };
-        let file: File = serde_json::from_slice(&text)
-            .map_err(|e| format(format!("not a keystore file: {e}")))?;
-        if file.format != FORMAT {
-            return Err(format(format!(
-                "format is {:?}, not {FORMAT:?}",
-                file.format
-            )));
-        }
-        if file.version != VERSION {
-            return Err(format(format!(
-                "version {} (this build reads version {VERSION})",
-                file.version
-            )));
-        }
-        if file.kdf.algorithm != "argon2id" || file.kdf.argon2_version != 0x13 {
-            return Err(format("unknown key derivation".into()));
-        }
-        if file.cipher != "xchacha20poly1305" {
-            return Err(format(format!("unknown cipher {:?}", file.cipher)));
-        }
-        let salt = hex::decode(&file.kdf.salt).map_err(|e| format(format!("salt: {e}")))?;
-        let nonce = hex::decode(&file.nonce).map_err(|e| format(format!("nonce: {e}")))?;
-        let sealed = hex::decode(&file.sealed).map_err(|e| format(format!("sealed: {e}")))?;
-        if salt.len() < 16 || nonce.len() != 24 {
-            return Err(format("salt or nonce has the wrong length".into()));
-        }
-        let params = KdfParams {
-            memory_kib: file.kdf.memory_kib,
-            iterations: file.kdf.iterations,
-            parallelism: file.kdf.parallelism,
-        };
-        let key = derive_file_key(&params, passphrase, &salt)?;
-        let cipher = XChaCha20Poly1305::new(Key::from_slice(key.expose()));
-        let aad = file.aad();
-        let plaintext = Zeroizing::new(
-            cipher
-                .decrypt(
-                    XNonce::from_slice(&nonce),
-                    Payload {
-                        msg: &sealed,
-                        aad: &aad,
-                    },
-                )
-                .map_err(|_| KeystoreError::WrongPassphrase {
-                    path: path.to_path_buf(),
-                })?,
-        );
         let secrets: Secrets = postcard::from_bytes(&plaintext)
             .map_err(|e| format(format!("secrets do not decode: {e}")))?;
         if secrets.format != 1 {
@@ -421,6 +328,159 @@ pub fn hpke_seal(
         encapped: encapped.to_bytes().to_vec(),
         ciphertext,
     })
+}
+
+/// Writes `plaintext` to a new passphrase-protected file at `path` whose `format`
+/// field is `format_name` (the keystore file layout, version [`VERSION`]; also used by
+/// the app keystore of [`crate::app`]). Runs Argon2id.
+pub(crate) fn save_sealed(
+    path: &Path,
+    format_name: &str,
+    plaintext: &[u8],
+    passphrase: &str,
+    params: KdfParams,
+) -> Result<(), KeystoreError> {
+    if path.exists() {
+        return Err(KeystoreError::AlreadyExists {
+            path: path.to_path_buf(),
+        });
+    }
+    let salt: [u8; 32] = random_bytes()?;
+    let nonce: [u8; 24] = random_bytes()?;
+    let mut file = File {
+        format: format_name.into(),
+        version: VERSION,
+        kdf: KdfSection {
+            algorithm: "argon2id".into(),
+            argon2_version: 0x13,
+            memory_kib: params.memory_kib,
+            iterations: params.iterations,
+            parallelism: params.parallelism,
+            salt: hex::encode(salt),
+        },
+        cipher: "xchacha20poly1305".into(),
+        nonce: hex::encode(nonce),
+        sealed: String::new(),
+    };
+    let key = derive_file_key(&params, passphrase, &salt)?;
+    let cipher = XChaCha20Poly1305::new(Key::from_slice(key.expose()));
+    let aad = file.aad();
+    let sealed = cipher
+        .encrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: plaintext,
+                aad: &aad,
+            },
+        )
+        .map_err(|_| KeystoreError::Crypto("sealing the keystore failed".into()))?;
+    file.sealed = hex::encode(sealed);
+    let json = serde_json::to_vec_pretty(&file).map_err(|e| KeystoreError::Format {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    write_new(path, &json)
+}
+
+/// Reads and decrypts a file written by [`save_sealed`] with the same `format_name`.
+pub(crate) fn open_sealed(
+    path: &Path,
+    format_name: &str,
+    passphrase: &str,
+) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+    let io = |source| KeystoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let text = match fs::read(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(KeystoreError::NotFound {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(e) => return Err(io(e)),
+    };
+    let format = |reason: String| KeystoreError::Format {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let file: File =
+        serde_json::from_slice(&text).map_err(|e| format(format!("not a keystore file: {e}")))?;
+    if file.format != format_name {
+        return Err(format(format!(
+            "format is {:?}, not {format_name:?}",
+            file.format
+        )));
+    }
+    if file.version != VERSION {
+        return Err(format(format!(
+            "version {} (this build reads version {VERSION})",
+            file.version
+        )));
+    }
+    if file.kdf.algorithm != "argon2id" || file.kdf.argon2_version != 0x13 {
+        return Err(format("unknown key derivation".into()));
+    }
+    if file.cipher != "xchacha20poly1305" {
+        return Err(format(format!("unknown cipher {:?}", file.cipher)));
+    }
+    let salt = hex::decode(&file.kdf.salt).map_err(|e| format(format!("salt: {e}")))?;
+    let nonce = hex::decode(&file.nonce).map_err(|e| format(format!("nonce: {e}")))?;
+    let sealed = hex::decode(&file.sealed).map_err(|e| format(format!("sealed: {e}")))?;
+    if salt.len() < 16 || nonce.len() != 24 {
+        return Err(format("salt or nonce has the wrong length".into()));
+    }
+    let params = KdfParams {
+        memory_kib: file.kdf.memory_kib,
+        iterations: file.kdf.iterations,
+        parallelism: file.kdf.parallelism,
+    };
+    let key = derive_file_key(&params, passphrase, &salt)?;
+    let cipher = XChaCha20Poly1305::new(Key::from_slice(key.expose()));
+    let aad = file.aad();
+    cipher
+        .decrypt(
+            XNonce::from_slice(&nonce),
+            Payload {
+                msg: &sealed,
+                aad: &aad,
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| KeystoreError::WrongPassphrase {
+            path: path.to_path_buf(),
+        })
+}
+
+/// Opens a message sealed by [`hpke_seal`] with the X25519 seed `seed`.
+pub(crate) fn hpke_open_with_seed(
+    seed: &SecretKey,
+    sealed: &HpkeSealed,
+    info: &[u8],
+    aad: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+    let (private, _) = HpkeKem::derive_keypair(seed.expose());
+    let encapped = <HpkeKem as hpke::Kem>::EncappedKey::from_bytes(&sealed.encapped)
+        .map_err(|e| KeystoreError::Crypto(format!("HPKE encapsulated key: {e}")))?;
+    hpke::single_shot_open::<HpkeAead, HpkeKdf, HpkeKem>(
+        &OpModeR::Base,
+        &private,
+        &encapped,
+        info,
+        &sealed.ciphertext,
+        aad,
+    )
+    .map(Zeroizing::new)
+    .map_err(|e| KeystoreError::Crypto(format!("HPKE open failed: {e}")))
+}
+
+/// The X25519 public key of the HPKE seed `seed`.
+pub(crate) fn hpke_public_of(seed: &SecretKey) -> [u8; 32] {
+    let (_, public) = HpkeKem::derive_keypair(seed.expose());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(&public.to_bytes());
+    out
 }
 
 fn derive_file_key(

@@ -43,7 +43,10 @@
 //!   one 1 MiB blob are chunked into 1 MiB blobs listed by a head blob.
 //! - Vault root and scope manifests ([`mod@format`]): postcard, starting with a format
 //!   number (1); the search index inside a manifest has its own format number.
-//! - Keystore: JSON with `format: "ehi-keystore"`, `version: 1`.
+//! - Keystore: JSON with `format: "ehi-keystore"`, `version: 1`; app keystore the same
+//!   with `format: "ehi-app-keystore"`; app card `ehi-app-card` v1; grant ticket
+//!   `ehi-grant-ticket` v1; sealed grant blob `"EHG" ‖ 1`, payload format 1 ([`grant`]);
+//!   audit entry format 1 ([`audit`]); vault root format 2 (reads 1).
 //! - Export: FHIR R4 Bundles and Bulk Data NDJSON ([`export`]).
 //!
 //! ## Scopes
@@ -51,19 +54,23 @@
 //! documents, financial, sensitive), assigned by the documented resourceType table in
 //! [`scope`], overridable per type by the patient, plus `meta.security` sensitivity
 //! labels routing to `sensitive`. Each scope has its own key (with epochs), its own
-//! manifest and its own slot, so a future grant of one scope hands over that scope's
-//! key and slot and nothing else.
+//! manifest and its own slot, so a grant of one scope hands over that scope's keys and
+//! slot and nothing else.
 //!
 //! ## What the servers learn (threat model)
 //! Storage, slots, broker and distributor servers — and anyone who copies their disks
 //! — see: the number of blobs, their bucketed sizes, the epoch numbers in blob headers,
 //! nine slot ids (the vault slot and eight scope slots, unlinkable to the patient
-//! except through timing), when slots move, and which blobs are pinned together (the
+//! except through timing) plus one slot per grant (pointing at an HPKE-sealed blob;
+//! neither the app, the scopes, the purpose nor the patient's signature is visible),
+//! one extra blob per audit entry, when slots move, and which blobs are pinned together (the
 //! distributor sees one pin request per import). They never see plaintext, FHIR ids,
 //! names, codes, dates, resource types or keys: blob addresses are SHA-256 of
 //! ciphertext and everything else is inside the envelopes. The test
 //! `storage_learns_nothing` scans every server's data directory for the input's names,
-//! identifiers, codes and dates.
+//! identifiers, codes and dates; `servers_see_no_grant_contents` (tests/sharing.rs)
+//! does the same for app names, scope names, purposes, grant ids, app keys and audit
+//! event text after a grant, an app session, a revocation and audit entries.
 //!
 //! Not hidden: timing and volume (an import of 3,700 resources writes about 3,700
 //! blobs at once), and which scope slot moves when (one scope that rarely changes is
@@ -87,12 +94,38 @@
 //! through the slot's history — crypto-shredding reaches only the copies it is given.
 //! Overwriting a file is not guaranteed to erase it on copy-on-write or flash storage.
 //!
-//! ## What revocation will not be able to do
-//! Grants (designed for: per-scope keys with epochs, per-scope slots, HPKE keys) can
-//! be revoked by moving a scope to a new epoch and resealing for the remaining
-//! grantees; old blobs can even be re-encrypted. None of that takes back what an app
-//! already read or copied while it held the key.
+//! ## Sharing with apps ([`app`], [`grant`], [`session`])
+//! An app has its own identity: an ed25519 signing key and an HPKE (X25519) key in an
+//! app keystore file (same protection as the patient's), published as a signed **app
+//! card**. [`Vault::grant`] seals the keys of every epoch of the granted scopes, and
+//! their slot ids, to the app's HPKE key, signed by the patient, into a blob that a
+//! **per-grant slot** (owned by the patient; its seed is in the root) points at; the
+//! root lists the grants ([`format::GrantRecord`], root format 2). The app opens it with
+//! [`AppSession`] and the library alone: it follows the scope slots to the manifests
+//! and can decrypt nothing else — enforcement is cryptographic, no server decides.
+//! [`Vault::grants`] lists grants (with their SMART v2 scope equivalents,
+//! [`grant::smart_scopes`]) for a server facade to build on.
 //!
+//! **Revocation** ([`Vault::revoke`]) moves every affected scope to a new key epoch,
+//! re-seals the manifests under it, re-seals the remaining grants covering those scopes
+//! with the new key, tombstones the grant slot, and writes everything afterwards under
+//! the new epoch; `reencrypt` also re-encrypts old versions under the new key and
+//! unpins the old blobs. Expired grants are rotated away at the patient's next import
+//! ([`Vault::expire_grants`]); the app library refuses them before that.
+//! **What revocation cannot do: take back what an app already read or copied** while
+//! it held the key — decrypted resources, and old epoch keys (which open old blobs as
+//! long as a storage server keeps them: the protocol has no delete, unpinning only
+//! allows collection).
+//!
+//! ## Audit ([`audit`])
+//! One append-only log per vault: each entry a FHIR R4 AuditEvent, ed25519-signed by
+//! the writer, BLAKE3 hash-chained to the previous one, sealed as its own blob; the
+//! root's `audit_head` points at the newest. Imports, grants and revocations append
+//! their entry in the same commit; [`Vault::audit`] appends others (the `ehi` command
+//! line logs the patient's reads, searches, exports and removal).
+//! [`Vault::audit_verify`] checks signatures, order and chain end to end and names the
+//! first bad entry.
+
 //! ## Search
 //! Each scope manifest carries an `ehi_search::SearchIndex` over the current version
 //! of its resources; [`Vault::search`] answers FHIR search queries from it on the
@@ -113,10 +146,13 @@
 //!   page of 20 resources fetched and decrypted, p50 about 3 ms and p99 10–30 ms (20
 //!   concurrent GETs; the tail is scheduling noise on the shared machine).
 
+pub mod app;
+pub mod audit;
 pub mod error;
 pub mod export;
 pub mod fhir;
 pub mod format;
+pub mod grant;
 pub mod keys;
 pub mod keystore;
 pub mod network;
@@ -124,15 +160,20 @@ pub mod present;
 pub mod scope;
 pub mod seal;
 mod search;
+pub mod serve;
+pub mod session;
 pub mod time;
 pub mod vault;
 
+pub use app::{AppCard, AppKeystore};
 pub use error::{EhiError, ImportError, KeystoreError, Result};
 pub use fhir::Input;
+pub use grant::{Access, GrantInfo, GrantRequest, GrantTicket};
 pub use keystore::{KdfParams, Keystore};
 pub use network::Network;
 pub use scope::Scope;
+pub use session::AppSession;
 pub use vault::{
-    HistoryEntry, ImportReport, Progress, ProgressFn, RemoveReport, SearchHits, Stage, Status,
-    Vault, VaultOptions, tombstone_address,
+    HistoryEntry, ImportReport, Progress, ProgressFn, RemoveReport, RevokeReport, SearchHits,
+    Stage, Status, Vault, VaultOptions, tombstone_address,
 };

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+use ehi_layer::audit::{AuditAction, AuditRecord};
 use ehi_layer::vault::Stage;
 use ehi_layer::{Input, KdfParams, Keystore, Network, Progress, Vault, export, present};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -39,6 +40,30 @@ struct Cli {
     table: bool,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum AppCommand {
+    /// Create an app keystore (`--app-keystore`, default `<config>/ehi/apps/<name>.json`)
+    /// and print the app's public card (JSON) on stdout.
+    New {
+        /// The app's name.
+        name: String,
+        /// Where to write the app keystore.
+        #[arg(long)]
+        app_keystore: Option<PathBuf>,
+    },
+    /// Print the card of an existing app keystore.
+    Card {
+        /// The app keystore file.
+        app_keystore: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Check every signature and the hash chain end to end; names the first bad entry.
+    Verify,
 }
 
 #[derive(Subcommand, Debug)]
@@ -90,6 +115,81 @@ enum Command {
     },
     /// The vault's counts and ids.
     Status,
+    /// App identities (for app developers): `ehi app new <name>`.
+    App {
+        #[command(subcommand)]
+        command: AppCommand,
+    },
+    /// Grant scopes to an app: `ehi grant card.json --scopes medications,allergies
+    /// --access read --expires 30d --purpose TREAT`. Prints the ticket for the app.
+    Grant {
+        /// The app's card (JSON file from `ehi app new`).
+        card: PathBuf,
+        /// Scopes, comma-separated (demographics, clinical, medications,
+        /// immunizations, allergies, documents, financial, sensitive).
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// `read` or `contribute`.
+        #[arg(long, default_value = "read")]
+        access: String,
+        /// Lifetime (`30d`, `12h`, `2w`).
+        #[arg(long, default_value = "30d")]
+        expires: String,
+        /// HL7 v3 PurposeOfUse code (TREAT, ETREAT, HPAYMT, HOPERAT, PATRQT, ...).
+        #[arg(long, default_value = "TREAT")]
+        purpose: String,
+    },
+    /// List the grants (scopes, purpose, expiry, SMART scopes).
+    Grants,
+    /// The audit log as FHIR AuditEvents (`--type grant`, `--app <name>`, `--since
+    /// 2026-01-01`), or `ehi audit verify` to check signatures and the hash chain.
+    Audit {
+        #[command(subcommand)]
+        command: Option<AuditCommand>,
+        /// Only entries of this type (import, grant, revoke, export, remove, read, search).
+        #[arg(long = "type")]
+        kind: Option<String>,
+        /// Only entries mentioning this app name.
+        #[arg(long)]
+        app: Option<String>,
+        /// Only entries recorded at or after this date/instant (UTC, `2026-01-01`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only entries recorded before this date/instant (UTC).
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Revoke a grant: rotate the keys of its scopes, re-seal for the other grantees.
+    Revoke {
+        /// The grant id (from `ehi grants`).
+        grant: String,
+        /// Also re-encrypt every stored version of those scopes and unpin the old blobs.
+        #[arg(long)]
+        reencrypt: bool,
+    },
+    /// Serve the vault as a FHIR R4 REST API on this device (prints
+    /// `listening on http://<addr>` on stdout and the patient's token on stderr).
+    Serve {
+        /// Address to bind.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// How long the printed patient token stays valid (`12h`, `30m`, `7d`).
+        #[arg(long, default_value = "12h")]
+        token_expires: String,
+    },
+    /// Mint a bearer token for `ehi serve`: the patient's own (`--patient`) or an app's
+    /// with SMART v2 scopes (`--scopes "patient/Observation.rs patient/*.r"`).
+    Token {
+        /// The patient's own token (everything allowed).
+        #[arg(long, conflicts_with = "scopes")]
+        patient: bool,
+        /// SMART scopes, space-separated.
+        #[arg(long, required_unless_present = "patient")]
+        scopes: Option<String>,
+        /// Lifetime (`90s`, `30m`, `1h`, `7d`).
+        #[arg(long, default_value = "1h")]
+        expires: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -108,6 +208,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let command = match cli.command {
         Command::Init => return init(&cli.broker, &keystore_path).await,
+        Command::App { command } => return app_command(command).await,
+        Command::Token {
+            patient,
+            scopes,
+            expires,
+        } => return token(&keystore_path, patient, scopes.as_deref(), &expires).await,
         command => command,
     };
     let passphrase = passphrase(false)?;
@@ -125,6 +231,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             params,
         } => {
             let hits = vault.search(&resource_type, &params.join("&")).await?;
+            log_read(
+                &vault,
+                AuditAction::Search,
+                vec![format!("{resource_type}?{}", params.join("&"))],
+            )
+            .await;
             if cli.table {
                 print!("{}", present::table(&hits.resources));
                 eprintln!("{} match(es)", hits.total);
@@ -138,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(v) => vault.read_version(&resource_type, &id, v).await?,
                 None => vault.read(&resource_type, &id).await?,
             };
+            log_read(&vault, AuditAction::Read, vec![reference.clone()]).await;
             if cli.table {
                 print!("{}", present::table(&[resource]));
             } else {
@@ -147,6 +260,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History { reference } => {
             let (resource_type, id, _) = parse_reference(&reference)?;
             let history = vault.history(&resource_type, &id).await?;
+            log_read(&vault, AuditAction::Read, vec![reference.clone()]).await;
             if cli.table {
                 print!("{}", present::history_table(&resource_type, &id, &history));
             } else {
@@ -155,6 +269,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Patient { id } => {
             let resources = vault.patient_compartment(&id).await?;
+            log_read(
+                &vault,
+                AuditAction::Read,
+                vec![format!("Patient/{id}/$everything")],
+            )
+            .await;
             if cli.table {
                 print!("{}", present::table(&resources));
             } else {
@@ -169,6 +289,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Export { dir, history } => {
             let summary = export::to_dir(&vault, &dir, history).await?;
+            log_read(
+                &vault,
+                AuditAction::Export,
+                vec![format!("{} entries", summary.bundle_entries)],
+            )
+            .await;
             eprintln!(
                 "wrote {} ({} entries) and {} NDJSON file(s) under {}",
                 summary.bundle.display(),
@@ -181,6 +307,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if !yes && !confirm_delete()? {
                 bail!("not deleted");
             }
+            log_read(&vault, AuditAction::Remove, Vec::new()).await;
             let report = vault.remove(Some(&keystore_path)).await?;
             eprintln!(
                 "vault removed: slots point at the tombstone, {} of {} blocks unpinned{}, keystore {} destroyed.\n\
@@ -198,6 +325,146 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for note in report.notes {
                 eprintln!("note: {note}");
             }
+        }
+        Command::Serve {
+            listen,
+            token_expires,
+        } => serve(vault, &keystore, listen, &token_expires).await?,
+        Command::Token { .. } => {}
+        Command::App { .. } => {}
+        Command::Grant {
+            card,
+            scopes,
+            access,
+            expires,
+            purpose,
+        } => {
+            let bytes =
+                std::fs::read(&card).with_context(|| format!("reading {}", card.display()))?;
+            let app = ehi_layer::AppCard::parse(&bytes)?;
+            let mut parsed = Vec::new();
+            for scope in &scopes {
+                parsed.push(
+                    scope
+                        .trim()
+                        .parse::<ehi_layer::Scope>()
+                        .map_err(anyhow::Error::msg)?,
+                );
+            }
+            let request = ehi_layer::GrantRequest {
+                app,
+                scopes: parsed,
+                access: access.parse()?,
+                duration_ms: ehi_layer::grant::parse_duration_ms(&expires)?,
+                purpose,
+            };
+            let (info, ticket) = vault.grant(request).await?;
+            eprintln!(
+                "granted {} to {} until {} (grant {}); hand the ticket below to the app",
+                info.scopes
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                info.app_name,
+                ehi_layer::time::instant(info.expires_ms),
+                info.id
+            );
+            print_json(&serde_json::to_value(&ticket)?)?;
+        }
+        Command::Audit {
+            command: Some(AuditCommand::Verify),
+            ..
+        } => {
+            let count = vault.audit_verify().await?;
+            eprintln!("audit log verified: {count} entries, every signature and link checks out");
+        }
+        Command::Audit {
+            command: None,
+            kind,
+            app,
+            since,
+            until,
+        } => {
+            let kind = match kind {
+                Some(k) => Some(k.parse::<AuditAction>()?.code().to_string()),
+                None => None,
+            };
+            let mut events = Vec::new();
+            for entry in vault.audit_entries().await? {
+                let event = entry.event()?;
+                let recorded = entry.recorded().unwrap_or_default();
+                if kind
+                    .as_ref()
+                    .is_some_and(|k| entry.action().as_ref() != Some(k))
+                    || app
+                        .as_ref()
+                        .is_some_and(|a| !entry.event.contains(a.as_str()))
+                    || since
+                        .as_ref()
+                        .is_some_and(|s| recorded.as_str() < s.as_str())
+                    || until
+                        .as_ref()
+                        .is_some_and(|u| recorded.as_str() >= u.as_str())
+                {
+                    continue;
+                }
+                if cli.table {
+                    println!(
+                        "{:>5}  {}  {:8}  {}",
+                        entry.seq,
+                        recorded,
+                        entry.action().unwrap_or_default(),
+                        event["outcomeDesc"].as_str().unwrap_or_default()
+                    );
+                }
+                events.push(serde_json::json!({ "resource": event }));
+            }
+            if !cli.table {
+                print_json(&serde_json::json!({
+                    "resourceType": "Bundle", "type": "collection",
+                    "total": events.len(), "entry": events
+                }))?;
+            }
+        }
+        Command::Grants => {
+            let grants = vault.grants().await;
+            if cli.table {
+                for g in &grants {
+                    println!(
+                        "{}  {:20}  {:30}  {:10}  {:8}  expires {}{}  last use {}",
+                        g.id,
+                        g.app_name,
+                        g.scopes
+                            .iter()
+                            .map(|s| s.name())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        g.access,
+                        g.purpose,
+                        ehi_layer::time::instant(g.expires_ms),
+                        if g.expired { " (expired)" } else { "" },
+                        g.last_use_ms
+                            .map(ehi_layer::time::instant)
+                            .unwrap_or_else(|| "unknown".into())
+                    );
+                }
+            } else {
+                print_json(&serde_json::to_value(&grants)?)?;
+            }
+        }
+        Command::Revoke { grant, reencrypt } => {
+            let report = vault.revoke(&grant, reencrypt).await?;
+            eprintln!(
+                "revoked {}: {} scope(s) moved to a new key epoch, {} other grant(s) re-sealed, \
+                 {} version(s) re-encrypted, {} block(s) unpinned.\n\
+                 note: revocation cannot take back what the app already read or copied.",
+                report.grant,
+                report.rotated.len(),
+                report.resealed.len(),
+                report.reencrypted,
+                report.unpinned
+            );
         }
         Command::Status => {
             let status = vault.status().await?;
@@ -243,6 +510,56 @@ async fn init(broker: &str, path: &Path) -> anyhow::Result<()> {
             Err(e.into())
         }
     }
+}
+
+async fn serve(
+    vault: Vault,
+    keystore: &Keystore,
+    listen: std::net::SocketAddr,
+    token_expires: &str,
+) -> anyhow::Result<()> {
+    use ehi_layer::serve::{self, TokenKey};
+    let ttl = serve::token::parse_duration(token_expires).map_err(anyhow::Error::msg)?;
+    let key = TokenKey::from_keystore(keystore);
+    let now = ehi_layer::time::now_ms() / 1000;
+    let patient_token = key.mint_patient(now, ttl)?;
+    let server = serve::start(Arc::new(vault), key, listen).await?;
+    {
+        use std::io::Write;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "listening on http://{}", server.local_addr())?;
+        stdout.flush()?;
+    }
+    eprintln!("patient token (valid {token_expires}): {patient_token}");
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    server.stop().await?;
+    Ok(())
+}
+
+async fn token(
+    path: &Path,
+    patient: bool,
+    scopes: Option<&str>,
+    expires: &str,
+) -> anyhow::Result<()> {
+    use ehi_layer::serve::{self, TokenKey};
+    let ttl = serve::token::parse_duration(expires).map_err(anyhow::Error::msg)?;
+    let passphrase = passphrase(false)?;
+    let keystore = {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || Keystore::open(&path, &passphrase)).await??
+    };
+    let key = TokenKey::from_keystore(&keystore);
+    let now = ehi_layer::time::now_ms() / 1000;
+    let token = match (patient, scopes) {
+        (true, _) => key.mint_patient(now, ttl)?,
+        (false, Some(scopes)) => key.mint_app(scopes, now, ttl)?,
+        (false, None) => bail!("give --patient or --scopes"),
+    };
+    println!("{token}");
+    Ok(())
 }
 
 async fn import(vault: &Vault, files: &[PathBuf]) -> anyhow::Result<()> {
@@ -347,4 +664,51 @@ fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value)?;
     println!("{text}");
     Ok(())
+}
+
+async fn app_command(command: AppCommand) -> anyhow::Result<()> {
+    match command {
+        AppCommand::New { name, app_keystore } => {
+            let path = match app_keystore {
+                Some(path) => path,
+                None if name.contains(['/', '\\']) || name.starts_with('.') => {
+                    bail!("the name {name:?} cannot be a file name; pass --app-keystore")
+                }
+                None => default_keystore()?
+                    .with_file_name("apps")
+                    .join(format!("{name}.json")),
+            };
+            let app = ehi_layer::AppKeystore::generate(&name)?;
+            let passphrase = passphrase(true)?;
+            {
+                let app = app.clone();
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || {
+                    app.save(&path, &passphrase, KdfParams::default())
+                })
+                .await??;
+            }
+            eprintln!("created app keystore {}", path.display());
+            println!("{}", app.card().to_json()?);
+        }
+        AppCommand::Card { app_keystore } => {
+            let passphrase = passphrase(false)?;
+            let app = tokio::task::spawn_blocking(move || {
+                ehi_layer::AppKeystore::open(&app_keystore, &passphrase)
+            })
+            .await??;
+            println!("{}", app.card().to_json()?);
+        }
+    }
+    Ok(())
+}
+
+/// Appends a read/search/export/removal entry to the audit log; a failure is reported
+/// but does not undo what was shown.
+async fn log_read(vault: &Vault, action: AuditAction, entities: Vec<String>) {
+    let record = AuditRecord::new(action, "by the patient with the ehi command line")
+        .with_entities(entities);
+    if let Err(e) = vault.audit(record).await {
+        eprintln!("warning: the audit entry could not be written: {e}");
+    }
 }

@@ -82,6 +82,8 @@ pub enum Kind {
     Resource = 3,
     /// A chunk of a larger object of the kind given with it.
     Chunk = 4,
+    /// An audit log entry ([`crate::audit`]).
+    Audit = 5,
 }
 
 /// The chunk list a chunked object's head carries (postcard, format 1).

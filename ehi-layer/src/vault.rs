@@ -40,6 +40,7 @@ use serde_json::Value;
 use tokio::sync::Mutex;
 use zeroize::Zeroizing;
 
+use crate::audit::{AuditAction, AuditEntry, AuditRecord};
 use crate::error::{EhiError, Result};
 use crate::fhir::{self, Change, Input, Op};
 use crate::format::{
@@ -53,6 +54,10 @@ use crate::scope::{self, Scope};
 use crate::seal::{self, Blob, Kind, Opened, Sealed};
 use crate::search::Index;
 use crate::time::{instant, now_ms};
+
+mod audit_log;
+mod sharing;
+pub use sharing::RevokeReport;
 
 /// The bytes of the tombstone blob a removed vault's slots point at (public, the same
 /// for every vault).
@@ -232,6 +237,13 @@ struct State {
     root_blocks: Vec<Id>,
     root: VaultRoot,
     scopes: BTreeMap<Scope, Loaded>,
+    /// Addresses of every audit entry, oldest first (walked from `root.audit_head`
+    /// on demand; complete for the head in `audit_for`).
+    audit_blocks: Vec<Id>,
+    /// The `audit_head` that `audit_blocks` is complete for (`None`: not walked yet).
+    audit_for: Option<Option<[u8; 32]>>,
+    /// The newest audit entry and its address.
+    audit_tail: Option<(Id, AuditEntry)>,
 }
 
 impl State {
@@ -265,11 +277,22 @@ impl State {
             })
     }
 
+    /// Records an entry this handle appended after `prev_head`.
+    fn appended_audit(&mut self, prev_head: Option<[u8; 32]>, address: Id, entry: AuditEntry) {
+        if self.audit_for == Some(prev_head) {
+            self.audit_blocks.push(address);
+            self.audit_for = Some(Some(*address.as_bytes()));
+        }
+        self.audit_tail = Some((address, entry));
+    }
+
     fn all_blocks(&self) -> Vec<Id> {
         let mut out: Vec<Id> = self.root_blocks.clone();
         for record in self.root.scopes.values() {
             out.extend(record.manifest.iter().copied().map(Id::from_bytes));
         }
+        out.extend(self.root.grants.iter().map(|g| Id::from_bytes(g.sealed)));
+        out.extend(self.audit_blocks.iter().copied());
         for loaded in self.scopes.values() {
             for ids in loaded.manifest.resources.values() {
                 for versions in ids.values() {
@@ -309,6 +332,8 @@ pub struct Vault {
     net: Network,
     slot: Id,
     signer: SlotSigner,
+    /// The patient's ed25519 key (signs grants).
+    signing: ed25519_dalek::SigningKey,
     root_key: SecretKey,
     options: VaultOptions,
     state: Mutex<State>,
@@ -419,6 +444,7 @@ impl Vault {
             net,
             slot,
             signer: keystore.signer(),
+            signing: keystore.signing_key(),
             root_key,
             options,
             state: Mutex::new(State {
@@ -426,6 +452,9 @@ impl Vault {
                 root_blocks,
                 root,
                 scopes: loaded,
+                audit_blocks: Vec::new(),
+                audit_for: Some(None),
+                audit_tail: None,
             }),
         };
         let addresses: Vec<Id> = blobs.iter().map(|b| b.address).collect();
@@ -480,11 +509,15 @@ impl Vault {
                 audit_head: None,
             },
             scopes: BTreeMap::new(),
+            audit_blocks: Vec::new(),
+            audit_for: None,
+            audit_tail: None,
         };
         let vault = Vault {
             net,
             slot,
             signer: keystore.signer(),
+            signing: keystore.signing_key(),
             root_key,
             options,
             state: Mutex::new(placeholder),
@@ -534,6 +567,8 @@ impl Vault {
                 p(Progress { stage, done, total });
             }
         };
+        // Expired grants are rotated away at the patient's next write.
+        self.expire_grants().await?;
         report(Stage::Parsing, 0, inputs.len() as u64);
         let parsed = tokio::task::spawn_blocking(move || fhir::parse_inputs(&inputs)).await??;
         report(Stage::Parsing, 1, 1);
@@ -657,8 +692,21 @@ impl Vault {
             }
             let built = match loading {
                 Ok(()) => {
-                    self.build_commit(&state, Arc::clone(&planned), blocks, now)
-                        .await
+                    let record = AuditRecord::new(
+                        AuditAction::Import,
+                        format!(
+                            "{} created, {} updated, {} deleted",
+                            report.created, report.updated, report.deleted
+                        ),
+                    );
+                    let tail = self.ensure_audit_tail(&mut state).await;
+                    match tail.and_then(|()| self.audit_blob(&state, &record)) {
+                        Ok(audit) => {
+                            self.build_commit(&state, Arc::clone(&planned), blocks, now, audit)
+                                .await
+                        }
+                        Err(e) => Err(e),
+                    }
                 }
                 Err(e) => Err(e),
             };
@@ -705,7 +753,11 @@ impl Vault {
                     let touched: Vec<Scope> = built.scopes.iter().map(|s| s.0).collect();
                     state.root_head = built.root_head;
                     state.root_blocks = built.root_blocks.clone();
+                    let prev_head = state.root.audit_head;
                     state.root = built.root;
+                    if let Some((address, entry)) = built.audit {
+                        state.appended_audit(prev_head, address, entry);
+                    }
                     for (scope, manifest, index, _) in built.scopes {
                         state.scopes.insert(
                             scope,
@@ -836,6 +888,7 @@ impl Vault {
         planned: Arc<Vec<Planned>>,
         blocks: HashMap<usize, Vec<[u8; 32]>>,
         now: u64,
+        audit: (Blob, AuditEntry),
     ) -> Result<Built> {
         let touched: BTreeSet<Scope> = planned.iter().map(|p| p.scope).collect();
         let mut inputs = Vec::new();
@@ -864,6 +917,7 @@ impl Vault {
                 root_blocks: Vec::new(),
                 root,
                 notes: Vec::new(),
+                audit: None,
             };
             for (scope, loaded, key, epoch) in inputs {
                 let Loaded {
@@ -913,6 +967,10 @@ impl Vault {
                 built.blobs.extend(sealed.into_blobs());
                 built.scopes.push((scope, manifest, index, addresses));
             }
+            let (audit_blob, audit_entry) = audit;
+            built.root.audit_head = Some(*audit_blob.address.as_bytes());
+            built.audit = Some((audit_blob.address, audit_entry));
+            built.blobs.push(audit_blob);
             built.root.generation += 1;
             built.root.updated_ms = now.max(built.root.updated_ms);
             let sealed_root = seal_root(&built.root, &root_key)?;
@@ -1026,34 +1084,16 @@ impl Vault {
         what: &str,
         key_for: impl Fn(u32) -> Option<SecretKey>,
     ) -> Result<(Zeroizing<Vec<u8>>, Vec<Id>)> {
-        let bytes = self.net.get(&head, what).await?;
-        let epoch = seal::epoch_of(&bytes)
-            .ok_or_else(|| EhiError::corrupt(what, "not an ehi-layer envelope"))?;
-        let key = key_for(epoch)
-            .ok_or_else(|| EhiError::corrupt(what, format!("no key for epoch {epoch}")))?;
-        match seal::open_object(&key, kind, context, &bytes, what)? {
-            Opened::Inline(payload) => Ok((payload, vec![head])),
-            Opened::Chunked { total_len, chunks } => {
-                let fetched: Vec<Result<bytes::Bytes>> = stream::iter(chunks.iter())
-                    .map(|address| self.net.get(address, what))
-                    .buffered(self.options.concurrency.max(1))
-                    .collect()
-                    .await;
-                let mut out = Zeroizing::new(Vec::with_capacity(total_len as usize));
-                for chunk in fetched {
-                    seal::open_chunk(&key, context, &chunk?, what, &mut out)?;
-                }
-                if out.len() as u64 != total_len {
-                    return Err(EhiError::corrupt(
-                        what,
-                        "chunks do not add up to its length",
-                    ));
-                }
-                let mut blocks = vec![head];
-                blocks.extend(chunks);
-                Ok((out, blocks))
-            }
-        }
+        fetch_object(
+            &self.net,
+            self.options.concurrency,
+            head,
+            kind,
+            context,
+            what,
+            key_for,
+        )
+        .await
     }
 
     /// Decodes the search index of `scope` if it is not yet; an index that does not
@@ -1492,7 +1532,10 @@ impl Vault {
 
     /// Counts and ids describing the vault.
     pub async fn status(&self) -> Result<Status> {
-        let state = self.state.lock().await;
+        let mut state = self.state.lock().await;
+        if let Err(e) = self.ensure_audit_blocks(&mut state).await {
+            tracing::warn!(error = %e, "walking the audit log");
+        }
         let mut scopes = Vec::new();
         let mut types: BTreeMap<String, usize> = BTreeMap::new();
         for (scope, loaded) in &state.scopes {
@@ -1537,7 +1580,11 @@ impl Vault {
 
     /// Every block the vault references (root, manifests, every resource version).
     pub async fn blocks(&self) -> Vec<Id> {
-        self.state.lock().await.all_blocks()
+        let mut state = self.state.lock().await;
+        if let Err(e) = self.ensure_audit_blocks(&mut state).await {
+            tracing::warn!(error = %e, "walking the audit log");
+        }
+        state.all_blocks()
     }
 
     /// Puts every resource of `resource_type` stored from now on in `scope`. Refused
@@ -1618,6 +1665,9 @@ impl Vault {
         let blocks = loop {
             attempt += 1;
             self.refresh_state(&mut state).await?;
+            if let Err(e) = self.ensure_audit_blocks(&mut state).await {
+                tracing::warn!(error = %e, "walking the audit log");
+            }
             let blocks = state.all_blocks();
             match self
                 .net
@@ -1679,6 +1729,10 @@ impl Vault {
                 notes.push(format!("scope slot of {scope} not tombstoned: {reason}"));
             }
         }
+        // Grant slots too: apps see the tombstone (their keys already open nothing new).
+        for grant in &state.root.grants {
+            self.tombstone_grant_slot(grant).await;
+        }
         let unpinned = self.net.unpin(&blocks).await?;
         let keystore_destroyed = match keystore_file {
             Some(path) => {
@@ -1717,6 +1771,7 @@ struct Built {
     root_blocks: Vec<Id>,
     root: VaultRoot,
     notes: Vec<String>,
+    audit: Option<(Id, AuditEntry)>,
 }
 
 impl Built {
@@ -1991,6 +2046,47 @@ fn seal_manifest(manifest: &ScopeManifest, epoch_key: &SecretKey) -> Result<Seal
 fn seal_root(root: &VaultRoot, root_key: &SecretKey) -> Result<Sealed> {
     let bytes = Zeroizing::new(format::encode(root, "vault root")?);
     seal::seal_object(root_key, Kind::Root, "vault", 0, &bytes)
+}
+
+/// Fetches and opens an object (head plus chunks) from `net`. Returns the payload and
+/// every block address. `key_for` maps the epoch in the head's envelope to the AEAD key.
+pub(crate) async fn fetch_object(
+    net: &Network,
+    concurrency: usize,
+    head: Id,
+    kind: Kind,
+    context: &str,
+    what: &str,
+    key_for: impl Fn(u32) -> Option<SecretKey>,
+) -> Result<(Zeroizing<Vec<u8>>, Vec<Id>)> {
+    let bytes = net.get(&head, what).await?;
+    let epoch = seal::epoch_of(&bytes)
+        .ok_or_else(|| EhiError::corrupt(what, "not an ehi-layer envelope"))?;
+    let key = key_for(epoch)
+        .ok_or_else(|| EhiError::corrupt(what, format!("no key for epoch {epoch}")))?;
+    match seal::open_object(&key, kind, context, &bytes, what)? {
+        Opened::Inline(payload) => Ok((payload, vec![head])),
+        Opened::Chunked { total_len, chunks } => {
+            let fetched: Vec<Result<bytes::Bytes>> = stream::iter(chunks.iter().copied())
+                .map(|address| async move { net.get(&address, what).await })
+                .buffered(concurrency.max(1))
+                .collect()
+                .await;
+            let mut out = Zeroizing::new(Vec::with_capacity(total_len.min(1 << 30) as usize));
+            for chunk in fetched {
+                seal::open_chunk(&key, context, &chunk?, what, &mut out)?;
+            }
+            if out.len() as u64 != total_len {
+                return Err(EhiError::corrupt(
+                    what,
+                    "chunks do not add up to its length",
+                ));
+            }
+            let mut blocks = vec![head];
+            blocks.extend(chunks);
+            Ok((out, blocks))
+        }
+    }
 }
 
 fn to_raw(ids: &[Id]) -> Vec<[u8; 32]> {

@@ -1,0 +1,168 @@
+//! `ehi serve` benchmark: HTTP search latency (p50/p99) and throughput at concurrency 1
+//! and 8 against a 10,000-resource vault (one Patient per 100 resources, seeded
+//! synthetic Observations) on an in-process network (3 storage servers, slots,
+//! distributor on 127.0.0.1), for a token, a one-month date range and a name-prefix
+//! query, each returning a page of 20 resources (fetched and decrypted per request).
+//! Run with `cargo bench -p ehi-layer --bench serve`.
+//! Targets: p99 ≤ 30 ms, ≥ 1,000 requests/s at concurrency 8.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::ensure;
+use common::{TestNet, input};
+use ehi_layer::serve::{self, TokenKey};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::{Value, json};
+
+const RESOURCES: usize = 10_000;
+const REQUESTS: usize = 400;
+
+fn main() -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let net = TestNet::start(3, true).await?;
+    let (keystore, _path, vault) = net.new_vault(dir.path()).await?;
+    vault
+        .import(vec![input(
+            "synthetic.json",
+            &synthetic_bundle_with_prefix(RESOURCES, 7, "syn"),
+        )])
+        .await?;
+    vault.load_indexes().await?;
+    let key = TokenKey::from_keystore(&keystore);
+    let token = key.mint_patient(ehi_layer::time::now_ms() / 1000, 3600)?;
+    let server = serve::start(Arc::new(vault), key, "127.0.0.1:0".parse()?).await?;
+    let base = server.url().to_string();
+    println!("vault: {RESOURCES} resources; server {base}");
+
+    let client = reqwest::Client::new();
+    let queries = [
+        (
+            "token",
+            "Observation?code=http://loinc.org%7C8867-4&_count=20",
+        ),
+        (
+            "date range",
+            "Observation?date=ge2020-03-01&date=lt2020-04-01&_count=20",
+        ),
+        ("string", "Patient?name=Mar&_count=20"),
+    ];
+    for (label, query) in queries {
+        let url = format!("{base}/{query}");
+        // Warm up (and check the answer).
+        let first: Value = client
+            .get(&url)
+            .bearer_auth(&token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        ensure!(
+            first["total"].as_u64().unwrap_or(0) > 0,
+            "{label}: no match: {first}"
+        );
+        for concurrency in [1usize, 8] {
+            let started = Instant::now();
+            let per_task = REQUESTS / concurrency;
+            let mut tasks = Vec::new();
+            for _ in 0..concurrency {
+                let (client, url, token) = (client.clone(), url.clone(), token.clone());
+                tasks.push(tokio::spawn(async move {
+                    let mut samples = Vec::with_capacity(per_task);
+                    for _ in 0..per_task {
+                        let t = Instant::now();
+                        let resp = client.get(&url).bearer_auth(&token).send().await?;
+                        ensure!(resp.status().is_success(), "status {}", resp.status());
+                        let _ = resp.bytes().await?;
+                        samples.push(t.elapsed());
+                    }
+                    Ok::<_, anyhow::Error>(samples)
+                }));
+            }
+            let mut samples = Vec::new();
+            for task in tasks {
+                samples.extend(task.await??);
+            }
+            let elapsed = started.elapsed();
+            let n = samples.len();
+            println!(
+                "search {label:10} c={concurrency}: p50 {:.2} ms, p99 {:.2} ms, {:.0} req/s ({n} requests, total {})",
+                ms(percentile(&mut samples, 50)),
+                ms(percentile(&mut samples, 99)),
+                n as f64 / elapsed.as_secs_f64(),
+                first["total"],
+            );
+        }
+    }
+    server.stop().await?;
+    net.stop().await;
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn percentile(samples: &mut [Duration], p: usize) -> Duration {
+    samples.sort();
+    let i = ((samples.len() * p).div_ceil(100)).saturating_sub(1);
+    samples.get(i).copied().unwrap_or_default()
+}
+
+/// `n` resources: one Patient per 100, the rest Observations with seeded codes, dates
+/// and values.
+fn synthetic_bundle_with_prefix(n: usize, seed: u64, prefix: &str) -> Value {
+    const CODES: [(&str, &str); 6] = [
+        ("8867-4", "Heart rate"),
+        ("8302-2", "Body Height"),
+        ("29463-7", "Body Weight"),
+        ("2339-0", "Glucose"),
+        ("8480-6", "Systolic blood pressure"),
+        ("39156-5", "Body mass index"),
+    ];
+    const NAMES: [&str; 8] = [
+        "Martinez",
+        "Marlowe",
+        "Okafor",
+        "Lindqvist",
+        "Nakamura",
+        "Dubois",
+        "Marchetti",
+        "Kowalski",
+    ];
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut entries = Vec::with_capacity(n);
+    let mut patient = String::new();
+    for i in 0..n {
+        if i % 100 == 0 {
+            patient = format!("{prefix}-patient-{i}");
+            entries.push(json!({"resource": {
+                "resourceType": "Patient", "id": patient,
+                "name": [{"family": NAMES[rng.random_range(0..NAMES.len())], "given": ["Alex"]}],
+                "birthDate": format!("19{:02}-0{}-1{}", rng.random_range(30..99), rng.random_range(1..9), rng.random_range(0..9)),
+            }}));
+            continue;
+        }
+        let (code, display) = CODES[rng.random_range(0..CODES.len())];
+        entries.push(json!({"resource": {
+            "resourceType": "Observation", "id": format!("{prefix}-obs-{i}"), "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": code, "display": display}]},
+            "subject": {"reference": format!("Patient/{patient}")},
+            "effectiveDateTime": format!("20{:02}-{:02}-{:02}T{:02}:00:00Z",
+                rng.random_range(10..24), rng.random_range(1..13), rng.random_range(1..29), rng.random_range(0..24)),
+            "valueQuantity": {"value": rng.random_range(40..200), "unit": "1", "system": "http://unitsofmeasure.org", "code": "1"},
+        }}));
+    }
+    json!({"resourceType": "Bundle", "type": "collection", "entry": entries})
+}

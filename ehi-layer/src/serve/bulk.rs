@@ -1,0 +1,358 @@
+//! FHIR Bulk Data Access (v2) export over the vault: `GET [base]/$export`,
+//! `GET [base]/Patient/$export` and `GET [base]/Patient/[id]/$export` with
+//! `Prefer: respond-async` answer 202 with a `Content-Location` status url; polling it
+//! answers 202 with `X-Progress` while the job runs, then 200 with the manifest
+//! `{transactionTime, request, requiresAccessToken, output: [{type, url, count}], error}`;
+//! the NDJSON files are served by this server (`requiresAccessToken: true`) from
+//! memory. `DELETE` on the status url drops the job. Jobs belong to the token that
+//! started them and vanish when the server stops (nothing is written to disk).
+//!
+//! Supported kick-off parameters: `_outputFormat` (`application/fhir+ndjson`,
+//! `application/ndjson`, `ndjson`), `_type` and `_since`. Only the types the token may
+//! read are exported; naming another type in `_type` is a 403.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+use super::error::{ServeError, outcome};
+use super::token::Perm;
+use super::{AppState, Caller, Pairs, fhir_response, known_type};
+use crate::error::EhiError;
+use crate::time::{instant, now_ms};
+
+/// What is exported.
+#[derive(Clone, Debug)]
+pub enum Level {
+    /// Everything.
+    System,
+    /// The compartments of every Patient.
+    Patients,
+    /// The compartment of one Patient.
+    Patient(String),
+}
+
+#[derive(Debug)]
+enum JobState {
+    Running {
+        done: usize,
+        total: usize,
+    },
+    Done {
+        files: BTreeMap<String, (usize, String)>,
+    },
+    Failed(String),
+}
+
+#[derive(Debug)]
+struct Job {
+    owner: String,
+    request: String,
+    transaction_time: String,
+    state: JobState,
+}
+
+/// The export jobs of a server (in memory).
+#[derive(Debug, Default)]
+pub struct Jobs(Mutex<HashMap<String, Job>>);
+
+impl Jobs {
+    fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, Job>) -> R) -> R {
+        let mut guard = match self.0.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        f(&mut guard)
+    }
+}
+
+/// Kick-off.
+pub(crate) async fn kickoff(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    headers: &HeaderMap,
+    pairs: &Pairs,
+    level: Level,
+    request: String,
+) -> Result<Response, ServeError> {
+    let prefer = headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.split(',').any(|p| p.trim() == "respond-async"));
+    if !prefer {
+        return Err(ServeError::BadRequest(
+            "a bulk export needs the header Prefer: respond-async".into(),
+        ));
+    }
+    if let Level::Patient(id) = &level {
+        if !crate::fhir::valid_id(id) {
+            return Err(ServeError::NotFound(format!("{id:?} is not a valid id")));
+        }
+        // 404 or 410 now rather than a failed job later.
+        state.vault.read("Patient", id).await?;
+    }
+    let mut types: Option<Vec<String>> = None;
+    let mut since: Option<i64> = None;
+    for (k, v) in pairs {
+        match k.as_str() {
+            "_outputFormat" => {
+                if !matches!(
+                    v.as_str(),
+                    "application/fhir+ndjson" | "application/ndjson" | "ndjson"
+                ) {
+                    return Err(ServeError::BadRequest(format!(
+                        "_outputFormat={v}: only application/fhir+ndjson is produced"
+                    )));
+                }
+            }
+            "_type" => {
+                let list = types.get_or_insert_with(Vec::new);
+                for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    let t = known_type(t).map_err(|e| ServeError::BadRequest(e.to_string()))?;
+                    caller.access.require(t, Perm::Read)?;
+                    list.push(t.to_string());
+                }
+            }
+            "_since" => {
+                let range = ehi_search::date::parse(v)
+                    .map_err(|e| ServeError::BadRequest(format!("_since={v}: {e}")))?;
+                since = Some(range.lo);
+            }
+            "_format" => {}
+            other => {
+                return Err(ServeError::BadRequest(format!(
+                    "{other} is not a supported bulk export parameter"
+                )));
+            }
+        }
+    }
+    let job_id = hex::encode(
+        crate::keys::random_bytes::<16>().map_err(|e| ServeError::Vault(EhiError::Keystore(e)))?,
+    );
+    state.jobs.with(|jobs| {
+        jobs.insert(
+            job_id.clone(),
+            Job {
+                owner: caller.jti.clone(),
+                request,
+                transaction_time: instant(now_ms()),
+                state: JobState::Running { done: 0, total: 0 },
+            },
+        )
+    });
+    let task_state = state.clone();
+    let task_caller = caller.clone();
+    let task_job = job_id.clone();
+    tokio::spawn(async move {
+        let result = run(&task_state, &task_caller, &task_job, level, types, since).await;
+        task_state.jobs.with(|jobs| {
+            if let Some(job) = jobs.get_mut(&task_job) {
+                job.state = match result {
+                    Ok(files) => JobState::Done { files },
+                    Err(e) => JobState::Failed(e.to_string()),
+                };
+            }
+        });
+    });
+    let location = format!("{}/$export-status/{job_id}", state.base);
+    let mut response = fhir_response(
+        StatusCode::ACCEPTED,
+        &json!({"resourceType": "OperationOutcome", "issue": [{"severity": "information",
+                "code": "informational", "diagnostics": "export started"}]}),
+    );
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::CONTENT_LOCATION, v);
+    }
+    Ok(response)
+}
+
+async fn run(
+    state: &AppState,
+    caller: &Caller,
+    job_id: &str,
+    level: Level,
+    types: Option<Vec<String>>,
+    since: Option<i64>,
+) -> Result<BTreeMap<String, (usize, String)>, ServeError> {
+    let wanted = |t: &str| -> bool {
+        caller.access.allows(t, Perm::Read)
+            && types.as_ref().is_none_or(|ts| ts.iter().any(|x| x == t))
+    };
+    let resources: Vec<Value> = match level {
+        Level::System => {
+            let refs: Vec<(String, String)> = state
+                .vault
+                .list()
+                .await
+                .into_iter()
+                .filter_map(|r| {
+                    r.split_once('/')
+                        .map(|(t, id)| (t.to_string(), id.to_string()))
+                })
+                .filter(|(t, _)| wanted(t))
+                .collect();
+            let total = refs.len();
+            let mut out = Vec::with_capacity(total);
+            for chunk in refs.chunks(256) {
+                out.extend(super::fetch_refs(state, chunk.to_vec()).await?);
+                progress(state, job_id, out.len(), total);
+            }
+            out
+        }
+        Level::Patients | Level::Patient(_) => {
+            let patients: Vec<String> = match level {
+                Level::Patient(id) => {
+                    state.vault.read("Patient", &id).await?;
+                    vec![id]
+                }
+                _ => state
+                    .vault
+                    .list()
+                    .await
+                    .into_iter()
+                    .filter_map(|r| r.strip_prefix("Patient/").map(str::to_string))
+                    .collect(),
+            };
+            let mut out = Vec::new();
+            let mut seen = std::collections::HashSet::new();
+            for (i, p) in patients.iter().enumerate() {
+                for r in state.vault.patient_compartment(p).await? {
+                    let key = format!("{}/{}", r["resourceType"], r["id"]);
+                    if r["resourceType"].as_str().is_some_and(&wanted) && seen.insert(key) {
+                        out.push(r);
+                    }
+                }
+                progress(state, job_id, i + 1, patients.len());
+            }
+            out
+        }
+    };
+    let mut files: BTreeMap<String, (usize, String)> = BTreeMap::new();
+    for r in resources {
+        let Some(t) = r["resourceType"].as_str() else {
+            continue;
+        };
+        if let Some(since) = since {
+            let updated = r
+                .pointer("/meta/lastUpdated")
+                .and_then(Value::as_str)
+                .and_then(|u| ehi_search::date::parse(u).ok());
+            if updated.is_some_and(|u| u.lo < since) {
+                continue;
+            }
+        }
+        if !wanted(t) {
+            continue;
+        }
+        let line = serde_json::to_string(&r).map_err(|e| ServeError::Token(e.to_string()))?;
+        let file = files.entry(t.to_string()).or_default();
+        file.0 += 1;
+        file.1.push_str(&line);
+        file.1.push('\n');
+    }
+    Ok(files)
+}
+
+fn progress(state: &AppState, job_id: &str, done: usize, total: usize) {
+    state.jobs.with(|jobs| {
+        if let Some(job) = jobs.get_mut(job_id) {
+            job.state = JobState::Running { done, total };
+        }
+    });
+}
+
+fn not_found(job: &str) -> ServeError {
+    ServeError::NotFound(format!("no export job {job:?}"))
+}
+
+/// Polling.
+pub(crate) fn status(state: &AppState, caller: &Caller, job: &str) -> Result<Response, ServeError> {
+    state.jobs.with(|jobs| {
+        let j = jobs
+            .get(job)
+            .filter(|j| j.owner == caller.jti)
+            .ok_or_else(|| not_found(job))?;
+        match &j.state {
+            JobState::Running { done, total } => {
+                let mut response = StatusCode::ACCEPTED.into_response();
+                if let Ok(v) = HeaderValue::from_str(&format!("{done}/{total} resources")) {
+                    response.headers_mut().insert("x-progress", v);
+                }
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                Ok(response)
+            }
+            JobState::Failed(message) => Ok(fhir_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                &outcome("exception", message),
+            )),
+            JobState::Done { files } => {
+                let output: Vec<Value> = files
+                    .iter()
+                    .map(|(t, (count, _))| {
+                        json!({"type": t, "count": count,
+                               "url": format!("{}/$export-file/{job}/{t}.ndjson", state.base)})
+                    })
+                    .collect();
+                let manifest = json!({
+                    "transactionTime": j.transaction_time,
+                    "request": j.request,
+                    "requiresAccessToken": true,
+                    "output": output,
+                    "error": [],
+                });
+                Ok(axum::Json(manifest).into_response())
+            }
+        }
+    })
+}
+
+/// `DELETE` on the status url.
+pub(crate) fn cancel(state: &AppState, caller: &Caller, job: &str) -> Result<Response, ServeError> {
+    state.jobs.with(|jobs| {
+        if jobs.get(job).is_some_and(|j| j.owner == caller.jti) {
+            jobs.remove(job);
+            Ok(StatusCode::ACCEPTED.into_response())
+        } else {
+            Err(not_found(job))
+        }
+    })
+}
+
+/// One NDJSON file.
+pub(crate) fn file(
+    state: &AppState,
+    caller: &Caller,
+    job: &str,
+    name: &str,
+) -> Result<Response, ServeError> {
+    state.jobs.with(|jobs| {
+        let j = jobs
+            .get(job)
+            .filter(|j| j.owner == caller.jti)
+            .ok_or_else(|| not_found(job))?;
+        let JobState::Done { files } = &j.state else {
+            return Err(ServeError::NotFound(format!(
+                "export job {job} is not done"
+            )));
+        };
+        let t = name.strip_suffix(".ndjson").unwrap_or(name);
+        let (_, body) = files
+            .get(t)
+            .ok_or_else(|| ServeError::NotFound(format!("no file {name} in job {job}")))?;
+        Ok((
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/fhir+ndjson"),
+            )],
+            body.clone(),
+        )
+            .into_response())
+    })
+}

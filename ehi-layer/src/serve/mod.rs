@@ -1,0 +1,1265 @@
+//! `ehi serve`: a FHIR R4 REST API over the decrypted vault, on the patient's device.
+//!
+//! The server binds `127.0.0.1` by default and keeps nothing on disk: resources are
+//! read from (and written to) the vault through [`Vault`], bulk export files live in
+//! memory until the job is deleted or the server stops, and bearer tokens are checked
+//! by their keyed tag ([`token`]) rather than looked up.
+//!
+//! ## Interactions (every resource type of [`ehi_search::resource_types`])
+//! - `GET /metadata` — the CapabilityStatement ([`capability`]), generated from the
+//!   `ehi-search` parameter table; public (no token).
+//! - `GET [type]/[id]` read, `GET [type]/[id]/_history/[vid]` vread,
+//!   `GET [type]/[id]/_history` and `GET [type]/_history` history (type history lists
+//!   the versions of the type's current resources, newest first, paged).
+//! - `GET [type]?…` and `POST [type]/_search` (form body) search: a `searchset` Bundle
+//!   with `total` and `self`/`first`/`next`/`previous` links. **Paging** is stateless:
+//!   the server asks the vault for every matching id in sort order (`_sort` is passed
+//!   through; an index-only query, nothing is decrypted) and fetches only the page
+//!   `[_offset, _offset + _count)` (`_count` defaults to 50, at most 1000); the links
+//!   carry `_offset`. A page is consistent with the vault at the time of the request.
+//!   `_summary=count|data|false`, `_elements`, `_include` and `_revinclude` (on
+//!   reference parameters) shape the answer.
+//! - `POST [type]` create (the server assigns the id), `PUT [type]/[id]` update or
+//!   create, `DELETE [type]/[id]`, all through [`Vault::import`]; `If-Match: W/"n"` on
+//!   update is checked under the server's write lock (412 on mismatch). The lock
+//!   serializes this server's writes; another device's commit between check and
+//!   commit is not detected.
+//! - `GET Patient/[id]/$everything` — the patient compartment (paged like search).
+//! - Bulk Data ([`bulk`]): `GET $export`, `GET Patient/$export`,
+//!   `GET Patient/[id]/$export` with `Prefer: respond-async`.
+//!
+//! Decrypted current versions are kept in an in-memory [`Cache`] (at most
+//! [`CACHE_MAX`]), cleared on every write of this server and every refresh of the vault
+//! (every [`REFRESH_EVERY`]): a commit from another device shows after the next refresh.
+//!
+//! Only JSON is served: `Accept: application/fhir+xml` or `_format=xml` gets 406.
+//! Errors are OperationOutcomes ([`error`]). Every request except `/metadata` and
+//! `/.well-known/smart-configuration` needs a bearer token ([`token`]).
+
+pub mod bulk;
+pub mod capability;
+pub mod error;
+pub mod token;
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use error::ServeError;
+pub use token::{Access, Claims, Perm, TokenKey};
+
+use crate::error::EhiError;
+use crate::fhir::{Input, valid_id};
+use crate::time::{instant, now_ms};
+use crate::vault::{HistoryEntry, Vault};
+
+/// Largest request body accepted (16 MiB).
+pub const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Page size when `_count` is not given.
+pub const DEFAULT_COUNT: usize = 50;
+/// Largest page.
+pub const MAX_COUNT: usize = 1000;
+/// How often the server re-reads the vault to see other devices' commits.
+pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
+
+const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
+/// Resources fetched concurrently for a page.
+const FETCH_CONCURRENCY: usize = 16;
+
+/// Shared state of the handlers.
+#[derive(Debug)]
+pub(crate) struct AppState {
+    vault: Arc<Vault>,
+    key: TokenKey,
+    base: String,
+    write: tokio::sync::Mutex<()>,
+    jobs: bulk::Jobs,
+    cache: Arc<Cache>,
+}
+
+/// Largest number of decrypted resources kept in [`Cache`].
+pub const CACHE_MAX: usize = 50_000;
+
+/// Decrypted current versions, in memory only, keyed by `(type, id)`. The vault's
+/// in-memory state changes only when this server writes or refreshes, and both clear
+/// the cache (bumping its epoch, so a read that started before cannot insert a stale
+/// value afterwards). When full, it is emptied.
+#[derive(Debug, Default)]
+pub(crate) struct Cache(std::sync::Mutex<CacheInner>);
+
+#[derive(Debug, Default)]
+struct CacheInner {
+    epoch: u64,
+    map: std::collections::HashMap<(String, String), Value>,
+}
+
+impl Cache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CacheInner> {
+        match self.0.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn epoch(&self) -> u64 {
+        self.lock().epoch
+    }
+
+    fn get(&self, t: &str, id: &str) -> Option<Value> {
+        self.lock()
+            .map
+            .get(&(t.to_string(), id.to_string()))
+            .cloned()
+    }
+
+    fn put(&self, epoch: u64, t: &str, id: &str, value: &Value) {
+        let mut inner = self.lock();
+        if inner.epoch == epoch {
+            if inner.map.len() >= CACHE_MAX {
+                inner.map.clear();
+            }
+            inner
+                .map
+                .insert((t.to_string(), id.to_string()), value.clone());
+        }
+    }
+
+    fn clear(&self) {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        inner.map.clear();
+    }
+}
+
+/// The current version of `t/id`, from the cache or the vault.
+async fn cached_read(vault: &Vault, cache: &Cache, t: &str, id: &str) -> Result<Value, EhiError> {
+    if let Some(value) = cache.get(t, id) {
+        return Ok(value);
+    }
+    let epoch = cache.epoch();
+    let value = vault.read(t, id).await?;
+    cache.put(epoch, t, id, &value);
+    Ok(value)
+}
+
+/// A running `ehi serve`.
+#[derive(Debug)]
+pub struct Server {
+    local_addr: SocketAddr,
+    url: String,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: JoinHandle<std::io::Result<()>>,
+}
+
+impl Server {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The FHIR base url (`http://<addr>`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Stops accepting connections, lets in-flight requests finish, and waits.
+    pub async fn stop(mut self) -> Result<(), ServeError> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.join().await
+    }
+
+    /// Waits until the server stops.
+    pub async fn join(self) -> Result<(), ServeError> {
+        let addr = self.local_addr.to_string();
+        match self.task.await {
+            Ok(result) => result.map_err(|source| ServeError::Io { addr, source }),
+            Err(e) => Err(ServeError::Io {
+                addr,
+                source: std::io::Error::other(e),
+            }),
+        }
+    }
+}
+
+/// Binds `listen` and serves `vault`, checking tokens with `key`.
+pub async fn start(
+    vault: Arc<Vault>,
+    key: TokenKey,
+    listen: SocketAddr,
+) -> Result<Server, ServeError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| ServeError::Io {
+            addr: listen.to_string(),
+            source,
+        })?;
+    let local_addr = listener.local_addr().map_err(|source| ServeError::Io {
+        addr: listen.to_string(),
+        source,
+    })?;
+    let url = format!("http://{local_addr}");
+    let cache = Arc::new(Cache::default());
+    let state = Arc::new(AppState {
+        vault: vault.clone(),
+        key,
+        base: url.clone(),
+        write: tokio::sync::Mutex::new(()),
+        jobs: bulk::Jobs::default(),
+        cache: cache.clone(),
+    });
+    let app = Router::new().fallback(handle).with_state(state);
+    let (tx, rx) = oneshot::channel::<()>();
+    let refresher = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REFRESH_EVERY);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = vault.refresh().await {
+                tracing::warn!(error = %e, "refreshing the vault");
+            }
+            cache.clear();
+        }
+    });
+    let task = tokio::spawn(async move {
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = rx.await;
+            })
+            .await;
+        refresher.abort();
+        result
+    });
+    Ok(Server {
+        local_addr,
+        url,
+        shutdown: Some(tx),
+        task,
+    })
+}
+
+/// A FHIR JSON response.
+pub(crate) fn fhir_response(status: StatusCode, value: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON))],
+        serde_json::to_vec(value).unwrap_or_default(),
+    )
+        .into_response()
+}
+
+async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    match route(&state, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// The caller of a request.
+#[derive(Clone, Debug)]
+pub(crate) struct Caller {
+    access: Access,
+    jti: String,
+}
+
+type Pairs = Vec<(String, String)>;
+
+async fn route(state: &Arc<AppState>, request: Request) -> Result<Response, ServeError> {
+    let (parts, body) = request.into_parts();
+    let mut pairs: Pairs = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+        .into_owned()
+        .collect();
+    check_format(&parts.headers, &pairs)?;
+    let segments: Vec<String> = parts
+        .uri
+        .path()
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map(|c| c.into_owned())
+                .map_err(|_| ServeError::BadRequest(format!("path segment {s:?} is not UTF-8")))
+        })
+        .collect::<Result<_, _>>()?;
+    let segs: Vec<&str> = segments.iter().map(String::as_str).collect();
+    let method = parts.method.clone();
+    match (method.as_str(), segs.as_slice()) {
+        ("GET", ["metadata"]) => {
+            return Ok(fhir_response(
+                StatusCode::OK,
+                &capability::capability_statement(&state.base),
+            ));
+        }
+        ("GET", [".well-known", "smart-configuration"]) => {
+            return Ok(axum::Json(smart_configuration()).into_response());
+        }
+        _ => {}
+    }
+    let caller = authorize(state, &parts.headers)?;
+    let body = axum::body::to_bytes(body, MAX_BODY)
+        .await
+        .map_err(|e| ServeError::BadRequest(format!("reading the body: {e}")))?;
+    let headers = &parts.headers;
+    let full_url = format!(
+        "{}{}",
+        state.base,
+        parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
+    match (method.as_str(), segs.as_slice()) {
+        ("GET", ["$export"]) => {
+            bulk::kickoff(
+                state,
+                &caller,
+                headers,
+                &pairs,
+                bulk::Level::System,
+                full_url,
+            )
+            .await
+        }
+        ("GET", ["Patient", "$export"]) => {
+            bulk::kickoff(
+                state,
+                &caller,
+                headers,
+                &pairs,
+                bulk::Level::Patients,
+                full_url,
+            )
+            .await
+        }
+        ("GET", ["Patient", id, "$export"]) => {
+            let level = bulk::Level::Patient((*id).to_string());
+            bulk::kickoff(state, &caller, headers, &pairs, level, full_url).await
+        }
+        ("GET", ["$export-status", job]) => bulk::status(state, &caller, job),
+        ("DELETE", ["$export-status", job]) => bulk::cancel(state, &caller, job),
+        ("GET", ["$export-file", job, file]) => bulk::file(state, &caller, job, file),
+        ("GET", [t]) => search(state, &caller, known_type(t)?, pairs).await,
+        ("POST", [t]) => create(state, &caller, known_type(t)?, headers, &body).await,
+        ("POST", [t, "_search"]) => {
+            let t = known_type(t)?;
+            let form = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+            if !form && !body.is_empty() {
+                return Err(ServeError::UnsupportedMediaType(
+                    "POST _search takes an application/x-www-form-urlencoded body".into(),
+                ));
+            }
+            pairs.extend(form_urlencoded::parse(&body).into_owned());
+            search(state, &caller, t, pairs).await
+        }
+        ("GET", [t, "_history"]) => type_history(state, &caller, known_type(t)?, &pairs).await,
+        ("GET", ["Patient", id, "$everything"]) => everything(state, &caller, id, &pairs).await,
+        ("GET", [t, id]) => read(state, &caller, known_type(t)?, id).await,
+        ("PUT", [t, id]) => update(state, &caller, known_type(t)?, id, headers, &body).await,
+        ("DELETE", [t, id]) => delete(state, &caller, known_type(t)?, id).await,
+        ("GET", [t, id, "_history"]) => history(state, &caller, known_type(t)?, id).await,
+        ("GET", [t, id, "_history", v]) => vread(state, &caller, known_type(t)?, id, v).await,
+        (_, [] | [_] | [_, _] | [_, _, "_history"] | [_, _, "_history", _]) => Err(
+            ServeError::MethodNotAllowed(format!("{method} is not supported on this path")),
+        ),
+        _ => Err(ServeError::NotFound(format!(
+            "no such endpoint: {}",
+            parts.uri.path()
+        ))),
+    }
+}
+
+/// `/.well-known/smart-configuration`: what this server supports of SMART App Launch
+/// (tokens are minted by `ehi token`; there is no authorization endpoint).
+fn smart_configuration() -> Value {
+    json!({
+        "capabilities": ["permission-v2", "permission-v1", "permission-patient"],
+        "scopes_supported": ["patient/*.cruds", "patient/*.rs", "user/*.rs", "system/*.rs"],
+        "token_endpoint_auth_methods_supported": [],
+        "grant_types_supported": [],
+        "code_challenge_methods_supported": []
+    })
+}
+
+/// 406 unless the client accepts FHIR JSON (or ndjson for bulk files).
+fn check_format(headers: &HeaderMap, pairs: &Pairs) -> Result<(), ServeError> {
+    const JSON: &[&str] = &[
+        "json",
+        "application/json",
+        "application/fhir+json",
+        "application/json+fhir",
+    ];
+    for (k, v) in pairs {
+        let media = v.split(';').next().unwrap_or("").trim();
+        if k == "_format" && !JSON.contains(&media) {
+            return Err(ServeError::NotAcceptable(format!(
+                "_format={v}: only application/fhir+json is served"
+            )));
+        }
+    }
+    for accept in headers.get_all(header::ACCEPT) {
+        let Ok(accept) = accept.to_str() else {
+            continue;
+        };
+        let ok = accept.split(',').any(|m| {
+            let m = m
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            m.is_empty()
+                || m == "*/*"
+                || m == "application/*"
+                || JSON.contains(&m.as_str())
+                || m == "application/fhir+ndjson"
+                || m == "application/ndjson"
+        });
+        if !ok {
+            return Err(ServeError::NotAcceptable(format!(
+                "Accept: {accept}: only application/fhir+json is served"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Caller, ServeError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .ok_or_else(|| ServeError::Unauthorized("a bearer token is required".into()))?
+        .to_str()
+        .map_err(|_| ServeError::Unauthorized("malformed Authorization header".into()))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or_else(|| ServeError::Unauthorized("expected Authorization: Bearer <token>".into()))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(ServeError::Unauthorized(
+            "expected Authorization: Bearer <token>".into(),
+        ));
+    }
+    let (claims, access) = state.key.verify(token.trim(), now_ms() / 1000)?;
+    Ok(Caller {
+        access,
+        jti: claims.jti,
+    })
+}
+
+fn known_type(t: &str) -> Result<&str, ServeError> {
+    if ehi_search::supported_parameters(t).is_some() {
+        Ok(t)
+    } else {
+        Err(ServeError::NotFound(format!(
+            "{t:?} is not a supported resource type"
+        )))
+    }
+}
+
+fn check_id(id: &str) -> Result<(), ServeError> {
+    if valid_id(id) {
+        Ok(())
+    } else {
+        Err(ServeError::NotFound(format!("{id:?} is not a valid id")))
+    }
+}
+
+fn version_of(resource: &Value) -> Option<&str> {
+    resource.pointer("/meta/versionId").and_then(Value::as_str)
+}
+
+/// A resource response with `ETag` (and `Location` when given).
+fn resource_response(status: StatusCode, resource: &Value, location: Option<String>) -> Response {
+    let mut response = fhir_response(status, resource);
+    if let Some(v) = version_of(resource)
+        && let Ok(value) = HeaderValue::from_str(&format!("W/\"{v}\""))
+    {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    if let Some(location) = location
+        && let Ok(value) = HeaderValue::from_str(&location)
+    {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    response
+}
+
+// ---------------------------------------------------------------------------------------
+// Read
+// ---------------------------------------------------------------------------------------
+
+async fn read(
+    state: &AppState,
+    caller: &Caller,
+    t: &str,
+    id: &str,
+) -> Result<Response, ServeError> {
+    caller.access.require(t, Perm::Read)?;
+    check_id(id)?;
+    let resource = cached_read(&state.vault, &state.cache, t, id).await?;
+    Ok(resource_response(StatusCode::OK, &resource, None))
+}
+
+async fn vread(
+    state: &AppState,
+    caller: &Caller,
+    t: &str,
+    id: &str,
+    v: &str,
+) -> Result<Response, ServeError> {
+    caller.access.require(t, Perm::Read)?;
+    check_id(id)?;
+    let version: u64 = v
+        .parse()
+        .map_err(|_| ServeError::NotFound(format!("{t}/{id}/_history/{v}: no such version")))?;
+    let resource = state.vault.read_version(t, id, version).await?;
+    Ok(resource_response(StatusCode::OK, &resource, None))
+}
+
+fn history_entry(base: &str, t: &str, id: &str, h: &HistoryEntry) -> Value {
+    let (method, url) = if h.deleted {
+        ("DELETE", format!("{t}/{id}"))
+    } else if h.version == 1 {
+        ("POST", t.to_string())
+    } else {
+        ("PUT", format!("{t}/{id}"))
+    };
+    let mut entry = json!({
+        "fullUrl": format!("{base}/{t}/{id}"),
+        "request": {"method": method, "url": url},
+        "response": {"status": if h.deleted { "204" } else if h.version == 1 { "201" } else { "200" },
+                     "etag": format!("W/\"{}\"", h.version),
+                     "lastModified": h.last_updated},
+    });
+    if let Some(r) = &h.resource {
+        entry["resource"] = r.clone();
+    }
+    entry
+}
+
+async fn history(
+    state: &AppState,
+    caller: &Caller,
+    t: &str,
+    id: &str,
+) -> Result<Response, ServeError> {
+    caller.access.require(t, Perm::Read)?;
+    check_id(id)?;
+    let versions = state.vault.history(t, id).await?;
+    let entries: Vec<Value> = versions
+        .iter()
+        .map(|h| history_entry(&state.base, t, id, h))
+        .collect();
+    Ok(fhir_response(
+        StatusCode::OK,
+        &json!({
+            "resourceType": "Bundle", "type": "history", "timestamp": instant(now_ms()),
+            "total": entries.len(),
+            "link": [{"relation": "self", "url": format!("{}/{t}/{id}/_history", state.base)}],
+            "entry": entries,
+        }),
+    ))
+}
+
+async fn type_history(
+    state: &AppState,
+    caller: &Caller,
+    t: &str,
+    pairs: &Pairs,
+) -> Result<Response, ServeError> {
+    caller.access.require(t, Perm::Read)?;
+    let page = Page::from_pairs(pairs)?;
+    let prefix = format!("{t}/");
+    let ids: Vec<String> = state
+        .vault
+        .list()
+        .await
+        .into_iter()
+        .filter_map(|r| r.strip_prefix(&prefix).map(str::to_string))
+        .collect();
+    let futures: Vec<_> = ids
+        .into_iter()
+        .map(|id| {
+            let vault = state.vault.clone();
+            let t = t.to_string();
+            async move { vault.history(&t, &id).await.map(|h| (id, h)) }
+        })
+        .collect();
+    let histories: Vec<Result<(String, Vec<HistoryEntry>), EhiError>> =
+        futures_util::stream::iter(futures)
+            .buffered(FETCH_CONCURRENCY)
+            .collect()
+            .await;
+    let mut all: Vec<(String, HistoryEntry)> = Vec::new();
+    for h in histories {
+        match h {
+            Ok((id, versions)) => all.extend(versions.into_iter().map(|v| (id.clone(), v))),
+            Err(EhiError::NotFound(_) | EhiError::Gone(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    all.sort_by(|a, b| {
+        b.1.last_updated
+            .cmp(&a.1.last_updated)
+            .then_with(|| a.0.cmp(&b.0))
+            .then_with(|| b.1.version.cmp(&a.1.version))
+    });
+    let total = all.len();
+    let entries: Vec<Value> = page
+        .slice(&all)
+        .iter()
+        .map(|(id, h)| history_entry(&state.base, t, id, h))
+        .collect();
+    let links = page.links(&format!("{}/{t}/_history", state.base), pairs, total);
+    Ok(fhir_response(
+        StatusCode::OK,
+        &json!({
+            "resourceType": "Bundle", "type": "history", "timestamp": instant(now_ms()),
+            "total": total, "link": links, "entry": entries,
+        }),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// Search
+// ---------------------------------------------------------------------------------------
+
+/// `_count` and `_offset`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Page {
+    count: usize,
+    offset: usize,
+}
+
+impl Page {
+    fn from_pairs(pairs: &Pairs) -> Result<Page, ServeError> {
+        let mut page = Page {
+            count: DEFAULT_COUNT,
+            offset: 0,
+        };
+        for (k, v) in pairs {
+            let parse = |what: &str| {
+                v.trim().parse::<usize>().map_err(|_| {
+                    ServeError::BadRequest(format!("{what}={v}: expected a whole number ≥ 0"))
+                })
+            };
+            match k.as_str() {
+                "_count" => page.count = parse("_count")?.min(MAX_COUNT),
+                "_offset" => page.offset = parse("_offset")?,
+                _ => {}
+            }
+        }
+        Ok(page)
+    }
+
+    fn range(&self, total: usize) -> std::ops::Range<usize> {
+        let start = self.offset.min(total);
+        start..start.saturating_add(self.count).min(total)
+    }
+
+    fn slice<'a, T>(&self, items: &'a [T]) -> &'a [T] {
+        items.get(self.range(items.len())).unwrap_or_default()
+    }
+
+    /// `self`, `first`, `previous` and `next` links over `url` with `pairs`.
+    fn links(&self, url: &str, pairs: &Pairs, total: usize) -> Vec<Value> {
+        let link = |offset: usize| {
+            let mut query = form_urlencoded::Serializer::new(String::new());
+            for (k, v) in pairs {
+                if k != "_count" && k != "_offset" {
+                    query.append_pair(k, v);
+                }
+            }
+            query.append_pair("_count", &self.count.to_string());
+            query.append_pair("_offset", &offset.to_string());
+            format!("{url}?{}", query.finish())
+        };
+        let mut links = vec![
+            json!({"relation": "self", "url": link(self.offset)}),
+            json!({"relation": "first", "url": link(0)}),
+        ];
+        if self.offset > 0 {
+            let prev = self.offset.saturating_sub(self.count.max(1));
+            links.push(json!({"relation": "previous", "url": link(prev)}));
+        }
+        if self.count > 0 && self.offset.saturating_add(self.count) < total {
+            links.push(json!({"relation": "next", "url": link(self.offset + self.count)}));
+        }
+        links
+    }
+}
+
+/// `_summary`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Summary {
+    False,
+    Count,
+    Data,
+}
+
+/// Result parameters handled here, not by the index.
+const RESULT_PARAMS: &[&str] = &[
+    "_count",
+    "_offset",
+    "_summary",
+    "_elements",
+    "_include",
+    "_revinclude",
+    "_format",
+    "_pretty",
+    "_total",
+];
+
+async fn search(
+    state: &AppState,
+    caller: &Caller,
+    t: &str,
+    pairs: Pairs,
+) -> Result<Response, ServeError> {
+    caller.access.require(t, Perm::Search)?;
+    let page = Page::from_pairs(&pairs)?;
+    let mut summary = Summary::False;
+    let mut elements: Option<Vec<String>> = None;
+    let mut includes = Vec::new();
+    let mut revincludes = Vec::new();
+    let mut index_pairs: Vec<(&str, &str)> = Vec::new();
+    for (k, v) in &pairs {
+        match k.as_str() {
+            "_summary" => {
+                summary = match v.as_str() {
+                    "false" => Summary::False,
+                    "count" => Summary::Count,
+                    "data" => Summary::Data,
+                    other => {
+                        return Err(ServeError::BadRequest(format!(
+                            "_summary={other} is not supported (count, data, false are)"
+                        )));
+                    }
+                }
+            }
+            "_elements" => {
+                elements = Some(
+                    v.split(',')
+                        .map(|e| e.trim().to_string())
+                        .filter(|e| !e.is_empty())
+                        .collect(),
+                )
+            }
+            "_include" => includes.push(Include::parse(t, v, false)?),
+            "_revinclude" => revincludes.push(Include::parse(t, v, true)?),
+            k if RESULT_PARAMS.contains(&k) => {}
+            _ => index_pairs.push((k, v)),
+        }
+    }
+    let query = encode_query(&index_pairs);
+    let (total, ids) = state.vault.search_ids(t, &query).await?;
+    let base_url = format!("{}/{t}", state.base);
+    if summary == Summary::Count {
+        return Ok(fhir_response(
+            StatusCode::OK,
+            &json!({"resourceType": "Bundle", "type": "searchset", "timestamp": instant(now_ms()),
+                    "total": total, "link": [{"relation": "self", "url": page.links(&base_url, &pairs, total)[0]["url"]}]}),
+        ));
+    }
+    caller.access.require(t, Perm::Read)?;
+    let matches = fetch_all(state, t, page.slice(&ids)).await?;
+    let mut seen: HashSet<String> = matches
+        .iter()
+        .filter_map(|r| r["id"].as_str().map(|id| format!("{t}/{id}")))
+        .collect();
+    let mut included = Vec::new();
+    for inc in &includes {
+        included.extend(inc.forward(state, caller, &matches, &mut seen).await?);
+    }
+    for inc in &revincludes {
+        included.extend(inc.reverse(state, caller, t, &matches, &mut seen).await?);
+    }
+    let shape = |r: Value| shape_resource(r, summary, elements.as_deref());
+    let mut entries: Vec<Value> = matches
+        .into_iter()
+        .map(|r| entry(&state.base, shape(r), "match"))
+        .collect();
+    entries.extend(
+        included
+            .into_iter()
+            .map(|r| entry(&state.base, shape(r), "include")),
+    );
+    Ok(fhir_response(
+        StatusCode::OK,
+        &json!({
+            "resourceType": "Bundle", "type": "searchset", "timestamp": instant(now_ms()),
+            "total": total, "link": page.links(&base_url, &pairs, total), "entry": entries,
+        }),
+    ))
+}
+
+/// A form-urlencoded query string.
+fn encode_query(pairs: &[(&str, &str)]) -> String {
+    form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(pairs)
+        .finish()
+}
+
+fn entry(base: &str, resource: Value, mode: &str) -> Value {
+    let full_url = match (resource["resourceType"].as_str(), resource["id"].as_str()) {
+        (Some(t), Some(id)) => format!("{base}/{t}/{id}"),
+        _ => String::new(),
+    };
+    json!({"fullUrl": full_url, "resource": resource, "search": {"mode": mode}})
+}
+
+/// Reads `ids` of type `t` (current versions; ids deleted meanwhile are skipped).
+async fn fetch_all(state: &AppState, t: &str, ids: &[String]) -> Result<Vec<Value>, ServeError> {
+    let refs: Vec<(String, String)> = ids.iter().map(|id| (t.to_string(), id.clone())).collect();
+    fetch_refs(state, refs).await
+}
+
+/// Reads `(type, id)` pairs, [`FETCH_CONCURRENCY`] at a time, in order (resources
+/// deleted meanwhile are skipped).
+pub(crate) async fn fetch_refs(
+    state: &AppState,
+    refs: Vec<(String, String)>,
+) -> Result<Vec<Value>, ServeError> {
+    let futures: Vec<_> = refs
+        .into_iter()
+        .map(|(t, id)| {
+            let vault = state.vault.clone();
+            let cache = state.cache.clone();
+            async move { cached_read(&vault, &cache, &t, &id).await }
+        })
+        .collect();
+    let fetched: Vec<Result<Value, EhiError>> = futures_util::stream::iter(futures)
+        .buffered(FETCH_CONCURRENCY)
+        .collect()
+        .await;
+    let mut out = Vec::with_capacity(fetched.len());
+    for r in fetched {
+        match r {
+            Ok(resource) => out.push(resource),
+            Err(EhiError::NotFound(_) | EhiError::Gone(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+/// `_summary=data` drops `text`; `_elements` keeps the listed top-level elements (and
+/// `resourceType`, `id`, `meta`). Either marks the resource SUBSETTED.
+fn shape_resource(mut resource: Value, summary: Summary, elements: Option<&[String]>) -> Value {
+    let mut subsetted = false;
+    if let Some(obj) = resource.as_object_mut() {
+        if summary == Summary::Data {
+            subsetted |= obj.remove("text").is_some();
+        }
+        if let Some(keep) = elements {
+            let before = obj.len();
+            obj.retain(|k, _| {
+                matches!(k.as_str(), "resourceType" | "id" | "meta") || keep.iter().any(|e| e == k)
+            });
+            subsetted |= obj.len() != before;
+        }
+    }
+    if subsetted && let Some(obj) = resource.as_object_mut() {
+        let meta = obj.entry("meta").or_insert_with(|| json!({}));
+        if let Some(meta) = meta.as_object_mut() {
+            let tags = meta.entry("tag").or_insert_with(|| json!([]));
+            if let Some(tags) = tags.as_array_mut() {
+                tags.push(json!({
+                    "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue",
+                    "code": "SUBSETTED"}));
+            }
+        }
+    }
+    resource
+}
+
+/// One `_include` (`Source:param[:Target]`) or `_revinclude`.
+#[derive(Debug)]
+struct Include {
+    source: String,
+    param: &'static ehi_search::ParamDef,
+    target: Option<String>,
+}
+
+impl Include {
+    fn parse(searched: &str, value: &str, reverse: bool) -> Result<Include, ServeError> {
+        let what = if reverse { "_revinclude" } else { "_include" };
+        let bad = |why: &str| ServeError::BadRequest(format!("{what}={value}: {why}"));
+        let mut parts = value.split(':');
+        let (Some(source), Some(param)) = (parts.next(), parts.next()) else {
+            return Err(bad("expected Type:parameter[:Target]"));
+        };
+        let target = parts.next().map(str::to_string);
+        if parts.next().is_some() || value.contains('*') {
+            return Err(bad("expected Type:parameter[:Target] (no wildcards)"));
+        }
+        if !reverse && source != searched {
+            return Err(bad(&format!("the source type must be {searched}")));
+        }
+        if let Some(target) = &target {
+            known_type(target).map_err(|_| bad("unknown target type"))?;
+        }
+        if reverse && target.as_deref().is_some_and(|t| t != searched) {
+            return Err(bad(&format!("the target type must be {searched}")));
+        }
+        let param = ehi_search::parameter(source, param)
+            .filter(|p| p.kind == ehi_search::ParamKind::Reference)
+            .ok_or_else(|| bad("not a reference search parameter of that type"))?;
+        Ok(Include {
+            source: source.to_string(),
+            param,
+            target,
+        })
+    }
+
+    /// The resources referenced by `matches` (that the caller may read).
+    async fn forward(
+        &self,
+        state: &AppState,
+        caller: &Caller,
+        matches: &[Value],
+        seen: &mut HashSet<String>,
+    ) -> Result<Vec<Value>, ServeError> {
+        let expression =
+            ehi_search::fhirpath::Expression::parse(self.param.expression, &self.source)
+                .map_err(|e| ServeError::BadRequest(format!("_include: {e}")))?;
+        let mut wanted: Vec<(String, String)> = Vec::new();
+        for resource in matches {
+            for node in expression.evaluate(resource) {
+                let Some(reference) = node.value.get("reference").and_then(Value::as_str) else {
+                    continue;
+                };
+                let Some((t, id)) = relative_reference(reference) else {
+                    continue;
+                };
+                if self.target.as_deref().is_some_and(|target| target != t)
+                    || !caller.access.allows(t, Perm::Read)
+                    || known_type(t).is_err()
+                    || !valid_id(id)
+                {
+                    continue;
+                }
+                if seen.insert(format!("{t}/{id}")) {
+                    wanted.push((t.to_string(), id.to_string()));
+                }
+            }
+        }
+        fetch_refs(state, wanted).await
+    }
+
+    /// The resources of the source type referencing any of `matches`.
+    async fn reverse(
+        &self,
+        state: &AppState,
+        caller: &Caller,
+        t: &str,
+        matches: &[Value],
+        seen: &mut HashSet<String>,
+    ) -> Result<Vec<Value>, ServeError> {
+        if matches.is_empty()
+            || !caller.access.allows(&self.source, Perm::Search)
+            || !caller.access.allows(&self.source, Perm::Read)
+        {
+            return Ok(Vec::new());
+        }
+        let targets: Vec<String> = matches
+            .iter()
+            .filter_map(|r| r["id"].as_str().map(|id| format!("{t}/{id}")))
+            .collect();
+        let query = encode_query(&[(self.param.code, &targets.join(","))]);
+        let (_, ids) = state.vault.search_ids(&self.source, &query).await?;
+        let ids: Vec<String> = ids
+            .into_iter()
+            .filter(|id| seen.insert(format!("{}/{id}", self.source)))
+            .collect();
+        fetch_all(state, &self.source, &ids).await
+    }
+}
+
+/// `Type/id` of a relative (or absolute `…/Type/id[/_history/n]`) reference.
+fn relative_reference(reference: &str) -> Option<(&str, &str)> {
+    let reference = match reference.find("/_history/") {
+        Some(i) => &reference[..i],
+        None => reference,
+    };
+    let mut parts = reference.rsplit('/');
+    let id = parts.next()?;
+    let t = parts.next()?;
+    Some((t, id))
+}
+
+async fn everything(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    pairs: &Pairs,
+) -> Result<Response, ServeError> {
+    check_id(id)?;
+    let page = Page::from_pairs(pairs)?;
+    // 404/410 for an unknown or deleted patient.
+    state.vault.read("Patient", id).await?;
+    let resources: Vec<Value> = state
+        .vault
+        .patient_compartment(id)
+        .await?
+        .into_iter()
+        .filter(|r| {
+            r["resourceType"]
+                .as_str()
+                .is_some_and(|t| caller.access.allows(t, Perm::Read))
+        })
+        .collect();
+    let total = resources.len();
+    let links = page.links(
+        &format!("{}/Patient/{id}/$everything", state.base),
+        pairs,
+        total,
+    );
+    let entries: Vec<Value> = page
+        .slice(&resources)
+        .iter()
+        .map(|r| entry(&state.base, r.clone(), "match"))
+        .collect();
+    Ok(fhir_response(
+        StatusCode::OK,
+        &json!({
+            "resourceType": "Bundle", "type": "searchset", "timestamp": instant(now_ms()),
+            "total": total, "link": links, "entry": entries,
+        }),
+    ))
+}
+
+// ---------------------------------------------------------------------------------------
+// Writes
+// ---------------------------------------------------------------------------------------
+
+/// Parses and checks a resource body for type `t` (415, 400 or 422).
+fn resource_body(headers: &HeaderMap, body: &Bytes, t: &str) -> Result<Value, ServeError> {
+    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+        let ct = ct.to_str().unwrap_or("").to_ascii_lowercase();
+        let media = ct.split(';').next().unwrap_or("").trim();
+        if !matches!(
+            media,
+            "application/fhir+json" | "application/json" | "application/json+fhir"
+        ) {
+            return Err(ServeError::UnsupportedMediaType(format!(
+                "Content-Type {ct}: only application/fhir+json is accepted"
+            )));
+        }
+    }
+    let mut value: Value = serde_json::from_slice(body)
+        .map_err(|e| ServeError::BadRequest(format!("the body is not JSON: {e}")))?;
+    let Some(obj) = value.as_object_mut() else {
+        return Err(ServeError::Unprocessable(
+            "the body is not a FHIR resource (not a JSON object)".into(),
+        ));
+    };
+    match obj.get("resourceType").and_then(Value::as_str) {
+        None => {
+            return Err(ServeError::Unprocessable(
+                "the resource has no resourceType".into(),
+            ));
+        }
+        Some(rt) if rt != t => {
+            return Err(ServeError::BadRequest(format!(
+                "the resource is a {rt}, the url names {t}"
+            )));
+        }
+        Some(_) => {}
+    }
+    for (k, v) in obj.iter() {
+        let valid_name = k
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_name {
+            return Err(ServeError::Unprocessable(format!(
+                "{k:?} is not a FHIR element name"
+            )));
+        }
+        if v.is_null() {
+            return Err(ServeError::Unprocessable(format!(
+                "element {k} is null (FHIR JSON omits empty elements)"
+            )));
+        }
+    }
+    if obj.get("id").is_some_and(|id| !id.is_string()) {
+        return Err(ServeError::Unprocessable("id must be a string".into()));
+    }
+    match obj.get_mut("meta") {
+        None => {}
+        Some(Value::Object(meta)) => {
+            // The server numbers versions and stamps the time.
+            meta.remove("versionId");
+            meta.remove("lastUpdated");
+            if meta.is_empty() {
+                obj.remove("meta");
+            }
+        }
+        Some(_) => return Err(ServeError::Unprocessable("meta must be an object".into())),
+    }
+    Ok(value)
+}
+
+async fn store(state: &AppState, name: &str, value: &Value) -> Result<(), ServeError> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|e| ServeError::Unprocessable(format!("encoding the resource: {e}")))?;
+    let result = state
+        .vault
+        .import(vec![Input::from_bytes(name, bytes)])
+        .await;
+    // Whatever happened, the vault's state may have moved.
+    state.cache.clear();
+    result?;
+    Ok(())
+}
+
+fn new_id() -> Result<String, ServeError> {
+    let mut b =
+        crate::keys::random_bytes::<16>().map_err(|e| ServeError::Vault(EhiError::Keystore(e)))?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h = hex::encode(b);
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+async fn create(
+    state: &AppState,
+    caller: &Caller,
+    t: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ServeError> {
+    caller.access.require(t, Perm::Create)?;
+    let mut resource = resource_body(headers, body, t)?;
+    let id = new_id()?;
+    resource["id"] = Value::String(id.clone());
+    let _guard = state.write.lock().await;
+    store(state, &format!("POST {t}"), &resource).await?;
+    let stored = state.vault.read(t, &id).await?;
+    let location = format!(
+        "{}/{t}/{id}/_history/{}",
+        state.base,
+        version_of(&stored).unwrap_or("1")
+    );
+    Ok(resource_response(
+        StatusCode::CREATED,
+        &stored,
+        Some(location),
+    ))
+}
+
+/// The version in `If-Match: W/"n"` (or `"n"`, or `n`).
+fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ServeError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or("").trim();
+    let inner = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    inner.parse().map(Some).map_err(|_| {
+        ServeError::BadRequest(format!(
+            "If-Match {text:?}: expected a version ETag W/\"n\""
+        ))
+    })
+}
+
+async fn update(
+    state: &AppState,
+    caller: &Caller,
+    t: &str,
+    id: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response, ServeError> {
+    caller.access.require(t, Perm::Update)?;
+    if !valid_id(id) {
+        return Err(ServeError::BadRequest(format!("{id:?} is not a valid id")));
+    }
+    let resource = resource_body(headers, body, t)?;
+    match resource.get("id").and_then(Value::as_str) {
+        Some(body_id) if body_id == id => {}
+        Some(body_id) => {
+            return Err(ServeError::BadRequest(format!(
+                "the resource's id {body_id:?} differs from the url's {id:?}"
+            )));
+        }
+        None => {
+            return Err(ServeError::BadRequest(
+                "an update needs the resource's id (equal to the url's)".into(),
+            ));
+        }
+    }
+    let expected = if_match(headers)?;
+    let _guard = state.write.lock().await;
+    let current = match state.vault.read(t, id).await {
+        Ok(r) => version_of(&r).and_then(|v| v.parse::<u64>().ok()),
+        Err(EhiError::NotFound(_) | EhiError::Gone(_)) => None,
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(expected) = expected
+        && current != Some(expected)
+    {
+        return Err(ServeError::PreconditionFailed(format!(
+            "If-Match W/\"{expected}\" but the current version of {t}/{id} is {}",
+            current.map_or_else(|| "none".to_string(), |v| format!("W/\"{v}\""))
+        )));
+    }
+    store(state, &format!("PUT {t}/{id}"), &resource).await?;
+    let stored = state.vault.read(t, id).await?;
+    let status = if current.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let location = format!(
+        "{}/{t}/{id}/_history/{}",
+        state.base,
+        version_of(&stored).unwrap_or("1")
+    );
+    Ok(resource_response(status, &stored, Some(location)))
+}
+
+async fn delete(
+    state: &AppState,
+    caller: &Caller,
+    t: &str,
+    id: &str,
+) -> Result<Response, ServeError> {
+    caller.access.require(t, Perm::Delete)?;
+    check_id(id)?;
+    let _guard = state.write.lock().await;
+    match state.vault.read(t, id).await {
+        Ok(_) => {}
+        Err(EhiError::Gone(_)) => return Ok(StatusCode::NO_CONTENT.into_response()),
+        Err(e) => return Err(e.into()),
+    }
+    let bundle = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"request": {"method": "DELETE", "url": format!("{t}/{id}")}}
+    ]});
+    store(state, &format!("DELETE {t}/{id}"), &bundle).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}

@@ -1,0 +1,365 @@
+//! Bearer tokens of `ehi serve` and SMART App Launch v2 scopes.
+//!
+//! ## Design
+//! A token is self-contained and keyed to the vault: `ehi1.<claims>.<tag>` where
+//! `<claims>` is base64url JSON `{v, patient, scope, iat, exp, jti}` and `<tag>` is
+//! base64url `BLAKE3-keyed(K, "ehi1." ‖ claims)` with
+//! `K = derive_key("invariant ehi-layer v1 serve tokens", root key)` from the keystore.
+//! So `ehi token` mints tokens without talking to the server, tokens survive a restart
+//! of `ehi serve`, and no token is stored anywhere (not even in memory). Checking a
+//! tag compares BLAKE3 hashes in constant time.
+//!
+//! - The **patient token** (`patient: true`) sees and writes everything.
+//! - **App tokens** carry SMART v2 scopes: `patient/Observation.rs`, `patient/*.r`,
+//!   `user/…` and `system/…` alike (the vault holds one patient), the v1 forms
+//!   `.read` (= `rs`), `.write` (= `cud`) and `.*` (= `cruds`). Other scopes (`openid`,
+//!   `fhirUser`, `launch/patient`, `offline_access`) are ignored; granular scopes with
+//!   `?param=value` are refused when minting.
+//!
+//! **Limits**: a token cannot be revoked before it expires except by rotating the vault
+//! root key (a new keystore); keep expiries short (`--expires 1h`). The grants of the
+//! vault are not consulted (no grants API exists yet).
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+use super::error::ServeError;
+use crate::keys::{SecretKey, random_bytes};
+use crate::keystore::Keystore;
+
+/// BLAKE3 derive_key context of the token key.
+pub const CONTEXT_TOKEN: &str = "invariant ehi-layer v1 serve tokens";
+
+const PREFIX: &str = "ehi1.";
+
+/// The key that mints and checks tokens (derived from the keystore's root key).
+#[derive(Clone, Debug)]
+pub struct TokenKey(SecretKey);
+
+/// What a token says.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    /// Claims format (1).
+    pub v: u8,
+    /// The patient's own token: everything is allowed.
+    pub patient: bool,
+    /// SMART scopes, space-separated (empty for the patient token).
+    pub scope: String,
+    /// Issued at, seconds since the Unix epoch.
+    pub iat: u64,
+    /// Expires at, seconds since the Unix epoch.
+    pub exp: u64,
+    /// Random token id (hex).
+    pub jti: String,
+}
+
+/// SMART v2 permissions of one scope.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Perms {
+    /// create
+    pub c: bool,
+    /// read
+    pub r: bool,
+    /// update
+    pub u: bool,
+    /// delete
+    pub d: bool,
+    /// search
+    pub s: bool,
+}
+
+/// An interaction a scope may allow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Perm {
+    /// `c`
+    Create,
+    /// `r`
+    Read,
+    /// `u`
+    Update,
+    /// `d`
+    Delete,
+    /// `s`
+    Search,
+}
+
+impl Perms {
+    fn allows(&self, perm: Perm) -> bool {
+        match perm {
+            Perm::Create => self.c,
+            Perm::Read => self.r,
+            Perm::Update => self.u,
+            Perm::Delete => self.d,
+            Perm::Search => self.s,
+        }
+    }
+}
+
+/// One parsed resource scope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScopeRule {
+    /// The resource type, `None` for `*`.
+    pub resource_type: Option<String>,
+    /// What it allows.
+    pub perms: Perms,
+}
+
+/// Who is asking.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// The patient: everything.
+    Patient,
+    /// An app with these scopes.
+    App(Vec<ScopeRule>),
+}
+
+impl Access {
+    /// Whether `perm` on `resource_type` is allowed.
+    pub fn allows(&self, resource_type: &str, perm: Perm) -> bool {
+        match self {
+            Access::Patient => true,
+            Access::App(rules) => rules.iter().any(|r| {
+                r.resource_type
+                    .as_deref()
+                    .is_none_or(|t| t == resource_type)
+                    && r.perms.allows(perm)
+            }),
+        }
+    }
+
+    /// [`Access::allows`] or a 403.
+    pub fn require(&self, resource_type: &str, perm: Perm) -> Result<(), ServeError> {
+        if self.allows(resource_type, perm) {
+            Ok(())
+        } else {
+            Err(ServeError::Forbidden(format!(
+                "the token's scopes do not allow {perm:?} on {resource_type}"
+            )))
+        }
+    }
+
+    /// Whether this is the patient's own token.
+    pub fn is_patient(&self) -> bool {
+        matches!(self, Access::Patient)
+    }
+}
+
+/// Parses SMART scopes (space-separated); resource scopes become rules, other scopes
+/// are ignored. Errors name the offending scope.
+pub fn parse_scopes(scopes: &str) -> Result<Vec<ScopeRule>, String> {
+    let mut rules = Vec::new();
+    for scope in scopes.split_whitespace() {
+        let Some((context, rest)) = scope.split_once('/') else {
+            continue; // openid, fhirUser, offline_access, launch, …
+        };
+        if !matches!(context, "patient" | "user" | "system") {
+            continue; // launch/patient, …
+        }
+        if rest.contains('?') {
+            return Err(format!(
+                "{scope}: granular scopes (?param=) are not supported"
+            ));
+        }
+        let (resource, perms) = rest
+            .split_once('.')
+            .ok_or_else(|| format!("{scope}: expected context/Type.permissions"))?;
+        let resource_type = if resource == "*" {
+            None
+        } else if ehi_search::supported_parameters(resource).is_some() {
+            Some(resource.to_string())
+        } else {
+            return Err(format!("{scope}: {resource:?} is not an R4 resource type"));
+        };
+        let perms = match perms {
+            "read" => Perms {
+                r: true,
+                s: true,
+                ..Perms::default()
+            },
+            "write" => Perms {
+                c: true,
+                u: true,
+                d: true,
+                ..Perms::default()
+            },
+            "*" => Perms {
+                c: true,
+                r: true,
+                u: true,
+                d: true,
+                s: true,
+            },
+            letters => {
+                // SMART v2: a non-empty subsequence of "cruds", in that order.
+                let mut p = Perms::default();
+                let mut rest = "cruds";
+                if letters.is_empty() {
+                    return Err(format!("{scope}: no permissions"));
+                }
+                for ch in letters.chars() {
+                    let Some(pos) = rest.find(ch) else {
+                        return Err(format!(
+                            "{scope}: permissions must be a subsequence of \"cruds\""
+                        ));
+                    };
+                    rest = &rest[pos + ch.len_utf8()..];
+                    match ch {
+                        'c' => p.c = true,
+                        'r' => p.r = true,
+                        'u' => p.u = true,
+                        'd' => p.d = true,
+                        _ => p.s = true,
+                    }
+                }
+                p
+            }
+        };
+        rules.push(ScopeRule {
+            resource_type,
+            perms,
+        });
+    }
+    Ok(rules)
+}
+
+impl TokenKey {
+    /// The token key of `keystore`'s vault.
+    pub fn from_keystore(keystore: &Keystore) -> TokenKey {
+        TokenKey(keystore.root_key().derive(CONTEXT_TOKEN))
+    }
+
+    /// A key from raw bytes (tests).
+    pub fn from_bytes(bytes: [u8; 32]) -> TokenKey {
+        TokenKey(SecretKey::from_bytes(bytes))
+    }
+
+    fn tag(&self, signed: &str) -> blake3::Hash {
+        blake3::keyed_hash(self.0.expose(), signed.as_bytes())
+    }
+
+    /// Mints a token for `claims`.
+    pub fn mint(&self, claims: &Claims) -> Result<String, ServeError> {
+        let json = serde_json::to_vec(claims).map_err(|e| ServeError::Token(e.to_string()))?;
+        let signed = format!("{PREFIX}{}", URL_SAFE_NO_PAD.encode(json));
+        let tag = URL_SAFE_NO_PAD.encode(self.tag(&signed).as_bytes());
+        Ok(format!("{signed}.{tag}"))
+    }
+
+    /// Mints the patient's token, valid for `ttl_s` seconds from `now_s`.
+    pub fn mint_patient(&self, now_s: u64, ttl_s: u64) -> Result<String, ServeError> {
+        self.mint(&new_claims(true, String::new(), now_s, ttl_s)?)
+    }
+
+    /// Mints an app token with SMART `scopes`, valid for `ttl_s` seconds.
+    pub fn mint_app(&self, scopes: &str, now_s: u64, ttl_s: u64) -> Result<String, ServeError> {
+        let rules = parse_scopes(scopes).map_err(ServeError::Token)?;
+        if rules.is_empty() {
+            return Err(ServeError::Token(format!(
+                "no resource scope in {scopes:?} (e.g. patient/Observation.rs)"
+            )));
+        }
+        self.mint(&new_claims(false, scopes.to_string(), now_s, ttl_s)?)
+    }
+
+    /// Checks a token at `now_s` and returns what it allows (401 otherwise).
+    pub fn verify(&self, token: &str, now_s: u64) -> Result<(Claims, Access), ServeError> {
+        let unknown = || ServeError::Unauthorized("unknown bearer token".into());
+        let (signed, tag) = token.rsplit_once('.').ok_or_else(unknown)?;
+        let payload = signed.strip_prefix(PREFIX).ok_or_else(unknown)?;
+        let tag = URL_SAFE_NO_PAD.decode(tag).map_err(|_| unknown())?;
+        let tag: [u8; 32] = tag.try_into().map_err(|_| unknown())?;
+        // blake3::Hash equality is constant-time.
+        if self.tag(signed) != blake3::Hash::from_bytes(tag) {
+            return Err(unknown());
+        }
+        let json = URL_SAFE_NO_PAD.decode(payload).map_err(|_| unknown())?;
+        let claims: Claims = serde_json::from_slice(&json).map_err(|_| unknown())?;
+        if claims.v != 1 {
+            return Err(unknown());
+        }
+        if claims.exp <= now_s {
+            return Err(ServeError::Unauthorized(
+                "the bearer token has expired".into(),
+            ));
+        }
+        let access = if claims.patient {
+            Access::Patient
+        } else {
+            Access::App(parse_scopes(&claims.scope).map_err(|_| unknown())?)
+        };
+        Ok((claims, access))
+    }
+}
+
+fn new_claims(patient: bool, scope: String, now_s: u64, ttl_s: u64) -> Result<Claims, ServeError> {
+    let jti = random_bytes::<16>().map_err(|e| ServeError::Token(e.to_string()))?;
+    Ok(Claims {
+        v: 1,
+        patient,
+        scope,
+        iat: now_s,
+        exp: now_s.saturating_add(ttl_s),
+        jti: hex::encode(jti),
+    })
+}
+
+/// Parses a duration such as `90s`, `30m`, `1h`, `7d` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: expected a number with s, m, h or d"))?;
+    let factor = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(factor)
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("{text:?}: out of range"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_parse_v1_and_v2() {
+        let rules =
+            parse_scopes("openid launch/patient patient/Observation.rs user/*.read").expect("ok");
+        let access = Access::App(rules);
+        assert!(access.allows("Observation", Perm::Search));
+        assert!(access.allows("Condition", Perm::Read));
+        assert!(!access.allows("Condition", Perm::Create));
+        assert!(parse_scopes("patient/Observation.sr").is_err());
+        assert!(parse_scopes("patient/Nope.rs").is_err());
+        assert!(parse_scopes("patient/Observation.rs?category=x").is_err());
+    }
+
+    #[test]
+    fn tokens_verify_expire_and_refuse_tampering() {
+        let key = TokenKey::from_bytes([7; 32]);
+        let token = key
+            .mint_app("patient/Observation.rs", 1000, 60)
+            .expect("mint");
+        let (claims, access) = key.verify(&token, 1001).expect("valid");
+        assert!(!claims.patient);
+        assert!(access.allows("Observation", Perm::Read));
+        assert!(key.verify(&token, 1060).is_err());
+        let other = TokenKey::from_bytes([8; 32]);
+        assert!(other.verify(&token, 1001).is_err());
+        let mut bad = token.clone();
+        bad.push('x');
+        assert!(key.verify(&bad, 1001).is_err());
+        assert!(key.verify("garbage", 1001).is_err());
+        assert_eq!(parse_duration("1h"), Ok(3600));
+        assert!(parse_duration("1y").is_err());
+    }
+}

@@ -1,0 +1,504 @@
+//! The patient's side of sharing: granting scopes to apps, listing grants, revoking
+//! them (key rotation, re-sealing for the remaining grantees, optional re-encryption),
+//! and rotating expired grants away. The design is in [`crate::grant`].
+//!
+//! Every change here is one new vault root committed by compare-and-swap on the vault
+//! slot (retried on conflict, like imports). Grant slots and scope slots trail the root:
+//! they are moved after the commit.
+
+use std::collections::BTreeSet;
+
+use super::*;
+use crate::format::GrantRecord;
+use crate::grant::{
+    self, Access, GrantInfo, GrantPayload, GrantRequest, GrantTicket, GrantedScope,
+};
+
+/// What a revocation did.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct RevokeReport {
+    /// The revoked grant.
+    pub grant: String,
+    /// The scopes moved to a new key epoch, with the new epoch.
+    pub rotated: Vec<(Scope, u32)>,
+    /// Remaining grants re-sealed with the new keys.
+    pub resealed: Vec<String>,
+    /// Resource versions re-encrypted under the new keys (with `reencrypt`).
+    pub reencrypted: usize,
+    /// Blocks unpinned (old manifests, old sealed grants, re-encrypted old versions).
+    pub unpinned: usize,
+}
+
+impl Vault {
+    /// Every grant in the vault (no key material).
+    pub async fn grants(&self) -> Vec<GrantInfo> {
+        let state = self.state.lock().await;
+        let now = now_ms();
+        state
+            .root
+            .grants
+            .iter()
+            .map(|g| GrantInfo::of(g, now))
+            .collect()
+    }
+
+    /// The ticket of grant `id` for the app (also points the grant slot at the sealed
+    /// grant again, in case a crash came between the commit and the slot update).
+    pub async fn grant_ticket(&self, id: &str) -> Result<GrantTicket> {
+        let record = {
+            let state = self.state.lock().await;
+            find(&state.root.grants, id)?.clone()
+        };
+        self.publish_grant_slot(&record).await?;
+        Ok(GrantInfo::of(&record, now_ms()).ticket(self.slot, self.net.slots_server()))
+    }
+
+    /// Grants `request.scopes` to the app: seals the scopes' keys (every epoch) and slots
+    /// to the app's HPKE key, signed by the patient, through a new per-grant slot.
+    /// Returns the grant and the ticket to hand to the app.
+    pub async fn grant(&self, request: GrantRequest) -> Result<(GrantInfo, GrantTicket)> {
+        let scopes: BTreeSet<Scope> = request.scopes.iter().copied().collect();
+        if scopes.is_empty() {
+            return Err(EhiError::InvalidArgument("grant at least one scope".into()));
+        }
+        let purpose = grant::check_purpose(&request.purpose)?;
+        if request.duration_ms == 0 {
+            return Err(EhiError::InvalidArgument(
+                "the grant's duration is 0".into(),
+            ));
+        }
+        let now = now_ms();
+        let slot_seed = SecretKey::random()?;
+        let slot_signer = SlotSigner::ed25519_from_seed(slot_seed.expose());
+        let slot_id = slot_signer
+            .ed25519_slot()
+            .ok_or_else(|| EhiError::Crypto("grant slot key".into()))?;
+        let mut record = GrantRecord {
+            id: random_bytes()?,
+            app_name: request.app.name.clone(),
+            app_signing: request.app.signing_key,
+            app_hpke: request.app.hpke_key,
+            slot_seed,
+            slot_id: *slot_id.as_bytes(),
+            scopes: scopes.into_iter().collect(),
+            contribute: request.access == Access::Contribute,
+            created_ms: now,
+            expires_ms: now.saturating_add(request.duration_ms),
+            purpose,
+            sealed: [0; 32],
+        };
+        let mut state = self.state.lock().await;
+        for attempt in 1..=self.options.max_attempts {
+            self.refresh_state(&mut state).await?;
+            let blob = self.seal_grant_blob(&state.root, &record, now)?;
+            record.sealed = *blob.address.as_bytes();
+            let mut root = state.root.clone();
+            root.grants.push(record.clone());
+            let mut audit = AuditRecord::new(
+                AuditAction::Grant,
+                format!(
+                    "{} access to {} for {} until {}",
+                    if record.contribute {
+                        "contribute"
+                    } else {
+                        "read"
+                    },
+                    record
+                        .scopes
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    record.app_name,
+                    instant(record.expires_ms)
+                ),
+            )
+            .with_entities(vec![format!("grant/{}", hex::encode(record.id))]);
+            audit.purpose = Some(record.purpose.clone());
+            if self
+                .swap_root(
+                    &mut state,
+                    root,
+                    vec![blob],
+                    Vec::new(),
+                    Vec::new(),
+                    Some(&audit),
+                )
+                .await?
+            {
+                self.publish_grant_slot(&record).await?;
+                let info = GrantInfo::of(&record, now_ms());
+                let ticket = info.ticket(self.slot, self.net.slots_server());
+                return Ok((info, ticket));
+            }
+            if attempt == self.options.max_attempts {
+                break;
+            }
+        }
+        Err(EhiError::Contention {
+            attempts: self.options.max_attempts,
+        })
+    }
+
+    /// Revokes grant `id` (see [`crate::grant`]): every scope it covered moves to a new
+    /// key epoch (manifests re-sealed under it, so the app can no longer open them),
+    /// remaining grants covering those scopes are re-sealed with the new keys, the grant
+    /// slot is pointed at the tombstone, and everything written afterwards uses the new
+    /// epoch. With `reencrypt`, every stored version of those scopes is re-encrypted
+    /// under the new key and the old blobs are unpinned. What the app already read or
+    /// copied cannot be taken back.
+    pub async fn revoke(&self, id: &str, reencrypt: bool) -> Result<RevokeReport> {
+        let mut state = self.state.lock().await;
+        self.revoke_locked(&mut state, id, reencrypt).await
+    }
+
+    /// Revokes every expired grant (without re-encryption). Returns their ids. Called
+    /// before every import ("expired grants are rotated away at the next write").
+    pub async fn expire_grants(&self) -> Result<Vec<String>> {
+        let mut state = self.state.lock().await;
+        let now = now_ms();
+        let expired: Vec<String> = state
+            .root
+            .grants
+            .iter()
+            .filter(|g| g.expires_ms <= now)
+            .map(|g| hex::encode(g.id))
+            .collect();
+        let mut done = Vec::new();
+        for id in expired {
+            match self.revoke_locked(&mut state, &id, false).await {
+                Ok(_) => done.push(id),
+                // Another device revoked it meanwhile.
+                Err(EhiError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(done)
+    }
+
+    async fn revoke_locked(
+        &self,
+        state: &mut State,
+        id: &str,
+        reencrypt: bool,
+    ) -> Result<RevokeReport> {
+        for attempt in 1..=self.options.max_attempts {
+            self.refresh_state(state).await?;
+            let revoked = find(&state.root.grants, id)?.clone();
+            let now = now_ms();
+            let mut root = state.root.clone();
+            root.grants.retain(|g| g.id != revoked.id);
+            let mut blobs: Vec<Blob> = Vec::new();
+            let mut manifests: Vec<(Scope, ScopeManifest)> = Vec::new();
+            let mut superseded: Vec<Id> = Vec::new();
+            let mut rotated = Vec::new();
+            let mut reencrypted = 0usize;
+            for scope in &revoked.scopes {
+                let record = root.scopes.get_mut(scope).ok_or_else(|| {
+                    EhiError::corrupt("vault root", format!("scope {scope} is missing"))
+                })?;
+                let old_epoch = record.current_epoch;
+                let epoch = record
+                    .keys
+                    .iter()
+                    .map(|k| k.epoch)
+                    .max()
+                    .unwrap_or(old_epoch)
+                    .checked_add(1)
+                    .ok_or_else(|| EhiError::Crypto("key epochs exhausted".into()))?;
+                let key = SecretKey::random()?;
+                record.keys.push(EpochKey {
+                    epoch,
+                    key: key.clone(),
+                    created_ms: now,
+                });
+                record.current_epoch = epoch;
+                let mut manifest = state
+                    .scopes
+                    .get(scope)
+                    .ok_or_else(|| EhiError::corrupt("vault", format!("scope {scope} not loaded")))?
+                    .manifest
+                    .clone();
+                if reencrypt {
+                    let resource_key = key.derive(CONTEXT_RESOURCE);
+                    for (resource_type, ids) in manifest.resources.iter_mut() {
+                        for (rid, versions) in ids.iter_mut() {
+                            for v in versions.iter_mut() {
+                                if v.deleted || v.epoch == epoch {
+                                    continue;
+                                }
+                                let label = format!("{resource_type}/{rid}/_history/{}", v.version);
+                                let old_key = state.resource_key(*scope, v.epoch)?;
+                                let content = self
+                                    .fetch_resource(&old_key, *scope, &v.blocks, &label)
+                                    .await?;
+                                let plaintext =
+                                    Zeroizing::new(serde_json::to_vec(&content).map_err(|e| {
+                                        EhiError::Crypto(format!("encoding a resource: {e}"))
+                                    })?);
+                                let sealed = seal::seal_object(
+                                    &resource_key,
+                                    Kind::Resource,
+                                    scope.name(),
+                                    epoch,
+                                    &plaintext,
+                                )?;
+                                superseded.extend(v.blocks.iter().copied().map(Id::from_bytes));
+                                v.blocks = to_raw(&sealed.addresses());
+                                v.epoch = epoch;
+                                blobs.extend(sealed.into_blobs());
+                                reencrypted += 1;
+                            }
+                        }
+                    }
+                }
+                manifest.epoch = epoch;
+                manifest.generation += 1;
+                let sealed = seal_manifest(&manifest, &key)?;
+                superseded.extend(record.manifest.iter().copied().map(Id::from_bytes));
+                record.manifest = to_raw(&sealed.addresses());
+                blobs.extend(sealed.into_blobs());
+                manifests.push((*scope, manifest));
+                rotated.push((*scope, epoch));
+            }
+            // Re-seal the remaining grants that cover a rotated scope.
+            let mut resealed = Vec::new();
+            let mut republish = Vec::new();
+            for index in 0..root.grants.len() {
+                if !root.grants[index]
+                    .scopes
+                    .iter()
+                    .any(|s| revoked.scopes.contains(s))
+                {
+                    continue;
+                }
+                let blob = self.seal_grant_blob(&root, &root.grants[index], now)?;
+                let g = &mut root.grants[index];
+                superseded.push(Id::from_bytes(g.sealed));
+                g.sealed = *blob.address.as_bytes();
+                blobs.push(blob);
+                resealed.push(hex::encode(g.id));
+                republish.push(g.clone());
+            }
+            superseded.push(Id::from_bytes(revoked.sealed));
+            let audit = AuditRecord::new(
+                AuditAction::Revoke,
+                format!(
+                    "grant to {} revoked{}; {} scope(s) rotated, {} version(s) re-encrypted",
+                    revoked.app_name,
+                    if revoked.expires_ms <= now {
+                        " (expired)"
+                    } else {
+                        ""
+                    },
+                    rotated.len(),
+                    reencrypted
+                ),
+            )
+            .with_entities(vec![format!("grant/{}", hex::encode(revoked.id))]);
+            if self
+                .swap_root(state, root, blobs, manifests, Vec::new(), Some(&audit))
+                .await?
+            {
+                let scopes: Vec<Scope> = revoked.scopes.clone();
+                self.sync_scope_slots(state, &scopes).await;
+                for g in &republish {
+                    if let Err(e) = self.publish_grant_slot(g).await {
+                        tracing::warn!(error = %e, "moving a grant slot");
+                    }
+                }
+                self.tombstone_grant_slot(&revoked).await;
+                let unpinned = self.net.unpin(&superseded).await.unwrap_or(0);
+                return Ok(RevokeReport {
+                    grant: hex::encode(revoked.id),
+                    rotated,
+                    resealed,
+                    reencrypted,
+                    unpinned,
+                });
+            }
+            if attempt == self.options.max_attempts {
+                break;
+            }
+        }
+        Err(EhiError::Contention {
+            attempts: self.options.max_attempts,
+        })
+    }
+
+    /// The sealed grant blob of `record` with the keys in `root`.
+    fn seal_grant_blob(&self, root: &VaultRoot, record: &GrantRecord, now: u64) -> Result<Blob> {
+        let mut scopes = Vec::with_capacity(record.scopes.len());
+        for scope in &record.scopes {
+            let s = root.scopes.get(scope).ok_or_else(|| {
+                EhiError::corrupt("vault root", format!("scope {scope} is missing"))
+            })?;
+            scopes.push(GrantedScope {
+                scope: *scope,
+                slot_id: s.slot_id,
+                keys: s.keys.clone(),
+            });
+        }
+        let payload = GrantPayload {
+            format: grant::PAYLOAD_FORMAT,
+            grant_id: record.id,
+            vault_slot: *self.slot.as_bytes(),
+            scopes,
+            contribute: record.contribute,
+            purpose: record.purpose.clone(),
+            issued_ms: now,
+            expires_ms: record.expires_ms,
+        };
+        let bytes = grant::seal_grant(&self.signing, record, &payload)?;
+        Ok(Blob {
+            address: Id::of_content(&bytes),
+            bytes: bytes::Bytes::from(bytes),
+        })
+    }
+
+    /// Stores `blobs` and the sealed `root`, pins them, and compare-and-swaps the vault
+    /// slot. `Ok(false)` when another device committed first (nothing of this attempt
+    /// stays pinned). On success `state` takes the new root and `manifests`, and the
+    /// old root blocks and `unpin_after` are unpinned.
+    pub(super) async fn swap_root(
+        &self,
+        state: &mut State,
+        mut root: VaultRoot,
+        mut blobs: Vec<Blob>,
+        manifests: Vec<(Scope, ScopeManifest)>,
+        unpin_after: Vec<Id>,
+        audit: Option<&AuditRecord>,
+    ) -> Result<bool> {
+        root.format = ROOT_FORMAT;
+        let mut appended = None;
+        if let Some(record) = audit {
+            self.ensure_audit_tail(state).await?;
+            let (blob, entry) = self.audit_blob(state, record)?;
+            root.audit_head = Some(*blob.address.as_bytes());
+            appended = Some((blob.address, entry));
+            blobs.push(blob);
+        }
+        root.generation += 1;
+        root.updated_ms = now_ms().max(root.updated_ms);
+        let sealed = seal_root(&root, &self.root_key)?;
+        let head = sealed.head.address;
+        let root_blocks = sealed.addresses();
+        blobs.extend(sealed.into_blobs());
+        let blocks: Vec<Id> = blobs.iter().map(|b| b.address).collect();
+        self.put_all(blobs).await?;
+        self.net.pin(&blocks).await?;
+        match self
+            .net
+            .slots()
+            .update_signed(&self.slot, &self.signer, &state.root_head, &head)
+            .await
+        {
+            Ok(()) => {
+                let mut old = std::mem::replace(&mut state.root_blocks, root_blocks);
+                old.extend(unpin_after);
+                state.root_head = head;
+                let prev_head = state.root.audit_head;
+                state.root = root;
+                if let Some((address, entry)) = appended {
+                    state.appended_audit(prev_head, address, entry);
+                }
+                for (scope, manifest) in manifests {
+                    let index = state.scopes.get_mut(&scope).and_then(|l| l.index.take());
+                    state.scopes.insert(scope, Loaded { manifest, index });
+                }
+                self.net.unpin_quietly(&old).await;
+                Ok(true)
+            }
+            Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => {
+                self.net.unpin_quietly(&blocks).await;
+                Ok(false)
+            }
+            Err(e) => {
+                self.net.unpin_quietly(&blocks).await;
+                Err(EhiError::network("moving the vault slot", e))
+            }
+        }
+    }
+
+    /// Points the grant slot of `record` at its sealed grant (registering it the first
+    /// time).
+    async fn publish_grant_slot(&self, record: &GrantRecord) -> Result<()> {
+        let slot = Id::from_bytes(record.slot_id);
+        let target = Id::from_bytes(record.sealed);
+        let signer = SlotSigner::ed25519_from_seed(record.slot_seed.expose());
+        for _ in 0..5 {
+            let current = self
+                .net
+                .slots()
+                .get(&slot)
+                .await
+                .map_err(|e| EhiError::network("reading a grant slot", e))?;
+            let result = match current {
+                None => self
+                    .net
+                    .slots()
+                    .register(&signer.register_request(slot, target))
+                    .await
+                    .map(|_| ()),
+                Some(current) if current.address == target => return Ok(()),
+                Some(current) => {
+                    self.net
+                        .slots()
+                        .update_signed(&slot, &signer, &current.address, &target)
+                        .await
+                }
+            };
+            match result {
+                Ok(()) => {}
+                Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => {}
+                Err(e) => return Err(EhiError::network("moving a grant slot", e)),
+            }
+        }
+        Err(EhiError::Contention { attempts: 5 })
+    }
+
+    /// Points a revoked grant's slot at the public tombstone (best effort: the key
+    /// rotation, not the slot, is what ends the access).
+    pub(super) async fn tombstone_grant_slot(&self, record: &GrantRecord) {
+        let tombstone = Blob {
+            address: tombstone_address(),
+            bytes: bytes::Bytes::from_static(TOMBSTONE),
+        };
+        if let Err(e) = self.net.put(&tombstone).await {
+            tracing::warn!(error = %e, "storing the tombstone");
+            return;
+        }
+        let slot = Id::from_bytes(record.slot_id);
+        let signer = SlotSigner::ed25519_from_seed(record.slot_seed.expose());
+        for _ in 0..3 {
+            let Ok(Some(current)) = self.net.slots().get(&slot).await else {
+                return;
+            };
+            if current.address == tombstone.address {
+                return;
+            }
+            match self
+                .net
+                .slots()
+                .update_signed(&slot, &signer, &current.address, &tombstone.address)
+                .await
+            {
+                Ok(()) => return,
+                Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => continue,
+                Err(e) => {
+                    tracing::warn!(error = %e, "tombstoning a grant slot");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+fn find<'a>(grants: &'a [GrantRecord], id: &str) -> Result<&'a GrantRecord> {
+    let wanted = id.trim().to_ascii_lowercase();
+    grants
+        .iter()
+        .find(|g| hex::encode(g.id) == wanted)
+        .ok_or_else(|| EhiError::NotFound(format!("grant {id}")))
+}

@@ -1,0 +1,136 @@
+//! `ehi serve` and `ehi token` as processes: the server prints `listening on
+//! http://<addr>`, tokens minted offline by `ehi token` are accepted by it (they are
+//! keyed to the keystore, not stored), and scopes are enforced.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, ensure};
+use common::{PASSPHRASE, TestNet, patient_bundle};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+fn ehi(home: &Path, broker: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ehi"));
+    command
+        .env("HOME", home)
+        .env_remove("XDG_CONFIG_HOME")
+        .env_remove("EHI_KEYSTORE")
+        .env("INVARIANT_BROKER", broker)
+        .env("EHI_PASSPHRASE", PASSPHRASE)
+        .stdin(Stdio::null());
+    command
+}
+
+fn run(home: &Path, broker: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = ehi(home, broker).args(args).output()?;
+    ensure!(
+        out.status.success(),
+        "ehi {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Kills the child (by its own handle) when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ehi_serve_and_ehi_token() -> anyhow::Result<()> {
+    let net = TestNet::start(1, false).await?;
+    let home = tempfile::tempdir()?;
+    let broker = net.broker_url.clone();
+    let h = home.path().to_path_buf();
+    let b = broker.clone();
+    let bundle = home.path().join("patient.json");
+    std::fs::write(&bundle, serde_json::to_vec(&patient_bundle())?)?;
+    let bundle = bundle.to_str().context("path")?.to_string();
+    let (patient, app) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        run(&h, &b, &["init"])?;
+        run(&h, &b, &["import", &bundle])?;
+        let patient = run(&h, &b, &["token", "--patient", "--expires", "10m"])?;
+        let app = run(
+            &h,
+            &b,
+            &[
+                "token",
+                "--scopes",
+                "patient/Observation.rs",
+                "--expires",
+                "1h",
+            ],
+        )?;
+        Ok((patient, app))
+    })
+    .await??;
+    ensure!(patient.starts_with("ehi1.") && app.starts_with("ehi1."));
+
+    let mut child = Child(
+        ehi(home.path(), &broker)
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let stdout = child.0.stdout.take().context("stdout")?;
+    let line = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        }),
+    )
+    .await???;
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("first line: {line:?}"))?
+        .to_string();
+    ensure!(base.starts_with("http://127.0.0.1:"), "{base}");
+
+    let http = reqwest::Client::new();
+    let cap: Value = http
+        .get(format!("{base}/metadata"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    assert_eq!(cap["resourceType"], "CapabilityStatement");
+    let resp = http
+        .get(format!("{base}/Observation"))
+        .bearer_auth(&patient)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let page: Value = resp.json().await?;
+    assert_eq!(page["total"], 2);
+    let resp = http
+        .get(format!("{base}/Observation"))
+        .bearer_auth(&app)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = http
+        .get(format!("{base}/Condition"))
+        .bearer_auth(&app)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+    let resp = http.get(format!("{base}/Condition")).send().await?;
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+
+    drop(child);
+    net.stop().await;
+    Ok(())
+}
