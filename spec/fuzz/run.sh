@@ -51,6 +51,8 @@ declare -A EXTRA=(
 if [ "${INVARIANT_FUZZ_BUILD:-1}" = 1 ]; then
   args=()
   for role in "${ROLES[@]}"; do args+=(-p "${PACKAGE[$role]}"); done
+  # The files server is fuzzed with real storage and slots servers behind it.
+  if [[ " ${ROLES[*]} " == *" files "* ]]; then args+=(-p storage-server -p slots-server); fi
   if [ "$PROFILE" = release ]; then args+=(--release); fi
   cargo build --quiet "${args[@]}"
 fi
@@ -84,6 +86,17 @@ start() {
   cat "$WORK/$role.log" >&2
   return 1
 }
+
+# Backends for the files server: a storage and a slots server of their own, so that
+# mounts reach real peers (without them a mount is a 503: no peer to read from).
+if [[ " ${ROLES[*]} " == *" files "* ]]; then
+  PACKAGE[files-storage]=storage-server
+  PACKAGE[files-slots]=slots-server
+  start files-storage
+  files_storage=$URL
+  start files-slots
+  EXTRA[files]="--storage $files_storage --slots $URL"
+fi
 
 seed_args=()
 if [ "$SEED" != random ]; then seed_args=(--seed "$SEED"); fi
