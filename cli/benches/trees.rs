@@ -77,9 +77,15 @@ fn generate_tree(root: &Path, total: u64, rng: &mut StdRng) -> anyhow::Result<u6
     Ok(written)
 }
 
-/// Overwrites 1% of the tree's bytes in place: runs of 4 KiB at random offsets of the
-/// large files, and every hundredth small file entirely.
-fn modify_one_percent(root: &Path, total: u64, rng: &mut StdRng) -> anyhow::Result<()> {
+/// Overwrites 1% of the tree's bytes in place: every hundredth small file entirely, and
+/// the rest as runs of `run_len` bytes at random offsets of the large files (4 KiB runs
+/// touch nearly every 1 MiB block: the worst case; long runs are a clustered edit).
+fn modify_one_percent(
+    root: &Path,
+    total: u64,
+    run_len: usize,
+    rng: &mut StdRng,
+) -> anyhow::Result<()> {
     use std::io::{Seek, SeekFrom, Write};
     let mut budget = total / 100;
     for i in (0..1000u32).step_by(100) {
@@ -92,18 +98,18 @@ fn modify_one_percent(root: &Path, total: u64, rng: &mut StdRng) -> anyhow::Resu
         std::fs::write(&path, &data)?;
         budget = budget.saturating_sub(len);
     }
-    let mut run = vec![0u8; 4096];
+    let mut run = vec![0u8; run_len];
     while budget > 0 {
         let path = root.join(format!("large{}.bin", rng.random_range(0..4)));
         let len = std::fs::metadata(&path)?.len();
-        if len < 4096 {
+        if len < run_len as u64 {
             break;
         }
         let mut file = std::fs::OpenOptions::new().write(true).open(&path)?;
-        file.seek(SeekFrom::Start(rng.random_range(0..len - 4096)))?;
+        file.seek(SeekFrom::Start(rng.random_range(0..len - run_len as u64)))?;
         rng.fill_bytes(&mut run);
         file.write_all(&run)?;
-        budget = budget.saturating_sub(4096);
+        budget = budget.saturating_sub(run_len as u64);
     }
     Ok(())
 }
@@ -192,22 +198,28 @@ fn main() -> anyhow::Result<()> {
         download_directory(&reader, &written.link, &base.path().join("restored")).await?;
         let down_secs = started.elapsed().as_secs_f64();
 
-        modify_one_percent(&tree, total, &mut StdRng::seed_from_u64(12))?;
-        let before = sent.load(Ordering::Relaxed);
-        // A fresh writer: dedup comes from the storage server's `has`, not a cache.
-        let writer = Writer::new(store.clone(), WriterConfig::default())?;
-        writer_upload(&writer, &tree).await?;
-        let resent = sent.load(Ordering::Relaxed) - before;
+        // A fresh writer each time: dedup comes from the storage server's `has`.
+        let mut resent = Vec::new();
+        for (seed, run_len) in [(12u64, 4096usize), (13, (total / 100 / 16) as usize)] {
+            modify_one_percent(&tree, total, run_len.max(4096), &mut StdRng::seed_from_u64(seed))?;
+            let before = sent.load(Ordering::Relaxed);
+            let writer = Writer::new(store.clone(), WriterConfig::default())?;
+            writer_upload(&writer, &tree).await?;
+            resent.push((run_len, sent.load(Ordering::Relaxed) - before));
+        }
 
         let mb = total as f64 / 1e6;
         println!("tree: {:.0} MB in 1,004 files", mb);
         println!("upload    {:>8.1} MB/s ({up_secs:.2} s)", mb / up_secs);
         println!("download  {:>8.1} MB/s ({down_secs:.2} s)", mb / down_secs);
-        println!(
-            "after changing 1% of the bytes, re-upload sent {:.1} MB = {:.2}% of the tree",
-            resent as f64 / 1e6,
-            100.0 * resent as f64 / total as f64
-        );
+        for (run_len, bytes) in resent {
+            println!(
+                "after changing 1% of the bytes in runs of {} KiB, re-upload sent {:.1} MB = {:.2}% of the tree",
+                run_len / 1024,
+                bytes as f64 / 1e6,
+                100.0 * bytes as f64 / total as f64
+            );
+        }
         anyhow::Ok(())
     });
     let _ = Command::new("kill")
