@@ -111,7 +111,8 @@ async fn sigterm_lets_an_in_flight_upload_finish() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every file under `blobs/ab/cd/` must hash to its own name.
+/// Every file under `blobs/ab/cd/` must hash to its own name, and every pack record
+/// to its address; returns how many blobs there are.
 fn check_every_blob_hashes_to_its_name(data_dir: &Path) -> anyhow::Result<usize> {
     let mut count = 0;
     let root = data_dir.join("blobs");
@@ -143,7 +144,7 @@ fn check_every_blob_hashes_to_its_name(data_dir: &Path) -> anyhow::Result<usize>
             }
         }
     }
-    Ok(count)
+    Ok(count + storage_server::pack::verify_packs(data_dir)?.len())
 }
 
 #[tokio::test]

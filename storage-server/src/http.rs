@@ -151,7 +151,7 @@ async fn get_blob(
     let store = state.store().clone();
     let request_headers = headers.clone();
     let opened = blocking("reading blob", move || {
-        let Some((mut file, len)) = store.open_blob(&id)? else {
+        let Some((mut file, base, len)) = store.open_blob(&id)? else {
             return Ok(Opened::Absent);
         };
         let selection = range::select(&request_headers, &id, len);
@@ -161,7 +161,7 @@ async fn get_blob(
             Selection::Partial { start, end } => (start, end - start + 1),
         };
         if count <= INLINE_READ {
-            file.seek(SeekFrom::Start(start))?;
+            file.seek(SeekFrom::Start(base + start))?;
             let mut data = Vec::with_capacity(count as usize);
             file.take(count).read_to_end(&mut data)?;
             if data.len() as u64 != count {
@@ -176,7 +176,7 @@ async fn get_blob(
                 len,
             })
         } else {
-            file.seek(SeekFrom::Start(start))?;
+            file.seek(SeekFrom::Start(base + start))?;
             Ok(Opened::Stream {
                 file,
                 selection,

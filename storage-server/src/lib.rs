@@ -1,9 +1,11 @@
 //! # storage-server
 //!
-//! The storage role: content-addressed blobs over HTTP (`/storage/`), kept one file per
-//! blob under `<data-dir>/blobs/` by [`store::BlobStore`].
+//! The storage role: content-addressed blobs over HTTP (`/storage/`), kept by
+//! [`store::BlobStore`]: one file per blob under `<data-dir>/blobs/`, except small
+//! blobs, which are appended to group-committed packs under `<data-dir>/packs/`.
 //!
 //! - [`store`]: atomic, fsynced, verified blob files and their listing.
+//! - [`pack`]: small blobs in pack files with a redb index; one sync per batch.
 //! - [`http`]: routes and handlers, including the streaming upload pipeline.
 //! - [`range`]: `Range` / `If-None-Match` interpretation.
 //! - [`report`]: reporting held blobs to find servers.
@@ -11,6 +13,7 @@
 //! [`start`] runs the server in-process (tests use it on port 0); `main.rs` wraps it.
 
 pub mod http;
+pub mod pack;
 pub mod range;
 pub mod report;
 pub mod store;
@@ -23,6 +26,7 @@ use invariant_runtime::{Server, ServerContext};
 use invariant_spec::{BrokerClient, Id};
 use tokio::sync::mpsc;
 
+use crate::pack::PackConfig;
 use crate::report::Reporter;
 use crate::store::BlobStore;
 
@@ -41,6 +45,9 @@ pub struct StorageConfig {
     /// Period of full holdings reports to find servers.
     /// Default [`report::DEFAULT_FIND_REFRESH`].
     pub find_refresh: Duration,
+    /// Which blobs are packed ([`pack`]); `max_blob` 0 keeps every blob in its own
+    /// file.
+    pub pack: PackConfig,
 }
 
 impl Default for StorageConfig {
@@ -49,6 +56,7 @@ impl Default for StorageConfig {
             max_blob_size: DEFAULT_MAX_BLOB_SIZE,
             find: Vec::new(),
             find_refresh: report::DEFAULT_FIND_REFRESH,
+            pack: PackConfig::default(),
         }
     }
 }
@@ -103,7 +111,7 @@ impl AppState {
 
 /// Opens the store under the context's data directory and serves it.
 pub async fn start(ctx: &ServerContext, config: StorageConfig) -> anyhow::Result<Server> {
-    let store = BlobStore::open(ctx.data_dir(), config.max_blob_size)?;
+    let store = BlobStore::open_with(ctx.data_dir(), config.max_blob_size, config.pack)?;
     // Reporting stops with the server, or at once if it cannot start.
     let reporting = ctx.shutdown.child_token();
     let reporter = report::spawn(

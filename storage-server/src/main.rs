@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use invariant_runtime::{CommonArgs, Role, run_main};
+use storage_server::pack::PackConfig;
 use storage_server::{DEFAULT_MAX_BLOB_SIZE, StorageConfig};
 
 /// Content-addressed blob storage for the invariant network.
@@ -20,6 +21,12 @@ struct Cli {
     #[arg(long = "find", env = "INVARIANT_FIND", value_delimiter = ',')]
     find: Vec<String>,
 
+    /// Blobs up to this many bytes uploaded whole are appended to group-committed
+    /// pack files (one sync per batch of concurrent uploads); 0 writes every blob as
+    /// its own file.
+    #[arg(long, env = "INVARIANT_PACK_MAX_BLOB", default_value_t = PackConfig::default().max_blob)]
+    pack_max_blob: usize,
+
     /// Seconds between full reports of held blobs to find servers.
     #[arg(long, env = "INVARIANT_FIND_REFRESH", default_value_t = storage_server::report::DEFAULT_FIND_REFRESH.as_secs())]
     find_refresh: u64,
@@ -31,6 +38,10 @@ fn main() -> anyhow::Result<()> {
         max_blob_size: cli.max_blob_size,
         find: cli.find,
         find_refresh: std::time::Duration::from_secs(cli.find_refresh.max(1)),
+        pack: PackConfig {
+            max_blob: cli.pack_max_blob,
+            ..PackConfig::default()
+        },
     };
     run_main(Role::Storage, &cli.common, |ctx| async move {
         storage_server::start(&ctx, config).await

@@ -11,9 +11,12 @@
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use invariant_spec::Id;
 use sha2::{Digest, Sha256};
+
+use crate::pack::{PackConfig, Packs};
 
 /// Why a write did not store a blob.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,7 @@ pub struct BlobStore {
     root: PathBuf,
     tmp: PathBuf,
     max_blob_size: u64,
+    packs: Option<Arc<Packs>>,
 }
 
 const TMP_DIR: &str = "tmp";
@@ -51,8 +55,17 @@ const TMP_SUFFIX: &str = ".partial";
 
 impl BlobStore {
     /// Opens (creating if needed) the store under `data_dir/blobs`, removing temp files
-    /// left by an earlier crash.
+    /// left by an earlier crash, with packs for small blobs under `data_dir/packs`.
     pub fn open(data_dir: &Path, max_blob_size: u64) -> io::Result<BlobStore> {
+        BlobStore::open_with(data_dir, max_blob_size, PackConfig::default())
+    }
+
+    /// [`BlobStore::open`] with explicit pack settings (`max_blob` 0: no packs).
+    pub fn open_with(
+        data_dir: &Path,
+        max_blob_size: u64,
+        pack: PackConfig,
+    ) -> io::Result<BlobStore> {
         let root = data_dir.join("blobs");
         let tmp = root.join(TMP_DIR);
         fs::create_dir_all(&tmp)?;
@@ -68,11 +81,22 @@ impl BlobStore {
             tracing::info!(removed, "removed temp files left by an interrupted write");
             sync_dir(&tmp)?;
         }
+        let packs = if pack.max_blob > 0 {
+            Some(Arc::new(Packs::open(data_dir, pack)?))
+        } else {
+            None
+        };
         Ok(BlobStore {
             root,
             tmp,
             max_blob_size,
+            packs,
         })
+    }
+
+    /// The packs of small blobs, if packing is on.
+    pub fn packs(&self) -> Option<&Arc<Packs>> {
+        self.packs.as_ref()
     }
 
     /// The largest blob accepted, in bytes.
@@ -88,6 +112,11 @@ impl BlobStore {
 
     /// The size of blob `id`, or `None` if absent.
     pub fn size(&self, id: &Id) -> io::Result<Option<u64>> {
+        if let Some(packs) = &self.packs
+            && let Some(location) = packs.locate(id)?
+        {
+            return Ok(Some(u64::from(location.len)));
+        }
         match fs::metadata(self.blob_path(id)) {
             Ok(meta) => Ok(Some(meta.len())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
@@ -95,12 +124,19 @@ impl BlobStore {
         }
     }
 
-    /// Opens blob `id` for reading, with its size; `None` if absent.
-    pub fn open_blob(&self, id: &Id) -> io::Result<Option<(File, u64)>> {
+    /// Opens blob `id` for reading: the file positioned at the blob's first byte,
+    /// that byte's offset in the file, and the blob's size; `None` if absent.
+    pub fn open_blob(&self, id: &Id) -> io::Result<Option<(File, u64, u64)>> {
+        if let Some(packs) = &self.packs
+            && let Some(location) = packs.locate(id)?
+        {
+            let file = packs.open_at(&location)?;
+            return Ok(Some((file, location.offset, u64::from(location.len))));
+        }
         match File::open(self.blob_path(id)) {
             Ok(file) => {
                 let len = file.metadata()?.len();
-                Ok(Some((file, len)))
+                Ok(Some((file, 0, len)))
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
@@ -135,6 +171,28 @@ impl BlobStore {
                 limit: self.max_blob_size,
             });
         }
+        if let Some(packs) = &self.packs
+            && data.len() <= packs.config().max_blob
+        {
+            let actual = Id::of_content(data);
+            if let Some(expected) = expected
+                && expected != actual
+            {
+                return Err(StoreError::HashMismatch { expected, actual });
+            }
+            if packs.locate(&actual)?.is_some() {
+                return Ok(actual);
+            }
+            let path = self.blob_path(&actual);
+            if fs::metadata(&path).is_ok() {
+                // Stored as a file, possibly by a writer still finishing: make sure
+                // its directory entry is durable before acknowledging.
+                sync_dir(path.parent().unwrap_or(&self.root))?;
+                return Ok(actual);
+            }
+            packs.put(actual, data.to_vec())?;
+            return Ok(actual);
+        }
         let mut writer = self.writer()?;
         writer.write(data)?;
         writer.commit(expected)
@@ -143,12 +201,24 @@ impl BlobStore {
     /// Every held blob with its size, read lazily from the directory tree (in no
     /// particular order). Files whose names are not blob addresses are skipped.
     pub fn list(&self) -> impl Iterator<Item = io::Result<(Id, u64)>> + Send + 'static {
-        BlobList::new(self.root.clone())
+        BlobList::new(self.root.clone()).chain(PackList {
+            packs: self.packs.clone(),
+            after: None,
+            page: Vec::new().into_iter(),
+            done: false,
+        })
     }
 
     fn install(&self, tmp_path: &Path, id: &Id) -> io::Result<()> {
         let dest = self.blob_path(id);
         let leaf_dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        if let Some(packs) = &self.packs
+            && packs.locate(id)?.is_some()
+        {
+            // Already durable in a pack.
+            fs::remove_file(tmp_path)?;
+            return Ok(());
+        }
         if fs::metadata(&dest).is_ok() {
             // Already stored (possibly by a concurrent writer still finishing): make sure
             // its directory entry is durable before acknowledging.
@@ -256,6 +326,40 @@ impl Drop for BlobWriter {
     }
 }
 
+/// Pages through the packed blobs lazily.
+struct PackList {
+    packs: Option<Arc<Packs>>,
+    after: Option<Id>,
+    page: std::vec::IntoIter<(Id, u64)>,
+    done: bool,
+}
+
+impl Iterator for PackList {
+    type Item = io::Result<(Id, u64)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if let Some(item) = self.page.next() {
+            return Some(Ok(item));
+        }
+        if self.done {
+            return None;
+        }
+        let packs = self.packs.as_ref()?;
+        match packs.page(self.after, 1000) {
+            Ok(page) => {
+                self.done = page.len() < 1000;
+                self.after = page.last().map(|(id, _)| *id);
+                self.page = page.into_iter();
+                self.page.next().map(Ok)
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
 /// Walks `blobs/ab/cd/*` lazily.
 struct BlobList {
     stack: Vec<(fs::ReadDir, String)>,
@@ -327,10 +431,50 @@ impl Iterator for BlobList {
 mod tests {
     use super::*;
 
+    const NO_PACKS: PackConfig = PackConfig {
+        max_blob: 0,
+        max_pack: 0,
+    };
+
+    /// A store writing every blob as a file (the file-layout tests).
     fn store(limit: u64) -> (tempfile::TempDir, BlobStore) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = BlobStore::open(dir.path(), limit).expect("open");
+        let store = BlobStore::open_with(dir.path(), limit, NO_PACKS).expect("open");
         (dir, store)
+    }
+
+    #[test]
+    fn small_blobs_are_packed_and_large_ones_are_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open(dir.path(), 1 << 20).expect("open");
+        let small = store.put(b"small", None).expect("put");
+        let large_data = vec![7u8; PackConfig::default().max_blob + 1];
+        let large = store.put(&large_data, None).expect("put");
+        assert!(!store.blob_path(&small).exists());
+        assert!(store.blob_path(&large).exists());
+        assert_eq!(store.size(&small).expect("size"), Some(5));
+        let (mut file, base, len) = store.open_blob(&small).expect("open").expect("held");
+        assert!(base > 0);
+        let mut read = Vec::new();
+        io::Read::read_to_end(&mut io::Read::take(&mut file, len), &mut read).expect("read");
+        assert_eq!(read, b"small");
+
+        // The same small content arriving streamed is not stored twice.
+        let mut writer = store.writer().expect("writer");
+        writer.write(b"small").expect("write");
+        assert_eq!(writer.commit(Some(small)).expect("commit"), small);
+        assert!(!store.blob_path(&small).exists());
+
+        let mut listed: Vec<_> = store.list().collect::<io::Result<_>>().expect("list");
+        listed.sort();
+        let mut expected = vec![(small, 5), (large, large_data.len() as u64)];
+        expected.sort();
+        assert_eq!(listed, expected);
+
+        drop(store);
+        let store = BlobStore::open(dir.path(), 1 << 20).expect("reopen");
+        assert_eq!(store.size(&small).expect("size"), Some(5));
+        assert_eq!(store.list().count(), 2);
     }
 
     #[test]
@@ -383,11 +527,12 @@ mod tests {
     #[test]
     fn abandoned_temp_files_are_removed_at_open() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = BlobStore::open(dir.path(), 100).expect("open");
+        let store = BlobStore::open_with(dir.path(), 100, NO_PACKS).expect("open");
         let mut writer = store.writer().expect("writer");
         writer.write(b"partial").expect("write");
         std::mem::forget(writer); // as if the process died mid-write
         assert_eq!(fs::read_dir(&store.tmp).expect("tmp").count(), 1);
+        drop(store);
         let reopened = BlobStore::open(dir.path(), 100).expect("reopen");
         assert_eq!(fs::read_dir(&reopened.tmp).expect("tmp").count(), 0);
     }

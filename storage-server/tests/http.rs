@@ -184,8 +184,10 @@ fn tmp_files(data_dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Every stored blob file under `<data-dir>/blobs/` (the temp dir excluded).
-fn stored_blob_files(data_dir: &Path) -> Vec<PathBuf> {
+/// Every stored blob: the files under `<data-dir>/blobs/` (the temp dir excluded)
+/// and the records of the packs under `<data-dir>/packs/` (each checked against its
+/// address).
+fn stored_blobs(data_dir: &Path) -> Vec<PathBuf> {
     fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).expect("read blobs dir") {
             let entry = entry.expect("blobs dir entry");
@@ -201,6 +203,12 @@ fn stored_blob_files(data_dir: &Path) -> Vec<PathBuf> {
     }
     let mut out = Vec::new();
     walk(&data_dir.join("blobs"), &mut out);
+    let packed = storage_server::pack::verify_packs(data_dir).expect("packs verify");
+    out.extend(
+        packed
+            .iter()
+            .map(|(id, _)| data_dir.join("packs").join(id.to_string())),
+    );
     out
 }
 
@@ -360,7 +368,7 @@ async fn put_then_get_and_head_round_trip() {
             .expect("present");
         assert_eq!(&got[..], &data[..]);
     }
-    assert_eq!(stored_blob_files(s.data_dir()).len(), blobs.len());
+    assert_eq!(stored_blobs(s.data_dir()).len(), blobs.len());
     assert!(tmp_files(s.data_dir()).is_empty());
     s.stop().await;
 }
@@ -472,7 +480,7 @@ async fn malformed_addresses_are_plain_text_400s() {
             .expect("HEAD bad address");
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "HEAD {address}");
     }
-    assert!(stored_blob_files(s.data_dir()).is_empty());
+    assert!(stored_blobs(s.data_dir()).is_empty());
     s.stop().await;
 }
 
@@ -535,7 +543,7 @@ async fn put_with_the_wrong_content_stores_nothing() {
         "{err:?}"
     );
     assert_eq!(s.client.has(&claimed).await.expect("has"), None);
-    assert!(stored_blob_files(s.data_dir()).is_empty());
+    assert!(stored_blobs(s.data_dir()).is_empty());
     assert!(tmp_files(s.data_dir()).is_empty());
     s.stop().await;
 }
@@ -604,7 +612,7 @@ async fn an_aborted_upload_stores_nothing() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     assert!(tmp_files(s.data_dir()).is_empty(), "temp files left behind");
-    assert!(stored_blob_files(s.data_dir()).is_empty());
+    assert!(stored_blobs(s.data_dir()).is_empty());
     assert_eq!(s.client.has(&address).await.expect("has"), None);
     assert_eq!(
         s.client
@@ -686,7 +694,7 @@ async fn blobs_over_the_limit_get_413_and_store_nothing() {
         s.client.has(&address_of(&much_too_big)).await.expect("has"),
         None
     );
-    assert!(stored_blob_files(s.data_dir()).is_empty());
+    assert!(stored_blobs(s.data_dir()).is_empty());
     assert!(tmp_files(s.data_dir()).is_empty());
 
     // Exactly the limit fits, by every route.
@@ -726,7 +734,7 @@ async fn blobs_over_the_limit_get_413_and_store_nothing() {
             .expect("present");
         assert_eq!(&got[..], &blob[..]);
     }
-    assert_eq!(stored_blob_files(s.data_dir()).len(), 3);
+    assert_eq!(stored_blobs(s.data_dir()).len(), 3);
     assert!(tmp_files(s.data_dir()).is_empty());
     s.stop().await;
 }
@@ -768,7 +776,7 @@ async fn uploads_far_over_the_limit_still_read_413() {
         }
     }
     assert_eq!(s.client.has(&address).await.expect("has"), None);
-    assert!(stored_blob_files(s.data_dir()).is_empty());
+    assert!(stored_blobs(s.data_dir()).is_empty());
     assert!(tmp_files(s.data_dir()).is_empty());
     s.stop().await;
 }
@@ -844,7 +852,7 @@ async fn large_blobs_stream_both_ways() {
     let body = response.bytes().await.expect("body");
     assert_eq!(address_of(&body), posted_address);
 
-    assert_eq!(stored_blob_files(s.data_dir()).len(), 2);
+    assert_eq!(stored_blobs(s.data_dir()).len(), 2);
     assert!(tmp_files(s.data_dir()).is_empty());
     s.stop().await;
 }
@@ -1461,7 +1469,7 @@ async fn fetch_copies_blobs_through_a_broker() {
     assert_eq!(b.client.has(&fresh).await.expect("has"), None);
     let liar_content = address_of(b"these bytes do not hash to the address");
     assert_eq!(b.client.has(&liar_content).await.expect("has"), None);
-    assert_eq!(stored_blob_files(b.data_dir()).len(), 2);
+    assert_eq!(stored_blobs(b.data_dir()).len(), 2);
     assert!(tmp_files(b.data_dir()).is_empty());
 
     // Malformed JSON is still a 400 with a broker.
@@ -1542,7 +1550,7 @@ async fn concurrent_puts_of_shared_and_distinct_blobs() {
             .expect("present");
         assert!(got[..] == data[..]);
     }
-    assert_eq!(stored_blob_files(s.data_dir()).len(), expected.len());
+    assert_eq!(stored_blobs(s.data_dir()).len(), expected.len());
     assert!(tmp_files(s.data_dir()).is_empty());
     s.stop().await;
 }

@@ -33,7 +33,15 @@ impl TestStorage {
         let dir = tempfile::tempdir().expect("create temp data dir");
         let options = ServerOptions::ephemeral(Role::Storage, dir.path());
         let ctx = ServerContext::prepare(options).expect("prepare server context");
-        let server = storage_server::start(&ctx, StorageConfig::default())
+        // Every blob in its own file: tests corrupt blob files.
+        let config = StorageConfig {
+            pack: storage_server::pack::PackConfig {
+                max_blob: 0,
+                ..Default::default()
+            },
+            ..StorageConfig::default()
+        };
+        let server = storage_server::start(&ctx, config)
             .await
             .expect("start storage server");
         let client = StorageClient::new(server.url()).expect("storage client");

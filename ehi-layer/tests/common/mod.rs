@@ -45,7 +45,15 @@ impl TestNet {
         for i in 0..storages {
             let dir = tempfile::tempdir()?;
             let ctx = ServerContext::prepare(options(Role::Storage, dir.path()))?;
-            servers.push(storage_server::start(&ctx, Default::default()).await?);
+            // Every blob in its own file: tests tamper with blob files.
+            let config = storage_server::StorageConfig {
+                pack: storage_server::pack::PackConfig {
+                    max_blob: 0,
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            servers.push(storage_server::start(&ctx, config).await?);
             dirs.push((format!("storage-{i}"), dir));
         }
         let dir = tempfile::tempdir()?;
