@@ -6,136 +6,25 @@
 //! real ones. Waits poll with a deadline; nothing asserts on speed.
 
 use std::collections::{HashMap, HashSet};
-use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::Path as UrlPath;
-use axum::response::IntoResponse;
 use bytes::Bytes;
 use distributor::{Distributor, DistributorConfig};
 use invariant_runtime::{Role, Server, ServerContext, ServerOptions};
 use invariant_spec::distributor::{BlockPlacement, DistributorStatus};
 use invariant_spec::{DistributorClient, Id, StorageClient};
+use invariant_test_support::{FakeBroker, eventually, spawn_app};
 use rand::rngs::StdRng;
 use rand::{Rng, RngCore, SeedableRng};
 use reqwest::StatusCode;
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 
-/// Longest wait for the distributor to converge.
-const DEADLINE: Duration = Duration::from_secs(60);
-
 // ---------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------
-
-/// Serves `router` on a free loopback port.
-async fn spawn_app(router: axum::Router) -> (String, JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind fake server");
-    let addr = listener.local_addr().expect("fake server address");
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    (format!("http://{addr}"), task)
-}
-
-/// A broker fake: `location`, `registered` and `register`, over an in-memory table.
-struct FakeBroker {
-    url: String,
-    servers: Arc<Mutex<HashMap<Id, (String, String)>>>,
-    task: JoinHandle<()>,
-}
-
-impl FakeBroker {
-    async fn start() -> FakeBroker {
-        let servers: Arc<Mutex<HashMap<Id, (String, String)>>> = Arc::default();
-        let broker_id = Id::random();
-        let location = {
-            let servers = Arc::clone(&servers);
-            move |UrlPath(id): UrlPath<String>| {
-                let servers = Arc::clone(&servers);
-                async move {
-                    let found = Id::parse(&id).ok().and_then(|id| {
-                        let table = servers.lock().expect("lock");
-                        table.get(&id).map(|(_, url)| (id, url.clone()))
-                    });
-                    match found {
-                        Some((id, url)) => axum::Json(serde_json::json!({
-                            "id": id, "urls": [url.clone()], "url": url,
-                        }))
-                        .into_response(),
-                        None => (StatusCode::NOT_FOUND, "unknown id").into_response(),
-                    }
-                }
-            }
-        };
-        let registered = {
-            let servers = Arc::clone(&servers);
-            move |UrlPath(kind): UrlPath<String>| {
-                let servers = Arc::clone(&servers);
-                async move {
-                    let table = servers.lock().expect("lock");
-                    let mut ids: Vec<Id> = table
-                        .iter()
-                        .filter(|(_, (k, _))| *k == kind)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    ids.sort();
-                    axum::Json(ids)
-                }
-            }
-        };
-        let register = {
-            let servers = Arc::clone(&servers);
-            move |axum::Json(body): axum::Json<serde_json::Value>| {
-                let servers = Arc::clone(&servers);
-                async move {
-                    let id = body["id"].as_str().and_then(|s| Id::parse(s).ok());
-                    let url = body["urls"][0].as_str().or(body["url"].as_str());
-                    let kind = body["kind"].as_str();
-                    match (id, url, kind) {
-                        (Some(id), Some(url), Some(kind)) => {
-                            servers
-                                .lock()
-                                .expect("lock")
-                                .insert(id, (kind.to_string(), url.to_string()));
-                            axum::Json(serde_json::json!({ "id": broker_id })).into_response()
-                        }
-                        _ => (StatusCode::BAD_REQUEST, "bad registration").into_response(),
-                    }
-                }
-            }
-        };
-        let router = axum::Router::new()
-            .route("/broker/location/{id}", axum::routing::get(location))
-            .route("/broker/registered/{kind}", axum::routing::get(registered))
-            .route("/broker/register", axum::routing::post(register.clone()))
-            .route("/broker/register/", axum::routing::post(register));
-        let (url, task) = spawn_app(router).await;
-        FakeBroker { url, servers, task }
-    }
-
-    fn add(&self, id: Id, kind: &str, url: &str) {
-        self.servers
-            .lock()
-            .expect("lock")
-            .insert(id, (kind.to_string(), url.to_string()));
-    }
-
-    fn knows(&self, id: &Id) -> bool {
-        self.servers.lock().expect("lock").contains_key(id)
-    }
-}
-
-impl Drop for FakeBroker {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
 
 /// A find server fake recording every `PUT /find/has` body.
 struct FakeFind {
@@ -215,7 +104,7 @@ impl Storage {
     async fn start(broker: Option<&FakeBroker>) -> Storage {
         let dir = tempfile::tempdir().expect("storage dir");
         let mut options = ServerOptions::ephemeral(Role::Storage, dir.path());
-        options.broker = broker.map(|b| b.url.clone());
+        options.broker = broker.map(|b| b.url().to_string());
         let ctx = ServerContext::prepare(options).expect("storage context");
         let server = storage_server::start(&ctx, Default::default())
             .await
@@ -241,7 +130,7 @@ impl Storage {
     /// Starts a storage server on an existing directory (same id, new port).
     async fn restart(dir: TempDir, broker: &FakeBroker) -> Storage {
         let mut options = ServerOptions::ephemeral(Role::Storage, dir.path());
-        options.broker = Some(broker.url.clone());
+        options.broker = Some(broker.url().to_string());
         let ctx = ServerContext::prepare(options).expect("storage context");
         let server = storage_server::start(&ctx, Default::default())
             .await
@@ -275,7 +164,7 @@ fn fast_config() -> DistributorConfig {
 
 async fn launch(dir: &Path, broker: Option<&FakeBroker>, config: DistributorConfig) -> Distributor {
     let mut options = ServerOptions::ephemeral(Role::Distributor, dir);
-    options.broker = broker.map(|b| b.url.clone());
+    options.broker = broker.map(|b| b.url().to_string());
     let ctx = ServerContext::prepare(options).expect("distributor context");
     distributor::launch(&ctx, config)
         .await
@@ -324,25 +213,6 @@ impl Harness {
         if let Some(server) = self.server.take() {
             server.stop().await.expect("stop distributor");
         }
-    }
-}
-
-/// Polls `check` every 50 ms until it is true; panics after [`DEADLINE`].
-async fn wait_for<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -604,7 +474,7 @@ async fn status_fields_and_gauges_are_served() {
     assert_eq!(json["pinned"], 4);
     assert_eq!(json["replicas"], 3);
     // With no storage server every pinned block is under-replicated.
-    wait_for("pins to count as under-replicated", || async {
+    eventually("pins to count as under-replicated", || async {
         h.status().await.under_replicated == 4
     })
     .await;
@@ -760,7 +630,7 @@ async fn converged(client: &DistributorClient, active: u64) -> bool {
 async fn placement_follows_the_nearest_servers() {
     let broker = FakeBroker::start().await;
     let find = FakeFind::start().await;
-    broker.add(find.id, "find", &find.url);
+    broker.register(find.id, "find", &find.url);
 
     // Three storage servers that can fetch (they know the broker) and two that cannot
     // (registered with the broker by hand), so both copy paths are used.
@@ -769,13 +639,13 @@ async fn placement_follows_the_nearest_servers() {
         let with_broker = i < 3;
         let storage = Storage::start(with_broker.then_some(&broker)).await;
         if !with_broker {
-            broker.add(storage.id(), "storage", storage.server.url());
+            broker.register(storage.id(), "storage", storage.server.url());
         }
         storages.push(storage);
     }
     for storage in &storages {
         let id = storage.id();
-        wait_for("storage registration", || async { broker.knows(&id) }).await;
+        eventually("storage registration", || async { broker.knows(&id) }).await;
     }
     let storage_ids: Vec<Id> = storages.iter().map(Storage::id).collect();
 
@@ -791,7 +661,7 @@ async fn placement_follows_the_nearest_servers() {
         .register_storage(&storage_ids)
         .await
         .expect("register");
-    wait_for("five active storage servers", || async {
+    eventually("five active storage servers", || async {
         client.status().await.expect("status").storages_active == 5
     })
     .await;
@@ -811,7 +681,7 @@ async fn placement_follows_the_nearest_servers() {
     client.pin(&blocks).await.expect("pin");
 
     let refs: Vec<&Storage> = storages.iter().collect();
-    wait_for("every block on its 3 nearest servers", || async {
+    eventually("every block on its 3 nearest servers", || async {
         converged(&client, 5).await && placed(&refs, &blocks, |b| nearest(b, &storage_ids, 3)).await
     })
     .await;
@@ -838,7 +708,7 @@ async fn placement_follows_the_nearest_servers() {
     assert_eq!(status.pinned, 50);
     assert!(status.copies_completed > 0);
     // Every copy was reported to the find server.
-    wait_for("holders reported to the find server", || async {
+    eventually("holders reported to the find server", || async {
         let pairs = find.pairs();
         blocks.iter().all(|b| {
             nearest(b, &storage_ids, 3)
@@ -862,7 +732,7 @@ async fn placement_follows_the_nearest_servers() {
     stopped.server.stop().await.expect("stop storage");
     let live: Vec<Id> = storages.iter().map(Storage::id).collect();
     let refs: Vec<&Storage> = storages.iter().collect();
-    wait_for("every block back to 3 live copies", || async {
+    eventually("every block back to 3 live copies", || async {
         converged(&client, 4).await && placed(&refs, &blocks, |b| nearest(b, &live, 3)).await
     })
     .await;
@@ -879,7 +749,7 @@ async fn placement_follows_the_nearest_servers() {
     let status = client.status().await.expect("status");
     assert_eq!(status.pinned, 50);
     assert_eq!(status.storages_registered, 5);
-    wait_for("restarted distributor to settle", || async {
+    eventually("restarted distributor to settle", || async {
         let status = client.status().await.expect("status");
         status.passes >= 1 && converged(&client, 4).await
     })
@@ -891,7 +761,7 @@ async fn placement_follows_the_nearest_servers() {
     // A sixth server: blocks whose nearest set now includes it are copied to it.
     let sixth = Storage::start(Some(&broker)).await;
     let sixth_id = sixth.id();
-    wait_for("sixth registration", || async { broker.knows(&sixth_id) }).await;
+    eventually("sixth registration", || async { broker.knows(&sixth_id) }).await;
     client
         .register_storage(&[sixth_id])
         .await
@@ -899,7 +769,7 @@ async fn placement_follows_the_nearest_servers() {
     storages.push(sixth);
     let live: Vec<Id> = storages.iter().map(Storage::id).collect();
     let refs: Vec<&Storage> = storages.iter().collect();
-    wait_for("blocks near the sixth server copied to it", || async {
+    eventually("blocks near the sixth server copied to it", || async {
         converged(&client, 5).await && placed(&refs, &blocks, |b| nearest(b, &live, 3)).await
     })
     .await;
@@ -936,20 +806,20 @@ async fn storage_servers_listed_by_the_broker_are_used_by_default() {
     }
     for storage in &storages {
         let id = storage.id();
-        wait_for("storage registration", || async { broker.knows(&id) }).await;
+        eventually("storage registration", || async { broker.knows(&id) }).await;
     }
 
     let dir = tempfile::tempdir().expect("dir");
     let server = launch(dir.path(), Some(&broker), fast_config()).await;
     let client = DistributorClient::new(server.url()).expect("client");
-    wait_for("three active storage servers from the broker", || async {
+    eventually("three active storage servers from the broker", || async {
         client.status().await.expect("status").storages_active == 3
     })
     .await;
     let data = Bytes::from_static(b"distributed by the broker's list");
     let block = storages[1].client.post(data).await.expect("store");
     client.pin(&[block]).await.expect("pin");
-    wait_for("the block on all three servers", || async {
+    eventually("the block on all three servers", || async {
         for storage in &storages {
             if !storage.holds(&block).await {
                 return false;
@@ -975,7 +845,7 @@ async fn storage_servers_listed_by_the_broker_are_used_by_default() {
     )
     .await;
     let off_client = DistributorClient::new(off.url()).expect("client");
-    wait_for("a first pass", || async {
+    eventually("a first pass", || async {
         off_client.status().await.expect("status").passes >= 1
     })
     .await;
@@ -995,12 +865,12 @@ async fn a_returning_server_has_its_holdings_checked_again() {
     }
     for storage in &storages {
         let id = storage.id();
-        wait_for("storage registration", || async { broker.knows(&id) }).await;
+        eventually("storage registration", || async { broker.knows(&id) }).await;
     }
     let dir = tempfile::tempdir().expect("dir");
     let server = launch(dir.path(), Some(&broker), fast_config()).await;
     let client = DistributorClient::new(server.url()).expect("client");
-    wait_for("three active servers", || async {
+    eventually("three active servers", || async {
         client.status().await.expect("status").storages_active == 3
     })
     .await;
@@ -1011,7 +881,7 @@ async fn a_returning_server_has_its_holdings_checked_again() {
         .await
         .expect("store");
     client.pin(&[block]).await.expect("pin");
-    wait_for("the block on all three", || async {
+    eventually("the block on all three", || async {
         for storage in &storages {
             if !storage.holds(&block).await {
                 return false;
@@ -1025,7 +895,7 @@ async fn a_returning_server_has_its_holdings_checked_again() {
     let leaving = storages.remove(1);
     let id = leaving.id();
     let data_dir = leaving.stop().await;
-    wait_for("the server counted as lost", || async {
+    eventually("the server counted as lost", || async {
         converged(&client, 2).await
     })
     .await;
@@ -1040,7 +910,7 @@ async fn a_returning_server_has_its_holdings_checked_again() {
     let back = Storage::restart(data_dir, &broker).await;
     assert_eq!(back.id(), id);
     assert!(!back.holds(&block).await);
-    wait_for("the block copied to the returning server", || async {
+    eventually("the block copied to the returning server", || async {
         back.holds(&block).await && converged(&client, 3).await
     })
     .await;

@@ -6,10 +6,9 @@
 //! the real `storage_server` crate or small fakes. Waits for background work poll with
 //! a generous deadline; nothing asserts on speed.
 
-use std::collections::{HashMap, HashSet};
-use std::future::Future;
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Path as AxumPath;
@@ -17,9 +16,9 @@ use axum::http::{StatusCode as AxumStatus, header};
 use axum::response::IntoResponse;
 use find_server::FindConfig;
 use invariant_runtime::{Role, Server, ServerContext, ServerOptions};
-use invariant_spec::broker::{Location, Registration};
 use invariant_spec::find::{AggregateReader, FindAnswer, LookupOptions, lookup};
-use invariant_spec::{BrokerClient, FindClient, Id, StorageClient};
+use invariant_spec::{FindClient, Id, StorageClient};
+use invariant_test_support::{FakeBroker, eventually, spawn_app};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use reqwest::StatusCode;
@@ -30,28 +29,6 @@ use tokio::task::JoinHandle;
 // ---------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------
-
-/// Longest wait for background work (forwarding, discovery, aging) to show.
-const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Polls `check` until it returns true; panics naming `what` after [`PATIENCE`].
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
 
 /// Settings for tests: fast peer discovery and forwarding, no aging unless asked.
 fn quick_config() -> FindConfig {
@@ -176,126 +153,6 @@ fn closers(answers: &[FindAnswer]) -> Vec<Id> {
             FindAnswer::Has(_) => None,
         })
         .collect()
-}
-
-/// Serves `router` on a free loopback port.
-async fn spawn_app(router: axum::Router) -> (String, JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind fake server");
-    let addr = listener.local_addr().expect("fake server address");
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    (format!("http://{addr}"), task)
-}
-
-/// id → (kind, urls).
-type Registry = Arc<Mutex<HashMap<Id, (String, Vec<String>)>>>;
-
-/// A broker that keeps registrations in memory and never checks liveness.
-struct FakeBroker {
-    url: String,
-    registry: Registry,
-    task: JoinHandle<()>,
-}
-
-impl FakeBroker {
-    async fn start() -> FakeBroker {
-        let registry: Registry = Arc::default();
-        let broker_id = Id::random();
-        let on_register = {
-            let registry = Arc::clone(&registry);
-            move |axum::Json(reg): axum::Json<Registration>| {
-                let registry = Arc::clone(&registry);
-                async move {
-                    let urls = reg.all_urls();
-                    registry
-                        .lock()
-                        .expect("registry lock")
-                        .insert(reg.id, (reg.kind, urls));
-                    axum::Json(serde_json::json!({ "id": broker_id }))
-                }
-            }
-        };
-        let on_location = {
-            let registry = Arc::clone(&registry);
-            move |AxumPath(id): AxumPath<String>| {
-                let registry = Arc::clone(&registry);
-                async move {
-                    let found = Id::parse(&id).ok().and_then(|id| {
-                        let registry = registry.lock().expect("registry lock");
-                        registry.get(&id).map(|(_, urls)| (id, urls.clone()))
-                    });
-                    match found {
-                        Some((id, urls)) => axum::Json(Location {
-                            id,
-                            url: urls.first().cloned(),
-                            urls,
-                            ttl: None,
-                            token: None,
-                        })
-                        .into_response(),
-                        None => (AxumStatus::NOT_FOUND, "unknown id").into_response(),
-                    }
-                }
-            }
-        };
-        let on_registered = {
-            let registry = Arc::clone(&registry);
-            move |AxumPath(kind): AxumPath<String>| {
-                let registry = Arc::clone(&registry);
-                async move {
-                    let registry = registry.lock().expect("registry lock");
-                    let mut ids: Vec<Id> = registry
-                        .iter()
-                        .filter(|(_, (k, _))| *k == kind)
-                        .map(|(id, _)| *id)
-                        .collect();
-                    ids.sort();
-                    axum::Json(ids)
-                }
-            }
-        };
-        let router = axum::Router::new()
-            .route("/broker/register", axum::routing::post(on_register.clone()))
-            .route("/broker/register/", axum::routing::post(on_register))
-            .route("/broker/location/{id}", axum::routing::get(on_location))
-            .route(
-                "/broker/registered/{kind}",
-                axum::routing::get(on_registered),
-            );
-        let (url, task) = spawn_app(router).await;
-        FakeBroker {
-            url,
-            registry,
-            task,
-        }
-    }
-
-    fn register(&self, id: Id, kind: &str, url: &str) {
-        self.registry
-            .lock()
-            .expect("registry lock")
-            .insert(id, (kind.to_string(), vec![url.to_string()]));
-    }
-
-    fn knows(&self, id: &Id) -> bool {
-        self.registry
-            .lock()
-            .expect("registry lock")
-            .contains_key(id)
-    }
-
-    fn client(&self) -> BrokerClient {
-        BrokerClient::new(&self.url).expect("broker client")
-    }
-}
-
-impl Drop for FakeBroker {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// A storage server that answers `/id` and `HEAD /storage/:id` (200 for `held`, else
@@ -598,7 +455,7 @@ async fn notify_without_a_broker_adds_the_peer() {
 #[tokio::test]
 async fn notify_with_a_broker_requires_resolution() {
     let broker = FakeBroker::start().await;
-    let find = TestFind::start(quick_config(), Some(&broker.url)).await;
+    let find = TestFind::start(quick_config(), Some(broker.url())).await;
 
     // Unknown to the broker: 404, not added.
     let stranger = Id::of_content(b"stranger");
@@ -622,7 +479,7 @@ async fn notify_with_a_broker_requires_resolution() {
     fake_task.abort();
 
     // A real find server: added.
-    let other = TestFind::start(quick_config(), Some(&broker.url)).await;
+    let other = TestFind::start(quick_config(), Some(broker.url())).await;
     eventually("the broker knows the second find server", || async {
         broker.knows(&other.id())
     })
@@ -736,11 +593,11 @@ async fn records_not_refreshed_within_the_ttl_are_dropped() {
 #[tokio::test]
 async fn records_of_a_stopped_storage_server_age_out() {
     let broker = FakeBroker::start().await;
-    let find = TestFind::start(aging_config(), Some(&broker.url)).await;
+    let find = TestFind::start(aging_config(), Some(broker.url())).await;
     let storage_dir = tempfile::tempdir().expect("storage dir");
     let storage = launch_storage(
         storage_dir.path(),
-        Some(broker.url.clone()),
+        Some(broker.url().to_string()),
         vec![find.server.url().to_string()],
     )
     .await;
@@ -766,7 +623,7 @@ async fn records_of_a_stopped_storage_server_age_out() {
 #[tokio::test]
 async fn records_of_blocks_a_container_lost_are_dropped() {
     let broker = FakeBroker::start().await;
-    let find = TestFind::start(aging_config(), Some(&broker.url)).await;
+    let find = TestFind::start(aging_config(), Some(broker.url())).await;
     let container = Id::of_content(b"fake storage");
     let kept = seeded_ids(6, 5);
     let lost = seeded_ids(7, 5);
@@ -799,7 +656,7 @@ async fn blobs_are_found_from_any_of_three_find_servers() {
     let broker = FakeBroker::start().await;
     let mut finds = Vec::new();
     for _ in 0..3 {
-        finds.push(TestFind::start(quick_config(), Some(&broker.url)).await);
+        finds.push(TestFind::start(quick_config(), Some(broker.url())).await);
     }
     for a in &finds {
         for b in &finds {
@@ -816,7 +673,7 @@ async fn blobs_are_found_from_any_of_three_find_servers() {
     let storage_dir = tempfile::tempdir().expect("storage dir");
     let storage = launch_storage(
         storage_dir.path(),
-        Some(broker.url.clone()),
+        Some(broker.url().to_string()),
         vec![finds[0].server.url().to_string()],
     )
     .await;
@@ -888,8 +745,8 @@ async fn blobs_are_found_from_any_of_three_find_servers() {
 async fn lookup_follows_closer_answers() {
     // A find server that knows nothing but a nearer peer, which holds the record.
     let broker = FakeBroker::start().await;
-    let near = TestFind::start(quick_config(), Some(&broker.url)).await;
-    let far = TestFind::start(quick_config(), Some(&broker.url)).await;
+    let near = TestFind::start(quick_config(), Some(broker.url())).await;
+    let far = TestFind::start(quick_config(), Some(broker.url())).await;
     eventually("the far server knows the near one", || async {
         far.knows_peer(&near.id()).await
     })
@@ -932,8 +789,8 @@ async fn lookup_follows_closer_answers() {
 #[tokio::test]
 async fn a_find_server_that_stops_answering_leaves_the_routing_table() {
     let broker = FakeBroker::start().await;
-    let a = TestFind::start(quick_config(), Some(&broker.url)).await;
-    let b = TestFind::start(quick_config(), Some(&broker.url)).await;
+    let a = TestFind::start(quick_config(), Some(broker.url())).await;
+    let b = TestFind::start(quick_config(), Some(broker.url())).await;
     eventually("a knows b", || async { a.knows_peer(&b.id()).await }).await;
     let b_id = b.id();
     b.server.stop().await.expect("stop b");

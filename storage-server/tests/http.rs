@@ -4,7 +4,6 @@
 //! directory. Success paths go through the typed [`StorageClient`]; status codes,
 //! headers and error answers are checked with raw `reqwest`.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,6 +12,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use invariant_runtime::{Role, Server, ServerContext, ServerOptions};
 use invariant_spec::{Id, StorageClient};
+use invariant_test_support::{FakeBroker, spawn_app};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use reqwest::StatusCode;
@@ -88,47 +88,6 @@ async fn launch(data_dir: &Path, max_blob_size: u64, broker: Option<String>) -> 
     )
     .await
     .expect("start storage server")
-}
-
-/// Serves `router` on a free loopback port; returns its url and the serving task.
-async fn spawn_app(router: axum::Router) -> (String, JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind fake server");
-    let addr = listener.local_addr().expect("fake server address");
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    (format!("http://{addr}"), task)
-}
-
-/// A broker that answers `GET /broker/location/{id}` for the given ids, 404 otherwise.
-async fn spawn_fake_broker(locations: HashMap<Id, String>) -> (String, JoinHandle<()>) {
-    let locations = Arc::new(locations);
-    let router = axum::Router::new().route(
-        "/broker/location/{id}",
-        axum::routing::get(
-            move |axum::extract::Path(id): axum::extract::Path<String>| {
-                let locations = Arc::clone(&locations);
-                async move {
-                    use axum::response::IntoResponse;
-                    let found = Id::parse(&id)
-                        .ok()
-                        .and_then(|id| locations.get(&id).map(|url| (id, url.clone())));
-                    match found {
-                        Some((id, url)) => axum::Json(serde_json::json!({
-                            "id": id,
-                            "urls": [url.clone()],
-                            "url": url,
-                        }))
-                        .into_response(),
-                        None => (axum::http::StatusCode::NOT_FOUND, "unknown id").into_response(),
-                    }
-                }
-            },
-        ),
-    );
-    spawn_app(router).await
 }
 
 /// A "storage server" that answers every `GET /storage/{address}` with bytes that do
@@ -1350,12 +1309,12 @@ async fn fetch_copies_blobs_through_a_broker() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         format!("http://{}", listener.local_addr().expect("addr"))
     };
-    let mut locations = HashMap::new();
-    locations.insert(a.server.id(), a.server.url().to_string());
-    locations.insert(liar_id, liar_url);
-    locations.insert(dead_id, dead_url);
-    let (broker_url, broker_task) = spawn_fake_broker(locations).await;
-    let b = TestServer::start_with_broker(DEFAULT_MAX_BLOB_SIZE, Some(broker_url)).await;
+    let broker = FakeBroker::start().await;
+    broker.register(a.server.id(), "storage", a.server.url());
+    broker.register(liar_id, "storage", &liar_url);
+    broker.register(dead_id, "storage", &dead_url);
+    let b =
+        TestServer::start_with_broker(DEFAULT_MAX_BLOB_SIZE, Some(broker.url().to_string())).await;
 
     let response = b
         .http
@@ -1484,7 +1443,7 @@ async fn fetch_copies_blobs_through_a_broker() {
 
     b.stop().await;
     a.stop().await;
-    broker_task.abort();
+    drop(broker);
     liar_task.abort();
 }
 

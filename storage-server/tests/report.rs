@@ -4,55 +4,21 @@
 //! `registered`, `location` and `register`. Waits for background reports poll with a
 //! generous deadline; nothing asserts on speed.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use axum::extract::Path as AxumPath;
 use axum::http::StatusCode as AxumStatus;
-use axum::response::IntoResponse;
 use bytes::Bytes;
 use invariant_runtime::{Role, Server, ServerContext, ServerOptions};
-use invariant_spec::broker::Location;
 use invariant_spec::find::HasRequest;
 use invariant_spec::{Id, StorageClient};
+use invariant_test_support::{FakeBroker, eventually, spawn_app};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use storage_server::StorageConfig;
 use storage_server::report::BATCH;
 use tokio::task::JoinHandle;
-
-const PATIENCE: Duration = Duration::from_secs(30);
-
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + PATIENCE;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-async fn spawn_app(router: axum::Router) -> (String, JoinHandle<()>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind fake server");
-    let addr = listener.local_addr().expect("fake server address");
-    let task = tokio::spawn(async move {
-        let _ = axum::serve(listener, router).await;
-    });
-    (format!("http://{addr}"), task)
-}
 
 /// A find server that only records the has reports it receives.
 struct FakeFind {
@@ -111,52 +77,6 @@ impl Drop for FakeFind {
     fn drop(&mut self) {
         self.task.abort();
     }
-}
-
-/// A broker answering `location` from `locations` and `registered/find` with `finds`.
-async fn spawn_fake_broker(
-    locations: HashMap<Id, String>,
-    finds: Vec<Id>,
-) -> (String, JoinHandle<()>) {
-    let locations = Arc::new(locations);
-    let router = axum::Router::new()
-        .route(
-            "/broker/location/{id}",
-            axum::routing::get(move |AxumPath(id): AxumPath<String>| {
-                let locations = Arc::clone(&locations);
-                async move {
-                    match Id::parse(&id)
-                        .ok()
-                        .and_then(|id| locations.get(&id).map(|u| (id, u.clone())))
-                    {
-                        Some((id, url)) => axum::Json(Location {
-                            id,
-                            urls: vec![url.clone()],
-                            url: Some(url),
-                            ttl: None,
-                            token: None,
-                        })
-                        .into_response(),
-                        None => (AxumStatus::NOT_FOUND, "unknown").into_response(),
-                    }
-                }
-            }),
-        )
-        .route(
-            "/broker/registered/{kind}",
-            axum::routing::get(move |AxumPath(kind): AxumPath<String>| {
-                let finds = finds.clone();
-                async move {
-                    let ids = if kind == "find" { finds } else { Vec::new() };
-                    axum::Json(ids)
-                }
-            }),
-        )
-        .route(
-            "/broker/register/",
-            axum::routing::post(|| async { axum::Json(serde_json::json!({"id": Id::random()})) }),
-        );
-    spawn_app(router).await
 }
 
 async fn launch(data_dir: &Path, broker: Option<String>, find: Vec<String>) -> Server {
@@ -282,13 +202,11 @@ async fn without_the_flag_the_brokers_find_servers_are_used() {
         .await
         .expect("post to holder");
 
-    let locations = HashMap::from([
-        (find.id, find.url.clone()),
-        (holder.id(), holder.url().to_string()),
-    ]);
-    let (broker_url, broker_task) = spawn_fake_broker(locations, vec![find.id]).await;
+    let broker = FakeBroker::start().await;
+    broker.register(find.id, "find", &find.url);
+    broker.register(holder.id(), "storage", holder.url());
     let dir = tempfile::tempdir().expect("data dir");
-    let storage = launch(dir.path(), Some(broker_url), Vec::new()).await;
+    let storage = launch(dir.path(), Some(broker.url().to_string()), Vec::new()).await;
     let client = StorageClient::new(storage.url()).expect("client");
 
     let put = client
@@ -307,5 +225,5 @@ async fn without_the_flag_the_brokers_find_servers_are_used() {
 
     storage.stop().await.expect("stop");
     holder.stop().await.expect("stop holder");
-    broker_task.abort();
+    drop(broker);
 }
