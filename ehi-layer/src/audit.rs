@@ -16,7 +16,8 @@
 //!
 //! ## AuditEvent shape
 //! `type` DICOM `110110` "Patient Record"; `subtype` the action
-//! (`urn:ehi-layer:audit-action`: import, grant, revoke, export, remove, read, search);
+//! (`urn:ehi-layer:audit-action`: import, grant, revoke, export, remove, read, search,
+//! emergency, device);
 //! `action` (C, R, U, D, E); `recorded`; `outcome` `0` (success) or `8` (failure);
 //! `purposeOfEvent` (grants: the PurposeOfUse code); `agent` (who: the writer's key
 //! as an identifier, `requestor: true`); `source.observer` (the writing device or app);
@@ -49,6 +50,23 @@ pub const ENTRY_FORMAT: u32 = 1;
 /// Code system of [`AuditAction`] codes in `AuditEvent.subtype`.
 pub const ACTION_SYSTEM: &str = "urn:ehi-layer:audit-action";
 
+/// Code system of the break-glass security label `BTG` on emergency AuditEvents.
+pub const BTG_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+
+/// Whether an AuditEvent is flagged as a break-glass emergency access (purpose
+/// `ETREAT` and security label `BTG`).
+pub fn is_emergency(event: &Value) -> bool {
+    let label = event
+        .pointer("/meta/security")
+        .and_then(Value::as_array)
+        .is_some_and(|l| l.iter().any(|c| c["code"] == "BTG"));
+    let purpose = event
+        .pointer("/purposeOfEvent/0/coding/0/code")
+        .and_then(Value::as_str)
+        == Some("ETREAT");
+    label && purpose
+}
+
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuditAction {
@@ -66,6 +84,11 @@ pub enum AuditAction {
     Read,
     /// A search by the patient.
     Search,
+    /// Break-glass emergency access (or its policy), see [`crate::emergency`]: the
+    /// AuditEvent carries purpose `ETREAT` and the security label `BTG`.
+    Emergency,
+    /// A device joined or was removed ([`crate::device`]).
+    Device,
 }
 
 impl AuditAction {
@@ -79,6 +102,8 @@ impl AuditAction {
             AuditAction::Remove => "remove",
             AuditAction::Read => "read",
             AuditAction::Search => "search",
+            AuditAction::Emergency => "emergency",
+            AuditAction::Device => "device",
         }
     }
 
@@ -88,7 +113,8 @@ impl AuditAction {
             AuditAction::Import | AuditAction::Grant => "C",
             AuditAction::Revoke => "U",
             AuditAction::Remove => "D",
-            AuditAction::Read | AuditAction::Search => "R",
+            AuditAction::Read | AuditAction::Search | AuditAction::Emergency => "R",
+            AuditAction::Device => "U",
             AuditAction::Export => "E",
         }
     }
@@ -105,6 +131,8 @@ impl std::str::FromStr for AuditAction {
             AuditAction::Remove,
             AuditAction::Read,
             AuditAction::Search,
+            AuditAction::Emergency,
+            AuditAction::Device,
         ]
         .into_iter()
         .find(|a| a.code().eq_ignore_ascii_case(s))
@@ -165,6 +193,13 @@ impl AuditRecord {
         if let Some(purpose) = &self.purpose {
             event["purposeOfEvent"] = json!([{"coding": [{
                 "system": crate::grant::PURPOSE_SYSTEM, "code": purpose}]}]);
+        }
+        if self.action == AuditAction::Emergency {
+            // Break-glass: flagged by the purpose ETREAT and the security label BTG.
+            event["purposeOfEvent"] = json!([{"coding": [{
+                "system": crate::grant::PURPOSE_SYSTEM, "code": "ETREAT"}]}]);
+            event["meta"] = json!({"security": [{"system": BTG_SYSTEM, "code": "BTG",
+                                                  "display": "break the glass"}]});
         }
         event
     }

@@ -225,6 +225,10 @@ pub enum EhiError {
     /// The app asked for data outside its grant.
     #[error("not granted: {0}")]
     NotGranted(String),
+    /// A device invite code was refused (unknown, expired, already used, or answered
+    /// by something that does not hold the code's secret). See [`crate::device`].
+    #[error("invite code refused: {0}")]
+    Invite(String),
 }
 
 impl EhiError {

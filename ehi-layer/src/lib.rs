@@ -148,6 +148,8 @@
 
 pub mod app;
 pub mod audit;
+pub mod device;
+pub mod emergency;
 pub mod error;
 pub mod export;
 pub mod fhir;
@@ -162,6 +164,7 @@ pub mod seal;
 mod search;
 pub mod serve;
 pub mod session;
+mod slotmove;
 pub mod time;
 pub mod vault;
 

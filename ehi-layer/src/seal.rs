@@ -84,6 +84,10 @@ pub enum Kind {
     Chunk = 4,
     /// An audit log entry ([`crate::audit`]).
     Audit = 5,
+    /// Emergency (break-glass) policy and access log ([`crate::emergency`]).
+    Emergency = 6,
+    /// Device pairing messages ([`crate::device`]).
+    Device = 7,
 }
 
 /// The chunk list a chunked object's head carries (postcard, format 1).

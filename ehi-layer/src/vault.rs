@@ -56,7 +56,9 @@ use crate::search::Index;
 use crate::time::{instant, now_ms};
 
 mod audit_log;
+mod devices;
 mod sharing;
+pub use devices::{DeviceRemoval, WatchEvent};
 pub use sharing::RevokeReport;
 
 /// The bytes of the tombstone blob a removed vault's slots point at (public, the same
