@@ -21,8 +21,8 @@ async fn break_glass_is_logged_flagged_and_surfaced_until_acknowledged() -> anyh
     assert!(emergency::pending(&vault, &keystore).await?.is_empty());
 
     let holder = AppKeystore::generate("County ER")?;
-    let ticket = emergency::set_policy(&vault, &keystore, holder.card().verify()?, Vec::new())
-        .await?;
+    let ticket =
+        emergency::set_policy(&vault, &keystore, holder.card().verify()?, Vec::new()).await?;
     // The ticket goes to the holder as JSON and comes back intact.
     let ticket = EmergencyTicket::parse(serde_json::to_string(&ticket)?.as_bytes())?;
     let policy = emergency::policy(&vault, &keystore)
@@ -89,7 +89,11 @@ async fn break_glass_is_logged_flagged_and_surfaced_until_acknowledged() -> anyh
         .filter(|e| e.action().as_deref() == Some("emergency"))
         .collect();
     assert_eq!(flagged.len(), 2);
-    assert!(flagged.iter().all(|e| is_emergency(&e.event().expect("event"))));
+    assert!(
+        flagged
+            .iter()
+            .all(|e| is_emergency(&e.event().expect("event")))
+    );
     assert!(flagged[0].event.contains("County ER"));
     vault.audit_verify().await?;
 
