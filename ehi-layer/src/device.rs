@@ -117,6 +117,16 @@ pub fn this_device(keystore: &Keystore) -> String {
     device_id(&keystore.hpke_public())
 }
 
+/// Whether the root key this keystore holds itself (generation 0) opens the vault root
+/// blob `blob`. For tests and diagnostics: after [`crate::Vault::remove_device`] the
+/// roots are sealed under a later generation that only the remaining devices receive,
+/// so this is false for every new root, whoever asks (devices open them through the
+/// keyring, see `vault/devices.rs`).
+pub fn opens_root(keystore: &Keystore, blob: &[u8]) -> bool {
+    let key = keystore.root_key().derive(crate::keys::CONTEXT_ROOT);
+    seal::open_object(&key, Kind::Root, "vault", blob, "a vault root").is_ok()
+}
+
 /// A parsed invite code.
 pub struct InviteCode {
     expires_s: u32,

@@ -229,6 +229,10 @@ pub enum EhiError {
     /// by something that does not hold the code's secret). See [`crate::device`].
     #[error("invite code refused: {0}")]
     Invite(String),
+    /// This keystore is not (or no longer) one of the vault's devices: the root is
+    /// sealed under a root key generation it was not given. See [`crate::device`].
+    #[error("this device cannot open the vault: {0}")]
+    NotADevice(String),
 }
 
 impl EhiError {

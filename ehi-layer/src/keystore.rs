@@ -219,6 +219,11 @@ impl Keystore {
         ed25519_dalek::SigningKey::from_bytes(self.secrets.signing_seed.expose())
     }
 
+    /// This device's HPKE seed (opens keys sealed to [`Keystore::hpke_public`]).
+    pub(crate) fn hpke_seed(&self) -> &SecretKey {
+        &self.secrets.hpke_seed
+    }
+
     /// The vault root key.
     pub(crate) fn root_key(&self) -> &SecretKey {
         &self.secrets.root_key

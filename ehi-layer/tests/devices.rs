@@ -12,6 +12,26 @@ use ehi_layer::device::{self, Invite};
 use ehi_layer::{EhiError, Keystore, Network, Vault};
 use serde_json::{Value, json};
 
+/// The stored bytes of the vault's current root, read from a storage server's disk.
+async fn root_bytes(net: &TestNet, vault: &Vault) -> anyhow::Result<Vec<u8>> {
+    let address = vault.status().await?.root.to_string();
+    for file in net.blob_files() {
+        let name: String = file
+            .iter()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        if name == address {
+            return Ok(std::fs::read(file)?);
+        }
+    }
+    anyhow::bail!("root {address} is on no storage server")
+}
+
 fn observation(id: &str, value: f64) -> Value {
     json!({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {
         "resourceType": "Observation", "id": id, "status": "final",
@@ -244,8 +264,14 @@ async fn removing_a_device_rotates_every_scope_key() -> anyhow::Result<()> {
         vault.remove_device("0123456789abcdef").await,
         Err(EhiError::NotFound(_))
     ));
+    // Before: the joined device's own keys open the root as it is stored.
+    let old_root = root_bytes(&net, &vault).await?;
+    assert!(device::opens_root(&joined, &old_root));
+    assert_eq!(ehi_layer::seal::epoch_of(&old_root), Some(0));
+
     let removal = vault.remove_device(&id).await?;
     assert_eq!(removal.rotated.len(), 8);
+    assert_eq!(removal.root_generation, 1);
     assert_eq!(vault.devices().await.len(), 1);
     let after = vault.status().await?;
     for (old, new) in before.scopes.iter().zip(&after.scopes) {
@@ -274,6 +300,29 @@ async fn removing_a_device_rotates_every_scope_key() -> anyhow::Result<()> {
             .iter()
             .any(|e| e.action().as_deref() == Some("device") && e.event.contains("removed"))
     );
-    drop(joined);
+    // The bytes the removed device can fetch: the new root is sealed under generation
+    // 1, which its keys do not open (nor those of the gen-0 key of anyone).
+    let new_root = root_bytes(&net, &vault).await?;
+    assert_eq!(ehi_layer::seal::epoch_of(&new_root), Some(1));
+    assert!(!device::opens_root(&joined, &new_root));
+    assert!(!device::opens_root(&keystore, &new_root));
+    // So the removed device cannot open the vault any more (the keyring has no entry
+    // for it) and never learns the new scope keys.
+    let err = Vault::open(net.connect(Some(&joined)).await?, &joined)
+        .await
+        .expect_err("removed device");
+    assert!(matches!(err, EhiError::NotADevice(_)), "{err}");
+    // The remaining device opens it afresh (through the keyring), audit log included.
+    let reopened = Vault::open(net.connect(Some(&keystore)).await?, &keystore).await?;
+    assert_eq!(
+        reopened.read("Observation", "after-removal").await?["valueQuantity"]["value"],
+        55.0
+    );
+    reopened.audit_verify().await?;
+    // A device paired after the removal is given the new generation and reads.
+    let (third, _) = pair(&net, &vault, &keystore).await?;
+    let on_third = Vault::open(net.connect(Some(&third)).await?, &third).await?;
+    on_third.read("Observation", "after-removal").await?;
+    assert_eq!(vault.devices().await.len(), 2);
     Ok(())
 }

@@ -1,10 +1,104 @@
 //! The patient's devices in the vault root (`devices`, [`DeviceRecord`]: each device's
 //! HPKE public key and when it joined): listing, adding (after a pairing, see
-//! [`crate::device`]), removing (with a key rotation of every scope), and keeping a
-//! device in sync by watching the vault slot.
+//! [`crate::device`]), removing (rotating the root key and every scope key), and keeping
+//! a device in sync by watching the vault slot.
+//!
+//! ## Root key generations and the device keyring
+//! Generation 0 of the root's AEAD key is derived from the keystore's root key (every
+//! device that ever joined has it). Removing a device creates generation `g + 1`: a
+//! random key that seals every later root and audit entry (the envelope's epoch field
+//! carries the generation). The keys of generations 1..=g+1 reach the remaining devices
+//! through the **device keyring**: a slot (ed25519 seed `BLAKE3-derive_key("invariant
+//! ehi-layer v1 device keyring slot", generation-0 root AEAD key)`) pointing at a blob
+//! holding, for each device listed in the root, the keys HPKE-sealed to that device's
+//! key (info `"invariant ehi-layer v1 device keyring"`, aad = keyring slot ‖
+//! generation). A device meeting a root of a generation it lacks reads the keyring; the
+//! removed device finds no entry sealed to it and gets [`EhiError::NotADevice`]. A
+//! device joining later is added to the keyring by the device that lets it in.
+//! The keyring blob is not an envelope: servers see how many devices there are (the
+//! number of entries) and when the keyring changes, nothing else.
 
 use super::*;
 use crate::device::{DeviceInfo, device_id};
+use crate::keystore::{HpkeSealed, hpke_open_with_seed, hpke_seal};
+use crate::slotmove;
+use serde::{Deserialize, Serialize};
+
+/// BLAKE3 context: the device keyring slot's seed, from the generation-0 root AEAD key.
+pub const CONTEXT_KEYRING_SLOT: &str = "invariant ehi-layer v1 device keyring slot";
+/// HPKE `info` of keyring entries.
+const KEYRING_INFO: &[u8] = b"invariant ehi-layer v1 device keyring";
+
+/// The root's AEAD keys by generation, and the generation of the current root.
+#[derive(Clone, Debug)]
+pub(super) struct RootKeys {
+    keys: BTreeMap<u32, SecretKey>,
+    current: u32,
+}
+
+impl RootKeys {
+    /// Generation 0 only.
+    pub(super) fn new(generation0: SecretKey) -> RootKeys {
+        RootKeys {
+            keys: BTreeMap::from([(0, generation0)]),
+            current: 0,
+        }
+    }
+
+    /// The key of `generation`.
+    pub(super) fn get(&self, generation: u32) -> Option<SecretKey> {
+        self.keys.get(&generation).cloned()
+    }
+
+    /// The generation new roots are sealed under, and its key.
+    pub(super) fn current(&self) -> (u32, SecretKey) {
+        match self.keys.get(&self.current) {
+            Some(key) => (self.current, key.clone()),
+            // `current` is only set to a generation present in `keys`.
+            None => (
+                0,
+                self.keys
+                    .get(&0)
+                    .cloned()
+                    .unwrap_or_else(|| SecretKey::from_bytes([0; 32])),
+            ),
+        }
+    }
+
+    fn newest(&self) -> u32 {
+        self.keys.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// Generations 1.. (what the keyring carries).
+    fn later(&self) -> Vec<(u32, SecretKey)> {
+        self.keys
+            .iter()
+            .filter(|(g, _)| **g > 0)
+            .map(|(g, k)| (*g, k.clone()))
+            .collect()
+    }
+}
+
+/// The keyring blob (postcard, format 1).
+#[derive(Serialize, Deserialize)]
+struct Keyring {
+    format: u32,
+    generation: u32,
+    entries: Vec<HpkeSealed>,
+}
+
+/// What one keyring entry seals: the root keys of generations 1..=generation.
+#[derive(Serialize, Deserialize)]
+struct KeyringKeys {
+    format: u32,
+    keys: Vec<(u32, SecretKey)>,
+}
+
+fn keyring_aad(slot: &Id, generation: u32) -> Vec<u8> {
+    let mut aad = slot.as_bytes().to_vec();
+    aad.extend_from_slice(&generation.to_le_bytes());
+    aad
+}
 
 /// What removing a device did.
 #[derive(Clone, Debug)]
@@ -12,6 +106,8 @@ use crate::device::{DeviceInfo, device_id};
 pub struct DeviceRemoval {
     /// The removed device.
     pub device: String,
+    /// The new root key generation (given to the remaining devices only).
+    pub root_generation: u32,
     /// Every scope, with the new key epoch it moved to.
     pub rotated: Vec<(Scope, u32)>,
     /// Grants re-sealed with the new keys.
@@ -29,6 +125,112 @@ pub struct WatchEvent {
 }
 
 impl Vault {
+    fn keyring_slot(&self) -> Result<(SlotSigner, Id)> {
+        slotmove::slot_of(self.root_key.derive(CONTEXT_KEYRING_SLOT).expose())
+    }
+
+    /// Fetches and opens the root at `head`, reading the device keyring first when the
+    /// root is sealed under a generation this device does not hold yet. Sets the
+    /// current generation to the root's.
+    pub(super) async fn fetch_root(
+        &self,
+        state: &mut State,
+        head: Id,
+    ) -> Result<(Zeroizing<Vec<u8>>, Vec<Id>)> {
+        let bytes = self.net.get(&head, "the vault root").await?;
+        let generation = seal::epoch_of(&bytes)
+            .ok_or_else(|| EhiError::corrupt("the vault root", "not an ehi-layer envelope"))?;
+        if state.root_keys.get(generation).is_none() {
+            self.load_keyring(state, generation).await?;
+        }
+        let keys = state.root_keys.clone();
+        let opened = self
+            .fetch_object(head, Kind::Root, "vault", "the vault root", move |g| {
+                keys.get(g)
+            })
+            .await?;
+        state.root_keys.current = generation;
+        Ok(opened)
+    }
+
+    /// Reads the keyring and takes the root keys sealed to this device.
+    async fn load_keyring(&self, state: &mut State, wanted: u32) -> Result<()> {
+        let (_, slot) = self.keyring_slot()?;
+        let not_device = || {
+            EhiError::NotADevice(format!(
+                "the vault root is sealed under root key generation {wanted}, which was not                  given to this device (it was removed, or not yet added by the device that                  let it in)"
+            ))
+        };
+        let Some(address) = slotmove::read(&self.net, slot, "device keyring").await? else {
+            return Err(not_device());
+        };
+        let blob = self.net.get(&address, "the device keyring").await?;
+        let keyring: Keyring = postcard::from_bytes(&blob)
+            .map_err(|e| EhiError::corrupt("the device keyring", format!("{e}")))?;
+        if keyring.format != 1 {
+            return Err(EhiError::UnsupportedFormat {
+                what: "device keyring",
+                found: keyring.format,
+                supported: 1,
+            });
+        }
+        let aad = keyring_aad(&slot, keyring.generation);
+        for entry in &keyring.entries {
+            let Ok(plain) = hpke_open_with_seed(&self.hpke_seed, entry, KEYRING_INFO, &aad) else {
+                continue;
+            };
+            let keys: KeyringKeys = postcard::from_bytes(&plain)
+                .map_err(|e| EhiError::corrupt("the device keyring", format!("{e}")))?;
+            for (generation, key) in keys.keys {
+                state.root_keys.keys.entry(generation).or_insert(key);
+            }
+            break;
+        }
+        if state.root_keys.get(wanted).is_none() {
+            return Err(not_device());
+        }
+        Ok(())
+    }
+
+    /// Writes the keyring for `devices` with every root key generation above 0 in
+    /// `keys`, and points the keyring slot at it (before the root that needs it).
+    async fn publish_keyring(&self, keys: &RootKeys, devices: &[DeviceRecord]) -> Result<()> {
+        let (signer, slot) = self.keyring_slot()?;
+        let generation = keys.newest();
+        let payload = Zeroizing::new(format::encode(
+            &KeyringKeys {
+                format: 1,
+                keys: keys.later(),
+            },
+            "device keyring",
+        )?);
+        let aad = keyring_aad(&slot, generation);
+        let mut entries = Vec::with_capacity(devices.len());
+        for device in devices {
+            entries.push(hpke_seal(
+                &device.hpke_public,
+                KEYRING_INFO,
+                &aad,
+                &payload,
+            )?);
+        }
+        let bytes = format::encode(
+            &Keyring {
+                format: 1,
+                generation,
+                entries,
+            },
+            "device keyring",
+        )?;
+        let blob = Blob {
+            address: Id::of_content(&bytes),
+            bytes: bytes::Bytes::from(bytes),
+        };
+        self.net.put(&blob).await?;
+        self.net.pin(&[blob.address]).await?;
+        slotmove::point(&self.net, &signer, slot, blob.address, "device keyring").await
+    }
+
     /// The devices listed in the vault root (as of the last refresh).
     pub async fn devices(&self) -> Vec<DeviceInfo> {
         let state = self.state.lock().await;
@@ -49,6 +251,10 @@ impl Vault {
                 return Ok(DeviceInfo::of(&record));
             }
             root.devices.push(record.clone());
+            if state.root_keys.newest() > 0 {
+                self.publish_keyring(&state.root_keys, &root.devices)
+                    .await?;
+            }
             let audit = AuditRecord::new(
                 AuditAction::Device,
                 format!("device {} joined", device_id(&hpke_public)),
@@ -103,6 +309,17 @@ impl Vault {
             let now = now_ms();
             let mut root = state.root.clone();
             root.devices.remove(position);
+            // A new root key generation, given to the remaining devices only.
+            let generation = state
+                .root_keys
+                .newest()
+                .checked_add(1)
+                .ok_or_else(|| EhiError::Crypto("root key generations exhausted".into()))?;
+            let mut keys = state.root_keys.clone();
+            keys.keys.insert(generation, SecretKey::random()?);
+            keys.current = generation;
+            self.publish_keyring(&keys, &root.devices).await?;
+            state.root_keys = keys;
             let mut blobs: Vec<Blob> = Vec::new();
             let mut manifests: Vec<(Scope, ScopeManifest)> = Vec::new();
             let mut superseded: Vec<Id> = Vec::new();
@@ -172,6 +389,7 @@ impl Vault {
                 self.net.unpin_quietly(&superseded).await;
                 return Ok(DeviceRemoval {
                     device: wanted,
+                    root_generation: generation,
                     rotated,
                     resealed: republish.len(),
                 });

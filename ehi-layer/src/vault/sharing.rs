@@ -386,7 +386,7 @@ impl Vault {
         }
         root.generation += 1;
         root.updated_ms = now_ms().max(root.updated_ms);
-        let sealed = seal_root(&root, &self.root_key)?;
+        let sealed = seal_root(&root, &state.root_keys)?;
         let head = sealed.head.address;
         let root_blocks = sealed.addresses();
         blobs.extend(sealed.into_blobs());
