@@ -9,8 +9,10 @@
 //! `"ehi-audit v1" ‖ seq (u64 LE) ‖ prev_hash ‖ writer ‖ event`. An entry's hash is
 //! `BLAKE3("ehi-audit v1 hash" ‖ signed message ‖ signature)`.
 //!
-//! Each entry is sealed as its own blob (envelope [`crate::seal`], kind `Audit`, epoch
-//! 0) under `BLAKE3-derive_key("invariant ehi-layer v1 audit log", root AEAD key)`; the
+//! Each entry is sealed as its own blob (envelope [`crate::seal`], kind `Audit`, epoch =
+//! the root key generation, 0 until a device is removed, see [`crate::device`]) under
+//! `BLAKE3-derive_key("invariant ehi-layer v1 audit log", root AEAD key of that
+//! generation)`; the
 //! vault root's `audit_head` holds the address of the newest one. Servers see one more
 //! bucket-sized blob per event, nothing of its content.
 //!
@@ -34,7 +36,12 @@
 //! off* by a rollback of the vault slot (a server can serve an older root; the head
 //! moves back, and every remaining entry still verifies).
 //!
-//! Not done yet: apps appending their own signed chains (merged by the patient's
+//! Emergency (break-glass) accesses are logged by the holder in a chain of its own,
+//! signed by the holder's key, which the patient's device verifies and copies into this
+//! log when the patient acknowledges them ([`crate::emergency`]); those events carry
+//! purpose `ETREAT` and the security label `BTG` ([`is_emergency`]).
+//!
+//! Not done yet: other apps appending their own signed chains (merged by the patient's
 //! device), and read entries are written by the `ehi` command line, not by
 //! [`crate::Vault::read`] itself (a library read stays a pure read).
 

@@ -40,18 +40,29 @@
 //! - Servers see: a new slot, three bucket-sized opaque blobs and a tombstone, and the
 //!   timing; not the secret, the joiner's key (inside the AEAD), nor the keys.
 //!
-//! ## Removing a device and what it cannot do
-//! [`crate::Vault::remove_device`] drops the device from the root and rotates **every
-//! scope** to a new key epoch (re-sealing manifests and every grant), like a revocation.
-//! Every device holds the same vault root key and signing key (the keystore is what a
-//! device *is*), and the root format has a single root key, so **a removed device that
-//! kept its keystore can still open the next roots and read the new epoch keys**: the
-//! rotation protects against a device that lost its keystore copy with the old keys
-//! only (a stolen key dump of scope keys), not against a device that keeps working.
-//! Excluding such a device needs a root key rotation sealed per remaining device (their
-//! HPKE keys are in `devices` for that) and a new vault slot, which the next root format
-//! is to bring; until then, treat a lost device like a lost keystore: create a new vault
-//! and move the data (export, import).
+//! ## Removing a device, and its limits
+//! [`crate::Vault::remove_device`] drops the device from the root, creates a new **root
+//! key generation** (a random key; the root envelope's epoch field carries the
+//! generation) that only the remaining devices receive, HPKE-sealed to each of their
+//! keys in the **device keyring** slot, and rotates **every scope** to a new key epoch
+//! (manifests and every grant re-sealed), like a revocation. Every later root, manifest,
+//! resource version and audit entry is sealed under keys the removed device never
+//! had: it gets [`EhiError::NotADevice`] when it opens the vault, and the stored bytes
+//! do not open with its keys (tests/devices.rs checks the stored root). What it cannot
+//! do:
+//! - take back what the removed device already read (the data of earlier epochs, whose
+//!   blobs stay on storage unless re-encrypted by a revocation with `reencrypt`);
+//! - take away the **signing key**: the vault slot's id is its public key, so a removed
+//!   device that kept its keystore can still move the vault slot, the scope and grant
+//!   slots whose seeds it saw, and the keyring slot (vandalism: roll back or replace,
+//!   which the remaining devices notice as an unopenable or older vault), but not write
+//!   a root they accept with the new data in it. Ending that needs a new vault slot
+//!   (export, new vault, import);
+//! - hide what derives from the generation-0 root key: the emergency policy slot and
+//!   its access log ([`crate::emergency`]) are keyed from it, so the removed device can
+//!   still read the policy (holder, grant id) and the holder's log of uses, even of a
+//!   policy set later. Keying them from the root generation is the fix, left for the
+//!   next root format.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

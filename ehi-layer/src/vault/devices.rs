@@ -32,7 +32,11 @@ const KEYRING_INFO: &[u8] = b"invariant ehi-layer v1 device keyring";
 /// The root's AEAD keys by generation, and the generation of the current root.
 #[derive(Clone, Debug)]
 pub(super) struct RootKeys {
-    keys: BTreeMap<u32, SecretKey>,
+    /// Generation 0 (derived from the keystore's root key).
+    first: SecretKey,
+    /// Generations 1.. (from the device keyring).
+    later: BTreeMap<u32, SecretKey>,
+    /// The generation of the current root (always one of the above).
     current: u32,
 }
 
@@ -40,42 +44,48 @@ impl RootKeys {
     /// Generation 0 only.
     pub(super) fn new(generation0: SecretKey) -> RootKeys {
         RootKeys {
-            keys: BTreeMap::from([(0, generation0)]),
+            first: generation0,
+            later: BTreeMap::new(),
             current: 0,
         }
     }
 
     /// The key of `generation`.
     pub(super) fn get(&self, generation: u32) -> Option<SecretKey> {
-        self.keys.get(&generation).cloned()
+        match generation {
+            0 => Some(self.first.clone()),
+            g => self.later.get(&g).cloned(),
+        }
     }
 
     /// The generation new roots are sealed under, and its key.
     pub(super) fn current(&self) -> (u32, SecretKey) {
-        match self.keys.get(&self.current) {
+        match self.later.get(&self.current) {
             Some(key) => (self.current, key.clone()),
-            // `current` is only set to a generation present in `keys`.
-            None => (
-                0,
-                self.keys
-                    .get(&0)
-                    .cloned()
-                    .unwrap_or_else(|| SecretKey::from_bytes([0; 32])),
-            ),
+            None => (0, self.first.clone()),
+        }
+    }
+
+    /// Makes `generation` (which must be held) current.
+    fn set_current(&mut self, generation: u32) {
+        if generation == 0 || self.later.contains_key(&generation) {
+            self.current = generation;
+        }
+    }
+
+    fn insert(&mut self, generation: u32, key: SecretKey) {
+        if generation > 0 {
+            self.later.entry(generation).or_insert(key);
         }
     }
 
     fn newest(&self) -> u32 {
-        self.keys.keys().next_back().copied().unwrap_or(0)
+        self.later.keys().next_back().copied().unwrap_or(0)
     }
 
     /// Generations 1.. (what the keyring carries).
     fn later(&self) -> Vec<(u32, SecretKey)> {
-        self.keys
-            .iter()
-            .filter(|(g, _)| **g > 0)
-            .map(|(g, k)| (*g, k.clone()))
-            .collect()
+        self.later.iter().map(|(g, k)| (*g, k.clone())).collect()
     }
 }
 
@@ -149,7 +159,7 @@ impl Vault {
                 keys.get(g)
             })
             .await?;
-        state.root_keys.current = generation;
+        state.root_keys.set_current(generation);
         Ok(opened)
     }
 
@@ -182,7 +192,7 @@ impl Vault {
             let keys: KeyringKeys = postcard::from_bytes(&plain)
                 .map_err(|e| EhiError::corrupt("the device keyring", format!("{e}")))?;
             for (generation, key) in keys.keys {
-                state.root_keys.keys.entry(generation).or_insert(key);
+                state.root_keys.insert(generation, key);
             }
             break;
         }
@@ -316,8 +326,8 @@ impl Vault {
                 .checked_add(1)
                 .ok_or_else(|| EhiError::Crypto("root key generations exhausted".into()))?;
             let mut keys = state.root_keys.clone();
-            keys.keys.insert(generation, SecretKey::random()?);
-            keys.current = generation;
+            keys.insert(generation, SecretKey::random()?);
+            keys.set_current(generation);
             self.publish_keyring(&keys, &root.devices).await?;
             state.root_keys = keys;
             let mut blobs: Vec<Blob> = Vec::new();
