@@ -94,7 +94,7 @@ async fn run() -> anyhow::Result<()> {
 
     // Revoke without re-encryption (4 other grants re-sealed each time).
     let mut revokes = Vec::new();
-    for round in 0..3 {
+    for (round, app) in apps.iter().enumerate().take(3) {
         let (info, _) = grants.remove(0);
         let started = Instant::now();
         let report = vault.revoke(&info.id, false).await?;
@@ -106,7 +106,7 @@ async fn run() -> anyhow::Result<()> {
             report.resealed.len()
         );
         // Keep 5 apps: grant the revoked app again.
-        let again = vault.grant(request(&apps[round], &scopes)?).await?;
+        let again = vault.grant(request(app, &scopes)?).await?;
         grants.push(again);
     }
     println!(
