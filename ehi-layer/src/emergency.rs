@@ -596,3 +596,57 @@ impl EmergencyAccess {
         Ok((session, logged))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    fn policy(holder: &SigningKey) -> Policy {
+        Policy {
+            format: POLICY_FORMAT,
+            grant: "00".into(),
+            holder_name: "ER".into(),
+            holder_signing: holder.verifying_key().to_bytes(),
+            holder_hpke: [0; 32],
+            scopes: DEFAULT_SCOPES.to_vec(),
+            created_ms: 0,
+            log_seed: SecretKey::from_bytes([1; 32]),
+            log_key: SecretKey::from_bytes([2; 32]),
+            acknowledged: 0,
+        }
+    }
+
+    fn entry(key: &SigningKey, prev: Option<&AuditEntry>, action: AuditAction) -> AuditEntry {
+        let mut record = AuditRecord::new(action, "reason");
+        record.purpose = Some(PURPOSE.into());
+        let event = record.to_fhir(&key.verifying_key().to_bytes(), "holder", 1_000);
+        AuditEntry::sign(key, prev.map(|p| (p, [9; 32])), &event).expect("sign")
+    }
+
+    #[test]
+    fn the_log_must_be_the_holders_and_flagged() {
+        let holder = SigningKey::from_bytes(&[3; 32]);
+        let intruder = SigningKey::from_bytes(&[4; 32]);
+        let p = policy(&holder);
+        let id = Id::of_content(b"x");
+
+        let first = entry(&holder, None, AuditAction::Emergency);
+        let second = entry(&holder, Some(&first), AuditAction::Emergency);
+        let uses = uses_of(&p, &[(id, first.clone()), (id, second)]).expect("valid log");
+        assert_eq!(uses.len(), 2);
+        assert!(uses[1].notice().contains("by ER"));
+
+        // An entry signed by another key is refused, naming it.
+        let forged = entry(&intruder, Some(&first), AuditAction::Emergency);
+        let err = uses_of(&p, &[(id, first.clone()), (id, forged)]).expect_err("forged");
+        assert!(err.to_string().contains("entry 1"), "{err}");
+        // An entry of the holder that is not flagged as an emergency is refused.
+        let plain = entry(&holder, Some(&first), AuditAction::Read);
+        let err = uses_of(&p, &[(id, first.clone()), (id, plain)]).expect_err("unflagged");
+        assert!(matches!(err, EhiError::Corrupt { .. }), "{err}");
+        // A dropped entry breaks the chain.
+        let second = entry(&holder, Some(&first), AuditAction::Emergency);
+        assert!(uses_of(&p, &[(id, second)]).is_err());
+    }
+}
