@@ -9,14 +9,17 @@
 //! `"ehi-audit v1" ‖ seq (u64 LE) ‖ prev_hash ‖ writer ‖ event`. An entry's hash is
 //! `BLAKE3("ehi-audit v1 hash" ‖ signed message ‖ signature)`.
 //!
-//! Each entry is sealed as its own blob (envelope [`crate::seal`], kind `Audit`, epoch
-//! 0) under `BLAKE3-derive_key("invariant ehi-layer v1 audit log", root AEAD key)`; the
+//! Each entry is sealed as its own blob (envelope [`crate::seal`], kind `Audit`, epoch =
+//! the root key generation, 0 until a device is removed, see [`crate::device`]) under
+//! `BLAKE3-derive_key("invariant ehi-layer v1 audit log", root AEAD key of that
+//! generation)`; the
 //! vault root's `audit_head` holds the address of the newest one. Servers see one more
 //! bucket-sized blob per event, nothing of its content.
 //!
 //! ## AuditEvent shape
 //! `type` DICOM `110110` "Patient Record"; `subtype` the action
-//! (`urn:ehi-layer:audit-action`: import, grant, revoke, export, remove, read, search);
+//! (`urn:ehi-layer:audit-action`: import, grant, revoke, export, remove, read, search,
+//! emergency, device);
 //! `action` (C, R, U, D, E); `recorded`; `outcome` `0` (success) or `8` (failure);
 //! `purposeOfEvent` (grants: the PurposeOfUse code); `agent` (who: the writer's key
 //! as an identifier, `requestor: true`); `source.observer` (the writing device or app);
@@ -33,7 +36,12 @@
 //! off* by a rollback of the vault slot (a server can serve an older root; the head
 //! moves back, and every remaining entry still verifies).
 //!
-//! Not done yet: apps appending their own signed chains (merged by the patient's
+//! Emergency (break-glass) accesses are logged by the holder in a chain of its own,
+//! signed by the holder's key, which the patient's device verifies and copies into this
+//! log when the patient acknowledges them ([`crate::emergency`]); those events carry
+//! purpose `ETREAT` and the security label `BTG` ([`is_emergency`]).
+//!
+//! Not done yet: other apps appending their own signed chains (merged by the patient's
 //! device), and read entries are written by the `ehi` command line, not by
 //! [`crate::Vault::read`] itself (a library read stays a pure read).
 
@@ -48,6 +56,23 @@ use crate::time::instant;
 pub const ENTRY_FORMAT: u32 = 1;
 /// Code system of [`AuditAction`] codes in `AuditEvent.subtype`.
 pub const ACTION_SYSTEM: &str = "urn:ehi-layer:audit-action";
+
+/// Code system of the break-glass security label `BTG` on emergency AuditEvents.
+pub const BTG_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ActCode";
+
+/// Whether an AuditEvent is flagged as a break-glass emergency access (purpose
+/// `ETREAT` and security label `BTG`).
+pub fn is_emergency(event: &Value) -> bool {
+    let label = event
+        .pointer("/meta/security")
+        .and_then(Value::as_array)
+        .is_some_and(|l| l.iter().any(|c| c["code"] == "BTG"));
+    let purpose = event
+        .pointer("/purposeOfEvent/0/coding/0/code")
+        .and_then(Value::as_str)
+        == Some("ETREAT");
+    label && purpose
+}
 
 /// What happened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -66,6 +91,11 @@ pub enum AuditAction {
     Read,
     /// A search by the patient.
     Search,
+    /// Break-glass emergency access (or its policy), see [`crate::emergency`]: the
+    /// AuditEvent carries purpose `ETREAT` and the security label `BTG`.
+    Emergency,
+    /// A device joined or was removed ([`crate::device`]).
+    Device,
 }
 
 impl AuditAction {
@@ -79,6 +109,8 @@ impl AuditAction {
             AuditAction::Remove => "remove",
             AuditAction::Read => "read",
             AuditAction::Search => "search",
+            AuditAction::Emergency => "emergency",
+            AuditAction::Device => "device",
         }
     }
 
@@ -88,7 +120,8 @@ impl AuditAction {
             AuditAction::Import | AuditAction::Grant => "C",
             AuditAction::Revoke => "U",
             AuditAction::Remove => "D",
-            AuditAction::Read | AuditAction::Search => "R",
+            AuditAction::Read | AuditAction::Search | AuditAction::Emergency => "R",
+            AuditAction::Device => "U",
             AuditAction::Export => "E",
         }
     }
@@ -105,6 +138,8 @@ impl std::str::FromStr for AuditAction {
             AuditAction::Remove,
             AuditAction::Read,
             AuditAction::Search,
+            AuditAction::Emergency,
+            AuditAction::Device,
         ]
         .into_iter()
         .find(|a| a.code().eq_ignore_ascii_case(s))
@@ -165,6 +200,13 @@ impl AuditRecord {
         if let Some(purpose) = &self.purpose {
             event["purposeOfEvent"] = json!([{"coding": [{
                 "system": crate::grant::PURPOSE_SYSTEM, "code": purpose}]}]);
+        }
+        if self.action == AuditAction::Emergency {
+            // Break-glass: flagged by the purpose ETREAT and the security label BTG.
+            event["purposeOfEvent"] = json!([{"coding": [{
+                "system": crate::grant::PURPOSE_SYSTEM, "code": "ETREAT"}]}]);
+            event["meta"] = json!({"security": [{"system": BTG_SYSTEM, "code": "BTG",
+                                                  "display": "break the glass"}]});
         }
         event
     }

@@ -225,6 +225,14 @@ pub enum EhiError {
     /// The app asked for data outside its grant.
     #[error("not granted: {0}")]
     NotGranted(String),
+    /// A device invite code was refused (unknown, expired, already used, or answered
+    /// by something that does not hold the code's secret). See [`crate::device`].
+    #[error("invite code refused: {0}")]
+    Invite(String),
+    /// This keystore is not (or no longer) one of the vault's devices: the root is
+    /// sealed under a root key generation it was not given. See [`crate::device`].
+    #[error("this device cannot open the vault: {0}")]
+    NotADevice(String),
 }
 
 impl EhiError {

@@ -155,6 +155,15 @@ struct Secrets {
     created_ms: u64,
 }
 
+/// What one device hands another when it joins ([`Keystore::transfer_secrets`]).
+#[derive(Serialize, Deserialize)]
+struct Transfer {
+    format: u8,
+    signing_seed: SecretKey,
+    root_key: SecretKey,
+    slots_server: [u8; 32],
+}
+
 /// The patient's keys, decrypted in memory (wiped when dropped).
 #[derive(Clone)]
 pub struct Keystore {
@@ -208,6 +217,11 @@ impl Keystore {
     /// The patient's ed25519 signing key (signs grants).
     pub(crate) fn signing_key(&self) -> ed25519_dalek::SigningKey {
         ed25519_dalek::SigningKey::from_bytes(self.secrets.signing_seed.expose())
+    }
+
+    /// This device's HPKE seed (opens keys sealed to [`Keystore::hpke_public`]).
+    pub(crate) fn hpke_seed(&self) -> &SecretKey {
+        &self.secrets.hpke_seed
     }
 
     /// The vault root key.
@@ -274,6 +288,52 @@ impl Keystore {
             return Err(format(format!("secrets format {}", secrets.format)));
         }
         Ok(Keystore { secrets })
+    }
+
+    /// The secrets another device of the patient needs (signing seed, root key, slots
+    /// server), postcard-encoded, for [`crate::device`] to seal to that device's HPKE
+    /// key. This device's own HPKE seed is not included: every device keeps its own.
+    pub(crate) fn transfer_secrets(&self) -> Result<Zeroizing<Vec<u8>>, KeystoreError> {
+        let transfer = Transfer {
+            format: 1,
+            signing_seed: self.secrets.signing_seed.clone(),
+            root_key: self.secrets.root_key.clone(),
+            slots_server: self.secrets.slots_server,
+        };
+        postcard::to_stdvec(&transfer)
+            .map(Zeroizing::new)
+            .map_err(|e| KeystoreError::Crypto(format!("encoding the transfer: {e}")))
+    }
+
+    /// A keystore for a new device from [`Keystore::transfer_secrets`] of another one,
+    /// with the new device's own HPKE seed.
+    pub(crate) fn from_transfer(
+        bytes: &[u8],
+        hpke_seed: SecretKey,
+    ) -> Result<Keystore, KeystoreError> {
+        let transfer: Transfer = postcard::from_bytes(bytes).map_err(|e| {
+            KeystoreError::Crypto(format!("the transferred keys do not decode: {e}"))
+        })?;
+        if transfer.format != 1 {
+            return Err(KeystoreError::Crypto(format!(
+                "transferred keys of format {}",
+                transfer.format
+            )));
+        }
+        let created_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Ok(Keystore {
+            secrets: Secrets {
+                format: 1,
+                signing_seed: transfer.signing_seed,
+                hpke_seed,
+                root_key: transfer.root_key,
+                slots_server: transfer.slots_server,
+                created_ms,
+            },
+        })
     }
 
     /// Overwrites the keystore file at `path` with random bytes, syncs, and removes it.

@@ -66,6 +66,66 @@ enum AuditCommand {
     Verify,
 }
 
+// ---- issue 9 part 2: break-glass and devices (subcommands) --------------------------
+
+#[derive(Subcommand, Debug)]
+enum EmergencyCommand {
+    /// Set the break-glass policy: the holder (an app or organisation, by its card) may
+    /// read the emergency scopes without you. Prints the ticket to hand to the holder.
+    Set {
+        /// The holder's card (JSON file from `ehi app new`).
+        card: PathBuf,
+        /// Scopes (default allergies,medications,clinical,immunizations; Condition
+        /// lives in clinical, so the whole clinical scope is included).
+        #[arg(long, value_delimiter = ',')]
+        scopes: Vec<String>,
+    },
+    /// Show the policy and every logged use.
+    Show,
+    /// Acknowledge the pending emergency accesses (copies them into the audit log).
+    Ack,
+    /// Remove the policy (revokes the holder's grant, rotating those scopes' keys).
+    Clear,
+    /// For the holder: use the emergency access (logged, flagged ETREAT/BTG) and print
+    /// what it gives as a FHIR Bundle. Needs the holder's app keystore, not the patient.
+    Open {
+        /// The emergency ticket (JSON from `ehi emergency set`).
+        ticket: PathBuf,
+        /// The holder's app keystore.
+        #[arg(long)]
+        app_keystore: PathBuf,
+        /// Why (recorded in the log the patient sees).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCommand {
+    /// Print a one-time invite code, then wait (until it expires) for the new device.
+    Invite {
+        /// Lifetime of the code (`90s`, `10m`; at most 1h).
+        #[arg(long, default_value = "10m")]
+        expires: String,
+    },
+    /// On the new device: join the vault with an invite code; writes this device's
+    /// keystore (`--keystore`, default location) with a new passphrase.
+    Join {
+        /// The code printed by `ehi device invite`.
+        code: String,
+    },
+    /// The vault's devices.
+    List,
+    /// Remove a device: rotates the root key and every scope key; the removed device
+    /// cannot open anything written afterwards.
+    Remove {
+        /// The device id (from `ehi device list`).
+        id: String,
+    },
+}
+
+// ---- end issue 9 part 2 ----------------------------------------------------------------
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create a keystore and an empty vault.
@@ -190,6 +250,19 @@ enum Command {
         #[arg(long, default_value = "1h")]
         expires: String,
     },
+    /// Break-glass emergency access: `ehi emergency set|show|ack|clear|open`.
+    Emergency {
+        #[command(subcommand)]
+        command: EmergencyCommand,
+    },
+    /// This patient's devices: `ehi device invite|join|list|remove`.
+    Device {
+        #[command(subcommand)]
+        command: DeviceCommand,
+    },
+    /// Keep this device in sync: follow the vault slot and print each change (Ctrl-C
+    /// stops).
+    Watch,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -214,6 +287,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             scopes,
             expires,
         } => return token(&keystore_path, patient, scopes.as_deref(), &expires).await,
+        Command::Device {
+            command: DeviceCommand::Join { code },
+        } => return device_join(&cli.broker, &keystore_path, &code).await,
+        Command::Emergency {
+            command:
+                EmergencyCommand::Open {
+                    ticket,
+                    app_keystore,
+                    reason,
+                },
+        } => return emergency_open(&cli.broker, &ticket, &app_keystore, &reason).await,
         command => command,
     };
     let passphrase = passphrase(false)?;
@@ -468,10 +552,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status => {
             let status = vault.status().await?;
+            // A log the holder wrote badly must not hide the vault's status.
+            let pending = match ehi_layer::emergency::pending(&vault, &keystore).await {
+                Ok(pending) => pending,
+                Err(e) => {
+                    eprintln!("warning: the emergency access log could not be checked: {e}");
+                    Vec::new()
+                }
+            };
             if cli.table {
                 print!("{}", present::status_table(&status));
             } else {
-                print_json(&present::status_json(&status))?;
+                let mut json = present::status_json(&status);
+                if !pending.is_empty() {
+                    json["emergencyAccess"] = serde_json::to_value(&pending)?;
+                }
+                print_json(&json)?;
+            }
+            for use_ in &pending {
+                eprintln!("{} (acknowledge with `ehi emergency ack`)", use_.notice());
+            }
+        }
+        Command::Emergency { command } => emergency(&vault, &keystore, command).await?,
+        Command::Device { command } => device(&vault, &keystore, command, cli.table).await?,
+        Command::Watch => {
+            eprintln!("watching vault {} (Ctrl-C stops)", vault.slot());
+            let watch = vault.watch(|event| {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                let _ = writeln!(
+                    stdout,
+                    "synced generation {} (root {})",
+                    event.generation, event.root
+                );
+                let _ = stdout.flush();
+            });
+            tokio::select! {
+                result = watch => result?,
+                _ = tokio::signal::ctrl_c() => {}
             }
         }
     }
@@ -712,3 +830,196 @@ async fn log_read(vault: &Vault, action: AuditAction, entities: Vec<String>) {
         eprintln!("warning: the audit entry could not be written: {e}");
     }
 }
+
+// ---- issue 9 part 2: break-glass and devices (handlers) ---------------------------------
+
+async fn emergency(
+    vault: &Vault,
+    keystore: &Keystore,
+    command: EmergencyCommand,
+) -> anyhow::Result<()> {
+    use ehi_layer::emergency;
+    match command {
+        EmergencyCommand::Set { card, scopes } => {
+            let bytes =
+                std::fs::read(&card).with_context(|| format!("reading {}", card.display()))?;
+            let holder = ehi_layer::AppCard::parse(&bytes)?;
+            let mut parsed = Vec::new();
+            for scope in &scopes {
+                parsed.push(
+                    scope
+                        .trim()
+                        .parse::<ehi_layer::Scope>()
+                        .map_err(anyhow::Error::msg)?,
+                );
+            }
+            let ticket = emergency::set_policy(vault, keystore, holder, parsed).await?;
+            let policy = emergency::policy(vault, keystore)
+                .await?
+                .context("the policy was not stored")?;
+            eprintln!(
+                "emergency policy set: {} may read {} without you (purpose ETREAT, grant {}); \
+                 every use is logged and shown by `ehi status`. Hand the ticket below to the holder.",
+                policy.holder,
+                policy
+                    .scopes
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                policy.grant
+            );
+            print_json(&serde_json::to_value(&ticket)?)?;
+        }
+        EmergencyCommand::Show => {
+            let policy = emergency::policy(vault, keystore).await?;
+            let uses = emergency::uses(vault, keystore).await?;
+            print_json(&serde_json::json!({ "policy": policy, "uses": uses }))?;
+        }
+        EmergencyCommand::Ack => {
+            let acked = emergency::acknowledge(vault, keystore).await?;
+            for use_ in &acked {
+                eprintln!("acknowledged: {}", use_.notice());
+            }
+            eprintln!("{} emergency access(es) acknowledged", acked.len());
+        }
+        EmergencyCommand::Clear => {
+            if emergency::clear_policy(vault, keystore).await? {
+                eprintln!("emergency policy removed; the holder's grant is revoked");
+            } else {
+                eprintln!("there was no emergency policy");
+            }
+        }
+        EmergencyCommand::Open { .. } => {}
+    }
+    Ok(())
+}
+
+async fn emergency_open(
+    broker: &str,
+    ticket: &Path,
+    app_keystore: &Path,
+    reason: &str,
+) -> anyhow::Result<()> {
+    let bytes = std::fs::read(ticket).with_context(|| format!("reading {}", ticket.display()))?;
+    let ticket = ehi_layer::emergency::EmergencyTicket::parse(&bytes)?;
+    let passphrase = passphrase(false)?;
+    let app = {
+        let path = app_keystore.to_path_buf();
+        tokio::task::spawn_blocking(move || ehi_layer::AppKeystore::open(&path, &passphrase))
+            .await??
+    };
+    let net = Network::connect(broker, Some(ticket.grant.slots_server)).await?;
+    let (session, logged) =
+        ehi_layer::emergency::EmergencyAccess::open(net, &app, &ticket, reason).await?;
+    eprintln!(
+        "emergency access logged for the patient (entry {}, purpose ETREAT, label BTG)",
+        logged.seq
+    );
+    print_json(&session.export_bundle().await?)?;
+    Ok(())
+}
+
+async fn device(
+    vault: &Vault,
+    keystore: &Keystore,
+    command: DeviceCommand,
+    table: bool,
+) -> anyhow::Result<()> {
+    use ehi_layer::device::{self, Invite};
+    match command {
+        DeviceCommand::Invite { expires } => {
+            let ttl = ehi_layer::grant::parse_duration_ms(&expires)?;
+            let invite = Invite::create(vault, std::time::Duration::from_millis(ttl)).await?;
+            {
+                use std::io::Write;
+                let mut stdout = std::io::stdout().lock();
+                writeln!(stdout, "{}", invite.code())?;
+                stdout.flush()?;
+            }
+            eprintln!(
+                "on the new device run `ehi device join <code>` before {}; waiting…",
+                ehi_layer::time::instant(invite.expires_ms())
+            );
+            let joined = invite.complete(vault, keystore).await?;
+            eprintln!(
+                "device {} joined (compare with the id the new device printed)",
+                joined.id
+            );
+        }
+        DeviceCommand::List => {
+            let this = device::this_device(keystore);
+            let devices = vault.devices().await;
+            if table {
+                for d in &devices {
+                    println!(
+                        "{}  added {}{}",
+                        d.id,
+                        ehi_layer::time::instant(d.added_ms),
+                        if d.id == this { "  (this device)" } else { "" }
+                    );
+                }
+            } else {
+                let list: Vec<serde_json::Value> = devices
+                    .iter()
+                    .map(|d| {
+                        let mut v = serde_json::to_value(d).unwrap_or_default();
+                        v["this_device"] = (d.id == this).into();
+                        v
+                    })
+                    .collect();
+                print_json(&serde_json::Value::Array(list))?;
+            }
+        }
+        DeviceCommand::Remove { id } => {
+            if id
+                .trim()
+                .eq_ignore_ascii_case(&device::this_device(keystore))
+            {
+                bail!("that is this device; remove it from another one");
+            }
+            let report = vault.remove_device(&id).await?;
+            eprintln!(
+                "device {} removed: root key moved to generation {}, {} scope(s) to new key \
+                 epochs, {} grant(s) re-sealed. It cannot open anything written from now on; \
+                 what it already read stays read.",
+                report.device,
+                report.root_generation,
+                report.rotated.len(),
+                report.resealed
+            );
+        }
+        DeviceCommand::Join { .. } => {}
+    }
+    Ok(())
+}
+
+async fn device_join(broker: &str, keystore_path: &Path, code: &str) -> anyhow::Result<()> {
+    if keystore_path.exists() {
+        bail!(
+            "a keystore already exists at {}; use --keystore for this device's new one",
+            keystore_path.display()
+        );
+    }
+    let parsed = ehi_layer::device::InviteCode::parse(code)?;
+    let net = Network::connect(broker, Some(parsed.slots_server())).await?;
+    let keystore = ehi_layer::device::join(&net, code).await?;
+    let passphrase = passphrase(true)?;
+    {
+        let keystore = keystore.clone();
+        let path = keystore_path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            keystore.save(&path, &passphrase, KdfParams::default())
+        })
+        .await??;
+    }
+    eprintln!(
+        "joined vault {} as device {} (keystore {})",
+        keystore.vault_slot(),
+        ehi_layer::device::this_device(&keystore),
+        keystore_path.display()
+    );
+    Ok(())
+}
+
+// ---- end issue 9 part 2 ----------------------------------------------------------------

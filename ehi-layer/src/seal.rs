@@ -6,7 +6,8 @@
 //! offset  size  field
 //! 0       3     magic "EHI"
 //! 3       1     envelope format version (1)
-//! 4       4     key epoch, u32 little-endian (the vault root uses epoch 0)
+//! 4       4     key epoch, u32 little-endian (for the vault root and audit entries:
+//!               the root key generation, 0 until a device is removed)
 //! 8       24    XChaCha20-Poly1305 nonce (random, from the OS generator)
 //! 32      n     ciphertext of the padded plaintext
 //! 32+n    16    Poly1305 tag
@@ -84,6 +85,10 @@ pub enum Kind {
     Chunk = 4,
     /// An audit log entry ([`crate::audit`]).
     Audit = 5,
+    /// Emergency (break-glass) policy and access log ([`crate::emergency`]).
+    Emergency = 6,
+    /// Device pairing messages ([`crate::device`]).
+    Device = 7,
 }
 
 /// The chunk list a chunked object's head carries (postcard, format 1).

@@ -56,7 +56,10 @@ use crate::search::Index;
 use crate::time::{instant, now_ms};
 
 mod audit_log;
+mod devices;
 mod sharing;
+use devices::RootKeys;
+pub use devices::{DeviceRemoval, WatchEvent};
 pub use sharing::RevokeReport;
 
 /// The bytes of the tombstone blob a removed vault's slots point at (public, the same
@@ -244,6 +247,9 @@ struct State {
     audit_for: Option<Option<[u8; 32]>>,
     /// The newest audit entry and its address.
     audit_tail: Option<(Id, AuditEntry)>,
+    /// The vault root's AEAD key of every generation this device holds, and the one
+    /// the current root uses (see `vault/devices.rs`).
+    root_keys: RootKeys,
 }
 
 impl State {
@@ -335,6 +341,8 @@ pub struct Vault {
     /// The patient's ed25519 key (signs grants).
     signing: ed25519_dalek::SigningKey,
     root_key: SecretKey,
+    /// This device's HPKE seed (opens the device keyring, see `vault/devices.rs`).
+    hpke_seed: SecretKey,
     options: VaultOptions,
     state: Mutex<State>,
 }
@@ -435,7 +443,8 @@ impl Vault {
             audit_head: None,
         };
         let root_key = keystore.root_key().derive(CONTEXT_ROOT);
-        let sealed_root = seal_root(&root, &root_key)?;
+        let root_keys = RootKeys::new(root_key.clone());
+        let sealed_root = seal_root(&root, &root_keys)?;
         let root_head = sealed_root.head.address;
         let root_blocks = sealed_root.addresses();
         blobs.extend(sealed_root.into_blobs());
@@ -446,6 +455,7 @@ impl Vault {
             signer: keystore.signer(),
             signing: keystore.signing_key(),
             root_key,
+            hpke_seed: keystore.hpke_seed().clone(),
             options,
             state: Mutex::new(State {
                 root_head,
@@ -455,6 +465,7 @@ impl Vault {
                 audit_blocks: Vec::new(),
                 audit_for: Some(None),
                 audit_tail: None,
+                root_keys,
             }),
         };
         let addresses: Vec<Id> = blobs.iter().map(|b| b.address).collect();
@@ -512,6 +523,7 @@ impl Vault {
             audit_blocks: Vec::new(),
             audit_for: None,
             audit_tail: None,
+            root_keys: RootKeys::new(root_key.clone()),
         };
         let vault = Vault {
             net,
@@ -519,6 +531,7 @@ impl Vault {
             signer: keystore.signer(),
             signing: keystore.signing_key(),
             root_key,
+            hpke_seed: keystore.hpke_seed().clone(),
             options,
             state: Mutex::new(placeholder),
         };
@@ -908,7 +921,7 @@ impl Vault {
             inputs.push((*scope, loaded, key, record.current_epoch));
         }
         let root = state.root.clone();
-        let root_key = self.root_key.clone();
+        let root_keys = state.root_keys.clone();
         tokio::task::spawn_blocking(move || {
             let mut built = Built {
                 scopes: Vec::new(),
@@ -973,7 +986,7 @@ impl Vault {
             built.blobs.push(audit_blob);
             built.root.generation += 1;
             built.root.updated_ms = now.max(built.root.updated_ms);
-            let sealed_root = seal_root(&built.root, &root_key)?;
+            let sealed_root = seal_root(&built.root, &root_keys)?;
             built.root_head = sealed_root.head.address;
             built.root_blocks = sealed_root.addresses();
             built.blobs.extend(sealed_root.into_blobs());
@@ -1015,12 +1028,7 @@ impl Vault {
         if head == state.root_head && !state.scopes.is_empty() {
             return Ok(());
         }
-        let root_key = self.root_key.clone();
-        let (bytes, root_blocks) = self
-            .fetch_object(head, Kind::Root, "vault", "the vault root", move |epoch| {
-                (epoch == 0).then(|| root_key.clone())
-            })
-            .await?;
+        let (bytes, root_blocks) = self.fetch_root(state, head).await?;
         let root = format::decode_root(&bytes)?;
         let mut fetches = Vec::new();
         for (scope, record) in &root.scopes {
@@ -1612,7 +1620,7 @@ impl Vault {
             root.overrides.insert(resource_type.to_string(), scope);
             root.generation += 1;
             root.updated_ms = now_ms().max(root.updated_ms);
-            let sealed = seal_root(&root, &self.root_key)?;
+            let sealed = seal_root(&root, &state.root_keys)?;
             let head = sealed.head.address;
             let blocks = sealed.addresses();
             self.put_all(sealed.into_blobs()).await?;
@@ -2043,9 +2051,12 @@ fn seal_manifest(manifest: &ScopeManifest, epoch_key: &SecretKey) -> Result<Seal
     )
 }
 
-fn seal_root(root: &VaultRoot, root_key: &SecretKey) -> Result<Sealed> {
+/// Seals the root under the current root key generation (the envelope's epoch field
+/// carries the generation; see `vault/devices.rs`).
+fn seal_root(root: &VaultRoot, keys: &RootKeys) -> Result<Sealed> {
     let bytes = Zeroizing::new(format::encode(root, "vault root")?);
-    seal::seal_object(root_key, Kind::Root, "vault", 0, &bytes)
+    let (generation, key) = keys.current();
+    seal::seal_object(&key, Kind::Root, "vault", generation, &bytes)
 }
 
 /// Fetches and opens an object (head plus chunks) from `net`. Returns the payload and

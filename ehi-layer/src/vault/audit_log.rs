@@ -17,8 +17,11 @@ use crate::keys::CONTEXT_AUDIT;
 const AUDIT_CONTEXT: &str = "audit";
 
 impl Vault {
-    fn audit_key(&self) -> SecretKey {
-        self.root_key.derive(CONTEXT_AUDIT)
+    /// The audit AEAD key of root key generation `epoch` (entries carry the generation
+    /// of the root key current when they were written in their envelope's epoch).
+    fn audit_keys(state: &State) -> impl Fn(u32) -> Option<SecretKey> + Clone + use<> {
+        let keys = state.root_keys.clone();
+        move |epoch| keys.get(epoch).map(|k| k.derive(CONTEXT_AUDIT))
     }
 
     /// Signs and seals the entry for `record` after the newest entry of `state`.
@@ -35,7 +38,14 @@ impl Vault {
             .map(|(address, entry)| (entry, *address.as_bytes()));
         let entry = AuditEntry::sign(&self.signing, prev, &event)?;
         let bytes = Zeroizing::new(format::encode(&entry, "audit entry")?);
-        let sealed = seal::seal_object(&self.audit_key(), Kind::Audit, AUDIT_CONTEXT, 0, &bytes)?;
+        let (generation, root_key) = state.root_keys.current();
+        let sealed = seal::seal_object(
+            &root_key.derive(CONTEXT_AUDIT),
+            Kind::Audit,
+            AUDIT_CONTEXT,
+            generation,
+            &bytes,
+        )?;
         if !sealed.chunks.is_empty() {
             return Err(EhiError::InvalidArgument("audit event too large".into()));
         }
@@ -76,8 +86,8 @@ impl Vault {
         self.refresh_state(&mut state).await?;
         self.ensure_audit_blocks(&mut state).await?;
         let blocks = state.audit_blocks.clone();
+        let key = Self::audit_keys(&state);
         drop(state);
-        let key = self.audit_key();
         let fetched: Vec<Result<AuditEntry>> = stream::iter(blocks)
             .map(|address| {
                 let key = key.clone();
@@ -98,12 +108,14 @@ impl Vault {
         audit::verify_chain(&entries, &trusted).map_err(|b: AuditBreak| EhiError::AuditBroken(b))
     }
 
-    async fn fetch_audit_entry(&self, address: Id, key: SecretKey) -> Result<AuditEntry> {
+    async fn fetch_audit_entry(
+        &self,
+        address: Id,
+        key: impl Fn(u32) -> Option<SecretKey>,
+    ) -> Result<AuditEntry> {
         let what = format!("audit entry {address}");
         let (bytes, _) = self
-            .fetch_object(address, Kind::Audit, AUDIT_CONTEXT, &what, move |epoch| {
-                (epoch == 0).then(|| key.clone())
-            })
+            .fetch_object(address, Kind::Audit, AUDIT_CONTEXT, &what, key)
             .await?;
         audit::decode_entry(&bytes)
     }
@@ -118,7 +130,9 @@ impl Vault {
         if state.audit_tail.as_ref().is_some_and(|(a, _)| *a == head) {
             return Ok(());
         }
-        let entry = self.fetch_audit_entry(head, self.audit_key()).await?;
+        let entry = self
+            .fetch_audit_entry(head, Self::audit_keys(state))
+            .await?;
         state.audit_tail = Some((head, entry));
         Ok(())
     }
@@ -144,7 +158,7 @@ impl Vault {
             return Ok(());
         };
         let known: HashSet<Id> = state.audit_blocks.iter().copied().collect();
-        let key = self.audit_key();
+        let key = Self::audit_keys(state);
         let mut newer: Vec<Id> = Vec::new();
         let mut tail: Option<AuditEntry> = None;
         let mut next = Some(head);

@@ -328,7 +328,12 @@ impl Vault {
     }
 
     /// The sealed grant blob of `record` with the keys in `root`.
-    fn seal_grant_blob(&self, root: &VaultRoot, record: &GrantRecord, now: u64) -> Result<Blob> {
+    pub(super) fn seal_grant_blob(
+        &self,
+        root: &VaultRoot,
+        record: &GrantRecord,
+        now: u64,
+    ) -> Result<Blob> {
         let mut scopes = Vec::with_capacity(record.scopes.len());
         for scope in &record.scopes {
             let s = root.scopes.get(scope).ok_or_else(|| {
@@ -381,7 +386,7 @@ impl Vault {
         }
         root.generation += 1;
         root.updated_ms = now_ms().max(root.updated_ms);
-        let sealed = seal_root(&root, &self.root_key)?;
+        let sealed = seal_root(&root, &state.root_keys)?;
         let head = sealed.head.address;
         let root_blocks = sealed.addresses();
         blobs.extend(sealed.into_blobs());
@@ -423,7 +428,7 @@ impl Vault {
 
     /// Points the grant slot of `record` at its sealed grant (registering it the first
     /// time).
-    async fn publish_grant_slot(&self, record: &GrantRecord) -> Result<()> {
+    pub(super) async fn publish_grant_slot(&self, record: &GrantRecord) -> Result<()> {
         let slot = Id::from_bytes(record.slot_id);
         let target = Id::from_bytes(record.sealed);
         let signer = SlotSigner::ed25519_from_seed(record.slot_seed.expose());

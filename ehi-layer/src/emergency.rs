@@ -1,0 +1,652 @@
+//! Break-glass emergency access: the patient names, in advance, an app or organisation
+//! (the **holder**, identified by its app card) that may read an emergency set of scopes
+//! without the patient being there; every use is logged by the holder where the
+//! patient's devices read it, and surfaced until the patient acknowledges it.
+//!
+//! ## How the emergency scope is formed
+//! Keys are per scope ([`crate::scope`]), so the policy is an ordinary grant
+//! ([`crate::Vault::grant`]) of whole scopes with purpose `ETREAT`, read access and the
+//! longest lifetime a grant may have (10 years), sealed with HPKE to the holder's key.
+//! The default scopes are [`DEFAULT_SCOPES`]: `allergies`, `medications`,
+//! `immunizations` and `clinical` — **Condition lives in `clinical`, so the holder can
+//! decrypt the whole clinical scope** (encounters, observations, procedures, …), not only
+//! the problem list. No per-type copy is made: a narrower emergency scope would need a
+//! scope of its own (an override moving Condition there, [`crate::Vault::set_scope_override`],
+//! while none is stored). [`crate::session::AppSession::list`] on the holder side shows
+//! what it can read. The patient may pass other scopes.
+//!
+//! ## Where the policy lives (no change to the vault root format)
+//! - The grant is in the root like any grant (`ehi grants` lists it, purpose `ETREAT`).
+//! - The **policy slot** (ed25519 seed `BLAKE3-derive_key("invariant ehi-layer v1
+//!   emergency policy slot", root key)`, so every device of the patient finds it) points
+//!   at a blob sealed under `derive_key("invariant ehi-layer v1 emergency policy", root
+//!   key)` (envelope kind `Emergency`): holder name and keys, grant id, the access log
+//!   slot's seed and key, and how many uses were acknowledged.
+//! - The **emergency ticket** (JSON, `ehi-emergency-ticket` v1) is handed to the holder:
+//!   the grant ticket, plus, HPKE-sealed to the holder (info `"invariant ehi-layer v1
+//!   emergency"`, aad = grant slot id), the access log slot's seed and the log key.
+//!
+//! ## Using it ([`EmergencyAccess::open`]; no live patient)
+//! The holder's library first **appends an entry to the access log**, then opens the
+//! grant as an [`AppSession`]. The log is a chain of [`AuditEntry`]s (the same format as
+//! the vault's audit log) **signed by the holder's ed25519 key**, each sealed under the
+//! log key (kind `Emergency`) as its own blob; the log slot points at the newest. Each
+//! entry is a FHIR AuditEvent with `purposeOfEvent` `ETREAT` and the security label
+//! `BTG` (break the glass) — [`crate::audit::is_emergency`].
+//!
+//! ## The patient's side
+//! [`pending`] reads the policy and the log, verifies the chain (signatures by the
+//! holder's key named in the policy, hash links, order) and returns the uses not yet
+//! acknowledged; `ehi status` prints "emergency access on <date> by <who>" for each.
+//! [`acknowledge`] copies each pending use into the vault's own audit log (action
+//! `emergency`, flagged the same way, written by the patient's key) and records how many
+//! were acknowledged in the policy blob.
+//!
+//! ## Limits (said plainly)
+//! - **Logging is done by the holder's software.** Cryptography cannot force a holder
+//!   who has the keys to log before reading; a dishonest holder can read silently, or
+//!   roll its log slot back. The policy trusts the holder as much as the patient chose
+//!   to; what the log gives is non-repudiation of what it does record (signed entries).
+//! - Like every grant: the holder can keep what it read; revoking the policy
+//!   ([`clear_policy`], or revoking the grant) rotates the scope keys for the future.
+//! - Servers see a grant slot, a policy slot and a log slot (ids unlinkable to the
+//!   patient except by timing), bucket-sized ciphertext blobs, and when they move.
+
+use invariant_spec::Id;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use zeroize::Zeroizing;
+
+use crate::app::{AppKeystore, VerifiedCard};
+use crate::audit::{self, AuditAction, AuditEntry, AuditRecord};
+use crate::error::{EhiError, Result};
+use crate::grant::{Access, GrantRequest, GrantTicket};
+use crate::keys::SecretKey;
+use crate::keystore::{HpkeSealed, Keystore, hpke_seal};
+use crate::network::Network;
+use crate::scope::Scope;
+use crate::seal::{self, Kind, Opened};
+use crate::session::AppSession;
+use crate::slotmove;
+use crate::time::{instant, now_ms};
+use crate::vault::{Vault, tombstone_address};
+
+/// BLAKE3 context: the policy slot's ed25519 seed, from the keystore's root key.
+pub const CONTEXT_POLICY_SLOT: &str = "invariant ehi-layer v1 emergency policy slot";
+/// BLAKE3 context: the AEAD key of the policy blob, from the keystore's root key.
+pub const CONTEXT_POLICY: &str = "invariant ehi-layer v1 emergency policy";
+/// HPKE `info` of the holder's part of an emergency ticket.
+pub const HPKE_INFO: &[u8] = b"invariant ehi-layer v1 emergency";
+/// The `format` of an emergency ticket.
+pub const TICKET_FORMAT: &str = "ehi-emergency-ticket";
+/// Emergency ticket version.
+pub const TICKET_VERSION: u32 = 1;
+/// The purpose of use of the emergency grant.
+pub const PURPOSE: &str = "ETREAT";
+/// Scopes of the emergency policy unless the patient names others.
+pub const DEFAULT_SCOPES: [Scope; 4] = [
+    Scope::Allergies,
+    Scope::Medications,
+    Scope::Clinical,
+    Scope::Immunizations,
+];
+/// Lifetime of the emergency grant (the longest a grant may have).
+const LIFETIME_MS: u64 = 10 * 365 * 86_400_000;
+/// Envelope context of the policy blob.
+const POLICY_CONTEXT: &str = "emergency policy";
+/// Envelope context of access log entries.
+const LOG_CONTEXT: &str = "emergency log";
+/// Policy format.
+const POLICY_FORMAT: u32 = 1;
+
+/// The policy as stored (sealed) behind the policy slot.
+#[derive(Clone, Serialize, Deserialize)]
+struct Policy {
+    format: u32,
+    grant: String,
+    holder_name: String,
+    holder_signing: [u8; 32],
+    holder_hpke: [u8; 32],
+    scopes: Vec<Scope>,
+    created_ms: u64,
+    log_seed: SecretKey,
+    log_key: SecretKey,
+    /// Number of log entries acknowledged (the first `acknowledged` entries).
+    acknowledged: u64,
+}
+
+/// What the holder alone can open (HPKE).
+#[derive(Serialize, Deserialize)]
+struct HolderPart {
+    format: u32,
+    log_seed: SecretKey,
+    log_key: SecretKey,
+}
+
+/// What the patient hands to the emergency holder (JSON; the secret part is sealed to
+/// the holder's HPKE key).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmergencyTicket {
+    /// [`TICKET_FORMAT`].
+    pub format: String,
+    /// [`TICKET_VERSION`].
+    pub version: u32,
+    /// The holder's name (from its card).
+    pub holder: String,
+    /// The grant behind the policy.
+    pub grant: GrantTicket,
+    /// The access log slot.
+    pub log_slot: Id,
+    /// HPKE encapsulated key, hex.
+    pub sealed_encapped: String,
+    /// HPKE ciphertext of the log slot seed and log key, hex.
+    pub sealed: String,
+}
+
+impl EmergencyTicket {
+    /// Parses and checks a ticket.
+    pub fn parse(json: &[u8]) -> Result<EmergencyTicket> {
+        let ticket: EmergencyTicket = serde_json::from_slice(json)
+            .map_err(|e| EhiError::InvalidArgument(format!("not an emergency ticket: {e}")))?;
+        if ticket.format != TICKET_FORMAT || ticket.version != TICKET_VERSION {
+            return Err(EhiError::InvalidArgument(format!(
+                "emergency ticket format {:?} version {} (this build reads {TICKET_FORMAT:?} {TICKET_VERSION})",
+                ticket.format, ticket.version
+            )));
+        }
+        Ok(ticket)
+    }
+}
+
+/// The patient's emergency policy as listed (no key material).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PolicyInfo {
+    /// The holder's name.
+    pub holder: String,
+    /// The holder's ed25519 key, hex.
+    pub holder_signing_key: String,
+    /// The grant id.
+    pub grant: String,
+    /// Scopes the holder can read.
+    pub scopes: Vec<Scope>,
+    /// When it was set, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Uses acknowledged so far.
+    pub acknowledged: u64,
+}
+
+/// One use of the emergency access, as logged by the holder.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EmergencyUse {
+    /// Position in the holder's log (0 first).
+    pub seq: u64,
+    /// `AuditEvent.recorded`.
+    pub recorded: String,
+    /// Who (the holder's name from the policy).
+    pub who: String,
+    /// The reason the holder gave.
+    pub reason: String,
+    /// The AuditEvent (flagged `ETREAT` + `BTG`).
+    pub event: Value,
+}
+
+impl EmergencyUse {
+    /// "emergency access on <date> by <who>".
+    pub fn notice(&self) -> String {
+        format!(
+            "emergency access on {} by {}: {}",
+            self.recorded, self.who, self.reason
+        )
+    }
+}
+
+fn policy_slot(keystore: &Keystore) -> Result<(invariant_spec::slots::SlotSigner, Id)> {
+    let seed = keystore.root_key().derive(CONTEXT_POLICY_SLOT);
+    slotmove::slot_of(seed.expose())
+}
+
+fn policy_key(keystore: &Keystore) -> SecretKey {
+    keystore.root_key().derive(CONTEXT_POLICY)
+}
+
+fn open_inline(
+    key: &SecretKey,
+    context: &str,
+    blob: &[u8],
+    what: &str,
+) -> Result<Zeroizing<Vec<u8>>> {
+    match seal::open_object(key, Kind::Emergency, context, blob, what)? {
+        Opened::Inline(bytes) => Ok(bytes),
+        Opened::Chunked { .. } => Err(EhiError::corrupt(what, "unexpectedly chunked")),
+    }
+}
+
+async fn store_sealed(net: &Network, key: &SecretKey, context: &str, bytes: &[u8]) -> Result<Id> {
+    let sealed = seal::seal_object(key, Kind::Emergency, context, 0, bytes)?;
+    if !sealed.chunks.is_empty() {
+        return Err(EhiError::InvalidArgument(
+            "emergency record too large".into(),
+        ));
+    }
+    net.put(&sealed.head).await?;
+    net.pin(&[sealed.head.address]).await?;
+    Ok(sealed.head.address)
+}
+
+async fn load_policy(vault: &Vault, keystore: &Keystore) -> Result<Option<(Id, Policy)>> {
+    let net = vault.network();
+    let (_, slot) = policy_slot(keystore)?;
+    let Some(address) = slotmove::read(net, slot, "emergency policy").await? else {
+        return Ok(None);
+    };
+    if address == tombstone_address() {
+        return Ok(None);
+    }
+    let blob = net.get(&address, "the emergency policy").await?;
+    let bytes = open_inline(
+        &policy_key(keystore),
+        POLICY_CONTEXT,
+        &blob,
+        "the emergency policy",
+    )?;
+    let policy: Policy = postcard::from_bytes(&bytes)
+        .map_err(|e| EhiError::corrupt("the emergency policy", format!("does not decode: {e}")))?;
+    if policy.format != POLICY_FORMAT {
+        return Err(EhiError::UnsupportedFormat {
+            what: "emergency policy",
+            found: policy.format,
+            supported: POLICY_FORMAT,
+        });
+    }
+    Ok(Some((address, policy)))
+}
+
+async fn save_policy(vault: &Vault, keystore: &Keystore, policy: &Policy) -> Result<Id> {
+    let net = vault.network();
+    let bytes = Zeroizing::new(crate::format::encode(policy, "emergency policy")?);
+    let address = store_sealed(net, &policy_key(keystore), POLICY_CONTEXT, &bytes).await?;
+    let (signer, slot) = policy_slot(keystore)?;
+    slotmove::point(net, &signer, slot, address, "emergency policy").await?;
+    Ok(address)
+}
+
+impl Policy {
+    fn info(&self) -> PolicyInfo {
+        PolicyInfo {
+            holder: self.holder_name.clone(),
+            holder_signing_key: hex::encode(self.holder_signing),
+            grant: self.grant.clone(),
+            scopes: self.scopes.clone(),
+            created_ms: self.created_ms,
+            acknowledged: self.acknowledged,
+        }
+    }
+}
+
+/// Sets the emergency policy: grants `scopes` ([`DEFAULT_SCOPES`] when empty) to the
+/// holder with purpose `ETREAT`, creates its access log, stores the policy and returns
+/// the ticket for the holder. An existing policy is replaced (its grant revoked, which
+/// rotates the keys of its scopes).
+pub async fn set_policy(
+    vault: &Vault,
+    keystore: &Keystore,
+    holder: VerifiedCard,
+    scopes: Vec<Scope>,
+) -> Result<EmergencyTicket> {
+    let scopes = if scopes.is_empty() {
+        DEFAULT_SCOPES.to_vec()
+    } else {
+        scopes
+    };
+    if let Some((_, old)) = load_policy(vault, keystore).await? {
+        match vault.revoke(&old.grant, false).await {
+            Ok(_) | Err(EhiError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    let (info, grant_ticket) = vault
+        .grant(GrantRequest {
+            app: holder.clone(),
+            scopes: scopes.clone(),
+            access: Access::Read,
+            duration_ms: LIFETIME_MS,
+            purpose: PURPOSE.into(),
+        })
+        .await?;
+    let log_seed = SecretKey::random()?;
+    let log_key = SecretKey::random()?;
+    let (_, log_slot) = slotmove::slot_of(log_seed.expose())?;
+    let policy = Policy {
+        format: POLICY_FORMAT,
+        grant: info.id.clone(),
+        holder_name: holder.name.clone(),
+        holder_signing: holder.signing_key,
+        holder_hpke: holder.hpke_key,
+        scopes: info.scopes.clone(),
+        created_ms: now_ms(),
+        log_seed: log_seed.clone(),
+        log_key: log_key.clone(),
+        acknowledged: 0,
+    };
+    save_policy(vault, keystore, &policy).await?;
+    let part = Zeroizing::new(crate::format::encode(
+        &HolderPart {
+            format: 1,
+            log_seed,
+            log_key,
+        },
+        "emergency ticket",
+    )?);
+    let sealed = hpke_seal(
+        &holder.hpke_key,
+        HPKE_INFO,
+        grant_ticket.grant_slot.as_bytes(),
+        &part,
+    )?;
+    vault
+        .audit(
+            AuditRecord::new(
+                AuditAction::Grant,
+                format!(
+                    "emergency policy: {} may read {} without the patient (break-glass)",
+                    holder.name,
+                    scopes
+                        .iter()
+                        .map(|s| s.name())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                ),
+            )
+            .with_entities(vec![format!("grant/{}", info.id)]),
+        )
+        .await?;
+    Ok(EmergencyTicket {
+        format: TICKET_FORMAT.into(),
+        version: TICKET_VERSION,
+        holder: holder.name,
+        grant: grant_ticket,
+        log_slot,
+        sealed_encapped: hex::encode(&sealed.encapped),
+        sealed: hex::encode(&sealed.ciphertext),
+    })
+}
+
+/// The current policy, if any.
+pub async fn policy(vault: &Vault, keystore: &Keystore) -> Result<Option<PolicyInfo>> {
+    Ok(load_policy(vault, keystore).await?.map(|(_, p)| p.info()))
+}
+
+/// Removes the policy: revokes its grant (rotating those scopes' keys) and points the
+/// policy slot at the tombstone. Returns whether there was one.
+pub async fn clear_policy(vault: &Vault, keystore: &Keystore) -> Result<bool> {
+    let Some((_, policy)) = load_policy(vault, keystore).await? else {
+        return Ok(false);
+    };
+    match vault.revoke(&policy.grant, false).await {
+        Ok(_) | Err(EhiError::NotFound(_)) => {}
+        Err(e) => return Err(e),
+    }
+    let net = vault.network();
+    let tombstone = seal::Blob {
+        address: tombstone_address(),
+        bytes: bytes::Bytes::from_static(crate::vault::TOMBSTONE),
+    };
+    net.put(&tombstone).await?;
+    let (signer, slot) = policy_slot(keystore)?;
+    slotmove::point(net, &signer, slot, tombstone.address, "emergency policy").await?;
+    Ok(true)
+}
+
+/// Reads the whole access log behind `log_slot` (oldest first).
+async fn read_log(
+    net: &Network,
+    log_slot: Id,
+    log_key: &SecretKey,
+) -> Result<Vec<(Id, AuditEntry)>> {
+    let mut out = Vec::new();
+    let mut next = slotmove::read(net, log_slot, "emergency log").await?;
+    while let Some(address) = next {
+        if out.len() > 1_000_000 {
+            return Err(EhiError::corrupt("the emergency log", "it does not end"));
+        }
+        let blob = net.get(&address, "an emergency log entry").await?;
+        let bytes = open_inline(log_key, LOG_CONTEXT, &blob, "an emergency log entry")?;
+        let entry = audit::decode_entry(&bytes)?;
+        next = entry.prev_address.map(Id::from_bytes);
+        out.push((address, entry));
+    }
+    out.reverse();
+    Ok(out)
+}
+
+fn uses_of(policy: &Policy, entries: &[(Id, AuditEntry)]) -> Result<Vec<EmergencyUse>> {
+    let list: Vec<AuditEntry> = entries.iter().map(|(_, e)| e.clone()).collect();
+    audit::verify_chain(&list, &[policy.holder_signing]).map_err(EhiError::AuditBroken)?;
+    let mut out = Vec::new();
+    for entry in list {
+        let event = entry.event()?;
+        if !audit::is_emergency(&event) {
+            return Err(EhiError::corrupt(
+                "the emergency log",
+                format!("entry {} is not flagged as an emergency access", entry.seq),
+            ));
+        }
+        out.push(EmergencyUse {
+            seq: entry.seq,
+            recorded: entry.recorded().unwrap_or_default(),
+            who: policy.holder_name.clone(),
+            reason: event["outcomeDesc"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+            event,
+        });
+    }
+    Ok(out)
+}
+
+/// Every use of the emergency access logged by the holder, oldest first, verified
+/// against the holder's key (empty without a policy).
+pub async fn uses(vault: &Vault, keystore: &Keystore) -> Result<Vec<EmergencyUse>> {
+    let Some((_, policy)) = load_policy(vault, keystore).await? else {
+        return Ok(Vec::new());
+    };
+    let (_, log_slot) = slotmove::slot_of(policy.log_seed.expose())?;
+    let entries = read_log(vault.network(), log_slot, &policy.log_key).await?;
+    uses_of(&policy, &entries)
+}
+
+/// The uses not yet acknowledged (what `ehi status` shows).
+pub async fn pending(vault: &Vault, keystore: &Keystore) -> Result<Vec<EmergencyUse>> {
+    let acknowledged = match load_policy(vault, keystore).await? {
+        Some((_, p)) => p.acknowledged,
+        None => return Ok(Vec::new()),
+    };
+    Ok(uses(vault, keystore)
+        .await?
+        .into_iter()
+        .filter(|u| u.seq >= acknowledged)
+        .collect())
+}
+
+/// Acknowledges every pending use: each is copied into the vault's audit log (action
+/// `emergency`, purpose `ETREAT`, label `BTG`, written by the patient's key) and the
+/// policy records them as seen. Returns them.
+pub async fn acknowledge(vault: &Vault, keystore: &Keystore) -> Result<Vec<EmergencyUse>> {
+    let Some((_, mut policy)) = load_policy(vault, keystore).await? else {
+        return Ok(Vec::new());
+    };
+    let pending = pending(vault, keystore).await?;
+    for u in &pending {
+        let mut record = AuditRecord::new(
+            AuditAction::Emergency,
+            format!(
+                "emergency access on {} by {} (logged by the holder, entry {}): {}",
+                u.recorded, u.who, u.seq, u.reason
+            ),
+        )
+        .with_entities(vec![
+            format!("grant/{}", policy.grant),
+            format!("emergency-log/{}", u.seq),
+        ]);
+        record.purpose = Some(PURPOSE.into());
+        vault.audit(record).await?;
+    }
+    if let Some(last) = pending.last() {
+        policy.acknowledged = last.seq + 1;
+        save_policy(vault, keystore, &policy).await?;
+    }
+    Ok(pending)
+}
+
+/// The holder's side of break-glass access.
+#[derive(Debug)]
+pub struct EmergencyAccess;
+
+impl EmergencyAccess {
+    /// Uses the emergency access: appends a signed entry (purpose `ETREAT`, label
+    /// `BTG`, the holder's `reason`) to the access log the patient reads, then opens the
+    /// grant. Needs no live patient. Returns the session and the logged use.
+    pub async fn open(
+        net: Network,
+        holder: &AppKeystore,
+        ticket: &EmergencyTicket,
+        reason: &str,
+    ) -> Result<(AppSession, EmergencyUse)> {
+        let reason = reason.trim();
+        if reason.is_empty() {
+            return Err(EhiError::InvalidArgument(
+                "give the reason for the emergency access".into(),
+            ));
+        }
+        let unhex = |text: &str, what: &str| {
+            hex::decode(text)
+                .map_err(|e| EhiError::InvalidArgument(format!("emergency ticket {what}: {e}")))
+        };
+        let sealed = HpkeSealed {
+            encapped: unhex(&ticket.sealed_encapped, "sealed_encapped")?,
+            ciphertext: unhex(&ticket.sealed, "sealed")?,
+        };
+        let part = holder
+            .hpke_open(&sealed, HPKE_INFO, ticket.grant.grant_slot.as_bytes())
+            .map_err(|_| {
+                EhiError::InvalidArgument(
+                    "this emergency ticket was not sealed to this holder's key".into(),
+                )
+            })?;
+        let part: HolderPart = postcard::from_bytes(&part)
+            .map_err(|e| EhiError::corrupt("the emergency ticket", format!("{e}")))?;
+        let (signer, log_slot) = slotmove::slot_of(part.log_seed.expose())?;
+        if log_slot != ticket.log_slot {
+            return Err(EhiError::corrupt(
+                "the emergency ticket",
+                "the log slot does not match its key",
+            ));
+        }
+        let signing = holder.signing_key();
+        let writer = signing.verifying_key().to_bytes();
+        let mut logged = None;
+        for _ in 0..8 {
+            let current = slotmove::read(&net, log_slot, "emergency log").await?;
+            let prev = match current {
+                Some(address) => {
+                    let blob = net.get(&address, "an emergency log entry").await?;
+                    let bytes =
+                        open_inline(&part.log_key, LOG_CONTEXT, &blob, "an emergency log entry")?;
+                    Some((address, audit::decode_entry(&bytes)?))
+                }
+                None => None,
+            };
+            let mut record = AuditRecord::new(AuditAction::Emergency, reason.to_string())
+                .with_entities(vec![format!("grant/{}", ticket.grant.grant)]);
+            record.purpose = Some(PURPOSE.into());
+            let now = now_ms();
+            let event =
+                record.to_fhir(&writer, &format!("emergency holder {}", holder.name()), now);
+            let entry = AuditEntry::sign(
+                &signing,
+                prev.as_ref().map(|(a, e)| (e, *a.as_bytes())),
+                &event,
+            )?;
+            let bytes = Zeroizing::new(crate::format::encode(&entry, "emergency log entry")?);
+            let address = store_sealed(&net, &part.log_key, LOG_CONTEXT, &bytes).await?;
+            let moved = match current {
+                None => net
+                    .slots()
+                    .register(&signer.register_request(log_slot, address))
+                    .await
+                    .map_err(|e| EhiError::network("registering the emergency log slot", e))?,
+                Some(from) => {
+                    slotmove::swap(&net, &signer, log_slot, from, address, "emergency log").await?
+                }
+            };
+            if moved {
+                logged = Some(EmergencyUse {
+                    seq: entry.seq,
+                    recorded: instant(now),
+                    who: holder.name().to_string(),
+                    reason: reason.to_string(),
+                    event,
+                });
+                break;
+            }
+        }
+        let logged = logged.ok_or(EhiError::Contention { attempts: 8 })?;
+        let session = AppSession::open(net, holder, &ticket.grant).await?;
+        Ok((session, logged))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+
+    fn policy(holder: &SigningKey) -> Policy {
+        Policy {
+            format: POLICY_FORMAT,
+            grant: "00".into(),
+            holder_name: "ER".into(),
+            holder_signing: holder.verifying_key().to_bytes(),
+            holder_hpke: [0; 32],
+            scopes: DEFAULT_SCOPES.to_vec(),
+            created_ms: 0,
+            log_seed: SecretKey::from_bytes([1; 32]),
+            log_key: SecretKey::from_bytes([2; 32]),
+            acknowledged: 0,
+        }
+    }
+
+    fn entry(key: &SigningKey, prev: Option<&AuditEntry>, action: AuditAction) -> AuditEntry {
+        let mut record = AuditRecord::new(action, "reason");
+        record.purpose = Some(PURPOSE.into());
+        let event = record.to_fhir(&key.verifying_key().to_bytes(), "holder", 1_000);
+        AuditEntry::sign(key, prev.map(|p| (p, [9; 32])), &event).expect("sign")
+    }
+
+    #[test]
+    fn the_log_must_be_the_holders_and_flagged() {
+        let holder = SigningKey::from_bytes(&[3; 32]);
+        let intruder = SigningKey::from_bytes(&[4; 32]);
+        let p = policy(&holder);
+        let id = Id::of_content(b"x");
+
+        let first = entry(&holder, None, AuditAction::Emergency);
+        let second = entry(&holder, Some(&first), AuditAction::Emergency);
+        let uses = uses_of(&p, &[(id, first.clone()), (id, second)]).expect("valid log");
+        assert_eq!(uses.len(), 2);
+        assert!(uses[1].notice().contains("by ER"));
+
+        // An entry signed by another key is refused, naming it.
+        let forged = entry(&intruder, Some(&first), AuditAction::Emergency);
+        let err = uses_of(&p, &[(id, first.clone()), (id, forged)]).expect_err("forged");
+        assert!(err.to_string().contains("entry 1"), "{err}");
+        // An entry of the holder that is not flagged as an emergency is refused.
+        let plain = entry(&holder, Some(&first), AuditAction::Read);
+        let err = uses_of(&p, &[(id, first.clone()), (id, plain)]).expect_err("unflagged");
+        assert!(matches!(err, EhiError::Corrupt { .. }), "{err}");
+        // A dropped entry breaks the chain.
+        let second = entry(&holder, Some(&first), AuditAction::Emergency);
+        assert!(uses_of(&p, &[(id, second)]).is_err());
+    }
+}

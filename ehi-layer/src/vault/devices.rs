@@ -1,0 +1,452 @@
+//! The patient's devices in the vault root (`devices`, [`DeviceRecord`]: each device's
+//! HPKE public key and when it joined): listing, adding (after a pairing, see
+//! [`crate::device`]), removing (rotating the root key and every scope key), and keeping
+//! a device in sync by watching the vault slot.
+//!
+//! ## Root key generations and the device keyring
+//! Generation 0 of the root's AEAD key is derived from the keystore's root key (every
+//! device that ever joined has it). Removing a device creates generation `g + 1`: a
+//! random key that seals every later root and audit entry (the envelope's epoch field
+//! carries the generation). The keys of generations 1..=g+1 reach the remaining devices
+//! through the **device keyring**: a slot (ed25519 seed `BLAKE3-derive_key("invariant
+//! ehi-layer v1 device keyring slot", generation-0 root AEAD key)`) pointing at a blob
+//! holding, for each device listed in the root, the keys HPKE-sealed to that device's
+//! key (info `"invariant ehi-layer v1 device keyring"`, aad = keyring slot ‖
+//! generation). A device meeting a root of a generation it lacks reads the keyring; the
+//! removed device finds no entry sealed to it and gets [`EhiError::NotADevice`]. A
+//! device joining later is added to the keyring by the device that lets it in.
+//! The keyring blob is not an envelope: servers see how many devices there are (the
+//! number of entries) and when the keyring changes, nothing else.
+
+use super::*;
+use crate::device::{DeviceInfo, device_id};
+use crate::keystore::{HpkeSealed, hpke_open_with_seed, hpke_seal};
+use crate::slotmove;
+use serde::{Deserialize, Serialize};
+
+/// BLAKE3 context: the device keyring slot's seed, from the generation-0 root AEAD key.
+pub const CONTEXT_KEYRING_SLOT: &str = "invariant ehi-layer v1 device keyring slot";
+/// HPKE `info` of keyring entries.
+const KEYRING_INFO: &[u8] = b"invariant ehi-layer v1 device keyring";
+
+/// The root's AEAD keys by generation, and the generation of the current root.
+#[derive(Clone, Debug)]
+pub(super) struct RootKeys {
+    /// Generation 0 (derived from the keystore's root key).
+    first: SecretKey,
+    /// Generations 1.. (from the device keyring).
+    later: BTreeMap<u32, SecretKey>,
+    /// The generation of the current root (always one of the above).
+    current: u32,
+}
+
+impl RootKeys {
+    /// Generation 0 only.
+    pub(super) fn new(generation0: SecretKey) -> RootKeys {
+        RootKeys {
+            first: generation0,
+            later: BTreeMap::new(),
+            current: 0,
+        }
+    }
+
+    /// The key of `generation`.
+    pub(super) fn get(&self, generation: u32) -> Option<SecretKey> {
+        match generation {
+            0 => Some(self.first.clone()),
+            g => self.later.get(&g).cloned(),
+        }
+    }
+
+    /// The generation new roots are sealed under, and its key.
+    pub(super) fn current(&self) -> (u32, SecretKey) {
+        match self.later.get(&self.current) {
+            Some(key) => (self.current, key.clone()),
+            None => (0, self.first.clone()),
+        }
+    }
+
+    /// Makes `generation` (which must be held) current.
+    fn set_current(&mut self, generation: u32) {
+        if generation == 0 || self.later.contains_key(&generation) {
+            self.current = generation;
+        }
+    }
+
+    fn insert(&mut self, generation: u32, key: SecretKey) {
+        if generation > 0 {
+            self.later.entry(generation).or_insert(key);
+        }
+    }
+
+    fn newest(&self) -> u32 {
+        self.later.keys().next_back().copied().unwrap_or(0)
+    }
+
+    /// Generations 1.. (what the keyring carries).
+    fn later(&self) -> Vec<(u32, SecretKey)> {
+        self.later.iter().map(|(g, k)| (*g, k.clone())).collect()
+    }
+}
+
+/// The keyring blob (postcard, format 1).
+#[derive(Serialize, Deserialize)]
+struct Keyring {
+    format: u32,
+    generation: u32,
+    entries: Vec<HpkeSealed>,
+}
+
+/// What one keyring entry seals: the root keys of generations 1..=generation.
+#[derive(Serialize, Deserialize)]
+struct KeyringKeys {
+    format: u32,
+    keys: Vec<(u32, SecretKey)>,
+}
+
+fn keyring_aad(slot: &Id, generation: u32) -> Vec<u8> {
+    let mut aad = slot.as_bytes().to_vec();
+    aad.extend_from_slice(&generation.to_le_bytes());
+    aad
+}
+
+/// What removing a device did.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct DeviceRemoval {
+    /// The removed device.
+    pub device: String,
+    /// The new root key generation (given to the remaining devices only).
+    pub root_generation: u32,
+    /// Every scope, with the new key epoch it moved to.
+    pub rotated: Vec<(Scope, u32)>,
+    /// Grants re-sealed with the new keys.
+    pub resealed: usize,
+}
+
+/// A change seen by [`Vault::watch`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct WatchEvent {
+    /// The new root's commit counter.
+    pub generation: u64,
+    /// The new root's address.
+    pub root: Id,
+}
+
+impl Vault {
+    fn keyring_slot(&self) -> Result<(SlotSigner, Id)> {
+        slotmove::slot_of(self.root_key.derive(CONTEXT_KEYRING_SLOT).expose())
+    }
+
+    /// Fetches and opens the root at `head`, reading the device keyring first when the
+    /// root is sealed under a generation this device does not hold yet. Sets the
+    /// current generation to the root's.
+    pub(super) async fn fetch_root(
+        &self,
+        state: &mut State,
+        head: Id,
+    ) -> Result<(Zeroizing<Vec<u8>>, Vec<Id>)> {
+        let bytes = self.net.get(&head, "the vault root").await?;
+        let generation = seal::epoch_of(&bytes)
+            .ok_or_else(|| EhiError::corrupt("the vault root", "not an ehi-layer envelope"))?;
+        if state.root_keys.get(generation).is_none() {
+            self.load_keyring(state, generation).await?;
+        }
+        let keys = state.root_keys.clone();
+        let opened = self
+            .fetch_object(head, Kind::Root, "vault", "the vault root", move |g| {
+                keys.get(g)
+            })
+            .await?;
+        state.root_keys.set_current(generation);
+        Ok(opened)
+    }
+
+    /// Reads the keyring and takes the root keys sealed to this device.
+    async fn load_keyring(&self, state: &mut State, wanted: u32) -> Result<()> {
+        let (_, slot) = self.keyring_slot()?;
+        let not_device = || {
+            EhiError::NotADevice(format!(
+                "the vault root is sealed under root key generation {wanted}, which was not                  given to this device (it was removed, or not yet added by the device that                  let it in)"
+            ))
+        };
+        let Some(address) = slotmove::read(&self.net, slot, "device keyring").await? else {
+            return Err(not_device());
+        };
+        let blob = self.net.get(&address, "the device keyring").await?;
+        let keyring: Keyring = postcard::from_bytes(&blob)
+            .map_err(|e| EhiError::corrupt("the device keyring", format!("{e}")))?;
+        if keyring.format != 1 {
+            return Err(EhiError::UnsupportedFormat {
+                what: "device keyring",
+                found: keyring.format,
+                supported: 1,
+            });
+        }
+        let aad = keyring_aad(&slot, keyring.generation);
+        for entry in &keyring.entries {
+            let Ok(plain) = hpke_open_with_seed(&self.hpke_seed, entry, KEYRING_INFO, &aad) else {
+                continue;
+            };
+            let keys: KeyringKeys = postcard::from_bytes(&plain)
+                .map_err(|e| EhiError::corrupt("the device keyring", format!("{e}")))?;
+            for (generation, key) in keys.keys {
+                state.root_keys.insert(generation, key);
+            }
+            break;
+        }
+        if state.root_keys.get(wanted).is_none() {
+            return Err(not_device());
+        }
+        Ok(())
+    }
+
+    /// Writes the keyring for `devices` with every root key generation above 0 in
+    /// `keys`, and points the keyring slot at it (before the root that needs it).
+    async fn publish_keyring(&self, keys: &RootKeys, devices: &[DeviceRecord]) -> Result<()> {
+        let (signer, slot) = self.keyring_slot()?;
+        let generation = keys.newest();
+        let payload = Zeroizing::new(format::encode(
+            &KeyringKeys {
+                format: 1,
+                keys: keys.later(),
+            },
+            "device keyring",
+        )?);
+        let aad = keyring_aad(&slot, generation);
+        let mut entries = Vec::with_capacity(devices.len());
+        for device in devices {
+            entries.push(hpke_seal(
+                &device.hpke_public,
+                KEYRING_INFO,
+                &aad,
+                &payload,
+            )?);
+        }
+        let bytes = format::encode(
+            &Keyring {
+                format: 1,
+                generation,
+                entries,
+            },
+            "device keyring",
+        )?;
+        let blob = Blob {
+            address: Id::of_content(&bytes),
+            bytes: bytes::Bytes::from(bytes),
+        };
+        self.net.put(&blob).await?;
+        self.net.pin(&[blob.address]).await?;
+        slotmove::point(&self.net, &signer, slot, blob.address, "device keyring").await
+    }
+
+    /// The devices listed in the vault root (as of the last refresh).
+    pub async fn devices(&self) -> Vec<DeviceInfo> {
+        let state = self.state.lock().await;
+        state.root.devices.iter().map(DeviceInfo::of).collect()
+    }
+
+    /// Adds a device (its HPKE public key) to the root, with an audit entry.
+    pub(crate) async fn add_device(&self, hpke_public: [u8; 32]) -> Result<DeviceInfo> {
+        let record = DeviceRecord {
+            hpke_public,
+            added_ms: now_ms(),
+        };
+        let mut state = self.state.lock().await;
+        for attempt in 1..=self.options.max_attempts {
+            self.refresh_state(&mut state).await?;
+            let mut root = state.root.clone();
+            if root.devices.iter().any(|d| d.hpke_public == hpke_public) {
+                return Ok(DeviceInfo::of(&record));
+            }
+            root.devices.push(record.clone());
+            if state.root_keys.newest() > 0 {
+                self.publish_keyring(&state.root_keys, &root.devices)
+                    .await?;
+            }
+            let audit = AuditRecord::new(
+                AuditAction::Device,
+                format!("device {} joined", device_id(&hpke_public)),
+            )
+            .with_entities(vec![format!("device/{}", device_id(&hpke_public))]);
+            if self
+                .swap_root(
+                    &mut state,
+                    root,
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Some(&audit),
+                )
+                .await?
+            {
+                return Ok(DeviceInfo::of(&record));
+            }
+            if attempt == self.options.max_attempts {
+                break;
+            }
+        }
+        Err(EhiError::Contention {
+            attempts: self.options.max_attempts,
+        })
+    }
+
+    /// Removes device `id` (from [`Vault::devices`]) and rotates the key of **every
+    /// scope** to a new epoch, like a revocation ([`Vault::revoke`]) covering everything:
+    /// manifests are re-sealed under the new keys, every grant is re-sealed, and all
+    /// later writes use the new epochs. See [`crate::device`] for what this does not
+    /// achieve against a device that kept its keystore.
+    pub async fn remove_device(&self, id: &str) -> Result<DeviceRemoval> {
+        let wanted = id.trim().to_ascii_lowercase();
+        let mut state = self.state.lock().await;
+        for attempt in 1..=self.options.max_attempts {
+            self.refresh_state(&mut state).await?;
+            let Some(position) = state
+                .root
+                .devices
+                .iter()
+                .position(|d| device_id(&d.hpke_public) == wanted)
+            else {
+                return Err(EhiError::NotFound(format!("device {id}")));
+            };
+            if state.root.devices.len() == 1 {
+                return Err(EhiError::InvalidArgument(
+                    "that is the vault's only device; removing it would lock the patient out"
+                        .into(),
+                ));
+            }
+            let now = now_ms();
+            let mut root = state.root.clone();
+            root.devices.remove(position);
+            // A new root key generation, given to the remaining devices only.
+            let generation = state
+                .root_keys
+                .newest()
+                .checked_add(1)
+                .ok_or_else(|| EhiError::Crypto("root key generations exhausted".into()))?;
+            let mut keys = state.root_keys.clone();
+            keys.insert(generation, SecretKey::random()?);
+            keys.set_current(generation);
+            self.publish_keyring(&keys, &root.devices).await?;
+            state.root_keys = keys;
+            let mut blobs: Vec<Blob> = Vec::new();
+            let mut manifests: Vec<(Scope, ScopeManifest)> = Vec::new();
+            let mut superseded: Vec<Id> = Vec::new();
+            let mut rotated = Vec::new();
+            let scopes: Vec<Scope> = root.scopes.keys().copied().collect();
+            for scope in &scopes {
+                let record = root.scopes.get_mut(scope).ok_or_else(|| {
+                    EhiError::corrupt("vault root", format!("scope {scope} is missing"))
+                })?;
+                let epoch = record
+                    .keys
+                    .iter()
+                    .map(|k| k.epoch)
+                    .max()
+                    .unwrap_or(record.current_epoch)
+                    .checked_add(1)
+                    .ok_or_else(|| EhiError::Crypto("key epochs exhausted".into()))?;
+                let key = SecretKey::random()?;
+                record.keys.push(EpochKey {
+                    epoch,
+                    key: key.clone(),
+                    created_ms: now,
+                });
+                record.current_epoch = epoch;
+                let mut manifest = state
+                    .scopes
+                    .get(scope)
+                    .ok_or_else(|| EhiError::corrupt("vault", format!("scope {scope} not loaded")))?
+                    .manifest
+                    .clone();
+                manifest.epoch = epoch;
+                manifest.generation += 1;
+                let sealed = seal_manifest(&manifest, &key)?;
+                superseded.extend(record.manifest.iter().copied().map(Id::from_bytes));
+                record.manifest = to_raw(&sealed.addresses());
+                blobs.extend(sealed.into_blobs());
+                manifests.push((*scope, manifest));
+                rotated.push((*scope, epoch));
+            }
+            let mut republish = Vec::new();
+            for index in 0..root.grants.len() {
+                let blob = self.seal_grant_blob(&root, &root.grants[index], now)?;
+                let g = &mut root.grants[index];
+                superseded.push(Id::from_bytes(g.sealed));
+                g.sealed = *blob.address.as_bytes();
+                blobs.push(blob);
+                republish.push(g.clone());
+            }
+            let audit = AuditRecord::new(
+                AuditAction::Device,
+                format!(
+                    "device {wanted} removed; {} scope(s) moved to new key epochs",
+                    rotated.len()
+                ),
+            )
+            .with_entities(vec![format!("device/{wanted}")]);
+            if self
+                .swap_root(&mut state, root, blobs, manifests, Vec::new(), Some(&audit))
+                .await?
+            {
+                self.sync_scope_slots(&state, &scopes).await;
+                for g in &republish {
+                    if let Err(e) = self.publish_grant_slot(g).await {
+                        tracing::warn!(error = %e, "moving a grant slot");
+                    }
+                }
+                self.net.unpin_quietly(&superseded).await;
+                return Ok(DeviceRemoval {
+                    device: wanted,
+                    root_generation: generation,
+                    rotated,
+                    resealed: republish.len(),
+                });
+            }
+            if attempt == self.options.max_attempts {
+                break;
+            }
+        }
+        Err(EhiError::Contention {
+            attempts: self.options.max_attempts,
+        })
+    }
+
+    /// Keeps this handle in sync with the other devices: follows the vault slot through
+    /// the slots server's watch stream and re-reads the vault (only changed manifests)
+    /// each time the slot moves, calling `on_change` after each refresh. Reconnects when
+    /// the stream ends; returns only on an error reading the vault.
+    pub async fn watch<F>(&self, mut on_change: F) -> Result<()>
+    where
+        F: FnMut(WatchEvent) + Send,
+    {
+        loop {
+            let stream = match self.net.slots().watch(&self.slot).await {
+                Ok(Some(stream)) => Some(stream),
+                Ok(None) => return Err(EhiError::NoVault { slot: self.slot }),
+                Err(e) => {
+                    tracing::warn!(error = %e, "watching the vault slot; retrying");
+                    None
+                }
+            };
+            if let Some(mut stream) = stream {
+                while let Some(item) = stream.next().await {
+                    let Ok(slot_state) = item else { break };
+                    let mut state = self.state.lock().await;
+                    if slot_state.address == state.root_head {
+                        continue;
+                    }
+                    self.refresh_state(&mut state).await?;
+                    let event = WatchEvent {
+                        generation: state.root.generation,
+                        root: state.root_head,
+                    };
+                    drop(state);
+                    on_change(event);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
