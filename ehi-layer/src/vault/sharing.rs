@@ -30,6 +30,9 @@ pub struct RevokeReport {
     pub unpinned: usize,
 }
 
+/// Resource versions fetched at once while re-encrypting after a revoke.
+const REENCRYPT_PARALLELISM: usize = 16;
+
 impl Vault {
     /// Every grant in the vault (no key material).
     pub async fn grants(&self) -> Vec<GrantInfo> {
@@ -222,35 +225,66 @@ impl Vault {
                     .clone();
                 if reencrypt {
                     let resource_key = key.derive(CONTEXT_RESOURCE);
-                    for (resource_type, ids) in manifest.resources.iter_mut() {
-                        for (rid, versions) in ids.iter_mut() {
-                            for v in versions.iter_mut() {
+                    // Every live version still under an older key.
+                    let mut jobs = Vec::new();
+                    for (resource_type, ids) in &manifest.resources {
+                        for (rid, versions) in ids {
+                            for (index, v) in versions.iter().enumerate() {
                                 if v.deleted || v.epoch == epoch {
                                     continue;
                                 }
                                 let label = format!("{resource_type}/{rid}/_history/{}", v.version);
                                 let old_key = state.resource_key(*scope, v.epoch)?;
-                                let content = self
-                                    .fetch_resource(&old_key, *scope, &v.blocks, &label)
-                                    .await?;
-                                let plaintext =
-                                    Zeroizing::new(serde_json::to_vec(&content).map_err(|e| {
-                                        EhiError::Crypto(format!("encoding a resource: {e}"))
-                                    })?);
-                                let sealed = seal::seal_object(
-                                    &resource_key,
-                                    Kind::Resource,
-                                    scope.name(),
-                                    epoch,
-                                    &plaintext,
-                                )?;
-                                superseded.extend(v.blocks.iter().copied().map(Id::from_bytes));
-                                v.blocks = to_raw(&sealed.addresses());
-                                v.epoch = epoch;
-                                blobs.extend(sealed.into_blobs());
-                                reencrypted += 1;
+                                jobs.push((
+                                    resource_type.clone(),
+                                    rid.clone(),
+                                    index,
+                                    v.blocks.clone(),
+                                    old_key,
+                                    label,
+                                ));
                             }
                         }
+                    }
+                    // Fetch and decrypt with bounded parallelism; seal in order.
+                    let scope_copy = *scope;
+                    let fetched: Vec<_> = futures_util::stream::iter(jobs.into_iter().map(
+                        |(resource_type, rid, index, blocks, old_key, label)| async move {
+                            let content = self
+                                .fetch_resource(&old_key, scope_copy, &blocks, &label)
+                                .await?;
+                            Ok::<_, EhiError>((resource_type, rid, index, content))
+                        },
+                    ))
+                    .buffer_unordered(REENCRYPT_PARALLELISM)
+                    .collect()
+                    .await;
+                    for item in fetched {
+                        let (resource_type, rid, index, content) = item?;
+                        let v = manifest
+                            .resources
+                            .get_mut(&resource_type)
+                            .and_then(|ids| ids.get_mut(&rid))
+                            .and_then(|versions| versions.get_mut(index))
+                            .ok_or_else(|| {
+                                EhiError::corrupt("scope manifest", "a version vanished")
+                            })?;
+                        let plaintext =
+                            Zeroizing::new(serde_json::to_vec(&content).map_err(|e| {
+                                EhiError::Crypto(format!("encoding a resource: {e}"))
+                            })?);
+                        let sealed = seal::seal_object(
+                            &resource_key,
+                            Kind::Resource,
+                            scope.name(),
+                            epoch,
+                            &plaintext,
+                        )?;
+                        superseded.extend(v.blocks.iter().copied().map(Id::from_bytes));
+                        v.blocks = to_raw(&sealed.addresses());
+                        v.epoch = epoch;
+                        blobs.extend(sealed.into_blobs());
+                        reencrypted += 1;
                     }
                 }
                 manifest.epoch = epoch;
