@@ -148,6 +148,8 @@
 
 pub mod app;
 pub mod audit;
+pub mod consent;
+pub mod contribution;
 pub mod error;
 pub mod export;
 pub mod fhir;
@@ -155,6 +157,7 @@ pub mod format;
 pub mod grant;
 pub mod keys;
 pub mod keystore;
+mod letter;
 pub mod network;
 pub mod present;
 pub mod scope;

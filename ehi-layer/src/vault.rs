@@ -58,6 +58,11 @@ use crate::time::{instant, now_ms};
 mod audit_log;
 mod sharing;
 pub use sharing::RevokeReport;
+// Issue 9 (consent requests, grant channels: contributions and app audit).
+mod channels;
+mod requests;
+pub use channels::{ContributionInfo, MergeReport};
+pub use requests::{ConsentOutcome, ConsentRequestInfo, RequestList, UnreadableRequest};
 
 /// The bytes of the tombstone blob a removed vault's slots point at (public, the same
 /// for every vault).
@@ -433,6 +438,7 @@ impl Vault {
             }],
             grants: Vec::new(),
             audit_head: None,
+            ext: Default::default(),
         };
         let root_key = keystore.root_key().derive(CONTEXT_ROOT);
         let sealed_root = seal_root(&root, &root_key)?;
@@ -507,6 +513,7 @@ impl Vault {
                 devices: Vec::new(),
                 grants: Vec::new(),
                 audit_head: None,
+                ext: Default::default(),
             },
             scopes: BTreeMap::new(),
             audit_blocks: Vec::new(),
