@@ -443,6 +443,25 @@ mod tests {
         bad[4] = AuditEntry::sign(&other, Some((&entries[3], [3; 32])), &event).expect("sign");
         assert_eq!(verify_chain(&bad, &trusted).map_err(|b| b.index), Err(4));
 
+        // A chain merged in pieces: the continuation after entry 1 verifies, a gap or
+        // a wrong link does not.
+        let after = Some((entries[1].seq, entries[1].hash()));
+        assert_eq!(verify_continuation(&entries[2..], after, &trusted), Ok(3));
+        assert!(verify_continuation(&entries[3..], after, &trusted).is_err());
+        assert!(verify_continuation(&entries[2..], Some((1, [0; 32])), &trusted).is_err());
+        let tail = AuditEntry::sign_after(
+            &key,
+            Some((entries[4].seq, entries[4].hash())),
+            None,
+            &entries[4].event().expect("event"),
+        )
+        .expect("sign");
+        assert_eq!(tail.seq, 5);
+        assert_eq!(
+            verify_continuation(&[tail], Some((4, entries[4].hash())), &trusted),
+            Ok(1)
+        );
+
         let bytes = postcard::to_stdvec(&entries[0]).expect("encode");
         assert_eq!(decode_entry(&bytes).expect("decode"), entries[0]);
         assert_eq!(entries[1].action().as_deref(), Some("import"));

@@ -194,6 +194,75 @@ pub(crate) fn open_message(
     Ok(Opened { message, signature })
 }
 
+/// A channel message from `app` (see the module docs).
+fn build_message(
+    app: &AppKeystore,
+    slot: &Id,
+    patient_hpke: &[u8; 32],
+    grant_id: [u8; 16],
+    body: MessageBody,
+    tail: Option<(u64, [u8; 32])>,
+) -> Result<Vec<u8>> {
+    let message = ChannelMessage {
+        format: CHANNEL_FORMAT,
+        grant_id,
+        body,
+    };
+    let payload = crate::format::encode(&message, "grant channel message")?;
+    let signing = app.signing_key();
+    let to_patient = letter::seal(
+        &letter::Seal {
+            magic: LETTER_MAGIC,
+            recipient: patient_hpke,
+            info: MESSAGE_INFO,
+            aad: slot.as_bytes(),
+            domain: MESSAGE_DOMAIN,
+            min_padded: MIN_PADDED,
+        },
+        &signing,
+        slot.as_bytes(),
+        &payload,
+    )?;
+    let own_hpke = crate::app::hex32(&app.card().hpke_key)
+        .ok_or_else(|| EhiError::Crypto("app HPKE key".into()))?;
+    let note = crate::format::encode(
+        &Note {
+            format: CHANNEL_FORMAT,
+            audit_tail: tail,
+        },
+        "channel note",
+    )?;
+    let to_self = letter::seal(
+        &letter::Seal {
+            magic: NOTE_MAGIC,
+            recipient: &own_hpke,
+            info: NOTE_INFO,
+            aad: slot.as_bytes(),
+            domain: NOTE_DOMAIN,
+            min_padded: 128,
+        },
+        &signing,
+        slot.as_bytes(),
+        &note,
+    )?;
+    let len = u32::try_from(to_patient.len())
+        .map_err(|_| EhiError::InvalidArgument("message too large".into()))?;
+    let mut blob = Vec::with_capacity(8 + to_patient.len() + to_self.len());
+    blob.extend_from_slice(MESSAGE_MAGIC);
+    blob.push(MESSAGE_VERSION);
+    blob.extend_from_slice(&len.to_le_bytes());
+    blob.extend_from_slice(&to_patient);
+    blob.extend_from_slice(&to_self);
+    if blob.len() > letter::MAX_LETTER {
+        return Err(EhiError::InvalidArgument(format!(
+            "the contribution is {} bytes sealed; at most {} fit in one message",
+            blob.len(),
+            letter::MAX_LETTER
+        )));
+    }
+    Ok(blob)
+}
+
 fn split_message<'a>(blob: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8])> {
     if blob.len() < 8 || &blob[..3] != MESSAGE_MAGIC {
         return Err(EhiError::corrupt(what, "not a grant channel message"));
@@ -309,63 +378,7 @@ impl AppChannel {
         tail: Option<(u64, [u8; 32])>,
     ) -> Result<Id> {
         let patient_hpke = self.patient_key(net, app).await?;
-        let message = ChannelMessage {
-            format: CHANNEL_FORMAT,
-            grant_id: self.grant_id,
-            body,
-        };
-        let payload = crate::format::encode(&message, "grant channel message")?;
-        let signing = app.signing_key();
-        let to_patient = letter::seal(
-            &letter::Seal {
-                magic: LETTER_MAGIC,
-                recipient: &patient_hpke,
-                info: MESSAGE_INFO,
-                aad: self.slot.as_bytes(),
-                domain: MESSAGE_DOMAIN,
-                min_padded: MIN_PADDED,
-            },
-            &signing,
-            self.slot.as_bytes(),
-            &payload,
-        )?;
-        let own_hpke = crate::app::hex32(&app.card().hpke_key)
-            .ok_or_else(|| EhiError::Crypto("app HPKE key".into()))?;
-        let note = crate::format::encode(
-            &Note {
-                format: CHANNEL_FORMAT,
-                audit_tail: tail,
-            },
-            "channel note",
-        )?;
-        let to_self = letter::seal(
-            &letter::Seal {
-                magic: NOTE_MAGIC,
-                recipient: &own_hpke,
-                info: NOTE_INFO,
-                aad: self.slot.as_bytes(),
-                domain: NOTE_DOMAIN,
-                min_padded: 128,
-            },
-            &signing,
-            self.slot.as_bytes(),
-            &note,
-        )?;
-        let len = u32::try_from(to_patient.len())
-            .map_err(|_| EhiError::InvalidArgument("message too large".into()))?;
-        let mut blob = Vec::with_capacity(8 + to_patient.len() + to_self.len());
-        blob.extend_from_slice(MESSAGE_MAGIC);
-        blob.push(MESSAGE_VERSION);
-        blob.extend_from_slice(&len.to_le_bytes());
-        blob.extend_from_slice(&to_patient);
-        blob.extend_from_slice(&to_self);
-        if blob.len() > letter::MAX_LETTER {
-            return Err(EhiError::InvalidArgument(format!(
-                "the contribution is {} bytes sealed; at most {} fit in one message",
-                blob.len(),
-                letter::MAX_LETTER
-            )));
-        }
+        let blob = build_message(app, &self.slot, &patient_hpke, self.grant_id, body, tail)?;
         letter::post(net, self.slot, blob, "the grant channel", false).await
     }
 
@@ -483,13 +496,54 @@ mod tests {
                 json!([{"resourceType": "MedicationRequest"}]),
                 "no valid id",
             ),
-            (json!([{"resourceType": "Nope", "id": "x"}]), "resourceType"),
+            (
+                json!([{"resourceType": "not a type", "id": "x"}]),
+                "resourceType",
+            ),
             (json!([]), "no resource"),
             (json!({"a": 1}), "not a JSON array"),
         ] {
             let err = check_resources(&bad.to_string(), &scopes, &none).expect_err("refused");
             assert!(err.contains(why), "{err}");
         }
+    }
+
+    #[test]
+    fn messages_open_only_for_the_patient_and_the_grant_app() {
+        let app = AppKeystore::generate("Writer").expect("app");
+        let other = AppKeystore::generate("Thief").expect("app");
+        let seed = SecretKey::from_bytes([4; 32]);
+        let patient_hpke = crate::keystore::hpke_public_of(&seed);
+        let slot = channel_slot(&Id::from_bytes([1; 32]), &[9; 16]);
+        let body = || MessageBody::Contribution {
+            resources: "[]".into(),
+            note: "n".into(),
+            created_ms: 1,
+        };
+        let app_key = crate::app::hex32(&app.card().signing_key).expect("key");
+        let blob = build_message(&app, &slot, &patient_hpke, [9; 16], body(), None).expect("build");
+        let opened = open_message(&seed, &slot, &app_key, &[9; 16], &blob, "m").expect("open");
+        assert!(matches!(
+            opened.message.body,
+            MessageBody::Contribution { .. }
+        ));
+        // Signed by another app: refused, naming the signature.
+        let forged =
+            build_message(&other, &slot, &patient_hpke, [9; 16], body(), None).expect("build");
+        let err = open_message(&seed, &slot, &app_key, &[9; 16], &forged, "m").expect_err("forged");
+        assert!(
+            err.to_string().contains("signature does not verify"),
+            "{err}"
+        );
+        // A flipped byte in the letter: refused.
+        let mut bad = blob.clone();
+        bad[200] ^= 1;
+        let err = open_message(&seed, &slot, &app_key, &[9; 16], &bad, "m").expect_err("tampered");
+        assert!(err.to_string().contains("does not open"), "{err}");
+        // Another grant id or another channel: refused.
+        assert!(open_message(&seed, &slot, &app_key, &[8; 16], &blob, "m").is_err());
+        let elsewhere = channel_slot(&Id::from_bytes([2; 32]), &[9; 16]);
+        assert!(open_message(&seed, &elsewhere, &app_key, &[9; 16], &blob, "m").is_err());
     }
 
     #[test]

@@ -225,6 +225,21 @@ pub enum EhiError {
     /// The app asked for data outside its grant.
     #[error("not granted: {0}")]
     NotGranted(String),
+    /// The vault slot points at a root older than one this device already saw
+    /// (see `vault/rollback.rs`).
+    #[error(
+        "the vault slot points at generation {found}, older than generation {seen} this \
+         device already saw: a server is serving an old root (a rollback); refusing to use \
+         it. If the vault was restored on purpose, remove {}", file.display()
+    )]
+    Rollback {
+        /// The highest generation this device saw.
+        seen: u64,
+        /// The generation the slot points at now.
+        found: u64,
+        /// The file that remembers `seen`.
+        file: PathBuf,
+    },
 }
 
 impl EhiError {

@@ -61,6 +61,7 @@ pub use sharing::RevokeReport;
 // Issue 9 (consent requests, grant channels: contributions and app audit).
 mod channels;
 mod requests;
+mod rollback;
 pub use channels::{ContributionInfo, MergeReport};
 pub use requests::{ConsentOutcome, ConsentRequestInfo, RequestList, UnreadableRequest};
 
