@@ -476,18 +476,37 @@ pub async fn poll(net: &Network, app: &AppKeystore, pending: &PendingRequest) ->
     Ok(Decision::Pending)
 }
 
+/// What the patient decided, for [`consent_resource`].
+#[derive(Debug)]
+pub(crate) struct Decided<'a> {
+    /// The `Consent` id.
+    pub consent_id: &'a str,
+    /// The request id.
+    pub request_id: &'a str,
+    /// Approved or denied.
+    pub approved: bool,
+    /// The grant made (approved).
+    pub grant_id: Option<&'a str>,
+    /// The `Consent.patient` reference object.
+    pub patient: &'a serde_json::Value,
+    /// When, ms since the Unix epoch.
+    pub decided_ms: u64,
+}
+
 /// The FHIR R4 `Consent` recording a decision on `request` (kept in the vault).
-/// `patient` is the `Consent.patient` reference object.
 pub(crate) fn consent_resource(
-    consent_id: &str,
-    request_id: &str,
     request: &RequestPayload,
     card: &VerifiedCard,
-    approved: bool,
-    grant_id: Option<&str>,
-    patient: &serde_json::Value,
-    decided_ms: u64,
+    decided: &Decided<'_>,
 ) -> serde_json::Value {
+    let Decided {
+        consent_id,
+        request_id,
+        approved,
+        grant_id,
+        patient,
+        decided_ms,
+    } = *decided;
     use crate::time::instant;
     use serde_json::json;
     let classes: Vec<serde_json::Value> = crate::scope::DEFAULT_TABLE

@@ -472,91 +472,6 @@ pub(crate) fn check_resources(
     Ok((resources, refs))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::scope::Scope;
-    use serde_json::json;
-
-    #[test]
-    fn resources_are_checked_against_the_grant() {
-        let scopes = [Scope::Medications];
-        let none = std::collections::BTreeMap::new();
-        let ok = json!([{"resourceType": "MedicationRequest", "id": "m1"}]).to_string();
-        assert_eq!(
-            check_resources(&ok, &scopes, &none).expect("ok").1,
-            ["MedicationRequest/m1"]
-        );
-        for (bad, why) in [
-            (
-                json!([{"resourceType": "Observation", "id": "o1"}]),
-                "does not cover",
-            ),
-            (
-                json!([{"resourceType": "MedicationRequest"}]),
-                "no valid id",
-            ),
-            (
-                json!([{"resourceType": "not a type", "id": "x"}]),
-                "resourceType",
-            ),
-            (json!([]), "no resource"),
-            (json!({"a": 1}), "not a JSON array"),
-        ] {
-            let err = check_resources(&bad.to_string(), &scopes, &none).expect_err("refused");
-            assert!(err.contains(why), "{err}");
-        }
-    }
-
-    #[test]
-    fn messages_open_only_for_the_patient_and_the_grant_app() {
-        let app = AppKeystore::generate("Writer").expect("app");
-        let other = AppKeystore::generate("Thief").expect("app");
-        let seed = SecretKey::from_bytes([4; 32]);
-        let patient_hpke = crate::keystore::hpke_public_of(&seed);
-        let slot = channel_slot(&Id::from_bytes([1; 32]), &[9; 16]);
-        let body = || MessageBody::Contribution {
-            resources: "[]".into(),
-            note: "n".into(),
-            created_ms: 1,
-        };
-        let app_key = crate::app::hex32(&app.card().signing_key).expect("key");
-        let blob = build_message(&app, &slot, &patient_hpke, [9; 16], body(), None).expect("build");
-        let opened = open_message(&seed, &slot, &app_key, &[9; 16], &blob, "m").expect("open");
-        assert!(matches!(
-            opened.message.body,
-            MessageBody::Contribution { .. }
-        ));
-        // Signed by another app: refused, naming the signature.
-        let forged =
-            build_message(&other, &slot, &patient_hpke, [9; 16], body(), None).expect("build");
-        let err = open_message(&seed, &slot, &app_key, &[9; 16], &forged, "m").expect_err("forged");
-        assert!(
-            err.to_string().contains("signature does not verify"),
-            "{err}"
-        );
-        // A flipped byte in the letter: refused.
-        let mut bad = blob.clone();
-        bad[200] ^= 1;
-        let err = open_message(&seed, &slot, &app_key, &[9; 16], &bad, "m").expect_err("tampered");
-        assert!(err.to_string().contains("does not open"), "{err}");
-        // Another grant id or another channel: refused.
-        assert!(open_message(&seed, &slot, &app_key, &[8; 16], &blob, "m").is_err());
-        let elsewhere = channel_slot(&Id::from_bytes([2; 32]), &[9; 16]);
-        assert!(open_message(&seed, &elsewhere, &app_key, &[9; 16], &blob, "m").is_err());
-    }
-
-    #[test]
-    fn channel_slots_differ_per_grant_and_vault() {
-        let v = Id::from_bytes([1; 32]);
-        assert_ne!(channel_slot(&v, &[1; 16]), channel_slot(&v, &[2; 16]));
-        assert_ne!(
-            channel_slot(&v, &[1; 16]),
-            channel_slot(&Id::from_bytes([2; 32]), &[1; 16])
-        );
-    }
-}
-
 impl crate::AppSession {
     fn channel(&self) -> AppChannel {
         let ticket = self.ticket();
@@ -648,5 +563,90 @@ impl crate::AppSession {
         self.channel()
             .report(self.network(), app, action, what)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scope::Scope;
+    use serde_json::json;
+
+    #[test]
+    fn resources_are_checked_against_the_grant() {
+        let scopes = [Scope::Medications];
+        let none = std::collections::BTreeMap::new();
+        let ok = json!([{"resourceType": "MedicationRequest", "id": "m1"}]).to_string();
+        assert_eq!(
+            check_resources(&ok, &scopes, &none).expect("ok").1,
+            ["MedicationRequest/m1"]
+        );
+        for (bad, why) in [
+            (
+                json!([{"resourceType": "Observation", "id": "o1"}]),
+                "does not cover",
+            ),
+            (
+                json!([{"resourceType": "MedicationRequest"}]),
+                "no valid id",
+            ),
+            (
+                json!([{"resourceType": "not a type", "id": "x"}]),
+                "resourceType",
+            ),
+            (json!([]), "no resource"),
+            (json!({"a": 1}), "not a JSON array"),
+        ] {
+            let err = check_resources(&bad.to_string(), &scopes, &none).expect_err("refused");
+            assert!(err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn messages_open_only_for_the_patient_and_the_grant_app() {
+        let app = AppKeystore::generate("Writer").expect("app");
+        let other = AppKeystore::generate("Thief").expect("app");
+        let seed = SecretKey::from_bytes([4; 32]);
+        let patient_hpke = crate::keystore::hpke_public_of(&seed);
+        let slot = channel_slot(&Id::from_bytes([1; 32]), &[9; 16]);
+        let body = || MessageBody::Contribution {
+            resources: "[]".into(),
+            note: "n".into(),
+            created_ms: 1,
+        };
+        let app_key = crate::app::hex32(&app.card().signing_key).expect("key");
+        let blob = build_message(&app, &slot, &patient_hpke, [9; 16], body(), None).expect("build");
+        let opened = open_message(&seed, &slot, &app_key, &[9; 16], &blob, "m").expect("open");
+        assert!(matches!(
+            opened.message.body,
+            MessageBody::Contribution { .. }
+        ));
+        // Signed by another app: refused, naming the signature.
+        let forged =
+            build_message(&other, &slot, &patient_hpke, [9; 16], body(), None).expect("build");
+        let err = open_message(&seed, &slot, &app_key, &[9; 16], &forged, "m").expect_err("forged");
+        assert!(
+            err.to_string().contains("signature does not verify"),
+            "{err}"
+        );
+        // A flipped byte in the letter: refused.
+        let mut bad = blob.clone();
+        bad[200] ^= 1;
+        let err = open_message(&seed, &slot, &app_key, &[9; 16], &bad, "m").expect_err("tampered");
+        assert!(err.to_string().contains("does not open"), "{err}");
+        // Another grant id or another channel: refused.
+        assert!(open_message(&seed, &slot, &app_key, &[8; 16], &blob, "m").is_err());
+        let elsewhere = channel_slot(&Id::from_bytes([2; 32]), &[9; 16]);
+        assert!(open_message(&seed, &elsewhere, &app_key, &[9; 16], &blob, "m").is_err());
+    }
+
+    #[test]
+    fn channel_slots_differ_per_grant_and_vault() {
+        let v = Id::from_bytes([1; 32]);
+        assert_ne!(channel_slot(&v, &[1; 16]), channel_slot(&v, &[2; 16]));
+        assert_ne!(
+            channel_slot(&v, &[1; 16]),
+            channel_slot(&Id::from_bytes([2; 32]), &[1; 16])
+        );
     }
 }

@@ -314,14 +314,16 @@ impl Vault {
         let now = now_ms();
         let patient = self.consent_patient().await;
         let resource = consent::consent_resource(
-            &consent_id,
-            &request_id,
             request,
             card,
-            approved,
-            grant.as_ref().map(|(g, _)| *g),
-            &patient,
-            now,
+            &consent::Decided {
+                consent_id: &consent_id,
+                request_id: &request_id,
+                approved,
+                grant_id: grant.as_ref().map(|(g, _)| *g),
+                patient: &patient,
+                decided_ms: now,
+            },
         );
         let bundle = json!({"resourceType": "Bundle", "type": "collection",
                             "entry": [{"resource": resource}]});
