@@ -37,6 +37,16 @@
 //! slot the app registered). The app polls it ([`poll`]) and checks the patient's
 //! signature against the card's `patient` key: a decision nobody else can forge.
 //!
+//! ## Finding the inbox by name
+//! Instead of handing out the card, the patient may register a **name** for it on the
+//! names server (`ehi requests card --name <name>`, [`crate::Vault::publish_inbox_name`]):
+//! the card is stored as a public blob and the name points at it; an app looks it up
+//! with [`find_inbox`] and still verifies the card's signature. A name is a
+//! convenience, not an authentication: the card itself is public (it links the name to
+//! the patient's key and inbox), the patient should pick a name that does not identify
+//! them, and an app that must be sure it reaches the right patient compares the card's
+//! `patient` key with one obtained out of band. A name already taken is refused.
+//!
 //! ## What servers see
 //! Two slots with random ids (inbox, reply) and a few blobs of padded, bucketed size;
 //! no name, scope, purpose, key or signature in the clear.
@@ -349,6 +359,86 @@ pub struct PendingRequest {
     pub sent_ms: u64,
 }
 
+/// The names server of the network of `net` (the first registered one that answers).
+async fn names_client(net: &Network) -> Result<invariant_spec::NamesClient> {
+    let broker = invariant_spec::BrokerClient::new(net.broker_url())
+        .map_err(|e| EhiError::network("the broker", e))?;
+    let ids = broker
+        .registered("names")
+        .await
+        .map_err(|e| EhiError::network("asking the broker for names servers", e))?;
+    for id in ids {
+        if let Ok(Some(url)) = broker.resolve(&id).await {
+            return invariant_spec::NamesClient::new(&url)
+                .map_err(|e| EhiError::network(format!("names server {url}"), e));
+        }
+    }
+    Err(EhiError::MissingServer {
+        broker: net.broker_url().to_string(),
+        kind: "names",
+        hint: String::new(),
+    })
+}
+
+fn canonical(name: &str) -> Result<String> {
+    invariant_spec::names::canonical_name(name)
+        .map_err(|e| EhiError::InvalidArgument(format!("inbox name {name:?}: {e}")))
+}
+
+/// Registers `name` for `card` on the names server (the card stored as a public blob).
+/// Returns the canonical name. Refuses a name that points elsewhere.
+pub(crate) async fn publish_name(net: &Network, card: &InboxCard, name: &str) -> Result<String> {
+    let name = canonical(name)?;
+    let bytes = card.to_json()?.into_bytes();
+    let blob = crate::seal::Blob {
+        address: Id::of_content(&bytes),
+        bytes: bytes::Bytes::from(bytes),
+    };
+    net.put(&blob).await?;
+    net.pin(&[blob.address]).await?;
+    let names = names_client(net).await?;
+    let existing = names
+        .lookup(&name)
+        .await
+        .map_err(|e| EhiError::network(format!("looking up {name}"), e))?;
+    match existing {
+        Some(record) if record.address == blob.address => Ok(name),
+        Some(_) => Err(EhiError::InvalidArgument(format!(
+            "the name {name} is taken (it points at something else); choose another"
+        ))),
+        None => {
+            names
+                .register(&invariant_spec::names::RegisterRequest::new(
+                    name.clone(),
+                    blob.address,
+                ))
+                .await
+                .map_err(|e| EhiError::network(format!("registering the name {name}"), e))?;
+            Ok(name)
+        }
+    }
+}
+
+/// Finds the inbox card registered under `name` (the app's side) and verifies it.
+pub async fn find_inbox(net: &Network, name: &str) -> Result<InboxCard> {
+    let name = canonical(name)?;
+    let record = names_client(net)
+        .await?
+        .lookup(&name)
+        .await
+        .map_err(|e| EhiError::network(format!("looking up {name}"), e))?
+        .ok_or_else(|| EhiError::NotFound(format!("the inbox name {name}")))?;
+    if record.slot {
+        return Err(EhiError::InvalidArgument(format!(
+            "the name {name} names a slot, not an inbox card"
+        )));
+    }
+    let bytes = net
+        .get(&record.address, &format!("the inbox card of {name}"))
+        .await?;
+    InboxCard::parse(&bytes)
+}
+
 /// The state of a request as the app sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Decision {
@@ -404,7 +494,7 @@ pub async fn send_request(
 /// sealing; public so that tests and tools can post a crafted request). Returns the
 /// blob's address.
 pub async fn post_sealed_request(net: &Network, inbox: &InboxCard, bytes: Vec<u8>) -> Result<Id> {
-    letter::post(net, inbox.inbox, bytes, "the patient's inbox", false).await
+    letter::post(net, inbox.inbox, bytes, "the patient's inbox").await
 }
 
 /// Looks for the patient's decision on `pending` in its reply slot: the newest message

@@ -379,7 +379,7 @@ impl AppChannel {
     ) -> Result<Id> {
         let patient_hpke = self.patient_key(net, app).await?;
         let blob = build_message(app, &self.slot, &patient_hpke, self.grant_id, body, tail)?;
-        letter::post(net, self.slot, blob, "the grant channel", false).await
+        letter::post(net, self.slot, blob, "the grant channel").await
     }
 
     /// Sends a contribution (unchecked: the caller checked the grant's access).

@@ -216,15 +216,9 @@ pub(crate) async fn new_open_slot(net: &Network) -> Result<(Id, Id)> {
 }
 
 /// Stores `bytes` and appends its address to the open slot `slot` (compare-and-swap
-/// from whatever it holds; retried on conflict). `what` names the slot in errors.
-/// Registers the slot at the blob when it does not exist yet and `register` is set.
-pub(crate) async fn post(
-    net: &Network,
-    slot: Id,
-    bytes: Vec<u8>,
-    what: &str,
-    register: bool,
-) -> Result<Id> {
+/// from whatever it holds; retried on conflict). `what` names the slot in errors; a
+/// slot that does not exist is [`EhiError::NotFound`].
+pub(crate) async fn post(net: &Network, slot: Id, bytes: Vec<u8>, what: &str) -> Result<Id> {
     let blob = Blob {
         address: Id::of_content(&bytes),
         bytes: bytes::Bytes::from(bytes),
@@ -238,11 +232,6 @@ pub(crate) async fn post(
             .await
             .map_err(|e| EhiError::network(format!("reading {what}"), e))?;
         let result = match current {
-            None if register => net
-                .slots()
-                .register(&RegisterRequest::unsigned(slot, blob.address))
-                .await
-                .map(|_| ()),
             None => return Err(EhiError::NotFound(format!("{what} (slot {slot})"))),
             Some(current) if current.address == blob.address => return Ok(blob.address),
             Some(current) => {

@@ -69,7 +69,12 @@ enum AuditCommand {
 #[derive(Subcommand, Debug)]
 enum RequestsCommand {
     /// Print the inbox card (JSON) to give to apps, creating the inbox on first use.
-    Card,
+    Card {
+        /// Also register this name for the card on the names server (apps then find
+        /// the inbox by name; the card becomes public under it).
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -555,8 +560,18 @@ async fn consent_command(vault: &Vault, command: Command, table: bool) -> anyhow
     use ehi_layer::time::instant;
     match command {
         Command::Requests {
-            command: Some(RequestsCommand::Card),
-        } => println!("{}", vault.inbox_card().await?.to_json()?),
+            command: Some(RequestsCommand::Card { name }),
+        } => {
+            let card = match name {
+                Some(name) => {
+                    let (card, name) = vault.publish_inbox_name(&name).await?;
+                    eprintln!("apps find this inbox under the name {name}");
+                    card
+                }
+                None => vault.inbox_card().await?,
+            };
+            println!("{}", card.to_json()?);
+        }
         Command::Requests { command: None } => {
             let list = vault.requests().await?;
             if table {

@@ -562,3 +562,46 @@ async fn a_rolled_back_vault_slot_is_refused() -> anyhow::Result<()> {
     net.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_app_finds_the_inbox_by_name() -> anyhow::Result<()> {
+    let mut net = TestNet::start(2, false).await?;
+    net.start_names().await?;
+    let dir = tempfile::tempdir()?;
+    let (_keystore, _path, vault) = net.new_vault(&dir.path().join("device")).await?;
+    let (card, name) = vault.publish_inbox_name("zq-inbox-7").await?;
+    assert_eq!(name, "zq-inbox-7.local");
+    // Publishing again is fine; a bad name is refused with the reason.
+    vault.publish_inbox_name("zq-inbox-7").await?;
+    assert!(matches!(
+        vault.publish_inbox_name("not a name!").await,
+        Err(EhiError::InvalidArgument(m)) if m.contains("inbox name")
+    ));
+    // Another patient cannot take the name over.
+    let other_dir = tempfile::tempdir()?;
+    let (_k, _p, other) = net.new_vault(other_dir.path()).await?;
+    assert!(matches!(
+        other.publish_inbox_name("zq-inbox-7").await,
+        Err(EhiError::InvalidArgument(m)) if m.contains("taken")
+    ));
+
+    let anet = Network::connect(&net.broker_url, None).await?;
+    let found = consent::find_inbox(&anet, "ZQ-inbox-7").await?;
+    assert_eq!(found, card);
+    assert!(matches!(
+        consent::find_inbox(&anet, "nobody-here").await,
+        Err(EhiError::NotFound(_))
+    ));
+    let app = AppKeystore::generate("ByName")?;
+    let anet = app_net(&net, &found).await?;
+    let pending = consent::send_request(
+        &anet,
+        &app,
+        &found,
+        &ask(&[Scope::Immunizations], Access::Read, "PUBHLTH", ""),
+    )
+    .await?;
+    assert_eq!(vault.requests().await?.pending[0].id, pending.id);
+    net.stop().await;
+    Ok(())
+}

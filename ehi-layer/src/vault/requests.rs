@@ -134,6 +134,15 @@ impl Vault {
         })
     }
 
+    /// Registers `name` for the inbox card on the names server (see
+    /// [`crate::consent`]: the card becomes public under that name). Returns the card
+    /// and the canonical name.
+    pub async fn publish_inbox_name(&self, name: &str) -> Result<(InboxCard, String)> {
+        let card = self.inbox_card().await?;
+        let name = consent::publish_name(&self.net, &card, name).await?;
+        Ok((card, name))
+    }
+
     /// The inbox: pending requests (opened and checked on this device) and refused
     /// messages. Empty when no inbox was created.
     pub async fn requests(&self) -> Result<RequestList> {
@@ -272,9 +281,9 @@ impl Vault {
                 purpose: request.purpose.clone(),
             })
             .await?;
-        if request.access == Access::Contribute {
-            self.publish_channel(&info.id).await?;
-        }
+        // Every grant gets its channel: contributions (contribute grants) and the app's
+        // audit reports (all grants).
+        self.publish_channel(&info.id).await?;
         let ticket_json = serde_json::to_string(&ticket)
             .map_err(|e| EhiError::Crypto(format!("encoding the ticket: {e}")))?;
         self.decide(address, &request, &card, Some((&info.id, ticket_json)), "")
@@ -401,7 +410,7 @@ impl Vault {
             &audit,
         )
         .await?;
-        letter::post(&self.net, reply_slot, sealed, "the app's reply slot", false).await?;
+        letter::post(&self.net, reply_slot, sealed, "the app's reply slot").await?;
         Ok(())
     }
 
