@@ -18,7 +18,7 @@
 //! a later writer). The inbox HPKE key is random and kept in the vault root (format 3,
 //! [`crate::format::InboxRecord`]), so every device of the patient reads the inbox.
 //!
-//! ## A request (letter `EHQ`, [`crate::letter`])
+//! ## A request (letter `EHQ`: `magic ‖ 1 ‖ HPKE encapsulated key ‖ ciphertext`, `src/letter.rs`)
 //! HPKE-sealed to the inbox key (`info` "invariant ehi-layer v1 consent request",
 //! `aad` the inbox slot), padded to at least 4 KiB, holding a [`RequestPayload`]
 //! (format 1: the app's signed card, scopes, access, purpose — a v3 PurposeOfUse

@@ -8,7 +8,7 @@
 //! Both sides compute it from what the grant gives them; servers, which never see the
 //! grant id, cannot link it to the vault or the grant slot. The patient's device
 //! registers it ([`crate::Vault::publish_channel`]) at a **header** (letter `EHH`,
-//! [`crate::letter`]) sealed to the app's HPKE key and signed by the patient, which
+//! `src/letter.rs`) sealed to the app's HPKE key and signed by the patient, which
 //! carries the patient's per-grant HPKE key (derived from the grant slot's seed, so
 //! every device of the patient holds it). The app appends messages by
 //! compare-and-swap; the slot's history is the list of messages.
