@@ -382,6 +382,32 @@ impl AppChannel {
         letter::post(net, self.slot, blob, "the grant channel").await
     }
 
+    /// A contribution whose letter is signed by `signer` instead of the app, with one
+    /// byte flipped at `flip` — what a thief or a tampering server would produce (for
+    /// tests of the patient's device).
+    async fn send_forged(
+        &self,
+        net: &Network,
+        app: &AppKeystore,
+        signer: &AppKeystore,
+        resources: &[Value],
+        flip: Option<usize>,
+    ) -> Result<Id> {
+        let patient_hpke = self.patient_key(net, app).await?;
+        let text = serde_json::to_string(resources)
+            .map_err(|e| EhiError::InvalidArgument(format!("encoding the resources: {e}")))?;
+        let body = MessageBody::Contribution {
+            resources: text,
+            note: String::new(),
+            created_ms: now_ms(),
+        };
+        let mut blob = build_message(signer, &self.slot, &patient_hpke, self.grant_id, body, None)?;
+        if let Some(byte) = flip.and_then(|i| blob.get_mut(i)) {
+            *byte ^= 0x01;
+        }
+        letter::post(net, self.slot, blob, "the grant channel").await
+    }
+
     /// Sends a contribution (unchecked: the caller checked the grant's access).
     pub async fn contribute(
         &self,
@@ -548,6 +574,24 @@ impl crate::AppSession {
             .contribute(self.network(), app, &resources, note)
             .await?;
         Ok((crate::consent::request_id(&address), refs))
+    }
+
+    /// Posts a forged (signed by `signer`) and/or tampered (byte `flip` flipped)
+    /// contribution to this grant's channel: for tests that the patient's device
+    /// refuses it. Returns its id.
+    #[doc(hidden)]
+    pub async fn post_forged_contribution(
+        &self,
+        app: &AppKeystore,
+        signer: &AppKeystore,
+        resources: Vec<Value>,
+        flip: Option<usize>,
+    ) -> Result<String> {
+        let address = self
+            .channel()
+            .send_forged(self.network(), app, signer, &resources, flip)
+            .await?;
+        Ok(crate::consent::request_id(&address))
     }
 
     /// Appends one entry to this app's own signed, hash-chained audit log in the grant

@@ -450,6 +450,48 @@ async fn read_only_and_out_of_scope_contributions_are_refused() -> anyhow::Resul
     // Rejecting a refused contribution clears it.
     vault.reject_contribution(&id).await?;
     assert!(vault.contributions().await?.iter().all(|c| c.id != id));
+    // A contribution signed by another key (a thief who learned the channel), and one
+    // with a byte flipped on the way: listed as refused with the reason, never imported.
+    let thief = AppKeystore::generate("Thief")?;
+    let forged = w
+        .post_forged_contribution(&writer, &thief, vec![medication("forged", "1")], None)
+        .await?;
+    let flipped = w
+        .post_forged_contribution(
+            &writer,
+            &writer,
+            vec![medication("flipped", "1")],
+            Some(300),
+        )
+        .await?;
+    let inbox = vault.contributions().await?;
+    let reason = |id: &str| {
+        inbox
+            .iter()
+            .find(|c| c.id == id)
+            .and_then(|c| c.refused.clone())
+            .unwrap_or_default()
+    };
+    assert!(
+        reason(&forged).contains("signature does not verify"),
+        "{inbox:?}"
+    );
+    assert!(reason(&flipped).contains("does not open"), "{inbox:?}");
+    let err = vault
+        .accept_contribution(&forged)
+        .await
+        .expect_err("forged accepted");
+    assert!(
+        err.to_string().contains("signature does not verify"),
+        "{err}"
+    );
+    let err = vault
+        .accept_contribution(&flipped)
+        .await
+        .expect_err("tampered accepted");
+    assert!(err.to_string().contains("does not open"), "{err}");
+    assert!(vault.read("MedicationRequest", "forged").await.is_err());
+    assert!(vault.read("MedicationRequest", "flipped").await.is_err());
     // After revocation the grant's channel is no longer read.
     let (id, _) = w
         .contribute(&writer, vec![medication("late", "1")], "")
