@@ -298,6 +298,17 @@ impl State {
             out.extend(record.manifest.iter().copied().map(Id::from_bytes));
         }
         out.extend(self.root.grants.iter().map(|g| Id::from_bytes(g.sealed)));
+        // Issue 9: the inbox's start blob and the decisions posted to apps.
+        if let Some(inbox) = &self.root.ext.inbox {
+            out.push(Id::from_bytes(inbox.start));
+        }
+        out.extend(
+            self.root
+                .ext
+                .requests
+                .iter()
+                .map(|r| Id::from_bytes(r.decision)),
+        );
         out.extend(self.audit_blocks.iter().copied());
         for loaded in self.scopes.values() {
             for ids in loaded.manifest.resources.values() {

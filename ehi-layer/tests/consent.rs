@@ -150,6 +150,19 @@ async fn request_approved_then_the_app_reads() -> anyhow::Result<()> {
             .as_array()
             .is_some_and(|c| c.iter().any(|c| c["code"] == "MedicationRequest"))
     );
+    // The decision posted to the app counts among the vault's blocks (unpinned at
+    // removal).
+    let blocks = vault.blocks().await;
+    let reply = invariant_spec::SlotsClient::new(
+        &invariant_spec::BrokerClient::new(&net.broker_url)?
+            .resolve(&card.slots_server)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("slots server"))?,
+    )?
+    .get(&pending.reply_slot)
+    .await?
+    .ok_or_else(|| anyhow::anyhow!("reply slot"))?;
+    assert!(blocks.contains(&reply.address));
     // Logged, and the log verifies.
     let actions: Vec<String> = vault
         .audit_entries()

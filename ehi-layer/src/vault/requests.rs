@@ -3,6 +3,11 @@
 //! denying one — a grant through [`Vault::grant`], a FHIR `Consent` in the vault, a
 //! record in the root, an audit entry, and the signed decision posted to the app.
 //!
+//! The inbox's start blob and the posted decisions count among the vault's blocks
+//! ([`Vault::blocks`]; unpinned at removal). Not yet: the inbox slot and the reply
+//! slots are not tombstoned at removal (their contents are undecryptable once the
+//! root key is gone), and requests and app-pinned messages stay pinned by their apps.
+//!
 //! Approving is three commits (the grant, the `Consent` import, the decision record
 //! with its audit entry); a crash between them leaves the request pending with the
 //! grant already made, and approving it again makes a second grant — visible in
