@@ -230,15 +230,15 @@ pub enum EhiError {
     #[error(
         "the vault slot points at generation {found}, older than generation {seen} this \
          device already saw: a server is serving an old root (a rollback); refusing to use \
-         it. If the vault was restored on purpose, remove {}", file.display()
+         it.{hint}"
     )]
     Rollback {
         /// The highest generation this device saw.
         seen: u64,
         /// The generation the slot points at now.
         found: u64,
-        /// The file that remembers `seen`.
-        file: PathBuf,
+        /// What to do if the vault was restored on purpose (may be empty).
+        hint: String,
     },
 }
 

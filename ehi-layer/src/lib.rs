@@ -92,7 +92,8 @@
 //! signed). A rollback of the vault slot to an older root is refused by a device that
 //! saw a newer one (it remembers the highest generation next to its keystore,
 //! [`Vault::check_rollback`]; the `ehi` command line checks at every start and records
-//! after every command) and accepted by a device that has not.
+//! after every command; an open handle also refuses an older root on every re-read)
+//! and accepted by a device that has not.
 //!
 //! ## Concurrency
 //! Two devices may import at once: the vault slot's compare-and-swap serializes the

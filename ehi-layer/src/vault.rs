@@ -1041,6 +1041,17 @@ impl Vault {
             })
             .await?;
         let root = format::decode_root(&bytes)?;
+        // Issue 9: a root older than the one this handle holds is a rollback.
+        if !state.scopes.is_empty()
+            && root.vault_id == state.root.vault_id
+            && root.generation < state.root.generation
+        {
+            return Err(EhiError::Rollback {
+                seen: state.root.generation,
+                found: root.generation,
+                hint: String::new(),
+            });
+        }
         let mut fetches = Vec::new();
         for (scope, record) in &root.scopes {
             let unchanged = state.root.scopes.get(scope).is_some_and(|old| {

@@ -597,6 +597,11 @@ async fn a_rolled_back_vault_slot_is_refused() -> anyhow::Result<()> {
         .update_signed(&vault.slot(), &keystore.signer(), &current, &older)
         .await?;
 
+    // The handle that saw the newer root refuses the older one by itself.
+    assert!(matches!(
+        vault.refresh().await,
+        Err(EhiError::Rollback { seen, found, .. }) if seen == second && found < second
+    ));
     let other = Vault::open(net.connect(Some(&keystore)).await?, &keystore).await?;
     let err = other
         .check_rollback(&seen)

@@ -7,6 +7,9 @@
 //! lower ([`EhiError::Rollback`]) — the `ehi` command line checks at every start and
 //! records the new generation after every command.
 //!
+//! Within one open handle, [`Vault::refresh`] (every re-read of the root) refuses a
+//! root older than the one the handle holds, without any file.
+//!
 //! Limits: the file is as trustworthy as the device's disk; a device that never saw
 //! the newer root (a new device) is still fooled; a rollback that happens *between* two
 //! checks of one long-running handle is seen at the next check.
@@ -79,7 +82,10 @@ impl Vault {
                 return Err(EhiError::Rollback {
                     seen: seen.generation,
                     found: generation,
-                    file: path.to_path_buf(),
+                    hint: format!(
+                        " If the vault was restored on purpose, remove {}",
+                        path.display()
+                    ),
                 });
             }
             if generation == seen.generation {
