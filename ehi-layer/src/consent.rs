@@ -30,7 +30,8 @@
 //! ## The decision (letter `EHD`)
 //! `ehi approve <id>` creates the grant (the ordinary [`crate::Vault::grant`]), `ehi
 //! deny <id>` refuses; either way the device keeps the decision as a FHIR R4
-//! `Consent` resource in the vault (scope `documents`), records it in the root, logs
+//! `Consent` resource in the vault (scope `documents`: an app granted `documents`
+//! reads the patient's decisions, other apps' names included), records it in the root, logs
 //! it in the audit log, and posts a [`DecisionPayload`] (approved with the grant
 //! ticket, or denied) sealed to the app's HPKE key and signed by the patient over
 //! `"ehi-consent-decision v1" ‖ reply slot ‖ payload` to the app's reply slot (an open
