@@ -41,8 +41,17 @@
 //! log when the patient acknowledges them ([`crate::emergency`]); those events carry
 //! purpose `ETREAT` and the security label `BTG` ([`is_emergency`]).
 //!
-//! Not done yet: other apps appending their own signed chains (merged by the patient's
-//! device), and read entries are written by the `ehi` command line, not by
+//! ## Apps' own chains
+//! An app reports its reads as entries of **its own** chain (same entry format, written
+//! and signed by the app's key, [`AuditEntry::sign_after`], no `prev_address`) posted through its grant
+//! channel ([`crate::contribution`]). The patient's device checks each batch as the
+//! continuation of what it merged before ([`verify_continuation`]: seq, chain hash,
+//! the grant's app key, signature, AuditEvent) and appends one entry of its own
+//! (`app-read`) to the vault's log naming the app, what was read and the hashes of the
+//! app's entries; the grant's "last use" is when the slots server accepted the newest
+//! merged report.
+//!
+//! Read entries of the patient are written by the `ehi` command line, not by
 //! [`crate::Vault::read`] itself (a library read stays a pure read).
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
@@ -96,6 +105,12 @@ pub enum AuditAction {
     Emergency,
     /// A device joined or was removed ([`crate::device`]).
     Device,
+    /// A consent request decided (approved or denied).
+    Consent,
+    /// A contribution accepted or rejected.
+    Contribution,
+    /// Reads an app reported in its own signed chain (merged by the patient's device).
+    AppRead,
 }
 
 impl AuditAction {
@@ -111,13 +126,20 @@ impl AuditAction {
             AuditAction::Search => "search",
             AuditAction::Emergency => "emergency",
             AuditAction::Device => "device",
+            AuditAction::Consent => "consent",
+            AuditAction::Contribution => "contribution",
+            AuditAction::AppRead => "app-read",
         }
     }
 
     /// The AuditEvent.action code (C R U D E).
     fn fhir_action(self) -> &'static str {
         match self {
-            AuditAction::Import | AuditAction::Grant => "C",
+            AuditAction::Import
+            | AuditAction::Grant
+            | AuditAction::Consent
+            | AuditAction::Contribution => "C",
+            AuditAction::AppRead => "R",
             AuditAction::Revoke => "U",
             AuditAction::Remove => "D",
             AuditAction::Read | AuditAction::Search | AuditAction::Emergency => "R",
@@ -140,6 +162,9 @@ impl std::str::FromStr for AuditAction {
             AuditAction::Search,
             AuditAction::Emergency,
             AuditAction::Device,
+            AuditAction::Consent,
+            AuditAction::Contribution,
+            AuditAction::AppRead,
         ]
         .into_iter()
         .find(|a| a.code().eq_ignore_ascii_case(s))
@@ -258,6 +283,34 @@ impl AuditEntry {
         Ok(entry)
     }
 
+    /// Signs a new entry after an entry known only by its `seq`, chain hash and
+    /// address (`None`: the first entry) — what an app that keeps only the tail of its
+    /// own chain needs.
+    pub fn sign_after(
+        key: &SigningKey,
+        after: Option<(u64, [u8; 32])>,
+        prev_address: Option<[u8; 32]>,
+        event: &Value,
+    ) -> Result<AuditEntry> {
+        let event = serde_json::to_string(event)
+            .map_err(|e| EhiError::Crypto(format!("encoding an audit event: {e}")))?;
+        let (seq, prev_hash) = match after {
+            Some((seq, hash)) => (seq.saturating_add(1), hash),
+            None => (0, [0; 32]),
+        };
+        let mut entry = AuditEntry {
+            format: ENTRY_FORMAT,
+            seq,
+            prev_hash,
+            prev_address,
+            writer: key.verifying_key().to_bytes(),
+            event,
+            signature: Vec::new(),
+        };
+        entry.signature = key.sign(&entry.message()).to_bytes().to_vec();
+        Ok(entry)
+    }
+
     fn message(&self) -> Vec<u8> {
         let mut m = Vec::with_capacity(12 + 8 + 64 + self.event.len());
         m.extend_from_slice(b"ehi-audit v1");
@@ -320,7 +373,20 @@ pub fn verify_chain(
     entries: &[AuditEntry],
     trusted: &[[u8; 32]],
 ) -> std::result::Result<usize, AuditBreak> {
-    let mut prev: Option<&AuditEntry> = None;
+    verify_continuation(entries, None, trusted)
+}
+
+/// Verifies `entries` (oldest first) as the continuation of a chain whose last verified
+/// entry had `after = (seq, hash)` (`None`: the chain's start) — how the patient's
+/// device merges an app's chain a few entries at a time. Indexes in the
+/// [`AuditBreak`] count from the first entry given.
+pub fn verify_continuation(
+    entries: &[AuditEntry],
+    after: Option<(u64, [u8; 32])>,
+    trusted: &[[u8; 32]],
+) -> std::result::Result<usize, AuditBreak> {
+    let first_seq = after.map_or(0, |(seq, _)| seq.saturating_add(1));
+    let mut expected_hash = after.map_or([0; 32], |(_, hash)| hash);
     for (index, entry) in entries.iter().enumerate() {
         let fail = |reason: String| AuditBreak {
             index,
@@ -330,14 +396,14 @@ pub fn verify_chain(
         if entry.format != ENTRY_FORMAT {
             return Err(fail(format!("format {}", entry.format)));
         }
-        if entry.seq != index as u64 {
+        let position = first_seq.saturating_add(index as u64);
+        if entry.seq != position {
             return Err(fail(format!(
-                "out of order: seq {} at position {index}",
+                "out of order: seq {} at position {position}",
                 entry.seq
             )));
         }
-        let expected = prev.map(AuditEntry::hash).unwrap_or([0; 32]);
-        if entry.prev_hash != expected {
+        if entry.prev_hash != expected_hash {
             return Err(fail("does not chain to the previous entry".into()));
         }
         if !trusted.contains(&entry.writer) {
@@ -353,7 +419,7 @@ pub fn verify_chain(
             Ok(event) if event["resourceType"] == "AuditEvent" => {}
             _ => return Err(fail("the event is not an AuditEvent".into())),
         }
-        prev = Some(entry);
+        expected_hash = entry.hash();
     }
     Ok(entries.len())
 }
@@ -418,6 +484,25 @@ mod tests {
         let event = bad[4].event().expect("event");
         bad[4] = AuditEntry::sign(&other, Some((&entries[3], [3; 32])), &event).expect("sign");
         assert_eq!(verify_chain(&bad, &trusted).map_err(|b| b.index), Err(4));
+
+        // A chain merged in pieces: the continuation after entry 1 verifies, a gap or
+        // a wrong link does not.
+        let after = Some((entries[1].seq, entries[1].hash()));
+        assert_eq!(verify_continuation(&entries[2..], after, &trusted), Ok(3));
+        assert!(verify_continuation(&entries[3..], after, &trusted).is_err());
+        assert!(verify_continuation(&entries[2..], Some((1, [0; 32])), &trusted).is_err());
+        let tail = AuditEntry::sign_after(
+            &key,
+            Some((entries[4].seq, entries[4].hash())),
+            None,
+            &entries[4].event().expect("event"),
+        )
+        .expect("sign");
+        assert_eq!(tail.seq, 5);
+        assert_eq!(
+            verify_continuation(&[tail], Some((4, entries[4].hash())), &trusted),
+            Ok(1)
+        );
 
         let bytes = postcard::to_stdvec(&entries[0]).expect("encode");
         assert_eq!(decode_entry(&bytes).expect("decode"), entries[0]);

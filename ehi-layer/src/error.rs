@@ -233,6 +233,21 @@ pub enum EhiError {
     /// sealed under a root key generation it was not given. See [`crate::device`].
     #[error("this device cannot open the vault: {0}")]
     NotADevice(String),
+    /// The vault slot points at a root older than one this device already saw
+    /// (see `vault/rollback.rs`).
+    #[error(
+        "the vault slot points at generation {found}, older than generation {seen} this \
+         device already saw: a server is serving an old root (a rollback); refusing to use \
+         it.{hint}"
+    )]
+    Rollback {
+        /// The highest generation this device saw.
+        seen: u64,
+        /// The generation the slot points at now.
+        found: u64,
+        /// What to do if the vault was restored on purpose (may be empty).
+        hint: String,
+    },
 }
 
 impl EhiError {

@@ -12,6 +12,12 @@
 //!   head (none yet). Format 2 is format 1 plus non-empty grants: a format 1 root
 //!   decodes as is.
 //!
+//! - **format 3** adds [`RootExtensions`] at the end (`ext`): the consent request
+//!   inbox ([`InboxRecord`], its HPKE key), the decided requests ([`RequestRecord`]),
+//!   the contributions already accepted or rejected ([`ContributionRecord`]) and, per
+//!   grant, how far the app's own audit chain was merged ([`AppAuditCursor`]). Format 1
+//!   and 2 roots are decoded with their own struct and converted (empty extensions).
+//!
 //! ## Scope manifest (format 1), sealed under `derive_key(CONTEXT_MANIFEST, epoch key)`
 //! - the scope, the epoch of the key that sealed it, its generation;
 //! - the resource table: type → id → versions, oldest first. Each version records its
@@ -30,9 +36,9 @@ use crate::error::{EhiError, Result};
 use crate::keys::SecretKey;
 use crate::scope::Scope;
 
-/// Vault root format written by this build (2: grants are written; format 1 roots,
-/// whose grant list is always empty, decode unchanged).
-pub const ROOT_FORMAT: u32 = 2;
+/// Vault root format written by this build (3: [`RootExtensions`]; format 1 and 2
+/// roots are read and converted).
+pub const ROOT_FORMAT: u32 = 3;
 /// Scope manifest format written by this build.
 pub const MANIFEST_FORMAT: u32 = 1;
 /// Search index encoding written by this build (postcard of `ehi_search::SearchIndex`).
@@ -59,6 +65,121 @@ pub struct VaultRoot {
     pub grants: Vec<GrantRecord>,
     /// Address of the newest audit entry (none in format 1).
     pub audit_head: Option<[u8; 32]>,
+    /// Format 3: consent inbox, decided requests, processed contributions, app audit
+    /// cursors (empty when converted from format 1 or 2).
+    pub ext: RootExtensions,
+}
+
+/// A format 1 or 2 root, as it was encoded (converted by [`decode_root`]).
+#[derive(Deserialize)]
+struct VaultRootV2 {
+    format: u32,
+    vault_id: [u8; 16],
+    generation: u64,
+    updated_ms: u64,
+    scopes: BTreeMap<Scope, ScopeRecord>,
+    overrides: BTreeMap<String, Scope>,
+    devices: Vec<DeviceRecord>,
+    grants: Vec<GrantRecord>,
+    audit_head: Option<[u8; 32]>,
+}
+
+impl From<VaultRootV2> for VaultRoot {
+    fn from(old: VaultRootV2) -> VaultRoot {
+        VaultRoot {
+            format: old.format,
+            vault_id: old.vault_id,
+            generation: old.generation,
+            updated_ms: old.updated_ms,
+            scopes: old.scopes,
+            overrides: old.overrides,
+            devices: old.devices,
+            grants: old.grants,
+            audit_head: old.audit_head,
+            ext: RootExtensions::default(),
+        }
+    }
+}
+
+/// What format 3 added to the root (see [`crate::consent`], [`crate::contribution`]).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RootExtensions {
+    /// The consent request inbox, once the patient shared it.
+    pub inbox: Option<InboxRecord>,
+    /// Consent requests decided (approved or denied), oldest first.
+    pub requests: Vec<RequestRecord>,
+    /// Contributions accepted or rejected, oldest first.
+    pub contributions: Vec<ContributionRecord>,
+    /// Per grant, how far the app's own audit chain was merged.
+    pub app_audit: Vec<AppAuditCursor>,
+}
+
+/// The patient's consent request inbox: an unsigned slot whose history lists the
+/// requests, and the HPKE key they are sealed to.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct InboxRecord {
+    /// The inbox slot (random id, `none` signature scheme: anyone holding the card
+    /// may append).
+    pub slot_id: [u8; 32],
+    /// The address the slot was registered at (a random blob, not a request).
+    pub start: [u8; 32],
+    /// Seed of the inbox's HPKE (X25519) key.
+    pub hpke_seed: SecretKey,
+    /// When it was created, ms since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// A decided consent request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestRecord {
+    /// Storage address of the sealed request (its id is the first 16 bytes, hex).
+    pub address: [u8; 32],
+    /// The app's name (from its card).
+    pub app_name: String,
+    /// The app's ed25519 public key.
+    pub app_signing: [u8; 32],
+    /// Whether it was approved.
+    pub approved: bool,
+    /// The grant created (approved requests).
+    pub grant: Option<[u8; 16]>,
+    /// The `Consent` resource id that records the decision.
+    pub consent_id: String,
+    /// When it was decided, ms since the Unix epoch.
+    pub decided_ms: u64,
+    /// The app's reply slot the decision was published to.
+    pub reply_slot: [u8; 32],
+    /// Address of the sealed decision.
+    pub decision: [u8; 32],
+}
+
+/// An accepted or rejected contribution.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ContributionRecord {
+    /// Storage address of the sealed contribution.
+    pub address: [u8; 32],
+    /// The grant it came through.
+    pub grant: [u8; 16],
+    /// Whether it was accepted (imported).
+    pub accepted: bool,
+    /// The `Provenance` id (accepted ones).
+    pub provenance_id: Option<String>,
+    /// When it was decided, ms since the Unix epoch.
+    pub decided_ms: u64,
+}
+
+/// How far an app's own audit chain (in its grant channel) was merged.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AppAuditCursor {
+    /// The grant.
+    pub grant: [u8; 16],
+    /// `seq` of the last merged entry.
+    pub last_seq: u64,
+    /// Chain hash of the last merged entry.
+    pub last_hash: [u8; 32],
+    /// `recorded` of the newest merged entry, ms since the Unix epoch ("last use").
+    pub last_use_ms: u64,
+    /// Entries merged in total.
+    pub merged: u64,
 }
 
 /// One scope in the root.
@@ -177,13 +298,17 @@ pub fn encode<T: Serialize>(value: &T, what: &str) -> Result<Vec<u8>> {
     postcard::to_stdvec(value).map_err(|e| EhiError::Crypto(format!("encoding the {what}: {e}")))
 }
 
-/// Decodes with postcard, checking the format number first.
+/// Decodes a root of format 1, 2 or 3, checking the format number first; older formats
+/// are converted to the current struct.
 pub fn decode_root(bytes: &[u8]) -> Result<VaultRoot> {
-    if check_format(bytes, 1, "vault root").is_err() {
-        check_format(bytes, ROOT_FORMAT, "vault root")?;
+    let bad = |e: postcard::Error| EhiError::corrupt("vault root", format!("does not decode: {e}"));
+    if check_format(bytes, 1, "vault root").is_ok() || check_format(bytes, 2, "vault root").is_ok()
+    {
+        let old: VaultRootV2 = postcard::from_bytes(bytes).map_err(bad)?;
+        return Ok(old.into());
     }
-    postcard::from_bytes(bytes)
-        .map_err(|e| EhiError::corrupt("vault root", format!("does not decode: {e}")))
+    check_format(bytes, ROOT_FORMAT, "vault root")?;
+    postcard::from_bytes(bytes).map_err(bad)
 }
 
 /// Decodes a manifest, checking the format number first.
@@ -249,5 +374,68 @@ mod tests {
             Err(EhiError::Corrupt { .. })
         ));
         assert!(decode_root(&[]).is_err());
+    }
+
+    fn v2_root(format: u32) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Old {
+            format: u32,
+            vault_id: [u8; 16],
+            generation: u64,
+            updated_ms: u64,
+            scopes: BTreeMap<Scope, ScopeRecord>,
+            overrides: BTreeMap<String, Scope>,
+            devices: Vec<DeviceRecord>,
+            grants: Vec<GrantRecord>,
+            audit_head: Option<[u8; 32]>,
+        }
+        let mut overrides = BTreeMap::new();
+        overrides.insert("Observation".to_string(), Scope::Sensitive);
+        encode(
+            &Old {
+                format,
+                vault_id: [9; 16],
+                generation: 41,
+                updated_ms: 7,
+                scopes: BTreeMap::new(),
+                overrides,
+                devices: Vec::new(),
+                grants: Vec::new(),
+                audit_head: Some([3; 32]),
+            },
+            "old root",
+        )
+        .expect("encode")
+    }
+
+    #[test]
+    fn format_1_and_2_roots_convert_to_format_3() {
+        for format in [1, 2] {
+            let root = decode_root(&v2_root(format)).expect("old root decodes");
+            assert_eq!(root.generation, 41);
+            assert_eq!(root.audit_head, Some([3; 32]));
+            assert_eq!(root.overrides.get("Observation"), Some(&Scope::Sensitive));
+            assert!(root.ext.inbox.is_none() && root.ext.requests.is_empty());
+        }
+        // A format 3 root round-trips with its extensions.
+        let mut root = decode_root(&v2_root(2)).expect("decode");
+        root.format = ROOT_FORMAT;
+        root.ext.contributions.push(ContributionRecord {
+            address: [1; 32],
+            grant: [2; 16],
+            accepted: true,
+            provenance_id: Some("p".into()),
+            decided_ms: 5,
+        });
+        let back = decode_root(&encode(&root, "root").expect("encode")).expect("decode");
+        assert_eq!(back.ext.contributions.len(), 1);
+        assert_eq!(back.generation, 41);
+        // A format 2 decoder would not read format 3; a format 4 root is refused.
+        let mut bytes = encode(&root, "root").expect("encode");
+        bytes[0] = 4;
+        assert!(matches!(
+            decode_root(&bytes),
+            Err(EhiError::UnsupportedFormat { found: 4, .. })
+        ));
     }
 }

@@ -229,7 +229,8 @@ pub struct GrantInfo {
     pub expired: bool,
     /// The grant slot.
     pub slot: Id,
-    /// Last use by the app, when known (apps do not report uses yet: always `None`).
+    /// Last use by the app: when the newest audit report of the app reached the slots
+    /// server, as merged by [`crate::Vault::merge_app_audit`] (`None` before any).
     pub last_use_ms: Option<u64>,
     /// The SMART App Launch v2 scopes the grant corresponds to.
     pub smart_scopes: Vec<String>,

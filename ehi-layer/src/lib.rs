@@ -50,9 +50,13 @@
 //! - Keystore: JSON with `format: "ehi-keystore"`, `version: 1`; app keystore the same
 //!   with `format: "ehi-app-keystore"`; app card `ehi-app-card` v1; grant ticket
 //!   `ehi-grant-ticket` v1; sealed grant blob `"EHG" ‖ 1`, payload format 1 ([`grant`]);
-//!   audit entry format 1 ([`audit`]); vault root format 2 (reads 1); emergency ticket
-//!   `ehi-emergency-ticket` v1, emergency policy format 1 ([`emergency`]); device
-//!   invite code `ehi1-…`, invite messages and device keyring format 1 ([`device`]).
+//!   audit entry format 1 ([`audit`]); vault root format 3 (reads 1 and 2, [`mod@format`]);
+//!   emergency ticket `ehi-emergency-ticket` v1, emergency policy format 1
+//!   ([`emergency`]); device invite code `ehi1-…`, invite messages and device keyring
+//!   format 1 ([`device`]); inbox card `ehi-inbox-card` v1, sealed letters `EHQ`/`EHD`
+//!   (consent request and decision, [`consent`]), `EHH`/`EHM` (grant channel header and
+//!   message, [`contribution`]), each with a format-1 payload; seen-generation file
+//!   `ehi-seen-generation` v1 (rollback detection).
 //! - Export: FHIR R4 Bundles and Bulk Data NDJSON ([`export`]).
 //!
 //! ## Scopes
@@ -83,12 +87,24 @@
 //! `servers_see_no_emergency_policy_or_invite_contents` (tests/privacy_devices.rs) for
 //! the emergency holder, reason, purpose and label, invite codes and device keys.
 //!
+//! Consent requests, decisions, contributions and apps' audit reports add: an inbox
+//! slot, one reply slot per request and one channel slot per grant — all open slots
+//! (`none` signature scheme) with random or derived ids, unlinkable to the vault slot —
+//! and HPKE-sealed blobs padded to power-of-two sizes; the signatures are inside the
+//! ciphertexts. `servers_see_nothing_of_requests_contributions_and_app_audit`
+//! (tests/privacy.rs) scans for app names, purposes, scopes, notes, contributed text,
+//! ids, app keys and the Consent/Provenance/AuditEvent vocabulary. An inbox **name**
+//! on the names server is public by design (see [`consent`]).
+//!
 //! Not hidden: timing and volume (an import of 3,700 resources writes about 3,700
 //! blobs at once), and which scope slot moves when (one scope that rarely changes is
 //! visible as such, though not named). A server can withhold or roll back data — it
 //! cannot forge it (addresses are hashes; envelopes authenticate; slot updates are
-//! signed), and a rollback of the vault slot to an older root is accepted by a device
-//! that has not seen the newer one.
+//! signed). A rollback of the vault slot to an older root is refused by a device that
+//! saw a newer one (it remembers the highest generation next to its keystore,
+//! [`Vault::check_rollback`]; the `ehi` command line checks at every start and records
+//! after every command; an open handle also refuses an older root on every re-read)
+//! and accepted by a device that has not.
 //!
 //! ## Concurrency
 //! Two devices may import at once: the vault slot's compare-and-swap serializes the
@@ -157,6 +173,24 @@
 //! still move the vault's slots, which only a new vault slot would end).
 //! [`Vault::watch`] follows the vault slot's watch stream and refreshes on each move.
 //!
+//! ## Consent requests, contributions, apps' audit ([`consent`], [`contribution`])
+//! An app sends a **consent request** (its signed card, scopes, access, a v3
+//! PurposeOfUse code, a period, a note) HPKE-sealed to the patient's **inbox** (an open
+//! slot named by a shared inbox card, or found by a name on the names server); `ehi
+//! requests` lists them, `ehi approve` makes the grant ([`Vault::grant`]) and `ehi
+//! deny` refuses — either way the decision is kept as a FHIR R4 `Consent` in the
+//! vault, recorded in the root, logged, and posted, signed by the patient and sealed
+//! to the app, to the app's reply slot ([`consent::poll`]).
+//! Every grant has a **channel** (an open slot whose id both sides derive from the
+//! grant): the patient's device registers it at a header carrying a per-grant HPKE
+//! key; the app posts **contributions** ([`AppSession::contribute`]) and entries of
+//! **its own signed, hash-chained audit log** ([`AppSession::report_use`]) to it.
+//! Nothing enters the vault until the patient accepts (`ehi inbox`, `ehi accept`,
+//! `ehi reject`): accepted resources are imported with a FHIR R4 `Provenance`; a
+//! read-only grant, a wrong signer or a resource outside the grant's scopes is refused
+//! by the device. [`Vault::merge_app_audit`] verifies the apps' chains and logs them
+//! (`app-read`), which gives `ehi grants` its "last use".
+//!
 //! ## Search
 //! Each scope manifest carries an `ehi_search::SearchIndex` over the current version
 //! of its resources; [`Vault::search`] answers FHIR search queries from it on the
@@ -185,6 +219,8 @@
 
 pub mod app;
 pub mod audit;
+pub mod consent;
+pub mod contribution;
 pub mod device;
 pub mod emergency;
 pub mod error;
@@ -194,6 +230,7 @@ pub mod format;
 pub mod grant;
 pub mod keys;
 pub mod keystore;
+mod letter;
 pub mod network;
 pub mod present;
 pub mod scope;
@@ -206,6 +243,7 @@ pub mod time;
 pub mod vault;
 
 pub use app::{AppCard, AppKeystore};
+pub use consent::{ConsentAsk, Decision, InboxCard, PendingRequest};
 pub use error::{EhiError, ImportError, KeystoreError, Result};
 pub use fhir::Input;
 pub use grant::{Access, GrantInfo, GrantRequest, GrantTicket};
@@ -214,6 +252,7 @@ pub use network::Network;
 pub use scope::Scope;
 pub use session::AppSession;
 pub use vault::{
-    HistoryEntry, ImportReport, Progress, ProgressFn, RemoveReport, RevokeReport, SearchHits,
-    Stage, Status, Vault, VaultOptions, tombstone_address,
+    ConsentOutcome, ConsentRequestInfo, ContributionInfo, HistoryEntry, ImportReport, MergeReport,
+    Progress, ProgressFn, RemoveReport, RequestList, RevokeReport, SearchHits, Stage, Status,
+    Vault, VaultOptions, tombstone_address,
 };

@@ -127,6 +127,17 @@ enum DeviceCommand {
 // ---- end issue 9 part 2 ----------------------------------------------------------------
 
 #[derive(Subcommand, Debug)]
+enum RequestsCommand {
+    /// Print the inbox card (JSON) to give to apps, creating the inbox on first use.
+    Card {
+        /// Also register this name for the card on the names server (apps then find
+        /// the inbox by name; the card becomes public under it).
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum Command {
     /// Create a keystore and an empty vault.
     Init,
@@ -227,6 +238,38 @@ enum Command {
         #[arg(long)]
         reencrypt: bool,
     },
+    /// Consent requests from apps waiting for a decision (`ehi requests card` prints
+    /// the inbox card apps send requests to).
+    Requests {
+        #[command(subcommand)]
+        command: Option<RequestsCommand>,
+    },
+    /// Approve a consent request: grant what it asks, keep a FHIR Consent, tell the app.
+    Approve {
+        /// The request id (from `ehi requests`).
+        id: String,
+    },
+    /// Deny a consent request: keep a FHIR Consent (rejected), tell the app.
+    Deny {
+        /// The request id (from `ehi requests`).
+        id: String,
+        /// A note for the app.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Contributions from apps waiting for review (nothing enters the vault before
+    /// `ehi accept`).
+    Inbox,
+    /// Accept a contribution: import its resources with a FHIR Provenance naming the app.
+    Accept {
+        /// The contribution id (from `ehi inbox`).
+        id: String,
+    },
+    /// Reject a contribution: nothing is imported.
+    Reject {
+        /// The contribution id (from `ehi inbox`).
+        id: String,
+    },
     /// Serve the vault as a FHIR R4 REST API on this device (prints
     /// `listening on http://<addr>` on stdout and the patient's token on stderr).
     Serve {
@@ -307,6 +350,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let net = Network::connect(&cli.broker, Some(keystore.slots_server())).await?;
     let vault = Vault::open(net, &keystore).await?;
+    // Rollback detection: refuse a root older than one this device saw.
+    let seen_file = seen_generation_file(&keystore_path);
+    vault.check_rollback(&seen_file).await?;
     match command {
         Command::Init => {}
         Command::Import { files } => import(&vault, &files).await?,
@@ -409,11 +455,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             for note in report.notes {
                 eprintln!("note: {note}");
             }
+            return Ok(());
         }
         Command::Serve {
             listen,
             token_expires,
-        } => serve(vault, &keystore, listen, &token_expires).await?,
+        } => return serve(vault, &keystore, listen, &token_expires).await,
         Command::Token { .. } => {}
         Command::App { .. } => {}
         Command::Grant {
@@ -443,6 +490,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 purpose,
             };
             let (info, ticket) = vault.grant(request).await?;
+            vault.publish_channel(&info.id).await?;
             eprintln!(
                 "granted {} to {} until {} (grant {}); hand the ticket below to the app",
                 info.scopes
@@ -512,6 +560,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         }
         Command::Grants => {
+            merge_app_audit(&vault).await;
             let grants = vault.grants().await;
             if cli.table {
                 for g in &grants {
@@ -592,6 +641,136 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 _ = tokio::signal::ctrl_c() => {}
             }
         }
+        command => consent_command(&vault, command, cli.table).await?,
+    }
+    if let Err(e) = vault.check_rollback(&seen_file).await {
+        eprintln!("warning: could not record the vault generation: {e}");
+    }
+    Ok(())
+}
+
+/// Where this device remembers the highest vault generation it saw.
+fn seen_generation_file(keystore: &Path) -> PathBuf {
+    let mut name = keystore.as_os_str().to_owned();
+    name.push(".generation");
+    PathBuf::from(name)
+}
+
+/// Merges the apps' audit chains (for "last use"); a failure is reported, not fatal.
+async fn merge_app_audit(vault: &Vault) {
+    if let Err(e) = vault.publish_channels().await {
+        eprintln!("warning: could not open the grant channels: {e}");
+    }
+    match vault.merge_app_audit().await {
+        Ok(report) => {
+            for (grant, reason) in report.broken {
+                eprintln!(
+                    "warning: the audit chain of the app of grant {grant} is broken: {reason}"
+                );
+            }
+        }
+        Err(e) => eprintln!("warning: could not merge the apps' audit reports: {e}"),
+    }
+}
+
+/// Consent requests and contributions (issue 9).
+async fn consent_command(vault: &Vault, command: Command, table: bool) -> anyhow::Result<()> {
+    use ehi_layer::time::instant;
+    match command {
+        Command::Requests {
+            command: Some(RequestsCommand::Card { name }),
+        } => {
+            let card = match name {
+                Some(name) => {
+                    let (card, name) = vault.publish_inbox_name(&name).await?;
+                    eprintln!("apps find this inbox under the name {name}");
+                    card
+                }
+                None => vault.inbox_card().await?,
+            };
+            println!("{}", card.to_json()?);
+        }
+        Command::Requests { command: None } => {
+            let list = vault.requests().await?;
+            if table {
+                for r in &list.pending {
+                    println!(
+                        "{}  {:20}  {:30}  {:10}  {:8}  {} .. {}  {}",
+                        r.id,
+                        r.app_name,
+                        r.scopes
+                            .iter()
+                            .map(|s| s.name())
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        r.access,
+                        r.purpose,
+                        instant(r.start_ms),
+                        instant(r.end_ms),
+                        r.note
+                    );
+                }
+                for u in &list.unreadable {
+                    println!("{}  REFUSED: {}", u.id, u.reason);
+                }
+            } else {
+                print_json(&serde_json::to_value(&list)?)?;
+            }
+        }
+        Command::Approve { id } => {
+            let outcome = vault.approve_request(&id).await?;
+            eprintln!(
+                "approved request {} of {}: Consent/{} recorded, the app was told",
+                outcome.request, outcome.app_name, outcome.consent_id
+            );
+            if let Some((info, ticket)) = outcome.grant {
+                eprintln!("grant {} until {}", info.id, instant(info.expires_ms));
+                print_json(&serde_json::to_value(&ticket)?)?;
+            }
+        }
+        Command::Deny { id, note } => {
+            let outcome = vault.deny_request(&id, &note).await?;
+            eprintln!(
+                "denied request {} of {}: Consent/{} recorded, the app was told",
+                outcome.request, outcome.app_name, outcome.consent_id
+            );
+        }
+        Command::Inbox => {
+            if let Err(e) = vault.publish_channels().await {
+                eprintln!("warning: could not open the grant channels: {e}");
+            }
+            let list = vault.contributions().await?;
+            if table {
+                for c in &list {
+                    match &c.refused {
+                        None => println!(
+                            "{}  {:20}  {}  {}",
+                            c.id,
+                            c.app_name,
+                            c.resources.join(","),
+                            c.note
+                        ),
+                        Some(reason) => println!("{}  {:20}  REFUSED: {reason}", c.id, c.app_name),
+                    }
+                }
+            } else {
+                print_json(&serde_json::to_value(&list)?)?;
+            }
+        }
+        Command::Accept { id } => {
+            let info = vault.accept_contribution(&id).await?;
+            eprintln!(
+                "accepted {} resource(s) from {} with Provenance/contribution-{}",
+                info.resources.len(),
+                info.app_name,
+                info.id
+            );
+        }
+        Command::Reject { id } => {
+            vault.reject_contribution(&id).await?;
+            eprintln!("rejected contribution {id}: nothing was imported");
+        }
+        other => bail!("unexpected command {other:?}"),
     }
     Ok(())
 }

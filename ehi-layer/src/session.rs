@@ -184,6 +184,26 @@ impl AppSession {
         self.payload.check_expiry(now_ms())
     }
 
+    /// Refuses an expired grant (for the grant channel, [`crate::contribution`]).
+    pub(crate) fn check_expiry(&self) -> Result<()> {
+        self.check()
+    }
+
+    /// The network of this session.
+    pub(crate) fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// The ticket this session was opened with.
+    pub(crate) fn ticket(&self) -> &GrantTicket {
+        &self.ticket
+    }
+
+    /// The grant id, as bytes.
+    pub(crate) fn grant_bytes(&self) -> [u8; 16] {
+        self.payload.grant_id
+    }
+
     fn resource_key(&self, scope: Scope, epoch: u32) -> Result<SecretKey> {
         self.scopes
             .get(&scope)

@@ -61,6 +61,12 @@ mod sharing;
 use devices::RootKeys;
 pub use devices::{DeviceRemoval, WatchEvent};
 pub use sharing::RevokeReport;
+// Issue 9 (consent requests, grant channels: contributions and app audit).
+mod channels;
+mod requests;
+mod rollback;
+pub use channels::{ContributionInfo, MergeReport};
+pub use requests::{ConsentOutcome, ConsentRequestInfo, RequestList, UnreadableRequest};
 
 /// The bytes of the tombstone blob a removed vault's slots point at (public, the same
 /// for every vault).
@@ -298,6 +304,17 @@ impl State {
             out.extend(record.manifest.iter().copied().map(Id::from_bytes));
         }
         out.extend(self.root.grants.iter().map(|g| Id::from_bytes(g.sealed)));
+        // Issue 9: the inbox's start blob and the decisions posted to apps.
+        if let Some(inbox) = &self.root.ext.inbox {
+            out.push(Id::from_bytes(inbox.start));
+        }
+        out.extend(
+            self.root
+                .ext
+                .requests
+                .iter()
+                .map(|r| Id::from_bytes(r.decision)),
+        );
         out.extend(self.audit_blocks.iter().copied());
         for loaded in self.scopes.values() {
             for ids in loaded.manifest.resources.values() {
@@ -441,6 +458,7 @@ impl Vault {
             }],
             grants: Vec::new(),
             audit_head: None,
+            ext: Default::default(),
         };
         let root_key = keystore.root_key().derive(CONTEXT_ROOT);
         let root_keys = RootKeys::new(root_key.clone());
@@ -518,6 +536,7 @@ impl Vault {
                 devices: Vec::new(),
                 grants: Vec::new(),
                 audit_head: None,
+                ext: Default::default(),
             },
             scopes: BTreeMap::new(),
             audit_blocks: Vec::new(),
@@ -1030,6 +1049,17 @@ impl Vault {
         }
         let (bytes, root_blocks) = self.fetch_root(state, head).await?;
         let root = format::decode_root(&bytes)?;
+        // Issue 9: a root older than the one this handle holds is a rollback.
+        if !state.scopes.is_empty()
+            && root.vault_id == state.root.vault_id
+            && root.generation < state.root.generation
+        {
+            return Err(EhiError::Rollback {
+                seen: state.root.generation,
+                found: root.generation,
+                hint: String::new(),
+            });
+        }
         let mut fetches = Vec::new();
         for (scope, record) in &root.scopes {
             let unchanged = state.root.scopes.get(scope).is_some_and(|old| {

@@ -140,3 +140,155 @@ async fn storage_learns_nothing() -> anyhow::Result<()> {
     net.stop().await;
     Ok(())
 }
+
+/// With consent requests (approved and denied), a contribution accepted, app audit
+/// reports merged, no server data directory holds an app name, a purpose, a scope
+/// name, a note, the text of a contributed resource, a resource id, an app key, or the
+/// FHIR types and codes of what the layer wrote (Consent, Provenance, AuditEvent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn servers_see_nothing_of_requests_contributions_and_app_audit() -> anyhow::Result<()> {
+    use ehi_layer::consent::{self, ConsentAsk, Decision};
+    use ehi_layer::{Access, AppKeystore, AppSession, Network, Scope};
+    use serde_json::json;
+
+    let net = TestNet::start(2, true).await?;
+    let dir = tempfile::tempdir()?;
+    let (_keystore, _path, vault) = net.new_vault(&dir.path().join("device")).await?;
+    vault
+        .import(vec![input("patient.json", &patient_bundle())])
+        .await?;
+    let card = vault.inbox_card().await?;
+    let anet = Network::connect(&net.broker_url, Some(card.slots_server)).await?;
+
+    // Approved: contribute access to medications, purpose research.
+    let writer = AppKeystore::generate("Quillfeather Research Clinic")?;
+    let pending = consent::send_request(
+        &anet,
+        &writer,
+        &card,
+        &ConsentAsk {
+            scopes: vec![Scope::Medications],
+            access: Access::Contribute,
+            purpose: "HRESCH".into(),
+            duration_ms: 86_400_000,
+            note: "Zanzibar trial enrolment note".into(),
+        },
+    )
+    .await?;
+    vault.approve_request(&pending.id).await?;
+    let Decision::Approved { ticket, .. } = consent::poll(&anet, &writer, &pending).await? else {
+        anyhow::bail!("not approved");
+    };
+    let session = AppSession::open(anet.clone(), &writer, &ticket).await?;
+    let (contribution, _) = session
+        .contribute(
+            &writer,
+            vec![
+                json!({"resourceType": "MedicationStatement", "id": "florabunda-med-19",
+                        "status": "active", "subject": {"reference": "Patient/p1"},
+                        "medicationCodeableConcept": {"text": "Florabunda contributed tincture"}}),
+            ],
+            "Pendlewick dosage remark",
+        )
+        .await?;
+    vault.accept_contribution(&contribution).await?;
+    session
+        .report_use(
+            &writer,
+            "read",
+            &["MedicationRequest/velvetrose-read-4411".into()],
+        )
+        .await?;
+    assert_eq!(vault.merge_app_audit().await?.merged, 1);
+
+    // Denied: another app, another purpose.
+    let denied = AppKeystore::generate("Wobblesworth Marketing")?;
+    let pending = consent::send_request(
+        &anet,
+        &denied,
+        &card,
+        &ConsentAsk {
+            scopes: vec![Scope::Financial],
+            access: Access::Read,
+            purpose: "HMARKT".into(),
+            duration_ms: 86_400_000,
+            note: "Glimmerdale promotion".into(),
+        },
+    )
+    .await?;
+    vault
+        .deny_request(&pending.id, "Thornquist refusal")
+        .await?;
+    assert!(matches!(
+        consent::poll(&anet, &denied, &pending).await?,
+        Decision::Denied { .. }
+    ));
+    assert!(vault.audit_verify().await? >= 6);
+
+    let mut strings: Vec<String> = [
+        "Quillfeather Research Clinic",
+        "Wobblesworth Marketing",
+        "HRESCH",
+        "HMARKT",
+        "Zanzibar trial",
+        "Glimmerdale",
+        "Thornquist",
+        "Pendlewick",
+        "florabunda-med-19",
+        "Florabunda contributed",
+        "velvetrose-read-4411",
+        "MedicationStatement",
+        "medications",
+        "financial",
+        "contribute",
+        "Consent",
+        "Provenance",
+        "AuditEvent",
+        "patient-privacy",
+        "59284-0",
+        "app-read",
+        "ehi-consent",
+        "ehi-grant-channel",
+        "Quixotebaum",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for app in [&writer, &denied] {
+        strings.push(app.card().hpke_key.clone());
+        strings.push(app.card().signing_key.clone());
+    }
+    strings.push(card.hpke_key.clone());
+    strings.push(ticket.grant.clone());
+    let scanner = Scanner::new(&strings);
+    let raw_keys: Vec<Vec<u8>> = [&writer, &denied]
+        .iter()
+        .flat_map(|a| [a.card().hpke_key, a.card().signing_key])
+        .chain(std::iter::once(card.hpke_key.clone()))
+        .map(hex::decode)
+        .collect::<Result<_, _>>()?;
+    let mut leaks = Vec::new();
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    for (server, path) in net.data_files() {
+        let data = std::fs::read(&path)?;
+        for hit in scanner.hits(&data) {
+            leaks.push(format!("{server}: {} contains {hit:?}", path.display()));
+        }
+        for key in &raw_keys {
+            if data.windows(key.len()).any(|w| w == key.as_slice()) {
+                leaks.push(format!(
+                    "{server}: {} contains a raw app key",
+                    path.display()
+                ));
+            }
+        }
+    }
+    assert!(net.blob_files().len() > 10);
+    assert!(
+        leaks.is_empty(),
+        "plaintext reached the servers:\n{}",
+        leaks.join("\n")
+    );
+    net.stop().await;
+    Ok(())
+}

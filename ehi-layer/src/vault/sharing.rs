@@ -42,7 +42,11 @@ impl Vault {
             .root
             .grants
             .iter()
-            .map(|g| GrantInfo::of(g, now))
+            .map(|g| {
+                let mut info = GrantInfo::of(g, now);
+                info.last_use_ms = Vault::last_use(&state.root, &g.id);
+                info
+            })
             .collect()
     }
 

@@ -84,6 +84,18 @@ impl TestNet {
         Ok(net)
     }
 
+    /// Adds a names server (registered with the broker before this returns).
+    pub async fn start_names(&mut self) -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut options = ServerOptions::ephemeral(Role::Names, dir.path());
+        options.broker = Some(self.broker_url.clone());
+        let ctx = ServerContext::prepare(options)?;
+        self.servers
+            .push(names_server::start(&ctx, Default::default()).await?);
+        self.dirs.push(("names".to_string(), dir));
+        self.wait_registered("names", 1).await
+    }
+
     async fn wait_registered(&self, kind: &str, count: usize) -> anyhow::Result<()> {
         let broker = BrokerClient::new(&self.broker_url)?;
         let deadline = Instant::now() + Duration::from_secs(20);

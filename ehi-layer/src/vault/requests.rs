@@ -1,0 +1,473 @@
+//! The patient's side of consent requests (design in [`crate::consent`]): the inbox
+//! (created on first use, kept in the root), listing pending requests, and approving or
+//! denying one — a grant through [`Vault::grant`], a FHIR `Consent` in the vault, a
+//! record in the root, an audit entry, and the signed decision posted to the app.
+//!
+//! The inbox's start blob and the posted decisions count among the vault's blocks
+//! ([`Vault::blocks`]; unpinned at removal). Not yet: the inbox slot and the reply
+//! slots are not tombstoned at removal (their contents are undecryptable once the
+//! root key is gone), and requests and app-pinned messages stay pinned by their apps.
+//!
+//! Approving is three commits (the grant, the `Consent` import, the decision record
+//! with its audit entry); a crash between them leaves the request pending with the
+//! grant already made, and approving it again makes a second grant — visible in
+//! `ehi grants` and revocable.
+
+use ed25519_dalek::Signer;
+use serde_json::json;
+
+use super::*;
+use crate::consent::{self, DecisionPayload, InboxCard, RequestPayload};
+use crate::format::{InboxRecord, RequestRecord};
+use crate::grant::{Access, GrantInfo, GrantRequest, GrantTicket, smart_scopes};
+use crate::letter;
+
+/// A pending consent request as shown to the patient.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ConsentRequestInfo {
+    /// The id to approve or deny it with (32 hex digits).
+    pub id: String,
+    /// The app's name (its own claim, from its signed card).
+    pub app_name: String,
+    /// The app's ed25519 key, hex.
+    pub app_signing_key: String,
+    /// Scopes asked for.
+    pub scopes: Vec<Scope>,
+    /// Read or contribute.
+    pub access: Access,
+    /// Purpose of use code.
+    pub purpose: String,
+    /// Requested period, ms since the Unix epoch.
+    pub start_ms: u64,
+    /// End of the requested period.
+    pub end_ms: u64,
+    /// The app's note.
+    pub note: String,
+    /// When the inbox received it (the slots server's clock).
+    pub received_ms: u64,
+    /// The SMART v2 scopes the grant would correspond to.
+    pub smart_scopes: Vec<String>,
+}
+
+/// A message in the inbox that is not a valid request.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UnreadableRequest {
+    /// Its id.
+    pub id: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+/// The inbox.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RequestList {
+    /// Valid requests not decided yet, oldest first.
+    pub pending: Vec<ConsentRequestInfo>,
+    /// Messages refused (tampered, forged, malformed).
+    pub unreadable: Vec<UnreadableRequest>,
+}
+
+/// What approving or denying did.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ConsentOutcome {
+    /// The request id.
+    pub request: String,
+    /// The app's name.
+    pub app_name: String,
+    /// The `Consent` resource id in the vault.
+    pub consent_id: String,
+    /// The grant and its ticket (approved requests).
+    pub grant: Option<(GrantInfo, GrantTicket)>,
+}
+
+impl Vault {
+    /// The patient's inbox card, creating the inbox on first use (an open slot and a
+    /// random HPKE key kept in the root).
+    pub async fn inbox_card(&self) -> Result<InboxCard> {
+        let mut state = self.state.lock().await;
+        self.refresh_state(&mut state).await?;
+        if state.root.ext.inbox.is_none() {
+            let (slot, start) = letter::new_open_slot(&self.net).await?;
+            let record = InboxRecord {
+                slot_id: *slot.as_bytes(),
+                start: *start.as_bytes(),
+                hpke_seed: SecretKey::random()?,
+                created_ms: now_ms(),
+            };
+            let mut committed = false;
+            for _ in 0..self.options.max_attempts {
+                self.refresh_state(&mut state).await?;
+                if state.root.ext.inbox.is_some() {
+                    committed = true;
+                    break;
+                }
+                let mut root = state.root.clone();
+                root.ext.inbox = Some(record.clone());
+                if self
+                    .swap_root(&mut state, root, Vec::new(), Vec::new(), Vec::new(), None)
+                    .await?
+                {
+                    committed = true;
+                    break;
+                }
+            }
+            if !committed {
+                return Err(EhiError::Contention {
+                    attempts: self.options.max_attempts,
+                });
+            }
+        }
+        let inbox = state
+            .root
+            .ext
+            .inbox
+            .as_ref()
+            .ok_or_else(|| EhiError::corrupt("vault root", "the inbox vanished"))?;
+        let inbox_slot = Id::from_bytes(inbox.slot_id);
+        let hpke_key = hex::encode(crate::keystore::hpke_public_of(&inbox.hpke_seed));
+        let slots_server = self.net.slots_server();
+        let message = InboxCard::message(&self.slot, &slots_server, &inbox_slot, &hpke_key);
+        Ok(InboxCard {
+            format: consent::INBOX_CARD_FORMAT.into(),
+            version: consent::INBOX_CARD_VERSION,
+            patient: self.slot,
+            slots_server,
+            inbox: inbox_slot,
+            hpke_key,
+            signature: hex::encode(self.signing.sign(&message).to_bytes()),
+        })
+    }
+
+    /// Registers `name` for the inbox card on the names server (see
+    /// [`crate::consent`]: the card becomes public under that name). Returns the card
+    /// and the canonical name.
+    pub async fn publish_inbox_name(&self, name: &str) -> Result<(InboxCard, String)> {
+        let card = self.inbox_card().await?;
+        let name = consent::publish_name(&self.net, &card, name).await?;
+        Ok((card, name))
+    }
+
+    /// The inbox: pending requests (opened and checked on this device) and refused
+    /// messages. Empty when no inbox was created.
+    pub async fn requests(&self) -> Result<RequestList> {
+        let (inbox, decided) = {
+            let mut state = self.state.lock().await;
+            self.refresh_state(&mut state).await?;
+            let decided: Vec<[u8; 32]> =
+                state.root.ext.requests.iter().map(|r| r.address).collect();
+            (state.root.ext.inbox.clone(), decided)
+        };
+        let Some(inbox) = inbox else {
+            return Ok(RequestList::default());
+        };
+        let slot = Id::from_bytes(inbox.slot_id);
+        let posted = letter::posted(&self.net, slot, "the inbox")
+            .await?
+            .unwrap_or_default();
+        let mut list = RequestList::default();
+        for (address, received_ms) in posted {
+            if decided.contains(address.as_bytes()) || *address.as_bytes() == inbox.start {
+                continue;
+            }
+            let id = consent::request_id(&address);
+            match self.open_request_at(&inbox, address).await {
+                Ok((request, card)) => list.pending.push(ConsentRequestInfo {
+                    id,
+                    app_name: card.name.clone(),
+                    app_signing_key: hex::encode(card.signing_key),
+                    smart_scopes: smart_scopes(&request.scopes, request.access),
+                    scopes: request.scopes,
+                    access: request.access,
+                    purpose: request.purpose,
+                    start_ms: request.start_ms,
+                    end_ms: request.end_ms,
+                    note: request.note,
+                    received_ms,
+                }),
+                Err(e) => list.unreadable.push(UnreadableRequest {
+                    id,
+                    reason: e.to_string(),
+                }),
+            }
+        }
+        Ok(list)
+    }
+
+    async fn open_request_at(
+        &self,
+        inbox: &InboxRecord,
+        address: Id,
+    ) -> Result<(RequestPayload, crate::app::VerifiedCard)> {
+        let what = format!("consent request {}", consent::request_id(&address));
+        let blob = self.net.get(&address, &what).await?;
+        consent::open_request(
+            &inbox.hpke_seed,
+            &Id::from_bytes(inbox.slot_id),
+            &blob,
+            &what,
+        )
+    }
+
+    /// Finds request `id` (its 32 hex digits, or a unique prefix of at least 8) in the
+    /// inbox, refusing one already decided.
+    async fn find_request(
+        &self,
+        id: &str,
+    ) -> Result<(Id, RequestPayload, crate::app::VerifiedCard)> {
+        let wanted = id.trim().to_ascii_lowercase();
+        if wanted.len() < 8 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(EhiError::InvalidArgument(format!(
+                "request id {id:?}: give the hex id `ehi requests` shows (at least 8 digits)"
+            )));
+        }
+        let (inbox, decided) = {
+            let mut state = self.state.lock().await;
+            self.refresh_state(&mut state).await?;
+            (
+                state.root.ext.inbox.clone(),
+                state.root.ext.requests.clone(),
+            )
+        };
+        let inbox = inbox.ok_or_else(|| {
+            EhiError::NotFound(format!(
+                "request {id} (this vault has no inbox yet: `ehi requests card` creates it)"
+            ))
+        })?;
+        if let Some(done) = decided
+            .iter()
+            .find(|r| hex::encode(r.address).starts_with(&wanted))
+        {
+            return Err(EhiError::InvalidArgument(format!(
+                "request {id} of {} was already {}",
+                done.app_name,
+                if done.approved { "approved" } else { "denied" }
+            )));
+        }
+        let posted = letter::posted(&self.net, Id::from_bytes(inbox.slot_id), "the inbox")
+            .await?
+            .unwrap_or_default();
+        let matches: Vec<Id> = posted
+            .into_iter()
+            .map(|(a, _)| a)
+            .filter(|a| hex::encode(a.as_bytes()).starts_with(&wanted))
+            .collect();
+        let address = match matches.as_slice() {
+            [one] => *one,
+            [] => return Err(EhiError::NotFound(format!("request {id} in the inbox"))),
+            _ => {
+                return Err(EhiError::InvalidArgument(format!(
+                    "request id {id} is ambiguous; give more digits"
+                )));
+            }
+        };
+        let (request, card) = self.open_request_at(&inbox, address).await?;
+        Ok((address, request, card))
+    }
+
+    /// Approves request `id`: grants what it asks (until the end of its period), keeps
+    /// a `Consent` (status `active`, provision `permit`), logs the decision and posts
+    /// the signed decision with the grant ticket to the app.
+    pub async fn approve_request(&self, id: &str) -> Result<ConsentOutcome> {
+        let (address, request, card) = self.find_request(id).await?;
+        let now = now_ms();
+        if request.end_ms <= now {
+            return Err(EhiError::InvalidArgument(format!(
+                "request {id}: the period it asks for ended at {}",
+                instant(request.end_ms)
+            )));
+        }
+        let (info, ticket) = self
+            .grant(GrantRequest {
+                app: card.clone(),
+                scopes: request.scopes.clone(),
+                access: request.access,
+                duration_ms: request.end_ms - now,
+                purpose: request.purpose.clone(),
+            })
+            .await?;
+        // Every grant gets its channel: contributions (contribute grants) and the app's
+        // audit reports (all grants).
+        self.publish_channel(&info.id).await?;
+        let ticket_json = serde_json::to_string(&ticket)
+            .map_err(|e| EhiError::Crypto(format!("encoding the ticket: {e}")))?;
+        self.decide(address, &request, &card, Some((&info.id, ticket_json)), "")
+            .await?;
+        Ok(ConsentOutcome {
+            request: consent::request_id(&address),
+            app_name: card.name,
+            consent_id: consent_id(&address),
+            grant: Some((info, ticket)),
+        })
+    }
+
+    /// Denies request `id`: keeps a `Consent` (status `rejected`, provision `deny`),
+    /// logs the decision and posts the signed refusal (with `note`) to the app.
+    pub async fn deny_request(&self, id: &str, note: &str) -> Result<ConsentOutcome> {
+        let (address, request, card) = self.find_request(id).await?;
+        self.decide(address, &request, &card, None, note).await?;
+        Ok(ConsentOutcome {
+            request: consent::request_id(&address),
+            app_name: card.name,
+            consent_id: consent_id(&address),
+            grant: None,
+        })
+    }
+
+    async fn decide(
+        &self,
+        address: Id,
+        request: &RequestPayload,
+        card: &crate::app::VerifiedCard,
+        grant: Option<(&str, String)>,
+        note: &str,
+    ) -> Result<()> {
+        let approved = grant.is_some();
+        let request_id = consent::request_id(&address);
+        let consent_id = consent_id(&address);
+        let now = now_ms();
+        let patient = self.consent_patient().await;
+        let resource = consent::consent_resource(
+            request,
+            card,
+            &consent::Decided {
+                consent_id: &consent_id,
+                request_id: &request_id,
+                approved,
+                grant_id: grant.as_ref().map(|(g, _)| *g),
+                patient: &patient,
+                decided_ms: now,
+            },
+        );
+        let bundle = json!({"resourceType": "Bundle", "type": "collection",
+                            "entry": [{"resource": resource}]});
+        let bytes = serde_json::to_vec(&bundle)
+            .map_err(|e| EhiError::Crypto(format!("encoding the Consent: {e}")))?;
+        self.import(vec![Input::from_bytes("consent decision", bytes)])
+            .await?;
+
+        let reply_slot = Id::from_bytes(request.reply_slot);
+        let decision = DecisionPayload {
+            format: consent::DECISION_FORMAT,
+            nonce: request.nonce,
+            approved,
+            ticket: grant.as_ref().map(|(_, t)| t.clone()),
+            consent_id: consent_id.clone(),
+            decided_ms: now,
+            note: note.chars().take(1000).collect(),
+        };
+        let sealed = consent::seal_decision(&self.signing, &card.hpke_key, &reply_slot, &decision)?;
+        let decision_address = Id::of_content(&sealed);
+        let record = RequestRecord {
+            address: *address.as_bytes(),
+            app_name: card.name.clone(),
+            app_signing: card.signing_key,
+            approved,
+            grant: grant
+                .as_ref()
+                .and_then(|(g, _)| hex::decode(g).ok())
+                .and_then(|b| <[u8; 16]>::try_from(b.as_slice()).ok()),
+            consent_id: consent_id.clone(),
+            decided_ms: now,
+            reply_slot: request.reply_slot,
+            decision: *decision_address.as_bytes(),
+        };
+        let mut entities = vec![
+            format!("request/{request_id}"),
+            format!("Consent/{consent_id}"),
+        ];
+        if let Some((g, _)) = &grant {
+            entities.push(format!("grant/{g}"));
+        }
+        let mut audit = AuditRecord::new(
+            AuditAction::Consent,
+            format!(
+                "{} the request of {} for {} access to {}",
+                if approved { "approved" } else { "denied" },
+                card.name,
+                request.access,
+                request
+                    .scopes
+                    .iter()
+                    .map(|s| s.name())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+        )
+        .with_entities(entities);
+        audit.purpose = Some(request.purpose.clone());
+        self.commit_extension(
+            move |root| {
+                if root
+                    .ext
+                    .requests
+                    .iter()
+                    .any(|r| r.address == record.address)
+                {
+                    return Err(EhiError::InvalidArgument(format!(
+                        "request {} was decided on another device meanwhile",
+                        consent::request_id(&Id::from_bytes(record.address))
+                    )));
+                }
+                root.ext.requests.push(record.clone());
+                Ok(())
+            },
+            &audit,
+        )
+        .await?;
+        letter::post(&self.net, reply_slot, sealed, "the app's reply slot").await?;
+        Ok(())
+    }
+
+    /// `Consent.patient`: the vault's Patient when it holds exactly one, else the vault
+    /// itself as an identifier.
+    async fn consent_patient(&self) -> Value {
+        let patients: Vec<String> = self
+            .list()
+            .await
+            .into_iter()
+            .filter(|r| r.starts_with("Patient/"))
+            .collect();
+        match patients.as_slice() {
+            [one] => json!({"reference": one}),
+            _ => json!({"identifier": {"system": "urn:ehi-layer:vault",
+                                        "value": self.slot.to_string()}}),
+        }
+    }
+
+    /// Commits a change of the root's format 3 extensions with an audit entry (retried
+    /// on conflict; `edit` runs on the freshest root and may refuse).
+    pub(super) async fn commit_extension(
+        &self,
+        edit: impl Fn(&mut VaultRoot) -> Result<()>,
+        audit: &AuditRecord,
+    ) -> Result<()> {
+        let mut state = self.state.lock().await;
+        for _ in 0..self.options.max_attempts {
+            self.refresh_state(&mut state).await?;
+            let mut root = state.root.clone();
+            edit(&mut root)?;
+            if self
+                .swap_root(
+                    &mut state,
+                    root,
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                    Some(audit),
+                )
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        Err(EhiError::Contention {
+            attempts: self.options.max_attempts,
+        })
+    }
+}
+
+/// The `Consent` id of the request stored at `address`.
+fn consent_id(address: &Id) -> String {
+    format!("consent-{}", consent::request_id(address))
+}
