@@ -193,3 +193,92 @@ impl Vault {
         Ok(())
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Batches (`ehi serve` logs every request, issue 10)
+// ---------------------------------------------------------------------------------------
+
+impl Vault {
+    /// Appends `pending` to the audit log, chained in order, in **one** commit (one
+    /// blob per entry, one root swap): what `ehi serve` calls to log its requests in
+    /// batches instead of one network commit per request. Entries record who asked
+    /// ([`crate::audit::Requestor`]) and their own time. Does nothing for an empty
+    /// batch.
+    pub async fn audit_batch(&self, pending: &[crate::audit::PendingAudit]) -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let mut state = self.state.lock().await;
+        let writer = self.signing.verifying_key().to_bytes();
+        let key = self.audit_key();
+        for attempt in 1..=self.options.max_attempts {
+            self.refresh_state(&mut state).await?;
+            self.ensure_audit_tail(&mut state).await?;
+            let mut tail: Option<(Id, AuditEntry)> = state.audit_tail.clone();
+            let mut blobs: Vec<Blob> = Vec::with_capacity(pending.len() + 1);
+            let mut appended: Vec<(Id, AuditEntry)> = Vec::with_capacity(pending.len());
+            for p in pending {
+                let event = p.record.to_fhir_for(
+                    &writer,
+                    "ehi-layer patient device (ehi serve)",
+                    p.ms,
+                    p.requestor.as_ref(),
+                );
+                let prev = tail.as_ref().map(|(a, e)| (e, *a.as_bytes()));
+                let entry = AuditEntry::sign(&self.signing, prev, &event)?;
+                let bytes = Zeroizing::new(format::encode(&entry, "audit entry")?);
+                let sealed = seal::seal_object(&key, Kind::Audit, AUDIT_CONTEXT, 0, &bytes)?;
+                if !sealed.chunks.is_empty() {
+                    return Err(EhiError::InvalidArgument("audit event too large".into()));
+                }
+                tail = Some((sealed.head.address, entry.clone()));
+                appended.push((sealed.head.address, entry));
+                blobs.push(sealed.head);
+            }
+            let mut root = state.root.clone();
+            root.format = ROOT_FORMAT;
+            root.audit_head = tail.as_ref().map(|(a, _)| *a.as_bytes());
+            root.generation += 1;
+            root.updated_ms = now_ms().max(root.updated_ms);
+            let sealed = seal_root(&root, &self.root_key)?;
+            let head = sealed.head.address;
+            let root_blocks = sealed.addresses();
+            blobs.extend(sealed.into_blobs());
+            let blocks: Vec<Id> = blobs.iter().map(|b| b.address).collect();
+            self.put_all(blobs).await?;
+            self.net.pin(&blocks).await?;
+            match self
+                .net
+                .slots()
+                .update_signed(&self.slot, &self.signer, &state.root_head, &head)
+                .await
+            {
+                Ok(()) => {
+                    let old = std::mem::replace(&mut state.root_blocks, root_blocks);
+                    state.root_head = head;
+                    let mut prev_head = state.root.audit_head;
+                    state.root = root;
+                    for (address, entry) in appended {
+                        state.appended_audit(prev_head, address, entry);
+                        prev_head = Some(*address.as_bytes());
+                    }
+                    self.net.unpin_quietly(&old).await;
+                    return Ok(());
+                }
+                Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => {
+                    self.net.unpin_quietly(&blocks).await;
+                    if attempt == self.options.max_attempts {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    self.net.unpin_quietly(&blocks).await;
+                    return Err(EhiError::network("moving the vault slot", e));
+                }
+            }
+        }
+        Err(EhiError::Contention {
+            attempts: self.options.max_attempts,
+        })
+    }
+}
