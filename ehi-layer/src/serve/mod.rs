@@ -99,6 +99,8 @@ pub struct ServeOptions {
     pub revoked_tokens: Option<PathBuf>,
     /// Pre-authorized OAuth clients: `(client_id, grant id)` ([`oauth`]). Default none.
     pub clients: Vec<(String, String)>,
+    /// Lifetime of an authorization code. Default [`oauth::CODE_TTL`] (60 s).
+    pub code_ttl: Duration,
     /// Whether requests are written to the audit log ([`audit`]). Default true.
     pub audit: bool,
     /// Flush the audit buffer at least this often. Default 1 s.
@@ -119,6 +121,7 @@ impl Default for ServeOptions {
             refresh_every: REFRESH_EVERY,
             revoked_tokens: None,
             clients: Vec::new(),
+            code_ttl: oauth::CODE_TTL,
             audit: true,
             audit_flush_every: Duration::from_secs(1),
             audit_batch: 100,
@@ -457,7 +460,7 @@ pub async fn start_with(
         jobs: bulk::Jobs::default(),
         cache,
         auth,
-        oauth: oauth::OAuth::new(options.clients.clone()),
+        oauth: oauth::OAuth::new(options.clients.clone(), options.code_ttl),
         audit: options
             .audit
             .then(|| audit::AuditBuffer::new(options.audit_batch)),

@@ -22,7 +22,7 @@
 //!
 //! ## Codes
 //! Random 256-bit, single use (removed at the first `/token` attempt, successful or
-//! not), valid [`CODE_TTL`]; bound to the client id, redirect uri, scopes and the PKCE
+//! not), valid [`CODE_TTL`] (configurable); bound to the client id, redirect uri, scopes and the PKCE
 //! challenge. Errors follow RFC 6749 §5.2: JSON `{error, error_description}`, `400`
 //! (`invalid_request`, `invalid_grant`, `unsupported_grant_type`, `invalid_scope`) or
 //! `401 invalid_client`. Errors at `/authorize` before the redirect uri is trusted are
@@ -43,7 +43,8 @@ use super::token::grant_scopes;
 use super::{AppState, Pairs};
 use crate::time::now_ms;
 
-/// How long an authorization code is valid.
+/// How long an authorization code is valid, by default
+/// ([`super::ServeOptions::code_ttl`]).
 pub const CODE_TTL: Duration = Duration::from_secs(60);
 /// Lifetime of an access token from `/token` (capped by the grant's expiry).
 pub const ACCESS_TOKEN_TTL: Duration = Duration::from_secs(3600);
@@ -107,13 +108,18 @@ pub(crate) struct OAuth {
     /// client id → grant id.
     clients: HashMap<String, String>,
     codes: Mutex<HashMap<String, Code>>,
+    code_ttl: Duration,
 }
 
 impl OAuth {
-    pub(crate) fn new(clients: impl IntoIterator<Item = (String, String)>) -> OAuth {
+    pub(crate) fn new(
+        clients: impl IntoIterator<Item = (String, String)>,
+        code_ttl: Duration,
+    ) -> OAuth {
         OAuth {
             clients: clients.into_iter().collect(),
             codes: Mutex::default(),
+            code_ttl,
         }
     }
 
@@ -284,7 +290,9 @@ pub(crate) async fn authorize(state: &AppState, pairs: &Pairs) -> Response {
                 challenge: challenge.to_string(),
                 grant: grant_id.clone(),
                 scope: scopes.join(" "),
-                expires_ms: now.saturating_add(CODE_TTL.as_millis() as u64),
+                expires_ms: now.saturating_add(
+                    u64::try_from(state.oauth.code_ttl.as_millis()).unwrap_or(u64::MAX),
+                ),
             },
         );
     }
