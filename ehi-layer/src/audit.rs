@@ -36,6 +36,11 @@
 //! Not done yet: apps appending their own signed chains (merged by the patient's
 //! device), and read entries are written by the `ehi` command line, not by
 //! [`crate::Vault::read`] itself (a library read stays a pure read).
+//!
+//! `ehi serve` writes one entry per request it answers, on the requester's behalf
+//! ([`Requestor`]: the app of the token's grant is the first agent, the patient's
+//! device the second), appended in batches by `Vault::audit_batch` (one commit per
+//! batch, still one blob per entry, chained and signed like every other entry).
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};

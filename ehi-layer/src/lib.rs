@@ -125,6 +125,13 @@
 //! line logs the patient's reads, searches, exports and removal).
 //! [`Vault::audit_verify`] checks signatures, order and chain end to end and names the
 //! first bad entry.
+//!
+//! ## FHIR REST facade ([`serve`])
+//! `ehi serve` answers FHIR R4 REST on the device from the decrypted vault. Apps use
+//! bearer tokens bound to their grant (`ehi token <grant>` or a SMART App Launch v2
+//! authorization-code flow with PKCE, for clients the patient pre-authorized), refused
+//! once the grant is revoked or expired or the token itself revoked; every request is
+//! written to the audit log in batches ([`Vault::audit_batch`]).
 
 //! ## Search
 //! Each scope manifest carries an `ehi_search::SearchIndex` over the current version

@@ -1,9 +1,12 @@
 //! `ehi serve`: a FHIR R4 REST API over the decrypted vault, on the patient's device.
 //!
 //! The server binds `127.0.0.1` by default and keeps nothing on disk: resources are
-//! read from (and written to) the vault through [`Vault`], bulk export files live in
-//! memory until the job is deleted or the server stops, and bearer tokens are checked
-//! by their keyed tag ([`token`]) rather than looked up.
+//! read from (and written to) the vault through [`Vault`], decrypted resources are
+//! cached in memory only, bulk export files live in memory until the job is deleted or
+//! the server stops, and bearer tokens are checked by their keyed tag ([`token`]) and
+//! against the vault's current grants and the revoked token ids ([`auth`]) rather than
+//! looked up. The one file it reads besides the keystore is the revoked-token list
+//! beside it (token ids only).
 //!
 //! ## Interactions (every resource type of [`ehi_search::resource_types`])
 //! - `GET /metadata` — the CapabilityStatement ([`capability`]), generated from the
@@ -28,13 +31,27 @@
 //! - Bulk Data ([`bulk`]): `GET $export`, `GET Patient/$export`,
 //!   `GET Patient/[id]/$export` with `Prefer: respond-async`.
 //!
-//! Decrypted current versions are kept in an in-memory [`Cache`] (at most
-//! [`CACHE_MAX`]), cleared on every write of this server and every refresh of the vault
-//! (every [`REFRESH_EVERY`]): a commit from another device shows after the next refresh.
+//! - `_summary=true|text|data|count|false` ([`summary`]) on search and read.
+//!
+//! Decrypted current versions are kept in an in-memory cache bounded by
+//! [`ServeOptions::cache_bytes`] and warmed at start (every current resource read
+//! once), so searches answer from memory; this server's writes invalidate what they
+//! wrote, and a refresh of the vault (every [`ServeOptions::refresh_every`], 30 s by
+//! default) that brought other devices' changes empties and re-warms it: a commit from
+//! another device shows after the next refresh.
+//!
+//! **Authorization**: every request except `/metadata`,
+//! `/.well-known/smart-configuration`, `/authorize` and `/token` needs a bearer token
+//! ([`token`]): the patient's, one bound to a grant (`ehi token <grant>` or the
+//! authorization-code flow of [`oauth`]; refused once the grant is revoked or expired,
+//! [`auth`]), or one minted from bare scopes. A token can be revoked on its own
+//! (`ehi token revoke`).
+//!
+//! **Audit**: every request is written to the vault's audit log, batched ([`audit`]).
 //!
 //! Only JSON is served: `Accept: application/fhir+xml` or `_format=xml` gets 406.
-//! Errors are OperationOutcomes ([`error`]). Every request except `/metadata` and
-//! `/.well-known/smart-configuration` needs a bearer token ([`token`]).
+//! Errors are OperationOutcomes ([`error`]); OAuth endpoints answer RFC 6749 JSON
+//! errors.
 
 pub mod audit;
 pub mod auth;
