@@ -7,7 +7,8 @@
 //! batches). Reports the import, the cache warm-up (every resource fetched and
 //! decrypted once into memory), then per query: the same page repeatedly and distinct
 //! pages (walking `_offset`), at c=1 and c=8.
-//! Run with `cargo bench -p ehi-layer --bench serve`.
+//! Run with `cargo bench -p ehi-layer --bench serve` (`EHI_BENCH_AUDIT=0`: without the
+//! audit log, for comparison).
 //! Targets: p99 ≤ 30 ms, ≥ 1,000 requests/s at concurrency 8.
 
 #[path = "../tests/common/mod.rs"]
@@ -98,11 +99,18 @@ async fn run() -> anyhow::Result<()> {
     let key = TokenKey::from_keystore(&keystore);
     let token = key.mint_patient(ehi_layer::time::now_ms() / 1000, 3600)?;
     let started = Instant::now();
-    let server = serve::start(Arc::new(vault), key, "127.0.0.1:0".parse()?).await?;
+    // EHI_BENCH_AUDIT=0 measures without the audit log (for comparison only).
+    let audit = std::env::var("EHI_BENCH_AUDIT").map_or(true, |v| v != "0");
+    let options = serve::ServeOptions {
+        audit,
+        ..serve::ServeOptions::default()
+    };
+    let server = serve::start_with(Arc::new(vault), key, "127.0.0.1:0".parse()?, options).await?;
     server.warmed().await;
     println!(
-        "server {}: cache warm-up {:.1} s ({} resources in memory)",
+        "server {} (audit {}): cache warm-up {:.1} s ({} resources in memory)",
         server.url(),
+        if audit { "on" } else { "off" },
         started.elapsed().as_secs_f64(),
         server.cached()
     );

@@ -204,17 +204,31 @@ impl Vault {
     /// batches instead of one network commit per request. Entries record who asked
     /// ([`crate::audit::Requestor`]) and their own time. Does nothing for an empty
     /// batch.
+    ///
+    /// The vault's state lock is held only to take a snapshot (root and newest entry)
+    /// and for the final compare-and-swap: signing, sealing and storing the entries
+    /// run without it, so reads and searches are not held up by the network writes.
+    /// If the vault moved meanwhile, the batch is rebuilt on the new root.
     pub async fn audit_batch(&self, pending: &[crate::audit::PendingAudit]) -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }
-        let mut state = self.state.lock().await;
         let writer = self.signing.verifying_key().to_bytes();
         let key = self.audit_key();
         for attempt in 1..=self.options.max_attempts {
-            self.refresh_state(&mut state).await?;
-            self.ensure_audit_tail(&mut state).await?;
-            let mut tail: Option<(Id, AuditEntry)> = state.audit_tail.clone();
+            // Snapshot.
+            let (base_head, mut root, mut tail) = {
+                let mut state = self.state.lock().await;
+                self.refresh_state(&mut state).await?;
+                self.ensure_audit_tail(&mut state).await?;
+                (
+                    state.root_head,
+                    state.root.clone(),
+                    state.audit_tail.clone(),
+                )
+            };
+            let prev_head = root.audit_head;
+            // Entries and root, without the lock.
             let mut blobs: Vec<Blob> = Vec::with_capacity(pending.len() + 1);
             let mut appended: Vec<(Id, AuditEntry)> = Vec::with_capacity(pending.len());
             for p in pending {
@@ -235,7 +249,6 @@ impl Vault {
                 appended.push((sealed.head.address, entry));
                 blobs.push(sealed.head);
             }
-            let mut root = state.root.clone();
             root.format = ROOT_FORMAT;
             root.audit_head = tail.as_ref().map(|(a, _)| *a.as_bytes());
             root.generation += 1;
@@ -247,31 +260,41 @@ impl Vault {
             let blocks: Vec<Id> = blobs.iter().map(|b| b.address).collect();
             self.put_all(blobs).await?;
             self.net.pin(&blocks).await?;
+            // Compare-and-swap, under the lock, only if nothing moved meanwhile.
+            let mut state = self.state.lock().await;
+            if state.root_head != base_head {
+                drop(state);
+                self.net.unpin_quietly(&blocks).await;
+                continue;
+            }
             match self
                 .net
                 .slots()
-                .update_signed(&self.slot, &self.signer, &state.root_head, &head)
+                .update_signed(&self.slot, &self.signer, &base_head, &head)
                 .await
             {
                 Ok(()) => {
                     let old = std::mem::replace(&mut state.root_blocks, root_blocks);
                     state.root_head = head;
-                    let mut prev_head = state.root.audit_head;
                     state.root = root;
+                    let mut prev = prev_head;
                     for (address, entry) in appended {
-                        state.appended_audit(prev_head, address, entry);
-                        prev_head = Some(*address.as_bytes());
+                        state.appended_audit(prev, address, entry);
+                        prev = Some(*address.as_bytes());
                     }
+                    drop(state);
                     self.net.unpin_quietly(&old).await;
                     return Ok(());
                 }
                 Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => {
+                    drop(state);
                     self.net.unpin_quietly(&blocks).await;
                     if attempt == self.options.max_attempts {
                         break;
                     }
                 }
                 Err(e) => {
+                    drop(state);
                     self.net.unpin_quietly(&blocks).await;
                     return Err(EhiError::network("moving the vault slot", e));
                 }
