@@ -104,6 +104,16 @@ async fn grant_tokens_are_bound_to_their_grant_and_revocable() -> anyhow::Result
         key.mint_grant(&meds, Some("patient/Observation.rs"), now_s(), 60)
             .is_err()
     );
+    // Narrowing keeps only the requested permissions: read without search.
+    let (read_only, read_claims) = key.mint_grant(&meds, Some("patient/*.r"), now_s(), 60)?;
+    assert!(
+        read_claims.scope.split(' ').all(|s| s.ends_with(".r")),
+        "{}",
+        read_claims.scope
+    );
+    assert!(read_claims.scope.contains("patient/MedicationRequest.r"));
+    let (status, _) = get(&http, &format!("{base}/MedicationRequest"), &read_only).await?;
+    assert_eq!(status, StatusCode::FORBIDDEN, "search was not requested");
     // The patient's own token sees everything.
     let patient = key.mint_patient(now_s(), 3600)?;
     let (status, _) = get(&http, &format!("{base}/Observation"), &patient).await?;

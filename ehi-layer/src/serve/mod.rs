@@ -176,11 +176,17 @@ pub(crate) struct AppState {
 #[derive(Debug)]
 pub(crate) struct Cache {
     map: moka::sync::Cache<(String, String), Arc<Value>>,
+    /// Search results: `(type, query)` → `(total, ids in order)`, so that paging
+    /// through a query (or repeating it) searches the index once. Emptied on every
+    /// write and refresh that changed resources (like `map`).
+    searches: moka::sync::Cache<(String, String), Arc<(usize, Vec<String>)>>,
     epoch: AtomicU64,
     /// Bumped when the whole cache is dropped (a running warm-up stops).
     clears: AtomicU64,
     /// The resources fingerprint the cache is current for.
     known: std::sync::Mutex<[u8; 32]>,
+    /// The memory budget (weight units: bytes of JSON).
+    capacity: u64,
 }
 
 impl Cache {
@@ -193,9 +199,16 @@ impl Cache {
                     u32::try_from(size).unwrap_or(u32::MAX)
                 })
                 .build(),
+            searches: moka::sync::Cache::builder()
+                .max_capacity(SEARCH_CACHE_IDS)
+                .weigher(|_: &(String, String), v: &Arc<(usize, Vec<String>)>| {
+                    u32::try_from(v.1.len().max(1)).unwrap_or(u32::MAX)
+                })
+                .build(),
             epoch: AtomicU64::new(0),
             clears: AtomicU64::new(0),
             known: std::sync::Mutex::new([0; 32]),
+            capacity: bytes,
         }
     }
 
@@ -220,10 +233,11 @@ impl Cache {
         }
     }
 
-    /// Drops one resource (this server wrote it).
+    /// Drops one resource (this server wrote it) and every search result.
     fn invalidate(&self, t: &str, id: &str) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.map.invalidate(&(t.to_string(), id.to_string()));
+        self.searches.invalidate_all();
     }
 
     /// Drops everything.
@@ -231,6 +245,7 @@ impl Cache {
         self.epoch.fetch_add(1, Ordering::AcqRel);
         self.clears.fetch_add(1, Ordering::AcqRel);
         self.map.invalidate_all();
+        self.searches.invalidate_all();
     }
 
     fn known(&self) -> std::sync::MutexGuard<'_, [u8; 32]> {
@@ -259,6 +274,28 @@ fn json_size(value: &Value) -> usize {
     let mut counter = Counter(0);
     let _ = serde_json::to_writer(&mut counter, value);
     counter.0
+}
+
+/// Most ids held by the search-result cache (over all cached queries).
+pub const SEARCH_CACHE_IDS: u64 = 2_000_000;
+
+/// `Vault::search_ids(t, query)`, from the search-result cache when it has it.
+async fn cached_search(
+    vault: &Vault,
+    cache: &Cache,
+    t: &str,
+    query: &str,
+) -> Result<Arc<(usize, Vec<String>)>, EhiError> {
+    let key = (t.to_string(), query.to_string());
+    if let Some(hit) = cache.searches.get(&key) {
+        return Ok(hit);
+    }
+    let epoch = cache.epoch();
+    let result = Arc::new(vault.search_ids(t, query).await?);
+    if cache.epoch() == epoch {
+        cache.searches.insert(key, result.clone());
+    }
+    Ok(result)
 }
 
 /// The current version of `t/id`, from the cache or the vault.
@@ -292,6 +329,15 @@ async fn warm_up(state: Arc<AppState>) {
     for chunk in refs.chunks(1024) {
         if state.cache.clears.load(Ordering::Acquire) != clears {
             return;
+        }
+        state.cache.map.run_pending_tasks();
+        if state.cache.map.weighted_size() >= state.cache.capacity / 100 * 95 {
+            tracing::warn!(
+                loaded,
+                total,
+                "the resource cache is full: warm-up stopped (raise cache_bytes)"
+            );
+            break;
         }
         let futures: Vec<_> = chunk
             .iter()
@@ -1138,7 +1184,8 @@ async fn search(
         }
     }
     let query = encode_query(&index_pairs);
-    let (total, ids) = state.vault.search_ids(t, &query).await?;
+    let found = cached_search(&state.vault, &state.cache, t, &query).await?;
+    let (total, ids) = (found.0, &found.1);
     let base_url = format!("{}/{t}", state.base);
     if summary == Summary::Count {
         return Ok(fhir_response(

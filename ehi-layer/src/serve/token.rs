@@ -341,45 +341,43 @@ impl TokenKey {
 }
 
 /// The grant's SMART scopes that the facade can enforce, narrowed to `requested` (SMART
-/// scopes, space-separated) when given: a requested scope is kept when the grant has
-/// the same scope; `patient/*.rs`-style wildcards and v1 `.read` select every grant
-/// scope they cover.
+/// scopes, space-separated) when given: each grant scope keeps only the permissions
+/// the request asks for on its type (`patient/*.r` asked of a grant with
+/// `patient/MedicationRequest.rs` gives `patient/MedicationRequest.r`); a grant scope
+/// with none left is dropped. Nothing outside the grant is ever added.
 pub fn grant_scopes(grant: &GrantInfo, requested: Option<&str>) -> Vec<String> {
-    let servable: Vec<&String> = grant
-        .smart_scopes
-        .iter()
-        .filter(|s| parse_scopes(s).is_ok_and(|r| !r.is_empty()))
-        .collect();
-    let Some(requested) = requested else {
-        return servable.into_iter().cloned().collect();
+    let wanted = match requested.map(parse_scopes) {
+        None => None,
+        Some(Ok(rules)) => Some(Access::App(rules)),
+        Some(Err(_)) => return Vec::new(),
     };
-    let Ok(wanted) = parse_scopes(requested) else {
-        return Vec::new();
-    };
-    let wanted = Access::App(wanted);
-    servable
-        .into_iter()
-        .filter(|s| {
-            parse_scopes(s).is_ok_and(|rules| {
-                rules.iter().all(|rule| {
-                    let t = rule.resource_type.as_deref().unwrap_or("*");
-                    // Every permission of the grant scope must be requested for the
-                    // type (patient/Observation.rs asks for r and s).
-                    [
-                        (rule.perms.c, Perm::Create),
-                        (rule.perms.r, Perm::Read),
-                        (rule.perms.u, Perm::Update),
-                        (rule.perms.d, Perm::Delete),
-                        (rule.perms.s, Perm::Search),
-                    ]
-                    .iter()
-                    .filter(|(has, _)| *has)
-                    .any(|(_, p)| wanted.allows(t, *p))
-                })
-            })
-        })
-        .cloned()
-        .collect()
+    let mut out = Vec::new();
+    for scope in &grant.smart_scopes {
+        let Ok(rules) = parse_scopes(scope) else {
+            continue; // a type the facade does not serve
+        };
+        let Some(context) = scope.split_once('/').map(|(c, _)| c) else {
+            continue;
+        };
+        for rule in rules {
+            let t = rule.resource_type.as_deref().unwrap_or("*");
+            let letters: String = [
+                ('c', rule.perms.c, Perm::Create),
+                ('r', rule.perms.r, Perm::Read),
+                ('u', rule.perms.u, Perm::Update),
+                ('d', rule.perms.d, Perm::Delete),
+                ('s', rule.perms.s, Perm::Search),
+            ]
+            .iter()
+            .filter(|(_, has, perm)| *has && wanted.as_ref().is_none_or(|w| w.allows(t, *perm)))
+            .map(|(letter, _, _)| *letter)
+            .collect();
+            if !letters.is_empty() {
+                out.push(format!("{context}/{t}.{letters}"));
+            }
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------
