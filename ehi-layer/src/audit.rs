@@ -53,6 +53,11 @@
 //!
 //! Read entries of the patient are written by the `ehi` command line, not by
 //! [`crate::Vault::read`] itself (a library read stays a pure read).
+//!
+//! `ehi serve` writes one entry per request it answers, on the requester's behalf
+//! ([`Requestor`]: the app of the token's grant is the first agent, the patient's
+//! device the second), appended in batches by `Vault::audit_batch` (one commit per
+//! batch, still one blob per entry, chained and signed like every other entry).
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -352,6 +357,65 @@ impl AuditEntry {
                 .and_then(Value::as_str)
                 .map(str::to_string)
         })
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Entries written for someone else (`ehi serve`, issue 10)
+// ---------------------------------------------------------------------------------------
+
+/// Code system of the grant id in an app requestor's `AuditEvent.agent.who.identifier`.
+pub const GRANT_SYSTEM: &str = "urn:ehi-layer:grant";
+
+/// Who asked, when the patient's device writes an entry on someone's behalf (the FHIR
+/// facade logging an app's request). The AuditEvent then lists this requestor first
+/// (`requestor: true`, named, with the grant id when there is one) and the writing
+/// device second (`requestor: false`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Requestor {
+    /// Display name (the app's name from its grant).
+    pub name: String,
+    /// The grant the request was made under.
+    pub grant: Option<String>,
+}
+
+/// An event waiting to be appended: the record, who asked (`None`: the patient) and
+/// when it happened (ms since the Unix epoch; the entry's `recorded`).
+#[derive(Clone, Debug)]
+pub struct PendingAudit {
+    /// What happened.
+    pub record: AuditRecord,
+    /// Who asked (`None`: the patient).
+    pub requestor: Option<Requestor>,
+    /// When, ms since the Unix epoch.
+    pub ms: u64,
+}
+
+impl AuditRecord {
+    /// [`AuditRecord::to_fhir`] with `requestor` as the first agent (see [`Requestor`]).
+    pub fn to_fhir_for(
+        &self,
+        writer: &[u8; 32],
+        observer: &str,
+        ms: u64,
+        requestor: Option<&Requestor>,
+    ) -> Value {
+        let mut event = self.to_fhir(writer, observer, ms);
+        if let Some(requestor) = requestor {
+            let mut who = json!({"display": requestor.name});
+            if let Some(grant) = &requestor.grant {
+                who["identifier"] = json!({"system": GRANT_SYSTEM, "value": grant});
+            }
+            let device = event["agent"][0].take();
+            let mut device = if device.is_object() {
+                device
+            } else {
+                json!({})
+            };
+            device["requestor"] = Value::Bool(false);
+            event["agent"] = json!([{"who": who, "requestor": true}, device]);
+        }
+        event
     }
 }
 

@@ -152,6 +152,13 @@
 //! line logs the patient's reads, searches, exports and removal).
 //! [`Vault::audit_verify`] checks signatures, order and chain end to end and names the
 //! first bad entry.
+//!
+//! ## FHIR REST facade ([`serve`])
+//! `ehi serve` answers FHIR R4 REST on the device from the decrypted vault. Apps use
+//! bearer tokens bound to their grant (`ehi token <grant>` or a SMART App Launch v2
+//! authorization-code flow with PKCE, for clients the patient pre-authorized), refused
+//! once the grant is revoked or expired or the token itself revoked; every request is
+//! written to the audit log in batches ([`Vault::audit_batch`]).
 
 //! ## Break-glass emergency access ([`emergency`])
 //! The patient names a holder (an app card) in advance; the policy is a grant of the

@@ -279,15 +279,29 @@ enum Command {
         /// How long the printed patient token stays valid (`12h`, `30m`, `7d`).
         #[arg(long, default_value = "12h")]
         token_expires: String,
+        /// Pre-authorize an OAuth client for a grant: `<client_id>=<grant id>`
+        /// (repeatable). `/authorize` approves it at once (PKCE S256 required), so treat
+        /// the client id as a secret.
+        #[arg(long = "client", value_name = "CLIENT_ID=GRANT")]
+        clients: Vec<String>,
     },
-    /// Mint a bearer token for `ehi serve`: the patient's own (`--patient`) or an app's
-    /// with SMART v2 scopes (`--scopes "patient/Observation.rs patient/*.r"`).
+    /// Mint a bearer token for `ehi serve`: one bound to a grant (`ehi token <grant>`:
+    /// the grant's scopes, refused once the grant is revoked or expired), the patient's
+    /// own (`--patient`) or an app's with SMART v2 scopes (`--scopes
+    /// "patient/Observation.rs patient/*.r"`). Prints the token on stdout and its id
+    /// (`jti`) on stderr. `ehi token revoke <jti|token>` revokes one token.
+    #[command(args_conflicts_with_subcommands = true)]
     Token {
+        #[command(subcommand)]
+        action: Option<TokenAction>,
+        /// The grant id (from `ehi grants`).
+        #[arg(conflicts_with_all = ["patient", "scopes"])]
+        grant: Option<String>,
         /// The patient's own token (everything allowed).
         #[arg(long, conflicts_with = "scopes")]
         patient: bool,
-        /// SMART scopes, space-separated.
-        #[arg(long, required_unless_present = "patient")]
+        /// SMART scopes, space-separated (with a grant: narrow the grant's scopes).
+        #[arg(long)]
         scopes: Option<String>,
         /// Lifetime (`90s`, `30m`, `1h`, `7d`).
         #[arg(long, default_value = "1h")]
@@ -308,6 +322,16 @@ enum Command {
     Watch,
 }
 
+#[derive(Subcommand, Debug)]
+enum TokenAction {
+    /// Revoke one token before it expires: its id is added to the revocation file
+    /// beside the keystore (`<keystore>.revoked-tokens`), which `ehi serve` watches.
+    Revoke {
+        /// The token's id (`jti`, printed by `ehi token`) or the token itself.
+        token: String,
+    },
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -326,6 +350,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Init => return init(&cli.broker, &keystore_path).await,
         Command::App { command } => return app_command(command).await,
         Command::Token {
+            action: Some(TokenAction::Revoke { token }),
+            ..
+        } => return token_revoke(&keystore_path, &token),
+        Command::Token {
+            action: None,
+            grant: None,
             patient,
             scopes,
             expires,
@@ -460,7 +490,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve {
             listen,
             token_expires,
-        } => return serve(vault, &keystore, listen, &token_expires).await,
+            clients,
+        } => {
+            return serve(
+                vault,
+                &keystore,
+                &keystore_path,
+                listen,
+                &token_expires,
+                &clients,
+            )
+            .await;
+        }
+        Command::Token {
+            grant: Some(grant),
+            scopes,
+            expires,
+            ..
+        } => token_grant(&vault, &keystore, &grant, scopes.as_deref(), &expires).await?,
         Command::Token { .. } => {}
         Command::App { .. } => {}
         Command::Grant {
@@ -812,15 +859,36 @@ async fn init(broker: &str, path: &Path) -> anyhow::Result<()> {
 async fn serve(
     vault: Vault,
     keystore: &Keystore,
+    keystore_path: &Path,
     listen: std::net::SocketAddr,
     token_expires: &str,
+    clients: &[String],
 ) -> anyhow::Result<()> {
-    use ehi_layer::serve::{self, TokenKey};
+    use ehi_layer::serve::{self, ServeOptions, TokenKey};
     let ttl = serve::token::parse_duration(token_expires).map_err(anyhow::Error::msg)?;
+    let grants = vault.grants().await;
+    let mut registered = Vec::new();
+    for client in clients {
+        let Some((client_id, grant)) = client.split_once('=') else {
+            bail!("--client {client}: expected <client_id>=<grant id>");
+        };
+        if client_id.is_empty() {
+            bail!("--client {client}: empty client id");
+        }
+        if !grants.iter().any(|g| g.id == grant) {
+            bail!("--client {client}: no grant {grant:?} in this vault (see ehi grants)");
+        }
+        registered.push((client_id.to_string(), grant.to_string()));
+    }
     let key = TokenKey::from_keystore(keystore);
     let now = ehi_layer::time::now_ms() / 1000;
     let patient_token = key.mint_patient(now, ttl)?;
-    let server = serve::start(Arc::new(vault), key, listen).await?;
+    let options = ServeOptions {
+        revoked_tokens: Some(serve::token::revoked_tokens_path(keystore_path)),
+        clients: registered,
+        ..ServeOptions::default()
+    };
+    let server = serve::start_with(Arc::new(vault), key, listen, options).await?;
     {
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();
@@ -853,9 +921,50 @@ async fn token(
     let token = match (patient, scopes) {
         (true, _) => key.mint_patient(now, ttl)?,
         (false, Some(scopes)) => key.mint_app(scopes, now, ttl)?,
-        (false, None) => bail!("give --patient or --scopes"),
+        (false, None) => bail!("give a grant id, --patient or --scopes"),
     };
     println!("{token}");
+    if let Some(jti) = serve::token::jti_of(&token) {
+        eprintln!("token id (jti): {jti}");
+    }
+    Ok(())
+}
+
+/// `ehi token <grant>`: a token bound to the grant, its scopes narrowed by `scopes`.
+async fn token_grant(
+    vault: &Vault,
+    keystore: &Keystore,
+    grant: &str,
+    scopes: Option<&str>,
+    expires: &str,
+) -> anyhow::Result<()> {
+    use ehi_layer::serve::{self, TokenKey};
+    let ttl = serve::token::parse_duration(expires).map_err(anyhow::Error::msg)?;
+    let Some(info) = vault.grants().await.into_iter().find(|g| g.id == grant) else {
+        bail!("no grant {grant:?} in this vault (see ehi grants)");
+    };
+    let key = TokenKey::from_keystore(keystore);
+    let now = ehi_layer::time::now_ms() / 1000;
+    let (token, claims) = key.mint_grant(&info, scopes, now, ttl)?;
+    println!("{token}");
+    eprintln!(
+        "token {} for {} (grant {}): {}",
+        claims.jti, info.app_name, info.id, claims.scope
+    );
+    Ok(())
+}
+
+/// `ehi token revoke <jti|token>`.
+fn token_revoke(keystore_path: &Path, token: &str) -> anyhow::Result<()> {
+    use ehi_layer::serve::token;
+    let jti = if token::valid_jti(token) {
+        token.to_string()
+    } else {
+        token::jti_of(token).context("expected a token id (32 hex digits) or a token")?
+    };
+    let path = token::revoked_tokens_path(keystore_path);
+    token::revoke_token(&path, &jti)?;
+    eprintln!("revoked token {jti} (listed in {})", path.display());
     Ok(())
 }
 

@@ -1450,6 +1450,23 @@ impl Vault {
         Ok(())
     }
 
+    /// A fingerprint of the vault's resources (BLAKE3 over every scope's manifest
+    /// blocks): it changes when any resource changes (or a scope is re-sealed) and not
+    /// on audit-only or grant-only commits. `ehi serve` compares it after each refresh
+    /// to know whether its cache of decrypted resources is still current.
+    pub async fn resources_fingerprint(&self) -> [u8; 32] {
+        let state = self.state.lock().await;
+        let mut hasher = blake3::Hasher::new();
+        for (scope, record) in &state.root.scopes {
+            hasher.update(scope.to_string().as_bytes());
+            hasher.update(&[0]);
+            for block in &record.manifest {
+                hasher.update(block);
+            }
+        }
+        *hasher.finalize().as_bytes()
+    }
+
     /// `Type/id` of every current resource, sorted.
     pub async fn list(&self) -> Vec<String> {
         let state = self.state.lock().await;

@@ -134,3 +134,113 @@ async fn ehi_serve_and_ehi_token() -> anyhow::Result<()> {
     net.stop().await;
     Ok(())
 }
+
+/// `ehi token <grant>` (a token bound to the grant), `ehi serve --client`, and
+/// `ehi token revoke` seen by the running server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ehi_token_for_a_grant_and_its_revocation() -> anyhow::Result<()> {
+    let net = TestNet::start(1, false).await?;
+    let home = tempfile::tempdir()?;
+    let broker = net.broker_url.clone();
+    let h = home.path().to_path_buf();
+    let b = broker.clone();
+    let bundle = home.path().join("patient.json");
+    std::fs::write(&bundle, serde_json::to_vec(&patient_bundle())?)?;
+    let bundle = bundle.to_str().context("path")?.to_string();
+    let (grant, token) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        run(&h, &b, &["init"])?;
+        run(&h, &b, &["import", &bundle])?;
+        let app = h.join("app.json");
+        let card = run(
+            &h,
+            &b,
+            &[
+                "app",
+                "new",
+                "PillPal",
+                "--app-keystore",
+                app.to_str().context("path")?,
+            ],
+        )?;
+        let card_file = h.join("card.json");
+        std::fs::write(&card_file, card)?;
+        let card_file = card_file.to_str().context("path")?.to_string();
+        run(
+            &h,
+            &b,
+            &[
+                "grant",
+                &card_file,
+                "--scopes",
+                "medications",
+                "--purpose",
+                "TREAT",
+            ],
+        )?;
+        let grants: Value = serde_json::from_str(&run(&h, &b, &["grants"])?)?;
+        let grant = grants[0]["id"].as_str().context("grant id")?.to_string();
+        let token = run(&h, &b, &["token", &grant, "--expires", "10m"])?;
+        Ok((grant, token))
+    })
+    .await??;
+    ensure!(token.starts_with("ehi1."), "{token}");
+
+    // An unknown grant for --client is refused before serving.
+    let out = ehi(home.path(), &broker)
+        .args(["serve", "--listen", "127.0.0.1:0", "--client", "c=nope"])
+        .output()?;
+    ensure!(!out.status.success(), "--client with an unknown grant");
+
+    let mut child = Child(
+        ehi(home.path(), &broker)
+            .args(["serve", "--listen", "127.0.0.1:0", "--client"])
+            .arg(format!("pillpal-client-secretish={grant}"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let stdout = child.0.stdout.take().context("stdout")?;
+    let line = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        }),
+    )
+    .await???;
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("first line: {line:?}"))?
+        .to_string();
+    let http = reqwest::Client::new();
+    let status = |path: &'static str| {
+        let (http, base, token) = (http.clone(), base.clone(), token.clone());
+        async move {
+            Ok::<_, anyhow::Error>(
+                http.get(format!("{base}/{path}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await?
+                    .status(),
+            )
+        }
+    };
+    assert_eq!(status("MedicationRequest").await?, StatusCode::OK);
+    assert_eq!(status("Observation").await?, StatusCode::FORBIDDEN);
+
+    // Revoke this one token (given whole) and watch the server refuse it.
+    let (h, b, t) = (home.path().to_path_buf(), broker.clone(), token.clone());
+    tokio::task::spawn_blocking(move || run(&h, &b, &["token", "revoke", &t])).await??;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while status("MedicationRequest").await? != StatusCode::UNAUTHORIZED {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "the revoked token is still accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(child);
+    net.stop().await;
+    Ok(())
+}

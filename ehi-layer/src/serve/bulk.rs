@@ -8,10 +8,18 @@
 //! started them and vanish when the server stops (nothing is written to disk).
 //!
 //! Supported kick-off parameters: `_outputFormat` (`application/fhir+ndjson`,
-//! `application/ndjson`, `ndjson`), `_type` and `_since`. Only the types the token may
-//! read are exported; naming another type in `_type` is a 403.
+//! `application/ndjson`, `ndjson`), `_type`, `_since` and `_typeFilter`. Only the types
+//! the token may read are exported; naming another type in `_type` or `_typeFilter` is
+//! a 403.
+//!
+//! `_typeFilter` (repeatable, each a comma-separated list of `Type?query` with the
+//! query URL-encoded, as the Bulk Data IG v2 defines it): the resources of a type with
+//! filters are exported only when they match at least one of its filters (the queries
+//! run through the vault's search, so they accept the parameters search accepts, and
+//! an invalid one is a 400 at kick-off); types without a filter are exported whole.
+//! A filter on a type outside `_type` is a 400.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -97,6 +105,7 @@ pub(crate) async fn kickoff(
     }
     let mut types: Option<Vec<String>> = None;
     let mut since: Option<i64> = None;
+    let mut filters: Vec<(String, String)> = Vec::new();
     for (k, v) in pairs {
         match k.as_str() {
             "_outputFormat" => {
@@ -122,6 +131,19 @@ pub(crate) async fn kickoff(
                     .map_err(|e| ServeError::BadRequest(format!("_since={v}: {e}")))?;
                 since = Some(range.lo);
             }
+            "_typeFilter" => {
+                for filter in split_type_filter(v) {
+                    let (t, query) = filter.split_once('?').ok_or_else(|| {
+                        ServeError::BadRequest(format!("_typeFilter={filter}: expected Type?query"))
+                    })?;
+                    let t = known_type(t).map_err(|e| {
+                        ServeError::BadRequest(format!("_typeFilter={filter}: {e}"))
+                    })?;
+                    caller.access.require(t, Perm::Read)?;
+                    caller.access.require(t, Perm::Search)?;
+                    filters.push((t.to_string(), query.to_string()));
+                }
+            }
             "_format" => {}
             other => {
                 return Err(ServeError::BadRequest(format!(
@@ -129,6 +151,19 @@ pub(crate) async fn kickoff(
                 )));
             }
         }
+    }
+    for (t, query) in &filters {
+        if types.as_ref().is_some_and(|ts| !ts.contains(t)) {
+            return Err(ServeError::BadRequest(format!(
+                "_typeFilter on {t}, which is not in _type"
+            )));
+        }
+        // Check the query now (400) rather than fail the job later.
+        state
+            .vault
+            .search_ids(t, query)
+            .await
+            .map_err(|e| ServeError::BadRequest(format!("_typeFilter={t}?{query}: {e}")))?;
     }
     let job_id = hex::encode(
         crate::keys::random_bytes::<16>().map_err(|e| ServeError::Vault(EhiError::Keystore(e)))?,
@@ -148,7 +183,16 @@ pub(crate) async fn kickoff(
     let task_caller = caller.clone();
     let task_job = job_id.clone();
     tokio::spawn(async move {
-        let result = run(&task_state, &task_caller, &task_job, level, types, since).await;
+        let result = run(
+            &task_state,
+            &task_caller,
+            &task_job,
+            level,
+            types,
+            since,
+            &filters,
+        )
+        .await;
         task_state.jobs.with(|jobs| {
             if let Some(job) = jobs.get_mut(&task_job) {
                 job.state = match result {
@@ -177,7 +221,15 @@ async fn run(
     level: Level,
     types: Option<Vec<String>>,
     since: Option<i64>,
+    filters: &[(String, String)],
 ) -> Result<BTreeMap<String, (usize, String)>, ServeError> {
+    // Type → ids matching at least one of its filters.
+    let mut filtered: HashMap<String, HashSet<String>> = HashMap::new();
+    for (t, query) in filters {
+        let (_, ids) = state.vault.search_ids(t, query).await?;
+        filtered.entry(t.clone()).or_default().extend(ids);
+    }
+    let passes = |t: &str, id: &str| filtered.get(t).is_none_or(|ids| ids.contains(id));
     let wanted = |t: &str| -> bool {
         caller.access.allows(t, Perm::Read)
             && types.as_ref().is_none_or(|ts| ts.iter().any(|x| x == t))
@@ -193,7 +245,7 @@ async fn run(
                     r.split_once('/')
                         .map(|(t, id)| (t.to_string(), id.to_string()))
                 })
-                .filter(|(t, _)| wanted(t))
+                .filter(|(t, id)| wanted(t) && passes(t, id))
                 .collect();
             let total = refs.len();
             let mut out = Vec::with_capacity(total);
@@ -245,7 +297,7 @@ async fn run(
                 continue;
             }
         }
-        if !wanted(t) {
+        if !wanted(t) || !passes(t, r["id"].as_str().unwrap_or("")) {
             continue;
         }
         let line = serde_json::to_string(&r).map_err(|e| ServeError::Token(e.to_string()))?;
@@ -255,6 +307,27 @@ async fn run(
         file.1.push('\n');
     }
     Ok(files)
+}
+
+/// The `Type?query` items of one `_typeFilter` value: split at commas, except commas
+/// inside a query (an OR list such as `code=a,b`), recognised because the text after
+/// them does not start with `Type?`.
+fn split_type_filter(value: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for piece in value.split(',') {
+        let starts_filter = piece
+            .split_once('?')
+            .is_some_and(|(t, _)| !t.is_empty() && t.chars().all(|c| c.is_ascii_alphabetic()));
+        match out.last_mut() {
+            Some(last) if !starts_filter => {
+                last.push(',');
+                last.push_str(piece);
+            }
+            _ => out.push(piece.to_string()),
+        }
+    }
+    out.retain(|f| !f.trim().is_empty());
+    out
 }
 
 fn progress(state: &AppState, job_id: &str, done: usize, total: usize) {

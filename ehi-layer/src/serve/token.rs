@@ -16,15 +16,26 @@
 //!   `fhirUser`, `launch/patient`, `offline_access`) are ignored; granular scopes with
 //!   `?param=value` are refused when minting.
 //!
-//! **Limits**: a token cannot be revoked before it expires except by rotating the vault
-//! root key (a new keystore); keep expiries short (`--expires 1h`). The grants of the
-//! vault are not consulted (no grants API exists yet).
+//! - **Grant tokens** (`ehi token <grant>`, or the authorization-code flow of
+//!   [`super::oauth`]) carry the grant id (`grant` claim) and the grant's SMART v2
+//!   scopes ([`crate::grant::smart_scopes`]); they expire no later than the grant. On
+//!   every request the facade checks the grant against the vault's current grant list
+//!   (an in-memory map refreshed with the vault, see [`super::auth`]): a revoked or
+//!   expired grant makes its tokens 401.
+//!
+//! **Revoking one token**: `ehi token revoke <jti|token>` appends the token id to a
+//! file beside the keystore ([`revoked_tokens_path`]); `ehi serve` re-reads that file
+//! when it changes (polled every [`super::REVOKED_POLL`]) and refuses listed tokens
+//! with 401. The list holds random ids only. Tokens stay stateless otherwise: no token
+//! is stored, so a lost revocation file un-revokes its tokens until they expire — keep
+//! expiries short (`--expires 1h`).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use super::error::ServeError;
+use crate::grant::GrantInfo;
 use crate::keys::{SecretKey, random_bytes};
 use crate::keystore::Keystore;
 
@@ -52,6 +63,11 @@ pub struct Claims {
     pub exp: u64,
     /// Random token id (hex).
     pub jti: String,
+    /// The grant the token is bound to (`ehi token <grant>` or the authorization-code
+    /// flow): the facade refuses it once the grant is revoked or expired. Absent in
+    /// patient tokens and in tokens minted from bare scopes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grant: Option<String>,
 }
 
 /// SMART v2 permissions of one scope.
@@ -262,6 +278,38 @@ impl TokenKey {
         self.mint(&new_claims(false, scopes.to_string(), now_s, ttl_s)?)
     }
 
+    /// Mints a token bound to `grant`: its scopes are the grant's SMART v2 scopes
+    /// ([`crate::grant::smart_scopes`], those naming a type the facade serves) narrowed
+    /// to `requested` when given (scopes outside the grant are dropped; none left is an
+    /// error), and it expires at the earlier of `now_s + ttl_s` and the grant's expiry.
+    pub fn mint_grant(
+        &self,
+        grant: &GrantInfo,
+        requested: Option<&str>,
+        now_s: u64,
+        ttl_s: u64,
+    ) -> Result<(String, Claims), ServeError> {
+        let grant_exp = grant.expires_ms / 1000;
+        if grant.expired || grant_exp <= now_s {
+            return Err(ServeError::Token(format!("grant {} has expired", grant.id)));
+        }
+        let scopes = grant_scopes(grant, requested);
+        if scopes.is_empty() {
+            return Err(ServeError::Token(format!(
+                "no scope of grant {} {}",
+                grant.id,
+                requested.map_or_else(
+                    || "names a type the facade serves".to_string(),
+                    |r| format!("is among the requested {r:?}")
+                )
+            )));
+        }
+        let mut claims = new_claims(false, scopes.join(" "), now_s, ttl_s)?;
+        claims.exp = claims.exp.min(grant_exp);
+        claims.grant = Some(grant.id.clone());
+        Ok((self.mint(&claims)?, claims))
+    }
+
     /// Checks a token at `now_s` and returns what it allows (401 otherwise).
     pub fn verify(&self, token: &str, now_s: u64) -> Result<(Claims, Access), ServeError> {
         let unknown = || ServeError::Unauthorized("unknown bearer token".into());
@@ -292,6 +340,115 @@ impl TokenKey {
     }
 }
 
+/// The grant's SMART scopes that the facade can enforce, narrowed to `requested` (SMART
+/// scopes, space-separated) when given: each grant scope keeps only the permissions
+/// the request asks for on its type (`patient/*.r` asked of a grant with
+/// `patient/MedicationRequest.rs` gives `patient/MedicationRequest.r`); a grant scope
+/// with none left is dropped. Nothing outside the grant is ever added.
+pub fn grant_scopes(grant: &GrantInfo, requested: Option<&str>) -> Vec<String> {
+    let wanted = match requested.map(parse_scopes) {
+        None => None,
+        Some(Ok(rules)) => Some(Access::App(rules)),
+        Some(Err(_)) => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for scope in &grant.smart_scopes {
+        let Ok(rules) = parse_scopes(scope) else {
+            continue; // a type the facade does not serve
+        };
+        let Some(context) = scope.split_once('/').map(|(c, _)| c) else {
+            continue;
+        };
+        for rule in rules {
+            let t = rule.resource_type.as_deref().unwrap_or("*");
+            let letters: String = [
+                ('c', rule.perms.c, Perm::Create),
+                ('r', rule.perms.r, Perm::Read),
+                ('u', rule.perms.u, Perm::Update),
+                ('d', rule.perms.d, Perm::Delete),
+                ('s', rule.perms.s, Perm::Search),
+            ]
+            .iter()
+            .filter(|(_, has, perm)| *has && wanted.as_ref().is_none_or(|w| w.allows(t, *perm)))
+            .map(|(letter, _, _)| *letter)
+            .collect();
+            if !letters.is_empty() {
+                out.push(format!("{context}/{t}.{letters}"));
+            }
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------------------
+// Revoked token ids
+// ---------------------------------------------------------------------------------------
+
+/// The file listing revoked token ids (`jti`, one per line) beside a keystore: the
+/// keystore path with `.revoked-tokens` appended. `ehi token revoke <jti>` appends to
+/// it; `ehi serve` re-reads it when it changes (checked every
+/// [`super::REVOKED_POLL`]). It holds random token ids only, nothing about the EHI.
+pub fn revoked_tokens_path(keystore: &std::path::Path) -> std::path::PathBuf {
+    let mut name = keystore.as_os_str().to_os_string();
+    name.push(".revoked-tokens");
+    std::path::PathBuf::from(name)
+}
+
+/// Whether `jti` looks like a token id (32 lowercase hex digits).
+pub fn valid_jti(jti: &str) -> bool {
+    jti.len() == 32
+        && jti
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Appends `jti` to the revocation file `path` (created if missing).
+pub fn revoke_token(path: &std::path::Path, jti: &str) -> Result<(), ServeError> {
+    use std::io::Write;
+    if !valid_jti(jti) {
+        return Err(ServeError::BadRequest(format!(
+            "{jti:?} is not a token id (32 hex digits, the token's jti)"
+        )));
+    }
+    let io = |e: std::io::Error| ServeError::Token(format!("writing {}: {e}", path.display()));
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(format!("{jti}\n").as_bytes()).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(())
+}
+
+/// The token ids listed in the revocation file `path` (empty when it does not exist).
+pub fn load_revoked(
+    path: &std::path::Path,
+) -> Result<std::collections::HashSet<String>, ServeError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(text
+            .lines()
+            .map(str::trim)
+            .filter(|l| valid_jti(l))
+            .map(str::to_string)
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Default::default()),
+        Err(e) => Err(ServeError::Token(format!(
+            "reading {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
+/// Reads the `jti` of a token without checking it (for `ehi token revoke` given a
+/// whole token). `None` when it is not shaped like a token.
+pub fn jti_of(token: &str) -> Option<String> {
+    let (signed, _) = token.rsplit_once('.')?;
+    let json = URL_SAFE_NO_PAD.decode(signed.strip_prefix(PREFIX)?).ok()?;
+    let claims: Claims = serde_json::from_slice(&json).ok()?;
+    Some(claims.jti)
+}
+
 fn new_claims(patient: bool, scope: String, now_s: u64, ttl_s: u64) -> Result<Claims, ServeError> {
     let jti = random_bytes::<16>().map_err(|e| ServeError::Token(e.to_string()))?;
     Ok(Claims {
@@ -301,6 +458,7 @@ fn new_claims(patient: bool, scope: String, now_s: u64, ttl_s: u64) -> Result<Cl
         iat: now_s,
         exp: now_s.saturating_add(ttl_s),
         jti: hex::encode(jti),
+        grant: None,
     })
 }
 

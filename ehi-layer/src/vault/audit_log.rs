@@ -207,3 +207,120 @@ impl Vault {
         Ok(())
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Batches (`ehi serve` logs every request, issue 10)
+// ---------------------------------------------------------------------------------------
+
+impl Vault {
+    /// Appends `pending` to the audit log, chained in order, in **one** commit (one
+    /// blob per entry, one root swap): what `ehi serve` calls to log its requests in
+    /// batches instead of one network commit per request. Entries record who asked
+    /// ([`crate::audit::Requestor`]) and their own time. Does nothing for an empty
+    /// batch.
+    ///
+    /// The vault's state lock is held only to take a snapshot (root and newest entry)
+    /// and for the final compare-and-swap: signing, sealing and storing the entries
+    /// run without it, so reads and searches are not held up by the network writes.
+    /// If the vault moved meanwhile, the batch is rebuilt on the new root.
+    pub async fn audit_batch(&self, pending: &[crate::audit::PendingAudit]) -> Result<()> {
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let writer = self.signing.verifying_key().to_bytes();
+        for attempt in 1..=self.options.max_attempts {
+            // Snapshot.
+            let (base_head, mut root, mut tail, root_keys) = {
+                let mut state = self.state.lock().await;
+                self.refresh_state(&mut state).await?;
+                self.ensure_audit_tail(&mut state).await?;
+                (
+                    state.root_head,
+                    state.root.clone(),
+                    state.audit_tail.clone(),
+                    state.root_keys.clone(),
+                )
+            };
+            // Entries are sealed under the current root key generation (see
+            // [`Vault::audit_blob`]).
+            let (generation, root_key) = root_keys.current();
+            let key = root_key.derive(CONTEXT_AUDIT);
+            let prev_head = root.audit_head;
+            // Entries and root, without the lock.
+            let mut blobs: Vec<Blob> = Vec::with_capacity(pending.len() + 1);
+            let mut appended: Vec<(Id, AuditEntry)> = Vec::with_capacity(pending.len());
+            for p in pending {
+                let event = p.record.to_fhir_for(
+                    &writer,
+                    "ehi-layer patient device (ehi serve)",
+                    p.ms,
+                    p.requestor.as_ref(),
+                );
+                let prev = tail.as_ref().map(|(a, e)| (e, *a.as_bytes()));
+                let entry = AuditEntry::sign(&self.signing, prev, &event)?;
+                let bytes = Zeroizing::new(format::encode(&entry, "audit entry")?);
+                let sealed =
+                    seal::seal_object(&key, Kind::Audit, AUDIT_CONTEXT, generation, &bytes)?;
+                if !sealed.chunks.is_empty() {
+                    return Err(EhiError::InvalidArgument("audit event too large".into()));
+                }
+                tail = Some((sealed.head.address, entry.clone()));
+                appended.push((sealed.head.address, entry));
+                blobs.push(sealed.head);
+            }
+            root.format = ROOT_FORMAT;
+            root.audit_head = tail.as_ref().map(|(a, _)| *a.as_bytes());
+            root.generation += 1;
+            root.updated_ms = now_ms().max(root.updated_ms);
+            let sealed = seal_root(&root, &root_keys)?;
+            let head = sealed.head.address;
+            let root_blocks = sealed.addresses();
+            blobs.extend(sealed.into_blobs());
+            let blocks: Vec<Id> = blobs.iter().map(|b| b.address).collect();
+            self.put_all(blobs).await?;
+            self.net.pin(&blocks).await?;
+            // Compare-and-swap, under the lock, only if nothing moved meanwhile.
+            let mut state = self.state.lock().await;
+            if state.root_head != base_head {
+                drop(state);
+                self.net.unpin_quietly(&blocks).await;
+                continue;
+            }
+            match self
+                .net
+                .slots()
+                .update_signed(&self.slot, &self.signer, &base_head, &head)
+                .await
+            {
+                Ok(()) => {
+                    let old = std::mem::replace(&mut state.root_blocks, root_blocks);
+                    state.root_head = head;
+                    state.root = root;
+                    let mut prev = prev_head;
+                    for (address, entry) in appended {
+                        state.appended_audit(prev, address, entry);
+                        prev = Some(*address.as_bytes());
+                    }
+                    drop(state);
+                    self.net.unpin_quietly(&old).await;
+                    return Ok(());
+                }
+                Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => {
+                    drop(state);
+                    self.net.unpin_quietly(&blocks).await;
+                    if attempt == self.options.max_attempts {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    drop(state);
+                    self.net.unpin_quietly(&blocks).await;
+                    return Err(EhiError::network("moving the vault slot", e));
+                }
+            }
+        }
+        Err(EhiError::Contention {
+            attempts: self.options.max_attempts,
+        })
+    }
+}
