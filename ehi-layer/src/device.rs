@@ -86,6 +86,9 @@ pub const CONTEXT_INVITE_SLOT: &str = "invariant ehi-layer v1 device invite slot
 pub const CONTEXT_INVITE: &str = "invariant ehi-layer v1 device invite";
 /// HPKE `info` of the keys sealed to the joining device.
 pub const JOIN_INFO: &[u8] = b"invariant ehi-layer v1 device join";
+/// BLAKE3 context: the device keyring slot's seed, from the generation-0 root AEAD key
+/// (see `vault/devices.rs`).
+pub const CONTEXT_KEYRING_SLOT: &str = "invariant ehi-layer v1 device keyring slot";
 /// Prefix of a code.
 const CODE_PREFIX: &str = "ehi1";
 /// Default lifetime of a code.
@@ -126,6 +129,15 @@ pub fn device_id(hpke_public: &[u8; 32]) -> String {
 /// The id of this device (from its keystore).
 pub fn this_device(keystore: &Keystore) -> String {
     device_id(&keystore.hpke_public())
+}
+
+/// The device keyring slot of the vault of `keystore` (for tests and diagnostics).
+pub fn keyring_slot(keystore: &Keystore) -> Result<Id> {
+    let seed = keystore
+        .root_key()
+        .derive(crate::keys::CONTEXT_ROOT)
+        .derive(CONTEXT_KEYRING_SLOT);
+    Ok(slotmove::slot_of(seed.expose())?.1)
 }
 
 /// Whether the root key this keystore holds itself (generation 0) opens the vault root

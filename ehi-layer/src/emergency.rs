@@ -200,13 +200,43 @@ impl EmergencyUse {
     }
 }
 
-fn policy_slot(keystore: &Keystore) -> Result<(invariant_spec::slots::SlotSigner, Id)> {
-    let seed = keystore.root_key().derive(CONTEXT_POLICY_SLOT);
-    slotmove::slot_of(seed.expose())
+/// The policy slot's seed and the policy blob's key of one **root key generation**:
+/// generation 0 derives them from the keystore's root key (every device that ever
+/// joined has it), a later generation from that generation's root AEAD key, which
+/// only the devices in the device keyring receive (see `vault/devices.rs`).
+#[derive(Clone, Debug)]
+pub(crate) struct PolicyKeys {
+    seed: SecretKey,
+    key: SecretKey,
 }
 
-fn policy_key(keystore: &Keystore) -> SecretKey {
-    keystore.root_key().derive(CONTEXT_POLICY)
+impl PolicyKeys {
+    /// Generation 0, from the keystore's root key.
+    pub(crate) fn of_keystore_root(root_key: &SecretKey) -> PolicyKeys {
+        PolicyKeys {
+            seed: root_key.derive(CONTEXT_POLICY_SLOT),
+            key: root_key.derive(CONTEXT_POLICY),
+        }
+    }
+
+    /// A generation above 0, from its root AEAD key.
+    pub(crate) fn of_generation(root_aead_key: &SecretKey) -> PolicyKeys {
+        PolicyKeys::of_keystore_root(root_aead_key)
+    }
+
+    /// The policy slot's signer and id.
+    pub(crate) fn slot(&self) -> Result<(invariant_spec::slots::SlotSigner, Id)> {
+        slotmove::slot_of(self.seed.expose())
+    }
+}
+
+fn check_keystore(vault: &Vault, keystore: &Keystore) -> Result<()> {
+    if keystore.vault_slot() != vault.slot() {
+        return Err(EhiError::InvalidArgument(
+            "the keystore given is not the vault's".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn open_inline(
@@ -233,22 +263,17 @@ async fn store_sealed(net: &Network, key: &SecretKey, context: &str, bytes: &[u8
     Ok(sealed.head.address)
 }
 
-async fn load_policy(vault: &Vault, keystore: &Keystore) -> Result<Option<(Id, Policy)>> {
-    let net = vault.network();
-    let (_, slot) = policy_slot(keystore)?;
-    let Some(address) = slotmove::read(net, slot, "emergency policy").await? else {
-        return Ok(None);
-    };
-    if address == tombstone_address() {
-        return Ok(None);
-    }
-    let blob = net.get(&address, "the emergency policy").await?;
-    let bytes = open_inline(
-        &policy_key(keystore),
-        POLICY_CONTEXT,
-        &blob,
-        "the emergency policy",
-    )?;
+/// The policy as found: where, and under which generation's keys.
+struct Found {
+    address: Id,
+    policy: Policy,
+    /// Whether it is under the current root key generation.
+    current: bool,
+    keys: PolicyKeys,
+}
+
+fn decode_policy(keys: &PolicyKeys, blob: &[u8]) -> Result<Policy> {
+    let bytes = open_inline(&keys.key, POLICY_CONTEXT, blob, "the emergency policy")?;
     let policy: Policy = postcard::from_bytes(&bytes)
         .map_err(|e| EhiError::corrupt("the emergency policy", format!("does not decode: {e}")))?;
     if policy.format != POLICY_FORMAT {
@@ -258,16 +283,126 @@ async fn load_policy(vault: &Vault, keystore: &Keystore) -> Result<Option<(Id, P
             supported: POLICY_FORMAT,
         });
     }
-    Ok(Some((address, policy)))
+    Ok(policy)
 }
 
-async fn save_policy(vault: &Vault, keystore: &Keystore, policy: &Policy) -> Result<Id> {
+/// The policy: the slot of the current root key generation if it exists, else the
+/// newest older generation's slot that exists (a policy not re-keyed yet after a device
+/// removal). A tombstone there means no policy.
+async fn load_policy(vault: &Vault) -> Result<Option<Found>> {
+    load_policy_with(vault.network(), vault.policy_keys().await).await
+}
+
+async fn load_policy_with(net: &Network, generations: Vec<PolicyKeys>) -> Result<Option<Found>> {
+    for (index, keys) in generations.into_iter().enumerate() {
+        let (_, slot) = keys.slot()?;
+        let Some(address) = slotmove::read(net, slot, "emergency policy").await? else {
+            continue;
+        };
+        if address == tombstone_address() {
+            return Ok(None);
+        }
+        let blob = net.get(&address, "the emergency policy").await?;
+        let policy = decode_policy(&keys, &blob)?;
+        return Ok(Some(Found {
+            address,
+            policy,
+            current: index == 0,
+            keys,
+        }));
+    }
+    Ok(None)
+}
+
+/// Stores `policy` under the current root key generation and points its slot at it;
+/// the blob it replaces is unpinned and, when `previous` was under an older
+/// generation, that generation's slot is moved to the tombstone (re-keying).
+async fn save_policy(vault: &Vault, policy: &Policy, previous: Option<&Found>) -> Result<Id> {
     let net = vault.network();
+    let keys = vault
+        .policy_keys()
+        .await
+        .into_iter()
+        .next()
+        .ok_or_else(|| EhiError::Crypto("no root key generation".into()))?;
     let bytes = Zeroizing::new(crate::format::encode(policy, "emergency policy")?);
-    let address = store_sealed(net, &policy_key(keystore), POLICY_CONTEXT, &bytes).await?;
-    let (signer, slot) = policy_slot(keystore)?;
+    let address = store_sealed(net, &keys.key, POLICY_CONTEXT, &bytes).await?;
+    let (signer, slot) = keys.slot()?;
     slotmove::point(net, &signer, slot, address, "emergency policy").await?;
+    if let Some(previous) = previous {
+        if !previous.current {
+            slotmove::store_tombstone(net).await?;
+            let (old_signer, old_slot) = previous.keys.slot()?;
+            slotmove::tombstone(net, old_slot, Some(&old_signer), "emergency policy").await?;
+        }
+        if previous.address != address {
+            net.unpin_quietly(&[previous.address]).await;
+        }
+    }
     Ok(address)
+}
+
+/// Re-publishes the policy under the current root key generation's keys if it is
+/// still under an older one (after [`Vault::remove_device`]: the removed device,
+/// which lacks the new generation, can neither find nor open the new policy blob).
+/// Returns whether it did. The holder's ticket stays valid: its grant slot was
+/// re-sealed by the device removal and its log slot does not change.
+pub(crate) async fn rekey(vault: &Vault) -> Result<bool> {
+    match load_policy(vault).await? {
+        Some(found) if !found.current => {
+            save_policy(vault, &found.policy, Some(&found)).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// What vault removal must reach of the emergency policy: every policy slot (of every
+/// root key generation this device holds) and the access log slot, with their
+/// signers, and the policy blobs the patient's devices pinned. The log entries are
+/// pinned by the holder and left to it.
+pub(crate) async fn removal_targets(
+    net: &Network,
+    generations: Vec<PolicyKeys>,
+) -> Result<(
+    Vec<(String, Id, invariant_spec::slots::SlotSigner)>,
+    Vec<Id>,
+)> {
+    let mut slots = Vec::new();
+    let mut blocks = Vec::new();
+    if let Some(found) = load_policy_with(net, generations.clone()).await? {
+        let (signer, slot) = slotmove::slot_of(found.policy.log_seed.expose())?;
+        slots.push(("emergency access log".to_string(), slot, signer));
+    }
+    for keys in generations {
+        let (signer, slot) = keys.slot()?;
+        let held = slotmove::held(net, slot, "emergency policy").await?;
+        if held.is_empty() {
+            continue;
+        }
+        blocks.extend(held);
+        slots.push(("emergency policy".to_string(), slot, signer));
+    }
+    Ok((slots, blocks))
+}
+
+/// Whether the emergency policy blob `blob` opens with the generation-0 keys of
+/// `keystore` (what any device that ever held the keystore has). For tests and
+/// diagnostics: after a device removal the policy is re-keyed under a later
+/// generation, and this is false for the new policy blob.
+pub fn opens_policy(keystore: &Keystore, blob: &[u8]) -> bool {
+    decode_policy(&PolicyKeys::of_keystore_root(keystore.root_key()), blob).is_ok()
+}
+
+/// Where the current policy is: its slot and the policy blob's address (`None`
+/// without a policy). For tests and diagnostics (the slot changes with the root key
+/// generation).
+pub async fn policy_location(vault: &Vault, keystore: &Keystore) -> Result<Option<(Id, Id)>> {
+    check_keystore(vault, keystore)?;
+    match load_policy(vault).await? {
+        Some(found) => Ok(Some((found.keys.slot()?.1, found.address))),
+        None => Ok(None),
+    }
 }
 
 impl Policy {
@@ -298,8 +433,10 @@ pub async fn set_policy(
     } else {
         scopes
     };
-    if let Some((_, old)) = load_policy(vault, keystore).await? {
-        match vault.revoke(&old.grant, false).await {
+    check_keystore(vault, keystore)?;
+    let previous = load_policy(vault).await?;
+    if let Some(old) = &previous {
+        match vault.revoke(&old.policy.grant, false).await {
             Ok(_) | Err(EhiError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
@@ -328,7 +465,7 @@ pub async fn set_policy(
         log_key: log_key.clone(),
         acknowledged: 0,
     };
-    save_policy(vault, keystore, &policy).await?;
+    save_policy(vault, &policy, previous.as_ref()).await?;
     let part = Zeroizing::new(crate::format::encode(
         &HolderPart {
             format: 1,
@@ -373,27 +510,26 @@ pub async fn set_policy(
 
 /// The current policy, if any.
 pub async fn policy(vault: &Vault, keystore: &Keystore) -> Result<Option<PolicyInfo>> {
-    Ok(load_policy(vault, keystore).await?.map(|(_, p)| p.info()))
+    check_keystore(vault, keystore)?;
+    Ok(load_policy(vault).await?.map(|f| f.policy.info()))
 }
 
 /// Removes the policy: revokes its grant (rotating those scopes' keys) and points the
 /// policy slot at the tombstone. Returns whether there was one.
 pub async fn clear_policy(vault: &Vault, keystore: &Keystore) -> Result<bool> {
-    let Some((_, policy)) = load_policy(vault, keystore).await? else {
+    check_keystore(vault, keystore)?;
+    let Some(found) = load_policy(vault).await? else {
         return Ok(false);
     };
-    match vault.revoke(&policy.grant, false).await {
+    match vault.revoke(&found.policy.grant, false).await {
         Ok(_) | Err(EhiError::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
     let net = vault.network();
-    let tombstone = seal::Blob {
-        address: tombstone_address(),
-        bytes: bytes::Bytes::from_static(crate::vault::TOMBSTONE),
-    };
-    net.put(&tombstone).await?;
-    let (signer, slot) = policy_slot(keystore)?;
-    slotmove::point(net, &signer, slot, tombstone.address, "emergency policy").await?;
+    let tombstone = slotmove::store_tombstone(net).await?;
+    let (signer, slot) = found.keys.slot()?;
+    slotmove::point(net, &signer, slot, tombstone, "emergency policy").await?;
+    net.unpin_quietly(&[found.address]).await;
     Ok(true)
 }
 
@@ -448,7 +584,8 @@ fn uses_of(policy: &Policy, entries: &[(Id, AuditEntry)]) -> Result<Vec<Emergenc
 /// Every use of the emergency access logged by the holder, oldest first, verified
 /// against the holder's key (empty without a policy).
 pub async fn uses(vault: &Vault, keystore: &Keystore) -> Result<Vec<EmergencyUse>> {
-    let Some((_, policy)) = load_policy(vault, keystore).await? else {
+    check_keystore(vault, keystore)?;
+    let Some(Found { policy, .. }) = load_policy(vault).await? else {
         return Ok(Vec::new());
     };
     let (_, log_slot) = slotmove::slot_of(policy.log_seed.expose())?;
@@ -458,8 +595,9 @@ pub async fn uses(vault: &Vault, keystore: &Keystore) -> Result<Vec<EmergencyUse
 
 /// The uses not yet acknowledged (what `ehi status` shows).
 pub async fn pending(vault: &Vault, keystore: &Keystore) -> Result<Vec<EmergencyUse>> {
-    let acknowledged = match load_policy(vault, keystore).await? {
-        Some((_, p)) => p.acknowledged,
+    check_keystore(vault, keystore)?;
+    let acknowledged = match load_policy(vault).await? {
+        Some(f) => f.policy.acknowledged,
         None => return Ok(Vec::new()),
     };
     Ok(uses(vault, keystore)
@@ -473,9 +611,11 @@ pub async fn pending(vault: &Vault, keystore: &Keystore) -> Result<Vec<Emergency
 /// `emergency`, purpose `ETREAT`, label `BTG`, written by the patient's key) and the
 /// policy records them as seen. Returns them.
 pub async fn acknowledge(vault: &Vault, keystore: &Keystore) -> Result<Vec<EmergencyUse>> {
-    let Some((_, mut policy)) = load_policy(vault, keystore).await? else {
+    check_keystore(vault, keystore)?;
+    let Some(found) = load_policy(vault).await? else {
         return Ok(Vec::new());
     };
+    let mut policy = found.policy.clone();
     let pending = pending(vault, keystore).await?;
     for u in &pending {
         let mut record = AuditRecord::new(
@@ -494,7 +634,7 @@ pub async fn acknowledge(vault: &Vault, keystore: &Keystore) -> Result<Vec<Emerg
     }
     if let Some(last) = pending.last() {
         policy.acknowledged = last.seq + 1;
-        save_policy(vault, keystore, &policy).await?;
+        save_policy(vault, &policy, Some(&found)).await?;
     }
     Ok(pending)
 }

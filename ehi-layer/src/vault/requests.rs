@@ -4,9 +4,10 @@
 //! record in the root, an audit entry, and the signed decision posted to the app.
 //!
 //! The inbox's start blob and the posted decisions count among the vault's blocks
-//! ([`Vault::blocks`]; unpinned at removal). Not yet: the inbox slot and the reply
-//! slots are not tombstoned at removal (their contents are undecryptable once the
-//! root key is gone), and requests and app-pinned messages stay pinned by their apps.
+//! ([`Vault::blocks`]; unpinned at removal). Removal also moves the inbox slot and the
+//! reply slots to the tombstone and unpins a published inbox card (see
+//! `vault/removal.rs`: these are open slots, which anyone may move on again, and the
+//! requests stay pinned by the apps that posted them).
 //!
 //! Approving is three commits (the grant, the `Consent` import, the decision record
 //! with its audit entry); a crash between them leaves the request pending with the
@@ -124,11 +125,17 @@ impl Vault {
             .inbox
             .as_ref()
             .ok_or_else(|| EhiError::corrupt("vault root", "the inbox vanished"))?;
+        Ok(self.card_of(inbox))
+    }
+
+    /// The (deterministic) inbox card of `inbox`: the same bytes each time, so removal
+    /// finds the blob a published name points at.
+    pub(super) fn card_of(&self, inbox: &InboxRecord) -> InboxCard {
         let inbox_slot = Id::from_bytes(inbox.slot_id);
         let hpke_key = hex::encode(crate::keystore::hpke_public_of(&inbox.hpke_seed));
         let slots_server = self.net.slots_server();
         let message = InboxCard::message(&self.slot, &slots_server, &inbox_slot, &hpke_key);
-        Ok(InboxCard {
+        InboxCard {
             format: consent::INBOX_CARD_FORMAT.into(),
             version: consent::INBOX_CARD_VERSION,
             patient: self.slot,
@@ -136,7 +143,7 @@ impl Vault {
             inbox: inbox_slot,
             hpke_key,
             signature: hex::encode(self.signing.sign(&message).to_bytes()),
-        })
+        }
     }
 
     /// Registers `name` for the inbox card on the names server (see
@@ -194,7 +201,7 @@ impl Vault {
         Ok(list)
     }
 
-    async fn open_request_at(
+    pub(super) async fn open_request_at(
         &self,
         inbox: &InboxRecord,
         address: Id,

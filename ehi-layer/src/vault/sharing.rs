@@ -13,6 +13,7 @@ use crate::format::GrantRecord;
 use crate::grant::{
     self, Access, GrantInfo, GrantPayload, GrantRequest, GrantTicket, GrantedScope,
 };
+use crate::slotmove;
 
 /// What a revocation did.
 #[derive(Clone, Debug)]
@@ -347,6 +348,12 @@ impl Vault {
                     }
                 }
                 self.tombstone_grant_slot(&revoked).await;
+                // Its channel is no longer read: tombstone it, unpin its header.
+                match self.close_channel(&revoked).await {
+                    Ok(Some(header)) => superseded.push(header),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "closing a revoked grant's channel"),
+                }
                 let unpinned = self.net.unpin(&superseded).await.unwrap_or(0);
                 return Ok(RevokeReport {
                     grant: hex::encode(revoked.id),
@@ -504,36 +511,20 @@ impl Vault {
     /// Points a revoked grant's slot at the public tombstone (best effort: the key
     /// rotation, not the slot, is what ends the access).
     pub(super) async fn tombstone_grant_slot(&self, record: &GrantRecord) {
-        let tombstone = Blob {
-            address: tombstone_address(),
-            bytes: bytes::Bytes::from_static(TOMBSTONE),
-        };
-        if let Err(e) = self.net.put(&tombstone).await {
-            tracing::warn!(error = %e, "storing the tombstone");
-            return;
-        }
-        let slot = Id::from_bytes(record.slot_id);
         let signer = SlotSigner::ed25519_from_seed(record.slot_seed.expose());
-        for _ in 0..3 {
-            let Ok(Some(current)) = self.net.slots().get(&slot).await else {
-                return;
-            };
-            if current.address == tombstone.address {
-                return;
-            }
-            match self
-                .net
-                .slots()
-                .update_signed(&slot, &signer, &current.address, &tombstone.address)
-                .await
-            {
-                Ok(()) => return,
-                Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "tombstoning a grant slot");
-                    return;
-                }
-            }
+        let result = async {
+            slotmove::store_tombstone(&self.net).await?;
+            slotmove::tombstone(
+                &self.net,
+                Id::from_bytes(record.slot_id),
+                Some(&signer),
+                "grant",
+            )
+            .await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "tombstoning a grant slot");
         }
     }
 }
