@@ -67,7 +67,9 @@ mod removal;
 mod requests;
 mod rollback;
 pub use channels::{ContributionInfo, MergeReport};
-pub use requests::{ConsentOutcome, ConsentRequestInfo, RequestList, UnreadableRequest};
+pub use requests::{
+    ApproveStep, ConsentOutcome, ConsentRequestInfo, RequestList, UnreadableRequest,
+};
 
 /// The bytes of the tombstone blob a removed vault's slots point at (public, the same
 /// for every vault).

@@ -66,6 +66,18 @@ impl Vault {
     /// to the app's HPKE key, signed by the patient, through a new per-grant slot.
     /// Returns the grant and the ticket to hand to the app.
     pub async fn grant(&self, request: GrantRequest) -> Result<(GrantInfo, GrantTicket)> {
+        self.grant_with_id(request, random_bytes()?).await
+    }
+
+    /// [`Vault::grant`] with the grant id chosen by the caller (consent approvals derive
+    /// it from the request, so that approving again after a crash finds the grant).
+    /// When the root already holds a grant with that id, nothing is committed and that
+    /// grant is returned (its slot pointed at its sealed grant again).
+    pub(super) async fn grant_with_id(
+        &self,
+        request: GrantRequest,
+        id: [u8; 16],
+    ) -> Result<(GrantInfo, GrantTicket)> {
         let scopes: BTreeSet<Scope> = request.scopes.iter().copied().collect();
         if scopes.is_empty() {
             return Err(EhiError::InvalidArgument("grant at least one scope".into()));
@@ -83,7 +95,7 @@ impl Vault {
             .ed25519_slot()
             .ok_or_else(|| EhiError::Crypto("grant slot key".into()))?;
         let mut record = GrantRecord {
-            id: random_bytes()?,
+            id,
             app_name: request.app.name.clone(),
             app_signing: request.app.signing_key,
             app_hpke: request.app.hpke_key,
@@ -99,6 +111,13 @@ impl Vault {
         let mut state = self.state.lock().await;
         for attempt in 1..=self.options.max_attempts {
             self.refresh_state(&mut state).await?;
+            if let Some(existing) = state.root.grants.iter().find(|g| g.id == id).cloned() {
+                drop(state);
+                self.publish_grant_slot(&existing).await?;
+                let info = GrantInfo::of(&existing, now_ms());
+                let ticket = info.ticket(self.slot, self.net.slots_server());
+                return Ok((info, ticket));
+            }
             let blob = self.seal_grant_blob(&state.root, &record, now)?;
             record.sealed = *blob.address.as_bytes();
             let mut root = state.root.clone();
