@@ -58,11 +58,12 @@
 //!   which the remaining devices notice as an unopenable or older vault), but not write
 //!   a root they accept with the new data in it. Ending that needs a new vault slot
 //!   (export, new vault, import);
-//! - hide what derives from the generation-0 root key: the emergency policy slot and
-//!   its access log ([`crate::emergency`]) are keyed from it, so the removed device can
-//!   still read the policy (holder, grant id) and the holder's log of uses, even of a
-//!   policy set later. Keying them from the root generation is the fix, left for the
-//!   next root format.
+//! - hide the emergency access log: the emergency **policy** is re-published under the
+//!   new root key generation (its old slot tombstoned, [`crate::emergency`]), so the
+//!   removed device cannot read it nor a policy set later; but the holder's **log** of
+//!   uses keeps its slot and key (the holder has them in its ticket and is not there
+//!   to take new ones), so a removed device that kept the old policy can still read
+//!   that log (who, when, why; no health data) until the patient sets a new policy.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;

@@ -18,10 +18,25 @@
 //! ## Where the policy lives (no change to the vault root format)
 //! - The grant is in the root like any grant (`ehi grants` lists it, purpose `ETREAT`).
 //! - The **policy slot** (ed25519 seed `BLAKE3-derive_key("invariant ehi-layer v1
-//!   emergency policy slot", root key)`, so every device of the patient finds it) points
-//!   at a blob sealed under `derive_key("invariant ehi-layer v1 emergency policy", root
-//!   key)` (envelope kind `Emergency`): holder name and keys, grant id, the access log
-//!   slot's seed and key, and how many uses were acknowledged.
+//!   emergency policy slot", K)`, so every device of the patient finds it) points at a
+//!   blob sealed under `derive_key("invariant ehi-layer v1 emergency policy", K)`
+//!   (envelope kind `Emergency`): holder name and keys, grant id, the access log slot's
+//!   seed and key, and how many uses were acknowledged.
+//! - `K` depends on the **root key generation** of the vault (see `vault/devices.rs`):
+//!   generation 0 uses the keystore's root key; a later generation uses that
+//!   generation's root AEAD key, which only the devices in the device keyring receive.
+//!   Readers look at the current generation's slot first, then at older generations'
+//!   slots, newest first (the first slot that exists decides; a tombstone there means
+//!   no policy). Every write goes to the current generation's slot and moves an older
+//!   generation's slot to the tombstone; the blob it replaces is unpinned.
+//! - **Re-keying on device removal**: [`crate::Vault::remove_device`] re-publishes the
+//!   policy under the new generation and tombstones the old slot, so the removed device
+//!   can neither find nor open the new policy blob (tests/devices.rs
+//!   `removing_a_device_re_keys_the_emergency_policy`). The holder notices nothing: its
+//!   ticket names the grant slot (re-sealed with the new scope keys by the removal) and
+//!   the log slot, neither of which moves. Should the re-keying fail after the removal
+//!   committed, reads still find the policy under the old generation and the next write
+//!   of the policy moves it.
 //! - The **emergency ticket** (JSON, `ehi-emergency-ticket` v1) is handed to the holder:
 //!   the grant ticket, plus, HPKE-sealed to the holder (info `"invariant ehi-layer v1
 //!   emergency"`, aad = grant slot id), the access log slot's seed and the log key.
@@ -49,8 +64,22 @@
 //!   to; what the log gives is non-repudiation of what it does record (signed entries).
 //! - Like every grant: the holder can keep what it read; revoking the policy
 //!   ([`clear_policy`], or revoking the grant) rotates the scope keys for the future.
-//! - Servers see a grant slot, a policy slot and a log slot (ids unlinkable to the
-//!   patient except by timing), bucket-sized ciphertext blobs, and when they move.
+//! - **The access log is not re-keyed on device removal.** Its slot seed and AEAD key
+//!   are in the holder's ticket (HPKE-sealed to the holder), and the holder is not
+//!   there to receive new ones: handing it a new log key means a message the holder's
+//!   library reads and trusts, signed by the patient — but the removed device keeps the
+//!   patient's signing key (see [`crate::device`]), so it could forge such a message
+//!   as well, and it also keeps the old log slot's seed (it could move that slot). So a
+//!   removed device that kept the old policy can still read the holder's log of uses
+//!   (dates, reasons; no health data) and interfere with it; it cannot read the policy
+//!   as it stands after the removal nor anything the grant gives. Ending that needs a
+//!   new policy ([`set_policy`] again: a new log slot and key in a new ticket for the
+//!   holder).
+//! - Servers see a grant slot, a policy slot (a new one after each device removal) and
+//!   a log slot (ids unlinkable to the patient except by timing), bucket-sized
+//!   ciphertext blobs, and when they move.
+//! - Vault removal ([`crate::Vault::remove`]) tombstones the policy slots and the log
+//!   slot and unpins the policy blobs; the log entries stay pinned by the holder.
 
 use invariant_spec::Id;
 use serde::{Deserialize, Serialize};

@@ -17,6 +17,10 @@
 //! device joining later is added to the keyring by the device that lets it in.
 //! The keyring blob is not an envelope: servers see how many devices there are (the
 //! number of entries) and when the keyring changes, nothing else.
+//!
+//! After a removal commits, the emergency policy is re-published under the new
+//! generation ([`crate::emergency`], [`DeviceRemoval::emergency_rekeyed`]). Vault
+//! removal tombstones the keyring slot and unpins every keyring blob it ever held.
 
 use super::*;
 use crate::device::{DeviceInfo, device_id};

@@ -21,8 +21,8 @@
 //! ## Blocks unpinned
 //! Besides what the root lists ([`Vault::blocks`]: root, manifests, versions, sealed
 //! grants, audit entries, the inbox start blob, the decisions posted): the inbox card
-//! published under a name (the name itself stays on the names server, which has no
-//! delete, pointing at the unpinned card), each grant
+//! published under a name (the name itself stays registered on the names server,
+//! pointing at the unpinned card: the root does not record the name), each grant
 //! channel's header blob (the registration in the channel slot's history), every
 //! emergency policy blob (the policy slots' histories) and every device keyring blob
 //! (the keyring slot's history). **Not unpinned**, because the patient's devices did not
@@ -40,8 +40,8 @@ use crate::slotmove;
 type Target = (String, Id, Option<SlotSigner>);
 
 impl Vault {
-    /// Tombstones every slot of the vault besides the vault slot and unpins nothing;
-    /// returns the blocks to unpin that [`State::all_blocks`] does not list. What could
+    /// Tombstones every slot of the vault besides the vault slot (unpinning nothing);
+    /// returns the blocks to unpin that `State::all_blocks` does not list. What could
     /// not be done is added to `notes`.
     pub(super) async fn remove_the_rest(&self, state: &State, notes: &mut Vec<String>) -> Vec<Id> {
         let mut targets: Vec<Target> = Vec::new();

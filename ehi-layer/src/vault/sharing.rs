@@ -171,8 +171,8 @@ impl Vault {
     /// Revokes grant `id` (see [`crate::grant`]): every scope it covered moves to a new
     /// key epoch (manifests re-sealed under it, so the app can no longer open them),
     /// remaining grants covering those scopes are re-sealed with the new keys, the grant
-    /// slot is pointed at the tombstone, and everything written afterwards uses the new
-    /// epoch. With `reencrypt`, every stored version of those scopes is re-encrypted
+    /// slot and the grant's channel are pointed at the tombstone (the channel header is
+    /// unpinned), and everything written afterwards uses the new epoch. With `reencrypt`, every stored version of those scopes is re-encrypted
     /// under the new key and the old blobs are unpinned. What the app already read or
     /// copied cannot be taken back.
     pub async fn revoke(&self, id: &str, reencrypt: bool) -> Result<RevokeReport> {
