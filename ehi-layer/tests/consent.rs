@@ -511,6 +511,21 @@ async fn read_only_and_out_of_scope_contributions_are_refused() -> anyhow::Resul
         .await?;
     vault.revoke(&ticket.grant, false).await?;
     assert!(vault.contributions().await?.iter().all(|c| c.id != id));
+    // Its channel was moved to the tombstone at revocation.
+    let grant_id: [u8; 16] = hex::decode(&ticket.grant)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("grant id"))?;
+    let channel = ehi_layer::contribution::channel_slot(&vault.slot(), &grant_id);
+    let broker = invariant_spec::BrokerClient::new(&net.broker_url)?;
+    let slots_url = broker
+        .resolve(&broker.registered("slots").await?[0])
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("slots"))?;
+    let slots = invariant_spec::SlotsClient::new(&slots_url)?;
+    assert_eq!(
+        slots.get(&channel).await?.map(|s| s.address),
+        Some(ehi_layer::tombstone_address())
+    );
     net.stop().await;
     Ok(())
 }
