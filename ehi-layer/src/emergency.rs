@@ -64,6 +64,9 @@
 //!   to; what the log gives is non-repudiation of what it does record (signed entries).
 //! - Like every grant: the holder can keep what it read; revoking the policy
 //!   ([`clear_policy`], or revoking the grant) rotates the scope keys for the future.
+//!   Replacing or clearing the policy also points its access log slot at the tombstone
+//!   (the holder then gets its grant's refusal, or [`EhiError::NotGranted`], and logs
+//!   nothing more there).
 //! - **The access log is not re-keyed on device removal.** Its slot seed and AEAD key
 //!   are in the holder's ticket (HPKE-sealed to the holder), and the holder is not
 //!   there to receive new ones: handing it a new log key means a message the holder's
@@ -371,6 +374,21 @@ async fn save_policy(vault: &Vault, policy: &Policy, previous: Option<&Found>) -
     Ok(address)
 }
 
+/// Points the access log slot of a policy that is replaced or cleared at the tombstone
+/// (best effort: the holder, who has the slot's key too, could move it again; its
+/// entries stay pinned by the holder).
+async fn close_log(net: &Network, policy: &Policy) {
+    let result = async {
+        let (signer, slot) = slotmove::slot_of(policy.log_seed.expose())?;
+        slotmove::store_tombstone(net).await?;
+        slotmove::tombstone(net, slot, Some(&signer), "emergency log").await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "tombstoning an old emergency access log");
+    }
+}
+
 /// Re-publishes the policy under the current root key generation's keys if it is
 /// still under an older one (after [`Vault::remove_device`]: the removed device,
 /// which lacks the new generation, can neither find nor open the new policy blob).
@@ -495,6 +513,9 @@ pub async fn set_policy(
         acknowledged: 0,
     };
     save_policy(vault, &policy, previous.as_ref()).await?;
+    if let Some(old) = &previous {
+        close_log(vault.network(), &old.policy).await;
+    }
     let part = Zeroizing::new(crate::format::encode(
         &HolderPart {
             format: 1,
@@ -559,6 +580,7 @@ pub async fn clear_policy(vault: &Vault, keystore: &Keystore) -> Result<bool> {
     let (signer, slot) = found.keys.slot()?;
     slotmove::point(net, &signer, slot, tombstone, "emergency policy").await?;
     net.unpin_quietly(&[found.address]).await;
+    close_log(net, &found.policy).await;
     Ok(true)
 }
 
@@ -717,6 +739,15 @@ impl EmergencyAccess {
         let mut logged = None;
         for _ in 0..8 {
             let current = slotmove::read(&net, log_slot, "emergency log").await?;
+            if current == Some(tombstone_address()) {
+                // Say why the grant refuses (revoked with the policy) if it does.
+                AppSession::open(net.clone(), holder, &ticket.grant).await?;
+                return Err(EhiError::NotGranted(
+                    "this emergency policy was withdrawn (replaced, cleared, or the vault \
+                     removed): its access log is closed"
+                        .into(),
+                ));
+            }
             let prev = match current {
                 Some(address) => {
                     let blob = net.get(&address, "an emergency log entry").await?;

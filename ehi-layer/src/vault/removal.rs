@@ -16,7 +16,11 @@
 //! again by that party: removal points it there once, it cannot keep it there. Nothing
 //! readable is lost by that — what those slots point at is sealed to keys that are gone
 //! with the vault (the inbox and channel keys live in the root) or to the app itself.
-//! Slots of grants revoked earlier were tombstoned at revocation, with their channels.
+//! Slots of grants revoked earlier were tombstoned at revocation, with their channels
+//! (by this build: a channel of a grant revoked by an earlier build is not known to the
+//! root any more, and its header stays pinned). A device invite slot still open at
+//! removal (a code neither used nor expired) is not known to the vault either; the
+//! inviting device tombstones it when the code expires.
 //!
 //! ## Blocks unpinned
 //! Besides what the root lists ([`Vault::blocks`]: root, manifests, versions, sealed
