@@ -773,6 +773,29 @@ async fn approving_again_after_a_crash_makes_no_second_grant() -> anyhow::Result
         consent_of(&vault, &first.consent_id).await?["status"],
         "rejected"
     );
+
+    // An approval interrupted after the channel, whose grant is then revoked: approving
+    // again is refused (the derived grant id and its channel are spent); denying works.
+    let pending = consent::send_request(&anet, &app, &card, &asked).await?;
+    let first = vault
+        .approve_request_until(&pending.id, ApproveStep::Channel)
+        .await?;
+    let (grant, _) = first.grant.expect("a grant");
+    vault.revoke(&grant.id, false).await?;
+    let err = vault
+        .approve_request(&pending.id)
+        .await
+        .expect_err("approved with a spent grant id");
+    assert!(
+        matches!(err, EhiError::InvalidArgument(ref m) if m.contains("revoked")),
+        "{err}"
+    );
+    assert!(vault.grants().await.iter().all(|g| g.id != grant.id));
+    vault.deny_request(&pending.id, "").await?;
+    assert!(matches!(
+        consent::poll(&anet, &app, &pending).await?,
+        Decision::Denied { .. }
+    ));
     net.stop().await;
     Ok(())
 }

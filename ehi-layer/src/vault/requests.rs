@@ -27,7 +27,9 @@
 //!   already decided, as before).
 //!
 //! Denying a request whose approval was interrupted after its grant revokes that grant
-//! first.
+//! first. Approving one whose interrupted approval's grant was revoked (or expired)
+//! since is refused: the derived id and its channel are spent; deny it and let the app
+//! ask again.
 
 use ed25519_dalek::Signer;
 use serde_json::json;
@@ -37,6 +39,7 @@ use crate::consent::{self, DecisionPayload, InboxCard, RequestPayload};
 use crate::format::{InboxRecord, RequestRecord};
 use crate::grant::{Access, GrantInfo, GrantRequest, GrantTicket, smart_scopes};
 use crate::letter;
+use crate::slotmove;
 
 /// A pending consent request as shown to the patient.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -329,6 +332,22 @@ impl Vault {
             let state = self.state.lock().await;
             state.root.grants.iter().any(|g| g.id == grant_id)
         };
+        if !existing {
+            // A channel without the grant: an earlier, interrupted approval made the
+            // grant and it was revoked (or expired) since. Its id (and channel) cannot
+            // serve a new grant.
+            let channel = crate::contribution::channel_slot(&self.slot, &grant_id);
+            if slotmove::read(&self.net, channel, "grant channel")
+                .await?
+                .is_some()
+            {
+                return Err(EhiError::InvalidArgument(format!(
+                    "request {id}: an interrupted approval made grant {}, which was revoked \
+                     or expired since; deny this request and ask the app for a new one",
+                    hex::encode(grant_id)
+                )));
+            }
+        }
         if request.end_ms <= now && !existing {
             return Err(EhiError::InvalidArgument(format!(
                 "request {id}: the period it asks for ended at {}",
