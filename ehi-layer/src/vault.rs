@@ -219,7 +219,8 @@ pub struct Status {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct RemoveReport {
-    /// Blocks the vault referenced.
+    /// Blocks the vault referenced, and those its devices pinned beside the root
+    /// (channel headers, emergency policy and device keyring blobs, an inbox card).
     pub blocks: usize,
     /// Pins removed at the distributor.
     pub unpinned: usize,
@@ -231,7 +232,7 @@ pub struct RemoveReport {
     pub storage_forgot: bool,
     /// Whether the keystore file was overwritten and removed.
     pub keystore_destroyed: bool,
-    /// Remarks (scope slots that could not be tombstoned, ...).
+    /// Remarks (slots that could not be tombstoned or read, ...).
     pub notes: Vec<String>,
 }
 
