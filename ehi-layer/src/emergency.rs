@@ -346,11 +346,13 @@ async fn load_policy_with(net: &Network, generations: Vec<PolicyKeys>) -> Result
     Ok(None)
 }
 
-/// Stores `policy` under the current root key generation and points its slot at it;
-/// the blob it replaces is unpinned and, when `previous` was under an older
-/// generation, that generation's slot is moved to the tombstone (re-keying).
+/// Stores `policy` under the current root key generation (after a refresh) and points
+/// its slot at it; the blob it replaces is unpinned and, when `previous` was under
+/// another generation, that generation's slot is moved to the tombstone (re-keying).
 async fn save_policy(vault: &Vault, policy: &Policy, previous: Option<&Found>) -> Result<Id> {
     let net = vault.network();
+    // Write under the newest generation (another device may have removed one).
+    vault.refresh().await?;
     let keys = vault
         .policy_keys()
         .await
@@ -362,9 +364,9 @@ async fn save_policy(vault: &Vault, policy: &Policy, previous: Option<&Found>) -
     let (signer, slot) = keys.slot()?;
     slotmove::point(net, &signer, slot, address, "emergency policy").await?;
     if let Some(previous) = previous {
-        if !previous.current {
+        let (old_signer, old_slot) = previous.keys.slot()?;
+        if old_slot != slot {
             slotmove::store_tombstone(net).await?;
-            let (old_signer, old_slot) = previous.keys.slot()?;
             slotmove::tombstone(net, old_slot, Some(&old_signer), "emergency policy").await?;
         }
         if previous.address != address {
