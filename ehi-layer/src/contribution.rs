@@ -34,7 +34,10 @@
 //! resource without a valid type or id, or a resource of a scope the grant does not
 //! cover. Accepting imports the resources with a FHIR R4 `Provenance` (agent: the app
 //! as author, the patient as verifier; the app's signature in `Provenance.signature`)
-//! targeting them. A revoked grant's channel is no longer read.
+//! targeting them. A revoked grant's channel is no longer read: revocation points it at
+//! the public tombstone and unpins its header (an open slot, so the app could still
+//! move it; nothing it posts there is read). Vault removal does the same for every
+//! grant's channel; the messages the app posted stay pinned by the app.
 
 use invariant_spec::Id;
 use serde::{Deserialize, Serialize};

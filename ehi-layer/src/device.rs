@@ -58,11 +58,12 @@
 //!   which the remaining devices notice as an unopenable or older vault), but not write
 //!   a root they accept with the new data in it. Ending that needs a new vault slot
 //!   (export, new vault, import);
-//! - hide what derives from the generation-0 root key: the emergency policy slot and
-//!   its access log ([`crate::emergency`]) are keyed from it, so the removed device can
-//!   still read the policy (holder, grant id) and the holder's log of uses, even of a
-//!   policy set later. Keying them from the root generation is the fix, left for the
-//!   next root format.
+//! - hide the emergency access log: the emergency **policy** is re-published under the
+//!   new root key generation (its old slot tombstoned, [`crate::emergency`]), so the
+//!   removed device cannot read it nor a policy set later; but the holder's **log** of
+//!   uses keeps its slot and key (the holder has them in its ticket and is not there
+//!   to take new ones), so a removed device that kept the old policy can still read
+//!   that log (who, when, why; no health data) until the patient sets a new policy.
 
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -86,6 +87,9 @@ pub const CONTEXT_INVITE_SLOT: &str = "invariant ehi-layer v1 device invite slot
 pub const CONTEXT_INVITE: &str = "invariant ehi-layer v1 device invite";
 /// HPKE `info` of the keys sealed to the joining device.
 pub const JOIN_INFO: &[u8] = b"invariant ehi-layer v1 device join";
+/// BLAKE3 context: the device keyring slot's seed, from the generation-0 root AEAD key
+/// (see `vault/devices.rs`).
+pub const CONTEXT_KEYRING_SLOT: &str = "invariant ehi-layer v1 device keyring slot";
 /// Prefix of a code.
 const CODE_PREFIX: &str = "ehi1";
 /// Default lifetime of a code.
@@ -126,6 +130,15 @@ pub fn device_id(hpke_public: &[u8; 32]) -> String {
 /// The id of this device (from its keystore).
 pub fn this_device(keystore: &Keystore) -> String {
     device_id(&keystore.hpke_public())
+}
+
+/// The device keyring slot of the vault of `keystore` (for tests and diagnostics).
+pub fn keyring_slot(keystore: &Keystore) -> Result<Id> {
+    let seed = keystore
+        .root_key()
+        .derive(crate::keys::CONTEXT_ROOT)
+        .derive(CONTEXT_KEYRING_SLOT);
+    Ok(slotmove::slot_of(seed.expose())?.1)
 }
 
 /// Whether the root key this keystore holds itself (generation 0) opens the vault root

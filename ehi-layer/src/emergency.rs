@@ -18,10 +18,25 @@
 //! ## Where the policy lives (no change to the vault root format)
 //! - The grant is in the root like any grant (`ehi grants` lists it, purpose `ETREAT`).
 //! - The **policy slot** (ed25519 seed `BLAKE3-derive_key("invariant ehi-layer v1
-//!   emergency policy slot", root key)`, so every device of the patient finds it) points
-//!   at a blob sealed under `derive_key("invariant ehi-layer v1 emergency policy", root
-//!   key)` (envelope kind `Emergency`): holder name and keys, grant id, the access log
-//!   slot's seed and key, and how many uses were acknowledged.
+//!   emergency policy slot", K)`, so every device of the patient finds it) points at a
+//!   blob sealed under `derive_key("invariant ehi-layer v1 emergency policy", K)`
+//!   (envelope kind `Emergency`): holder name and keys, grant id, the access log slot's
+//!   seed and key, and how many uses were acknowledged.
+//! - `K` depends on the **root key generation** of the vault (see `vault/devices.rs`):
+//!   generation 0 uses the keystore's root key; a later generation uses that
+//!   generation's root AEAD key, which only the devices in the device keyring receive.
+//!   Readers look at the current generation's slot first, then at older generations'
+//!   slots, newest first (the first slot that exists decides; a tombstone there means
+//!   no policy). Every write goes to the current generation's slot and moves an older
+//!   generation's slot to the tombstone; the blob it replaces is unpinned.
+//! - **Re-keying on device removal**: [`crate::Vault::remove_device`] re-publishes the
+//!   policy under the new generation and tombstones the old slot, so the removed device
+//!   can neither find nor open the new policy blob (tests/devices.rs
+//!   `removing_a_device_re_keys_the_emergency_policy`). The holder notices nothing: its
+//!   ticket names the grant slot (re-sealed with the new scope keys by the removal) and
+//!   the log slot, neither of which moves. Should the re-keying fail after the removal
+//!   committed, reads still find the policy under the old generation and the next write
+//!   of the policy moves it.
 //! - The **emergency ticket** (JSON, `ehi-emergency-ticket` v1) is handed to the holder:
 //!   the grant ticket, plus, HPKE-sealed to the holder (info `"invariant ehi-layer v1
 //!   emergency"`, aad = grant slot id), the access log slot's seed and the log key.
@@ -49,8 +64,25 @@
 //!   to; what the log gives is non-repudiation of what it does record (signed entries).
 //! - Like every grant: the holder can keep what it read; revoking the policy
 //!   ([`clear_policy`], or revoking the grant) rotates the scope keys for the future.
-//! - Servers see a grant slot, a policy slot and a log slot (ids unlinkable to the
-//!   patient except by timing), bucket-sized ciphertext blobs, and when they move.
+//!   Replacing or clearing the policy also points its access log slot at the tombstone
+//!   (the holder then gets its grant's refusal, or [`EhiError::NotGranted`], and logs
+//!   nothing more there).
+//! - **The access log is not re-keyed on device removal.** Its slot seed and AEAD key
+//!   are in the holder's ticket (HPKE-sealed to the holder), and the holder is not
+//!   there to receive new ones: handing it a new log key means a message the holder's
+//!   library reads and trusts, signed by the patient — but the removed device keeps the
+//!   patient's signing key (see [`crate::device`]), so it could forge such a message
+//!   as well, and it also keeps the old log slot's seed (it could move that slot). So a
+//!   removed device that kept the old policy can still read the holder's log of uses
+//!   (dates, reasons; no health data) and interfere with it; it cannot read the policy
+//!   as it stands after the removal nor anything the grant gives. Ending that needs a
+//!   new policy ([`set_policy`] again: a new log slot and key in a new ticket for the
+//!   holder).
+//! - Servers see a grant slot, a policy slot (a new one after each device removal) and
+//!   a log slot (ids unlinkable to the patient except by timing), bucket-sized
+//!   ciphertext blobs, and when they move.
+//! - Vault removal ([`crate::Vault::remove`]) tombstones the policy slots and the log
+//!   slot and unpins the policy blobs; the log entries stay pinned by the holder.
 
 use invariant_spec::Id;
 use serde::{Deserialize, Serialize};
@@ -200,13 +232,43 @@ impl EmergencyUse {
     }
 }
 
-fn policy_slot(keystore: &Keystore) -> Result<(invariant_spec::slots::SlotSigner, Id)> {
-    let seed = keystore.root_key().derive(CONTEXT_POLICY_SLOT);
-    slotmove::slot_of(seed.expose())
+/// The policy slot's seed and the policy blob's key of one **root key generation**:
+/// generation 0 derives them from the keystore's root key (every device that ever
+/// joined has it), a later generation from that generation's root AEAD key, which
+/// only the devices in the device keyring receive (see `vault/devices.rs`).
+#[derive(Clone, Debug)]
+pub(crate) struct PolicyKeys {
+    seed: SecretKey,
+    key: SecretKey,
 }
 
-fn policy_key(keystore: &Keystore) -> SecretKey {
-    keystore.root_key().derive(CONTEXT_POLICY)
+impl PolicyKeys {
+    /// Generation 0, from the keystore's root key.
+    pub(crate) fn of_keystore_root(root_key: &SecretKey) -> PolicyKeys {
+        PolicyKeys {
+            seed: root_key.derive(CONTEXT_POLICY_SLOT),
+            key: root_key.derive(CONTEXT_POLICY),
+        }
+    }
+
+    /// A generation above 0, from its root AEAD key.
+    pub(crate) fn of_generation(root_aead_key: &SecretKey) -> PolicyKeys {
+        PolicyKeys::of_keystore_root(root_aead_key)
+    }
+
+    /// The policy slot's signer and id.
+    pub(crate) fn slot(&self) -> Result<(invariant_spec::slots::SlotSigner, Id)> {
+        slotmove::slot_of(self.seed.expose())
+    }
+}
+
+fn check_keystore(vault: &Vault, keystore: &Keystore) -> Result<()> {
+    if keystore.vault_slot() != vault.slot() {
+        return Err(EhiError::InvalidArgument(
+            "the keystore given is not the vault's".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn open_inline(
@@ -233,22 +295,17 @@ async fn store_sealed(net: &Network, key: &SecretKey, context: &str, bytes: &[u8
     Ok(sealed.head.address)
 }
 
-async fn load_policy(vault: &Vault, keystore: &Keystore) -> Result<Option<(Id, Policy)>> {
-    let net = vault.network();
-    let (_, slot) = policy_slot(keystore)?;
-    let Some(address) = slotmove::read(net, slot, "emergency policy").await? else {
-        return Ok(None);
-    };
-    if address == tombstone_address() {
-        return Ok(None);
-    }
-    let blob = net.get(&address, "the emergency policy").await?;
-    let bytes = open_inline(
-        &policy_key(keystore),
-        POLICY_CONTEXT,
-        &blob,
-        "the emergency policy",
-    )?;
+/// The policy as found: where, and under which generation's keys.
+struct Found {
+    address: Id,
+    policy: Policy,
+    /// Whether it is under the current root key generation.
+    current: bool,
+    keys: PolicyKeys,
+}
+
+fn decode_policy(keys: &PolicyKeys, blob: &[u8]) -> Result<Policy> {
+    let bytes = open_inline(&keys.key, POLICY_CONTEXT, blob, "the emergency policy")?;
     let policy: Policy = postcard::from_bytes(&bytes)
         .map_err(|e| EhiError::corrupt("the emergency policy", format!("does not decode: {e}")))?;
     if policy.format != POLICY_FORMAT {
@@ -258,16 +315,143 @@ async fn load_policy(vault: &Vault, keystore: &Keystore) -> Result<Option<(Id, P
             supported: POLICY_FORMAT,
         });
     }
-    Ok(Some((address, policy)))
+    Ok(policy)
 }
 
-async fn save_policy(vault: &Vault, keystore: &Keystore, policy: &Policy) -> Result<Id> {
+/// The policy: the slot of the current root key generation if it exists, else the
+/// newest older generation's slot that exists (a policy not re-keyed yet after a device
+/// removal). A tombstone there means no policy.
+async fn load_policy(vault: &Vault) -> Result<Option<Found>> {
+    load_policy_with(vault.network(), vault.policy_keys().await).await
+}
+
+async fn load_policy_with(net: &Network, generations: Vec<PolicyKeys>) -> Result<Option<Found>> {
+    for (index, keys) in generations.into_iter().enumerate() {
+        let (_, slot) = keys.slot()?;
+        let Some(address) = slotmove::read(net, slot, "emergency policy").await? else {
+            continue;
+        };
+        if address == tombstone_address() {
+            return Ok(None);
+        }
+        let blob = net.get(&address, "the emergency policy").await?;
+        let policy = decode_policy(&keys, &blob)?;
+        return Ok(Some(Found {
+            address,
+            policy,
+            current: index == 0,
+            keys,
+        }));
+    }
+    Ok(None)
+}
+
+/// Stores `policy` under the current root key generation (after a refresh) and points
+/// its slot at it; the blob it replaces is unpinned and, when `previous` was under
+/// another generation, that generation's slot is moved to the tombstone (re-keying).
+async fn save_policy(vault: &Vault, policy: &Policy, previous: Option<&Found>) -> Result<Id> {
     let net = vault.network();
+    // Write under the newest generation (another device may have removed one).
+    vault.refresh().await?;
+    let keys = vault
+        .policy_keys()
+        .await
+        .into_iter()
+        .next()
+        .ok_or_else(|| EhiError::Crypto("no root key generation".into()))?;
     let bytes = Zeroizing::new(crate::format::encode(policy, "emergency policy")?);
-    let address = store_sealed(net, &policy_key(keystore), POLICY_CONTEXT, &bytes).await?;
-    let (signer, slot) = policy_slot(keystore)?;
+    let address = store_sealed(net, &keys.key, POLICY_CONTEXT, &bytes).await?;
+    let (signer, slot) = keys.slot()?;
     slotmove::point(net, &signer, slot, address, "emergency policy").await?;
+    if let Some(previous) = previous {
+        let (old_signer, old_slot) = previous.keys.slot()?;
+        if old_slot != slot {
+            slotmove::store_tombstone(net).await?;
+            slotmove::tombstone(net, old_slot, Some(&old_signer), "emergency policy").await?;
+        }
+        if previous.address != address {
+            net.unpin_quietly(&[previous.address]).await;
+        }
+    }
     Ok(address)
+}
+
+/// Points the access log slot of a policy that is replaced or cleared at the tombstone
+/// (best effort: the holder, who has the slot's key too, could move it again; its
+/// entries stay pinned by the holder).
+async fn close_log(net: &Network, policy: &Policy) {
+    let result = async {
+        let (signer, slot) = slotmove::slot_of(policy.log_seed.expose())?;
+        slotmove::store_tombstone(net).await?;
+        slotmove::tombstone(net, slot, Some(&signer), "emergency log").await
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "tombstoning an old emergency access log");
+    }
+}
+
+/// Re-publishes the policy under the current root key generation's keys if it is
+/// still under an older one (after [`Vault::remove_device`]: the removed device,
+/// which lacks the new generation, can neither find nor open the new policy blob).
+/// Returns whether it did. The holder's ticket stays valid: its grant slot was
+/// re-sealed by the device removal and its log slot does not change.
+pub(crate) async fn rekey(vault: &Vault) -> Result<bool> {
+    match load_policy(vault).await? {
+        Some(found) if !found.current => {
+            save_policy(vault, &found.policy, Some(&found)).await?;
+            Ok(true)
+        }
+        _ => Ok(false),
+    }
+}
+
+/// What vault removal must reach of the emergency policy: every policy slot (of every
+/// root key generation this device holds) and the access log slot, with their
+/// signers, and the policy blobs the patient's devices pinned. The log entries are
+/// pinned by the holder and left to it.
+pub(crate) async fn removal_targets(
+    net: &Network,
+    generations: Vec<PolicyKeys>,
+) -> Result<(
+    Vec<(String, Id, invariant_spec::slots::SlotSigner)>,
+    Vec<Id>,
+)> {
+    let mut slots = Vec::new();
+    let mut blocks = Vec::new();
+    if let Some(found) = load_policy_with(net, generations.clone()).await? {
+        let (signer, slot) = slotmove::slot_of(found.policy.log_seed.expose())?;
+        slots.push(("emergency access log".to_string(), slot, signer));
+    }
+    for keys in generations {
+        let (signer, slot) = keys.slot()?;
+        let held = slotmove::held(net, slot, "emergency policy").await?;
+        if held.is_empty() {
+            continue;
+        }
+        blocks.extend(held);
+        slots.push(("emergency policy".to_string(), slot, signer));
+    }
+    Ok((slots, blocks))
+}
+
+/// Whether the emergency policy blob `blob` opens with the generation-0 keys of
+/// `keystore` (what any device that ever held the keystore has). For tests and
+/// diagnostics: after a device removal the policy is re-keyed under a later
+/// generation, and this is false for the new policy blob.
+pub fn opens_policy(keystore: &Keystore, blob: &[u8]) -> bool {
+    decode_policy(&PolicyKeys::of_keystore_root(keystore.root_key()), blob).is_ok()
+}
+
+/// Where the current policy is: its slot and the policy blob's address (`None`
+/// without a policy). For tests and diagnostics (the slot changes with the root key
+/// generation).
+pub async fn policy_location(vault: &Vault, keystore: &Keystore) -> Result<Option<(Id, Id)>> {
+    check_keystore(vault, keystore)?;
+    match load_policy(vault).await? {
+        Some(found) => Ok(Some((found.keys.slot()?.1, found.address))),
+        None => Ok(None),
+    }
 }
 
 impl Policy {
@@ -298,8 +482,10 @@ pub async fn set_policy(
     } else {
         scopes
     };
-    if let Some((_, old)) = load_policy(vault, keystore).await? {
-        match vault.revoke(&old.grant, false).await {
+    check_keystore(vault, keystore)?;
+    let previous = load_policy(vault).await?;
+    if let Some(old) = &previous {
+        match vault.revoke(&old.policy.grant, false).await {
             Ok(_) | Err(EhiError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
@@ -328,7 +514,10 @@ pub async fn set_policy(
         log_key: log_key.clone(),
         acknowledged: 0,
     };
-    save_policy(vault, keystore, &policy).await?;
+    save_policy(vault, &policy, previous.as_ref()).await?;
+    if let Some(old) = &previous {
+        close_log(vault.network(), &old.policy).await;
+    }
     let part = Zeroizing::new(crate::format::encode(
         &HolderPart {
             format: 1,
@@ -373,27 +562,27 @@ pub async fn set_policy(
 
 /// The current policy, if any.
 pub async fn policy(vault: &Vault, keystore: &Keystore) -> Result<Option<PolicyInfo>> {
-    Ok(load_policy(vault, keystore).await?.map(|(_, p)| p.info()))
+    check_keystore(vault, keystore)?;
+    Ok(load_policy(vault).await?.map(|f| f.policy.info()))
 }
 
 /// Removes the policy: revokes its grant (rotating those scopes' keys) and points the
 /// policy slot at the tombstone. Returns whether there was one.
 pub async fn clear_policy(vault: &Vault, keystore: &Keystore) -> Result<bool> {
-    let Some((_, policy)) = load_policy(vault, keystore).await? else {
+    check_keystore(vault, keystore)?;
+    let Some(found) = load_policy(vault).await? else {
         return Ok(false);
     };
-    match vault.revoke(&policy.grant, false).await {
+    match vault.revoke(&found.policy.grant, false).await {
         Ok(_) | Err(EhiError::NotFound(_)) => {}
         Err(e) => return Err(e),
     }
     let net = vault.network();
-    let tombstone = seal::Blob {
-        address: tombstone_address(),
-        bytes: bytes::Bytes::from_static(crate::vault::TOMBSTONE),
-    };
-    net.put(&tombstone).await?;
-    let (signer, slot) = policy_slot(keystore)?;
-    slotmove::point(net, &signer, slot, tombstone.address, "emergency policy").await?;
+    let tombstone = slotmove::store_tombstone(net).await?;
+    let (signer, slot) = found.keys.slot()?;
+    slotmove::point(net, &signer, slot, tombstone, "emergency policy").await?;
+    net.unpin_quietly(&[found.address]).await;
+    close_log(net, &found.policy).await;
     Ok(true)
 }
 
@@ -448,7 +637,8 @@ fn uses_of(policy: &Policy, entries: &[(Id, AuditEntry)]) -> Result<Vec<Emergenc
 /// Every use of the emergency access logged by the holder, oldest first, verified
 /// against the holder's key (empty without a policy).
 pub async fn uses(vault: &Vault, keystore: &Keystore) -> Result<Vec<EmergencyUse>> {
-    let Some((_, policy)) = load_policy(vault, keystore).await? else {
+    check_keystore(vault, keystore)?;
+    let Some(Found { policy, .. }) = load_policy(vault).await? else {
         return Ok(Vec::new());
     };
     let (_, log_slot) = slotmove::slot_of(policy.log_seed.expose())?;
@@ -458,8 +648,9 @@ pub async fn uses(vault: &Vault, keystore: &Keystore) -> Result<Vec<EmergencyUse
 
 /// The uses not yet acknowledged (what `ehi status` shows).
 pub async fn pending(vault: &Vault, keystore: &Keystore) -> Result<Vec<EmergencyUse>> {
-    let acknowledged = match load_policy(vault, keystore).await? {
-        Some((_, p)) => p.acknowledged,
+    check_keystore(vault, keystore)?;
+    let acknowledged = match load_policy(vault).await? {
+        Some(f) => f.policy.acknowledged,
         None => return Ok(Vec::new()),
     };
     Ok(uses(vault, keystore)
@@ -473,9 +664,11 @@ pub async fn pending(vault: &Vault, keystore: &Keystore) -> Result<Vec<Emergency
 /// `emergency`, purpose `ETREAT`, label `BTG`, written by the patient's key) and the
 /// policy records them as seen. Returns them.
 pub async fn acknowledge(vault: &Vault, keystore: &Keystore) -> Result<Vec<EmergencyUse>> {
-    let Some((_, mut policy)) = load_policy(vault, keystore).await? else {
+    check_keystore(vault, keystore)?;
+    let Some(found) = load_policy(vault).await? else {
         return Ok(Vec::new());
     };
+    let mut policy = found.policy.clone();
     let pending = pending(vault, keystore).await?;
     for u in &pending {
         let mut record = AuditRecord::new(
@@ -494,7 +687,7 @@ pub async fn acknowledge(vault: &Vault, keystore: &Keystore) -> Result<Vec<Emerg
     }
     if let Some(last) = pending.last() {
         policy.acknowledged = last.seq + 1;
-        save_policy(vault, keystore, &policy).await?;
+        save_policy(vault, &policy, Some(&found)).await?;
     }
     Ok(pending)
 }
@@ -548,6 +741,15 @@ impl EmergencyAccess {
         let mut logged = None;
         for _ in 0..8 {
             let current = slotmove::read(&net, log_slot, "emergency log").await?;
+            if current == Some(tombstone_address()) {
+                // Say why the grant refuses (revoked with the policy) if it does.
+                AppSession::open(net.clone(), holder, &ticket.grant).await?;
+                return Err(EhiError::NotGranted(
+                    "this emergency policy was withdrawn (replaced, cleared, or the vault \
+                     removed): its access log is closed"
+                        .into(),
+                ));
+            }
             let prev = match current {
                 Some(address) => {
                     let blob = net.get(&address, "an emergency log entry").await?;

@@ -219,12 +219,25 @@ pub(crate) async fn new_open_slot(net: &Network) -> Result<(Id, Id)> {
 /// from whatever it holds; retried on conflict). `what` names the slot in errors; a
 /// slot that does not exist is [`EhiError::NotFound`].
 pub(crate) async fn post(net: &Network, slot: Id, bytes: Vec<u8>, what: &str) -> Result<Id> {
+    let address = store(net, bytes).await?;
+    append(net, slot, address, what).await
+}
+
+/// Stores and pins `bytes` (a letter to post later with [`append`]).
+pub(crate) async fn store(net: &Network, bytes: Vec<u8>) -> Result<Id> {
     let blob = Blob {
         address: Id::of_content(&bytes),
         bytes: bytes::Bytes::from(bytes),
     };
     net.put(&blob).await?;
     net.pin(&[blob.address]).await?;
+    Ok(blob.address)
+}
+
+/// Appends the stored blob `address` to the open slot `slot` (compare-and-swap from
+/// whatever it holds; retried on conflict).
+pub(crate) async fn append(net: &Network, slot: Id, address: Id, what: &str) -> Result<Id> {
+    let blob_address = address;
     for attempt in 0..32u64 {
         let current = net
             .slots()
@@ -233,12 +246,12 @@ pub(crate) async fn post(net: &Network, slot: Id, bytes: Vec<u8>, what: &str) ->
             .map_err(|e| EhiError::network(format!("reading {what}"), e))?;
         let result = match current {
             None => return Err(EhiError::NotFound(format!("{what} (slot {slot})"))),
-            Some(current) if current.address == blob.address => return Ok(blob.address),
+            Some(current) if current.address == blob_address => return Ok(blob_address),
             Some(current) => {
                 net.slots()
                     .update(
                         &slot,
-                        &UpdateRequest::unsigned(current.address, blob.address),
+                        &UpdateRequest::unsigned(current.address, blob_address),
                     )
                     .await
             }

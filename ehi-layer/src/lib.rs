@@ -34,7 +34,8 @@
 //! - **Root key generations**: removing a device ([`Vault::remove_device`]) seals later
 //!   roots and audit entries under a new random root key (its generation is the root
 //!   envelope's epoch), HPKE-sealed to each remaining device through the device keyring
-//!   slot; see [`device`].
+//!   slot, and re-publishes the emergency policy under keys derived from it; see
+//!   [`device`] and [`emergency`].
 //! - Keys are never derived from content (no convergent encryption: health records are
 //!   guessable and convergent encryption lets anyone confirm a guess). Nonces are
 //!   random 192-bit XChaCha20 nonces. Key material lives in [`keys::SecretKey`] (wiped
@@ -73,8 +74,8 @@
 //! nine slot ids (the vault slot and eight scope slots, unlinkable to the patient
 //! except through timing) plus one slot per grant (pointing at an HPKE-sealed blob;
 //! neither the app, the scopes, the purpose nor the patient's signature is visible),
-//! one extra blob per audit entry, an emergency policy slot and an emergency log slot
-//! with one blob per use, one short-lived slot per device invite (three blobs and a
+//! one extra blob per audit entry, an emergency policy slot (a new one after each device
+//! removal) and an emergency log slot with one blob per use, one short-lived slot per device invite (three blobs and a
 //! tombstone), a device keyring slot once a device was removed (whose blob shows the
 //! number of devices), when slots move, and which blobs are pinned together (the
 //! distributor sees one pin request per import). They never see plaintext, FHIR ids,
@@ -112,9 +113,16 @@
 //! No import is lost; a resource changed by both keeps both versions.
 //!
 //! ## Removal and its limits
-//! [`Vault::remove`] moves the vault slot and every scope slot to a public tombstone,
-//! unpins every block at the distributor, overwrites and deletes the keystore file, and
-//! drops the in-memory keys. **The storage protocol has no delete**: unpinned blobs
+//! [`Vault::remove`] moves the vault slot and every other slot the patient's devices
+//! write — scope and grant slots, grant channels, the consent inbox and the requests'
+//! reply slots, the emergency policy and access log slots, the device keyring — to a
+//! public tombstone, unpins every block the patient's devices pinned (the vault's
+//! blocks, channel headers, policy and keyring blobs, a published inbox card) at the
+//! distributor, overwrites and deletes the keystore file, and drops the in-memory keys
+//! (tests/removal.rs). Open slots (inbox, reply slots, channels) and the emergency log
+//! (whose key the holder has) can be moved off the tombstone again by the apps, and
+//! blobs the apps and the holder pinned (requests, contributions, log entries) stay
+//! pinned by them: see `vault/removal.rs`. **The storage protocol has no delete**: unpinned blobs
 //! stay on the storage servers as ciphertext until collected; they are undecryptable
 //! only because every copy of the keys is gone. A copy of the keystore file made
 //! before removal (a backup), together with its passphrase, still opens the old root
@@ -135,7 +143,7 @@
 //!
 //! **Revocation** ([`Vault::revoke`]) moves every affected scope to a new key epoch,
 //! re-seals the manifests under it, re-seals the remaining grants covering those scopes
-//! with the new key, tombstones the grant slot, and writes everything afterwards under
+//! with the new key, tombstones the grant slot and its channel, and writes everything afterwards under
 //! the new epoch; `reencrypt` also re-encrypts old versions under the new key and
 //! unpins the old blobs. Expired grants are rotated away at the patient's next import
 //! ([`Vault::expire_grants`]); the app library refuses them before that.
@@ -168,7 +176,8 @@
 //! use (AuditEvent with `ETREAT` and the `BTG` label) before opening the grant; `ehi
 //! status` shows "emergency access on <date> by <who>" until `ehi emergency ack`.
 //! Logging is done by the holder's software: cryptography cannot force a holder that
-//! has the keys to log.
+//! has the keys to log. The policy is keyed per root key generation and re-published
+//! when a device is removed; the access log is not (its key is in the holder's ticket).
 //!
 //! ## Devices ([`device`])
 //! `ehi device invite` publishes an invite slot derived from a one-time code (128-bit
@@ -187,7 +196,9 @@
 //! requests` lists them, `ehi approve` makes the grant ([`Vault::grant`]) and `ehi
 //! deny` refuses — either way the decision is kept as a FHIR R4 `Consent` in the
 //! vault, recorded in the root, logged, and posted, signed by the patient and sealed
-//! to the app, to the app's reply slot ([`consent::poll`]).
+//! to the app, to the app's reply slot ([`consent::poll`]). Approving is idempotent:
+//! the grant's id is derived from the request (keyed by a secret of the vault), so
+//! approving again after a crash reuses the grant and completes only the missing steps.
 //! Every grant has a **channel** (an open slot whose id both sides derive from the
 //! grant): the patient's device registers it at a header carrying a per-grant HPKE
 //! key; the app posts **contributions** ([`AppSession::contribute`]) and entries of

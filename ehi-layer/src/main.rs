@@ -1276,6 +1276,12 @@ async fn device(
                 report.rotated.len(),
                 report.resealed
             );
+            if report.emergency_rekeyed {
+                eprintln!(
+                    "emergency policy re-published under the new root key (the holder's \
+                     ticket stays valid; its access log keeps its key)"
+                );
+            }
         }
         DeviceCommand::Join { .. } => {}
     }

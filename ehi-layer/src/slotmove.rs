@@ -1,6 +1,8 @@
 //! Small helpers for the ed25519 slots that the emergency policy ([`crate::emergency`])
 //! and device pairing ([`crate::device`]) keep beside the vault: derive a slot key from a
-//! seed, point a slot at a blob (registering it the first time), and compare-and-swap.
+//! seed, point a slot at a blob (registering it the first time), and compare-and-swap;
+//! and, for every slot of the vault (open slots too), moving it to the public tombstone
+//! and listing what it held (removal, revocation).
 
 use invariant_spec::Id;
 use invariant_spec::slots::{Rejection, SlotSigner};
@@ -76,4 +78,96 @@ pub(crate) async fn read(net: &Network, slot: Id, what: &str) -> Result<Option<I
         .await
         .map(|s| s.map(|s| s.address))
         .map_err(|e| EhiError::network(format!("reading the {what} slot"), e))
+}
+
+/// Stores the public tombstone blob ([`crate::vault::TOMBSTONE`]) so slots may point
+/// at it.
+pub(crate) async fn store_tombstone(net: &Network) -> Result<Id> {
+    let blob = crate::seal::Blob {
+        address: crate::vault::tombstone_address(),
+        bytes: bytes::Bytes::from_static(crate::vault::TOMBSTONE),
+    };
+    net.put(&blob).await?;
+    Ok(blob.address)
+}
+
+/// Points `slot` at the public tombstone (stored beforehand, [`store_tombstone`]),
+/// whatever it points at now: `signer` signs the update of an ed25519 slot, `None`
+/// updates an open (`none` signature) slot. `Ok` when the slot is unknown or already
+/// there; retried a few times on conflict. The one "tombstone this slot" loop shared by
+/// removal, revocation and the emergency policy.
+pub(crate) async fn tombstone(
+    net: &Network,
+    slot: Id,
+    signer: Option<&SlotSigner>,
+    what: &str,
+) -> Result<()> {
+    let tombstone = crate::vault::tombstone_address();
+    for _ in 0..5 {
+        let Some(current) = read(net, slot, what).await? else {
+            return Ok(());
+        };
+        if current == tombstone {
+            return Ok(());
+        }
+        let result = match signer {
+            Some(signer) => {
+                net.slots()
+                    .update_signed(&slot, signer, &current, &tombstone)
+                    .await
+            }
+            None => {
+                net.slots()
+                    .update(
+                        &slot,
+                        &invariant_spec::slots::UpdateRequest::unsigned(current, tombstone),
+                    )
+                    .await
+            }
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => {}
+            Err(e) => {
+                return Err(EhiError::network(
+                    format!("moving the {what} slot to the tombstone"),
+                    e,
+                ));
+            }
+        }
+    }
+    Err(EhiError::Contention { attempts: 5 })
+}
+
+/// Every address `slot` ever held (registration first), without the tombstone; empty
+/// when the slot is unknown.
+pub(crate) async fn held(net: &Network, slot: Id, what: &str) -> Result<Vec<Id>> {
+    let history = net
+        .slots()
+        .history_all(&slot)
+        .await
+        .map_err(|e| EhiError::network(format!("reading the history of the {what} slot"), e))?
+        .unwrap_or_default();
+    let tombstone = crate::vault::tombstone_address();
+    let mut out: Vec<Id> = Vec::new();
+    for state in history.into_iter().rev() {
+        if state.address != tombstone && !out.contains(&state.address) {
+            out.push(state.address);
+        }
+    }
+    Ok(out)
+}
+
+/// The address `slot` was registered at (`None` when unknown).
+pub(crate) async fn registered_at(net: &Network, slot: Id, what: &str) -> Result<Option<Id>> {
+    let history = net
+        .slots()
+        .history_all(&slot)
+        .await
+        .map_err(|e| EhiError::network(format!("reading the history of the {what} slot"), e))?
+        .unwrap_or_default();
+    Ok(history
+        .into_iter()
+        .find(|s| s.previous == invariant_spec::slots::Previous::Root)
+        .map(|s| s.address))
 }

@@ -63,10 +63,13 @@ pub use devices::{DeviceRemoval, WatchEvent};
 pub use sharing::RevokeReport;
 // Issue 9 (consent requests, grant channels: contributions and app audit).
 mod channels;
+mod removal;
 mod requests;
 mod rollback;
 pub use channels::{ContributionInfo, MergeReport};
-pub use requests::{ConsentOutcome, ConsentRequestInfo, RequestList, UnreadableRequest};
+pub use requests::{
+    ApproveStep, ConsentOutcome, ConsentRequestInfo, RequestList, UnreadableRequest,
+};
 
 /// The bytes of the tombstone blob a removed vault's slots point at (public, the same
 /// for every vault).
@@ -216,7 +219,8 @@ pub struct Status {
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct RemoveReport {
-    /// Blocks the vault referenced.
+    /// Blocks the vault referenced, and those its devices pinned beside the root
+    /// (channel headers, emergency policy and device keyring blobs, an inbox card).
     pub blocks: usize,
     /// Pins removed at the distributor.
     pub unpinned: usize,
@@ -228,7 +232,7 @@ pub struct RemoveReport {
     pub storage_forgot: bool,
     /// Whether the keystore file was overwritten and removed.
     pub keystore_destroyed: bool,
-    /// Remarks (scope slots that could not be tombstoned, ...).
+    /// Remarks (slots that could not be tombstoned or read, ...).
     pub notes: Vec<String>,
 }
 
@@ -360,6 +364,8 @@ pub struct Vault {
     root_key: SecretKey,
     /// This device's HPKE seed (opens the device keyring, see `vault/devices.rs`).
     hpke_seed: SecretKey,
+    /// The emergency policy's keys of root key generation 0 (see [`crate::emergency`]).
+    policy0: crate::emergency::PolicyKeys,
     options: VaultOptions,
     state: Mutex<State>,
 }
@@ -474,6 +480,7 @@ impl Vault {
             signing: keystore.signing_key(),
             root_key,
             hpke_seed: keystore.hpke_seed().clone(),
+            policy0: crate::emergency::PolicyKeys::of_keystore_root(keystore.root_key()),
             options,
             state: Mutex::new(State {
                 root_head,
@@ -551,6 +558,7 @@ impl Vault {
             signing: keystore.signing_key(),
             root_key,
             hpke_seed: keystore.hpke_seed().clone(),
+            policy0: crate::emergency::PolicyKeys::of_keystore_root(keystore.root_key()),
             options,
             state: Mutex::new(placeholder),
         };
@@ -1702,9 +1710,11 @@ impl Vault {
         })
     }
 
-    /// Removes the vault: points the vault slot (and every scope slot) at the public
-    /// tombstone, unpins every block, destroys the keystore file when `keystore_file` is
-    /// given, and drops (wipes) the keys held by this handle. The storage protocol has
+    /// Removes the vault: points the vault slot and every other slot of the vault
+    /// (scopes, grants, grant channels, consent inbox and reply slots, emergency policy
+    /// and log, device keyring; see `vault/removal.rs` for the open slots' limits) at
+    /// the public tombstone, unpins every block the patient's devices pinned, destroys
+    /// the keystore file when `keystore_file` is given, and drops (wipes) the keys held by this handle. The storage protocol has
     /// no delete, so the ciphertext stays on storage servers until collected; without
     /// the keys it cannot be decrypted (see the crate docs for what copies of the
     /// keystore mean).
@@ -1749,45 +1759,11 @@ impl Vault {
                 }
             }
         };
-        for (scope, record) in &state.root.scopes {
-            let slot = Id::from_bytes(record.slot_id);
-            let signer = SlotSigner::ed25519_from_seed(record.slot_seed.expose());
-            let result = async {
-                for _ in 0..3 {
-                    let Some(current) = self
-                        .net
-                        .slots()
-                        .get(&slot)
-                        .await
-                        .map_err(|e| e.to_string())?
-                    else {
-                        return Ok(());
-                    };
-                    if current.address == tombstone.address {
-                        return Ok(());
-                    }
-                    match self
-                        .net
-                        .slots()
-                        .update_signed(&slot, &signer, &current.address, &tombstone.address)
-                        .await
-                    {
-                        Ok(()) => return Ok(()),
-                        Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => continue,
-                        Err(e) => return Err(e.to_string()),
-                    }
-                }
-                Err("kept changing".to_string())
-            }
-            .await;
-            if let Err(reason) = result {
-                notes.push(format!("scope slot of {scope} not tombstoned: {reason}"));
-            }
-        }
-        // Grant slots too: apps see the tombstone (their keys already open nothing new).
-        for grant in &state.root.grants {
-            self.tombstone_grant_slot(grant).await;
-        }
+        // Every other slot (scopes, grants, channels, inbox, replies, emergency policy
+        // and log, device keyring) and the blocks the root does not list: see
+        // `vault/removal.rs`.
+        let mut blocks = blocks;
+        blocks.extend(self.remove_the_rest(&state, &mut notes).await);
         let unpinned = self.net.unpin(&blocks).await?;
         let keystore_destroyed = match keystore_file {
             Some(path) => {

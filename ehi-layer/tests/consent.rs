@@ -511,6 +511,21 @@ async fn read_only_and_out_of_scope_contributions_are_refused() -> anyhow::Resul
         .await?;
     vault.revoke(&ticket.grant, false).await?;
     assert!(vault.contributions().await?.iter().all(|c| c.id != id));
+    // Its channel was moved to the tombstone at revocation.
+    let grant_id: [u8; 16] = hex::decode(&ticket.grant)?
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("grant id"))?;
+    let channel = ehi_layer::contribution::channel_slot(&vault.slot(), &grant_id);
+    let broker = invariant_spec::BrokerClient::new(&net.broker_url)?;
+    let slots_url = broker
+        .resolve(&broker.registered("slots").await?[0])
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("slots"))?;
+    let slots = invariant_spec::SlotsClient::new(&slots_url)?;
+    assert_eq!(
+        slots.get(&channel).await?.map(|s| s.address),
+        Some(ehi_layer::tombstone_address())
+    );
     net.stop().await;
     Ok(())
 }
@@ -662,6 +677,125 @@ async fn an_app_finds_the_inbox_by_name() -> anyhow::Result<()> {
     )
     .await?;
     assert_eq!(vault.requests().await?.pending[0].id, pending.id);
+    net.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn approving_again_after_a_crash_makes_no_second_grant() -> anyhow::Result<()> {
+    use ehi_layer::vault::ApproveStep;
+    let (net, _dir, vault, _) = setup().await?;
+    let card = vault.inbox_card().await?;
+    let app = AppKeystore::generate("CardioClinic")?;
+    let anet = app_net(&net, &card).await?;
+    let asked = ask(&[Scope::Medications], Access::Read, "TREAT", "");
+    let grant_entries = |entries: &[ehi_layer::audit::AuditEntry]| {
+        entries
+            .iter()
+            .filter(|e| e.action().as_deref() == Some("grant"))
+            .count()
+    };
+
+    // Crash after the grant, after the Consent import, after the record: each time the
+    // second approval completes what is missing and reuses the grant.
+    for (n, step) in [
+        ApproveStep::Grant,
+        ApproveStep::Consent,
+        ApproveStep::Record,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let pending = consent::send_request(&anet, &app, &card, &asked).await?;
+        let first = vault.approve_request_until(&pending.id, step).await?;
+        let (first_grant, _) = first.grant.clone().expect("a grant");
+        assert_eq!(vault.grants().await.len(), n + 1, "{step:?}");
+        assert_eq!(
+            consent::poll(&anet, &app, &pending).await?,
+            Decision::Pending,
+            "{step:?}: the app learns nothing yet"
+        );
+        if step == ApproveStep::Record {
+            // Recorded as decided: approving again is refused, but the decision that
+            // was never posted is delivered.
+            assert!(vault.requests().await?.pending.is_empty());
+            let err = vault
+                .approve_request(&pending.id)
+                .await
+                .expect_err("decided twice");
+            assert!(err.to_string().contains("already approved"), "{err}");
+        } else {
+            assert_eq!(vault.requests().await?.pending.len(), 1, "{step:?}");
+            let second = vault.approve_request(&pending.id).await?;
+            let (second_grant, _) = second.grant.expect("a grant");
+            assert_eq!(second_grant.id, first_grant.id, "{step:?}");
+        }
+        // Exactly one grant for this request, one Consent version, one grant entry.
+        let grants = vault.grants().await;
+        assert_eq!(grants.len(), n + 1, "{step:?}: {grants:?}");
+        assert_eq!(grants.iter().filter(|g| g.id == first_grant.id).count(), 1);
+        assert_eq!(
+            vault.history("Consent", &first.consent_id).await?.len(),
+            1,
+            "{step:?}"
+        );
+        assert_eq!(
+            consent_of(&vault, &first.consent_id).await?["status"],
+            "active"
+        );
+        assert_eq!(grant_entries(&vault.audit_entries().await?), n + 1);
+        // The app learns the approval and reads with that grant.
+        let Decision::Approved { ticket, .. } = consent::poll(&anet, &app, &pending).await? else {
+            anyhow::bail!("{step:?}: the app did not learn the approval");
+        };
+        assert_eq!(ticket.grant, first_grant.id);
+        let mut session = AppSession::open(anet.clone(), &app, &ticket).await?;
+        assert!(session.search("MedicationRequest", "").await?.total >= 1);
+        assert!(vault.requests().await?.pending.is_empty());
+    }
+
+    // An approval interrupted after its grant, then denied: the grant is revoked and
+    // the app learns the refusal.
+    let pending = consent::send_request(&anet, &app, &card, &asked).await?;
+    let first = vault
+        .approve_request_until(&pending.id, ApproveStep::Grant)
+        .await?;
+    let (grant, ticket) = first.grant.expect("a grant");
+    assert_eq!(vault.grants().await.len(), 4);
+    vault.deny_request(&pending.id, "changed my mind").await?;
+    assert!(vault.grants().await.iter().all(|g| g.id != grant.id));
+    assert!(AppSession::open(anet.clone(), &app, &ticket).await.is_err());
+    assert!(matches!(
+        consent::poll(&anet, &app, &pending).await?,
+        Decision::Denied { .. }
+    ));
+    assert_eq!(
+        consent_of(&vault, &first.consent_id).await?["status"],
+        "rejected"
+    );
+
+    // An approval interrupted after the channel, whose grant is then revoked: approving
+    // again is refused (the derived grant id and its channel are spent); denying works.
+    let pending = consent::send_request(&anet, &app, &card, &asked).await?;
+    let first = vault
+        .approve_request_until(&pending.id, ApproveStep::Channel)
+        .await?;
+    let (grant, _) = first.grant.expect("a grant");
+    vault.revoke(&grant.id, false).await?;
+    let err = vault
+        .approve_request(&pending.id)
+        .await
+        .expect_err("approved with a spent grant id");
+    assert!(
+        matches!(err, EhiError::InvalidArgument(ref m) if m.contains("revoked")),
+        "{err}"
+    );
+    assert!(vault.grants().await.iter().all(|g| g.id != grant.id));
+    vault.deny_request(&pending.id, "").await?;
+    assert!(matches!(
+        consent::poll(&anet, &app, &pending).await?,
+        Decision::Denied { .. }
+    ));
     net.stop().await;
     Ok(())
 }

@@ -326,3 +326,112 @@ async fn removing_a_device_rotates_every_scope_key() -> anyhow::Result<()> {
     assert_eq!(vault.devices().await.len(), 2);
     Ok(())
 }
+
+/// The stored bytes of blob `address`, read from a storage server's disk.
+fn blob_bytes(net: &TestNet, address: &invariant_spec::Id) -> anyhow::Result<Vec<u8>> {
+    let wanted = address.to_string();
+    for file in net.blob_files() {
+        let name: String = file
+            .iter()
+            .rev()
+            .take(3)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .map(|p| p.to_string_lossy().into_owned())
+            .collect();
+        if name == wanted {
+            return Ok(std::fs::read(file)?);
+        }
+    }
+    anyhow::bail!("blob {wanted} is on no storage server")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_a_device_re_keys_the_emergency_policy() -> anyhow::Result<()> {
+    use ehi_layer::AppKeystore;
+    use ehi_layer::emergency::{self, EmergencyAccess};
+    let net = TestNet::start(2, true).await?;
+    let dir = tempfile::tempdir()?;
+    let (keystore, _path, vault) = net.new_vault(dir.path()).await?;
+    vault
+        .import(vec![input("patient.json", &patient_bundle())])
+        .await?;
+    let vault = Arc::new(vault);
+    let (joined, id) = pair(&net, &vault, &keystore).await?;
+    let holder = AppKeystore::generate("County ER")?;
+    let ticket =
+        emergency::set_policy(&vault, &keystore, holder.card().verify()?, Vec::new()).await?;
+    let holder_net = Network::connect(&net.broker_url, Some(ticket.grant.slots_server)).await?;
+    EmergencyAccess::open(holder_net.clone(), &holder, &ticket, "first use").await?;
+    // Before: the policy is keyed from generation 0, which the other device holds.
+    let (old_slot, old_address) = emergency::policy_location(&vault, &keystore)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no policy"))?;
+    assert!(emergency::opens_policy(
+        &joined,
+        &blob_bytes(&net, &old_address)?
+    ));
+
+    let removal = vault.remove_device(&id).await?;
+    assert!(removal.emergency_rekeyed);
+    // After: a new slot and a new blob, keyed from generation 1; the removed device's
+    // keys (and the generation-0 keys of anyone) do not open the bytes it can fetch,
+    // and the old slot holds the tombstone.
+    let (new_slot, new_address) = emergency::policy_location(&vault, &keystore)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no policy after the removal"))?;
+    assert_ne!(new_slot, old_slot);
+    let new_bytes = blob_bytes(&net, &new_address)?;
+    assert!(!emergency::opens_policy(&joined, &new_bytes));
+    assert!(!emergency::opens_policy(&keystore, &new_bytes));
+    let broker = invariant_spec::BrokerClient::new(&net.broker_url)?;
+    let slots_url = broker
+        .resolve(&broker.registered("slots").await?[0])
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("slots"))?;
+    let slots = invariant_spec::SlotsClient::new(&slots_url)?;
+    assert_eq!(
+        slots.get(&old_slot).await?.map(|s| s.address),
+        Some(ehi_layer::tombstone_address())
+    );
+    // The policy is the same (holder, grant), on this device and on a fresh open.
+    let policy = emergency::policy(&vault, &keystore)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("policy lost"))?;
+    assert_eq!(policy.holder, "County ER");
+    let reopened = Vault::open(net.connect(Some(&keystore)).await?, &keystore).await?;
+    assert_eq!(
+        emergency::policy(&reopened, &keystore).await?,
+        Some(policy.clone())
+    );
+    // The holder still opens emergency access with its old ticket and reads the new
+    // data; the patient sees both uses and acknowledges them (the policy stays under
+    // generation 1).
+    vault
+        .import(vec![input(
+            "later.json",
+            &observation("after-removal", 61.0),
+        )])
+        .await?;
+    let (mut session, used) =
+        EmergencyAccess::open(holder_net, &holder, &ticket, "second use").await?;
+    assert_eq!(used.seq, 1);
+    assert!(
+        session
+            .search("Observation", "")
+            .await?
+            .resources
+            .iter()
+            .any(|r| r["id"] == "after-removal")
+    );
+    let pending = emergency::pending(&reopened, &keystore).await?;
+    assert_eq!(pending.len(), 2);
+    assert_eq!(emergency::acknowledge(&reopened, &keystore).await?.len(), 2);
+    let (slot_after_ack, _) = emergency::policy_location(&vault, &keystore)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("no policy after ack"))?;
+    assert_eq!(slot_after_ack, new_slot);
+    assert!(emergency::pending(&vault, &keystore).await?.is_empty());
+    Ok(())
+}

@@ -157,9 +157,40 @@ async fn replacing_the_policy_cuts_off_the_old_holder() -> anyhow::Result<()> {
     let holder_net = Network::connect(&net.broker_url, None).await?;
     // The first holder's grant was revoked when the policy was replaced.
     assert!(
-        EmergencyAccess::open(holder_net, &first, &old, "old ticket")
+        EmergencyAccess::open(holder_net.clone(), &first, &old, "old ticket")
             .await
             .is_err()
+    );
+    // Replacing it again closes the second holder's log (it was used once): that
+    // holder is refused (its grant revoked) and its log stays closed.
+    let current = emergency::set_policy(
+        &vault,
+        &keystore,
+        second.card().verify()?,
+        vec![Scope::Allergies],
+    )
+    .await?;
+    EmergencyAccess::open(holder_net.clone(), &second, &current, "used once").await?;
+    emergency::set_policy(
+        &vault,
+        &keystore,
+        first.card().verify()?,
+        vec![Scope::Allergies],
+    )
+    .await?;
+    let err = EmergencyAccess::open(holder_net, &second, &current, "after replacement")
+        .await
+        .expect_err("closed log");
+    assert!(matches!(err, EhiError::Revoked { .. }), "{err}");
+    let broker = invariant_spec::BrokerClient::new(&net.broker_url)?;
+    let slots_url = broker
+        .resolve(&broker.registered("slots").await?[0])
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("slots"))?;
+    let slots = invariant_spec::SlotsClient::new(&slots_url)?;
+    assert_eq!(
+        slots.get(&current.log_slot).await?.map(|s| s.address),
+        Some(ehi_layer::tombstone_address())
     );
     // Its (logged) attempt went to the old log, which the new policy does not read.
     assert!(emergency::pending(&vault, &keystore).await?.is_empty());

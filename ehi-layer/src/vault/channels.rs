@@ -8,6 +8,7 @@ use super::*;
 use crate::contribution::{self, MessageBody};
 use crate::format::{AppAuditCursor, ContributionRecord, GrantRecord};
 use crate::letter;
+use crate::slotmove;
 
 /// A contribution waiting for the patient's decision.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -106,6 +107,20 @@ impl Vault {
             .await
             .map_err(|e| EhiError::network("registering a grant channel", e))?;
         Ok(())
+    }
+
+    /// Points the channel of `grant` at the public tombstone (an open slot: the app
+    /// could still move it on, but the patient's devices no longer read it) and returns
+    /// its header blob (pinned by the patient's device; the caller unpins it), `None`
+    /// when the channel was never opened.
+    pub(super) async fn close_channel(&self, grant: &GrantRecord) -> Result<Option<Id>> {
+        let slot = contribution::channel_slot(&self.slot, &grant.id);
+        let Some(header) = slotmove::registered_at(&self.net, slot, "grant channel").await? else {
+            return Ok(None);
+        };
+        slotmove::store_tombstone(&self.net).await?;
+        slotmove::tombstone(&self.net, slot, None, "grant channel").await?;
+        Ok(Some(header))
     }
 
     /// Every message of every grant's channel not yet processed, opened.

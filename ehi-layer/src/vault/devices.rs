@@ -17,6 +17,10 @@
 //! device joining later is added to the keyring by the device that lets it in.
 //! The keyring blob is not an envelope: servers see how many devices there are (the
 //! number of entries) and when the keyring changes, nothing else.
+//!
+//! After a removal commits, the emergency policy is re-published under the new
+//! generation ([`crate::emergency`], [`DeviceRemoval::emergency_rekeyed`]). Vault
+//! removal tombstones the keyring slot and unpins every keyring blob it ever held.
 
 use super::*;
 use crate::device::{DeviceInfo, device_id};
@@ -24,8 +28,7 @@ use crate::keystore::{HpkeSealed, hpke_open_with_seed, hpke_seal};
 use crate::slotmove;
 use serde::{Deserialize, Serialize};
 
-/// BLAKE3 context: the device keyring slot's seed, from the generation-0 root AEAD key.
-pub const CONTEXT_KEYRING_SLOT: &str = "invariant ehi-layer v1 device keyring slot";
+use crate::device::CONTEXT_KEYRING_SLOT;
 /// HPKE `info` of keyring entries.
 const KEYRING_INFO: &[u8] = b"invariant ehi-layer v1 device keyring";
 
@@ -83,6 +86,20 @@ impl RootKeys {
         self.later.keys().next_back().copied().unwrap_or(0)
     }
 
+    /// Every generation held, the current one first, then the others newest first.
+    pub(super) fn generations(&self) -> Vec<u32> {
+        let mut out = vec![self.current];
+        out.extend(
+            self.later
+                .keys()
+                .rev()
+                .copied()
+                .chain(std::iter::once(0))
+                .filter(|g| *g != self.current),
+        );
+        out
+    }
+
     /// Generations 1.. (what the keyring carries).
     fn later(&self) -> Vec<(u32, SecretKey)> {
         self.later.iter().map(|(g, k)| (*g, k.clone())).collect()
@@ -122,6 +139,11 @@ pub struct DeviceRemoval {
     pub rotated: Vec<(Scope, u32)>,
     /// Grants re-sealed with the new keys.
     pub resealed: usize,
+    /// Whether an emergency policy was re-published under the new root key generation
+    /// (see [`crate::emergency`]; `false` without a policy). When this fails the
+    /// removal still stands, the error is logged and the next change of the policy
+    /// (or the next device removal) re-keys it.
+    pub emergency_rekeyed: bool,
 }
 
 /// A change seen by [`Vault::watch`].
@@ -135,7 +157,7 @@ pub struct WatchEvent {
 }
 
 impl Vault {
-    fn keyring_slot(&self) -> Result<(SlotSigner, Id)> {
+    pub(super) fn keyring_slot(&self) -> Result<(SlotSigner, Id)> {
         slotmove::slot_of(self.root_key.derive(CONTEXT_KEYRING_SLOT).expose())
     }
 
@@ -239,6 +261,30 @@ impl Vault {
         self.net.put(&blob).await?;
         self.net.pin(&[blob.address]).await?;
         slotmove::point(&self.net, &signer, slot, blob.address, "device keyring").await
+    }
+
+    /// The emergency policy's keys of every root key generation this device holds, the
+    /// current generation first, then the older ones newest first (see
+    /// [`crate::emergency`]).
+    pub(crate) async fn policy_keys(&self) -> Vec<crate::emergency::PolicyKeys> {
+        let state = self.state.lock().await;
+        self.policy_keys_of(&state)
+    }
+
+    /// [`Vault::policy_keys`] with the state already locked.
+    pub(super) fn policy_keys_of(&self, state: &State) -> Vec<crate::emergency::PolicyKeys> {
+        state
+            .root_keys
+            .generations()
+            .into_iter()
+            .filter_map(|g| match g {
+                0 => Some(self.policy0.clone()),
+                g => state
+                    .root_keys
+                    .get(g)
+                    .map(|k| crate::emergency::PolicyKeys::of_generation(&k)),
+            })
+            .collect()
     }
 
     /// The devices listed in the vault root (as of the last refresh).
@@ -397,11 +443,22 @@ impl Vault {
                     }
                 }
                 self.net.unpin_quietly(&superseded).await;
+                drop(state);
+                // The emergency policy was keyed from a generation the removed device
+                // holds: re-publish it under the new one.
+                let emergency_rekeyed = match crate::emergency::rekey(self).await {
+                    Ok(done) => done,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-keying the emergency policy");
+                        false
+                    }
+                };
                 return Ok(DeviceRemoval {
                     device: wanted,
                     root_generation: generation,
                     rotated,
                     resealed: republish.len(),
+                    emergency_rekeyed,
                 });
             }
             if attempt == self.options.max_attempts {

@@ -4,14 +4,32 @@
 //! record in the root, an audit entry, and the signed decision posted to the app.
 //!
 //! The inbox's start blob and the posted decisions count among the vault's blocks
-//! ([`Vault::blocks`]; unpinned at removal). Not yet: the inbox slot and the reply
-//! slots are not tombstoned at removal (their contents are undecryptable once the
-//! root key is gone), and requests and app-pinned messages stay pinned by their apps.
+//! ([`Vault::blocks`]; unpinned at removal). Removal also moves the inbox slot and the
+//! reply slots to the tombstone and unpins a published inbox card (see
+//! `vault/removal.rs`: these are open slots, which anyone may move on again, and the
+//! requests stay pinned by the apps that posted them).
 //!
+//! ## Approving is idempotent
 //! Approving is three commits (the grant, the `Consent` import, the decision record
-//! with its audit entry); a crash between them leaves the request pending with the
-//! grant already made, and approving it again makes a second grant — visible in
-//! `ehi grants` and revocable.
+//! with its audit entry) and a post to the app's reply slot ([`ApproveStep`]). A crash
+//! between them must not make a second grant, so every step finds what an earlier
+//! attempt left:
+//! - the grant's id is derived from the request: the first 16 bytes of BLAKE3 keyed by
+//!   `derive_key("invariant ehi-layer v1 consent grant id", inbox HPKE seed)` over the
+//!   request's address. Keyed with a secret of the vault, so servers (which see request
+//!   addresses in the inbox's history) cannot compute the grant id and from it the
+//!   grant channel's slot. Approving again finds the grant in the root and reuses it;
+//! - the channel is opened only if it does not exist;
+//! - the `Consent` is imported only if the vault does not hold it with the same status;
+//! - the sealed decision is stored (and pinned) **before** the record is committed, so
+//!   a request already decided whose decision is missing from the reply slot gets it
+//!   appended again when the patient tries to decide it again (which is then refused as
+//!   already decided, as before).
+//!
+//! Denying a request whose approval was interrupted after its grant revokes that grant
+//! first. Approving one whose interrupted approval's grant was revoked (or expired)
+//! since is refused: the derived id and its channel are spent; deny it and let the app
+//! ask again.
 
 use ed25519_dalek::Signer;
 use serde_json::json;
@@ -21,6 +39,7 @@ use crate::consent::{self, DecisionPayload, InboxCard, RequestPayload};
 use crate::format::{InboxRecord, RequestRecord};
 use crate::grant::{Access, GrantInfo, GrantRequest, GrantTicket, smart_scopes};
 use crate::letter;
+use crate::slotmove;
 
 /// A pending consent request as shown to the patient.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -124,11 +143,17 @@ impl Vault {
             .inbox
             .as_ref()
             .ok_or_else(|| EhiError::corrupt("vault root", "the inbox vanished"))?;
+        Ok(self.card_of(inbox))
+    }
+
+    /// The (deterministic) inbox card of `inbox`: the same bytes each time, so removal
+    /// finds the blob a published name points at.
+    pub(super) fn card_of(&self, inbox: &InboxRecord) -> InboxCard {
         let inbox_slot = Id::from_bytes(inbox.slot_id);
         let hpke_key = hex::encode(crate::keystore::hpke_public_of(&inbox.hpke_seed));
         let slots_server = self.net.slots_server();
         let message = InboxCard::message(&self.slot, &slots_server, &inbox_slot, &hpke_key);
-        Ok(InboxCard {
+        InboxCard {
             format: consent::INBOX_CARD_FORMAT.into(),
             version: consent::INBOX_CARD_VERSION,
             patient: self.slot,
@@ -136,7 +161,7 @@ impl Vault {
             inbox: inbox_slot,
             hpke_key,
             signature: hex::encode(self.signing.sign(&message).to_bytes()),
-        })
+        }
     }
 
     /// Registers `name` for the inbox card on the names server (see
@@ -194,7 +219,7 @@ impl Vault {
         Ok(list)
     }
 
-    async fn open_request_at(
+    pub(super) async fn open_request_at(
         &self,
         inbox: &InboxRecord,
         address: Id,
@@ -214,7 +239,7 @@ impl Vault {
     async fn find_request(
         &self,
         id: &str,
-    ) -> Result<(Id, RequestPayload, crate::app::VerifiedCard)> {
+    ) -> Result<(Id, RequestPayload, crate::app::VerifiedCard, InboxRecord)> {
         let wanted = id.trim().to_ascii_lowercase();
         if wanted.len() < 8 || !wanted.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(EhiError::InvalidArgument(format!(
@@ -238,6 +263,10 @@ impl Vault {
             .iter()
             .find(|r| hex::encode(r.address).starts_with(&wanted))
         {
+            // A crash may have come between the record and the post: deliver again.
+            if let Err(e) = self.redeliver(done).await {
+                tracing::warn!(error = %e, "posting a decision again");
+            }
             return Err(EhiError::InvalidArgument(format!(
                 "request {id} of {} was already {}",
                 done.app_name,
@@ -262,50 +291,122 @@ impl Vault {
             }
         };
         let (request, card) = self.open_request_at(&inbox, address).await?;
-        Ok((address, request, card))
+        Ok((address, request, card, inbox))
+    }
+
+    /// Appends the decision of `done` to its reply slot if it is not there (it was
+    /// stored before the record was committed).
+    async fn redeliver(&self, done: &RequestRecord) -> Result<()> {
+        let reply = Id::from_bytes(done.reply_slot);
+        let decision = Id::from_bytes(done.decision);
+        let posted = letter::posted(&self.net, reply, "the app's reply slot")
+            .await?
+            .unwrap_or_default();
+        if posted.iter().any(|(a, _)| *a == decision) {
+            return Ok(());
+        }
+        letter::append(&self.net, reply, decision, "the app's reply slot").await?;
+        Ok(())
     }
 
     /// Approves request `id`: grants what it asks (until the end of its period), keeps
     /// a `Consent` (status `active`, provision `permit`), logs the decision and posts
-    /// the signed decision with the grant ticket to the app.
+    /// the signed decision with the grant ticket to the app. Idempotent after a crash
+    /// (see the module docs): approving again reuses the grant already made.
     pub async fn approve_request(&self, id: &str) -> Result<ConsentOutcome> {
-        let (address, request, card) = self.find_request(id).await?;
+        self.approve_request_until(id, ApproveStep::Post).await
+    }
+
+    /// [`Vault::approve_request`] stopping after step `last`, as a crash would: for
+    /// tests of the recovery.
+    #[doc(hidden)]
+    pub async fn approve_request_until(
+        &self,
+        id: &str,
+        last: ApproveStep,
+    ) -> Result<ConsentOutcome> {
+        let (address, request, card, inbox) = self.find_request(id).await?;
         let now = now_ms();
-        if request.end_ms <= now {
+        let grant_id = consent_grant_id(&inbox, &address);
+        let existing = {
+            let state = self.state.lock().await;
+            state.root.grants.iter().any(|g| g.id == grant_id)
+        };
+        if !existing {
+            // A channel without the grant: an earlier, interrupted approval made the
+            // grant and it was revoked (or expired) since. Its id (and channel) cannot
+            // serve a new grant.
+            let channel = crate::contribution::channel_slot(&self.slot, &grant_id);
+            if slotmove::read(&self.net, channel, "grant channel")
+                .await?
+                .is_some()
+            {
+                return Err(EhiError::InvalidArgument(format!(
+                    "request {id}: an interrupted approval made grant {}, which was revoked \
+                     or expired since; deny this request and ask the app for a new one",
+                    hex::encode(grant_id)
+                )));
+            }
+        }
+        if request.end_ms <= now && !existing {
             return Err(EhiError::InvalidArgument(format!(
                 "request {id}: the period it asks for ended at {}",
                 instant(request.end_ms)
             )));
         }
         let (info, ticket) = self
-            .grant(GrantRequest {
-                app: card.clone(),
-                scopes: request.scopes.clone(),
-                access: request.access,
-                duration_ms: request.end_ms - now,
-                purpose: request.purpose.clone(),
-            })
+            .grant_with_id(
+                GrantRequest {
+                    app: card.clone(),
+                    scopes: request.scopes.clone(),
+                    access: request.access,
+                    duration_ms: request.end_ms.saturating_sub(now).max(1),
+                    purpose: request.purpose.clone(),
+                },
+                grant_id,
+            )
             .await?;
+        let outcome = ConsentOutcome {
+            request: consent::request_id(&address),
+            app_name: card.name.clone(),
+            consent_id: consent_id(&address),
+            grant: Some((info.clone(), ticket.clone())),
+        };
+        if last == ApproveStep::Grant {
+            return Ok(outcome);
+        }
         // Every grant gets its channel: contributions (contribute grants) and the app's
         // audit reports (all grants).
         self.publish_channel(&info.id).await?;
+        if last == ApproveStep::Channel {
+            return Ok(outcome);
+        }
         let ticket_json = serde_json::to_string(&ticket)
             .map_err(|e| EhiError::Crypto(format!("encoding the ticket: {e}")))?;
-        self.decide(address, &request, &card, Some((&info.id, ticket_json)), "")
-            .await?;
-        Ok(ConsentOutcome {
-            request: consent::request_id(&address),
-            app_name: card.name,
-            consent_id: consent_id(&address),
-            grant: Some((info, ticket)),
-        })
+        self.decide(
+            address,
+            &request,
+            &card,
+            Some((&info.id, ticket_json)),
+            "",
+            last,
+        )
+        .await?;
+        Ok(outcome)
     }
 
     /// Denies request `id`: keeps a `Consent` (status `rejected`, provision `deny`),
-    /// logs the decision and posts the signed refusal (with `note`) to the app.
+    /// logs the decision and posts the signed refusal (with `note`) to the app. A grant
+    /// left by an interrupted approval of the same request is revoked first.
     pub async fn deny_request(&self, id: &str, note: &str) -> Result<ConsentOutcome> {
-        let (address, request, card) = self.find_request(id).await?;
-        self.decide(address, &request, &card, None, note).await?;
+        let (address, request, card, inbox) = self.find_request(id).await?;
+        let grant_id = hex::encode(consent_grant_id(&inbox, &address));
+        match self.revoke(&grant_id, false).await {
+            Ok(_) | Err(EhiError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        self.decide(address, &request, &card, None, note, ApproveStep::Post)
+            .await?;
         Ok(ConsentOutcome {
             request: consent::request_id(&address),
             app_name: card.name,
@@ -321,6 +422,7 @@ impl Vault {
         card: &crate::app::VerifiedCard,
         grant: Option<(&str, String)>,
         note: &str,
+        last: ApproveStep,
     ) -> Result<()> {
         let approved = grant.is_some();
         let request_id = consent::request_id(&address);
@@ -343,8 +445,20 @@ impl Vault {
                             "entry": [{"resource": resource}]});
         let bytes = serde_json::to_vec(&bundle)
             .map_err(|e| EhiError::Crypto(format!("encoding the Consent: {e}")))?;
-        self.import(vec![Input::from_bytes("consent decision", bytes)])
-            .await?;
+        // Imported once: an attempt interrupted after the import left it there.
+        let status = if approved { "active" } else { "rejected" };
+        let present = match self.read("Consent", &consent_id).await {
+            Ok(existing) => existing["status"] == status,
+            Err(EhiError::NotFound(_)) => false,
+            Err(e) => return Err(e),
+        };
+        if !present {
+            self.import(vec![Input::from_bytes("consent decision", bytes)])
+                .await?;
+        }
+        if last == ApproveStep::Consent {
+            return Ok(());
+        }
 
         let reply_slot = Id::from_bytes(request.reply_slot);
         let decision = DecisionPayload {
@@ -357,7 +471,8 @@ impl Vault {
             note: note.chars().take(1000).collect(),
         };
         let sealed = consent::seal_decision(&self.signing, &card.hpke_key, &reply_slot, &decision)?;
-        let decision_address = Id::of_content(&sealed);
+        // Stored before the record names it, so it can be posted again after a crash.
+        let decision_address = letter::store(&self.net, sealed).await?;
         let record = RequestRecord {
             address: *address.as_bytes(),
             app_name: card.name.clone(),
@@ -396,26 +511,40 @@ impl Vault {
         )
         .with_entities(entities);
         audit.purpose = Some(request.purpose.clone());
-        self.commit_extension(
-            move |root| {
-                if root
-                    .ext
-                    .requests
-                    .iter()
-                    .any(|r| r.address == record.address)
-                {
-                    return Err(EhiError::InvalidArgument(format!(
-                        "request {} was decided on another device meanwhile",
-                        consent::request_id(&Id::from_bytes(record.address))
-                    )));
-                }
-                root.ext.requests.push(record.clone());
-                Ok(())
-            },
-            &audit,
+        let committed = self
+            .commit_extension(
+                move |root| {
+                    if root
+                        .ext
+                        .requests
+                        .iter()
+                        .any(|r| r.address == record.address)
+                    {
+                        return Err(EhiError::InvalidArgument(format!(
+                            "request {} was decided on another device meanwhile",
+                            consent::request_id(&Id::from_bytes(record.address))
+                        )));
+                    }
+                    root.ext.requests.push(record.clone());
+                    Ok(())
+                },
+                &audit,
+            )
+            .await;
+        if let Err(e) = committed {
+            self.net.unpin_quietly(&[decision_address]).await;
+            return Err(e);
+        }
+        if last == ApproveStep::Record {
+            return Ok(());
+        }
+        letter::append(
+            &self.net,
+            reply_slot,
+            decision_address,
+            "the app's reply slot",
         )
         .await?;
-        letter::post(&self.net, reply_slot, sealed, "the app's reply slot").await?;
         Ok(())
     }
 
@@ -465,6 +594,34 @@ impl Vault {
             attempts: self.options.max_attempts,
         })
     }
+}
+
+/// The steps of approving a request, in order ([`Vault::approve_request_until`]).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApproveStep {
+    /// The grant is committed.
+    Grant,
+    /// Its channel is opened.
+    Channel,
+    /// The `Consent` is imported.
+    Consent,
+    /// The decision is recorded in the root (and logged).
+    Record,
+    /// The decision is posted to the app (everything).
+    Post,
+}
+
+/// BLAKE3 context of the key deriving a consent grant's id (see the module docs).
+const CONTEXT_CONSENT_GRANT: &str = "invariant ehi-layer v1 consent grant id";
+
+/// The id of the grant that approving the request at `address` makes.
+fn consent_grant_id(inbox: &InboxRecord, address: &Id) -> [u8; 16] {
+    let key = inbox.hpke_seed.derive(CONTEXT_CONSENT_GRANT);
+    let hash = blake3::keyed_hash(key.expose(), address.as_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&hash.as_bytes()[..16]);
+    id
 }
 
 /// The `Consent` id of the request stored at `address`.

@@ -13,6 +13,7 @@ use crate::format::GrantRecord;
 use crate::grant::{
     self, Access, GrantInfo, GrantPayload, GrantRequest, GrantTicket, GrantedScope,
 };
+use crate::slotmove;
 
 /// What a revocation did.
 #[derive(Clone, Debug)]
@@ -65,6 +66,18 @@ impl Vault {
     /// to the app's HPKE key, signed by the patient, through a new per-grant slot.
     /// Returns the grant and the ticket to hand to the app.
     pub async fn grant(&self, request: GrantRequest) -> Result<(GrantInfo, GrantTicket)> {
+        self.grant_with_id(request, random_bytes()?).await
+    }
+
+    /// [`Vault::grant`] with the grant id chosen by the caller (consent approvals derive
+    /// it from the request, so that approving again after a crash finds the grant).
+    /// When the root already holds a grant with that id, nothing is committed and that
+    /// grant is returned (its slot pointed at its sealed grant again).
+    pub(super) async fn grant_with_id(
+        &self,
+        request: GrantRequest,
+        id: [u8; 16],
+    ) -> Result<(GrantInfo, GrantTicket)> {
         let scopes: BTreeSet<Scope> = request.scopes.iter().copied().collect();
         if scopes.is_empty() {
             return Err(EhiError::InvalidArgument("grant at least one scope".into()));
@@ -82,7 +95,7 @@ impl Vault {
             .ed25519_slot()
             .ok_or_else(|| EhiError::Crypto("grant slot key".into()))?;
         let mut record = GrantRecord {
-            id: random_bytes()?,
+            id,
             app_name: request.app.name.clone(),
             app_signing: request.app.signing_key,
             app_hpke: request.app.hpke_key,
@@ -98,6 +111,13 @@ impl Vault {
         let mut state = self.state.lock().await;
         for attempt in 1..=self.options.max_attempts {
             self.refresh_state(&mut state).await?;
+            if let Some(existing) = state.root.grants.iter().find(|g| g.id == id).cloned() {
+                drop(state);
+                self.publish_grant_slot(&existing).await?;
+                let info = GrantInfo::of(&existing, now_ms());
+                let ticket = info.ticket(self.slot, self.net.slots_server());
+                return Ok((info, ticket));
+            }
             let blob = self.seal_grant_blob(&state.root, &record, now)?;
             record.sealed = *blob.address.as_bytes();
             let mut root = state.root.clone();
@@ -151,8 +171,8 @@ impl Vault {
     /// Revokes grant `id` (see [`crate::grant`]): every scope it covered moves to a new
     /// key epoch (manifests re-sealed under it, so the app can no longer open them),
     /// remaining grants covering those scopes are re-sealed with the new keys, the grant
-    /// slot is pointed at the tombstone, and everything written afterwards uses the new
-    /// epoch. With `reencrypt`, every stored version of those scopes is re-encrypted
+    /// slot and the grant's channel are pointed at the tombstone (the channel header is
+    /// unpinned), and everything written afterwards uses the new epoch. With `reencrypt`, every stored version of those scopes is re-encrypted
     /// under the new key and the old blobs are unpinned. What the app already read or
     /// copied cannot be taken back.
     pub async fn revoke(&self, id: &str, reencrypt: bool) -> Result<RevokeReport> {
@@ -347,6 +367,12 @@ impl Vault {
                     }
                 }
                 self.tombstone_grant_slot(&revoked).await;
+                // Its channel is no longer read: tombstone it, unpin its header.
+                match self.close_channel(&revoked).await {
+                    Ok(Some(header)) => superseded.push(header),
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!(error = %e, "closing a revoked grant's channel"),
+                }
                 let unpinned = self.net.unpin(&superseded).await.unwrap_or(0);
                 return Ok(RevokeReport {
                     grant: hex::encode(revoked.id),
@@ -504,36 +530,20 @@ impl Vault {
     /// Points a revoked grant's slot at the public tombstone (best effort: the key
     /// rotation, not the slot, is what ends the access).
     pub(super) async fn tombstone_grant_slot(&self, record: &GrantRecord) {
-        let tombstone = Blob {
-            address: tombstone_address(),
-            bytes: bytes::Bytes::from_static(TOMBSTONE),
-        };
-        if let Err(e) = self.net.put(&tombstone).await {
-            tracing::warn!(error = %e, "storing the tombstone");
-            return;
-        }
-        let slot = Id::from_bytes(record.slot_id);
         let signer = SlotSigner::ed25519_from_seed(record.slot_seed.expose());
-        for _ in 0..3 {
-            let Ok(Some(current)) = self.net.slots().get(&slot).await else {
-                return;
-            };
-            if current.address == tombstone.address {
-                return;
-            }
-            match self
-                .net
-                .slots()
-                .update_signed(&slot, &signer, &current.address, &tombstone.address)
-                .await
-            {
-                Ok(()) => return,
-                Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => continue,
-                Err(e) => {
-                    tracing::warn!(error = %e, "tombstoning a grant slot");
-                    return;
-                }
-            }
+        let result = async {
+            slotmove::store_tombstone(&self.net).await?;
+            slotmove::tombstone(
+                &self.net,
+                Id::from_bytes(record.slot_id),
+                Some(&signer),
+                "grant",
+            )
+            .await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "tombstoning a grant slot");
         }
     }
 }
