@@ -284,7 +284,21 @@ where
     let mut body = body;
     let store = state.store().clone();
 
-    if declared.is_some_and(|len| len <= INLINE_WRITE) {
+    // Bodies the store packs are received whole (one sync per batch of concurrent
+    // uploads, see `pack`); above the small inline size they draw on a shared memory
+    // budget, and stream through a temp file like larger blobs when it is spent.
+    let packed_max = store.pack_max_blob() as u64;
+    let mut budget = None;
+    let whole = match declared {
+        Some(len) if len <= INLINE_WRITE => true,
+        Some(len) if len <= packed_max => {
+            let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
+            budget = state.receive_budget().try_acquire_many_owned(kib).ok();
+            budget.is_some()
+        }
+        _ => false,
+    };
+    if whole {
         let mut data = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
         while let Some(chunk) = body.next().await {
             let chunk =
@@ -295,10 +309,12 @@ where
             data.extend_from_slice(&chunk);
         }
         let data = data.freeze();
-        return match tokio::task::spawn_blocking(move || store.put(&data, expected)).await {
+        let stored = match tokio::task::spawn_blocking(move || store.put(&data, expected)).await {
             Ok(result) => result.map_err(store_error),
             Err(e) => Err(ApiError::internal("writing blob", e)),
         };
+        drop(budget);
+        return stored;
     }
 
     // Stream to disk: a blocking task hashes and writes what this task receives.

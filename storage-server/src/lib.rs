@@ -1,11 +1,13 @@
 //! # storage-server
 //!
 //! The storage role: content-addressed blobs over HTTP (`/storage/`), kept by
-//! [`store::BlobStore`]: one file per blob under `<data-dir>/blobs/`, except small
-//! blobs, which are appended to group-committed packs under `<data-dir>/packs/`.
+//! [`store::BlobStore`]: one file per blob under `<data-dir>/blobs/`, except blobs up
+//! to 2 MiB uploaded whole, which are appended to group-committed packs under
+//! `<data-dir>/packs/`.
 //!
 //! - [`store`]: atomic, fsynced, verified blob files and their listing.
-//! - [`pack`]: small blobs in pack files with a redb index; one sync per batch.
+//! - [`pack`]: blobs up to 2 MiB in pack files with a redb index; one sync per batch
+//!   per packing lane.
 //! - [`http`]: routes and handlers, including the streaming upload pipeline.
 //! - [`range`]: `Range` / `If-None-Match` interpretation.
 //! - [`report`]: reporting held blobs to find servers.
@@ -72,7 +74,13 @@ struct Inner {
     store: BlobStore,
     broker: Option<BrokerClient>,
     reporter: Option<Reporter>,
+    /// KiB of upload bodies that may be held in memory at once (bodies the store
+    /// packs are received whole).
+    receive_budget: Arc<tokio::sync::Semaphore>,
 }
+
+/// Memory for upload bodies received whole: 256 MiB, counted in KiB.
+const RECEIVE_BUDGET_KIB: usize = 256 * 1024;
 
 impl AppState {
     /// State over `store`, resolving peers through `broker` when given.
@@ -90,12 +98,17 @@ impl AppState {
                 store,
                 broker,
                 reporter,
+                receive_budget: Arc::new(tokio::sync::Semaphore::new(RECEIVE_BUDGET_KIB)),
             }),
         }
     }
     /// The blob store.
     pub fn store(&self) -> &BlobStore {
         &self.inner.store
+    }
+    /// The memory budget for upload bodies received whole, in KiB permits.
+    pub(crate) fn receive_budget(&self) -> Arc<tokio::sync::Semaphore> {
+        Arc::clone(&self.inner.receive_budget)
     }
     /// The broker client, if a broker is configured.
     pub fn broker(&self) -> Option<&BrokerClient> {

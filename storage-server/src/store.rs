@@ -55,7 +55,7 @@ const TMP_SUFFIX: &str = ".partial";
 
 impl BlobStore {
     /// Opens (creating if needed) the store under `data_dir/blobs`, removing temp files
-    /// left by an earlier crash, with packs for small blobs under `data_dir/packs`.
+    /// left by an earlier crash, with packs for blobs written whole under `data_dir/packs`.
     pub fn open(data_dir: &Path, max_blob_size: u64) -> io::Result<BlobStore> {
         BlobStore::open_with(data_dir, max_blob_size, PackConfig::default())
     }
@@ -94,7 +94,12 @@ impl BlobStore {
         })
     }
 
-    /// The packs of small blobs, if packing is on.
+    /// The largest blob written to packs (0 when packing is off).
+    pub fn pack_max_blob(&self) -> usize {
+        self.packs.as_ref().map_or(0, |p| p.config().max_blob)
+    }
+
+    /// The packs, if packing is on.
     pub fn packs(&self) -> Option<&Arc<Packs>> {
         self.packs.as_ref()
     }
@@ -434,6 +439,7 @@ mod tests {
     const NO_PACKS: PackConfig = PackConfig {
         max_blob: 0,
         max_pack: 0,
+        lanes: 0,
     };
 
     /// A store writing every blob as a file (the file-layout tests).
@@ -446,7 +452,7 @@ mod tests {
     #[test]
     fn small_blobs_are_packed_and_large_ones_are_files() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = BlobStore::open(dir.path(), 1 << 20).expect("open");
+        let store = BlobStore::open(dir.path(), 4 << 20).expect("open");
         let small = store.put(b"small", None).expect("put");
         let large_data = vec![7u8; PackConfig::default().max_blob + 1];
         let large = store.put(&large_data, None).expect("put");
@@ -472,7 +478,7 @@ mod tests {
         assert_eq!(listed, expected);
 
         drop(store);
-        let store = BlobStore::open(dir.path(), 1 << 20).expect("reopen");
+        let store = BlobStore::open(dir.path(), 4 << 20).expect("reopen");
         assert_eq!(store.size(&small).expect("size"), Some(5));
         assert_eq!(store.list().count(), 2);
     }
