@@ -151,6 +151,24 @@ async fn get_blob(
     let store = state.store().clone();
     let request_headers = headers.clone();
     let opened = blocking("reading blob", move || {
+        // A packed blob read whole in memory needs no file of its own.
+        if let Some(location) = store.packed(&id)? {
+            let len = u64::from(location.len);
+            let selection = range::select(&request_headers, &id, len);
+            let (start, count) = match selection {
+                Selection::Unsatisfiable => return Ok(Opened::Unsatisfiable(len)),
+                Selection::Full => (0, len),
+                Selection::Partial { start, end } => (start, end - start + 1),
+            };
+            if count <= INLINE_READ {
+                let data = store.read_packed(&location, start, count as usize)?;
+                return Ok(Opened::Inline {
+                    data,
+                    selection,
+                    len,
+                });
+            }
+        }
         let Some((mut file, base, len)) = store.open_blob(&id)? else {
             return Ok(Opened::Absent);
         };

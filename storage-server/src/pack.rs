@@ -21,12 +21,12 @@
 //! length are scanned, their records verified against their addresses and indexed; a
 //! short or mismatched record is a torn tail that was never acknowledged, and is cut.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::{Duration, Instant};
 
 use invariant_spec::Id;
@@ -153,6 +153,8 @@ pub struct Packs {
     /// appended once).
     queues: Mutex<Option<Vec<mpsc::Sender<Request>>>>,
     threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Read handles of the packs (packs only grow, so a handle stays valid).
+    readers: RwLock<HashMap<u32, Arc<File>>>,
     stats: Arc<PackStats>,
 }
 
@@ -255,6 +257,7 @@ impl Packs {
             config,
             queues: Mutex::new(Some(queues)),
             threads: Mutex::new(threads),
+            readers: RwLock::new(HashMap::new()),
             stats,
         })
     }
@@ -310,6 +313,35 @@ impl Packs {
     pub fn open_at(&self, location: &Location) -> io::Result<File> {
         let mut file = File::open(pack_path(&self.dir, location.pack))?;
         file.seek(SeekFrom::Start(location.offset))?;
+        Ok(file)
+    }
+
+    /// Reads `count` bytes of the blob at `location`, from byte `start` of the blob,
+    /// through a cached read handle of its pack (no open per read).
+    pub fn read_at(&self, location: &Location, start: u64, count: usize) -> io::Result<Vec<u8>> {
+        use std::os::unix::fs::FileExt as _;
+        if start + count as u64 > u64::from(location.len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "read past the end of a packed blob",
+            ));
+        }
+        let file = self.reader(location.pack)?;
+        let mut out = vec![0u8; count];
+        file.read_exact_at(&mut out, location.offset + start)?;
+        Ok(out)
+    }
+
+    fn reader(&self, pack: u32) -> io::Result<Arc<File>> {
+        if let Ok(readers) = self.readers.read()
+            && let Some(file) = readers.get(&pack)
+        {
+            return Ok(Arc::clone(file));
+        }
+        let file = Arc::new(File::open(pack_path(&self.dir, pack))?);
+        if let Ok(mut readers) = self.readers.write() {
+            readers.insert(pack, Arc::clone(&file));
+        }
         Ok(file)
     }
 

@@ -129,6 +129,27 @@ impl BlobStore {
         }
     }
 
+    /// Where blob `id` is if it is packed.
+    pub fn packed(&self, id: &Id) -> io::Result<Option<crate::pack::Location>> {
+        match &self.packs {
+            Some(packs) => packs.locate(id),
+            None => Ok(None),
+        }
+    }
+
+    /// Reads `count` bytes from byte `start` of the packed blob at `location`.
+    pub fn read_packed(
+        &self,
+        location: &crate::pack::Location,
+        start: u64,
+        count: usize,
+    ) -> io::Result<Vec<u8>> {
+        match &self.packs {
+            Some(packs) => packs.read_at(location, start, count),
+            None => Err(io::Error::other("packing is off")),
+        }
+    }
+
     /// Opens blob `id` for reading: the file positioned at the blob's first byte,
     /// that byte's offset in the file, and the blob's size; `None` if absent.
     pub fn open_blob(&self, id: &Id) -> io::Result<Option<(File, u64, u64)>> {
