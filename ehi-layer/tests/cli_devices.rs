@@ -6,30 +6,13 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use common::cli::{command, ehi, ok, text};
 use common::{PASSPHRASE, TestNet, patient_bundle};
 use serde_json::Value;
-
-fn command(home: &Path, broker: &str, args: &[&str]) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ehi"));
-    command
-        .args(args)
-        .env("HOME", home)
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("EHI_KEYSTORE")
-        .env("INVARIANT_BROKER", broker)
-        .env("EHI_PASSPHRASE", PASSPHRASE)
-        .stdin(Stdio::null());
-    command
-}
-
-async fn ehi(home: &Path, broker: &str, args: &[&str]) -> anyhow::Result<Output> {
-    let mut command = command(home, broker, args);
-    Ok(tokio::task::spawn_blocking(move || command.output()).await??)
-}
 
 /// Starts `ehi` with piped stdout; its lines arrive on the channel.
 fn spawn(
@@ -37,7 +20,8 @@ fn spawn(
     broker: &str,
     args: &[&str],
 ) -> anyhow::Result<(Child, mpsc::Receiver<String>)> {
-    let mut child = command(home, broker, args)
+    let mut child = command(home, broker, PASSPHRASE)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -55,15 +39,6 @@ fn spawn(
         }
     });
     Ok((child, rx))
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn ok(out: &Output) -> anyhow::Result<()> {
-    anyhow::ensure!(out.status.success(), "failed: {}", text(&out.stderr));
-    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

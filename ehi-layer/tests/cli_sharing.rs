@@ -4,28 +4,11 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 
+use common::cli::{ehi, text};
 use common::{PASSPHRASE, TestNet, patient_bundle};
 use ehi_layer::{AppKeystore, AppSession, GrantTicket, Network};
 use serde_json::Value;
-
-async fn ehi(home: &Path, broker: &str, args: Vec<String>) -> anyhow::Result<Output> {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ehi"));
-    command
-        .args(args)
-        .env("HOME", home)
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("EHI_KEYSTORE")
-        .env("INVARIANT_BROKER", broker)
-        .env("EHI_PASSPHRASE", PASSPHRASE)
-        .stdin(std::process::Stdio::null());
-    Ok(tokio::task::spawn_blocking(move || command.output()).await??)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cli_grants_lists_audits_and_revokes() -> anyhow::Result<()> {
@@ -36,7 +19,7 @@ async fn the_cli_grants_lists_audits_and_revokes() -> anyhow::Result<()> {
         ehi(
             home.path(),
             &broker,
-            args.iter().map(|s| s.to_string()).collect(),
+            args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         )
     };
     let path = |p: &Path| p.to_string_lossy().into_owned();

@@ -15,15 +15,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 fn ehi(home: &Path, broker: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ehi"));
-    command
-        .env("HOME", home)
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("EHI_KEYSTORE")
-        .env("INVARIANT_BROKER", broker)
-        .env("EHI_PASSPHRASE", PASSPHRASE)
-        .stdin(Stdio::null());
-    command
+    common::cli::command(home, broker, PASSPHRASE)
 }
 
 fn run(home: &Path, broker: &str, args: &[&str]) -> anyhow::Result<String> {

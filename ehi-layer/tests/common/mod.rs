@@ -1,9 +1,11 @@
 //! Test harness: a real local invariant network started in-process (broker, three
 //! storage servers, slots, distributor — each on 127.0.0.1:0 over its own temporary
 //! directory), keystores with cheap Argon2 parameters, hand-written FHIR bundles and
-//! Synthea generation.
+//! Synthea generation; [`cli`] runs the `ehi` binary.
 
 #![allow(dead_code)]
+
+pub mod cli;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
