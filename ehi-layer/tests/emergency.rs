@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestNet, input, patient_bundle};
+use common::TestNet;
 use ehi_layer::audit::is_emergency;
 use ehi_layer::emergency::{self, EmergencyAccess, EmergencyTicket};
 use ehi_layer::{AppKeystore, EhiError, Network, Scope};
@@ -13,10 +13,7 @@ use ehi_layer::{AppKeystore, EhiError, Network, Scope};
 async fn break_glass_is_logged_flagged_and_surfaced_until_acknowledged() -> anyhow::Result<()> {
     let net = TestNet::start(2, true).await?;
     let dir = tempfile::tempdir()?;
-    let (keystore, _path, vault) = net.new_vault(dir.path()).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (keystore, _path, vault) = net.new_patient_vault(dir.path()).await?;
     assert!(emergency::policy(&vault, &keystore).await?.is_none());
     assert!(emergency::pending(&vault, &keystore).await?.is_empty());
 

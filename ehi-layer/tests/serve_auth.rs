@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use common::{TestNet, input, patient_bundle};
+use common::{TestNet, input};
 use ehi_layer::grant::GrantRequest;
 use ehi_layer::serve::{self, Claims, ServeOptions, TokenKey};
 use ehi_layer::{Access, AppKeystore, GrantInfo, Scope, Vault};
@@ -55,10 +55,7 @@ type Setup = (
 async fn setup() -> anyhow::Result<Setup> {
     let net = TestNet::start(1, false).await?;
     let dir = tempfile::tempdir()?;
-    let (keystore, _path, vault) = net.new_vault(dir.path()).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (keystore, _path, vault) = net.new_patient_vault(dir.path()).await?;
     let key = TokenKey::from_keystore(&keystore);
     Ok((net, dir, keystore, key, Arc::new(vault)))
 }
