@@ -355,12 +355,7 @@ async fn removing_a_device_re_keys_the_emergency_policy() -> anyhow::Result<()> 
     let new_bytes = blob_bytes(&net, &new_address)?;
     assert!(!emergency::opens_policy(&joined, &new_bytes));
     assert!(!emergency::opens_policy(&keystore, &new_bytes));
-    let broker = invariant_spec::BrokerClient::new(&net.broker_url)?;
-    let slots_url = broker
-        .resolve(&broker.registered("slots").await?[0])
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("slots"))?;
-    let slots = invariant_spec::SlotsClient::new(&slots_url)?;
+    let slots = common::slots_client(&net).await?;
     assert_eq!(
         slots.get(&old_slot).await?.map(|s| s.address),
         Some(ehi_layer::tombstone_address())

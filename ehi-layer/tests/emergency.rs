@@ -179,12 +179,7 @@ async fn replacing_the_policy_cuts_off_the_old_holder() -> anyhow::Result<()> {
         .await
         .expect_err("closed log");
     assert!(matches!(err, EhiError::Revoked { .. }), "{err}");
-    let broker = invariant_spec::BrokerClient::new(&net.broker_url)?;
-    let slots_url = broker
-        .resolve(&broker.registered("slots").await?[0])
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("slots"))?;
-    let slots = invariant_spec::SlotsClient::new(&slots_url)?;
+    let slots = common::slots_client(&net).await?;
     assert_eq!(
         slots.get(&current.log_slot).await?.map(|s| s.address),
         Some(ehi_layer::tombstone_address())
