@@ -703,3 +703,35 @@ async fn summary_type_filter_and_cache() -> anyhow::Result<()> {
     net.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_warm_up_a_refresh_does_not_warm_the_cache() -> anyhow::Result<()> {
+    // warm_up: false means no warm-up at start nor after a refresh that brought
+    // another device's changes (the emptied cache fills only as requests read).
+    let (net, _dir, keystore, key, vault) = setup().await?;
+    let server = serve::start_with(
+        vault.clone(),
+        key.clone(),
+        "127.0.0.1:0".parse()?,
+        ServeOptions {
+            warm_up: false,
+            ..ServeOptions::default()
+        },
+    )
+    .await?;
+    tokio::time::timeout(Duration::from_secs(30), server.warmed()).await?;
+    assert_eq!(server.cached(), 0);
+    let other = Vault::open(net.connect(Some(&keystore)).await?, &keystore).await?;
+    let obs = json!({"resourceType": "Observation", "id": "elsewhere", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": format!("Patient/{PATIENT}")},
+        "effectiveDateTime": "2022-01-01T08:00:00Z", "valueQuantity": {"value": 70}});
+    other.import(vec![input("elsewhere.json", &obs)]).await?;
+    server.refresh().await?;
+    tokio::time::timeout(Duration::from_secs(30), server.warmed()).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.cached(), 0, "no warm-up after the refresh");
+    server.stop().await?;
+    net.stop().await;
+    Ok(())
+}

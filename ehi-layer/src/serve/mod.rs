@@ -166,6 +166,9 @@ pub(crate) struct AppState {
     oauth: oauth::OAuth,
     audit: Option<audit::AuditBuffer>,
     warmed: watch::Sender<bool>,
+    /// [`ServeOptions::warm_up`]: whether a refresh that changed the resources warms
+    /// the emptied cache again.
+    warm_up: bool,
 }
 
 /// Decrypted current versions, in memory only (never on disk), keyed by `(type, id)`:
@@ -484,7 +487,7 @@ async fn refresh(state: &Arc<AppState>) -> Result<(), ServeError> {
         changed
     };
     if changed {
-        rewarm(state, true);
+        rewarm(state, state.warm_up);
     }
     Ok(())
 }
@@ -536,6 +539,7 @@ pub async fn start_with(
             .audit
             .then(|| audit::AuditBuffer::new(options.audit_batch)),
         warmed,
+        warm_up: options.warm_up,
     });
     if options.warm_up {
         tokio::spawn(warm_up(state.clone()));
