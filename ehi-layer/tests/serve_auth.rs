@@ -735,3 +735,48 @@ async fn without_warm_up_a_refresh_does_not_warm_the_cache() -> anyhow::Result<(
     net.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn authorize_refuses_a_redirect_uri_that_cannot_be_a_location() -> anyhow::Result<()> {
+    // A redirect_uri with a space, a control character or non-ASCII text cannot be
+    // sent back in a Location header: 400 JSON, not a 302 without a Location.
+    let (net, _dir, _keystore, key, vault) = setup().await?;
+    let meds = grant(&vault, "MedTracker", &[Scope::Medications], DAY_MS).await?;
+    let client_id = "medtracker-7f3a9c2e41b84d0e";
+    let server = serve::start_with(
+        vault.clone(),
+        key.clone(),
+        "127.0.0.1:0".parse()?,
+        ServeOptions {
+            clients: vec![(client_id.to_string(), meds.id.clone())],
+            ..ServeOptions::default()
+        },
+    )
+    .await?;
+    let base = server.url().to_string();
+    let http = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let challenge = serve::oauth::s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk-extra");
+    for redirect in [
+        "http://127.0.0.1:9/caf\u{e9}",
+        "http://127.0.0.1:9/a b",
+        "http://127.0.0.1:9/a\nb",
+    ] {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("response_type", "code")
+            .append_pair("client_id", client_id)
+            .append_pair("redirect_uri", redirect)
+            .append_pair("aud", &base)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256")
+            .finish();
+        let resp = http.get(format!("{base}/authorize?{query}")).send().await?;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{redirect:?}");
+        let body: Value = resp.json().await?;
+        assert_eq!(body["error"], "invalid_request", "{redirect:?}");
+    }
+    server.stop().await?;
+    net.stop().await;
+    Ok(())
+}

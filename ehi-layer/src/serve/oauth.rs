@@ -215,12 +215,16 @@ pub(crate) async fn authorize(state: &AppState, pairs: &Pairs) -> Response {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    // Visible ASCII only: anything else cannot stand in the Location header (the
+    // redirect would go out without one).
     if !(redirect_uri.starts_with("https://") || redirect_uri.starts_with("http://"))
         || redirect_uri.contains('#')
+        || !redirect_uri.bytes().all(|b| b.is_ascii_graphic())
     {
         return OAuthError::new(
             "invalid_request",
-            "redirect_uri must be an absolute http(s) url without a fragment",
+            "redirect_uri must be an absolute http(s) url without a fragment, in visible \
+             ASCII (percent-encoded)",
         )
         .into_response();
     }
