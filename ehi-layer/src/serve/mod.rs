@@ -569,8 +569,12 @@ pub async fn start_with(
                     }
                 }
                 _ = revoked_tick.tick() => {
-                    if let Err(e) = state.auth.reload_revoked() {
-                        tracing::warn!(error = %e, "reading the revoked tokens");
+                    // File I/O: off the runtime threads.
+                    let reader = state.clone();
+                    match tokio::task::spawn_blocking(move || reader.auth.reload_revoked()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "reading the revoked tokens"),
+                        Err(e) => tracing::warn!(error = %e, "reading the revoked tokens"),
                     }
                 }
                 _ = audit_tick.tick() => {
