@@ -236,15 +236,9 @@ async fn run(
     };
     let resources: Vec<Value> = match level {
         Level::System => {
-            let refs: Vec<(String, String)> = state
-                .vault
-                .list()
+            let refs: Vec<(String, String)> = super::current_refs(&state.vault)
                 .await
                 .into_iter()
-                .filter_map(|r| {
-                    r.split_once('/')
-                        .map(|(t, id)| (t.to_string(), id.to_string()))
-                })
                 .filter(|(t, id)| wanted(t) && passes(t, id))
                 .collect();
             let total = refs.len();
