@@ -14,22 +14,7 @@ use serde_json::{Value, json};
 
 /// The stored bytes of the vault's current root, read from a storage server's disk.
 async fn root_bytes(net: &TestNet, vault: &Vault) -> anyhow::Result<Vec<u8>> {
-    let address = vault.status().await?.root.to_string();
-    for file in net.blob_files() {
-        let name: String = file
-            .iter()
-            .rev()
-            .take(3)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
-        if name == address {
-            return Ok(std::fs::read(file)?);
-        }
-    }
-    anyhow::bail!("root {address} is on no storage server")
+    blob_bytes(net, &vault.status().await?.root)
 }
 
 fn observation(id: &str, value: f64) -> Value {
