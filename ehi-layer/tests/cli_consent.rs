@@ -4,10 +4,8 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::cli::{ehi, text};
-use common::{TestNet, patient_bundle};
+use common::TestNet;
+use common::cli::{ehi, init_with_patient, text};
 use ehi_layer::consent::{self, ConsentAsk, Decision, InboxCard};
 use ehi_layer::{Access, AppKeystore, AppSession, GrantTicket, Network, Scope};
 use serde_json::{Value, json};
@@ -34,13 +32,8 @@ async fn the_cli_decides_requests_and_reviews_contributions() -> anyhow::Result<
             args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         )
     };
-    let path = |p: &Path| p.to_string_lossy().into_owned();
 
-    assert!(run(&["init"]).await?.status.success());
-    let bundle = home.path().join("patient.json");
-    std::fs::write(&bundle, serde_json::to_vec(&patient_bundle())?)?;
-    let out = run(&["import", &path(&bundle)]).await?;
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    init_with_patient(home.path(), &broker).await?;
 
     // No inbox yet: nothing pending.
     let out = run(&["requests"]).await?;

@@ -10,8 +10,8 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::cli::{command, ehi, ok, text};
-use common::{PASSPHRASE, TestNet, patient_bundle};
+use common::cli::{command, ehi, init_with_patient, ok, text};
+use common::{PASSPHRASE, TestNet};
 use serde_json::Value;
 
 /// Starts `ehi` with piped stdout; its lines arrive on the channel.
@@ -49,10 +49,7 @@ async fn the_cli_sets_uses_surfaces_and_acknowledges_break_glass() -> anyhow::Re
     let h = home.path();
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
-    ok(&ehi(h, &broker, &["init"]).await?)?;
-    let bundle = h.join("patient.json");
-    std::fs::write(&bundle, serde_json::to_vec(&patient_bundle())?)?;
-    ok(&ehi(h, &broker, &["import", &path(&bundle)]).await?)?;
+    init_with_patient(h, &broker).await?;
 
     let app = h.join("er.json");
     let out = ehi(
@@ -195,10 +192,7 @@ async fn the_cli_pairs_watches_lists_and_removes_devices() -> anyhow::Result<()>
     let (a, b, c) = (home_a.path(), home_b.path(), home_c.path());
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
-    ok(&ehi(a, &broker, &["init"]).await?)?;
-    let bundle = a.join("patient.json");
-    std::fs::write(&bundle, serde_json::to_vec(&patient_bundle())?)?;
-    ok(&ehi(a, &broker, &["import", &path(&bundle)]).await?)?;
+    init_with_patient(a, &broker).await?;
 
     // A invites; the code is the first line on stdout.
     let (inviter, lines) = spawn(a, &broker, &["device", "invite", "--expires", "2m"])?;

@@ -5,8 +5,8 @@ mod common;
 
 use std::path::Path;
 
-use common::cli::{ehi, text};
-use common::{PASSPHRASE, TestNet, patient_bundle};
+use common::cli::{ehi, init_with_patient, text};
+use common::{PASSPHRASE, TestNet};
 use ehi_layer::{AppKeystore, AppSession, GrantTicket, Network};
 use serde_json::Value;
 
@@ -24,11 +24,7 @@ async fn the_cli_grants_lists_audits_and_revokes() -> anyhow::Result<()> {
     };
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
-    assert!(run(&["init"]).await?.status.success());
-    let bundle = home.path().join("patient.json");
-    std::fs::write(&bundle, serde_json::to_vec(&patient_bundle())?)?;
-    let out = run(&["import", &path(&bundle)]).await?;
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    init_with_patient(home.path(), &broker).await?;
 
     // The app developer's side.
     let app_keystore = home.path().join("app.json");

@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use super::PASSPHRASE;
+use super::{PASSPHRASE, patient_bundle};
 
 /// `ehi` (no arguments yet) for the vault under `home`, unlocked with `passphrase`.
 pub fn command(home: &Path, broker: &str, passphrase: &str) -> Command {
@@ -51,4 +51,18 @@ pub fn text(bytes: &[u8]) -> String {
 pub fn ok(out: &Output) -> anyhow::Result<()> {
     anyhow::ensure!(out.status.success(), "failed: {}", text(&out.stderr));
     Ok(())
+}
+
+/// `ehi init`, then `ehi import` of [`patient_bundle`] (written to
+/// `home/patient.json`); fails unless both succeed.
+pub async fn init_with_patient(home: &Path, broker: &str) -> anyhow::Result<()> {
+    ok(&ehi(home, broker, ["init"]).await?)?;
+    let bundle = home.join("patient.json");
+    std::fs::write(&bundle, serde_json::to_vec(&patient_bundle())?)?;
+    ok(&ehi(
+        home,
+        broker,
+        [std::ffi::OsStr::new("import"), bundle.as_os_str()],
+    )
+    .await?)
 }
