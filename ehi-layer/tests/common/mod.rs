@@ -1,7 +1,9 @@
 //! Test harness: a real local invariant network started in-process (broker, three
 //! storage servers, slots, distributor — each on 127.0.0.1:0 over its own temporary
-//! directory), keystores with cheap Argon2 parameters, hand-written FHIR bundles and
-//! Synthea generation; [`cli`] runs the `ehi` binary.
+//! directory), keystores with cheap Argon2 parameters (and new vaults, optionally with
+//! the patient bundle imported), clients of the network's distributor and slots server,
+//! device pairing through an invite code, hand-written FHIR bundles and Synthea
+//! generation; [`cli`] runs the `ehi` binary.
 
 #![allow(dead_code)]
 
