@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use common::{TestNet, distributor, input, pair, patient_bundle, slots_client};
+use common::{TestNet, distributor, pair, slots_client};
 use ehi_layer::consent::{self, ConsentAsk};
 use ehi_layer::device;
 use ehi_layer::emergency::{self, EmergencyAccess};
@@ -62,10 +62,7 @@ async fn removal_tombstones_every_slot_and_unpins_every_block_of_the_patient() -
 {
     let net = TestNet::start(2, true).await?;
     let dir = tempfile::tempdir()?;
-    let (keystore, path, vault) = net.new_vault(&dir.path().join("device")).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (keystore, path, vault) = net.new_patient_vault(&dir.path().join("device")).await?;
     let vault = Arc::new(vault);
     let slots = slots_client(&net).await?;
     let d = distributor(&net).await?;

@@ -225,10 +225,7 @@ async fn invalid_input_commits_nothing_and_names_the_entry() -> anyhow::Result<(
 async fn export_then_reimport_gives_the_same_vault() -> anyhow::Result<()> {
     let net = TestNet::start(3, true).await?;
     let dir = tempfile::tempdir()?;
-    let (_k, _p, vault) = net.new_vault(&dir.path().join("a")).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (_k, _p, vault) = net.new_patient_vault(&dir.path().join("a")).await?;
     vault
         .import(vec![input("update.json", &update_bundle())])
         .await?;
@@ -288,10 +285,7 @@ async fn export_then_reimport_gives_the_same_vault() -> anyhow::Result<()> {
 async fn a_second_device_opens_the_same_vault_from_the_keystore() -> anyhow::Result<()> {
     let net = TestNet::start(3, true).await?;
     let dir = tempfile::tempdir()?;
-    let (_keystore, path, vault) = net.new_vault(dir.path()).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (_keystore, path, vault) = net.new_patient_vault(dir.path()).await?;
 
     // Device B: a copy of the keystore file and the broker url, nothing else.
     let other = tempfile::tempdir()?;
@@ -459,10 +453,7 @@ async fn concurrent_writers_on_two_devices_lose_no_import() -> anyhow::Result<()
 async fn removal_leaves_a_tombstone_and_nothing_decryptable() -> anyhow::Result<()> {
     let net = TestNet::start(3, true).await?;
     let dir = tempfile::tempdir()?;
-    let (keystore, path, vault) = net.new_vault(dir.path()).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (keystore, path, vault) = net.new_patient_vault(dir.path()).await?;
     let backup = dir.path().join("backup.json");
     std::fs::copy(&path, &backup)?;
     let scope_slots: Vec<Id> = vault
