@@ -1,6 +1,8 @@
 //! The patient's side of sharing: granting scopes to apps, listing grants, revoking
 //! them (key rotation, re-sealing for the remaining grantees, optional re-encryption),
-//! and rotating expired grants away. The design is in [`crate::grant`].
+//! and rotating expired grants away. The design is in [`crate::grant`]. Its key
+//! rotation pieces (`new_scope_epoch`, `seal_epoch_manifest`, `Vault::reseal_grants`)
+//! serve device removal too (`vault/devices.rs`).
 //!
 //! Every change here is one new vault root committed by compare-and-swap on the vault
 //! slot (retried on conflict, like imports). Grant slots and scope slots trail the root:
