@@ -453,6 +453,26 @@ async fn smart_authorization_code_flow_with_pkce() -> anyhow::Result<()> {
         (status, &body["error"]),
         (StatusCode::BAD_REQUEST, &json!("invalid_grant"))
     );
+    // An attempt refused for a missing parameter spends the code too.
+    let code = code_for(authorize(&base, &challenge, "S256")).await?;
+    let resp = http
+        .post(format!("{base}/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect),
+            ("client_id", client_id),
+        ]))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let (status, body) = exchange(base.clone(), code, verifier.into(), redirect.into()).await?;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::BAD_REQUEST, &json!("invalid_grant")),
+        "{body}"
+    );
     // A wrong redirect_uri.
     let code = code_for(authorize(&base, &challenge, "S256")).await?;
     let (status, body) = exchange(
