@@ -517,18 +517,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             expires,
             purpose,
         } => {
-            let bytes =
-                std::fs::read(&card).with_context(|| format!("reading {}", card.display()))?;
-            let app = ehi_layer::AppCard::parse(&bytes)?;
-            let mut parsed = Vec::new();
-            for scope in &scopes {
-                parsed.push(
-                    scope
-                        .trim()
-                        .parse::<ehi_layer::Scope>()
-                        .map_err(anyhow::Error::msg)?,
-                );
-            }
+            let (app, parsed) = card_and_scopes(&card, &scopes)?;
             let request = ehi_layer::GrantRequest {
                 app,
                 scopes: parsed,
@@ -701,6 +690,25 @@ fn seen_generation_file(keystore: &Path) -> PathBuf {
     let mut name = keystore.as_os_str().to_owned();
     name.push(".generation");
     PathBuf::from(name)
+}
+
+/// The app card in the file `card` (its signature checked) and the `--scope` names parsed.
+fn card_and_scopes(
+    card: &std::path::Path,
+    scopes: &[String],
+) -> anyhow::Result<(ehi_layer::app::VerifiedCard, Vec<ehi_layer::Scope>)> {
+    let bytes = std::fs::read(card).with_context(|| format!("reading {}", card.display()))?;
+    let app = ehi_layer::AppCard::parse(&bytes)?;
+    let parsed = scopes
+        .iter()
+        .map(|scope| {
+            scope
+                .trim()
+                .parse::<ehi_layer::Scope>()
+                .map_err(anyhow::Error::msg)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((app, parsed))
 }
 
 /// Merges the apps' audit chains (for "last use"); a failure is reported, not fatal.
@@ -1129,18 +1137,7 @@ async fn emergency(
     use ehi_layer::emergency;
     match command {
         EmergencyCommand::Set { card, scopes } => {
-            let bytes =
-                std::fs::read(&card).with_context(|| format!("reading {}", card.display()))?;
-            let holder = ehi_layer::AppCard::parse(&bytes)?;
-            let mut parsed = Vec::new();
-            for scope in &scopes {
-                parsed.push(
-                    scope
-                        .trim()
-                        .parse::<ehi_layer::Scope>()
-                        .map_err(anyhow::Error::msg)?,
-                );
-            }
+            let (holder, parsed) = card_and_scopes(&card, &scopes)?;
             let ticket = emergency::set_policy(vault, keystore, holder, parsed).await?;
             let policy = emergency::policy(vault, keystore)
                 .await?

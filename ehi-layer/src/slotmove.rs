@@ -139,15 +139,24 @@ pub(crate) async fn tombstone(
     Err(EhiError::Contention { attempts: 5 })
 }
 
-/// Every address `slot` ever held (registration first), without the tombstone; empty
-/// when the slot is unknown.
-pub(crate) async fn held(net: &Network, slot: Id, what: &str) -> Result<Vec<Id>> {
-    let history = net
+/// The whole history of `slot` (empty when the slot is unknown).
+async fn history(
+    net: &Network,
+    slot: Id,
+    what: &str,
+) -> Result<Vec<invariant_spec::slots::SlotState>> {
+    Ok(net
         .slots()
         .history_all(&slot)
         .await
         .map_err(|e| EhiError::network(format!("reading the history of the {what} slot"), e))?
-        .unwrap_or_default();
+        .unwrap_or_default())
+}
+
+/// Every address `slot` ever held (registration first), without the tombstone; empty
+/// when the slot is unknown.
+pub(crate) async fn held(net: &Network, slot: Id, what: &str) -> Result<Vec<Id>> {
+    let history = history(net, slot, what).await?;
     let tombstone = crate::vault::tombstone_address();
     let mut out: Vec<Id> = Vec::new();
     for state in history.into_iter().rev() {
@@ -160,12 +169,7 @@ pub(crate) async fn held(net: &Network, slot: Id, what: &str) -> Result<Vec<Id>>
 
 /// The address `slot` was registered at (`None` when unknown).
 pub(crate) async fn registered_at(net: &Network, slot: Id, what: &str) -> Result<Option<Id>> {
-    let history = net
-        .slots()
-        .history_all(&slot)
-        .await
-        .map_err(|e| EhiError::network(format!("reading the history of the {what} slot"), e))?
-        .unwrap_or_default();
+    let history = history(net, slot, what).await?;
     Ok(history
         .into_iter()
         .find(|s| s.previous == invariant_spec::slots::Previous::Root)

@@ -3,37 +3,18 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Output;
-
+use common::cli::{ehi_as, text};
 use common::{PASSPHRASE, TestNet, patient_bundle};
 use serde_json::Value;
 
 const PATIENT: &str = "0b5e4f2a-8c1d-4e3b-9a7f-1c2d3e4f5a6b";
-
-async fn ehi(home: &Path, broker: &str, passphrase: &str, args: &[&str]) -> anyhow::Result<Output> {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ehi"));
-    command
-        .args(args)
-        .env("HOME", home)
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("EHI_KEYSTORE")
-        .env("INVARIANT_BROKER", broker)
-        .env("EHI_PASSPHRASE", passphrase)
-        .stdin(std::process::Stdio::null());
-    Ok(tokio::task::spawn_blocking(move || command.output()).await??)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cli_drives_a_vault() -> anyhow::Result<()> {
     let net = TestNet::start(2, true).await?;
     let home = tempfile::tempdir()?;
     let broker = net.broker_url.clone();
-    let run = |args: &'static [&'static str]| ehi(home.path(), &broker, PASSPHRASE, args);
+    let run = |args: &'static [&'static str]| ehi_as(home.path(), &broker, PASSPHRASE, args);
 
     let out = run(&["init"]).await?;
     assert!(out.status.success(), "{}", text(&out.stderr));
@@ -45,7 +26,7 @@ async fn the_cli_drives_a_vault() -> anyhow::Result<()> {
 
     let bundle = home.path().join("patient.json");
     std::fs::write(&bundle, serde_json::to_vec(&patient_bundle())?)?;
-    let out = ehi(
+    let out = ehi_as(
         home.path(),
         &broker,
         PASSPHRASE,
@@ -82,7 +63,7 @@ async fn the_cli_drives_a_vault() -> anyhow::Result<()> {
         "{table}"
     );
 
-    let out = ehi(
+    let out = ehi_as(
         home.path(),
         &broker,
         PASSPHRASE,
@@ -91,7 +72,7 @@ async fn the_cli_drives_a_vault() -> anyhow::Result<()> {
     .await?;
     let patient: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(patient["name"][0]["family"], "Quixotebaum");
-    let out = ehi(
+    let out = ehi_as(
         home.path(),
         &broker,
         PASSPHRASE,
@@ -101,7 +82,7 @@ async fn the_cli_drives_a_vault() -> anyhow::Result<()> {
     let history: Value = serde_json::from_slice(&out.stdout)?;
     assert_eq!(history["type"], "history");
     assert_eq!(history["total"], 1);
-    let out = ehi(
+    let out = ehi_as(
         home.path(),
         &broker,
         PASSPHRASE,
@@ -116,7 +97,7 @@ async fn the_cli_drives_a_vault() -> anyhow::Result<()> {
     );
 
     let export_dir = home.path().join("export");
-    let out = ehi(
+    let out = ehi_as(
         home.path(),
         &broker,
         PASSPHRASE,
@@ -129,7 +110,7 @@ async fn the_cli_drives_a_vault() -> anyhow::Result<()> {
     assert!(export_dir.join("ndjson/Observation.ndjson").exists());
 
     // Errors are messages, not panics.
-    let out = ehi(home.path(), &broker, "wrong passphrase", &["status"]).await?;
+    let out = ehi_as(home.path(), &broker, "wrong passphrase", &["status"]).await?;
     assert!(!out.status.success());
     assert!(
         text(&out.stderr).contains("wrong passphrase"),

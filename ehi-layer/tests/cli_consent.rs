@@ -4,30 +4,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Output;
-
-use common::{PASSPHRASE, TestNet, patient_bundle};
+use common::TestNet;
+use common::cli::{ehi, init_with_patient, text};
 use ehi_layer::consent::{self, ConsentAsk, Decision, InboxCard};
 use ehi_layer::{Access, AppKeystore, AppSession, GrantTicket, Network, Scope};
 use serde_json::{Value, json};
-
-async fn ehi(home: &Path, broker: &str, args: Vec<String>) -> anyhow::Result<Output> {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ehi"));
-    command
-        .args(args)
-        .env("HOME", home)
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("EHI_KEYSTORE")
-        .env("INVARIANT_BROKER", broker)
-        .env("EHI_PASSPHRASE", PASSPHRASE)
-        .stdin(std::process::Stdio::null());
-    Ok(tokio::task::spawn_blocking(move || command.output()).await??)
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 fn ask(access: Access, purpose: &str) -> ConsentAsk {
     ConsentAsk {
@@ -48,16 +29,11 @@ async fn the_cli_decides_requests_and_reviews_contributions() -> anyhow::Result<
         ehi(
             home.path(),
             &broker,
-            args.iter().map(|s| s.to_string()).collect(),
+            args.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
         )
     };
-    let path = |p: &Path| p.to_string_lossy().into_owned();
 
-    assert!(run(&["init"]).await?.status.success());
-    let bundle = home.path().join("patient.json");
-    std::fs::write(&bundle, serde_json::to_vec(&patient_bundle())?)?;
-    let out = run(&["import", &path(&bundle)]).await?;
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    init_with_patient(home.path(), &broker).await?;
 
     // No inbox yet: nothing pending.
     let out = run(&["requests"]).await?;

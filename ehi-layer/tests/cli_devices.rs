@@ -6,30 +6,13 @@ mod common;
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{PASSPHRASE, TestNet, patient_bundle};
+use common::cli::{command, ehi, init_with_patient, ok, text};
+use common::{PASSPHRASE, TestNet};
 use serde_json::Value;
-
-fn command(home: &Path, broker: &str, args: &[&str]) -> std::process::Command {
-    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ehi"));
-    command
-        .args(args)
-        .env("HOME", home)
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("EHI_KEYSTORE")
-        .env("INVARIANT_BROKER", broker)
-        .env("EHI_PASSPHRASE", PASSPHRASE)
-        .stdin(Stdio::null());
-    command
-}
-
-async fn ehi(home: &Path, broker: &str, args: &[&str]) -> anyhow::Result<Output> {
-    let mut command = command(home, broker, args);
-    Ok(tokio::task::spawn_blocking(move || command.output()).await??)
-}
 
 /// Starts `ehi` with piped stdout; its lines arrive on the channel.
 fn spawn(
@@ -37,7 +20,8 @@ fn spawn(
     broker: &str,
     args: &[&str],
 ) -> anyhow::Result<(Child, mpsc::Receiver<String>)> {
-    let mut child = command(home, broker, args)
+    let mut child = command(home, broker, PASSPHRASE)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -57,15 +41,6 @@ fn spawn(
     Ok((child, rx))
 }
 
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn ok(out: &Output) -> anyhow::Result<()> {
-    anyhow::ensure!(out.status.success(), "failed: {}", text(&out.stderr));
-    Ok(())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_cli_sets_uses_surfaces_and_acknowledges_break_glass() -> anyhow::Result<()> {
     let net = TestNet::start(2, true).await?;
@@ -74,10 +49,7 @@ async fn the_cli_sets_uses_surfaces_and_acknowledges_break_glass() -> anyhow::Re
     let h = home.path();
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
-    ok(&ehi(h, &broker, &["init"]).await?)?;
-    let bundle = h.join("patient.json");
-    std::fs::write(&bundle, serde_json::to_vec(&patient_bundle())?)?;
-    ok(&ehi(h, &broker, &["import", &path(&bundle)]).await?)?;
+    init_with_patient(h, &broker).await?;
 
     let app = h.join("er.json");
     let out = ehi(
@@ -220,10 +192,7 @@ async fn the_cli_pairs_watches_lists_and_removes_devices() -> anyhow::Result<()>
     let (a, b, c) = (home_a.path(), home_b.path(), home_c.path());
     let path = |p: &Path| p.to_string_lossy().into_owned();
 
-    ok(&ehi(a, &broker, &["init"]).await?)?;
-    let bundle = a.join("patient.json");
-    std::fs::write(&bundle, serde_json::to_vec(&patient_bundle())?)?;
-    ok(&ehi(a, &broker, &["import", &path(&bundle)]).await?)?;
+    init_with_patient(a, &broker).await?;
 
     // A invites; the code is the first line on stdout.
     let (inviter, lines) = spawn(a, &broker, &["device", "invite", "--expires", "2m"])?;

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{PASSPHRASE, TestNet, input, patient_bundle};
+use common::{PASSPHRASE, TestNet, input};
 use ehi_layer::consent::{self, ConsentAsk, Decision, InboxCard, RequestPayload};
 use ehi_layer::grant::GrantRequest;
 use ehi_layer::{Access, AppKeystore, AppSession, EhiError, Network, Scope, Vault};
@@ -17,10 +17,7 @@ const DAY_MS: u64 = 86_400_000;
 async fn setup() -> anyhow::Result<(TestNet, tempfile::TempDir, Vault, std::path::PathBuf)> {
     let net = TestNet::start(2, true).await?;
     let dir = tempfile::tempdir()?;
-    let (_keystore, path, vault) = net.new_vault(&dir.path().join("device")).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (_keystore, path, vault) = net.new_patient_vault(&dir.path().join("device")).await?;
     Ok((net, dir, vault, path))
 }
 
@@ -516,12 +513,7 @@ async fn read_only_and_out_of_scope_contributions_are_refused() -> anyhow::Resul
         .try_into()
         .map_err(|_| anyhow::anyhow!("grant id"))?;
     let channel = ehi_layer::contribution::channel_slot(&vault.slot(), &grant_id);
-    let broker = invariant_spec::BrokerClient::new(&net.broker_url)?;
-    let slots_url = broker
-        .resolve(&broker.registered("slots").await?[0])
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("slots"))?;
-    let slots = invariant_spec::SlotsClient::new(&slots_url)?;
+    let slots = common::slots_client(&net).await?;
     assert_eq!(
         slots.get(&channel).await?.map(|s| s.address),
         Some(ehi_layer::tombstone_address())

@@ -7,29 +7,14 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{TestNet, input, patient_bundle};
+use common::{TestNet, input, pair};
 use ehi_layer::device::{self, Invite};
-use ehi_layer::{EhiError, Keystore, Network, Vault};
+use ehi_layer::{EhiError, Network, Vault};
 use serde_json::{Value, json};
 
 /// The stored bytes of the vault's current root, read from a storage server's disk.
 async fn root_bytes(net: &TestNet, vault: &Vault) -> anyhow::Result<Vec<u8>> {
-    let address = vault.status().await?.root.to_string();
-    for file in net.blob_files() {
-        let name: String = file
-            .iter()
-            .rev()
-            .take(3)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .map(|p| p.to_string_lossy().into_owned())
-            .collect();
-        if name == address {
-            return Ok(std::fs::read(file)?);
-        }
-    }
-    anyhow::bail!("root {address} is on no storage server")
+    blob_bytes(net, &vault.status().await?.root)
 }
 
 fn observation(id: &str, value: f64) -> Value {
@@ -40,35 +25,11 @@ fn observation(id: &str, value: f64) -> Value {
         "valueQuantity": {"value": value, "unit": "/min"}}}]})
 }
 
-/// Pairs a new device with `vault` through an invite code; returns its keystore and the
-/// device id the inviter recorded.
-async fn pair(
-    net: &TestNet,
-    vault: &Arc<Vault>,
-    keystore: &Keystore,
-) -> anyhow::Result<(Keystore, String)> {
-    let invite = Invite::create(vault, Duration::from_secs(60)).await?;
-    let code = invite.code();
-    let inviter = {
-        let vault = vault.clone();
-        let keystore = keystore.clone();
-        tokio::spawn(async move { invite.complete(&vault, &keystore).await })
-    };
-    let parsed = device::InviteCode::parse(&code)?;
-    let joiner_net = Network::connect(&net.broker_url, Some(parsed.slots_server())).await?;
-    let joined = device::join(&joiner_net, &code).await?;
-    let info = inviter.await??;
-    Ok((joined, info.id))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn invite_pairing_is_one_time_and_short_lived() -> anyhow::Result<()> {
     let net = TestNet::start(2, true).await?;
     let dir = tempfile::tempdir()?;
-    let (keystore, _path, vault) = net.new_vault(dir.path()).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (keystore, _path, vault) = net.new_patient_vault(dir.path()).await?;
     let vault = Arc::new(vault);
     assert_eq!(vault.devices().await.len(), 1);
     assert_eq!(vault.devices().await[0].id, device::this_device(&keystore));
@@ -251,10 +212,7 @@ async fn two_watching_devices_sync_within_two_seconds() -> anyhow::Result<()> {
 async fn removing_a_device_rotates_every_scope_key() -> anyhow::Result<()> {
     let net = TestNet::start(2, true).await?;
     let dir = tempfile::tempdir()?;
-    let (keystore, _path, vault) = net.new_vault(dir.path()).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (keystore, _path, vault) = net.new_patient_vault(dir.path()).await?;
     let vault = Arc::new(vault);
     let (joined, id) = pair(&net, &vault, &keystore).await?;
     let before = vault.status().await?;
@@ -353,10 +311,7 @@ async fn removing_a_device_re_keys_the_emergency_policy() -> anyhow::Result<()> 
     use ehi_layer::emergency::{self, EmergencyAccess};
     let net = TestNet::start(2, true).await?;
     let dir = tempfile::tempdir()?;
-    let (keystore, _path, vault) = net.new_vault(dir.path()).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (keystore, _path, vault) = net.new_patient_vault(dir.path()).await?;
     let vault = Arc::new(vault);
     let (joined, id) = pair(&net, &vault, &keystore).await?;
     let holder = AppKeystore::generate("County ER")?;
@@ -385,12 +340,7 @@ async fn removing_a_device_re_keys_the_emergency_policy() -> anyhow::Result<()> 
     let new_bytes = blob_bytes(&net, &new_address)?;
     assert!(!emergency::opens_policy(&joined, &new_bytes));
     assert!(!emergency::opens_policy(&keystore, &new_bytes));
-    let broker = invariant_spec::BrokerClient::new(&net.broker_url)?;
-    let slots_url = broker
-        .resolve(&broker.registered("slots").await?[0])
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("slots"))?;
-    let slots = invariant_spec::SlotsClient::new(&slots_url)?;
+    let slots = common::slots_client(&net).await?;
     assert_eq!(
         slots.get(&old_slot).await?.map(|s| s.address),
         Some(ehi_layer::tombstone_address())

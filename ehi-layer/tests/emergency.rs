@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestNet, input, patient_bundle};
+use common::TestNet;
 use ehi_layer::audit::is_emergency;
 use ehi_layer::emergency::{self, EmergencyAccess, EmergencyTicket};
 use ehi_layer::{AppKeystore, EhiError, Network, Scope};
@@ -13,10 +13,7 @@ use ehi_layer::{AppKeystore, EhiError, Network, Scope};
 async fn break_glass_is_logged_flagged_and_surfaced_until_acknowledged() -> anyhow::Result<()> {
     let net = TestNet::start(2, true).await?;
     let dir = tempfile::tempdir()?;
-    let (keystore, _path, vault) = net.new_vault(dir.path()).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (keystore, _path, vault) = net.new_patient_vault(dir.path()).await?;
     assert!(emergency::policy(&vault, &keystore).await?.is_none());
     assert!(emergency::pending(&vault, &keystore).await?.is_empty());
 
@@ -182,12 +179,7 @@ async fn replacing_the_policy_cuts_off_the_old_holder() -> anyhow::Result<()> {
         .await
         .expect_err("closed log");
     assert!(matches!(err, EhiError::Revoked { .. }), "{err}");
-    let broker = invariant_spec::BrokerClient::new(&net.broker_url)?;
-    let slots_url = broker
-        .resolve(&broker.registered("slots").await?[0])
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("slots"))?;
-    let slots = invariant_spec::SlotsClient::new(&slots_url)?;
+    let slots = common::slots_client(&net).await?;
     assert_eq!(
         slots.get(&current.log_slot).await?.map(|s| s.address),
         Some(ehi_layer::tombstone_address())

@@ -153,10 +153,7 @@ async fn servers_see_nothing_of_requests_contributions_and_app_audit() -> anyhow
 
     let net = TestNet::start(2, true).await?;
     let dir = tempfile::tempdir()?;
-    let (_keystore, _path, vault) = net.new_vault(&dir.path().join("device")).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (_keystore, _path, vault) = net.new_patient_vault(&dir.path().join("device")).await?;
     let card = vault.inbox_card().await?;
     let anet = Network::connect(&net.broker_url, Some(card.slots_server)).await?;
 

@@ -9,7 +9,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{TestNet, input, patient_bundle};
+use common::TestNet;
 use ehi_layer::device::{self, Invite};
 use ehi_layer::emergency::{self, EmergencyAccess};
 use ehi_layer::{AppKeystore, Network};
@@ -18,10 +18,7 @@ use ehi_layer::{AppKeystore, Network};
 async fn servers_see_no_emergency_policy_or_invite_contents() -> anyhow::Result<()> {
     let net = TestNet::start(2, true).await?;
     let dir = tempfile::tempdir()?;
-    let (keystore, _path, vault) = net.new_vault(dir.path()).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (keystore, _path, vault) = net.new_patient_vault(dir.path()).await?;
     let vault = Arc::new(vault);
 
     // Break-glass: policy, two uses, acknowledgement.

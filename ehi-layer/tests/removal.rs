@@ -10,59 +10,17 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use common::{TestNet, input, patient_bundle};
+use common::{TestNet, distributor, pair, slots_client};
 use ehi_layer::consent::{self, ConsentAsk};
-use ehi_layer::device::{self, Invite};
+use ehi_layer::device;
 use ehi_layer::emergency::{self, EmergencyAccess};
-use ehi_layer::{
-    Access, AppKeystore, AppSession, Keystore, Network, Scope, Vault, tombstone_address,
-};
+use ehi_layer::{Access, AppKeystore, AppSession, Network, Scope, tombstone_address};
 use invariant_spec::slots::Previous;
 use invariant_spec::{DistributorClient, Id, SlotsClient};
 use serde_json::json;
 
 const DAY_MS: u64 = 86_400_000;
-
-async fn distributor(net: &TestNet) -> anyhow::Result<DistributorClient> {
-    let broker = invariant_spec::BrokerClient::new(&net.broker_url)?;
-    let ids = broker.registered("distribute").await?;
-    let url = broker
-        .resolve(&ids[0])
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("distributor"))?;
-    Ok(DistributorClient::new(&url)?)
-}
-
-async fn slots_client(net: &TestNet) -> anyhow::Result<SlotsClient> {
-    let broker = invariant_spec::BrokerClient::new(&net.broker_url)?;
-    let ids = broker.registered("slots").await?;
-    let url = broker
-        .resolve(&ids[0])
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("slots"))?;
-    Ok(SlotsClient::new(&url)?)
-}
-
-async fn pair(
-    net: &TestNet,
-    vault: &Arc<Vault>,
-    keystore: &Keystore,
-) -> anyhow::Result<(Keystore, String)> {
-    let invite = Invite::create(vault, Duration::from_secs(60)).await?;
-    let code = invite.code();
-    let inviter = {
-        let vault = vault.clone();
-        let keystore = keystore.clone();
-        tokio::spawn(async move { invite.complete(&vault, &keystore).await })
-    };
-    let parsed = device::InviteCode::parse(&code)?;
-    let joiner_net = Network::connect(&net.broker_url, Some(parsed.slots_server())).await?;
-    let joined = device::join(&joiner_net, &code).await?;
-    let info = inviter.await??;
-    Ok((joined, info.id))
-}
 
 /// Every address a slot held, oldest first: (registration, later ones).
 async fn history(slots: &SlotsClient, slot: &Id) -> anyhow::Result<(Id, Vec<Id>)> {
@@ -104,10 +62,7 @@ async fn removal_tombstones_every_slot_and_unpins_every_block_of_the_patient() -
 {
     let net = TestNet::start(2, true).await?;
     let dir = tempfile::tempdir()?;
-    let (keystore, path, vault) = net.new_vault(&dir.path().join("device")).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (keystore, path, vault) = net.new_patient_vault(&dir.path().join("device")).await?;
     let vault = Arc::new(vault);
     let slots = slots_client(&net).await?;
     let d = distributor(&net).await?;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
-use common::{TestNet, input, patient_bundle};
+use common::{TestNet, input};
 use ehi_layer::grant::GrantRequest;
 use ehi_layer::serve::{self, Claims, ServeOptions, TokenKey};
 use ehi_layer::{Access, AppKeystore, GrantInfo, Scope, Vault};
@@ -55,10 +55,7 @@ type Setup = (
 async fn setup() -> anyhow::Result<Setup> {
     let net = TestNet::start(1, false).await?;
     let dir = tempfile::tempdir()?;
-    let (keystore, _path, vault) = net.new_vault(dir.path()).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (keystore, _path, vault) = net.new_patient_vault(dir.path()).await?;
     let key = TokenKey::from_keystore(&keystore);
     Ok((net, dir, keystore, key, Arc::new(vault)))
 }
@@ -456,6 +453,26 @@ async fn smart_authorization_code_flow_with_pkce() -> anyhow::Result<()> {
         (status, &body["error"]),
         (StatusCode::BAD_REQUEST, &json!("invalid_grant"))
     );
+    // An attempt refused for a missing parameter spends the code too.
+    let code = code_for(authorize(&base, &challenge, "S256")).await?;
+    let resp = http
+        .post(format!("{base}/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form(&[
+            ("grant_type", "authorization_code"),
+            ("code", code.as_str()),
+            ("redirect_uri", redirect),
+            ("client_id", client_id),
+        ]))
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
+    let (status, body) = exchange(base.clone(), code, verifier.into(), redirect.into()).await?;
+    assert_eq!(
+        (status, &body["error"]),
+        (StatusCode::BAD_REQUEST, &json!("invalid_grant")),
+        "{body}"
+    );
     // A wrong redirect_uri.
     let code = code_for(authorize(&base, &challenge, "S256")).await?;
     let (status, body) = exchange(
@@ -702,6 +719,83 @@ async fn summary_type_filter_and_cache() -> anyhow::Result<()> {
         r["valueQuantity"]["value"], 42,
         "another device's change shows"
     );
+    server.stop().await?;
+    net.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_warm_up_a_refresh_does_not_warm_the_cache() -> anyhow::Result<()> {
+    // warm_up: false means no warm-up at start nor after a refresh that brought
+    // another device's changes (the emptied cache fills only as requests read).
+    let (net, _dir, keystore, key, vault) = setup().await?;
+    let server = serve::start_with(
+        vault.clone(),
+        key.clone(),
+        "127.0.0.1:0".parse()?,
+        ServeOptions {
+            warm_up: false,
+            ..ServeOptions::default()
+        },
+    )
+    .await?;
+    tokio::time::timeout(Duration::from_secs(30), server.warmed()).await?;
+    assert_eq!(server.cached(), 0);
+    let other = Vault::open(net.connect(Some(&keystore)).await?, &keystore).await?;
+    let obs = json!({"resourceType": "Observation", "id": "elsewhere", "status": "final",
+        "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
+        "subject": {"reference": format!("Patient/{PATIENT}")},
+        "effectiveDateTime": "2022-01-01T08:00:00Z", "valueQuantity": {"value": 70}});
+    other.import(vec![input("elsewhere.json", &obs)]).await?;
+    server.refresh().await?;
+    tokio::time::timeout(Duration::from_secs(30), server.warmed()).await?;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(server.cached(), 0, "no warm-up after the refresh");
+    server.stop().await?;
+    net.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn authorize_refuses_a_redirect_uri_that_cannot_be_a_location() -> anyhow::Result<()> {
+    // A redirect_uri with a space, a control character or non-ASCII text cannot be
+    // sent back in a Location header: 400 JSON, not a 302 without a Location.
+    let (net, _dir, _keystore, key, vault) = setup().await?;
+    let meds = grant(&vault, "MedTracker", &[Scope::Medications], DAY_MS).await?;
+    let client_id = "medtracker-7f3a9c2e41b84d0e";
+    let server = serve::start_with(
+        vault.clone(),
+        key.clone(),
+        "127.0.0.1:0".parse()?,
+        ServeOptions {
+            clients: vec![(client_id.to_string(), meds.id.clone())],
+            ..ServeOptions::default()
+        },
+    )
+    .await?;
+    let base = server.url().to_string();
+    let http = Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let challenge = serve::oauth::s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk-extra");
+    for redirect in [
+        "http://127.0.0.1:9/caf\u{e9}",
+        "http://127.0.0.1:9/a b",
+        "http://127.0.0.1:9/a\nb",
+    ] {
+        let query = form_urlencoded::Serializer::new(String::new())
+            .append_pair("response_type", "code")
+            .append_pair("client_id", client_id)
+            .append_pair("redirect_uri", redirect)
+            .append_pair("aud", &base)
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256")
+            .finish();
+        let resp = http.get(format!("{base}/authorize?{query}")).send().await?;
+        assert_eq!(resp.status(), StatusCode::BAD_REQUEST, "{redirect:?}");
+        let body: Value = resp.json().await?;
+        assert_eq!(body["error"], "invalid_request", "{redirect:?}");
+    }
     server.stop().await?;
     net.stop().await;
     Ok(())

@@ -15,15 +15,7 @@ use reqwest::StatusCode;
 use serde_json::Value;
 
 fn ehi(home: &Path, broker: &str) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ehi"));
-    command
-        .env("HOME", home)
-        .env_remove("XDG_CONFIG_HOME")
-        .env_remove("EHI_KEYSTORE")
-        .env("INVARIANT_BROKER", broker)
-        .env("EHI_PASSPHRASE", PASSPHRASE)
-        .stdin(Stdio::null());
-    command
+    common::cli::command(home, broker, PASSPHRASE)
 }
 
 fn run(home: &Path, broker: &str, args: &[&str]) -> anyhow::Result<String> {
@@ -44,6 +36,27 @@ impl Drop for Child {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Spawns `ehi serve …` (killed when the returned child is dropped) and returns its
+/// base url, read from the first line it prints.
+async fn start_serve(mut serve: Command) -> anyhow::Result<(Child, String)> {
+    let mut child = Child(serve.stdout(Stdio::piped()).stderr(Stdio::null()).spawn()?);
+    let stdout = child.0.stdout.take().context("stdout")?;
+    let line = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || {
+            let mut line = String::new();
+            BufReader::new(stdout).read_line(&mut line).map(|_| line)
+        }),
+    )
+    .await???;
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .with_context(|| format!("first line: {line:?}"))?
+        .to_string();
+    Ok((child, base))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -76,27 +89,9 @@ async fn ehi_serve_and_ehi_token() -> anyhow::Result<()> {
     .await??;
     ensure!(patient.starts_with("ehi1.") && app.starts_with("ehi1."));
 
-    let mut child = Child(
-        ehi(home.path(), &broker)
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let stdout = child.0.stdout.take().context("stdout")?;
-    let line = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).map(|_| line)
-        }),
-    )
-    .await???;
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .with_context(|| format!("first line: {line:?}"))?
-        .to_string();
+    let mut serve = ehi(home.path(), &broker);
+    serve.args(["serve", "--listen", "127.0.0.1:0"]);
+    let (child, base) = start_serve(serve).await?;
     ensure!(base.starts_with("http://127.0.0.1:"), "{base}");
 
     let http = reqwest::Client::new();
@@ -191,28 +186,11 @@ async fn ehi_token_for_a_grant_and_its_revocation() -> anyhow::Result<()> {
         .output()?;
     ensure!(!out.status.success(), "--client with an unknown grant");
 
-    let mut child = Child(
-        ehi(home.path(), &broker)
-            .args(["serve", "--listen", "127.0.0.1:0", "--client"])
-            .arg(format!("pillpal-client-secretish={grant}"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?,
-    );
-    let stdout = child.0.stdout.take().context("stdout")?;
-    let line = tokio::time::timeout(
-        Duration::from_secs(30),
-        tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            BufReader::new(stdout).read_line(&mut line).map(|_| line)
-        }),
-    )
-    .await???;
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .with_context(|| format!("first line: {line:?}"))?
-        .to_string();
+    let mut serve = ehi(home.path(), &broker);
+    serve
+        .args(["serve", "--listen", "127.0.0.1:0", "--client"])
+        .arg(format!("pillpal-client-secretish={grant}"));
+    let (child, base) = start_serve(serve).await?;
     let http = reqwest::Client::new();
     let status = |path: &'static str| {
         let (http, base, token) = (http.clone(), base.clone(), token.clone());

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{PASSPHRASE, TestNet, input, patient_bundle};
+use common::{PASSPHRASE, TestNet, input};
 use ehi_layer::grant::GrantRequest;
 use ehi_layer::{Access, AppKeystore, AppSession, EhiError, GrantTicket, KdfParams, Scope, Vault};
 use serde_json::{Value, json};
@@ -39,10 +39,7 @@ async fn session(
 async fn setup() -> anyhow::Result<(TestNet, tempfile::TempDir, Vault)> {
     let net = TestNet::start(2, true).await?;
     let dir = tempfile::tempdir()?;
-    let (_keystore, _path, vault) = net.new_vault(&dir.path().join("device")).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (_keystore, _path, vault) = net.new_patient_vault(&dir.path().join("device")).await?;
     Ok((net, dir, vault))
 }
 

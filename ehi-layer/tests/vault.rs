@@ -4,11 +4,13 @@
 
 mod common;
 
-use common::{PASSPHRASE, TestNet, input, patient_bundle, without_timestamp};
+use common::{
+    PASSPHRASE, TestNet, distributor, input, patient_bundle, slots_client, without_timestamp,
+};
 use ehi_layer::{
     EhiError, ImportReport, Input, Keystore, KeystoreError, Vault, export, tombstone_address,
 };
-use invariant_spec::{DistributorClient, Id, SlotsClient};
+use invariant_spec::Id;
 use serde_json::{Value, json};
 
 const PATIENT: &str = "0b5e4f2a-8c1d-4e3b-9a7f-1c2d3e4f5a6b";
@@ -147,7 +149,7 @@ async fn import_read_history_and_compartment() -> anyhow::Result<()> {
 
     // Every block the vault references is pinned at the distributor.
     let blocks = vault.blocks().await;
-    let distributor = net_distributor(&net).await?;
+    let distributor = distributor(&net).await?;
     let pinned = distributor.status().await?.pinned;
     assert_eq!(
         pinned as usize,
@@ -156,26 +158,6 @@ async fn import_read_history_and_compartment() -> anyhow::Result<()> {
     );
     net.stop().await;
     Ok(())
-}
-
-async fn net_distributor(net: &TestNet) -> anyhow::Result<DistributorClient> {
-    let broker = invariant_spec::BrokerClient::new(&net.broker_url)?;
-    let ids = broker.registered("distribute").await?;
-    let url = broker
-        .resolve(&ids[0])
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("distributor"))?;
-    Ok(DistributorClient::new(&url)?)
-}
-
-async fn slots_client(net: &TestNet) -> anyhow::Result<SlotsClient> {
-    let broker = invariant_spec::BrokerClient::new(&net.broker_url)?;
-    let ids = broker.registered("slots").await?;
-    let url = broker
-        .resolve(&ids[0])
-        .await?
-        .ok_or_else(|| anyhow::anyhow!("slots"))?;
-    Ok(SlotsClient::new(&url)?)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -243,10 +225,7 @@ async fn invalid_input_commits_nothing_and_names_the_entry() -> anyhow::Result<(
 async fn export_then_reimport_gives_the_same_vault() -> anyhow::Result<()> {
     let net = TestNet::start(3, true).await?;
     let dir = tempfile::tempdir()?;
-    let (_k, _p, vault) = net.new_vault(&dir.path().join("a")).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (_k, _p, vault) = net.new_patient_vault(&dir.path().join("a")).await?;
     vault
         .import(vec![input("update.json", &update_bundle())])
         .await?;
@@ -306,10 +285,7 @@ async fn export_then_reimport_gives_the_same_vault() -> anyhow::Result<()> {
 async fn a_second_device_opens_the_same_vault_from_the_keystore() -> anyhow::Result<()> {
     let net = TestNet::start(3, true).await?;
     let dir = tempfile::tempdir()?;
-    let (_keystore, path, vault) = net.new_vault(dir.path()).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (_keystore, path, vault) = net.new_patient_vault(dir.path()).await?;
 
     // Device B: a copy of the keystore file and the broker url, nothing else.
     let other = tempfile::tempdir()?;
@@ -467,7 +443,7 @@ async fn concurrent_writers_on_two_devices_lose_no_import() -> anyhow::Result<()
     );
     // Pins: exactly the referenced blocks (failed attempts and superseded objects were
     // unpinned).
-    let pinned = net_distributor(&net).await?.status().await?.pinned;
+    let pinned = distributor(&net).await?.status().await?.pinned;
     assert_eq!(pinned as usize, device_a.blocks().await.len());
     net.stop().await;
     Ok(())
@@ -477,10 +453,7 @@ async fn concurrent_writers_on_two_devices_lose_no_import() -> anyhow::Result<()
 async fn removal_leaves_a_tombstone_and_nothing_decryptable() -> anyhow::Result<()> {
     let net = TestNet::start(3, true).await?;
     let dir = tempfile::tempdir()?;
-    let (keystore, path, vault) = net.new_vault(dir.path()).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (keystore, path, vault) = net.new_patient_vault(dir.path()).await?;
     let backup = dir.path().join("backup.json");
     std::fs::copy(&path, &backup)?;
     let scope_slots: Vec<Id> = vault
@@ -491,7 +464,7 @@ async fn removal_leaves_a_tombstone_and_nothing_decryptable() -> anyhow::Result<
         .map(|s| s.slot)
         .collect();
     let blocks = vault.blocks().await;
-    assert!(net_distributor(&net).await?.status().await?.pinned > 0);
+    assert!(distributor(&net).await?.status().await?.pinned > 0);
 
     let report = vault.remove(Some(&path)).await?;
     assert!(report.keystore_destroyed && report.distributor && !report.storage_forgot);
@@ -510,7 +483,7 @@ async fn removal_leaves_a_tombstone_and_nothing_decryptable() -> anyhow::Result<
         assert_eq!(slots.get(&slot).await?.map(|s| s.address), Some(tombstone));
     }
     // No pins remain; the keystore file is gone.
-    assert_eq!(net_distributor(&net).await?.status().await?.pinned, 0);
+    assert_eq!(distributor(&net).await?.status().await?.pinned, 0);
     assert!(matches!(
         Keystore::open(&path, PASSPHRASE),
         Err(KeystoreError::NotFound { .. })
@@ -535,10 +508,7 @@ async fn removal_leaves_a_tombstone_and_nothing_decryptable() -> anyhow::Result<
 async fn corrupted_and_tampered_data_give_clear_errors() -> anyhow::Result<()> {
     let net = TestNet::start(2, false).await?;
     let dir = tempfile::tempdir()?;
-    let (keystore, _path, vault) = net.new_vault(dir.path()).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (keystore, _path, vault) = net.new_patient_vault(dir.path()).await?;
     let patient = vault.read("Patient", PATIENT).await?;
     assert_eq!(patient["gender"], "female");
 
@@ -649,10 +619,7 @@ async fn corrupted_and_tampered_data_give_clear_errors() -> anyhow::Result<()> {
 async fn search_answers_from_the_encrypted_indexes() -> anyhow::Result<()> {
     let net = TestNet::start(2, false).await?;
     let dir = tempfile::tempdir()?;
-    let (keystore, _path, vault) = net.new_vault(dir.path()).await?;
-    vault
-        .import(vec![input("patient.json", &patient_bundle())])
-        .await?;
+    let (keystore, _path, vault) = net.new_patient_vault(dir.path()).await?;
     vault
         .import(vec![input("update.json", &update_bundle())])
         .await?;

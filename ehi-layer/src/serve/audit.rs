@@ -13,6 +13,7 @@
 //! dropped with a warning). What is lost if the process is killed: the entries of the
 //! last interval not yet flushed.
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use tokio::sync::Notify;
@@ -29,7 +30,8 @@ pub const MAX_PER_COMMIT: usize = 1000;
 /// The buffer of entries not yet appended.
 #[derive(Debug)]
 pub(crate) struct AuditBuffer {
-    pending: Mutex<Vec<PendingAudit>>,
+    /// Oldest first (a deque: dropping the oldest when full is O(1)).
+    pending: Mutex<VecDeque<PendingAudit>>,
     /// Woken when the buffer reaches `batch` entries.
     pub(crate) full: Notify,
     batch: usize,
@@ -40,14 +42,14 @@ pub(crate) struct AuditBuffer {
 impl AuditBuffer {
     pub(crate) fn new(batch: usize) -> AuditBuffer {
         AuditBuffer {
-            pending: Mutex::new(Vec::new()),
+            pending: Mutex::new(VecDeque::new()),
             full: Notify::new(),
             batch: batch.max(1),
             flushing: tokio::sync::Mutex::new(()),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<PendingAudit>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<PendingAudit>> {
         self.pending.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -57,9 +59,9 @@ impl AuditBuffer {
             let mut pending = self.lock();
             if pending.len() >= MAX_PENDING {
                 tracing::warn!("audit buffer full: dropping the oldest entry");
-                pending.remove(0);
+                pending.pop_front();
             }
-            pending.push(entry);
+            pending.push_back(entry);
             pending.len()
         };
         if len >= self.batch {
@@ -80,7 +82,7 @@ impl AuditBuffer {
         let mut done = 0;
         while !taken.is_empty() {
             let n = taken.len().min(MAX_PER_COMMIT);
-            if let Err(e) = vault.audit_batch(&taken[..n]).await {
+            if let Err(e) = vault.audit_batch(&taken.make_contiguous()[..n]).await {
                 let mut pending = self.lock();
                 taken.append(&mut pending);
                 *pending = taken;
@@ -145,5 +147,22 @@ impl Interaction {
             ("POST" | "PUT" | "DELETE", _) => Interaction::Write,
             _ => Interaction::Read,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_buffer_drops_the_oldest_entry() {
+        let buffer = AuditBuffer::new(usize::MAX);
+        for ms in 0..=MAX_PENDING as u64 {
+            buffer.push(entry("GET", "/metadata", None, 200, ms, Interaction::Read));
+        }
+        assert_eq!(buffer.len(), MAX_PENDING);
+        let pending = buffer.lock();
+        assert_eq!(pending.front().map(|e| e.ms), Some(1));
+        assert_eq!(pending.back().map(|e| e.ms), Some(MAX_PENDING as u64));
     }
 }

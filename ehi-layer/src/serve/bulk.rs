@@ -163,7 +163,14 @@ pub(crate) async fn kickoff(
             .vault
             .search_ids(t, query)
             .await
-            .map_err(|e| ServeError::BadRequest(format!("_typeFilter={t}?{query}: {e}")))?;
+            .map_err(|e| match e {
+                // The query itself: the client's fault.
+                EhiError::InvalidArgument(_) | EhiError::Search(_) => {
+                    ServeError::BadRequest(format!("_typeFilter={t}?{query}: {e}"))
+                }
+                // Loading the index (network, storage): not the client's.
+                other => ServeError::Vault(other),
+            })?;
     }
     let job_id = hex::encode(
         crate::keys::random_bytes::<16>().map_err(|e| ServeError::Vault(EhiError::Keystore(e)))?,
@@ -236,15 +243,9 @@ async fn run(
     };
     let resources: Vec<Value> = match level {
         Level::System => {
-            let refs: Vec<(String, String)> = state
-                .vault
-                .list()
+            let refs: Vec<(String, String)> = super::current_refs(&state.vault)
                 .await
                 .into_iter()
-                .filter_map(|r| {
-                    r.split_once('/')
-                        .map(|(t, id)| (t.to_string(), id.to_string()))
-                })
                 .filter(|(t, id)| wanted(t) && passes(t, id))
                 .collect();
             let total = refs.len();

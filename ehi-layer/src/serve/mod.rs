@@ -166,6 +166,9 @@ pub(crate) struct AppState {
     oauth: oauth::OAuth,
     audit: Option<audit::AuditBuffer>,
     warmed: watch::Sender<bool>,
+    /// [`ServeOptions::warm_up`]: whether a refresh that changed the resources warms
+    /// the emptied cache again.
+    warm_up: bool,
 }
 
 /// Decrypted current versions, in memory only (never on disk), keyed by `(type, id)`:
@@ -317,13 +320,9 @@ async fn cached_read(vault: &Vault, cache: &Cache, t: &str, id: &str) -> Result<
     Ok(value)
 }
 
-/// Reads every current resource into the cache (stops if the cache is emptied
-/// meanwhile, or when it is full); then marks the server warmed.
-async fn warm_up(state: Arc<AppState>) {
-    let clears = state.cache.clears.load(Ordering::Acquire);
-    let started = std::time::Instant::now();
-    let refs: Vec<(String, String)> = state
-        .vault
+/// Every current resource of the vault as `(type, id)`.
+pub(crate) async fn current_refs(vault: &Vault) -> Vec<(String, String)> {
+    vault
         .list()
         .await
         .into_iter()
@@ -331,7 +330,15 @@ async fn warm_up(state: Arc<AppState>) {
             r.split_once('/')
                 .map(|(t, id)| (t.to_string(), id.to_string()))
         })
-        .collect();
+        .collect()
+}
+
+/// Reads every current resource into the cache (stops if the cache is emptied
+/// meanwhile, or when it is full); then marks the server warmed.
+async fn warm_up(state: Arc<AppState>) {
+    let clears = state.cache.clears.load(Ordering::Acquire);
+    let started = std::time::Instant::now();
+    let refs = current_refs(&state.vault).await;
     let total = refs.len();
     let mut loaded = 0usize;
     for chunk in refs.chunks(1024) {
@@ -484,7 +491,7 @@ async fn refresh(state: &Arc<AppState>) -> Result<(), ServeError> {
         changed
     };
     if changed {
-        rewarm(state, true);
+        rewarm(state, state.warm_up);
     }
     Ok(())
 }
@@ -536,6 +543,7 @@ pub async fn start_with(
             .audit
             .then(|| audit::AuditBuffer::new(options.audit_batch)),
         warmed,
+        warm_up: options.warm_up,
     });
     if options.warm_up {
         tokio::spawn(warm_up(state.clone()));
@@ -565,8 +573,12 @@ pub async fn start_with(
                     }
                 }
                 _ = revoked_tick.tick() => {
-                    if let Err(e) = state.auth.reload_revoked() {
-                        tracing::warn!(error = %e, "reading the revoked tokens");
+                    // File I/O: off the runtime threads.
+                    let reader = state.clone();
+                    match tokio::task::spawn_blocking(move || reader.auth.reload_revoked()).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(e)) => tracing::warn!(error = %e, "reading the revoked tokens"),
+                        Err(e) => tracing::warn!(error = %e, "reading the revoked tokens"),
                     }
                 }
                 _ = audit_tick.tick() => {
@@ -911,14 +923,7 @@ async fn read(
     for (k, v) in pairs {
         match k.as_str() {
             "_summary" => summary = Summary::parse(v)?,
-            "_elements" => {
-                elements = Some(
-                    v.split(',')
-                        .map(|e| e.trim().to_string())
-                        .filter(|e| !e.is_empty())
-                        .collect(),
-                )
-            }
+            "_elements" => elements = Some(parse_elements(v)),
             _ => {}
         }
     }
@@ -1177,14 +1182,7 @@ async fn search(
     for (k, v) in &pairs {
         match k.as_str() {
             "_summary" => summary = Summary::parse(v)?,
-            "_elements" => {
-                elements = Some(
-                    v.split(',')
-                        .map(|e| e.trim().to_string())
-                        .filter(|e| !e.is_empty())
-                        .collect(),
-                )
-            }
+            "_elements" => elements = Some(parse_elements(v)),
             "_include" => includes.push(Include::parse(t, v, false)?),
             "_revinclude" => revincludes.push(Include::parse(t, v, true)?),
             k if RESULT_PARAMS.contains(&k) => {}
@@ -1282,6 +1280,15 @@ pub(crate) async fn fetch_refs(
         }
     }
     Ok(out)
+}
+
+/// The element names of an `_elements` value (comma-separated, blanks dropped).
+fn parse_elements(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(|e| e.trim().to_string())
+        .filter(|e| !e.is_empty())
+        .collect()
 }
 
 /// `_summary=data` drops `text`; `_summary=true` and `_summary=text` keep what

@@ -215,12 +215,16 @@ pub(crate) async fn authorize(state: &AppState, pairs: &Pairs) -> Response {
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
+    // Visible ASCII only: anything else cannot stand in the Location header (the
+    // redirect would go out without one).
     if !(redirect_uri.starts_with("https://") || redirect_uri.starts_with("http://"))
         || redirect_uri.contains('#')
+        || !redirect_uri.bytes().all(|b| b.is_ascii_graphic())
     {
         return OAuthError::new(
             "invalid_request",
-            "redirect_uri must be an absolute http(s) url without a fragment",
+            "redirect_uri must be an absolute http(s) url without a fragment, in visible \
+             ASCII (percent-encoded)",
         )
         .into_response();
     }
@@ -305,6 +309,9 @@ pub(crate) async fn authorize(state: &AppState, pairs: &Pairs) -> Response {
 
 /// `POST /token`.
 pub(crate) async fn token(state: &AppState, pairs: &Pairs) -> Result<Response, OAuthError> {
+    // One-time: a code presented is gone whatever happens next (even when the request
+    // is refused for another parameter).
+    let entry = param(pairs, "code").and_then(|code| state.oauth.codes().remove(code));
     let grant_type = required(pairs, "grant_type")?;
     if grant_type != "authorization_code" {
         return Err(OAuthError::new(
@@ -312,7 +319,7 @@ pub(crate) async fn token(state: &AppState, pairs: &Pairs) -> Result<Response, O
             format!("grant_type {grant_type:?}: only authorization_code is supported"),
         ));
     }
-    let code = required(pairs, "code")?;
+    required(pairs, "code")?;
     let redirect_uri = required(pairs, "redirect_uri")?;
     let verifier = required(pairs, "code_verifier")?;
     let client_id = required(pairs, "client_id")?;
@@ -322,8 +329,6 @@ pub(crate) async fn token(state: &AppState, pairs: &Pairs) -> Result<Response, O
             format!("client_id {client_id:?} is not registered"),
         ));
     }
-    // One-time: the code is gone whatever happens next.
-    let entry = state.oauth.codes().remove(code);
     let invalid = |why: &str| OAuthError::new("invalid_grant", why.to_string());
     let Some(entry) = entry else {
         return Err(invalid("unknown or already used authorization code"));

@@ -22,6 +22,7 @@
 //! generation ([`crate::emergency`], [`DeviceRemoval::emergency_rekeyed`]). Vault
 //! removal tombstones the keyring slot and unpins every keyring blob it ever held.
 
+use super::sharing;
 use super::*;
 use crate::device::{DeviceInfo, device_id};
 use crate::keystore::{HpkeSealed, hpke_open_with_seed, hpke_seal};
@@ -382,48 +383,22 @@ impl Vault {
             let mut rotated = Vec::new();
             let scopes: Vec<Scope> = root.scopes.keys().copied().collect();
             for scope in &scopes {
-                let record = root.scopes.get_mut(scope).ok_or_else(|| {
-                    EhiError::corrupt("vault root", format!("scope {scope} is missing"))
-                })?;
-                let epoch = record
-                    .keys
-                    .iter()
-                    .map(|k| k.epoch)
-                    .max()
-                    .unwrap_or(record.current_epoch)
-                    .checked_add(1)
-                    .ok_or_else(|| EhiError::Crypto("key epochs exhausted".into()))?;
-                let key = SecretKey::random()?;
-                record.keys.push(EpochKey {
+                let (epoch, key, mut manifest) =
+                    sharing::new_scope_epoch(&state, &mut root, scope, now)?;
+                sharing::seal_epoch_manifest(
+                    &mut root,
+                    scope,
+                    &mut manifest,
                     epoch,
-                    key: key.clone(),
-                    created_ms: now,
-                });
-                record.current_epoch = epoch;
-                let mut manifest = state
-                    .scopes
-                    .get(scope)
-                    .ok_or_else(|| EhiError::corrupt("vault", format!("scope {scope} not loaded")))?
-                    .manifest
-                    .clone();
-                manifest.epoch = epoch;
-                manifest.generation += 1;
-                let sealed = seal_manifest(&manifest, &key)?;
-                superseded.extend(record.manifest.iter().copied().map(Id::from_bytes));
-                record.manifest = to_raw(&sealed.addresses());
-                blobs.extend(sealed.into_blobs());
+                    &key,
+                    &mut blobs,
+                    &mut superseded,
+                )?;
                 manifests.push((*scope, manifest));
                 rotated.push((*scope, epoch));
             }
-            let mut republish = Vec::new();
-            for index in 0..root.grants.len() {
-                let blob = self.seal_grant_blob(&root, &root.grants[index], now)?;
-                let g = &mut root.grants[index];
-                superseded.push(Id::from_bytes(g.sealed));
-                g.sealed = *blob.address.as_bytes();
-                blobs.push(blob);
-                republish.push(g.clone());
-            }
+            let republish =
+                self.reseal_grants(&mut root, now, |_| true, &mut blobs, &mut superseded)?;
             let audit = AuditRecord::new(
                 AuditAction::Device,
                 format!(

@@ -1,6 +1,8 @@
 //! The patient's side of sharing: granting scopes to apps, listing grants, revoking
 //! them (key rotation, re-sealing for the remaining grantees, optional re-encryption),
-//! and rotating expired grants away. The design is in [`crate::grant`].
+//! and rotating expired grants away. The design is in [`crate::grant`]. Its key
+//! rotation pieces (`new_scope_epoch`, `seal_epoch_manifest`, `Vault::reseal_grants`)
+//! serve device removal too (`vault/devices.rs`).
 //!
 //! Every change here is one new vault root committed by compare-and-swap on the vault
 //! slot (retried on conflict, like imports). Grant slots and scope slots trail the root:
@@ -222,31 +224,7 @@ impl Vault {
             let mut rotated = Vec::new();
             let mut reencrypted = 0usize;
             for scope in &revoked.scopes {
-                let record = root.scopes.get_mut(scope).ok_or_else(|| {
-                    EhiError::corrupt("vault root", format!("scope {scope} is missing"))
-                })?;
-                let old_epoch = record.current_epoch;
-                let epoch = record
-                    .keys
-                    .iter()
-                    .map(|k| k.epoch)
-                    .max()
-                    .unwrap_or(old_epoch)
-                    .checked_add(1)
-                    .ok_or_else(|| EhiError::Crypto("key epochs exhausted".into()))?;
-                let key = SecretKey::random()?;
-                record.keys.push(EpochKey {
-                    epoch,
-                    key: key.clone(),
-                    created_ms: now,
-                });
-                record.current_epoch = epoch;
-                let mut manifest = state
-                    .scopes
-                    .get(scope)
-                    .ok_or_else(|| EhiError::corrupt("vault", format!("scope {scope} not loaded")))?
-                    .manifest
-                    .clone();
+                let (epoch, key, mut manifest) = new_scope_epoch(state, &mut root, scope, now)?;
                 if reencrypt {
                     let resource_key = key.derive(CONTEXT_RESOURCE);
                     // Every live version still under an older key.
@@ -311,34 +289,27 @@ impl Vault {
                         reencrypted += 1;
                     }
                 }
-                manifest.epoch = epoch;
-                manifest.generation += 1;
-                let sealed = seal_manifest(&manifest, &key)?;
-                superseded.extend(record.manifest.iter().copied().map(Id::from_bytes));
-                record.manifest = to_raw(&sealed.addresses());
-                blobs.extend(sealed.into_blobs());
+                seal_epoch_manifest(
+                    &mut root,
+                    scope,
+                    &mut manifest,
+                    epoch,
+                    &key,
+                    &mut blobs,
+                    &mut superseded,
+                )?;
                 manifests.push((*scope, manifest));
                 rotated.push((*scope, epoch));
             }
             // Re-seal the remaining grants that cover a rotated scope.
-            let mut resealed = Vec::new();
-            let mut republish = Vec::new();
-            for index in 0..root.grants.len() {
-                if !root.grants[index]
-                    .scopes
-                    .iter()
-                    .any(|s| revoked.scopes.contains(s))
-                {
-                    continue;
-                }
-                let blob = self.seal_grant_blob(&root, &root.grants[index], now)?;
-                let g = &mut root.grants[index];
-                superseded.push(Id::from_bytes(g.sealed));
-                g.sealed = *blob.address.as_bytes();
-                blobs.push(blob);
-                resealed.push(hex::encode(g.id));
-                republish.push(g.clone());
-            }
+            let republish = self.reseal_grants(
+                &mut root,
+                now,
+                |g| g.scopes.iter().any(|s| revoked.scopes.contains(s)),
+                &mut blobs,
+                &mut superseded,
+            )?;
+            let resealed: Vec<String> = republish.iter().map(|g| hex::encode(g.id)).collect();
             superseded.push(Id::from_bytes(revoked.sealed));
             let audit = AuditRecord::new(
                 AuditAction::Revoke,
@@ -389,6 +360,32 @@ impl Vault {
         Err(EhiError::Contention {
             attempts: self.options.max_attempts,
         })
+    }
+
+    /// Re-seals (with the keys now in `root`) every grant of `root` that `covers`
+    /// selects: the new blobs go to `blobs`, the old sealed grants to `superseded`.
+    /// Returns the re-sealed records (to republish on their channels).
+    pub(super) fn reseal_grants(
+        &self,
+        root: &mut VaultRoot,
+        now: u64,
+        covers: impl Fn(&GrantRecord) -> bool,
+        blobs: &mut Vec<Blob>,
+        superseded: &mut Vec<Id>,
+    ) -> Result<Vec<GrantRecord>> {
+        let mut resealed = Vec::new();
+        for index in 0..root.grants.len() {
+            if !covers(&root.grants[index]) {
+                continue;
+            }
+            let blob = self.seal_grant_blob(root, &root.grants[index], now)?;
+            let g = &mut root.grants[index];
+            superseded.push(Id::from_bytes(g.sealed));
+            g.sealed = *blob.address.as_bytes();
+            blobs.push(blob);
+            resealed.push(g.clone());
+        }
+        Ok(resealed)
     }
 
     /// The sealed grant blob of `record` with the keys in `root`.
@@ -554,4 +551,65 @@ fn find<'a>(grants: &'a [GrantRecord], id: &str) -> Result<&'a GrantRecord> {
         .iter()
         .find(|g| hex::encode(g.id) == wanted)
         .ok_or_else(|| EhiError::NotFound(format!("grant {id}")))
+}
+
+/// Moves `scope` of `root` to a new key epoch (one past the newest it has): a fresh
+/// random key becomes current. Returns the epoch, its key and a copy of the scope's
+/// loaded manifest (for the caller to re-seal under that key).
+pub(super) fn new_scope_epoch(
+    state: &State,
+    root: &mut VaultRoot,
+    scope: &Scope,
+    now: u64,
+) -> Result<(u32, SecretKey, ScopeManifest)> {
+    let record = root
+        .scopes
+        .get_mut(scope)
+        .ok_or_else(|| EhiError::corrupt("vault root", format!("scope {scope} is missing")))?;
+    let epoch = record
+        .keys
+        .iter()
+        .map(|k| k.epoch)
+        .max()
+        .unwrap_or(record.current_epoch)
+        .checked_add(1)
+        .ok_or_else(|| EhiError::Crypto("key epochs exhausted".into()))?;
+    let key = SecretKey::random()?;
+    record.keys.push(EpochKey {
+        epoch,
+        key: key.clone(),
+        created_ms: now,
+    });
+    record.current_epoch = epoch;
+    let manifest = state
+        .scopes
+        .get(scope)
+        .ok_or_else(|| EhiError::corrupt("vault", format!("scope {scope} not loaded")))?
+        .manifest
+        .clone();
+    Ok((epoch, key, manifest))
+}
+
+/// Seals `manifest` as `scope`'s manifest of `epoch` under `key` and points `root` at
+/// it: the new blobs go to `blobs`, the old manifest's blocks to `superseded`.
+pub(super) fn seal_epoch_manifest(
+    root: &mut VaultRoot,
+    scope: &Scope,
+    manifest: &mut ScopeManifest,
+    epoch: u32,
+    key: &SecretKey,
+    blobs: &mut Vec<Blob>,
+    superseded: &mut Vec<Id>,
+) -> Result<()> {
+    let record = root
+        .scopes
+        .get_mut(scope)
+        .ok_or_else(|| EhiError::corrupt("vault root", format!("scope {scope} is missing")))?;
+    manifest.epoch = epoch;
+    manifest.generation += 1;
+    let sealed = seal_manifest(manifest, key)?;
+    superseded.extend(record.manifest.iter().copied().map(Id::from_bytes));
+    record.manifest = to_raw(&sealed.addresses());
+    blobs.extend(sealed.into_blobs());
+    Ok(())
 }

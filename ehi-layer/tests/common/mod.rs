@@ -1,17 +1,23 @@
 //! Test harness: a real local invariant network started in-process (broker, three
 //! storage servers, slots, distributor — each on 127.0.0.1:0 over its own temporary
-//! directory), keystores with cheap Argon2 parameters, hand-written FHIR bundles and
-//! Synthea generation.
+//! directory), keystores with cheap Argon2 parameters (and new vaults, optionally with
+//! the patient bundle imported), clients of the network's distributor and slots server,
+//! device pairing through an invite code, hand-written FHIR bundles and Synthea
+//! generation; [`cli`] runs the `ehi` binary.
 
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use ehi_layer::device::{self, Invite};
 use ehi_layer::{Input, KdfParams, Keystore, Network, Vault};
 use invariant_runtime::{Role, Server, ServerContext, ServerOptions};
-use invariant_spec::BrokerClient;
+use invariant_spec::{BrokerClient, DistributorClient, SlotsClient};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
@@ -125,6 +131,19 @@ impl TestNet {
         Ok((keystore, path, vault))
     }
 
+    /// A fresh keystore and vault as [`TestNet::new_vault`] makes them, with
+    /// [`patient_bundle`] imported.
+    pub async fn new_patient_vault(
+        &self,
+        dir: &Path,
+    ) -> anyhow::Result<(Keystore, PathBuf, Vault)> {
+        let (keystore, path, vault) = self.new_vault(dir).await?;
+        vault
+            .import(vec![input("patient.json", &patient_bundle())])
+            .await?;
+        Ok((keystore, path, vault))
+    }
+
     /// Every file under every server's data directory.
     pub fn data_files(&self) -> Vec<(String, PathBuf)> {
         let mut out = Vec::new();
@@ -182,6 +201,49 @@ fn walk(dir: &Path, f: &mut dyn FnMut(&Path)) {
 
 /// The passphrase of test keystores.
 pub const PASSPHRASE: &str = "test passphrase, not secret";
+
+/// A client of the network's (first) distributor.
+pub async fn distributor(net: &TestNet) -> anyhow::Result<DistributorClient> {
+    let broker = BrokerClient::new(&net.broker_url)?;
+    let ids = broker.registered("distribute").await?;
+    let url = broker
+        .resolve(&ids[0])
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("distributor"))?;
+    Ok(DistributorClient::new(&url)?)
+}
+
+/// A client of the network's slots server.
+pub async fn slots_client(net: &TestNet) -> anyhow::Result<SlotsClient> {
+    let broker = BrokerClient::new(&net.broker_url)?;
+    let ids = broker.registered("slots").await?;
+    let url = broker
+        .resolve(&ids[0])
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("slots"))?;
+    Ok(SlotsClient::new(&url)?)
+}
+
+/// Pairs a new device with `vault` through an invite code; returns its keystore and the
+/// device id the inviter recorded.
+pub async fn pair(
+    net: &TestNet,
+    vault: &Arc<Vault>,
+    keystore: &Keystore,
+) -> anyhow::Result<(Keystore, String)> {
+    let invite = Invite::create(vault, Duration::from_secs(60)).await?;
+    let code = invite.code();
+    let inviter = {
+        let vault = vault.clone();
+        let keystore = keystore.clone();
+        tokio::spawn(async move { invite.complete(&vault, &keystore).await })
+    };
+    let parsed = device::InviteCode::parse(&code)?;
+    let joiner_net = Network::connect(&net.broker_url, Some(parsed.slots_server())).await?;
+    let joined = device::join(&joiner_net, &code).await?;
+    let info = inviter.await??;
+    Ok((joined, info.id))
+}
 
 /// An input from a JSON value.
 pub fn input(name: &str, value: &Value) -> Input {
