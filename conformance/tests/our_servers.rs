@@ -54,6 +54,20 @@ async fn stop(server: Server, _dir: TempDir) {
     server.stop().await.expect("stop server");
 }
 
+/// Runs the suite for `role` against `server` and requires every check to pass
+/// (no fail, warn or skip); then stops the server.
+async fn passes_every_check(role: Role, server: Server, dir: TempDir, options: Options) {
+    let report = run(role, server.url(), options).await.expect("run suite");
+    let report = assert_passed(report);
+    assert!(
+        not_passed(&report).is_empty(),
+        "our {} server should pass every check: {:?}",
+        role.name(),
+        not_passed(&report)
+    );
+    stop(server, dir).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_with_suite_broker() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -66,24 +80,17 @@ async fn storage_with_suite_broker() {
     let server = storage_server::start(&ctx, config)
         .await
         .expect("start storage");
-    let report = run(
+    passes_every_check(
         Role::Storage,
-        server.url(),
+        server,
+        dir,
         Options {
             suite_broker: Some(listener),
             max_blob_size: Some(MAX_BLOB),
             ..options()
         },
     )
-    .await
-    .expect("run suite");
-    let report = assert_passed(report);
-    assert!(
-        not_passed(&report).is_empty(),
-        "our storage server should pass every check: {:?}",
-        not_passed(&report)
-    );
-    stop(server, dir).await;
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,12 +127,7 @@ async fn slots() {
     let server = slots_server::start(&ctx, Default::default())
         .await
         .expect("start slots");
-    let report = run(Role::Slots, server.url(), options())
-        .await
-        .expect("run suite");
-    let report = assert_passed(report);
-    assert!(not_passed(&report).is_empty(), "{:?}", not_passed(&report));
-    stop(server, dir).await;
+    passes_every_check(Role::Slots, server, dir, options()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,12 +137,7 @@ async fn broker() {
     let server = broker_server::start(&ctx, Default::default())
         .await
         .expect("start broker");
-    let report = run(Role::Broker, server.url(), options())
-        .await
-        .expect("run suite");
-    let report = assert_passed(report);
-    assert!(not_passed(&report).is_empty(), "{:?}", not_passed(&report));
-    stop(server, dir).await;
+    passes_every_check(Role::Broker, server, dir, options()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -151,19 +148,16 @@ async fn find_with_suite_broker() {
     let server = find_server::start(&ctx, Default::default())
         .await
         .expect("start find");
-    let report = run(
+    passes_every_check(
         Role::Find,
-        server.url(),
+        server,
+        dir,
         Options {
             suite_broker: Some(listener),
             ..options()
         },
     )
-    .await
-    .expect("run suite");
-    let report = assert_passed(report);
-    assert!(not_passed(&report).is_empty(), "{:?}", not_passed(&report));
-    stop(server, dir).await;
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,12 +167,7 @@ async fn productions() {
     let server = productions_server::start(&ctx)
         .await
         .expect("start productions");
-    let report = run(Role::Productions, server.url(), options())
-        .await
-        .expect("run suite");
-    let report = assert_passed(report);
-    assert!(not_passed(&report).is_empty(), "{:?}", not_passed(&report));
-    stop(server, dir).await;
+    passes_every_check(Role::Productions, server, dir, options()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,12 +177,7 @@ async fn files() {
     let server = files_server::start(&ctx, Default::default())
         .await
         .expect("start files");
-    let report = run(Role::Files, server.url(), options())
-        .await
-        .expect("run suite");
-    let report = assert_passed(report);
-    assert!(not_passed(&report).is_empty(), "{:?}", not_passed(&report));
-    stop(server, dir).await;
+    passes_every_check(Role::Files, server, dir, options()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -203,12 +187,7 @@ async fn names() {
     let server = names_server::start(&ctx, Default::default())
         .await
         .expect("start names");
-    let report = run(Role::Names, server.url(), options())
-        .await
-        .expect("run suite");
-    let report = assert_passed(report);
-    assert!(not_passed(&report).is_empty(), "{:?}", not_passed(&report));
-    stop(server, dir).await;
+    passes_every_check(Role::Names, server, dir, options()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -219,17 +198,14 @@ async fn distributor_with_suite_broker() {
     let server = distributor::start(&ctx, Default::default())
         .await
         .expect("start distributor");
-    let report = run(
+    passes_every_check(
         Role::Distributor,
-        server.url(),
+        server,
+        dir,
         Options {
             suite_broker: Some(listener),
             ..options()
         },
     )
-    .await
-    .expect("run suite");
-    let report = assert_passed(report);
-    assert!(not_passed(&report).is_empty(), "{:?}", not_passed(&report));
-    stop(server, dir).await;
+    .await;
 }
