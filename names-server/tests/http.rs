@@ -43,6 +43,11 @@ impl TestServer {
 
     async fn start_with(config: NamesConfig) -> TestServer {
         let dir = tempfile::tempdir().expect("create temp data dir");
+        TestServer::over(dir, config).await
+    }
+
+    /// A server over `dir` (new or reused).
+    async fn over(dir: TempDir, config: NamesConfig) -> TestServer {
         let server = launch(dir.path(), config.clone()).await;
         let client = NamesClient::new(server.url()).expect("names client");
         TestServer {
@@ -67,15 +72,7 @@ impl TestServer {
             ..
         } = self;
         server.stop().await.expect("stop server");
-        let server = launch(dir.path(), config.clone()).await;
-        let client = NamesClient::new(server.url()).expect("names client");
-        TestServer {
-            dir,
-            config,
-            server,
-            client,
-            http: reqwest::Client::new(),
-        }
+        TestServer::over(dir, config).await
     }
 
     async fn lookup(&self, name: &str) -> Option<NameRecord> {
