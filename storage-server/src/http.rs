@@ -151,26 +151,19 @@ async fn get_blob(
     let store = state.store().clone();
     let request_headers = headers.clone();
     let opened = blocking("reading blob", move || {
-        // A packed blob read whole in memory needs no file of its own.
-        if let Some(location) = store.packed(&id)? {
-            let len = u64::from(location.len);
-            let selection = range::select(&request_headers, &id, len);
-            let (start, count) = match selection {
-                Selection::Unsatisfiable => return Ok(Opened::Unsatisfiable(len)),
-                Selection::Full => (0, len),
-                Selection::Partial { start, end } => (start, end - start + 1),
-            };
-            if count <= INLINE_READ {
-                let data = store.read_packed(&location, start, count as usize)?;
-                return Ok(Opened::Inline {
-                    data,
-                    selection,
-                    len,
-                });
-            }
-        }
-        let Some((mut file, base, len)) = store.open_blob(&id)? else {
-            return Ok(Opened::Absent);
+        // One lookup: a packed blob (read through the store's cached pack handle when
+        // it fits in memory) or a blob file.
+        let (packed, file, base, len) = match store.packed(&id)? {
+            Some(location) => (
+                Some(location),
+                None,
+                location.offset,
+                u64::from(location.len),
+            ),
+            None => match store.open_blob(&id)? {
+                Some((file, base, len)) => (None, Some(file), base, len),
+                None => return Ok(Opened::Absent),
+            },
         };
         let selection = range::select(&request_headers, &id, len);
         let (start, count) = match selection {
@@ -178,8 +171,21 @@ async fn get_blob(
             Selection::Full => (0, len),
             Selection::Partial { start, end } => (start, end - start + 1),
         };
+        let mut file = match (packed, file) {
+            (Some(location), _) if count <= INLINE_READ => {
+                let data = store.read_packed(&location, start, count as usize)?;
+                return Ok(Opened::Inline {
+                    data,
+                    selection,
+                    len,
+                });
+            }
+            (Some(location), _) => store.open_packed(&location)?,
+            (None, Some(file)) => file,
+            (None, None) => return Ok(Opened::Absent),
+        };
+        file.seek(SeekFrom::Start(base + start))?;
         if count <= INLINE_READ {
-            file.seek(SeekFrom::Start(base + start))?;
             let mut data = Vec::with_capacity(count as usize);
             file.take(count).read_to_end(&mut data)?;
             if data.len() as u64 != count {
@@ -194,7 +200,6 @@ async fn get_blob(
                 len,
             })
         } else {
-            file.seek(SeekFrom::Start(base + start))?;
             Ok(Opened::Stream {
                 file,
                 selection,
@@ -327,7 +332,7 @@ where
             data.extend_from_slice(&chunk);
         }
         let data = data.freeze();
-        let stored = match tokio::task::spawn_blocking(move || store.put(&data, expected)).await {
+        let stored = match tokio::task::spawn_blocking(move || store.put(data, expected)).await {
             Ok(result) => result.map_err(store_error),
             Err(e) => Err(ApiError::internal("writing blob", e)),
         };

@@ -29,6 +29,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use invariant_spec::Id;
 use redb::{Database, Durability, ReadableDatabase as _, TableDefinition};
 
@@ -137,7 +138,7 @@ pub struct PackStats {
 
 struct Request {
     id: Id,
-    data: Vec<u8>,
+    data: Bytes,
     reply: mpsc::SyncSender<io::Result<()>>,
 }
 
@@ -274,7 +275,7 @@ impl Packs {
 
     /// Appends `data` as blob `id` (the caller has verified the hash); returns once
     /// it is durable and readable.
-    pub fn put(&self, id: Id, data: Vec<u8>) -> io::Result<()> {
+    pub fn put(&self, id: Id, data: Bytes) -> io::Result<()> {
         let (reply, done) = mpsc::sync_channel(1);
         {
             let queues = self
@@ -391,34 +392,18 @@ pub fn verify_packs(data_dir: &Path) -> io::Result<Vec<(Id, u64)>> {
         if path.extension().is_none_or(|e| e != "dat") {
             continue;
         }
-        let bytes = fs::read(&path)?;
-        let mut pos = 0usize;
-        let header = HEADER as usize;
-        while pos < bytes.len() {
-            let bad = |what: &str| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{}: {what} at offset {pos}", path.display()),
-                )
-            };
-            let record = &bytes[pos..];
-            if record.len() < header || &record[..4] != MAGIC {
-                return Err(bad("no record header"));
+        let mut records = Records::new(io::BufReader::new(File::open(&path)?), 0);
+        loop {
+            match records.next_record()? {
+                Ok(record) => out.push((record.id, record.data.len() as u64)),
+                Err(RecordEnd::Clean) => break,
+                Err(RecordEnd::Torn(what)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{}: {what} at offset {}", path.display(), records.pos),
+                    ));
+                }
             }
-            let mut len = [0u8; 4];
-            len.copy_from_slice(&record[4..8]);
-            let len = u32::from_le_bytes(len) as usize;
-            let mut id = [0u8; 32];
-            id.copy_from_slice(&record[8..header]);
-            let id = Id::from_bytes(id);
-            let data = record
-                .get(header..header + len)
-                .ok_or_else(|| bad("torn record"))?;
-            if Id::of_content(data) != id {
-                return Err(bad("record that does not hash to its address"));
-            }
-            out.push((id, len as u64));
-            pos += header + len;
         }
     }
     Ok(out)
@@ -440,6 +425,80 @@ fn open_pack(dir: &Path, pack: u32) -> io::Result<File> {
         File::open(dir)?.sync_all()?;
     }
     Ok(file)
+}
+
+/// Reads pack records one at a time from a position, with one record in memory.
+struct Records<R> {
+    reader: R,
+    /// Offset of the next record in the pack.
+    pos: u64,
+}
+
+/// One record read back.
+struct Record {
+    id: Id,
+    /// Offset of the blob's bytes in the pack.
+    offset: u64,
+    data: Vec<u8>,
+}
+
+/// What stopped a walk over records before the end of the pack.
+enum RecordEnd {
+    /// The end of the pack, on a record boundary.
+    Clean,
+    /// A bad header, a short record or one that does not hash to its address.
+    Torn(&'static str),
+}
+
+impl<R: Read> Records<R> {
+    fn new(reader: R, pos: u64) -> Records<R> {
+        Records { reader, pos }
+    }
+
+    /// The next record, or why the walk ends.
+    fn next_record(&mut self) -> io::Result<Result<Record, RecordEnd>> {
+        let mut header = [0u8; HEADER as usize];
+        match read_full(&mut self.reader, &mut header)? {
+            0 => return Ok(Err(RecordEnd::Clean)),
+            n if n < header.len() => return Ok(Err(RecordEnd::Torn("short record header"))),
+            _ => {}
+        }
+        if &header[..4] != MAGIC {
+            return Ok(Err(RecordEnd::Torn("no record header")));
+        }
+        let mut len = [0u8; 4];
+        len.copy_from_slice(&header[4..8]);
+        let len = u32::from_le_bytes(len) as usize;
+        let mut id = [0u8; 32];
+        id.copy_from_slice(&header[8..]);
+        let id = Id::from_bytes(id);
+        let mut data = vec![0u8; len];
+        if read_full(&mut self.reader, &mut data)? < len {
+            return Ok(Err(RecordEnd::Torn("torn record")));
+        }
+        if Id::of_content(&data) != id {
+            return Ok(Err(RecordEnd::Torn(
+                "record that does not hash to its address",
+            )));
+        }
+        let offset = self.pos + HEADER;
+        self.pos = offset + len as u64;
+        Ok(Ok(Record { id, offset, data }))
+    }
+}
+
+/// Reads until `buf` is full or the input ends; returns how many bytes were read.
+fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 /// Indexes the records of pack `n` past its covered length, cutting a torn tail;
@@ -464,40 +523,20 @@ fn recover(index: &Database, dir: &Path, n: u32) -> Result<usize, PackError> {
         return Ok(0);
     }
     file.seek(SeekFrom::Start(covered))?;
-    let mut tail = Vec::new();
-    (&mut file).take(size - covered).read_to_end(&mut tail)?;
+    let mut records = Records::new(io::BufReader::new(&mut file), covered);
     let mut found = Vec::new();
-    let mut pos = 0usize;
-    let header = HEADER as usize;
-    while tail.len() - pos >= header {
-        let record = &tail[pos..];
-        if &record[..4] != MAGIC {
-            break;
-        }
-        let mut len = [0u8; 4];
-        len.copy_from_slice(&record[4..8]);
-        let len = u32::from_le_bytes(len);
-        let mut id = [0u8; 32];
-        id.copy_from_slice(&record[8..header]);
-        let id = Id::from_bytes(id);
-        let Some(data) = record.get(header..header + len as usize) else {
-            break;
-        };
-        if Id::of_content(data) != id {
-            break;
-        }
-        let offset = covered + (pos + header) as u64;
+    while let Ok(record) = records.next_record()? {
         found.push((
-            id,
+            record.id,
             Location {
                 pack: n,
-                offset,
-                len,
+                offset: record.offset,
+                len: u32::try_from(record.data.len()).unwrap_or(u32::MAX),
             },
         ));
-        pos += header + len as usize;
     }
-    let good_end = covered + pos as u64;
+    let good_end = records.pos;
+    drop(records);
     if good_end < size {
         tracing::warn!(
             pack = n,
@@ -745,7 +784,7 @@ mod tests {
 
     fn put(packs: &Packs, data: &[u8]) -> Id {
         let id = Id::of_content(data);
-        packs.put(id, data.to_vec()).expect("put");
+        packs.put(id, Bytes::copy_from_slice(data)).expect("put");
         id
     }
 

@@ -13,6 +13,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use invariant_spec::Id;
 use sha2::{Digest, Sha256};
 
@@ -150,6 +151,15 @@ impl BlobStore {
         }
     }
 
+    /// Opens the pack holding the packed blob at `location` (positioned at its first
+    /// byte).
+    pub fn open_packed(&self, location: &crate::pack::Location) -> io::Result<File> {
+        match &self.packs {
+            Some(packs) => packs.open_at(location),
+            None => Err(io::Error::other("packing is off")),
+        }
+    }
+
     /// Opens blob `id` for reading: the file positioned at the blob's first byte,
     /// that byte's offset in the file, and the blob's size; `None` if absent.
     pub fn open_blob(&self, id: &Id) -> io::Result<Option<(File, u64, u64)>> {
@@ -191,7 +201,7 @@ impl BlobStore {
     }
 
     /// Stores `data` (verifying it against `expected` when given) and returns its address.
-    pub fn put(&self, data: &[u8], expected: Option<Id>) -> Result<Id, StoreError> {
+    pub fn put(&self, data: Bytes, expected: Option<Id>) -> Result<Id, StoreError> {
         if data.len() as u64 > self.max_blob_size {
             return Err(StoreError::TooLarge {
                 limit: self.max_blob_size,
@@ -200,7 +210,7 @@ impl BlobStore {
         if let Some(packs) = &self.packs
             && data.len() <= packs.config().max_blob
         {
-            let actual = Id::of_content(data);
+            let actual = Id::of_content(&data);
             if let Some(expected) = expected
                 && expected != actual
             {
@@ -216,11 +226,11 @@ impl BlobStore {
                 sync_dir(path.parent().unwrap_or(&self.root))?;
                 return Ok(actual);
             }
-            packs.put(actual, data.to_vec())?;
+            packs.put(actual, data)?;
             return Ok(actual);
         }
         let mut writer = self.writer()?;
-        writer.write(data)?;
+        writer.write(&data)?;
         writer.commit(expected)
     }
 
@@ -474,9 +484,11 @@ mod tests {
     fn small_blobs_are_packed_and_large_ones_are_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = BlobStore::open(dir.path(), 4 << 20).expect("open");
-        let small = store.put(b"small", None).expect("put");
+        let small = store.put(Bytes::from_static(b"small"), None).expect("put");
         let large_data = vec![7u8; PackConfig::default().max_blob + 1];
-        let large = store.put(&large_data, None).expect("put");
+        let large = store
+            .put(Bytes::from(large_data.clone()), None)
+            .expect("put");
         assert!(!store.blob_path(&small).exists());
         assert!(store.blob_path(&large).exists());
         assert_eq!(store.size(&small).expect("size"), Some(5));
@@ -507,7 +519,7 @@ mod tests {
     #[test]
     fn put_then_read_back() {
         let (_dir, store) = store(1 << 20);
-        let id = store.put(b"hello", None).expect("put");
+        let id = store.put(Bytes::from_static(b"hello"), None).expect("put");
         assert_eq!(id, Id::of_content(b"hello"));
         assert_eq!(store.size(&id).expect("size"), Some(5));
         assert_eq!(fs::read(store.blob_path(&id)).expect("read"), b"hello");
@@ -519,14 +531,21 @@ mod tests {
             &hex[4..]
         )));
         // Idempotent.
-        assert_eq!(store.put(b"hello", Some(id)).expect("again"), id);
+        assert_eq!(
+            store
+                .put(Bytes::from_static(b"hello"), Some(id))
+                .expect("again"),
+            id
+        );
     }
 
     #[test]
     fn wrong_hash_stores_nothing() {
         let (_dir, store) = store(1 << 20);
         let claimed = Id::of_content(b"other");
-        let err = store.put(b"hello", Some(claimed)).expect_err("mismatch");
+        let err = store
+            .put(Bytes::from_static(b"hello"), Some(claimed))
+            .expect_err("mismatch");
         assert!(matches!(err, StoreError::HashMismatch { .. }));
         assert_eq!(store.size(&claimed).expect("size"), None);
         assert_eq!(store.size(&Id::of_content(b"hello")).expect("size"), None);
@@ -537,7 +556,7 @@ mod tests {
     fn too_large_stores_nothing() {
         let (_dir, store) = store(4);
         assert!(matches!(
-            store.put(b"hello", None),
+            store.put(Bytes::from_static(b"hello"), None),
             Err(StoreError::TooLarge { limit: 4 })
         ));
         let mut writer = store.writer().expect("writer");
@@ -570,7 +589,9 @@ mod tests {
         let mut expected = Vec::new();
         for i in 0..50u32 {
             let data = format!("blob {i}").repeat(i as usize + 1);
-            let id = store.put(data.as_bytes(), None).expect("put");
+            let id = store
+                .put(Bytes::from(data.clone().into_bytes()), None)
+                .expect("put");
             expected.push((id, data.len() as u64));
         }
         // Stray files are ignored.
