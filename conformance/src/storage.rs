@@ -155,6 +155,20 @@ fn path(address: &impl std::fmt::Display) -> String {
     format!("/storage/{address}")
 }
 
+/// GET of blob `address` with one request header.
+async fn get_with(
+    c: &Ctx,
+    address: &Id,
+    name: &str,
+    value: impl AsRef<str>,
+) -> Result<crate::check::Resp, crate::check::Fail> {
+    c.call(
+        c.req(Method::GET, &path(address))
+            .header(name, value.as_ref()),
+    )
+    .await
+}
+
 /// Stores `data` with POST and checks the answered address.
 async fn store(c: &Ctx, data: &[u8]) -> Result<Id, crate::check::Fail> {
     let resp = c.send(Method::POST, "/storage/", data.to_vec()).await?;
@@ -312,12 +326,7 @@ fn range(c: &Ctx) -> BoxFuture<'_, Verdict> {
     Box::pin(async move {
         let data = random_bytes(1000);
         let address = store(c, &data).await?;
-        let resp = c
-            .call(
-                c.req(Method::GET, &path(&address))
-                    .header("range", "bytes=10-19"),
-            )
-            .await?;
+        let resp = get_with(c, &address, "range", "bytes=10-19").await?;
         resp.expect(206, "GET with Range: bytes=10-19")?;
         ensure!(
             resp.body.as_ref() == &data[10..20],
@@ -328,23 +337,13 @@ fn range(c: &Ctx) -> BoxFuture<'_, Verdict> {
             "Content-Range must be \"bytes 10-19/1000\", got {:?}",
             resp.header("content-range")
         );
-        let suffix = c
-            .call(
-                c.req(Method::GET, &path(&address))
-                    .header("range", "bytes=-5"),
-            )
-            .await?;
+        let suffix = get_with(c, &address, "range", "bytes=-5").await?;
         suffix.expect(206, "GET with Range: bytes=-5")?;
         ensure!(
             suffix.body.as_ref() == &data[995..],
             "a suffix range answered the wrong bytes"
         );
-        let outside = c
-            .call(
-                c.req(Method::GET, &path(&address))
-                    .header("range", "bytes=5000-6000"),
-            )
-            .await?;
+        let outside = get_with(c, &address, "range", "bytes=5000-6000").await?;
         outside.expect(416, "GET with a Range beyond the blob")?;
         Ok(Outcome::Pass)
     })
@@ -355,20 +354,10 @@ fn if_none_match(c: &Ctx) -> BoxFuture<'_, Verdict> {
         let data = random_bytes(300);
         let address = store(c, &data).await?;
         let tag = format!("\"{address}\"");
-        let resp = c
-            .call(
-                c.req(Method::GET, &path(&address))
-                    .header("if-none-match", &tag),
-            )
-            .await?;
+        let resp = get_with(c, &address, "if-none-match", &tag).await?;
         resp.expect(304, "GET with If-None-Match: <its ETag>")?;
         ensure!(resp.body.is_empty(), "a 304 answer has a body");
-        let other = c
-            .call(
-                c.req(Method::GET, &path(&address))
-                    .header("if-none-match", format!("\"{}\"", random_id())),
-            )
-            .await?;
+        let other = get_with(c, &address, "if-none-match", format!("\"{}\"", random_id())).await?;
         other.expect(200, "GET with If-None-Match of another tag")?;
         Ok(Outcome::Pass)
     })
