@@ -12,7 +12,14 @@
 //! - [`registration`]: self-registration with the broker given by `--broker`.
 //! - [`server`]: binding, the common routes (`/id`, `/metrics`), trailing-slash
 //!   normalization, panic containment, graceful shutdown, and [`run_main`] for binaries.
+//! - [`conn`]: the accept loop and the connection limits (header, idle and body
+//!   timeouts, connection cap, body memory budget).
+//! - [`tls`]: HTTPS with certificates reloaded on SIGHUP.
+//! - [`auth`]: capability-token checks of every route, and the [`auth::Caller`] that
+//!   handlers use for ownership.
 
+pub mod auth;
+pub mod conn;
 pub mod error;
 pub mod identity;
 pub mod logging;
@@ -20,7 +27,9 @@ pub mod metrics;
 pub mod options;
 pub mod registration;
 pub mod server;
+pub mod tls;
 
+pub use auth::Caller;
 pub use error::{ApiError, ApiJson, ApiPath, ApiResult};
-pub use options::{CommonArgs, LogFormat, Role, ServerOptions};
+pub use options::{AuthSettings, CommonArgs, LogFormat, Role, ServerOptions, TlsFiles};
 pub use server::{Server, ServerContext, run_main, serve};

@@ -2,10 +2,12 @@
 //!
 //! A role crate builds its protocol [`Router`] and hands it to [`serve`], which adds
 //! `GET /id` and `GET /metrics`, request metrics, panic containment (a panicking
-//! handler answers 500; the server stays up) and trailing-slash normalization, binds,
-//! starts self-registration when a broker is configured, and runs until the context's
-//! shutdown token is cancelled. Shutdown stops accepting
-//! and lets in-flight requests finish.
+//! handler answers 500; the server stays up), token checks ([`crate::auth`]) when the
+//! server has a root key, and trailing-slash normalization; binds (refusing plain HTTP
+//! on a non-loopback address unless `--plaintext` was given), serves HTTP or HTTPS
+//! under the connection limits of [`crate::conn`], starts self-registration when a
+//! broker is configured, and runs until the context's shutdown token is cancelled.
+//! Shutdown stops accepting and lets in-flight requests finish.
 
 use std::future::Future;
 use std::io::{self, Write};
@@ -14,10 +16,10 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use axum::Router;
-use axum::extract::Request;
 use axum::http::header;
 use axum::routing::get;
 use invariant_spec::broker::Registration;
+use invariant_spec::http::Endpoint;
 use invariant_spec::{BrokerClient, Id};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -27,6 +29,11 @@ use tower::Layer;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::normalize_path::NormalizePathLayer;
 
+use std::sync::Arc;
+
+use crate::auth::Authorizer;
+use crate::conn;
+use crate::tls::TlsAcceptor;
 use crate::{CommonArgs, Role, ServerOptions, identity, logging, metrics, registration};
 
 /// What a role needs to build its router: resolved options, the server's id, and the
@@ -45,17 +52,23 @@ pub struct ServerContext {
     /// after every tracked task has finished, so a stopped server holds no resources.
     /// Tasks must end when [`ServerContext::shutdown`] is cancelled.
     pub tasks: TaskTracker,
+    /// HTTP client for this server's own calls to other servers: trusts
+    /// `--ca-cert` besides the system roots and sends `--token`.
+    pub http: reqwest::Client,
 }
 
 impl ServerContext {
     /// Checks the broker url, creates the data directory and loads (or creates) the
     /// server id.
     pub fn prepare(options: ServerOptions) -> io::Result<ServerContext> {
+        let invalid = |e: invariant_spec::ClientError| {
+            io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
+        };
+        let http = options.client.http_client().map_err(invalid)?;
         let broker = match &options.broker {
-            Some(url) => Some(
-                BrokerClient::new(url)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?,
-            ),
+            Some(url) => Some(BrokerClient::from_endpoint(
+                Endpoint::with_client(url, http.clone()).map_err(invalid)?,
+            )),
             None => None,
         };
         let id = identity::load_or_create(&options.data_dir)?;
@@ -65,7 +78,13 @@ impl ServerContext {
             shutdown: CancellationToken::new(),
             broker,
             tasks: TaskTracker::new(),
+            http,
         })
+    }
+
+    /// An endpoint at `url` reached with this server's client settings.
+    pub fn endpoint(&self, url: &str) -> invariant_spec::ClientResult<Endpoint> {
+        Endpoint::with_client(url, self.http.clone())
     }
 
     /// The server's role.
@@ -84,6 +103,7 @@ impl ServerContext {
 pub struct Server {
     id: Id,
     url: String,
+    scheme: &'static str,
     local_addr: SocketAddr,
     shutdown: CancellationToken,
     task: JoinHandle<io::Result<()>>,
@@ -97,6 +117,14 @@ impl Server {
     /// The bound socket address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+    /// `https` when serving TLS, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+    /// `<scheme>://<bound address>`: the url of the bound socket itself.
+    pub fn local_url(&self) -> String {
+        format!("{}://{}", self.scheme, self.local_addr)
     }
     /// The server id.
     pub fn id(&self) -> Id {
@@ -155,18 +183,67 @@ impl crate::ApiError {
     }
 }
 
+/// Why a server refuses to start with its security options.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Plain HTTP on an address other hosts can reach, without `--plaintext`.
+    #[error(
+        "refusing to serve plain HTTP on {0}: anyone on the network could read and change the traffic. \
+         Give --tls-cert and --tls-key, or --plaintext to accept that"
+    )]
+    PlaintextOnNetwork(SocketAddr),
+    /// The TLS certificate or key cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
 /// Binds `ctx.options.listen` and serves `routes` (plus the common routes) until
 /// `ctx.shutdown` is cancelled.
 pub async fn serve(ctx: &ServerContext, routes: Router) -> io::Result<Server> {
-    let listener = TcpListener::bind(ctx.options.listen).await?;
+    let options = &ctx.options;
+    if options.tls.is_none() && !options.plaintext && !options.listen.ip().is_loopback() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            StartError::PlaintextOnNetwork(options.listen),
+        ));
+    }
+    let tls = match &options.tls {
+        Some(files) => Some(
+            TlsAcceptor::new(files)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, StartError::Tls(e)))?,
+        ),
+        None => None,
+    };
+    if options.client.insecure_skip_verify {
+        tracing::warn!(
+            "--insecure-skip-verify: this server accepts any certificate from the servers it calls; \
+             anyone on the path can read and change that traffic"
+        );
+    }
+    let mut app = app(ctx.role(), ctx.id, routes);
+    match options.auth.root {
+        Some(root) => {
+            let authz = Arc::new(Authorizer::new(ctx.role(), root, options.auth.reads));
+            app = app.layer(axum::middleware::from_fn_with_state(
+                authz,
+                crate::auth::authorize,
+            ));
+            tracing::info!(root = %root, reads_checked = options.auth.reads, "token checks on");
+        }
+        None => tracing::warn!(
+            "open mode: no --auth-root-key, so anyone who reaches this server may change its state"
+        ),
+    }
+    let listener = TcpListener::bind(options.listen).await?;
     let local_addr = listener.local_addr()?;
-    let url = ctx
-        .options
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = options
         .advertise
         .clone()
         .map(|u| u.trim_end_matches('/').to_string())
-        .unwrap_or_else(|| format!("http://{local_addr}"));
-    let app = NormalizePathLayer::trim_trailing_slash().layer(app(ctx.role(), ctx.id, routes));
+        .unwrap_or_else(|| format!("{scheme}://{local_addr}"));
+    let app = NormalizePathLayer::trim_trailing_slash().layer(app);
+    let app = Router::new().fallback_service(app);
     let shutdown = ctx.shutdown.clone();
     if let Some(broker) = &ctx.broker {
         let registration = Registration {
@@ -178,19 +255,17 @@ pub async fn serve(ctx: &ServerContext, routes: Router) -> io::Result<Server> {
         ctx.tasks.spawn(registration::run(
             broker.clone(),
             registration,
-            ctx.options.register_interval,
+            options.register_interval,
             shutdown.clone(),
         ));
     }
-    let signal = shutdown.clone().cancelled_owned();
+    if let Some(tls) = &tls {
+        tls.reload_on_sighup(shutdown.clone());
+    }
     let tasks = ctx.tasks.clone();
+    let limits = options.limits;
     let task = tokio::spawn(async move {
-        let served = axum::serve(
-            listener,
-            axum::ServiceExt::<Request>::into_make_service(app),
-        )
-        .with_graceful_shutdown(signal)
-        .await;
+        let served = conn::serve(listener, tls, app, limits, shutdown).await;
         tasks.close();
         tasks.wait().await;
         served
@@ -198,8 +273,9 @@ pub async fn serve(ctx: &ServerContext, routes: Router) -> io::Result<Server> {
     Ok(Server {
         id: ctx.id,
         url,
+        scheme,
         local_addr,
-        shutdown,
+        shutdown: ctx.shutdown.clone(),
         task,
     })
 }
@@ -247,7 +323,10 @@ where
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
-        let options = args.resolve(role);
+        let options = args.resolve(role)?;
+        // Clients built without an explicit HTTP client (`XClient::new`) use the
+        // server's own TLS roots and token too.
+        options.client.clone().install();
         let ctx = ServerContext::prepare(options.clone())
             .with_context(|| format!("preparing data directory {}", options.data_dir.display()))?;
         cancel_on_signals(ctx.shutdown.clone());
@@ -256,7 +335,7 @@ where
             .with_context(|| format!("starting the {} server", role.kind()))?;
         {
             let mut stdout = io::stdout().lock();
-            writeln!(stdout, "listening on http://{}", server.local_addr())?;
+            writeln!(stdout, "listening on {}", server.local_url())?;
             stdout.flush()?;
         }
         tracing::info!(

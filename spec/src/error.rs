@@ -14,6 +14,10 @@ pub enum ClientError {
         /// Why it was refused.
         reason: String,
     },
+    /// The client's TLS or token settings cannot be used (unreadable CA file, bad PEM,
+    /// a token that is not a valid header value).
+    #[error("invalid client settings: {0}")]
+    InvalidConfig(String),
     /// The request did not complete (connection refused, reset, timeout, ...).
     #[error("request to {url} failed: {source}")]
     Transport {

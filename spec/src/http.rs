@@ -1,5 +1,8 @@
-//! Conventions shared by every typed client: base urls, error mapping, `GET /id/`.
+//! Conventions shared by every typed client: base urls, error mapping, `GET /id/`, and
+//! the [`ClientSecurity`] (trusted CAs, bearer token) every HTTP client is built with.
 
+use std::path::Path;
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use crate::{ClientError, ClientResult, Id};
@@ -85,12 +88,144 @@ impl Endpoint {
     }
 }
 
-/// The HTTP client a client builds when none is given.
+/// How a process's HTTP clients reach servers: certificate authorities trusted besides
+/// the system roots, the bearer token sent with every request, and (only when asked
+/// for by name) skipping certificate verification.
+#[derive(Clone, Default)]
+pub struct ClientSecurity {
+    /// PEM text of extra trusted CA certificates (each may hold several).
+    pub ca_pems: Vec<Vec<u8>>,
+    /// The capability token sent as `Authorization: Bearer <token>`.
+    pub token: Option<String>,
+    /// Accept any server certificate. Only `--insecure-skip-verify` sets this, and the
+    /// programs that offer it print a warning.
+    pub insecure_skip_verify: bool,
+}
+
+impl std::fmt::Debug for ClientSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientSecurity")
+            .field("ca_pems", &self.ca_pems.len())
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("insecure_skip_verify", &self.insecure_skip_verify)
+            .finish()
+    }
+}
+
+/// Environment variable naming a PEM file of extra trusted CAs.
+pub const CA_CERT_ENV: &str = "INVARIANT_CA_CERT";
+/// Environment variable holding a capability token.
+pub const TOKEN_ENV: &str = "INVARIANT_TOKEN";
+/// Environment variable naming a file that holds a capability token.
+pub const TOKEN_FILE_ENV: &str = "INVARIANT_TOKEN_FILE";
+
+impl ClientSecurity {
+    /// Settings from the environment: `INVARIANT_CA_CERT` (a PEM file),
+    /// `INVARIANT_TOKEN` or else `INVARIANT_TOKEN_FILE`.
+    pub fn from_env() -> ClientResult<ClientSecurity> {
+        let mut security = ClientSecurity::default();
+        if let Some(path) = std::env::var_os(CA_CERT_ENV).filter(|p| !p.is_empty()) {
+            security.add_ca_file(Path::new(&path))?;
+        }
+        if let Some(token) = std::env::var(TOKEN_ENV)
+            .ok()
+            .filter(|t| !t.trim().is_empty())
+        {
+            security.token = Some(token.trim().to_string());
+        } else if let Some(path) = std::env::var_os(TOKEN_FILE_ENV).filter(|p| !p.is_empty()) {
+            security.token = Some(read_token_file(Path::new(&path))?);
+        }
+        Ok(security)
+    }
+
+    /// Trusts the CA certificates in the PEM file at `path` (besides the system roots).
+    pub fn add_ca_file(&mut self, path: &Path) -> ClientResult<()> {
+        let pem = std::fs::read(path).map_err(|e| {
+            ClientError::InvalidConfig(format!("reading CA certificate {}: {e}", path.display()))
+        })?;
+        reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+            ClientError::InvalidConfig(format!("CA certificate {}: {e}", path.display()))
+        })?;
+        self.ca_pems.push(pem);
+        Ok(())
+    }
+
+    /// An HTTP client with these settings (connect timeout 10 s, pooled).
+    pub fn http_client(&self) -> ClientResult<reqwest::Client> {
+        let mut builder = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .pool_idle_timeout(Duration::from_secs(50));
+        for pem in &self.ca_pems {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| ClientError::InvalidConfig(format!("CA certificate: {e}")))?;
+            for cert in certs {
+                builder = builder.add_root_certificate(cert);
+            }
+        }
+        if self.insecure_skip_verify {
+            builder = builder.danger_accept_invalid_certs(true);
+        }
+        if let Some(token) = &self.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| {
+                    ClientError::InvalidConfig("the token is not printable ASCII".into())
+                })?;
+            value.set_sensitive(true);
+            let mut headers = reqwest::header::HeaderMap::new();
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+            builder = builder.default_headers(headers);
+        }
+        builder
+            .build()
+            .map_err(|e| ClientError::InvalidConfig(format!("building the HTTP client: {e}")))
+    }
+
+    /// Makes these settings the process default used by [`default_http_client`] (and so
+    /// by every client built with `XClient::new`). Programs call this once at start,
+    /// after reading their options.
+    pub fn install(self) {
+        let lock = PROCESS_SECURITY.get_or_init(|| RwLock::new(None));
+        if let Ok(mut slot) = lock.write() {
+            *slot = Some(self);
+        }
+    }
+}
+
+/// Reads a token file (the token is its first non-empty line).
+pub fn read_token_file(path: &Path) -> ClientResult<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ClientError::InvalidConfig(format!("reading token file {}: {e}", path.display()))
+    })?;
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            ClientError::InvalidConfig(format!("token file {} is empty", path.display()))
+        })
+}
+
+static PROCESS_SECURITY: OnceLock<RwLock<Option<ClientSecurity>>> = OnceLock::new();
+
+/// The process's client settings: what was [installed](ClientSecurity::install), else
+/// the environment ([`ClientSecurity::from_env`]; unreadable settings are reported on
+/// stderr once and ignored).
+pub fn process_security() -> ClientSecurity {
+    let lock = PROCESS_SECURITY.get_or_init(|| {
+        let from_env = ClientSecurity::from_env().unwrap_or_else(|e| {
+            eprintln!("warning: ignoring client settings from the environment: {e}");
+            ClientSecurity::default()
+        });
+        RwLock::new(Some(from_env))
+    });
+    lock.read().ok().and_then(|s| s.clone()).unwrap_or_default()
+}
+
+/// The HTTP client a client builds when none is given: [`process_security`]'s
+/// settings.
 pub fn default_http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .build()
+    process_security()
+        .http_client()
         .unwrap_or_else(|_| reqwest::Client::new())
 }
 

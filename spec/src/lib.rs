@@ -16,8 +16,11 @@
 //! - [`names`]: names → addresses and [`NamesClient`].
 //! - [`productions`]: task output cache and [`ProductionsClient`].
 //! - [`distributor`]: pins, storage sets, placement and [`DistributorClient`].
-//! - [`http`]: the common conventions every client shares (base urls, `/id`).
+//! - [`http`]: the common conventions every client shares (base urls, `/id`, TLS roots
+//!   and the bearer token of [`http::ClientSecurity`]).
+//! - [`auth`]: the capability token format servers check when they run with a root key.
 
+pub mod auth;
 pub mod broker;
 pub mod content;
 pub mod distributor;
