@@ -4,7 +4,9 @@
 //! - [`eventually`]: poll a condition until it holds, failing the test after a bound;
 //! - [`spawn_app`]: serve an axum router on a free loopback port;
 //! - [`FakeBroker`]: a broker double keeping registrations in memory, without liveness
-//!   checks, so a test controls exactly which servers the code under test can find.
+//!   checks, so a test controls exactly which servers the code under test can find;
+//! - [`TestAuth`]: a root key and tokens (valid, expired, foreign, attenuated) for
+//!   tests of token checks.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -169,5 +171,83 @@ impl FakeBroker {
 impl Drop for FakeBroker {
     fn drop(&mut self) {
         self.task.abort();
+    }
+}
+
+/// A network root key for tests of token checks, and tokens signed by it.
+#[derive(Debug)]
+pub struct TestAuth {
+    /// The root key pair.
+    pub root: invariant_spec::auth::RootKey,
+}
+
+impl Default for TestAuth {
+    fn default() -> TestAuth {
+        TestAuth::new()
+    }
+}
+
+impl TestAuth {
+    /// A fresh root key.
+    pub fn new() -> TestAuth {
+        TestAuth {
+            root: invariant_spec::auth::RootKey::generate(),
+        }
+    }
+
+    /// The public key servers check against (`ServerOptions::auth.root`).
+    pub fn public(&self) -> invariant_spec::auth::RootPublicKey {
+        self.root.public()
+    }
+
+    /// A token for `subject` with `rights` (comma-separated, e.g. `storage:write,*:read`).
+    pub fn token(&self, subject: &str, rights: &str) -> String {
+        self.token_with(subject, rights, None, None)
+    }
+
+    /// A token with an expiry and a quota.
+    pub fn token_with(
+        &self,
+        subject: &str,
+        rights: &str,
+        expires: Option<std::time::SystemTime>,
+        quota: Option<u64>,
+    ) -> String {
+        self.root
+            .issue(&invariant_spec::auth::Grant {
+                subject: subject.to_string(),
+                rights: invariant_spec::auth::parse_rights(rights).expect("test rights"),
+                expires,
+                quota,
+            })
+            .expect("issue test token")
+    }
+
+    /// A token that expired a minute ago.
+    pub fn expired(&self, subject: &str, rights: &str) -> String {
+        let past = std::time::SystemTime::now() - Duration::from_secs(60);
+        self.token_with(subject, rights, Some(past), None)
+    }
+
+    /// A token with every right from another root: signatures do not verify here.
+    pub fn foreign(&self, subject: &str) -> String {
+        TestAuth::new().token(subject, "*")
+    }
+
+    /// `token` narrowed to `rights` by its holder.
+    pub fn attenuated(&self, token: &str, rights: &str) -> String {
+        let rights = invariant_spec::auth::parse_rights(rights).expect("test rights");
+        invariant_spec::auth::attenuate(token, self.public(), Some(&rights), None)
+            .expect("attenuate test token")
+    }
+
+    /// An HTTP client that sends `token` with every request.
+    pub fn client(token: &str) -> reqwest::Client {
+        invariant_spec::http::ClientSecurity {
+            token: Some(token.to_string()),
+            ..Default::default()
+        }
+        .http_client()
+        .expect("test client")
     }
 }
