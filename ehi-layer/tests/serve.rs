@@ -137,6 +137,25 @@ async fn fhir_rest_api() -> anyhow::Result<()> {
         .collect();
     assert_eq!(names, expected);
 
+    // --- DNS rebinding: a Host naming another server is refused before anything runs.
+    let port = server.local_addr().port();
+    let foreign = api
+        .http
+        .get(format!("{}/metadata", api.base))
+        .header("host", format!("rebound.example:{port}"))
+        .send()
+        .await?;
+    assert_eq!(foreign.status(), StatusCode::BAD_REQUEST);
+    let body: Value = foreign.json().await?;
+    assert_outcome(&body, "DNS rebinding");
+    let local = api
+        .http
+        .get(format!("{}/metadata", api.base))
+        .header("host", format!("localhost:{port}"))
+        .send()
+        .await?;
+    assert_eq!(local.status(), StatusCode::OK);
+
     // --- 401s.
     let (status, body) = api.get_with("Observation", None).await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

@@ -492,8 +492,9 @@ fn is_connection_error(e: &io::Error) -> bool {
 
 /// Serves `app` on `listener` (over TLS when `tls` is given) until `shutdown` is
 /// cancelled, then stops accepting and waits for open connections to finish their
-/// requests.
-pub(crate) async fn serve(
+/// requests. Servers outside the eight roles (`ehi serve`) use this directly to get
+/// the same limits.
+pub async fn serve(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     app: Router,

@@ -135,6 +135,10 @@ pub struct ServeOptions {
     /// Load every current resource into the cache at start (and after a refresh that
     /// brought changes). Default true.
     pub warm_up: bool,
+    /// Connection limits (header, idle and body timeouts, connection cap, body
+    /// budget), the same as every network server's. Default
+    /// [`invariant_runtime::conn::Limits::default`].
+    pub limits: invariant_runtime::conn::Limits,
 }
 
 impl Default for ServeOptions {
@@ -149,6 +153,7 @@ impl Default for ServeOptions {
             audit_batch: 100,
             cache_bytes: 256 * 1024 * 1024,
             warm_up: true,
+            limits: invariant_runtime::conn::Limits::default(),
         }
     }
 }
@@ -548,7 +553,16 @@ pub async fn start_with(
     if options.warm_up {
         tokio::spawn(warm_up(state.clone()));
     }
-    let app = Router::new().fallback(handle).with_state(state.clone());
+    let hosts = Arc::new(allowed_hosts(local_addr));
+    let app = Router::new()
+        .fallback(handle)
+        .with_state(state.clone())
+        .layer(axum::middleware::from_fn(
+            move |request: Request, next: axum::middleware::Next| {
+                let hosts = hosts.clone();
+                async move { check_host(&hosts, request, next).await }
+            },
+        ));
     let (tx, rx) = oneshot::channel::<()>();
     let background_state = state.clone();
     let (stop_background, mut stopped) = oneshot::channel::<()>();
@@ -594,12 +608,15 @@ pub async fn start_with(
             }
         }
     });
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stop_on_signal = stop.clone();
+    tokio::spawn(async move {
+        let _ = rx.await;
+        stop_on_signal.cancel();
+    });
+    let limits = options.limits;
     let task = tokio::spawn(async move {
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = rx.await;
-            })
-            .await;
+        let result = invariant_runtime::conn::serve(listener, None, app, limits, stop).await;
         // Stop between two iterations (never in the middle of a flush).
         let _ = stop_background.send(());
         let _ = background.await;
@@ -612,6 +629,51 @@ pub async fn start_with(
         task,
         state,
     })
+}
+
+/// The `Host` values a request may carry: the bound address, and `localhost` when
+/// bound on loopback. Anything else is refused, so a web page on another origin that
+/// a DNS-rebinding attack points at this port cannot use the patient's session.
+fn allowed_hosts(addr: SocketAddr) -> Vec<String> {
+    let port = addr.port();
+    let mut hosts = vec![addr.to_string()];
+    if addr.ip().is_loopback() {
+        hosts.push(format!("localhost:{port}"));
+        match addr.ip() {
+            std::net::IpAddr::V4(_) => hosts.push(format!("127.0.0.1:{port}")),
+            std::net::IpAddr::V6(_) => hosts.push(format!("[::1]:{port}")),
+        }
+    }
+    hosts
+}
+
+/// Refuses a request whose `Host` header names another server (400, before anything
+/// else runs; HTTP/2 requests carry it as the `:authority`).
+async fn check_host(hosts: &[String], request: Request, next: axum::middleware::Next) -> Response {
+    let host = request
+        .headers()
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| request.uri().authority().map(|a| a.to_string()));
+    match host {
+        Some(host) if hosts.iter().any(|h| h.eq_ignore_ascii_case(host.trim())) => {
+            next.run(request).await
+        }
+        other => {
+            let shown = other.unwrap_or_else(|| "(none)".into());
+            fhir_response(
+                StatusCode::BAD_REQUEST,
+                &error::outcome(
+                    "security",
+                    &format!(
+                        "the Host header {shown:?} is not this server ({}); refused to prevent DNS rebinding",
+                        hosts.join(", ")
+                    ),
+                ),
+            )
+        }
+    }
 }
 
 /// A FHIR JSON response.
