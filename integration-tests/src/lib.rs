@@ -54,6 +54,17 @@ impl ServerProcess {
     /// Starts binary `name` with `--listen 127.0.0.1:0 --data-dir <data_dir>` plus
     /// `extra` arguments, and waits for its `listening on` line.
     pub fn start(name: &str, data_dir: &Path, extra: &[&str]) -> anyhow::Result<ServerProcess> {
+        ServerProcess::start_limited(name, data_dir, extra, None)
+    }
+
+    /// As [`ServerProcess::start`], with the open-file limit (soft and hard) set to
+    /// `open_files` first, as `ulimit -n` would.
+    pub fn start_limited(
+        name: &str,
+        data_dir: &Path,
+        extra: &[&str],
+        open_files: Option<u64>,
+    ) -> anyhow::Result<ServerProcess> {
         let bin = bin_path(name)?;
         std::fs::create_dir_all(data_dir)?;
         let log = data_dir.with_extension("log");
@@ -62,7 +73,18 @@ impl ServerProcess {
             .append(true)
             .open(&log)
             .with_context(|| format!("opening {}", log.display()))?;
-        let mut child = Command::new(&bin)
+        let mut command = match open_files {
+            None => Command::new(&bin),
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$@\""))
+                    .arg("sh")
+                    .arg(&bin);
+                sh
+            }
+        };
+        let mut child = command
             .arg("--listen")
             .arg("127.0.0.1:0")
             .arg("--data-dir")

@@ -16,6 +16,8 @@
 //! - **Body timeout.** A request body that delivers nothing for
 //!   [`Limits::body_timeout`] fails; the handler sees a read error and the connection
 //!   is closed after its answer.
+//! - **Read buffers.** A connection's read buffer is at most 8 KiB (so is a request
+//!   head).
 //! - **Body budget.** Request body bytes are charged against one budget per server
 //!   ([`Limits::body_budget`]) before they are read from the socket, up to
 //!   [`BUFFERED_BODY_CAP`] per request (the most any handler buffers whole; handlers
@@ -57,6 +59,12 @@ pub const BUFFERED_BODY_CAP: usize = 2 << 20;
 
 /// Body bytes reserved from the budget ahead of each read.
 const BUDGET_CHUNK: usize = 64 << 10;
+
+/// Largest read buffer of an HTTP/1.1 connection (and so the largest request head, and
+/// the largest body frame one read yields). hyper's default (about 400 KiB) lets a few
+/// thousand slow uploads hold gigabytes in read buffers that no budget sees; at 8 KiB,
+/// 2,000 stalled uploads cost about 25 KiB each beyond the body budget.
+const READ_BUFFER: usize = 8 << 10;
 
 /// File descriptors kept free of connections for files, databases and outgoing calls.
 const FD_RESERVE: u64 = 64;
@@ -373,27 +381,35 @@ impl http_body::Body for GuardedBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
         let this = &mut *self;
-        // Reserve budget before reading, so a spent budget stops reads at the socket.
-        if this.charging() && this.reserved == 0 && !this.inner.is_end_stream() {
-            let chunk = BUDGET_CHUNK.min(BUFFERED_BODY_CAP - this.charged);
-            let budget = this.budget.clone();
-            let acquiring = this.acquiring.get_or_insert_with(|| {
-                let n = u32::try_from(chunk).unwrap_or(u32::MAX);
-                Box::pin(budget.acquire_many_owned(n))
-            });
-            match acquiring.as_mut().poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(permit)) => {
-                    this.acquiring = None;
-                    this.hold(permit);
-                    this.reserved = chunk;
-                    // Waiting for the budget is not the client's stall.
-                    let deadline = tokio::time::Instant::now() + this.timeout;
-                    this.deadline.as_mut().reset(deadline);
-                }
-                Poll::Ready(Err(_)) => {
-                    this.acquiring = None;
-                    this.charged = BUFFERED_BODY_CAP;
+        // Reserve budget before reading, so a spent budget stops reads at the socket:
+        // at least one read buffer's worth (the largest frame a read yields), so a
+        // frame never arrives without budget for it.
+        if this.charging() && !this.inner.is_end_stream() {
+            let room = BUFFERED_BODY_CAP - this.charged;
+            let needed = READ_BUFFER.min(room);
+            if this.reserved < needed {
+                let want = BUDGET_CHUNK
+                    .min(room - this.reserved)
+                    .max(needed - this.reserved);
+                let budget = this.budget.clone();
+                let acquiring = this.acquiring.get_or_insert_with(|| {
+                    let n = u32::try_from(want).unwrap_or(u32::MAX);
+                    Box::pin(budget.acquire_many_owned(n))
+                });
+                match acquiring.as_mut().poll(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Ok(permit)) => {
+                        this.acquiring = None;
+                        this.reserved += permit.num_permits();
+                        this.hold(permit);
+                        // Waiting for the budget is not the client's stall.
+                        let deadline = tokio::time::Instant::now() + this.timeout;
+                        this.deadline.as_mut().reset(deadline);
+                    }
+                    Poll::Ready(Err(_)) => {
+                        this.acquiring = None;
+                        this.charged = BUFFERED_BODY_CAP;
+                    }
                 }
             }
         }
@@ -506,7 +522,11 @@ pub async fn serve(
     let budget = BodyBudget::new(limits.body_budget);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).keep_alive(true);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .max_buf_size(READ_BUFFER);
     builder.http2().timer(TokioTimer::new());
     let builder = Arc::new(builder);
     let mut over_cap_log = RateLimitedLog::new();
