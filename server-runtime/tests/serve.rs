@@ -53,29 +53,14 @@ struct Pki {
 /// A CA and a server certificate for 127.0.0.1 and localhost, written to files.
 fn pki() -> Pki {
     let dir = tempfile::tempdir().expect("tempdir");
-    let ca_key = rcgen::KeyPair::generate().expect("ca key");
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("ca params");
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test CA");
-    let ca = ca_params.self_signed(&ca_key).expect("ca cert");
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().expect("server key");
-    let params =
-        rcgen::CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-            .expect("server params");
-    let cert = params.signed_by(&key, &issuer).expect("server cert");
-    let files = TlsFiles {
-        cert: dir.path().join("server.pem"),
-        key: dir.path().join("server.key"),
-    };
-    std::fs::write(&files.cert, cert.pem()).expect("write cert");
-    std::fs::write(&files.key, key.serialize_pem()).expect("write key");
+    let made = invariant_test_support::TestPki::new(dir.path());
     Pki {
+        ca_pem: std::fs::read_to_string(&made.ca_cert).expect("read CA"),
+        files: TlsFiles {
+            cert: made.cert,
+            key: made.key,
+        },
         dir,
-        ca_pem: ca.pem(),
-        files,
     }
 }
 

@@ -7,8 +7,14 @@
 //! In the same run it measures the machine's limit: 4 KiB writes each followed by
 //! fdatasync on the filesystem holding the data directory.
 //!
+//! Then, in the same run, it compares security modes side by side: CAS updates with
+//! 16 clients against a fresh server in open mode, with token checks
+//! (`--auth-root-key`, the clients sending a `slots:write` token), and with HTTPS plus
+//! token checks.
+//!
 //! Run: `cargo bench -p slots-server --bench slot_updates`
-//! (`-- --quick` for a shorter run; `INVARIANT_BENCH_DIR=/path` to choose the disk).
+//! (`-- --quick` for a shorter run; `-- --modes-only` for just the security modes;
+//! `INVARIANT_BENCH_DIR=/path` to choose the disk).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -31,9 +37,29 @@ fn main() -> anyhow::Result<()> {
     let syncs = fdatasync_4k_per_s(base.path(), if quick { 500 } else { 3000 })?;
     println!("  4 KiB write + fdatasync   {syncs:>9.0} /s");
 
+    let modes_only = std::env::args().any(|a| a == "--modes-only");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if !modes_only {
+        let (mut server, url) = start_server(&base.path().join("data"), &[])?;
+        let result = runtime.block_on(classic(&url, quick));
+        let _ = server.kill();
+        let _ = server.wait();
+        result?;
+    }
+    runtime.block_on(security_modes(base.path(), quick))
+}
+
+/// Starts the server binary with `extra` options; returns it and its url.
+fn start_server(
+    data: &std::path::Path,
+    extra: &[&std::ffi::OsStr],
+) -> anyhow::Result<(std::process::Child, String)> {
     let mut server = Command::new(env!("CARGO_BIN_EXE_slots-server"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(base.path().join("data"))
+        .arg(data)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -46,12 +72,81 @@ fn main() -> anyhow::Result<()> {
         let _ = server.kill();
         bail!("unexpected first line {line:?}");
     };
-    let url = url.to_string();
+    Ok((server, url.to_string()))
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(async {
+/// CAS updates with 16 clients in open mode, with token checks, and with HTTPS plus
+/// token checks, each against a fresh server.
+async fn security_modes(base: &std::path::Path, quick: bool) -> anyhow::Result<()> {
+    use invariant_test_support::{TestAuth, TestPki};
+    let auth = TestAuth::new();
+    let root_pub = auth.write_public(base);
+    let pki = TestPki::new(&base.join("pki"));
+    let token = auth.token("bench", "slots:write");
+    let per_client = if quick { 200 } else { 1000 };
+    let mut rng = StdRng::seed_from_u64(1600);
+    println!();
+    println!("security modes, CAS updates with 16 clients (fresh server each)");
+    println!("{:<12} {:>10} {:>9} {:>9}", "mode", "ops/s", "p50 ms", "p99 ms");
+    let modes: [(&str, bool, bool); 3] = [
+        ("open", false, false),
+        ("auth", true, false),
+        ("tls+auth", true, true),
+    ];
+    let mut rates = Vec::new();
+    for (name, with_auth, with_tls) in modes {
+        let mut extra: Vec<&std::ffi::OsStr> = Vec::new();
+        if with_auth {
+            extra.extend(["--auth-root-key".as_ref(), root_pub.as_os_str()]);
+        }
+        if with_tls {
+            extra.extend(["--tls-cert".as_ref(), pki.cert.as_os_str()]);
+            extra.extend(["--tls-key".as_ref(), pki.key.as_os_str()]);
+        }
+        let (mut server, url) = start_server(&base.join(format!("data-{name}")), &extra)?;
+        let security = if with_tls {
+            pki.client_security(with_auth.then_some(token.as_str()))
+        } else {
+            invariant_spec::http::ClientSecurity {
+                token: with_auth.then(|| token.clone()),
+                ..Default::default()
+            }
+        };
+        let outcome = async {
+            let http = security.http_client()?;
+            let client = SlotsClient::from_endpoint(
+                invariant_spec::http::Endpoint::with_client(&url, http)?,
+            );
+            run(&client, &mut rng, 16, per_client).await
+        }
+        .await;
+        let _ = server.kill();
+        let _ = server.wait();
+        let run = outcome?;
+        println!(
+            "{name:<12} {:>10.0} {:>9.2} {:>9.2}",
+            run.ops_per_s(),
+            run.percentile(0.50),
+            run.percentile(0.99)
+        );
+        rates.push(run.ops_per_s());
+    }
+    println!();
+    println!("targets (relative to open mode, same run)");
+    for (i, name) in [(1, "auth"), (2, "tls+auth")] {
+        let goal = 0.85 * rates[0];
+        let verdict = if rates[i] >= goal { "met" } else { "MISSED" };
+        println!(
+            "  {name}: CAS c=16 within 15% (ops/s) {:>10.0} / {goal:>8.0}  {verdict}",
+            rates[i]
+        );
+    }
+    Ok(())
+}
+
+async fn classic(url: &str, quick: bool) -> anyhow::Result<()> {
+    let url = url.to_string();
+    {
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .build()?;
@@ -98,10 +193,7 @@ fn main() -> anyhow::Result<()> {
             );
         }
         anyhow::Ok(())
-    });
-    let _ = server.kill();
-    let _ = server.wait();
-    result
+    }
 }
 
 struct Run {

@@ -6,8 +6,14 @@
 //! machine's limits: single-core SHA-256 throughput and fdatasync'd sequential writes
 //! (1 MiB write + fdatasync, repeated) on the filesystem holding the data directory.
 //!
+//! Then, in the same run, it compares security modes side by side: PUT 1 MiB and GET
+//! 4 KiB at concurrency 16 against a fresh server in open mode, with token checks
+//! (`--auth-root-key`, the client sending a `storage:write` token), and with HTTPS plus
+//! token checks.
+//!
 //! Run: `cargo bench -p storage-server --bench storage_throughput`
-//! (`-- --quick` for a shorter run; `INVARIANT_BENCH_DIR=/path` to choose the disk).
+//! (`-- --quick` for a shorter run; `-- --modes-only` for just the security modes;
+//! `INVARIANT_BENCH_DIR=/path` to choose the disk).
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -39,9 +45,29 @@ fn main() -> anyhow::Result<()> {
     println!("  fdatasync'd 1 MiB writes  {sync_write:>9.0} MB/s");
     let put_target = 0.8 * sha.min(sync_write);
 
+    let modes_only = std::env::args().any(|a| a == "--modes-only");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    if !modes_only {
+        let (mut server, url) = start_server(&base.path().join("data"), &[])?;
+        let result = runtime.block_on(classic(&url, scale, put_target));
+        let _ = server.kill();
+        let _ = server.wait();
+        result?;
+    }
+    runtime.block_on(security_modes(base.path(), scale))
+}
+
+/// Starts the server binary with `extra` options; returns it and its url.
+fn start_server(
+    data: &std::path::Path,
+    extra: &[&std::ffi::OsStr],
+) -> anyhow::Result<(std::process::Child, String)> {
     let mut server = Command::new(env!("CARGO_BIN_EXE_storage-server"))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(base.path().join("data"))
+        .arg(data)
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -53,12 +79,93 @@ fn main() -> anyhow::Result<()> {
     let Some(url) = line.trim().strip_prefix("listening on ") else {
         bail!("unexpected first line {line:?}");
     };
-    let url = url.to_string();
+    Ok((server, url.to_string()))
+}
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    let result = runtime.block_on(async {
+/// PUT 1 MiB and GET 4 KiB at concurrency 16 in open mode, with token checks, and with
+/// HTTPS plus token checks, each against a fresh server.
+async fn security_modes(base: &std::path::Path, scale: usize) -> anyhow::Result<()> {
+    use invariant_test_support::{TestAuth, TestPki};
+    let auth = TestAuth::new();
+    let root_pub = auth.write_public(base);
+    let pki = TestPki::new(&base.join("pki"));
+    let token = auth.token("bench", "storage:write");
+    let mut rng = StdRng::seed_from_u64(11);
+    println!();
+    println!("security modes at concurrency 16 (fresh server each)");
+    println!(
+        "{:<12} {:>14} {:>9} {:>14} {:>9}",
+        "mode", "PUT 1 MiB MB/s", "p99 ms", "GET 4 KiB op/s", "p99 ms"
+    );
+    let modes: [(&str, bool, bool); 3] = [
+        ("open", false, false),
+        ("auth", true, false),
+        ("tls+auth", true, true),
+    ];
+    let mut results = Vec::new();
+    for (name, with_auth, with_tls) in modes {
+        let mut extra: Vec<&std::ffi::OsStr> = Vec::new();
+        if with_auth {
+            extra.push("--auth-root-key".as_ref());
+            extra.push(root_pub.as_os_str());
+        }
+        if with_tls {
+            extra.extend(["--tls-cert".as_ref(), pki.cert.as_os_str()]);
+            extra.extend(["--tls-key".as_ref(), pki.key.as_os_str()]);
+        }
+        let (mut server, url) = start_server(&base.join(format!("data-{name}")), &extra)?;
+        let security = if with_tls {
+            pki.client_security(with_auth.then_some(token.as_str()))
+        } else {
+            invariant_spec::http::ClientSecurity {
+                token: with_auth.then(|| token.clone()),
+                ..Default::default()
+            }
+        };
+        let client = security.http_client()?;
+        let outcome = async {
+            let big = unique_blobs(&mut rng, 256 / scale, MIB);
+            let put = run(&client, &url, 16, Op::Put(big)).await?;
+            let small = unique_blobs(&mut rng, 4000 / scale, 4096);
+            run(&client, &url, 16, Op::Put(small.clone())).await?;
+            let get = run(&client, &url, 16, Op::Get(cycle(&small, 5 * small.len()))).await?;
+            anyhow::Ok((put, get))
+        }
+        .await;
+        let _ = server.kill();
+        let _ = server.wait();
+        let (put, get) = outcome?;
+        println!(
+            "{name:<12} {:>14.0} {:>9.2} {:>14.0} {:>9.2}",
+            put.mb_per_s(),
+            put.percentile_ms(0.99),
+            get.ops_per_s(),
+            get.percentile_ms(0.99)
+        );
+        results.push((put.mb_per_s(), get.ops_per_s()));
+    }
+    let (open_put, open_get) = results[0];
+    println!();
+    println!("targets (relative to open mode, same run)");
+    for (i, name) in [(1, "auth"), (2, "tls+auth")] {
+        let (put, get) = results[i];
+        target(
+            &format!("{name}: PUT 1 MiB within 15% (MB/s)"),
+            put,
+            0.85 * open_put,
+        );
+        target(
+            &format!("{name}: GET 4 KiB within 25% (ops/s)"),
+            get,
+            0.75 * open_get,
+        );
+    }
+    Ok(())
+}
+
+async fn classic(url: &str, scale: usize, put_target: f64) -> anyhow::Result<()> {
+    let url = url.to_string();
+    {
         let client = reqwest::Client::builder()
             .pool_max_idle_per_host(64)
             .build()?;
@@ -109,10 +216,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         anyhow::Ok(())
-    });
-    let _ = server.kill();
-    let _ = server.wait();
-    result
+    }
 }
 
 fn target(name: &str, measured: f64, goal: f64) {

@@ -6,7 +6,8 @@
 //! - [`FakeBroker`]: a broker double keeping registrations in memory, without liveness
 //!   checks, so a test controls exactly which servers the code under test can find;
 //! - [`TestAuth`]: a root key and tokens (valid, expired, foreign, attenuated) for
-//!   tests of token checks.
+//!   tests of token checks;
+//! - [`TestPki`]: a CA and a server certificate for HTTPS tests.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -249,5 +250,69 @@ impl TestAuth {
         }
         .http_client()
         .expect("test client")
+    }
+}
+
+impl TestAuth {
+    /// Writes the root public key to `dir/root.pub` (for `--auth-root-key`).
+    pub fn write_public(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("root.pub");
+        std::fs::write(&path, self.root.public_text()).expect("write root.pub");
+        path
+    }
+}
+
+/// A test certificate authority and one server certificate (for 127.0.0.1, ::1 and
+/// localhost) signed by it, written as PEM files.
+#[derive(Debug, Clone)]
+pub struct TestPki {
+    /// The CA certificate (what clients trust: `--ca-cert`).
+    pub ca_cert: std::path::PathBuf,
+    /// The server certificate (`--tls-cert`).
+    pub cert: std::path::PathBuf,
+    /// The server key (`--tls-key`).
+    pub key: std::path::PathBuf,
+}
+
+impl TestPki {
+    /// Creates the CA and server certificate under `dir`.
+    pub fn new(dir: &std::path::Path) -> TestPki {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca_params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "invariant test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("CA certificate");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("server key");
+        let names = vec![
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+            "localhost".to_string(),
+        ];
+        let cert = rcgen::CertificateParams::new(names)
+            .expect("server parameters")
+            .signed_by(&key, &issuer)
+            .expect("server certificate");
+        std::fs::create_dir_all(dir).expect("pki dir");
+        let pki = TestPki {
+            ca_cert: dir.join("ca.pem"),
+            cert: dir.join("server.pem"),
+            key: dir.join("server.key"),
+        };
+        std::fs::write(&pki.ca_cert, ca.pem()).expect("write CA");
+        std::fs::write(&pki.cert, cert.pem()).expect("write cert");
+        std::fs::write(&pki.key, key.serialize_pem()).expect("write key");
+        pki
+    }
+
+    /// Client settings trusting this CA (and sending `token`, if any).
+    pub fn client_security(&self, token: Option<&str>) -> invariant_spec::http::ClientSecurity {
+        let mut security = invariant_spec::http::ClientSecurity::default();
+        security.add_ca_file(&self.ca_cert).expect("test CA");
+        security.token = token.map(str::to_string);
+        security
     }
 }
