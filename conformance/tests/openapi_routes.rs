@@ -5,7 +5,11 @@
 //! 2. the OpenAPI paths and methods equal those routes plus `GET /id` (trailing slashes
 //!    ignored: they are optional on every route);
 //! 3. a running server (started in-process) answers each route: not 405, and not the
-//!    empty 404 of an unknown route.
+//!    empty 404 of an unknown route;
+//! 4. in auth mode, every route that is not a read (any method but GET/HEAD, except
+//!    the distributor's `POST /blocks` query) refuses a request without a token (401)
+//!    and with a token that is expired, from another root, lacking the role's rights,
+//!    or narrowed away from them (403); reads and `GET /id` stay open.
 //!
 //! The distributor's `http` module is private, so its route list comes from step 1's
 //! source reading alone.
@@ -142,7 +146,11 @@ fn with_id(mut routes: Routes) -> Routes {
 }
 
 async fn start(role: Role, dir: &Path) -> Server {
-    let ctx = ServerContext::prepare(ServerOptions::ephemeral(role, dir)).expect("context");
+    start_with(role, ServerOptions::ephemeral(role, dir)).await
+}
+
+async fn start_with(role: Role, options: ServerOptions) -> Server {
+    let ctx = ServerContext::prepare(options).expect("context");
     match role {
         Role::Storage => storage_server::start(&ctx, Default::default())
             .await
@@ -319,6 +327,88 @@ async fn files() {
         Some(files_server::http::ROUTES),
     )
     .await;
+}
+
+/// Whether a route is a read that stays open without `--auth-reads`.
+fn is_read(method: &str, pattern: &str) -> bool {
+    method == "GET" || method == "HEAD" || pattern.ends_with("/blocks")
+}
+
+#[tokio::test]
+async fn every_mutating_route_requires_a_token() {
+    use invariant_test_support::TestAuth;
+    let auth = TestAuth::new();
+    let roles = [
+        (Role::Storage, "storage-server"),
+        (Role::Slots, "slots-server"),
+        (Role::Broker, "broker-server"),
+        (Role::Find, "find-server"),
+        (Role::Names, "names-server"),
+        (Role::Productions, "productions-server"),
+        (Role::Distributor, "distributor"),
+        (Role::Files, "files-server"),
+    ];
+    let anonymous = reqwest::Client::new();
+    for (role, krate) in roles {
+        let right = role.right_name();
+        let own = auth.token("owner", &format!("{right}:*"));
+        let other = if role == Role::Names {
+            "productions"
+        } else {
+            "names"
+        };
+        let refused = [
+            ("expired", auth.expired("x", &format!("{right}:*"))),
+            ("foreign root", auth.foreign("x")),
+            (
+                "another role's rights",
+                auth.token("x", &format!("{other}:*,*:read")),
+            ),
+            ("read only", auth.token("x", &format!("{right}:read"))),
+            (
+                "narrowed away",
+                auth.attenuated(&own, &format!("{right}:read")),
+            ),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut options = ServerOptions::ephemeral(role, dir.path());
+        options.auth.root = Some(auth.public());
+        let server = start_with(role, options).await;
+        let routes = with_id(source_routes(krate));
+        let mut protected = 0;
+        for (method, pattern) in &routes {
+            let url = format!("{}{}", server.url(), concrete(pattern));
+            let m = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+            let send = |client: &reqwest::Client| {
+                client
+                    .request(m.clone(), &url)
+                    .header("content-type", "application/json")
+                    .body("{}")
+                    .timeout(std::time::Duration::from_secs(10))
+                    .send()
+            };
+            let status = send(&anonymous).await.expect("send").status().as_u16();
+            if is_read(method, pattern) {
+                assert_ne!(
+                    status, 401,
+                    "{krate}: {method} {pattern} is a read and stays open"
+                );
+                continue;
+            }
+            protected += 1;
+            assert_eq!(status, 401, "{krate}: {method} {pattern} without a token");
+            for (what, token) in &refused {
+                let status = send(&TestAuth::client(token)).await.expect("send").status();
+                assert_eq!(
+                    status.as_u16(),
+                    403,
+                    "{krate}: {method} {pattern} with a token {what}"
+                );
+            }
+        }
+        assert!(protected > 0, "{krate}: no mutating route was tried");
+        server.stop().await.expect("stop");
+    }
 }
 
 #[test]

@@ -87,7 +87,10 @@ async fn security_modes(base: &std::path::Path, quick: bool) -> anyhow::Result<(
     let mut rng = StdRng::seed_from_u64(1600);
     println!();
     println!("security modes, CAS updates with 16 clients (fresh server each)");
-    println!("{:<12} {:>10} {:>9} {:>9}", "mode", "ops/s", "p50 ms", "p99 ms");
+    println!(
+        "{:<12} {:>10} {:>9} {:>9}",
+        "mode", "ops/s", "p50 ms", "p99 ms"
+    );
     let modes: [(&str, bool, bool); 3] = [
         ("open", false, false),
         ("auth", true, false),
@@ -114,9 +117,9 @@ async fn security_modes(base: &std::path::Path, quick: bool) -> anyhow::Result<(
         };
         let outcome = async {
             let http = security.http_client()?;
-            let client = SlotsClient::from_endpoint(
-                invariant_spec::http::Endpoint::with_client(&url, http)?,
-            );
+            let client = SlotsClient::from_endpoint(invariant_spec::http::Endpoint::with_client(
+                &url, http,
+            )?);
             run(&client, &mut rng, 16, per_client).await
         }
         .await;
@@ -151,7 +154,8 @@ async fn classic(url: &str, quick: bool) -> anyhow::Result<()> {
             .pool_max_idle_per_host(64)
             .build()?;
         let client = SlotsClient::from_endpoint(invariant_spec::http::Endpoint::with_client(
-            &url, http.clone(),
+            &url,
+            http.clone(),
         )?);
         let mut rng = StdRng::seed_from_u64(1500);
         println!();
