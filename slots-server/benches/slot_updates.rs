@@ -16,8 +16,7 @@
 //! (`-- --quick` for a shorter run; `-- --modes-only` for just the security modes;
 //! `INVARIANT_BENCH_DIR=/path` to choose the disk).
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -54,35 +53,17 @@ fn main() -> anyhow::Result<()> {
 /// Starts the server binary with `extra` options; returns it and its url.
 fn start_server(
     data: &std::path::Path,
-    extra: &[&std::ffi::OsStr],
+    extra: &[std::ffi::OsString],
 ) -> anyhow::Result<(std::process::Child, String)> {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_slots-server"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting slots-server")?;
-    let stdout = server.stdout.take().context("no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let Some(url) = line.trim().strip_prefix("listening on ") else {
-        let _ = server.kill();
-        bail!("unexpected first line {line:?}");
-    };
-    Ok((server, url.to_string()))
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_slots-server"));
+    invariant_test_support::start_binary(bin, data, extra).context("starting slots-server")
 }
 
-/// CAS updates with 16 clients in open mode, with token checks, and with HTTPS plus
 /// token checks, each against a fresh server.
 async fn security_modes(base: &std::path::Path, quick: bool) -> anyhow::Result<()> {
-    use invariant_test_support::{TestAuth, TestPki};
-    let auth = TestAuth::new();
-    let root_pub = auth.write_public(base);
-    let pki = TestPki::new(&base.join("pki"));
-    let token = auth.token("bench", "slots:write");
+    use invariant_test_support::{SECURITY_MODES, SecuritySetup};
+    let setup = SecuritySetup::new(base);
+    let token = setup.auth.token("bench", "slots:write");
     let per_client = if quick { 200 } else { 1000 };
     let mut rng = StdRng::seed_from_u64(1600);
     println!();
@@ -91,32 +72,12 @@ async fn security_modes(base: &std::path::Path, quick: bool) -> anyhow::Result<(
         "{:<12} {:>10} {:>9} {:>9}",
         "mode", "ops/s", "p50 ms", "p99 ms"
     );
-    let modes: [(&str, bool, bool); 3] = [
-        ("open", false, false),
-        ("auth", true, false),
-        ("tls+auth", true, true),
-    ];
     let mut rates = Vec::new();
-    for (name, with_auth, with_tls) in modes {
-        let mut extra: Vec<&std::ffi::OsStr> = Vec::new();
-        if with_auth {
-            extra.extend(["--auth-root-key".as_ref(), root_pub.as_os_str()]);
-        }
-        if with_tls {
-            extra.extend(["--tls-cert".as_ref(), pki.cert.as_os_str()]);
-            extra.extend(["--tls-key".as_ref(), pki.key.as_os_str()]);
-        }
-        let (mut server, url) = start_server(&base.join(format!("data-{name}")), &extra)?;
-        let security = if with_tls {
-            pki.client_security(with_auth.then_some(token.as_str()))
-        } else {
-            invariant_spec::http::ClientSecurity {
-                token: with_auth.then(|| token.clone()),
-                ..Default::default()
-            }
-        };
+    for mode in SECURITY_MODES {
+        let data = base.join(format!("data-{}", mode.name));
+        let (mut server, url) = start_server(&data, &setup.server_args(mode))?;
+        let http = setup.client(mode, &token);
         let outcome = async {
-            let http = security.http_client()?;
             let client = SlotsClient::from_endpoint(invariant_spec::http::Endpoint::with_client(
                 &url, http,
             )?);
@@ -127,22 +88,21 @@ async fn security_modes(base: &std::path::Path, quick: bool) -> anyhow::Result<(
         let _ = server.wait();
         let run = outcome?;
         println!(
-            "{name:<12} {:>10.0} {:>9.2} {:>9.2}",
+            "{:<12} {:>10.0} {:>9.2} {:>9.2}",
+            mode.name,
             run.ops_per_s(),
             run.percentile(0.50),
             run.percentile(0.99)
         );
-        rates.push(run.ops_per_s());
+        rates.push((mode.name, run.ops_per_s()));
     }
     println!();
     println!("targets (relative to open mode, same run)");
-    for (i, name) in [(1, "auth"), (2, "tls+auth")] {
-        let goal = 0.85 * rates[0];
-        let verdict = if rates[i] >= goal { "met" } else { "MISSED" };
-        println!(
-            "  {name}: CAS c=16 within 15% (ops/s) {:>10.0} / {goal:>8.0}  {verdict}",
-            rates[i]
-        );
+    let open = rates[0].1;
+    for (name, rate) in &rates[1..] {
+        let goal = 0.85 * open;
+        let verdict = if *rate >= goal { "met" } else { "MISSED" };
+        println!("  {name}: CAS c=16 within 15% (ops/s) {rate:>10.0} / {goal:>8.0}  {verdict}");
     }
     Ok(())
 }

@@ -15,8 +15,7 @@
 //! (`-- --quick` for a shorter run; `-- --modes-only` for just the security modes;
 //! `INVARIANT_BENCH_DIR=/path` to choose the disk).
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
+use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -62,34 +61,17 @@ fn main() -> anyhow::Result<()> {
 /// Starts the server binary with `extra` options; returns it and its url.
 fn start_server(
     data: &std::path::Path,
-    extra: &[&std::ffi::OsStr],
+    extra: &[std::ffi::OsString],
 ) -> anyhow::Result<(std::process::Child, String)> {
-    let mut server = Command::new(env!("CARGO_BIN_EXE_storage-server"))
-        .args(["--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("starting storage-server")?;
-    let stdout = server.stdout.take().context("no stdout")?;
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line)?;
-    let Some(url) = line.trim().strip_prefix("listening on ") else {
-        bail!("unexpected first line {line:?}");
-    };
-    Ok((server, url.to_string()))
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_storage-server"));
+    invariant_test_support::start_binary(bin, data, extra).context("starting storage-server")
 }
 
-/// PUT 1 MiB and GET 4 KiB at concurrency 16 in open mode, with token checks, and with
 /// HTTPS plus token checks, each against a fresh server.
 async fn security_modes(base: &std::path::Path, scale: usize) -> anyhow::Result<()> {
-    use invariant_test_support::{TestAuth, TestPki};
-    let auth = TestAuth::new();
-    let root_pub = auth.write_public(base);
-    let pki = TestPki::new(&base.join("pki"));
-    let token = auth.token("bench", "storage:write");
+    use invariant_test_support::{SECURITY_MODES, SecuritySetup};
+    let setup = SecuritySetup::new(base);
+    let token = setup.auth.token("bench", "storage:write");
     let mut rng = StdRng::seed_from_u64(11);
     println!();
     println!("security modes at concurrency 16 (fresh server each)");
@@ -97,32 +79,11 @@ async fn security_modes(base: &std::path::Path, scale: usize) -> anyhow::Result<
         "{:<12} {:>14} {:>9} {:>14} {:>9}",
         "mode", "PUT 1 MiB MB/s", "p99 ms", "GET 4 KiB op/s", "p99 ms"
     );
-    let modes: [(&str, bool, bool); 3] = [
-        ("open", false, false),
-        ("auth", true, false),
-        ("tls+auth", true, true),
-    ];
     let mut results = Vec::new();
-    for (name, with_auth, with_tls) in modes {
-        let mut extra: Vec<&std::ffi::OsStr> = Vec::new();
-        if with_auth {
-            extra.push("--auth-root-key".as_ref());
-            extra.push(root_pub.as_os_str());
-        }
-        if with_tls {
-            extra.extend(["--tls-cert".as_ref(), pki.cert.as_os_str()]);
-            extra.extend(["--tls-key".as_ref(), pki.key.as_os_str()]);
-        }
-        let (mut server, url) = start_server(&base.join(format!("data-{name}")), &extra)?;
-        let security = if with_tls {
-            pki.client_security(with_auth.then_some(token.as_str()))
-        } else {
-            invariant_spec::http::ClientSecurity {
-                token: with_auth.then(|| token.clone()),
-                ..Default::default()
-            }
-        };
-        let client = security.http_client()?;
+    for mode in SECURITY_MODES {
+        let data = base.join(format!("data-{}", mode.name));
+        let (mut server, url) = start_server(&data, &setup.server_args(mode))?;
+        let client = setup.client(mode, &token);
         let outcome = async {
             let big = unique_blobs(&mut rng, 256 / scale, MIB);
             let put = run(&client, &url, 16, Op::Put(big)).await?;
@@ -136,27 +97,27 @@ async fn security_modes(base: &std::path::Path, scale: usize) -> anyhow::Result<
         let _ = server.wait();
         let (put, get) = outcome?;
         println!(
-            "{name:<12} {:>14.0} {:>9.2} {:>14.0} {:>9.2}",
+            "{:<12} {:>14.0} {:>9.2} {:>14.0} {:>9.2}",
+            mode.name,
             put.mb_per_s(),
             put.percentile_ms(0.99),
             get.ops_per_s(),
             get.percentile_ms(0.99)
         );
-        results.push((put.mb_per_s(), get.ops_per_s()));
+        results.push((mode.name, put.mb_per_s(), get.ops_per_s()));
     }
-    let (open_put, open_get) = results[0];
+    let (_, open_put, open_get) = results[0];
     println!();
     println!("targets (relative to open mode, same run)");
-    for (i, name) in [(1, "auth"), (2, "tls+auth")] {
-        let (put, get) = results[i];
+    for (name, put, get) in &results[1..] {
         target(
             &format!("{name}: PUT 1 MiB within 15% (MB/s)"),
-            put,
+            *put,
             0.85 * open_put,
         );
         target(
             &format!("{name}: GET 4 KiB within 25% (ops/s)"),
-            get,
+            *get,
             0.75 * open_get,
         );
     }

@@ -316,3 +316,119 @@ impl TestPki {
         security
     }
 }
+
+/// Starts a server binary on `127.0.0.1:0` with `--data-dir data` and `extra` options;
+/// returns the child and the url from its `listening on` line (for benches).
+pub fn start_binary(
+    bin: &std::path::Path,
+    data: &std::path::Path,
+    extra: &[std::ffi::OsString],
+) -> std::io::Result<(std::process::Child, String)> {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(bin)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(data)
+        .args(extra)
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| std::io::Error::other("the server has no stdout"))?;
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line)?;
+    match line.trim().strip_prefix("listening on ") {
+        Some(url) => Ok((child, url.to_string())),
+        None => {
+            let _ = child.kill();
+            Err(std::io::Error::other(format!(
+                "unexpected first line {line:?}"
+            )))
+        }
+    }
+}
+
+/// One of the security modes benches compare: open, token checks, HTTPS + token checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SecurityMode {
+    /// Printed name.
+    pub name: &'static str,
+    /// Token checks on.
+    pub auth: bool,
+    /// HTTPS.
+    pub tls: bool,
+}
+
+/// The three modes, in the order they are printed.
+pub const SECURITY_MODES: [SecurityMode; 3] = [
+    SecurityMode {
+        name: "open",
+        auth: false,
+        tls: false,
+    },
+    SecurityMode {
+        name: "auth",
+        auth: true,
+        tls: false,
+    },
+    SecurityMode {
+        name: "tls+auth",
+        auth: true,
+        tls: true,
+    },
+];
+
+/// A root key and a CA for running a server in each [`SecurityMode`].
+#[derive(Debug)]
+pub struct SecuritySetup {
+    /// The root key.
+    pub auth: TestAuth,
+    root_pub: std::path::PathBuf,
+    pki: TestPki,
+}
+
+impl SecuritySetup {
+    /// Writes the root public key and the certificates under `dir`.
+    pub fn new(dir: &std::path::Path) -> SecuritySetup {
+        let auth = TestAuth::new();
+        let root_pub = auth.write_public(dir);
+        let pki = TestPki::new(&dir.join("pki"));
+        SecuritySetup {
+            auth,
+            root_pub,
+            pki,
+        }
+    }
+
+    /// The server options for `mode`.
+    pub fn server_args(&self, mode: SecurityMode) -> Vec<std::ffi::OsString> {
+        let mut args: Vec<std::ffi::OsString> = Vec::new();
+        if mode.auth {
+            args.push("--auth-root-key".into());
+            args.push(self.root_pub.clone().into());
+        }
+        if mode.tls {
+            args.push("--tls-cert".into());
+            args.push(self.pki.cert.clone().into());
+            args.push("--tls-key".into());
+            args.push(self.pki.key.clone().into());
+        }
+        args
+    }
+
+    /// An HTTP client for `mode`, sending `token` when the mode checks tokens.
+    pub fn client(&self, mode: SecurityMode, token: &str) -> reqwest::Client {
+        let token = mode.auth.then_some(token);
+        let security = if mode.tls {
+            self.pki.client_security(token)
+        } else {
+            invariant_spec::http::ClientSecurity {
+                token: token.map(str::to_string),
+                ..Default::default()
+            }
+        };
+        security.http_client().expect("bench client")
+    }
+}
