@@ -2,19 +2,30 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `POST /broker/register` | JSON [`Registration`] (`urls` and/or `url`) → JSON [`RegisterResponse`] with the broker's id; 400 bad kind, no or bad url, malformed JSON |
+//! | `POST /broker/register` | JSON [`Registration`] (`urls` and/or `url`) → JSON [`RegisterResponse`] with the broker's id; 400 bad kind, no or bad url, malformed JSON; in auth mode 401 without a token, 403 without `broker:register` or when another subject owns the id |
 //! | `GET /broker/location/:id` | JSON [`Location`] with `urls` and `url` (the first); 404 unknown, 400 bad id |
 //! | `GET /broker/registered/:kind` | JSON array of ids (`[]` when none); 400 unknown kind |
 //! | `GET /broker/servers/:kind` | `text/plain`, one id per line; 400 unknown kind |
 //!
 //! A 200 to a registration means it is durably committed.
+//!
+//! Ownership (auth mode, when the request carries a verified [`Caller`]): the record
+//! is bound to the caller's subject. An id owned by another subject is refused with
+//! 403 and nothing changes, unless the caller also holds `broker:admin` (operator
+//! tokens hold `*`), in which case the record is replaced and owned by the caller.
+//! An id without an owner (registered in open mode or before owners were kept) is
+//! claimed by the first authenticated registrant. In open mode there is no caller:
+//! every registration replaces the id's record, as it always did, and leaves it without
+//! an owner.
 
-use axum::Router;
+use std::sync::Arc;
+
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use invariant_runtime::{ApiError, ApiJson, ApiPath, ApiResult};
+use axum::{Extension, Router};
+use invariant_runtime::{ApiError, ApiJson, ApiPath, ApiResult, Caller, Role};
 use invariant_spec::Id;
 use invariant_spec::broker::{KINDS, Location, RegisterResponse, Registration};
 
@@ -47,18 +58,42 @@ fn store_error(context: &'static str) -> impl FnOnce(StoreError) -> ApiError {
 
 async fn register(
     State(state): State<AppState>,
+    caller: Option<Extension<Arc<Caller>>>,
     ApiJson(registration): ApiJson<Registration>,
 ) -> ApiResult<Json<RegisterResponse>> {
-    let record = Record::from_registration(&registration)
+    let mut record = Record::from_registration(&registration)
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
     let id = registration.id;
+    let may_override = match &caller {
+        Some(Extension(caller)) => {
+            record.owner = Some(caller.subject.clone());
+            caller.allows(Role::Broker, "admin")
+        }
+        None => true,
+    };
     let stored = record.clone();
     state
         .store()
-        .blocking(move |s| s.put(&id, &stored))
+        .blocking(move |s| s.put_checked(&id, &stored, may_override))
         .await
-        .map_err(store_error("saving a registration"))?;
-    tracing::info!(%id, kind = record.kind, urls = ?record.urls, "registered");
+        .map_err(store_error("saving a registration"))?
+        .map_err(|refused| {
+            tracing::warn!(
+                %id,
+                subject = record.owner.as_deref().unwrap_or_default(),
+                "refused a registration of an id another subject owns"
+            );
+            let whose = if refused.readable {
+                "is registered by another subject"
+            } else {
+                "has a registration of unknown owner"
+            };
+            ApiError::forbidden(format!(
+                "server {id} {whose}; only its owner or a holder of broker:admin may \
+                 replace it; nothing was changed"
+            ))
+        })?;
+    tracing::info!(%id, kind = record.kind, urls = ?record.urls, owner = ?record.owner, "registered");
     Ok(Json(RegisterResponse {
         id: state.id(),
         salt: None,

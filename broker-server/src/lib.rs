@@ -4,6 +4,11 @@
 //! registrations in redb at `<data-dir>/broker.redb`, and drops servers that stop
 //! answering `GET /id/` with their own id.
 //!
+//! In auth mode (`--auth-root-key`) a registration needs `broker:register` and is
+//! owned by the token's subject: another subject cannot replace it (403) unless it
+//! holds `broker:admin` ([`http`]). Liveness checks contact only `http`/`https` urls,
+//! follow no redirects and honour `--peer-allow` ([`liveness`]).
+//!
 //! - [`record`]: what is kept per server, its validation and versioned stored form.
 //! - [`store`]: the redb tables; every acknowledged write is durably committed.
 //! - [`http`]: routes and handlers.
@@ -18,6 +23,7 @@ pub mod store;
 
 use std::sync::Arc;
 
+use invariant_runtime::peers::PeerClient;
 use invariant_runtime::{Server, ServerContext};
 use invariant_spec::Id;
 
@@ -43,9 +49,10 @@ pub enum StartError {
     /// The database could not be opened.
     #[error("opening the registrations: {0}")]
     Store(#[from] StoreError),
-    /// The HTTP client for liveness checks could not be built.
-    #[error("building the HTTP client: {0}")]
-    Http(#[from] reqwest::Error),
+    /// The liveness checks' client cannot be built from the server's settings (CA,
+    /// token).
+    #[error("building the liveness client: {0}")]
+    Peers(#[from] invariant_runtime::peers::PeerError),
     /// The listener could not be bound.
     #[error("binding: {0}")]
     Bind(#[from] std::io::Error),
@@ -88,16 +95,20 @@ pub async fn start(ctx: &ServerContext, config: BrokerConfig) -> Result<Server, 
     let store = tokio::task::spawn_blocking(move || RegistrationStore::open(&data_dir))
         .await
         .map_err(StoreError::from)??;
-    let http = reqwest::Client::builder()
-        .connect_timeout(config.liveness.check_timeout)
-        .timeout(config.liveness.check_timeout)
-        .build()?;
+    let checker = liveness::Checker {
+        peers: PeerClient::for_server(
+            &ctx.options,
+            config.liveness.check_timeout,
+            Some(config.liveness.check_timeout),
+        )?,
+        require_owner: ctx.options.auth.root.is_some(),
+    };
     let state = AppState::new(ctx.id, store.clone());
     let server = invariant_runtime::serve(ctx, http::router(state)).await?;
     ctx.tasks.spawn(liveness::run(
         store,
         config.liveness,
-        http,
+        checker,
         ctx.shutdown.clone(),
     ));
     Ok(server)

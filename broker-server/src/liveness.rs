@@ -11,6 +11,15 @@
 //! Counts live in memory: a restarted broker starts them at zero. The checker stops
 //! when the server's shutdown token is cancelled.
 //!
+//! Checks go through a [`PeerClient`]: only `http`/`https` urls, no redirects followed
+//! (a 3xx is a failed check), only addresses `--peer-allow` permits (a host name is
+//! resolved and every address it resolves to must be allowed before anything is
+//! connected to), with the broker's own CAs and token. A url that may not be contacted
+//! counts as not answering, so such a registration is dropped like a dead one. In
+//! auth mode a record without an owner (written in open mode or by an older broker,
+//! so by nobody known to hold `broker:register`) is never contacted either: it is
+//! dropped unless its server registers again with a token, which claims it.
+//!
 //! Metrics: `broker_liveness_checks_total{outcome="alive"|"failed"}` (checks made),
 //! `broker_servers_dropped_total` (registrations removed), `broker_registered_servers`
 //! (gauge: registrations at the start of the last round).
@@ -19,8 +28,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use invariant_runtime::peers::PeerClient;
 use invariant_spec::Id;
-use invariant_spec::http::Endpoint;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;
@@ -161,11 +170,20 @@ impl FailureTracker {
     }
 }
 
+/// What a check may contact.
+#[derive(Clone, Debug)]
+pub struct Checker {
+    /// The client for registered urls.
+    pub peers: PeerClient,
+    /// Contact only records with an owner (auth mode).
+    pub require_owner: bool,
+}
+
 /// Runs check rounds until `shutdown` is cancelled.
 pub async fn run(
     store: RegistrationStore,
     config: LivenessConfig,
-    http: reqwest::Client,
+    checker: Checker,
     shutdown: CancellationToken,
 ) {
     let mut rng = StdRng::from_os_rng();
@@ -178,7 +196,7 @@ pub async fn run(
         }
         tokio::select! {
             () = shutdown.cancelled() => break,
-            outcome = round(&store, &config, &http, &mut tracker) => {
+            outcome = round(&store, &config, &checker, &mut tracker) => {
                 if let Err(e) = outcome {
                     tracing::warn!(error = %e, "liveness round failed");
                 }
@@ -192,14 +210,14 @@ pub async fn run(
 async fn round(
     store: &RegistrationStore,
     config: &LivenessConfig,
-    http: &reqwest::Client,
+    checker: &Checker,
     tracker: &mut FailureTracker,
 ) -> Result<(), StoreError> {
     let snapshot = store.blocking(|s| s.all()).await?;
     metrics::gauge!("broker_registered_servers").set(snapshot.len() as f64);
     let results: Vec<CheckResult> = futures_util::stream::iter(snapshot)
         .map(|(id, record)| async move {
-            let alive = check(http, config.check_timeout, &id, &record).await;
+            let alive = check(checker, config.check_timeout, &id, &record).await;
             let outcome = if alive { "alive" } else { "failed" };
             metrics::counter!("broker_liveness_checks_total", "outcome" => outcome).increment(1);
             CheckResult { id, record, alive }
@@ -234,10 +252,18 @@ async fn round(
 }
 
 /// Whether one of the record's urls answers `GET /id/` with `id` in time.
-async fn check(http: &reqwest::Client, timeout: Duration, id: &Id, record: &Record) -> bool {
+async fn check(checker: &Checker, timeout: Duration, id: &Id, record: &Record) -> bool {
+    if checker.require_owner && record.owner.is_none() {
+        tracing::debug!(%id, "registration has no owner; not contacted in auth mode");
+        return false;
+    }
     for url in &record.urls {
-        let Ok(endpoint) = Endpoint::with_client(url, http.clone()) else {
-            continue;
+        let endpoint = match checker.peers.endpoint(url) {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                tracing::debug!(%id, url, error = %e, "url not contacted");
+                continue;
+            }
         };
         match tokio::time::timeout(timeout, endpoint.server_id()).await {
             Ok(Ok(answered)) if answered == *id => return true,
@@ -259,6 +285,7 @@ mod tests {
         Record {
             kind: "storage".to_string(),
             urls: vec![url.to_string()],
+            owner: None,
         }
     }
 

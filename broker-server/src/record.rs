@@ -1,9 +1,10 @@
-//! What the broker keeps per server: its kind and urls, validated from a
+//! What the broker keeps per server: its kind, urls and owner, validated from a
 //! [`Registration`] and encoded with a format version for storage.
 //!
-//! Stored form (version 1): one byte `1`, then redb's own encoding of the tuple
-//! `(kind: &str, urls: Vec<&str>)`. A later format takes the next version byte and
-//! decodes version 1 for migration.
+//! Stored form: one version byte, then redb's own encoding of a tuple.
+//! - Version 2 (written now): `(kind: &str, urls: Vec<&str>, owner: Option<&str>)`.
+//! - Version 1 (read only): `(kind: &str, urls: Vec<&str>)`; such a record has no
+//!   owner. It is rewritten as version 2 when the server registers again.
 
 use invariant_spec::broker::{KINDS, Registration};
 use redb::Value;
@@ -13,19 +14,29 @@ pub const MAX_URLS: usize = 16;
 /// Longest url accepted, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
 
-/// Version byte of the current stored format.
+/// Version byte of the first stored format (kind and urls).
 const FORMAT_V1: u8 = 1;
+/// Version byte of the current stored format (kind, urls and owner).
+const FORMAT_V2: u8 = 2;
 
 /// The redb-encoded body of a version-1 record.
 type RecordV1 = (&'static str, Vec<&'static str>);
+/// The redb-encoded body of a version-2 record.
+type RecordV2 = (&'static str, Vec<&'static str>, Option<&'static str>);
 
-/// A registered server: its role and the urls it answers at (first preferred).
+/// A registered server: its role, the urls it answers at (first preferred), and the
+/// subject that owns the registration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     /// One of [`KINDS`].
     pub kind: String,
     /// Normalized base urls (http or https, no trailing slash), never empty, no duplicates.
     pub urls: Vec<String>,
+    /// The token subject whose registration wrote this record; `None` for a record
+    /// written in open mode (no token) or by a broker older than ownership. Only the
+    /// owner or a `broker:admin` holder may replace an owned record; anyone with
+    /// `broker:register` may claim one without an owner.
+    pub owner: Option<String>,
 }
 
 /// Why a registration is refused.
@@ -65,6 +76,7 @@ pub enum DecodeError {
 
 impl Record {
     /// Validates a registration: a known kind and 1..=[`MAX_URLS`] http(s) base urls.
+    /// The record has no owner; the caller sets one.
     pub fn from_registration(registration: &Registration) -> Result<Record, InvalidRegistration> {
         let kind = registration.kind.as_str();
         if !KINDS.contains(&kind) {
@@ -90,15 +102,16 @@ impl Record {
         Ok(Record {
             kind: kind.to_string(),
             urls,
+            owner: None,
         })
     }
 
-    /// The stored form: version byte, then the version's body.
+    /// The stored form: version byte (always the current one), then its body.
     pub fn encode(&self) -> Vec<u8> {
         let urls: Vec<&str> = self.urls.iter().map(String::as_str).collect();
-        let body = RecordV1::as_bytes(&(self.kind.as_str(), urls));
+        let body = RecordV2::as_bytes(&(self.kind.as_str(), urls, self.owner.as_deref()));
         let mut out = Vec::with_capacity(1 + body.len());
-        out.push(FORMAT_V1);
+        out.push(FORMAT_V2);
         out.extend_from_slice(&body);
         out
     }
@@ -112,6 +125,15 @@ impl Record {
                 Ok(Record {
                     kind: kind.to_string(),
                     urls: urls.into_iter().map(str::to_string).collect(),
+                    owner: None,
+                })
+            }
+            FORMAT_V2 => {
+                let (kind, urls, owner) = RecordV2::from_bytes(body);
+                Ok(Record {
+                    kind: kind.to_string(),
+                    urls: urls.into_iter().map(str::to_string).collect(),
+                    owner: owner.map(str::to_string),
                 })
             }
             other => Err(DecodeError::UnknownVersion(other)),
@@ -217,16 +239,36 @@ mod tests {
 
     #[test]
     fn encoding_round_trips_and_is_versioned() {
-        let record = Record {
-            kind: "find".to_string(),
-            urls: vec!["http://a:1".to_string(), "https://b".to_string()],
-        };
-        let bytes = record.encode();
-        assert_eq!(bytes[0], FORMAT_V1);
-        assert_eq!(Record::decode(&bytes), Ok(record));
+        for owner in [None, Some("storage-1".to_string()), Some(String::new())] {
+            let record = Record {
+                kind: "find".to_string(),
+                urls: vec!["http://a:1".to_string(), "https://b".to_string()],
+                owner,
+            };
+            let bytes = record.encode();
+            assert_eq!(bytes[0], FORMAT_V2);
+            assert_eq!(Record::decode(&bytes), Ok(record));
+        }
         assert_eq!(Record::decode(&[]), Err(DecodeError::Empty));
-        let mut future = bytes.clone();
-        future[0] = 2;
-        assert_eq!(Record::decode(&future), Err(DecodeError::UnknownVersion(2)));
+        assert_eq!(
+            Record::decode(&[3, 0, 0]),
+            Err(DecodeError::UnknownVersion(3))
+        );
+    }
+
+    #[test]
+    fn version_1_records_decode_without_an_owner() {
+        // Written exactly as the version-1 encoder did.
+        let body = RecordV1::as_bytes(&("storage", vec!["http://a:1", "https://b"]));
+        let mut bytes = vec![FORMAT_V1];
+        bytes.extend_from_slice(&body);
+        assert_eq!(
+            Record::decode(&bytes),
+            Ok(Record {
+                kind: "storage".to_string(),
+                urls: vec!["http://a:1".to_string(), "https://b".to_string()],
+                owner: None,
+            })
+        );
     }
 }

@@ -1,7 +1,7 @@
 //! Registrations in redb, at `<data-dir>/broker.redb`.
 //!
 //! Tables:
-//! - `servers`: server id (32 bytes) → versioned [`Record`] bytes.
+//! - `servers`: server id (32 bytes) → versioned [`Record`] bytes (kind, urls, owner).
 //! - `servers_by_kind`: kind → server ids (multimap), kept in step with `servers` in the
 //!   same transaction, so `registered/:kind` never scans every server.
 //!
@@ -66,6 +66,14 @@ pub enum StoreError {
     },
 }
 
+/// A registration refused because another subject owns the id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OwnedByOther {
+    /// Whether the current record could be read (an unreadable one has an unknown
+    /// owner and is treated as someone else's).
+    pub readable: bool,
+}
+
 /// The broker's registrations. Cloning shares the open database.
 #[derive(Clone, Debug)]
 pub struct RegistrationStore {
@@ -111,10 +119,43 @@ impl RegistrationStore {
 
     /// Registers `id`, replacing any earlier registration of it. Durable on return.
     pub fn put(&self, id: &Id, record: &Record) -> Result<(), StoreError> {
+        // An override is never refused.
+        self.put_checked(id, record, true).map(|_always_ok| ())
+    }
+
+    /// Registers `id` unless an owner other than `record.owner` holds it, in one
+    /// transaction. A record without an owner (open mode) replaces anything, and
+    /// anything may replace a record without an owner. `may_override` (an operator)
+    /// replaces any record. A refused write changes nothing. Durable on return.
+    pub fn put_checked(
+        &self,
+        id: &Id,
+        record: &Record,
+        may_override: bool,
+    ) -> Result<Result<(), OwnedByOther>, StoreError> {
         let key = id.as_bytes();
         let txn = self.db.begin_write()?;
         {
             let mut servers = txn.open_table(SERVERS)?;
+            if record.owner.is_some() && !may_override {
+                let current = servers.get(key)?.map(|g| Record::decode(g.value()));
+                let refusal = match current {
+                    Some(Ok(current)) => match current.owner {
+                        Some(owner) if Some(&owner) != record.owner.as_ref() => {
+                            Some(OwnedByOther { readable: true })
+                        }
+                        _ => None,
+                    },
+                    // An unreadable record's owner is unknown: only an operator replaces it.
+                    Some(Err(_)) => Some(OwnedByOther { readable: false }),
+                    None => None,
+                };
+                if let Some(refusal) = refusal {
+                    drop(servers);
+                    txn.abort()?;
+                    return Ok(Err(refusal));
+                }
+            }
             let mut by_kind = txn.open_multimap_table(BY_KIND)?;
             let previous = servers
                 .insert(key, record.encode().as_slice())?
@@ -133,7 +174,7 @@ impl RegistrationStore {
             by_kind.insert(record.kind.as_str(), key)?;
         }
         txn.commit()?;
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// The registration of `id`, if any.
@@ -207,7 +248,84 @@ mod tests {
         Record {
             kind: kind.to_string(),
             urls: urls.iter().map(|u| u.to_string()).collect(),
+            owner: None,
         }
+    }
+
+    fn owned(owner: &str, urls: &[&str]) -> Record {
+        Record {
+            owner: Some(owner.to_string()),
+            ..record("storage", urls)
+        }
+    }
+
+    #[test]
+    fn owned_registrations_are_replaced_only_by_their_owner_or_an_override() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RegistrationStore::open(dir.path()).expect("open");
+        let a = Id::of_content(b"a");
+
+        // No owner yet: the first subject claims it.
+        store
+            .put(&a, &record("storage", &["http://open"]))
+            .expect("open put");
+        let mine = owned("alice", &["http://a1"]);
+        assert_eq!(store.put_checked(&a, &mine, false).expect("claim"), Ok(()));
+
+        // Another subject is refused and nothing changes.
+        let theirs = owned("mallory", &["http://evil"]);
+        assert_eq!(
+            store.put_checked(&a, &theirs, false).expect("hijack"),
+            Err(OwnedByOther { readable: true })
+        );
+        assert_eq!(store.get(&a).expect("get"), Some(mine.clone()));
+        assert_eq!(store.ids_of_kind("storage").expect("ids"), vec![a]);
+
+        // The owner updates; an override (operator) replaces and takes it.
+        let moved = Record {
+            kind: "slots".to_string(),
+            ..owned("alice", &["http://a2"])
+        };
+        assert_eq!(
+            store.put_checked(&a, &moved, false).expect("update"),
+            Ok(())
+        );
+        assert_eq!(store.ids_of_kind("slots").expect("ids"), vec![a]);
+        let operator = owned("operator", &["http://a3"]);
+        assert_eq!(
+            store.put_checked(&a, &operator, true).expect("override"),
+            Ok(())
+        );
+        assert_eq!(store.get(&a).expect("get"), Some(operator));
+        assert!(store.ids_of_kind("slots").expect("ids").is_empty());
+        assert_eq!(
+            store.put_checked(&a, &mine, false).expect("old owner"),
+            Err(OwnedByOther { readable: true })
+        );
+    }
+
+    #[test]
+    fn an_unreadable_record_is_replaced_only_by_an_override_or_open_mode() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RegistrationStore::open(dir.path()).expect("open");
+        let a = Id::of_content(b"a");
+        {
+            let txn = store.db.begin_write().expect("txn");
+            txn.open_table(SERVERS)
+                .expect("servers")
+                .insert(a.as_bytes(), [9u8, 1, 2].as_slice())
+                .expect("insert");
+            txn.commit().expect("commit");
+        }
+        assert_eq!(
+            store
+                .put_checked(&a, &owned("alice", &["http://a"]), false)
+                .expect("put"),
+            Err(OwnedByOther { readable: false })
+        );
+        let open = record("storage", &["http://open"]);
+        store.put(&a, &open).expect("open put");
+        assert_eq!(store.get(&a).expect("get"), Some(open));
     }
 
     #[test]

@@ -3,18 +3,25 @@
 //! | route | answer |
 //! |---|---|
 //! | `PUT /distributor/pin` | 200; 400 malformed body; 413 too many ids |
-//! | `PUT /distributor/unpin` | 200; 409 when a block would go below zero pins (nothing applied) |
+//! | `PUT /distributor/unpin` | 200; 409 when the caller would go below zero pins of a block (nothing applied) |
 //! | `PUT /distributor/register/storage` | 200 |
 //! | `PUT /distributor/unregister/storage` | 200; 409 below zero (nothing applied) |
 //! | `POST /distributor/blocks` | 200 JSON `[{block, storages}]`, streamed |
-//! | `GET /distributor/status` | 200 JSON status |
+//! | `GET /distributor/status` | 200 JSON status; with `pins_by_subject` for a `distributor:admin` caller |
 //!
 //! The same routes answer under `/distribute/` (the reference docs' spelling). Bodies
 //! are id lists parsed as they stream in ([`crate::body`]); a body is applied only
 //! after it parsed completely, in one durable transaction.
+//!
+//! Pins belong to the caller: the subject of the request's verified token, or the
+//! anonymous subject `""` in open mode (no token checks, so every caller is the same
+//! subject and pins behave as they always did). An unpin takes pins only from the
+//! caller's own count of each block. In auth mode the runtime has already refused
+//! requests without a token (401) or without `distributor:pin` (403).
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -23,16 +30,16 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures_util::StreamExt;
-use invariant_runtime::{ApiError, ApiResult};
+use invariant_runtime::{ApiError, ApiResult, Caller, Role};
 use invariant_spec::Id;
-use invariant_spec::distributor::{BlockPlacement, DistributorStatus};
+use invariant_spec::distributor::{BlockPlacement, DistributorStatus, SubjectPins};
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
 use crate::body::read_ids;
 use crate::placement::nearest;
 use crate::state::{BlockingError, Core};
-use crate::store::BelowZero;
+use crate::store::{ANONYMOUS, BelowZero};
 
 /// Ids answered per store read in `POST /distributor/blocks`.
 const BLOCKS_CHUNK: usize = 1024;
@@ -67,12 +74,25 @@ async fn ids(core: &Core, body: Body) -> ApiResult<Vec<Id>> {
     Ok(read_ids(body, core.config.max_ids_per_request).await?)
 }
 
-async fn pin(State(core): State<Arc<Core>>, body: Body) -> ApiResult<StatusCode> {
+/// Whose pins a request changes: the token's subject, or anonymous in open mode.
+fn subject(caller: &Option<Extension<Arc<Caller>>>) -> String {
+    match caller {
+        Some(Extension(caller)) => caller.subject.clone(),
+        None => ANONYMOUS.to_string(),
+    }
+}
+
+async fn pin(
+    State(core): State<Arc<Core>>,
+    caller: Option<Extension<Arc<Caller>>>,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    let subject = subject(&caller);
     let blocks = ids(&core, body).await?;
     let _writes = core.writes.lock().await;
     let store = core.store.clone();
     let added = core
-        .blocking(move || store.pin(&blocks))
+        .blocking(move || store.pin(&subject, &blocks))
         .await
         .map_err(internal("recording pins"))?;
     core.stats.pinned.store(added.total, Ordering::Relaxed);
@@ -85,15 +105,25 @@ async fn pin(State(core): State<Arc<Core>>, body: Body) -> ApiResult<StatusCode>
     Ok(StatusCode::OK)
 }
 
-async fn unpin(State(core): State<Arc<Core>>, body: Body) -> ApiResult<StatusCode> {
+async fn unpin(
+    State(core): State<Arc<Core>>,
+    caller: Option<Extension<Arc<Caller>>>,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    let subject = subject(&caller);
+    let counted = if caller.is_some() {
+        "pin(s) of yours"
+    } else {
+        "pin(s)"
+    };
     let blocks = ids(&core, body).await?;
     let _writes = core.writes.lock().await;
     let store = core.store.clone();
     let removed = core
-        .blocking(move || store.unpin(&blocks))
+        .blocking(move || store.unpin(&subject, &blocks))
         .await
         .map_err(internal("removing pins"))?
-        .map_err(|below| below_zero("block", "pin(s)", below))?;
+        .map_err(|below| below_zero("block", counted, below))?;
     core.stats.pinned.store(removed.total, Ordering::Relaxed);
     core.work.forget(&removed.released);
     core.publish();
@@ -199,6 +229,34 @@ async fn blocks(State(core): State<Arc<Core>>, body: Body) -> ApiResult<Response
         .into_response())
 }
 
-async fn status(State(core): State<Arc<Core>>) -> Json<DistributorStatus> {
-    Json(core.publish())
+async fn status(
+    State(core): State<Arc<Core>>,
+    caller: Option<Extension<Arc<Caller>>>,
+) -> ApiResult<Json<DistributorStatus>> {
+    let mut status = core.publish();
+    let admin = caller
+        .as_ref()
+        .is_some_and(|Extension(caller)| caller.allows(Role::Distributor, "admin"));
+    if admin {
+        let store = core.store.clone();
+        let totals = core
+            .blocking(move || store.pins_by_subject())
+            .await
+            .map_err(internal("reading pins by subject"))?;
+        status.pins_by_subject = Some(
+            totals
+                .into_iter()
+                .map(|(subject, t)| {
+                    (
+                        subject,
+                        SubjectPins {
+                            blocks: t.blocks,
+                            pins: t.pins,
+                        },
+                    )
+                })
+                .collect(),
+        );
+    }
+    Ok(Json(status))
 }

@@ -12,7 +12,18 @@
 //! - `http`: routes and handlers. [`metrics`]: gauges.
 //!
 //! Storage servers are reached through the broker (`--broker`): without one, none can be
-//! resolved and nothing is copied (pins are still recorded).
+//! resolved and nothing is copied (pins are still recorded). Every call to a url learned
+//! from the broker goes through an [`invariant_runtime::peers::PeerClient`]: `http` and
+//! `https` only, no redirects followed, only addresses `--peer-allow` permits, with the
+//! server's own CAs and token (storage servers in auth mode need `storage:write` from
+//! it, find servers `find:report`); a storage server is used only once its url answered
+//! `GET /id/` with the expected id. The `--broker` url itself is the operator's and is
+//! reached with the server's client settings but without the peer restrictions.
+//!
+//! Pins are counted per subject (the caller's token subject; `""` in open mode): an
+//! unpin releases only the caller's own pins, and a block stays pinned while any subject
+//! holds a pin. `GET /distributor/status` adds `pins_by_subject` for a caller holding
+//! `distributor:admin`.
 //!
 //! [`launch`] runs the server in-process and returns a [`Distributor`] whose
 //! [`stop`](Distributor::stop) also waits for the background tasks (tests restart on the
@@ -36,6 +47,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
+use invariant_runtime::peers::{PeerClient, PeerError};
 use invariant_runtime::{Server, ServerContext};
 use invariant_spec::http::Endpoint;
 use invariant_spec::{BrokerClient, ClientError, Id};
@@ -127,6 +139,9 @@ pub enum StartError {
     /// The HTTP client library refused its configuration.
     #[error("building the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The client for peers cannot be built from the server's settings.
+    #[error(transparent)]
+    Peers(#[from] PeerError),
     /// A startup task failed.
     #[error(transparent)]
     Blocking(#[from] BlockingError),
@@ -186,19 +201,30 @@ pub async fn launch(
         .await
         .map_err(BlockingError::from)??;
 
-    let probe_http = reqwest::Client::builder()
-        .connect_timeout(config.probe_timeout)
-        .timeout(config.probe_timeout)
-        .build()?;
-    let transfer_http = reqwest::Client::builder()
-        .connect_timeout(config.probe_timeout)
-        .timeout(config.copy_timeout)
-        .build()?;
+    let probe = PeerClient::for_server(
+        &ctx.options,
+        config.probe_timeout,
+        Some(config.probe_timeout),
+    )?;
+    let transfer = PeerClient::for_server(
+        &ctx.options,
+        config.probe_timeout,
+        Some(config.copy_timeout),
+    )?;
     let broker = match &ctx.broker {
-        Some(broker) => Some(BrokerClient::from_endpoint(Endpoint::with_client(
-            broker.endpoint().base_url(),
-            probe_http.clone(),
-        )?)),
+        Some(broker) => {
+            let http = ctx
+                .options
+                .client
+                .http_client_builder()?
+                .connect_timeout(config.probe_timeout)
+                .timeout(config.probe_timeout)
+                .build()?;
+            Some(BrokerClient::from_endpoint(Endpoint::with_client(
+                broker.endpoint().base_url(),
+                http,
+            )?))
+        }
         None => {
             tracing::warn!(
                 "no --broker: storage servers cannot be resolved, nothing will be copied"
@@ -223,8 +249,8 @@ pub async fn launch(
         tasks: tasks.clone(),
         shutdown: ctx.shutdown.clone(),
         broker,
-        probe_http,
-        transfer_http,
+        probe,
+        transfer,
         holder_updates: holder_tx,
         reports: report_tx,
         pass_wake: Notify::new(),

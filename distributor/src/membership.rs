@@ -4,17 +4,22 @@
 //! server the broker lists under kind `storage`. A health round, every
 //! `health_interval` ±20% and at once after a registration change, probes each
 //! candidate (bounded concurrency, every call under a timeout): `GET /id/` at the url
-//! that answered last time, else the broker's location resolved and checked with
+//! that answered last time, else each url of the broker's location checked with
 //! `GET /id/`. A server that answers with its id is active; an active server that
 //! misses `lost_after` probes in a row is lost. Each round that changes the active set
 //! publishes a new [`ActiveSet`] and asks for a placement pass; servers coming back
 //! after being lost have their holdings re-checked by that pass.
+//!
+//! Only an active server's url (one that answered with the expected id at the last
+//! probe) is ever sent a block, asked for one, or asked to fetch one. Probes and
+//! transfers go through the peer clients (no redirects, `--peer-allow`, the server's
+//! token): a url outside the allowed networks, or answering with a redirect, never
+//! answers a probe, so its server never becomes active.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use futures_util::StreamExt;
-use invariant_spec::http::Endpoint;
 use invariant_spec::{Id, StorageClient};
 use tokio::sync::Notify;
 
@@ -129,7 +134,7 @@ impl Membership {
                 continue;
             }
             let Some(url) = &member.url else { continue };
-            let Ok(endpoint) = Endpoint::with_client(url, core.transfer_http.clone()) else {
+            let Ok(endpoint) = core.transfer.endpoint(url) else {
                 continue;
             };
             set.ids.push(*id);
@@ -251,7 +256,7 @@ async fn probe(
 ) -> Option<(String, bool)> {
     let check = async {
         if let Some(url) = cached_url
-            && answers_as(core, &url, &id).await
+            && let Some(url) = answers_as(core, &url, &id).await
         {
             let fetch = match cached_fetch {
                 Some(fetch) => fetch,
@@ -259,8 +264,7 @@ async fn probe(
             };
             return Some((url, fetch));
         }
-        let broker = core.broker.as_ref()?;
-        let url = broker.resolve(&id).await.ok().flatten()?;
+        let url = resolve(core, &id).await?;
         let fetch = fetch_supported(core, &url).await;
         Some((url, fetch))
     };
@@ -271,15 +275,39 @@ async fn probe(
         .flatten()
 }
 
-async fn answers_as(core: &Core, url: &str, id: &Id) -> bool {
-    match Endpoint::with_client(url, core.probe_http.clone()) {
-        Ok(endpoint) => matches!(endpoint.server_id().await, Ok(answered) if answered == *id),
-        Err(_) => false,
+/// The base url of `url` when the server there answers `GET /id/` with `id`.
+async fn answers_as(core: &Core, url: &str, id: &Id) -> Option<String> {
+    let endpoint = match core.probe.endpoint(url) {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            tracing::debug!(storage = %id, error = %e, "url not contacted");
+            return None;
+        }
+    };
+    match endpoint.server_id().await {
+        Ok(answered) if answered == *id => Some(endpoint.base_url().to_string()),
+        Ok(answered) => {
+            tracing::debug!(storage = %id, url, %answered, "url answers with another id");
+            None
+        }
+        Err(_) => None,
     }
 }
 
+/// A url of server `id` from the broker's location that answers `GET /id/` with `id`.
+pub(crate) async fn resolve(core: &Core, id: &Id) -> Option<String> {
+    let broker = core.broker.as_ref()?;
+    let location = broker.location(id).await.ok().flatten()?;
+    for url in location.all_urls() {
+        if let Some(url) = answers_as(core, &url, id).await {
+            return Some(url);
+        }
+    }
+    None
+}
+
 async fn fetch_supported(core: &Core, url: &str) -> bool {
-    match Endpoint::with_client(url, core.probe_http.clone()) {
+    match core.probe.endpoint(url) {
         Ok(endpoint) => StorageClient::from_endpoint(endpoint)
             .fetch_supported()
             .await

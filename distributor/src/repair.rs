@@ -9,7 +9,11 @@
 //! through the target's `PUT /storage/fetch` when it supports it, else as a streamed
 //! `GET` from the source piped into a `PUT` to the target. At most `parallelism`
 //! blocks are repaired at once. A failed repair is retried with exponential backoff
-//! (jittered) up to `max_attempts`, then left to the next full pass.
+//! (jittered) up to `max_attempts`, then left to the next full pass. A block that used
+//! up its attempts keeps its count: a pass gives it **one** more attempt (not a fresh
+//! series), so a block no storage server holds (a made-up id, a lost blob) costs one
+//! attempt per pass — every `repair_interval` or change of the active set — and never
+//! a loop. Its count starts again only when it is repaired or unpinned.
 //!
 //! Full passes run after every change of the active set and every `repair_interval`.
 
@@ -51,7 +55,7 @@ enum Slot {
     Queued { attempts: u32 },
     Running { attempts: u32, again: bool },
     Waiting { attempts: u32 },
-    Stalled,
+    Stalled { attempts: u32 },
 }
 
 #[derive(Debug, Default)]
@@ -101,8 +105,10 @@ impl WorkQueue {
                         *again = true;
                         continue;
                     }
-                    Some(Slot::Waiting { attempts }) => *attempts,
-                    Some(Slot::Stalled) | None => 0,
+                    Some(Slot::Waiting { attempts }) | Some(Slot::Stalled { attempts }) => {
+                        *attempts
+                    }
+                    None => 0,
                 };
                 work.slots.insert(block, Slot::Queued { attempts });
                 work.queue.push_back(block);
@@ -118,7 +124,9 @@ impl WorkQueue {
     pub fn stall(&self, blocks: impl IntoIterator<Item = Id>) {
         let mut work = self.lock();
         for block in blocks {
-            work.slots.entry(block).or_insert(Slot::Stalled);
+            work.slots
+                .entry(block)
+                .or_insert(Slot::Stalled { attempts: 0 });
         }
     }
 
@@ -126,7 +134,7 @@ impl WorkQueue {
     pub fn settle(&self, blocks: impl IntoIterator<Item = Id>) {
         let mut work = self.lock();
         for block in blocks {
-            if work.slots.get(&block) == Some(&Slot::Stalled) {
+            if matches!(work.slots.get(&block), Some(Slot::Stalled { .. })) {
                 work.slots.remove(&block);
             }
         }
@@ -181,7 +189,9 @@ impl WorkQueue {
                 return;
             };
             if again && outcome != Outcome::Unpinned {
-                work.slots.insert(block, Slot::Queued { attempts: 0 });
+                // Asked for again while running: once more, keeping the count so that
+                // passes cannot restart a failing block's retries.
+                work.slots.insert(block, Slot::Queued { attempts });
                 work.queue.push_back(block);
                 wake = true;
             } else {
@@ -190,13 +200,13 @@ impl WorkQueue {
                         work.slots.remove(&block);
                     }
                     Outcome::Stalled => {
-                        work.slots.insert(block, Slot::Stalled);
+                        work.slots.insert(block, Slot::Stalled { attempts });
                     }
                     Outcome::Retry => {
                         let attempts = attempts.saturating_add(1);
                         if attempts >= config.max_attempts {
                             tracing::warn!(%block, attempts, "repair keeps failing; waiting for the next pass");
-                            work.slots.insert(block, Slot::Stalled);
+                            work.slots.insert(block, Slot::Stalled { attempts });
                         } else {
                             work.slots.insert(block, Slot::Waiting { attempts });
                             let at = now + backoff(config, attempts);
@@ -597,9 +607,22 @@ mod tests {
         // Third failure reaches max_attempts: stalled, no timer.
         assert_eq!(q.next(due2 + Duration::from_secs(10)), Next::Idle(None));
         assert_eq!(q.len(), 1);
-        // A pass re-queues it.
+        // A pass re-queues it, for one attempt: failing again stalls it at once, with
+        // no retry timer, until the next pass.
         q.enqueue([id(1)]);
         assert_eq!(q.next(due2), Next::Block(id(1)));
+        q.finish(id(1), Outcome::Retry, &config, due2);
+        assert_eq!(q.next(due2 + Duration::from_secs(10)), Next::Idle(None));
+        assert_eq!(q.len(), 1);
+        // Repaired at a later pass: its count is gone, a new failure backs off afresh.
+        q.enqueue([id(1)]);
+        assert_eq!(q.next(due2), Next::Block(id(1)));
+        q.finish(id(1), Outcome::Done, &config, due2);
+        assert_eq!(q.len(), 0);
+        q.enqueue([id(1)]);
+        assert_eq!(q.next(due2), Next::Block(id(1)));
+        q.finish(id(1), Outcome::Retry, &config, due2);
+        assert!(matches!(q.next(due2), Next::Idle(Some(_))));
     }
 
     #[test]

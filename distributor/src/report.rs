@@ -3,13 +3,17 @@
 //! Best effort: holdings learned by repairs are gathered for up to
 //! [`GATHER`] (or [`BATCH`] ids), then sent to every find server the broker lists
 //! under kind `find` (the list is refreshed every [`FIND_TTL`], or after a failure).
-//! Failures are logged and the report dropped; a later pass never re-sends it.
+//! A find server's url is used only once it answered `GET /id/` with its id, and only
+//! through the probe peer client (no redirects, `--peer-allow`, the server's token,
+//! which needs `find:report` where find servers check tokens). Failures are logged and
+//! the report dropped; a later pass never re-sends it.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use invariant_spec::Id;
+use invariant_spec::http::Endpoint;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -24,7 +28,7 @@ pub const FIND_TTL: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Default)]
 struct FindServers {
-    urls: Vec<String>,
+    endpoints: Vec<Endpoint>,
     fetched: Option<Instant>,
 }
 
@@ -63,12 +67,16 @@ async fn send(core: &Core, finds: &mut FindServers, batch: HashMap<Id, Vec<Id>>)
     let Some(broker) = &core.broker else { return };
     let stale = finds.fetched.is_none_or(|at| at.elapsed() > FIND_TTL);
     if stale {
-        finds.urls.clear();
+        finds.endpoints.clear();
         match broker.registered("find").await {
             Ok(ids) => {
                 for id in ids {
-                    if let Ok(Some(url)) = broker.resolve(&id).await {
-                        finds.urls.push(url);
+                    let Some(url) = crate::membership::resolve(core, &id).await else {
+                        continue;
+                    };
+                    match core.probe.endpoint(&url) {
+                        Ok(endpoint) => finds.endpoints.push(endpoint),
+                        Err(e) => tracing::debug!(error = %e, "find server not contacted"),
                     }
                 }
             }
@@ -77,11 +85,11 @@ async fn send(core: &Core, finds: &mut FindServers, batch: HashMap<Id, Vec<Id>>)
         finds.fetched = Some(Instant::now());
     }
     let mut failed = false;
-    for url in &finds.urls {
-        let target = format!("{url}/find/has");
+    for endpoint in &finds.endpoints {
+        let target = endpoint.url("/find/has");
         for (container, ids) in &batch {
             let body = serde_json::json!({ "container": container, "ids": ids });
-            let sent = core.probe_http.put(&target).json(&body).send().await;
+            let sent = endpoint.http().put(&target).json(&body).send().await;
             match sent {
                 Ok(response) if response.status().is_success() => {}
                 Ok(response) => {

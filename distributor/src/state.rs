@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
+use invariant_runtime::peers::PeerClient;
 use invariant_spec::distributor::DistributorStatus;
 use invariant_spec::{BrokerClient, Id};
 use tokio::sync::{Notify, mpsc};
@@ -70,12 +71,13 @@ pub(crate) struct Core {
     /// Every background task and blocking call, so shutdown can wait for them.
     pub tasks: TaskTracker,
     pub shutdown: CancellationToken,
-    /// The broker (through the probe client), when configured.
+    /// The broker (`--broker`, trusted as configured; probe timeout), when configured.
     pub broker: Option<BrokerClient>,
-    /// Short-timeout client for health checks, `HEAD`s and reports.
-    pub probe_http: reqwest::Client,
-    /// Client for copies (timeout [`DistributorConfig::copy_timeout`]).
-    pub transfer_http: reqwest::Client,
+    /// Short-timeout client for urls learned from the broker: health checks, `HEAD`s
+    /// and reports (no redirects, `--peer-allow`, the server's token).
+    pub probe: PeerClient,
+    /// The same for copies (timeout [`DistributorConfig::copy_timeout`]).
+    pub transfer: PeerClient,
     /// Placement knowledge to write (batched by the holder writer).
     pub holder_updates: mpsc::Sender<HolderUpdate>,
     /// `(storage, block)` holdings to report to find servers.
@@ -138,6 +140,7 @@ impl Core {
             copies_completed: self.stats.copies_completed.load(Ordering::Relaxed),
             copies_failed: self.stats.copies_failed.load(Ordering::Relaxed),
             passes: self.stats.passes.load(Ordering::Relaxed),
+            pins_by_subject: None,
         }
     }
 

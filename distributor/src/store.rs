@@ -1,15 +1,28 @@
 //! Durable distributor state in one redb database, `<data-dir>/distributor.redb`.
 //!
 //! Tables (every value starts with the format marker [`FORMAT_V1`]):
-//! - `pins`: block → `FORMAT_V1 ‖ count (u64 LE)`; a block with no pin has no row.
+//! - `pins`: block → `FORMAT_V1 ‖ count (u64 LE)`: every subject's pins of the block
+//!   together; a block with no pin has no row.
+//! - `subject_pins`: `(subject, block)` → `FORMAT_V1 ‖ count (u64 LE)`: one subject's
+//!   pins of the block (the subject is a token's subject, `""` for anonymous callers in
+//!   open mode); the counts of a block's rows add up to its `pins` count.
+//! - `subject_totals`: subject → `FORMAT_V1 ‖ blocks (u64 LE) ‖ pins (u64 LE)`: how many
+//!   blocks the subject pins and its pins in all, kept in step so that an operator's
+//!   status never scans the pins.
 //! - `storages`: storage server id → `FORMAT_V1 ‖ count (u64 LE)`: explicit registrations.
 //! - `holders`: `block ‖ storage` → `FORMAT_V1`: storage servers known to hold a pinned
 //!   block (placement knowledge; rows go when the block's last pin goes).
 //! - `meta`: `"schema"` → [`SCHEMA`], checked at open.
 //!
+//! Schema 1 (before pins were counted per subject) had no `subject_pins` or
+//! `subject_totals`. Opening such a database migrates it in one transaction: every pin
+//! becomes a pin of the anonymous subject `""`, and the schema becomes 2. A crash
+//! during the migration leaves schema 1, migrated again at the next open.
+//!
 //! Pin and registration changes are one transaction per request, committed with redb's
 //! default `Durability::Immediate` (on disk when `commit` returns) before the answer.
-//! A request that would take a count below zero changes nothing.
+//! A request that would take a count below zero (for unpins: below the caller's own
+//! pins) changes nothing.
 //!
 //! All methods block; call them from a blocking thread.
 
@@ -29,13 +42,21 @@ pub const DB_FILE: &str = "distributor.redb";
 /// Format marker at the start of every stored value.
 pub const FORMAT_V1: u8 = 1;
 /// Version of the table layout, stored under `meta["schema"]`.
-pub const SCHEMA: u64 = 1;
+pub const SCHEMA: u64 = 2;
+/// The layout before pins were counted per subject (migrated at open).
+const SCHEMA_V1: u64 = 1;
+/// The subject of callers without a token (open mode) and of pins made before pins
+/// were counted per subject.
+pub const ANONYMOUS: &str = "";
 
 type Counts = TableDefinition<'static, &'static [u8; 32], &'static [u8]>;
 
 const PINS: Counts = TableDefinition::new("pins");
 const STORAGES: Counts = TableDefinition::new("storages");
 const HOLDERS: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("holders");
+const SUBJECT_PINS: TableDefinition<(&str, &[u8; 32]), &[u8]> =
+    TableDefinition::new("subject_pins");
+const SUBJECT_TOTALS: TableDefinition<&str, &[u8]> = TableDefinition::new("subject_totals");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// A store failure (never caused by client input).
@@ -68,7 +89,7 @@ fn db_err(e: impl Into<redb::Error>) -> StoreError {
 pub struct BelowZero {
     /// The first id (in sorted order) whose count is too small.
     pub id: Id,
-    /// Its current count.
+    /// Its current count (for unpins: the caller's own pins of it).
     pub have: u64,
     /// How many removals the request asked for.
     pub asked: u64,
@@ -109,6 +130,54 @@ pub enum HolderUpdate {
         /// The storage server.
         storage: Id,
     },
+}
+
+/// What one subject pins.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubjectTotals {
+    /// Distinct blocks the subject pins.
+    pub blocks: u64,
+    /// The subject's pins in all (a block pinned twice counts twice).
+    pub pins: u64,
+}
+
+impl SubjectTotals {
+    fn encode(&self) -> [u8; 17] {
+        let mut value = [0u8; 17];
+        value[0] = FORMAT_V1;
+        value[1..9].copy_from_slice(&self.blocks.to_le_bytes());
+        value[9..].copy_from_slice(&self.pins.to_le_bytes());
+        value
+    }
+
+    fn decode(value: &[u8]) -> Result<SubjectTotals, StoreError> {
+        let corrupt = || {
+            StoreError::Corrupt(format!(
+                "subject totals record has {} bytes, not 17",
+                value.len()
+            ))
+        };
+        match value.split_first() {
+            Some((&FORMAT_V1, rest)) => {
+                let blocks: [u8; 8] = rest
+                    .get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(corrupt)?;
+                let pins: [u8; 8] = rest
+                    .get(8..)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(corrupt)?;
+                Ok(SubjectTotals {
+                    blocks: u64::from_le_bytes(blocks),
+                    pins: u64::from_le_bytes(pins),
+                })
+            }
+            Some((format, _)) => Err(StoreError::Corrupt(format!(
+                "unknown format marker {format}"
+            ))),
+            None => Err(StoreError::Corrupt("empty subject totals record".into())),
+        }
+    }
 }
 
 /// A pinned block with the storage servers known to hold it.
@@ -191,13 +260,22 @@ impl Store {
             let mut meta = txn.open_table(META).map_err(db_err)?;
             let found = meta.get("schema").map_err(db_err)?.map(|v| v.value());
             match found {
-                None => {
-                    meta.insert("schema", SCHEMA).map_err(db_err)?;
-                }
+                None => {}
                 Some(SCHEMA) => {}
+                Some(SCHEMA_V1) => {
+                    let migrated = migrate_v1(&txn)?;
+                    tracing::info!(
+                        blocks = migrated.blocks,
+                        pins = migrated.pins,
+                        "migrated the pins to per-subject counts (all anonymous)"
+                    );
+                }
                 Some(found) => return Err(StoreError::Schema { found }),
             }
+            meta.insert("schema", SCHEMA).map_err(db_err)?;
             txn.open_table(PINS).map_err(db_err)?;
+            txn.open_table(SUBJECT_PINS).map_err(db_err)?;
+            txn.open_table(SUBJECT_TOTALS).map_err(db_err)?;
             txn.open_table(STORAGES).map_err(db_err)?;
             txn.open_table(HOLDERS).map_err(db_err)?;
         }
@@ -205,15 +283,165 @@ impl Store {
         Ok(Store { db: Arc::new(db) })
     }
 
-    /// Adds one pin per listed block (duplicates count twice). Durable on return.
-    pub fn pin(&self, blocks: &[Id]) -> Result<Added, StoreError> {
-        self.increment(PINS, blocks)
+    /// Adds one pin of `subject` per listed block (duplicates count twice). `new` lists
+    /// the blocks that had no pin of any subject before. Durable on return.
+    pub fn pin(&self, subject: &str, blocks: &[Id]) -> Result<Added, StoreError> {
+        if blocks.is_empty() {
+            return Ok(Added {
+                new: Vec::new(),
+                total: self.count_rows(PINS)?,
+            });
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let added = {
+            let mut pins = txn.open_table(PINS).map_err(db_err)?;
+            let mut mine = txn.open_table(SUBJECT_PINS).map_err(db_err)?;
+            let mut totals = txn.open_table(SUBJECT_TOTALS).map_err(db_err)?;
+            let mut subject_total = read_totals(&totals, subject)?;
+            let mut new = Vec::new();
+            // Sorted keys: B-tree inserts touch neighbouring pages.
+            for (block, add) in tally(blocks) {
+                let key = block.as_bytes();
+                let before = read_count(&pins, key)?;
+                if before == 0 {
+                    new.push(block);
+                }
+                pins.insert(key, encode_count(before.saturating_add(add)).as_slice())
+                    .map_err(db_err)?;
+                let own = read_count(&mine, (subject, key))?;
+                if own == 0 {
+                    subject_total.blocks += 1;
+                }
+                mine.insert(
+                    (subject, key),
+                    encode_count(own.saturating_add(add)).as_slice(),
+                )
+                .map_err(db_err)?;
+                subject_total.pins = subject_total.pins.saturating_add(add);
+            }
+            totals
+                .insert(subject, subject_total.encode().as_slice())
+                .map_err(db_err)?;
+            Added {
+                new,
+                total: pins.len().map_err(db_err)?,
+            }
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(added)
     }
 
-    /// Removes one pin per listed block; nothing changes if a count would go below
-    /// zero. Holder knowledge of released blocks is dropped. Durable on return.
-    pub fn unpin(&self, blocks: &[Id]) -> Result<Result<Removed, BelowZero>, StoreError> {
-        self.decrement(PINS, blocks, true)
+    /// Removes one pin of `subject` per listed block; nothing changes if the request
+    /// asks to remove more pins of a block than `subject` holds (other subjects' pins
+    /// are never touched). `released` lists blocks left with no pin of any subject;
+    /// their holder knowledge is dropped. Durable on return.
+    pub fn unpin(
+        &self,
+        subject: &str,
+        blocks: &[Id],
+    ) -> Result<Result<Removed, BelowZero>, StoreError> {
+        if blocks.is_empty() {
+            return Ok(Ok(Removed {
+                released: Vec::new(),
+                total: self.count_rows(PINS)?,
+            }));
+        }
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let outcome = {
+            let mut pins = txn.open_table(PINS).map_err(db_err)?;
+            let mut mine = txn.open_table(SUBJECT_PINS).map_err(db_err)?;
+            let mut totals = txn.open_table(SUBJECT_TOTALS).map_err(db_err)?;
+            // Check everything first so a refused request changes nothing.
+            let mut plan = Vec::new();
+            let mut refused = None;
+            for (block, asked) in tally(blocks) {
+                let have = read_count(&mine, (subject, block.as_bytes()))?;
+                if have < asked {
+                    refused = Some(BelowZero {
+                        id: block,
+                        have,
+                        asked,
+                    });
+                    break;
+                }
+                plan.push((block, have, asked));
+            }
+            match refused {
+                Some(below) => Err(below),
+                None => {
+                    let mut subject_total = read_totals(&totals, subject)?;
+                    let mut released = Vec::new();
+                    for (block, have, asked) in plan {
+                        let key = block.as_bytes();
+                        if have == asked {
+                            mine.remove((subject, key)).map_err(db_err)?;
+                            subject_total.blocks = subject_total.blocks.saturating_sub(1);
+                        } else {
+                            mine.insert((subject, key), encode_count(have - asked).as_slice())
+                                .map_err(db_err)?;
+                        }
+                        subject_total.pins = subject_total.pins.saturating_sub(asked);
+                        let all = read_count(&pins, key)?;
+                        if all < have {
+                            return Err(StoreError::Corrupt(format!(
+                                "block {block} has {all} pins in all but {have} of one subject"
+                            )));
+                        }
+                        if all == asked {
+                            pins.remove(key).map_err(db_err)?;
+                            released.push(block);
+                        } else {
+                            pins.insert(key, encode_count(all - asked).as_slice())
+                                .map_err(db_err)?;
+                        }
+                    }
+                    if subject_total.blocks == 0 {
+                        totals.remove(subject).map_err(db_err)?;
+                    } else {
+                        totals
+                            .insert(subject, subject_total.encode().as_slice())
+                            .map_err(db_err)?;
+                    }
+                    Ok(Removed {
+                        released,
+                        total: pins.len().map_err(db_err)?,
+                    })
+                }
+            }
+        };
+        match outcome {
+            Ok(removed) => {
+                drop_holders(&txn, &removed.released)?;
+                txn.commit().map_err(db_err)?;
+                Ok(Ok(removed))
+            }
+            Err(below) => {
+                txn.abort().map_err(db_err)?;
+                Ok(Err(below))
+            }
+        }
+    }
+
+    /// The pins of each subject holding any, in subject order.
+    pub fn pins_by_subject(&self) -> Result<Vec<(String, SubjectTotals)>, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let totals = txn.open_table(SUBJECT_TOTALS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for row in totals.iter().map_err(db_err)? {
+            let (subject, value) = row.map_err(db_err)?;
+            out.push((
+                subject.value().to_string(),
+                SubjectTotals::decode(value.value())?,
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The pins `subject` holds of `block`.
+    pub fn subject_pins(&self, subject: &str, block: &Id) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().map_err(db_err)?;
+        let mine = txn.open_table(SUBJECT_PINS).map_err(db_err)?;
+        read_count(&mine, (subject, block.as_bytes()))
     }
 
     /// Adds one registration per listed storage server. Durable on return.
@@ -224,7 +452,7 @@ impl Store {
     /// Removes one registration per listed storage server; nothing changes if a count
     /// would go below zero. Durable on return.
     pub fn unregister(&self, storages: &[Id]) -> Result<Result<Removed, BelowZero>, StoreError> {
-        self.decrement(STORAGES, storages, false)
+        self.decrement(STORAGES, storages)
     }
 
     fn increment(&self, table: Counts, ids: &[Id]) -> Result<Added, StoreError> {
@@ -264,7 +492,6 @@ impl Store {
         &self,
         table: Counts,
         ids: &[Id],
-        drop_holders: bool,
     ) -> Result<Result<Removed, BelowZero>, StoreError> {
         if ids.is_empty() {
             return Ok(Ok(Removed {
@@ -273,7 +500,7 @@ impl Store {
             }));
         }
         let txn = self.db.begin_write().map_err(db_err)?;
-        let outcome = apply_decrement(&txn, table, ids, drop_holders)?;
+        let outcome = apply_decrement(&txn, table, ids)?;
         match outcome {
             Ok(removed) => {
                 txn.commit().map_err(db_err)?;
@@ -417,7 +644,6 @@ fn apply_decrement(
     txn: &WriteTransaction,
     table: Counts,
     ids: &[Id],
-    drop_holders: bool,
 ) -> Result<Result<Removed, BelowZero>, StoreError> {
     let mut rows = txn.open_table(table).map_err(db_err)?;
     let counts = tally(ids);
@@ -444,17 +670,65 @@ fn apply_decrement(
         }
     }
     let total = rows.len().map_err(db_err)?;
-    drop(rows);
-    if drop_holders && !released.is_empty() {
-        let mut holders = txn.open_table(HOLDERS).map_err(db_err)?;
-        for block in &released {
-            let (low, high) = holder_bounds(block);
-            holders
-                .retain_in::<&[u8; 64], _>(&low..=&high, |_, _| false)
-                .map_err(db_err)?;
-        }
-    }
     Ok(Ok(Removed { released, total }))
+}
+
+/// Forgets the holders of `released` blocks.
+fn drop_holders(txn: &WriteTransaction, released: &[Id]) -> Result<(), StoreError> {
+    if released.is_empty() {
+        return Ok(());
+    }
+    let mut holders = txn.open_table(HOLDERS).map_err(db_err)?;
+    for block in released {
+        let (low, high) = holder_bounds(block);
+        holders
+            .retain_in::<&[u8; 64], _>(&low..=&high, |_, _| false)
+            .map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// A count row's value, 0 when absent.
+fn read_count<'k, K: redb::Key + 'static>(
+    table: &impl ReadableTable<K, &'static [u8]>,
+    key: impl std::borrow::Borrow<K::SelfType<'k>>,
+) -> Result<u64, StoreError> {
+    match table.get(key).map_err(db_err)? {
+        Some(value) => decode_count(value.value()),
+        None => Ok(0),
+    }
+}
+
+fn read_totals(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    subject: &str,
+) -> Result<SubjectTotals, StoreError> {
+    match table.get(subject).map_err(db_err)? {
+        Some(value) => SubjectTotals::decode(value.value()),
+        None => Ok(SubjectTotals::default()),
+    }
+}
+
+/// Makes every schema-1 pin a pin of the anonymous subject, in `txn`.
+fn migrate_v1(txn: &WriteTransaction) -> Result<SubjectTotals, StoreError> {
+    let pins = txn.open_table(PINS).map_err(db_err)?;
+    let mut mine = txn.open_table(SUBJECT_PINS).map_err(db_err)?;
+    let mut totals = txn.open_table(SUBJECT_TOTALS).map_err(db_err)?;
+    let mut anonymous = SubjectTotals::default();
+    for row in pins.iter().map_err(db_err)? {
+        let (block, value) = row.map_err(db_err)?;
+        let count = decode_count(value.value())?;
+        mine.insert((ANONYMOUS, block.value()), encode_count(count).as_slice())
+            .map_err(db_err)?;
+        anonymous.blocks += 1;
+        anonymous.pins = anonymous.pins.saturating_add(count);
+    }
+    if anonymous.blocks > 0 {
+        totals
+            .insert(ANONYMOUS, anonymous.encode().as_slice())
+            .map_err(db_err)?;
+    }
+    Ok(anonymous)
 }
 
 #[cfg(test)]
@@ -474,18 +748,24 @@ mod tests {
     #[test]
     fn pins_are_reference_counted() {
         let (_dir, store) = open();
-        let added = store.pin(&[id(1), id(2), id(1)]).expect("pin");
+        let added = store.pin(ANONYMOUS, &[id(1), id(2), id(1)]).expect("pin");
         let mut want = vec![id(1), id(2)];
         want.sort();
         assert_eq!(added.new, want);
         assert_eq!(added.total, 2);
         assert_eq!(store.pins(&id(1)).expect("count"), 2);
-        assert_eq!(store.pin(&[id(2)]).expect("pin").new, vec![]);
+        assert_eq!(store.pin(ANONYMOUS, &[id(2)]).expect("pin").new, vec![]);
 
-        let removed = store.unpin(&[id(1)]).expect("unpin").expect("allowed");
+        let removed = store
+            .unpin(ANONYMOUS, &[id(1)])
+            .expect("unpin")
+            .expect("allowed");
         assert!(removed.released.is_empty());
         assert_eq!(removed.total, 2);
-        let removed = store.unpin(&[id(1)]).expect("unpin").expect("allowed");
+        let removed = store
+            .unpin(ANONYMOUS, &[id(1)])
+            .expect("unpin")
+            .expect("allowed");
         assert_eq!(removed.released, vec![id(1)]);
         assert_eq!(store.pinned_count().expect("count"), 1);
     }
@@ -493,9 +773,9 @@ mod tests {
     #[test]
     fn unpin_below_zero_changes_nothing() {
         let (_dir, store) = open();
-        store.pin(&[id(1), id(2)]).expect("pin");
+        store.pin(ANONYMOUS, &[id(1), id(2)]).expect("pin");
         let refused = store
-            .unpin(&[id(1), id(2), id(2)])
+            .unpin(ANONYMOUS, &[id(1), id(2), id(2)])
             .expect("unpin")
             .expect_err("below zero");
         assert_eq!(
@@ -508,7 +788,7 @@ mod tests {
         );
         assert_eq!(store.pins(&id(1)).expect("count"), 1);
         assert_eq!(store.pins(&id(2)).expect("count"), 1);
-        assert!(store.unpin(&[id(3)]).expect("unpin").is_err());
+        assert!(store.unpin(ANONYMOUS, &[id(3)]).expect("unpin").is_err());
     }
 
     #[test]
@@ -517,7 +797,7 @@ mod tests {
         {
             let store = Store::open(dir.path()).expect("open");
             store.register(&[id(9), id(9)]).expect("register");
-            store.pin(&[id(1)]).expect("pin");
+            store.pin(ANONYMOUS, &[id(1)]).expect("pin");
             store
                 .apply_holders(&[
                     HolderUpdate::Add {
@@ -544,7 +824,7 @@ mod tests {
     #[test]
     fn releasing_a_pin_forgets_its_holders() {
         let (_dir, store) = open();
-        store.pin(&[id(1), id(2)]).expect("pin");
+        store.pin(ANONYMOUS, &[id(1), id(2)]).expect("pin");
         let updates: Vec<HolderUpdate> = [1u8, 2]
             .iter()
             .flat_map(|b| {
@@ -555,8 +835,11 @@ mod tests {
             })
             .collect();
         store.apply_holders(&updates).expect("holders");
-        store.unpin(&[id(1)]).expect("unpin").expect("allowed");
-        store.pin(&[id(1)]).expect("pin again");
+        store
+            .unpin(ANONYMOUS, &[id(1)])
+            .expect("unpin")
+            .expect("allowed");
+        store.pin(ANONYMOUS, &[id(1)]).expect("pin again");
         assert_eq!(store.pinned_block(&id(1)).expect("block"), Some(vec![]));
         let mut two = vec![id(7), id(8)];
         two.sort();
@@ -577,7 +860,7 @@ mod tests {
     fn scan_pages_through_pins_in_order() {
         let (_dir, store) = open();
         let blocks: Vec<Id> = (0..50u8).map(id).collect();
-        store.pin(&blocks).expect("pin");
+        store.pin(ANONYMOUS, &blocks).expect("pin");
         let mut seen = Vec::new();
         let mut after = None;
         loop {
@@ -591,6 +874,135 @@ mod tests {
         let mut want = blocks;
         want.sort();
         assert_eq!(seen, want);
+    }
+
+    #[test]
+    fn pins_are_counted_per_subject() {
+        let (_dir, store) = open();
+        let [a, b, c] = [id(1), id(2), id(3)];
+        assert_eq!(store.pin("alice", &[a, a, b]).expect("pin").new, {
+            let mut new = vec![a, b];
+            new.sort();
+            new
+        });
+        assert_eq!(store.pin("bob", &[a, c]).expect("pin").new, vec![c]);
+        assert_eq!(store.pins(&a).expect("count"), 3);
+        assert_eq!(store.subject_pins("alice", &a).expect("count"), 2);
+        assert_eq!(store.subject_pins("bob", &a).expect("count"), 1);
+
+        // Bob cannot release Alice's pins: refused, nothing applied.
+        let refused = store
+            .unpin("bob", &[c, a, a])
+            .expect("unpin")
+            .expect_err("more than bob holds");
+        assert_eq!(
+            refused,
+            BelowZero {
+                id: a,
+                have: 1,
+                asked: 2
+            }
+        );
+        assert!(store.unpin("bob", &[b]).expect("unpin").is_err());
+        assert!(store.unpin(ANONYMOUS, &[a]).expect("unpin").is_err());
+        assert_eq!(store.pins(&a).expect("count"), 3);
+        assert_eq!(store.pins(&c).expect("count"), 1);
+
+        // Totals per subject follow every change.
+        assert_eq!(
+            store_totals(&store),
+            vec![
+                ("alice".to_string(), SubjectTotals { blocks: 2, pins: 3 }),
+                ("bob".to_string(), SubjectTotals { blocks: 2, pins: 2 }),
+            ]
+        );
+
+        // A block stays pinned while any subject holds a pin.
+        let removed = store
+            .unpin("bob", &[a, c])
+            .expect("unpin")
+            .expect("own pins");
+        assert_eq!(removed.released, vec![c]);
+        assert_eq!(store.pins(&a).expect("count"), 2);
+        let removed = store
+            .unpin("alice", &[a, b, a])
+            .expect("unpin")
+            .expect("own");
+        let mut both = vec![a, b];
+        both.sort();
+        assert_eq!(removed.released, both);
+        assert_eq!(removed.total, 0);
+        assert!(store_totals(&store).is_empty());
+    }
+
+    fn store_totals(store: &Store) -> Vec<(String, SubjectTotals)> {
+        store.pins_by_subject().expect("totals")
+    }
+
+    /// Writes a database as the schema-1 code did: counts in `pins`, no per-subject
+    /// tables.
+    fn write_schema_1(dir: &Path, pins: &[(Id, u64)], storages: &[(Id, u64)]) {
+        let db = Database::create(dir.join(DB_FILE)).expect("create");
+        let txn = db.begin_write().expect("txn");
+        {
+            txn.open_table(META)
+                .expect("meta")
+                .insert("schema", 1)
+                .expect("schema");
+            let mut rows = txn.open_table(PINS).expect("pins");
+            for (block, count) in pins {
+                rows.insert(block.as_bytes(), encode_count(*count).as_slice())
+                    .expect("pin");
+            }
+            let mut rows = txn.open_table(STORAGES).expect("storages");
+            for (storage, count) in storages {
+                rows.insert(storage.as_bytes(), encode_count(*count).as_slice())
+                    .expect("storage");
+            }
+            txn.open_table(HOLDERS).expect("holders");
+        }
+        txn.commit().expect("commit");
+    }
+
+    #[test]
+    fn schema_1_pins_become_anonymous_pins() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_schema_1(dir.path(), &[(id(1), 2), (id(2), 1)], &[(id(9), 1)]);
+        {
+            let store = Store::open(dir.path()).expect("open and migrate");
+            assert_eq!(store.pinned_count().expect("count"), 2);
+            assert_eq!(store.pins(&id(1)).expect("count"), 2);
+            assert_eq!(store.subject_pins(ANONYMOUS, &id(1)).expect("count"), 2);
+            assert_eq!(store.subject_pins("alice", &id(1)).expect("count"), 0);
+            assert_eq!(store.registered().expect("registered"), vec![(id(9), 1)]);
+            assert_eq!(
+                store_totals(&store),
+                vec![(ANONYMOUS.to_string(), SubjectTotals { blocks: 2, pins: 3 })]
+            );
+            // Only the anonymous subject may release them.
+            assert!(store.unpin("alice", &[id(2)]).expect("unpin").is_err());
+            store.pin("alice", &[id(2)]).expect("pin");
+        }
+        // Reopening does not migrate again (the counts would double).
+        let store = Store::open(dir.path()).expect("reopen");
+        assert_eq!(store.subject_pins(ANONYMOUS, &id(1)).expect("count"), 2);
+        assert_eq!(store.pins(&id(2)).expect("count"), 2);
+        let removed = store
+            .unpin(ANONYMOUS, &[id(1), id(1), id(2)])
+            .expect("unpin")
+            .expect("anonymous pins");
+        assert_eq!(removed.released, vec![id(1)]);
+        assert_eq!(store.pins(&id(2)).expect("count"), 1);
+        assert_eq!(
+            store_totals(&store),
+            vec![("alice".to_string(), SubjectTotals { blocks: 1, pins: 1 })]
+        );
+        let txn = store.db.begin_read().expect("txn");
+        let meta = txn.open_table(META).expect("meta");
+        assert_eq!(
+            meta.get("schema").expect("get").map(|v| v.value()),
+            Some(SCHEMA)
+        );
     }
 
     #[test]

@@ -17,6 +17,8 @@
 //! - [`tls`]: HTTPS with certificates reloaded on SIGHUP.
 //! - [`auth`]: capability-token checks of every route, and the [`auth::Caller`] that
 //!   handlers use for ownership.
+//! - [`peers`]: the client for urls that came from the network (no redirects, only
+//!   `http`/`https`, only addresses `--peer-allow` permits).
 
 pub mod auth;
 pub mod conn;
@@ -25,6 +27,7 @@ pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod options;
+pub mod peers;
 pub mod registration;
 pub mod server;
 pub mod tls;

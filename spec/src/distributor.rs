@@ -7,17 +7,22 @@
 //!
 //! - `PUT /distributor/pin`, `PUT /distributor/unpin`: add or remove one pin per listed
 //!   id (pins are reference-counted; duplicates in one body count twice). 200 with an
-//!   empty body. Unpinning below zero is refused with 409 and nothing is applied.
+//!   empty body. Pins are counted per caller (the token's subject; anonymous in open
+//!   mode): unpinning more pins than the caller holds is refused with 409 and nothing
+//!   is applied.
 //! - `PUT /distributor/register/storage`, `PUT /distributor/unregister/storage`: add or
 //!   remove one registration per listed storage server id (reference-counted like
 //!   pins; 409 below zero).
 //! - `POST /distributor/blocks` → JSON array of [`BlockPlacement`], one per listed id in
 //!   request order: the storage servers the block is placed on (the N active servers
 //!   nearest to it by XOR distance, nearest first); empty for a block that is not pinned.
-//! - `GET /distributor/status` → [`DistributorStatus`].
+//! - `GET /distributor/status` → [`DistributorStatus`] (with `pins_by_subject` for a
+//!   `distributor:admin` caller).
 //!
 //! Malformed bodies (bad hex, wrong length, truncated JSON array) get 400 and nothing in
 //! them is applied.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +73,22 @@ pub struct DistributorStatus {
     /// Full placement passes completed since the server started.
     #[serde(default)]
     pub passes: u64,
+    /// What each subject pins (subject → blocks and pins; `""` is the anonymous subject
+    /// of open mode and of pins older than per-subject counts). Sent only to a caller
+    /// whose token holds `distributor:admin`; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pins_by_subject: Option<BTreeMap<String, SubjectPins>>,
+}
+
+/// One subject's pins, in [`DistributorStatus::pins_by_subject`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectPins {
+    /// Distinct blocks the subject pins.
+    #[serde(default)]
+    pub blocks: u64,
+    /// The subject's pins in all (a block pinned twice counts twice).
+    #[serde(default)]
+    pub pins: u64,
 }
 
 /// Typed client for one distributor.
