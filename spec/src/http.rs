@@ -152,6 +152,14 @@ impl ClientSecurity {
 
     /// An HTTP client with these settings (connect timeout 10 s, pooled).
     pub fn http_client(&self) -> ClientResult<reqwest::Client> {
+        self.http_client_builder()?
+            .build()
+            .map_err(|e| ClientError::InvalidConfig(format!("building the HTTP client: {e}")))
+    }
+
+    /// The builder [`ClientSecurity::http_client`] finishes, for callers that add
+    /// settings of their own (a redirect policy, a resolver) before building.
+    pub fn http_client_builder(&self) -> ClientResult<reqwest::ClientBuilder> {
         let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(50));
@@ -175,9 +183,7 @@ impl ClientSecurity {
             headers.insert(reqwest::header::AUTHORIZATION, value);
             builder = builder.default_headers(headers);
         }
-        builder
-            .build()
-            .map_err(|e| ClientError::InvalidConfig(format!("building the HTTP client: {e}")))
+        Ok(builder)
     }
 
     /// Makes these settings the process default used by [`default_http_client`] (and so
