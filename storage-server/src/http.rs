@@ -4,25 +4,30 @@
 //! |---|---|
 //! | `GET /storage/:address` | 200 blob (or 206 with `Range`, 304 with `If-None-Match`), 404 |
 //! | `HEAD /storage/:address` | 200 with `Content-Length` and `ETag`, 404 |
-//! | `PUT /storage/:address` | 200 when the body hashes to the address, 400 otherwise, 413 too large |
-//! | `POST /storage/` | 200 `text/plain` address |
+//! | `PUT /storage/:address` | 200 when the body hashes to the address, 400 otherwise, 413 too large or over quota |
+//! | `POST /storage/` | 200 `text/plain` address, 413 |
 //! | `HEAD /storage/fetch` | 200 when a broker is configured, else 404 |
-//! | `PUT\|POST /storage/fetch` | JSON `{address, container}`: copy from a peer; 200, 404 |
+//! | `PUT\|POST /storage/fetch` | JSON `{address, container}`: copy from a peer; 200, 404, 413 over quota |
+//!
+//! Writes carry the caller the runtime verified (with token checks on); each blob a
+//! write stores first is charged to the caller's subject ([`crate::usage`]). Fetches
+//! reach peers only through [`crate::peer::Peers`].
 
 use std::io::{self, Read, Seek, SeekFrom};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::{Body, BodyDataStream};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, head, post};
+use axum::{Extension, Router};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
-use invariant_runtime::{ApiError, ApiJson, ApiPath, ApiResult};
+use invariant_runtime::{ApiError, ApiJson, ApiPath, ApiResult, Caller};
+use invariant_spec::Id;
 use invariant_spec::storage::FetchRequest;
-use invariant_spec::{Id, StorageClient};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::io::ReaderStream;
@@ -30,6 +35,7 @@ use tokio_util::io::ReaderStream;
 use crate::AppState;
 use crate::range::{self, Selection};
 use crate::store::StoreError;
+use crate::usage::Payer;
 
 /// Blobs (or ranges) up to this size are read in one blocking call and sent whole.
 const INLINE_READ: u64 = 256 * 1024;
@@ -272,11 +278,20 @@ fn declared_length(headers: &HeaderMap) -> ApiResult<Option<u64>> {
     }
 }
 
+/// Who pays for a write: the verified caller (none in open mode).
+fn payer(caller: Option<Extension<Arc<Caller>>>) -> Option<Payer> {
+    caller.map(|Extension(caller)| Payer {
+        subject: caller.subject.clone(),
+        quota: caller.quota,
+    })
+}
+
 fn store_error(e: StoreError) -> ApiError {
     match e {
         StoreError::TooLarge { limit } => {
             ApiError::too_large(format!("blob exceeds the limit of {limit} bytes"))
         }
+        StoreError::Quota(refused) => ApiError::too_large(refused.to_string()),
         StoreError::HashMismatch { expected, actual } => ApiError::bad_request(format!(
             "body hashes to {actual}, not to the address {expected}"
         )),
@@ -284,13 +299,15 @@ fn store_error(e: StoreError) -> ApiError {
     }
 }
 
-/// Receives a body into the store, verifying it against `expected` when given.
-/// Nothing is stored unless the whole body arrived, fits, and verifies.
+/// Receives a body into the store, verifying it against `expected` when given and
+/// charging `payer` if it stores the blob first. Nothing is stored unless the whole
+/// body arrived, fits (the size limit and the payer's quota), and verifies.
 pub(crate) async fn receive<S, E>(
     state: &AppState,
     body: S,
     declared: Option<u64>,
     expected: Option<Id>,
+    payer: Option<&Payer>,
 ) -> ApiResult<Id>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
@@ -304,8 +321,22 @@ where
             "blob of {len} bytes exceeds the limit of {limit} bytes"
         )));
     }
+    // A blob that cannot fit the payer's quota is refused before its body is read,
+    // unless it is already held (then it costs nothing).
+    if let (Some(payer), Some(len), Some(id)) = (payer, declared, expected)
+        && let Err(refused) = state.store().usage().check(payer, len)
+    {
+        let store = state.store().clone();
+        if blocking("checking blob", move || store.size(&id))
+            .await?
+            .is_none()
+        {
+            return Err(store_error(StoreError::Quota(refused)));
+        }
+    }
     let mut body = body;
     let store = state.store().clone();
+    let payer = payer.cloned();
 
     // Bodies the store packs are received whole (one sync per batch of concurrent
     // uploads, see `pack`); above the small inline size they draw on a shared memory
@@ -332,10 +363,13 @@ where
             data.extend_from_slice(&chunk);
         }
         let data = data.freeze();
-        let stored = match tokio::task::spawn_blocking(move || store.put(data, expected)).await {
-            Ok(result) => result.map_err(store_error),
-            Err(e) => Err(ApiError::internal("writing blob", e)),
-        };
+        let stored =
+            match tokio::task::spawn_blocking(move || store.put_as(data, expected, payer.as_ref()))
+                .await
+            {
+                Ok(result) => result.map_err(store_error),
+                Err(e) => Err(ApiError::internal("writing blob", e)),
+            };
         drop(budget);
         return stored;
     }
@@ -347,7 +381,7 @@ where
         while let Some(message) = rx.blocking_recv() {
             match message {
                 Some(chunk) => writer.write(&chunk)?,
-                None => return writer.commit(expected).map(Some),
+                None => return writer.commit_as(expected, payer.as_ref()).map(Some),
             }
         }
         Ok(None) // sender gone without the end marker: upload abandoned
@@ -431,12 +465,14 @@ async fn drain_if_too_large<T>(
 async fn put_blob(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Id>,
+    caller: Option<Extension<Arc<Caller>>>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let declared = declared_length(&headers)?;
+    let payer = payer(caller);
     let mut body = body.into_data_stream();
-    let result = receive(&state, &mut body, declared, Some(id)).await;
+    let result = receive(&state, &mut body, declared, Some(id), payer.as_ref()).await;
     drain_if_too_large(result, &headers, &mut body).await?;
     state.report_added(id);
     Ok(StatusCode::OK.into_response())
@@ -444,12 +480,14 @@ async fn put_blob(
 
 async fn post_blob(
     State(state): State<AppState>,
+    caller: Option<Extension<Arc<Caller>>>,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     let declared = declared_length(&headers)?;
+    let payer = payer(caller);
     let mut body = body.into_data_stream();
-    let result = receive(&state, &mut body, declared, None).await;
+    let result = receive(&state, &mut body, declared, None, payer.as_ref()).await;
     let id = drain_if_too_large(result, &headers, &mut body).await?;
     state.report_added(id);
     Ok((
@@ -467,10 +505,15 @@ async fn fetch_supported(State(state): State<AppState>) -> StatusCode {
     }
 }
 
+/// Copies a blob from the container the broker knows, through [`crate::peer::Peers`]:
+/// only its registered http/https urls, inside `--peer-allow`, after `GET /id`
+/// answered the container's id, following no redirect.
 async fn fetch_blob(
     State(state): State<AppState>,
+    caller: Option<Extension<Arc<Caller>>>,
     ApiJson(request): ApiJson<FetchRequest>,
 ) -> ApiResult<Response> {
+    let payer = payer(caller);
     let Some(broker) = state.broker() else {
         return Err(ApiError::not_found(
             "this server has no broker to fetch through",
@@ -495,9 +538,10 @@ async fn fetch_blob(
     };
     let mut last_problem = format!("container {container} has no urls");
     for url in location.all_urls() {
-        let client = match StorageClient::new(&url) {
+        let client = match state.peers().storage(&url, &container).await {
             Ok(c) => c,
             Err(e) => {
+                tracing::debug!(%container, url, error = %e, "not fetching from a url");
                 last_problem = e.to_string();
                 continue;
             }
@@ -505,12 +549,17 @@ async fn fetch_blob(
         match client.get(&address).await {
             Ok(Some(stream)) => {
                 // `receive` verifies the hash; the client stream verifies it too.
-                match receive(&state, stream, None, Some(address)).await {
+                match receive(&state, stream, None, Some(address), payer.as_ref()).await {
                     Ok(_) => {
                         state.report_added(address);
                         return Ok(StatusCode::OK.into_response());
                     }
-                    Err(e) if e.status().is_server_error() => return Err(e),
+                    Err(e)
+                        if e.status().is_server_error()
+                            || e.status() == StatusCode::PAYLOAD_TOO_LARGE =>
+                    {
+                        return Err(e);
+                    }
                     Err(e) => last_problem = e.reason().to_string(),
                 }
             }

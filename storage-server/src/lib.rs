@@ -8,27 +8,38 @@
 //! - [`store`]: atomic, fsynced, verified blob files and their listing.
 //! - [`pack`]: blobs up to 2 MiB in pack files with a redb index; one sync per batch
 //!   per packing lane.
+//! - [`usage`]: bytes stored per token subject, and the quotas of `storage:write`
+//!   tokens (413 past them).
 //! - [`http`]: routes and handlers, including the streaming upload pipeline.
+//! - [`peer`]: the hardened client `/storage/fetch` reaches peers with (registered
+//!   http/https urls inside `--peer-allow`, `GET /id` checked first, no redirects).
 //! - [`range`]: `Range` / `If-None-Match` interpretation.
 //! - [`report`]: reporting held blobs to find servers.
+//!
+//! With `--auth-root-key`, writes need a `storage:write` token (reads `storage:read`
+//! only with `--auth-reads`); the runtime checks them before a handler runs, and the
+//! handlers charge each stored blob to the token's subject.
 //!
 //! [`start`] runs the server in-process (tests use it on port 0); `main.rs` wraps it.
 
 pub mod http;
 pub mod pack;
+pub mod peer;
 pub mod range;
 pub mod report;
 pub mod store;
+pub mod usage;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::Stream;
 use invariant_runtime::{Server, ServerContext};
-use invariant_spec::{BrokerClient, Id};
+use invariant_spec::{BrokerClient, ClientResult, FindClient, Id};
 use tokio::sync::mpsc;
 
 use crate::pack::PackConfig;
+use crate::peer::Peers;
 use crate::report::Reporter;
 use crate::store::BlobStore;
 
@@ -63,7 +74,8 @@ impl Default for StorageConfig {
     }
 }
 
-/// Shared handler state: the blob store and, when configured, the broker.
+/// Shared handler state: the blob store, the peer client and, when configured, the
+/// broker.
 #[derive(Clone, Debug)]
 pub struct AppState {
     inner: Arc<Inner>,
@@ -73,6 +85,7 @@ pub struct AppState {
 struct Inner {
     store: BlobStore,
     broker: Option<BrokerClient>,
+    peers: Peers,
     reporter: Option<Reporter>,
     /// KiB of upload bodies that may be held in memory at once (bodies the store
     /// packs are received whole).
@@ -83,20 +96,23 @@ struct Inner {
 const RECEIVE_BUDGET_KIB: usize = 256 * 1024;
 
 impl AppState {
-    /// State over `store`, resolving peers through `broker` when given.
-    pub fn new(store: BlobStore, broker: Option<BrokerClient>) -> AppState {
-        AppState::with_reporter(store, broker, None)
+    /// State over `store`, resolving peers through `broker` when given and reaching
+    /// them with `peers`.
+    pub fn new(store: BlobStore, broker: Option<BrokerClient>, peers: Peers) -> AppState {
+        AppState::with_reporter(store, broker, peers, None)
     }
     /// State that also reports new blobs through `reporter`.
     pub fn with_reporter(
         store: BlobStore,
         broker: Option<BrokerClient>,
+        peers: Peers,
         reporter: Option<Reporter>,
     ) -> AppState {
         AppState {
             inner: Arc::new(Inner {
                 store,
                 broker,
+                peers,
                 reporter,
                 receive_budget: Arc::new(tokio::sync::Semaphore::new(RECEIVE_BUDGET_KIB)),
             }),
@@ -114,6 +130,10 @@ impl AppState {
     pub fn broker(&self) -> Option<&BrokerClient> {
         self.inner.broker.as_ref()
     }
+    /// The client for peer storage servers.
+    pub fn peers(&self) -> &Peers {
+        &self.inner.peers
+    }
     /// Queues a newly stored blob for reporting to find servers (never waits).
     pub fn report_added(&self, address: Id) {
         if let Some(reporter) = &self.inner.reporter {
@@ -125,17 +145,27 @@ impl AppState {
 /// Opens the store under the context's data directory and serves it.
 pub async fn start(ctx: &ServerContext, config: StorageConfig) -> anyhow::Result<Server> {
     let store = BlobStore::open_with(ctx.data_dir(), config.max_blob_size, config.pack)?;
+    // Usage gauges need the process's metrics recorder, which serving installs.
+    let _ = invariant_runtime::metrics::handle();
+    store.usage().publish(&ctx.id.to_string());
+    let peers = Peers::new(&ctx.options.client, ctx.options.peer_allow.clone())?;
+    // Reports go out with this server's own client (its CAs and its token).
+    let find = config
+        .find
+        .iter()
+        .map(|url| Ok(FindClient::from_endpoint(ctx.endpoint(url)?)))
+        .collect::<ClientResult<Vec<_>>>()?;
     // Reporting stops with the server, or at once if it cannot start.
     let reporting = ctx.shutdown.child_token();
     let reporter = report::spawn(
         ctx.id,
         store.clone(),
-        &config.find,
+        find,
         ctx.broker.clone(),
         config.find_refresh,
         reporting.clone(),
-    )?;
-    let state = AppState::with_reporter(store, ctx.broker.clone(), reporter);
+    );
+    let state = AppState::with_reporter(store, ctx.broker.clone(), peers, reporter);
     match invariant_runtime::serve(ctx, http::router(state)).await {
         Ok(server) => Ok(server),
         Err(e) => {

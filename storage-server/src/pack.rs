@@ -15,7 +15,9 @@
 //! Records are never rewritten or removed (the storage protocol has no delete).
 //!
 //! The index (`<data-dir>/packs/index.redb`) maps an address to (pack, offset,
-//! length) and records, per pack, how many bytes it covers. Index updates are
+//! length) and records, per pack, how many bytes it covers; it also holds the
+//! per-subject usage totals ([`crate::usage`]), and a packed blob's charge is written
+//! in the transaction that indexes it. Index updates are
 //! committed without a sync (the pack's fdatasync already made the blob durable) and
 //! made durable about once a second. At open, every pack's bytes past the covered
 //! length are scanned, their records verified against their addresses and indexed; a
@@ -139,7 +141,10 @@ pub struct PackStats {
 struct Request {
     id: Id,
     data: Bytes,
-    reply: mpsc::SyncSender<io::Result<()>>,
+    /// The subject charged if this request appends the blob.
+    payer: Option<String>,
+    /// Whether this request appended the blob (false: it was already packed).
+    reply: mpsc::SyncSender<io::Result<bool>>,
 }
 
 /// The packed blobs: lookups by any thread, appends through the packing thread.
@@ -191,9 +196,17 @@ impl Packs {
     /// Opens (creating if needed) the packs under `data_dir/packs`, indexing what a
     /// crash left unindexed, and starts the packing thread.
     pub fn open(data_dir: &Path, config: PackConfig) -> Result<Packs, PackError> {
+        Packs::open_with_index(data_dir, config, open_index(data_dir)?)
+    }
+
+    /// [`Packs::open`] with the index database already open ([`open_index`]).
+    pub fn open_with_index(
+        data_dir: &Path,
+        config: PackConfig,
+        index: Arc<Database>,
+    ) -> Result<Packs, PackError> {
         let dir = data_dir.join("packs");
         fs::create_dir_all(&dir)?;
-        let index = Database::create(dir.join("index.redb")).map_err(index_error)?;
         let mut numbers = Vec::new();
         for entry in fs::read_dir(&dir)? {
             let name = entry?.file_name();
@@ -225,7 +238,6 @@ impl Packs {
         let next_pack = Arc::new(AtomicU32::new(
             numbers.last().map_or(0, |n| n.saturating_add(1)),
         ));
-        let index = Arc::new(index);
         let stats = Arc::new(PackStats::default());
         let mut queues = Vec::new();
         let mut threads = Vec::new();
@@ -274,8 +286,10 @@ impl Packs {
     }
 
     /// Appends `data` as blob `id` (the caller has verified the hash); returns once
-    /// it is durable and readable.
-    pub fn put(&self, id: Id, data: Bytes) -> io::Result<()> {
+    /// it is durable and readable: true when this call appended it, false when it was
+    /// already packed. When this call appends it, `payer` (if any) is charged its size
+    /// in the same index transaction.
+    pub fn put(&self, id: Id, data: Bytes, payer: Option<&str>) -> io::Result<bool> {
         let (reply, done) = mpsc::sync_channel(1);
         {
             let queues = self
@@ -289,7 +303,12 @@ impl Packs {
             queues
                 .get(lane)
                 .ok_or_else(|| io::Error::other("no packing lane"))?
-                .send(Request { id, data, reply })
+                .send(Request {
+                    id,
+                    data,
+                    payer: payer.map(str::to_string),
+                    reply,
+                })
                 .map_err(|_| io::Error::other("pack thread stopped"))?;
         }
         done.recv()
@@ -411,6 +430,14 @@ pub fn verify_packs(data_dir: &Path) -> io::Result<Vec<(Id, u64)>> {
 
 fn io_index(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(format!("pack index: {e}"))
+}
+
+/// Opens (creating if needed) the index database `data_dir/packs/index.redb`.
+pub fn open_index(data_dir: &Path) -> Result<Arc<Database>, PackError> {
+    let dir = data_dir.join("packs");
+    fs::create_dir_all(&dir)?;
+    let index = Database::create(dir.join("index.redb")).map_err(index_error)?;
+    Ok(Arc::new(index))
 }
 
 fn open_pack(dir: &Path, pack: u32) -> io::Result<File> {
@@ -648,10 +675,17 @@ impl Packer {
         let mut records: Vec<&Request> = Vec::with_capacity(batch.len());
         let mut appended_requests = Vec::with_capacity(batch.len());
         let mut locations = Vec::with_capacity(batch.len());
+        // Whether each request of the batch is the one appending its blob.
+        let mut appends = vec![false; batch.len()];
+        let mut charges: HashMap<&str, u64> = HashMap::new();
         let mut end = self.len;
         for (i, request) in batch.iter().enumerate() {
             if held.contains(&i) || !seen.insert(request.id) {
                 continue;
+            }
+            appends[i] = true;
+            if let Some(payer) = &request.payer {
+                *charges.entry(payer.as_str()).or_default() += request.data.len() as u64;
             }
             // Callers pack only blobs up to `max_blob`, far below 4 GiB.
             let len = u32::try_from(request.data.len()).unwrap_or(u32::MAX);
@@ -666,14 +700,15 @@ impl Packer {
         }
         if appended_requests.is_empty() {
             for request in batch {
-                let _ = request.reply.send(Ok(()));
+                let _ = request.reply.send(Ok(false));
             }
             return;
         }
+        let charges: Vec<(&str, u64)> = charges.into_iter().collect();
         let appended = append_records(&mut self.file, &records)
             .and_then(|()| self.file.sync_data())
             .map_err(PackError::Io)
-            .and_then(|()| self.index_batch(&appended_requests, &locations, end));
+            .and_then(|()| self.index_batch(&appended_requests, &locations, end, &charges));
         match appended {
             Ok(()) => {
                 self.len = end;
@@ -681,8 +716,8 @@ impl Packer {
                 self.stats
                     .blobs
                     .fetch_add(appended_requests.len() as u64, Ordering::Relaxed);
-                for request in batch {
-                    let _ = request.reply.send(Ok(()));
+                for (request, appended) in batch.into_iter().zip(appends) {
+                    let _ = request.reply.send(Ok(appended));
                 }
             }
             Err(e) => {
@@ -722,6 +757,7 @@ impl Packer {
         ids: &[Id],
         locations: &[Location],
         covered: u64,
+        charges: &[(&str, u64)],
     ) -> Result<(), PackError> {
         let mut txn = self.index.begin_write().map_err(index_error)?;
         // The pack's fdatasync made the blobs durable; the index can be rebuilt from
@@ -736,6 +772,9 @@ impl Packer {
             }
             let mut packs = txn.open_table(PACKS).map_err(index_error)?;
             packs.insert(self.active, covered).map_err(index_error)?;
+        }
+        for (subject, bytes) in charges {
+            crate::usage::charge(&txn, subject, *bytes).map_err(index_error)?;
         }
         txn.commit().map_err(index_error)?;
         self.dirty_since.get_or_insert_with(Instant::now);
@@ -784,7 +823,9 @@ mod tests {
 
     fn put(packs: &Packs, data: &[u8]) -> Id {
         let id = Id::of_content(data);
-        packs.put(id, Bytes::copy_from_slice(data)).expect("put");
+        packs
+            .put(id, Bytes::copy_from_slice(data), None)
+            .expect("put");
         id
     }
 

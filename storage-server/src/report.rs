@@ -149,30 +149,26 @@ impl Shared {
     }
 }
 
-/// Starts reporting the holdings of `store` (this server is `own`) to `find` (base
-/// urls), or when empty to the broker's find servers. `None` when there is nowhere
-/// to report to. The tasks end with `shutdown`.
+/// Starts reporting the holdings of `store` (this server is `own`) to `find`, or
+/// when empty to the broker's find servers (reached with the broker client's HTTP
+/// client). `None` when there is nowhere to report to. The tasks end with `shutdown`.
 pub fn spawn(
     own: Id,
     store: BlobStore,
-    find: &[String],
+    find: Vec<FindClient>,
     broker: Option<BrokerClient>,
     refresh: Duration,
     shutdown: CancellationToken,
-) -> Result<Option<Reporter>, ClientError> {
+) -> Option<Reporter> {
     let targets = if !find.is_empty() {
-        let clients = find
-            .iter()
-            .map(|url| FindClient::new(url))
-            .collect::<Result<Vec<_>, _>>()?;
-        Targets::Fixed(clients)
+        Targets::Fixed(find)
     } else if let Some(broker) = broker {
         Targets::Broker {
             broker,
             cached: Mutex::new(None),
         }
     } else {
-        return Ok(None);
+        return None;
     };
     let shared = Arc::new(Shared { own, targets });
     let (queue, received) = mpsc::channel(QUEUE);
@@ -191,7 +187,7 @@ pub fn spawn(
             }
         });
     }
-    Ok(Some(Reporter { queue }))
+    Some(Reporter { queue })
 }
 
 /// Sends new addresses in batches.

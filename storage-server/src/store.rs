@@ -6,18 +6,23 @@
 //! destination directory is fsynced before the write is acknowledged. Temp files left
 //! by a crash are removed by [`BlobStore::open`]. Readers never see partial blobs.
 //!
+//! A write may name a [`Payer`]: once the blob's address is known and it is not yet
+//! held, its size is reserved against the payer's quota, and charged when this write
+//! is the one that stores it ([`crate::usage`]).
+//!
 //! All methods block; async callers run them on the blocking pool.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use invariant_spec::Id;
 use sha2::{Digest, Sha256};
 
 use crate::pack::{PackConfig, Packs};
+use crate::usage::{Payer, QuotaExceeded, Usage};
 
 /// Why a write did not store a blob.
 #[derive(Debug, thiserror::Error)]
@@ -37,18 +42,30 @@ pub enum StoreError {
         /// The SHA-256 of the bytes received.
         actual: Id,
     },
+    /// Storing the blob would take its payer past its quota; nothing was stored.
+    #[error(transparent)]
+    Quota(#[from] QuotaExceeded),
     /// The filesystem failed.
     #[error("storage i/o: {0}")]
     Io(#[from] io::Error),
 }
 
-/// Blobs on disk, addressed by SHA-256.
+/// Blobs on disk, addressed by SHA-256. Cloning shares the store.
 #[derive(Debug, Clone)]
 pub struct BlobStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
     root: PathBuf,
     tmp: PathBuf,
     max_blob_size: u64,
     packs: Option<Arc<Packs>>,
+    usage: Arc<Usage>,
+    /// Held while checking whether a blob file exists and renaming one into place, so
+    /// exactly one of concurrent writers of a blob stores (and is charged for) it.
+    installing: Mutex<()>,
 }
 
 const TMP_DIR: &str = "tmp";
@@ -61,7 +78,8 @@ impl BlobStore {
         BlobStore::open_with(data_dir, max_blob_size, PackConfig::default())
     }
 
-    /// [`BlobStore::open`] with explicit pack settings (`max_blob` 0: no packs).
+    /// [`BlobStore::open`] with explicit pack settings (`max_blob` 0: no packs). The
+    /// pack index database (which also keeps usage per subject) is opened either way.
     pub fn open_with(
         data_dir: &Path,
         max_blob_size: u64,
@@ -82,43 +100,58 @@ impl BlobStore {
             tracing::info!(removed, "removed temp files left by an interrupted write");
             sync_dir(&tmp)?;
         }
+        let index = crate::pack::open_index(data_dir)?;
+        let usage = Arc::new(Usage::open(Arc::clone(&index))?);
         let packs = if pack.max_blob > 0 {
-            Some(Arc::new(Packs::open(data_dir, pack)?))
+            Some(Arc::new(Packs::open_with_index(data_dir, pack, index)?))
         } else {
             None
         };
         Ok(BlobStore {
-            root,
-            tmp,
-            max_blob_size,
-            packs,
+            inner: Arc::new(Inner {
+                root,
+                tmp,
+                max_blob_size,
+                packs,
+                usage,
+                installing: Mutex::new(()),
+            }),
         })
     }
 
     /// The largest blob written to packs (0 when packing is off).
     pub fn pack_max_blob(&self) -> usize {
-        self.packs.as_ref().map_or(0, |p| p.config().max_blob)
+        self.inner.packs.as_ref().map_or(0, |p| p.config().max_blob)
     }
 
     /// The packs, if packing is on.
     pub fn packs(&self) -> Option<&Arc<Packs>> {
-        self.packs.as_ref()
+        self.inner.packs.as_ref()
     }
 
     /// The largest blob accepted, in bytes.
     pub fn max_blob_size(&self) -> u64 {
-        self.max_blob_size
+        self.inner.max_blob_size
+    }
+
+    /// Bytes stored per subject, and quotas.
+    pub fn usage(&self) -> &Arc<Usage> {
+        &self.inner.usage
     }
 
     /// Where the blob `id` lives.
     pub fn blob_path(&self, id: &Id) -> PathBuf {
         let hex = id.to_string();
-        self.root.join(&hex[0..2]).join(&hex[2..4]).join(&hex[4..])
+        self.inner
+            .root
+            .join(&hex[0..2])
+            .join(&hex[2..4])
+            .join(&hex[4..])
     }
 
     /// The size of blob `id`, or `None` if absent.
     pub fn size(&self, id: &Id) -> io::Result<Option<u64>> {
-        if let Some(packs) = &self.packs
+        if let Some(packs) = &self.inner.packs
             && let Some(location) = packs.locate(id)?
         {
             return Ok(Some(u64::from(location.len)));
@@ -132,7 +165,7 @@ impl BlobStore {
 
     /// Where blob `id` is if it is packed.
     pub fn packed(&self, id: &Id) -> io::Result<Option<crate::pack::Location>> {
-        match &self.packs {
+        match &self.inner.packs {
             Some(packs) => packs.locate(id),
             None => Ok(None),
         }
@@ -145,7 +178,7 @@ impl BlobStore {
         start: u64,
         count: usize,
     ) -> io::Result<Vec<u8>> {
-        match &self.packs {
+        match &self.inner.packs {
             Some(packs) => packs.read_at(location, start, count),
             None => Err(io::Error::other("packing is off")),
         }
@@ -154,7 +187,7 @@ impl BlobStore {
     /// Opens the pack holding the packed blob at `location` (positioned at its first
     /// byte).
     pub fn open_packed(&self, location: &crate::pack::Location) -> io::Result<File> {
-        match &self.packs {
+        match &self.inner.packs {
             Some(packs) => packs.open_at(location),
             None => Err(io::Error::other("packing is off")),
         }
@@ -163,7 +196,7 @@ impl BlobStore {
     /// Opens blob `id` for reading: the file positioned at the blob's first byte,
     /// that byte's offset in the file, and the blob's size; `None` if absent.
     pub fn open_blob(&self, id: &Id) -> io::Result<Option<(File, u64, u64)>> {
-        if let Some(packs) = &self.packs
+        if let Some(packs) = &self.inner.packs
             && let Some(location) = packs.locate(id)?
         {
             let file = packs.open_at(&location)?;
@@ -186,13 +219,14 @@ impl BlobStore {
             rand::random::<u64>(),
             rand::random::<u64>()
         );
-        let tmp_path = self.tmp.join(name);
+        let tmp_path = self.inner.tmp.join(name);
         let file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&tmp_path)?;
         Ok(BlobWriter {
-            store: self.clone(),
+            store: Arc::downgrade(&self.inner),
+            limit: self.inner.max_blob_size,
             file: Some(file),
             tmp_path,
             hasher: Sha256::new(),
@@ -202,12 +236,23 @@ impl BlobStore {
 
     /// Stores `data` (verifying it against `expected` when given) and returns its address.
     pub fn put(&self, data: Bytes, expected: Option<Id>) -> Result<Id, StoreError> {
-        if data.len() as u64 > self.max_blob_size {
+        self.put_as(data, expected, None)
+    }
+
+    /// [`BlobStore::put`] charged to `payer`: refused with [`StoreError::Quota`] when
+    /// the blob is not yet held and does not fit the payer's quota.
+    pub fn put_as(
+        &self,
+        data: Bytes,
+        expected: Option<Id>,
+        payer: Option<&Payer>,
+    ) -> Result<Id, StoreError> {
+        if data.len() as u64 > self.inner.max_blob_size {
             return Err(StoreError::TooLarge {
-                limit: self.max_blob_size,
+                limit: self.inner.max_blob_size,
             });
         }
-        if let Some(packs) = &self.packs
+        if let Some(packs) = &self.inner.packs
             && data.len() <= packs.config().max_blob
         {
             let actual = Id::of_content(&data);
@@ -223,47 +268,90 @@ impl BlobStore {
             if fs::metadata(&path).is_ok() {
                 // Stored as a file, possibly by a writer still finishing: make sure
                 // its directory entry is durable before acknowledging.
-                sync_dir(path.parent().unwrap_or(&self.root))?;
+                sync_dir(path.parent().unwrap_or(&self.inner.root))?;
                 return Ok(actual);
             }
-            packs.put(actual, data)?;
+            let reservation = match payer {
+                Some(payer) => Some(self.inner.usage.reserve(payer, data.len() as u64)?),
+                None => None,
+            };
+            let appended = packs.put(actual, data, reservation.as_ref().map(|r| r.subject()))?;
+            // Charged in the index transaction; otherwise dropping releases it.
+            if appended && let Some(reservation) = reservation {
+                reservation.settle();
+            }
             return Ok(actual);
         }
         let mut writer = self.writer()?;
         writer.write(&data)?;
-        writer.commit(expected)
+        writer.commit_as(expected, payer)
     }
 
     /// Every held blob with its size, read lazily from the directory tree (in no
     /// particular order). Files whose names are not blob addresses are skipped.
     pub fn list(&self) -> impl Iterator<Item = io::Result<(Id, u64)>> + Send + 'static {
-        BlobList::new(self.root.clone()).chain(PackList {
-            packs: self.packs.clone(),
+        BlobList::new(self.inner.root.clone()).chain(PackList {
+            packs: self.inner.packs.clone(),
             after: None,
             page: Vec::new().into_iter(),
             done: false,
         })
     }
 
-    fn install(&self, tmp_path: &Path, id: &Id) -> io::Result<()> {
+    /// Moves the verified temp file `tmp_path` (`len` bytes) into place as blob `id`,
+    /// unless the blob is already held; charges `payer` when this call stores it.
+    fn install(
+        &self,
+        tmp_path: &Path,
+        id: &Id,
+        len: u64,
+        payer: Option<&Payer>,
+    ) -> Result<(), StoreError> {
         let dest = self.blob_path(id);
-        let leaf_dir = dest.parent().unwrap_or(&self.root).to_path_buf();
-        if let Some(packs) = &self.packs
+        let leaf_dir = dest.parent().unwrap_or(&self.inner.root).to_path_buf();
+        if let Some(packs) = &self.inner.packs
             && packs.locate(id)?.is_some()
         {
             // Already durable in a pack.
             fs::remove_file(tmp_path)?;
             return Ok(());
         }
-        if fs::metadata(&dest).is_ok() {
-            // Already stored (possibly by a concurrent writer still finishing): make sure
-            // its directory entry is durable before acknowledging.
-            fs::remove_file(tmp_path)?;
-            return sync_dir(&leaf_dir);
+        let reservation = {
+            let guard = self
+                .inner
+                .installing
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if fs::metadata(&dest).is_ok() {
+                // Already stored (possibly by a concurrent writer still finishing):
+                // make sure its directory entry is durable before acknowledging.
+                fs::remove_file(tmp_path)?;
+                drop(guard);
+                sync_dir(&leaf_dir)?;
+                return Ok(());
+            }
+            let reservation = match payer {
+                Some(payer) => Some(self.inner.usage.reserve(payer, len)?),
+                None => None,
+            };
+            ensure_dir(&self.inner.root, &leaf_dir)?;
+            fs::rename(tmp_path, &dest)?;
+            reservation
+        };
+        sync_dir(&leaf_dir)?;
+        if let Some(reservation) = reservation {
+            // The blob is stored: a failure to record the charge must not fail the
+            // write (the charge is then lost).
+            match self.inner.usage.persist(reservation.subject(), len) {
+                Ok(()) => reservation.settle(),
+                Err(e) => tracing::error!(
+                    subject = reservation.subject(),
+                    error = %e,
+                    "could not record a blob's charge"
+                ),
+            }
         }
-        ensure_dir(&self.root, &leaf_dir)?;
-        fs::rename(tmp_path, &dest)?;
-        sync_dir(&leaf_dir)
+        Ok(())
     }
 }
 
@@ -302,7 +390,9 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 /// An in-progress blob write: bytes go to a temp file while being hashed.
 #[derive(Debug)]
 pub struct BlobWriter {
-    store: BlobStore,
+    /// The store, not kept alive by an unfinished write.
+    store: Weak<Inner>,
+    limit: u64,
     file: Option<File>,
     tmp_path: PathBuf,
     hasher: Sha256,
@@ -312,7 +402,7 @@ pub struct BlobWriter {
 impl BlobWriter {
     /// Appends bytes. Fails with [`StoreError::TooLarge`] past the store's limit.
     pub fn write(&mut self, chunk: &[u8]) -> Result<(), StoreError> {
-        let limit = self.store.max_blob_size;
+        let limit = self.limit;
         self.len += chunk.len() as u64;
         if self.len > limit {
             return Err(StoreError::TooLarge { limit });
@@ -336,7 +426,18 @@ impl BlobWriter {
 
     /// Makes the blob durable and visible. With `expected`, refuses (and discards)
     /// content that hashes to anything else.
-    pub fn commit(mut self, expected: Option<Id>) -> Result<Id, StoreError> {
+    pub fn commit(self, expected: Option<Id>) -> Result<Id, StoreError> {
+        self.commit_as(expected, None)
+    }
+
+    /// [`BlobWriter::commit`] charged to `payer`: refused (and discarded) with
+    /// [`StoreError::Quota`] when the blob is not yet held and does not fit the
+    /// payer's quota.
+    pub fn commit_as(
+        mut self,
+        expected: Option<Id>,
+        payer: Option<&Payer>,
+    ) -> Result<Id, StoreError> {
         let actual = Id::from_bytes(std::mem::take(&mut self.hasher).finalize().into());
         if let Some(expected) = expected
             && expected != actual
@@ -346,7 +447,11 @@ impl BlobWriter {
         if let Some(file) = self.file.take() {
             file.sync_data()?;
         }
-        self.store.install(&self.tmp_path, &actual)?;
+        let inner = self
+            .store
+            .upgrade()
+            .ok_or_else(|| io::Error::other("the blob store was closed during a write"))?;
+        BlobStore { inner }.install(&self.tmp_path, &actual, self.len, payer)?;
         // Installed: the temp path no longer exists, nothing for Drop to remove.
         self.tmp_path = PathBuf::new();
         Ok(actual)
@@ -549,7 +654,7 @@ mod tests {
         assert!(matches!(err, StoreError::HashMismatch { .. }));
         assert_eq!(store.size(&claimed).expect("size"), None);
         assert_eq!(store.size(&Id::of_content(b"hello")).expect("size"), None);
-        assert_eq!(fs::read_dir(&store.tmp).expect("tmp").count(), 0);
+        assert_eq!(fs::read_dir(&store.inner.tmp).expect("tmp").count(), 0);
     }
 
     #[test]
@@ -566,7 +671,7 @@ mod tests {
             Err(StoreError::TooLarge { .. })
         ));
         drop(writer);
-        assert_eq!(fs::read_dir(&store.tmp).expect("tmp").count(), 0);
+        assert_eq!(fs::read_dir(&store.inner.tmp).expect("tmp").count(), 0);
         assert_eq!(store.list().count(), 0);
     }
 
@@ -577,10 +682,10 @@ mod tests {
         let mut writer = store.writer().expect("writer");
         writer.write(b"partial").expect("write");
         std::mem::forget(writer); // as if the process died mid-write
-        assert_eq!(fs::read_dir(&store.tmp).expect("tmp").count(), 1);
+        assert_eq!(fs::read_dir(&store.inner.tmp).expect("tmp").count(), 1);
         drop(store);
         let reopened = BlobStore::open(dir.path(), 100).expect("reopen");
-        assert_eq!(fs::read_dir(&reopened.tmp).expect("tmp").count(), 0);
+        assert_eq!(fs::read_dir(&reopened.inner.tmp).expect("tmp").count(), 0);
     }
 
     #[test]
@@ -595,7 +700,7 @@ mod tests {
             expected.push((id, data.len() as u64));
         }
         // Stray files are ignored.
-        fs::write(store.root.join("README"), "x").expect("stray");
+        fs::write(store.inner.root.join("README"), "x").expect("stray");
         let mut listed: Vec<_> = store.list().collect::<io::Result<_>>().expect("list");
         listed.sort();
         expected.sort();

@@ -25,6 +25,8 @@ struct FakeFind {
     id: Id,
     url: String,
     reports: Arc<Mutex<Vec<HasRequest>>>,
+    /// The `Authorization` header of each report (`None` when absent).
+    authorizations: Arc<Mutex<Vec<Option<String>>>>,
     task: JoinHandle<()>,
 }
 
@@ -32,11 +34,22 @@ impl FakeFind {
     async fn start() -> FakeFind {
         let id = Id::random();
         let reports: Arc<Mutex<Vec<HasRequest>>> = Arc::default();
+        let authorizations: Arc<Mutex<Vec<Option<String>>>> = Arc::default();
         let on_has = {
             let reports = Arc::clone(&reports);
-            move |axum::Json(request): axum::Json<HasRequest>| {
+            let authorizations = Arc::clone(&authorizations);
+            move |headers: axum::http::HeaderMap, axum::Json(request): axum::Json<HasRequest>| {
                 let reports = Arc::clone(&reports);
+                let authorizations = Arc::clone(&authorizations);
                 async move {
+                    let authorization = headers
+                        .get(axum::http::header::AUTHORIZATION)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_string);
+                    authorizations
+                        .lock()
+                        .expect("authorizations lock")
+                        .push(authorization);
                     reports.lock().expect("reports lock").push(request);
                     AxumStatus::OK
                 }
@@ -55,6 +68,7 @@ impl FakeFind {
             id,
             url,
             reports,
+            authorizations,
             task,
         }
     }
@@ -80,8 +94,19 @@ impl Drop for FakeFind {
 }
 
 async fn launch(data_dir: &Path, broker: Option<String>, find: Vec<String>) -> Server {
+    launch_with_token(data_dir, broker, find, None).await
+}
+
+/// [`launch`] for a server that sends `token` on its own calls.
+async fn launch_with_token(
+    data_dir: &Path,
+    broker: Option<String>,
+    find: Vec<String>,
+    token: Option<&str>,
+) -> Server {
     let mut options = ServerOptions::ephemeral(Role::Storage, data_dir);
     options.broker = broker;
+    options.client.token = token.map(str::to_string);
     let ctx = ServerContext::prepare(options).expect("prepare storage context");
     let config = StorageConfig {
         find,
@@ -225,5 +250,48 @@ async fn without_the_flag_the_brokers_find_servers_are_used() {
 
     storage.stop().await.expect("stop");
     holder.stop().await.expect("stop holder");
+    drop(broker);
+}
+
+#[tokio::test]
+async fn reports_carry_the_servers_own_token() {
+    let fixed = FakeFind::start().await;
+    let listed = FakeFind::start().await;
+    let broker = FakeBroker::start().await;
+    broker.register(listed.id, "find", &listed.url);
+    let fixed_dir = tempfile::tempdir().expect("data dir");
+    let listed_dir = tempfile::tempdir().expect("data dir");
+    preload(fixed_dir.path(), 3);
+    preload(listed_dir.path(), 3);
+    // One server reports to a --find server, the other to the broker's.
+    let to_fixed = launch_with_token(
+        fixed_dir.path(),
+        None,
+        vec![fixed.url.clone()],
+        Some("token-of-the-storage-server"),
+    )
+    .await;
+    let to_listed = launch_with_token(
+        listed_dir.path(),
+        Some(broker.url().to_string()),
+        Vec::new(),
+        Some("token-of-the-storage-server"),
+    )
+    .await;
+    for find in [&fixed, &listed] {
+        eventually("holdings are reported", || async {
+            !find.reports().is_empty()
+        })
+        .await;
+        let authorizations = find.authorizations.lock().expect("lock").clone();
+        assert!(
+            authorizations
+                .iter()
+                .all(|a| a.as_deref() == Some("Bearer token-of-the-storage-server")),
+            "{authorizations:?}"
+        );
+    }
+    to_fixed.stop().await.expect("stop");
+    to_listed.stop().await.expect("stop");
     drop(broker);
 }
