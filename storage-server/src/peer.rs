@@ -10,17 +10,18 @@
 //!   connection goes to exactly the address that was checked;
 //! - `GET /id` answers the container's id, before any blob is requested.
 //!
-//! Redirects are never followed (a 3xx is a failed call) and no proxy from the
-//! environment is used. Calls carry this server's own client settings: its trusted
-//! CAs and its bearer token.
+//! The scheme, address and redirect rules are the runtime's
+//! ([`invariant_runtime::peers::PeerClient`]); this module adds the `/id` check.
+//! Calls carry this server's own client settings: its trusted CAs and its bearer
+//! token.
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::net::IpAddr;
+use std::time::Duration;
 
+use invariant_runtime::peers::{PeerClient, PeerError as UrlRefused};
 use invariant_spec::http::{ClientSecurity, Endpoint};
 use invariant_spec::{ClientError, Id, StorageClient};
 use ipnet::IpNet;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
 /// Why a peer was not (or not fully) contacted.
 #[derive(Debug, thiserror::Error)]
@@ -50,69 +51,40 @@ pub enum PeerError {
     Client(#[from] ClientError),
 }
 
-/// The client for peer calls: no redirects, no proxy, addresses limited to the
-/// allowed CIDRs. Cloning shares the connection pool.
+/// The client for peer calls. Cloning shares the connection pool.
 #[derive(Clone, Debug)]
 pub struct Peers {
-    http: reqwest::Client,
-    allow: Arc<[IpNet]>,
+    client: PeerClient,
 }
 
 impl Peers {
     /// A client with `security` (CAs, token) reaching only addresses in `allow`
     /// (empty: any).
     pub fn new(security: &ClientSecurity, allow: Vec<IpNet>) -> Result<Peers, ClientError> {
-        let allow: Arc<[IpNet]> = allow.into();
-        let mut builder = security
-            .http_client_builder()?
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy();
-        if !allow.is_empty() {
-            builder = builder.dns_resolver(AllowedResolver {
-                allow: Arc::clone(&allow),
-            });
-        }
-        let http = builder
-            .build()
-            .map_err(|e| ClientError::InvalidConfig(format!("building the peer client: {e}")))?;
-        Ok(Peers { http, allow })
+        let client = PeerClient::new(security, &allow, Duration::from_secs(10), None).map_err(
+            |e| match e {
+                UrlRefused::Client(e) => e,
+                other => ClientError::InvalidConfig(other.to_string()),
+            },
+        )?;
+        Ok(Peers { client })
     }
 
     /// Whether this server may connect to `ip`.
     pub fn permits(&self, ip: IpAddr) -> bool {
-        permitted(&self.allow, ip)
+        self.client.policy().allows(ip)
     }
 
     /// An endpoint at `url`, after checking its scheme and, for an IP-literal host,
     /// its address. Makes no connection.
     pub fn endpoint(&self, url: &str) -> Result<Endpoint, PeerError> {
-        let refused = |reason: String| PeerError::Refused {
-            url: url.to_string(),
-            reason,
-        };
-        let parsed = reqwest::Url::parse(url.trim()).map_err(|e| refused(e.to_string()))?;
-        if !matches!(parsed.scheme(), "http" | "https") {
-            return Err(refused(format!(
-                "scheme {:?} is not http or https",
-                parsed.scheme()
-            )));
-        }
-        let Some(host) = parsed.host_str() else {
-            return Err(refused("the url has no host".into()));
-        };
-        // The url parser writes IP hosts canonically (IPv6 in brackets).
-        let literal = host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .unwrap_or(host)
-            .parse::<IpAddr>()
-            .ok();
-        if let Some(ip) = literal
-            && !self.permits(ip)
-        {
-            return Err(refused(format!("{ip} is outside every --peer-allow range")));
-        }
-        Endpoint::with_client(url, self.http.clone()).map_err(PeerError::Client)
+        self.client.endpoint(url).map_err(|e| match e {
+            UrlRefused::Client(e) => PeerError::Client(e),
+            other => PeerError::Refused {
+                url: url.to_string(),
+                reason: other.to_string(),
+            },
+        })
     }
 
     /// A storage client for the server registered as `expected` at `url`, once
@@ -128,34 +100,6 @@ impl Peers {
             });
         }
         Ok(StorageClient::from_endpoint(endpoint))
-    }
-}
-
-fn permitted(allow: &[IpNet], ip: IpAddr) -> bool {
-    let ip = ip.to_canonical();
-    allow.is_empty() || allow.iter().any(|net| net.contains(&ip))
-}
-
-/// Resolves names with the system resolver and keeps only permitted addresses.
-#[derive(Debug)]
-struct AllowedResolver {
-    allow: Arc<[IpNet]>,
-}
-
-impl Resolve for AllowedResolver {
-    fn resolve(&self, name: Name) -> Resolving {
-        let allow = Arc::clone(&self.allow);
-        let host = name.as_str().to_string();
-        Box::pin(async move {
-            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
-            let permitted: Vec<SocketAddr> = resolved
-                .filter(|addr| permitted(&allow, addr.ip()))
-                .collect();
-            if permitted.is_empty() {
-                return Err(format!("{host} has no address inside the --peer-allow ranges").into());
-            }
-            Ok(Box::new(permitted.into_iter()) as Addrs)
-        })
     }
 }
 
