@@ -15,6 +15,17 @@
 //! up, so a file of any size ends in one root link. A file of one block is linked
 //! directly. Links with transforms carry `expected`, the SHA-256 of the content.
 //!
+//! # Sparse files
+//!
+//! [`Writer::write_sparse_file`] reads only the data of a file with holes: each hole of
+//! at least one maximum block (found with `SEEK_DATA`/`SEEK_HOLE` on Linux) becomes a
+//! run of all-zero blocks of [`ChunkConfig::max_size`] (the last one shorter), encoded,
+//! hashed and stored once per file, and the data between holes is chunked as usual.
+//! The content read back is byte-for-byte the file's; only the block boundaries
+//! differ from a dense write. Such links carry no `expected` (it is optional): the
+//! whole-content hash would mean hashing every zero of every hole, which is what this
+//! path exists to avoid. Every blob is still verified by its address.
+//!
 //! # Keys
 //!
 //! Encryption is AES-256-CBC with PKCS#7 padding; each block and list carries its
@@ -40,7 +51,7 @@
 //! guess it. A convergence secret limits this to parties who know the secret, and
 //! dedup to content written with the same secret.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -51,7 +62,7 @@ use futures_util::StreamExt;
 use invariant_spec::Id;
 use invariant_spec::content::{Block, ContentLink, Transform};
 use sha2::{Digest, Sha256};
-use tokio::io::AsyncRead;
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncSeekExt as _};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
 
@@ -264,8 +275,84 @@ impl Writer {
 
     /// Writes everything `input` yields.
     pub async fn write<R: AsyncRead + Unpin + Send>(&self, input: R) -> ContentResult<Written> {
+        let mut building = self.start();
+        self.chunk(input, &mut building).await?;
+        self.finish(building).await
+    }
+
+    /// Writes the file at `path`, reading only its data: holes of a maximum block or
+    /// more become repeated all-zero blocks, encoded once, and the link carries no
+    /// `expected` (see the module docs). A file without such holes, or on a file system
+    /// (or platform) that cannot report them, is written exactly as by
+    /// [`Writer::write_file`].
+    pub async fn write_sparse_file(&self, path: &Path) -> ContentResult<Written> {
+        let min_hole = self.inner.config.chunking.max_size as u64;
+        let owned = path.to_path_buf();
+        let extents = tokio::task::spawn_blocking(move || sparse::extents(&owned, min_hole))
+            .await
+            .map_err(ContentError::task)?
+            .map_err(ContentError::io(path))?;
+        if !extents
+            .iter()
+            .any(|extent| matches!(extent, sparse::Extent::Hole(_)))
+        {
+            return self.write_file(path).await;
+        }
+        let mut file = tokio::fs::File::open(path)
+            .await
+            .map_err(ContentError::io(path))?;
+        let mut building = self.start();
+        // Hashing the holes is what this path avoids; `expected` is optional.
+        building.hasher = None;
+        let mut zero_blocks = HashMap::new();
+        for extent in extents {
+            match extent {
+                sparse::Extent::Data { start, len } => {
+                    file.seek(std::io::SeekFrom::Start(start))
+                        .await
+                        .map_err(ContentError::io(path))?;
+                    let before = building.size;
+                    self.chunk((&mut file).take(len), &mut building)
+                        .await
+                        .map_err(|e| match e {
+                            ContentError::Input(source) => ContentError::Io {
+                                path: path.to_path_buf(),
+                                source,
+                            },
+                            other => other,
+                        })?;
+                    if building.size - before != len {
+                        return Err(ContentError::Io {
+                            path: path.to_path_buf(),
+                            source: std::io::ErrorKind::UnexpectedEof.into(),
+                        });
+                    }
+                }
+                sparse::Extent::Hole(len) => {
+                    self.zeros(len, &mut building, &mut zero_blocks).await?;
+                }
+            }
+        }
+        self.finish(building).await
+    }
+
+    fn start(&self) -> Building {
+        Building {
+            keys: self.file_keys(),
+            tree: Tree::new(self.inner.config.list_limit),
+            pending: VecDeque::new(),
+            size: 0,
+            hasher: Some(Sha256::new()),
+        }
+    }
+
+    /// Cuts `input` into content-defined blocks and adds them to `building`.
+    async fn chunk<R: AsyncRead + Unpin + Send>(
+        &self,
+        input: R,
+        building: &mut Building,
+    ) -> ContentResult<()> {
         let config = &self.inner.config;
-        let keys = self.file_keys();
         let ChunkConfig {
             min_size,
             avg_size,
@@ -274,34 +361,88 @@ impl Writer {
         let mut chunker = AsyncStreamCDC::new(input, min_size, avg_size, max_size);
         let chunks = chunker.as_stream();
         futures_util::pin_mut!(chunks);
-
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut tree = Tree::new(config.list_limit);
-        let mut pending = VecDeque::new();
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk.map_err(|e| ContentError::Input(e.into()))?;
-            hasher.update(&chunk.data);
-            size += chunk.data.len() as u64;
+            if let Some(hasher) = &mut building.hasher {
+                hasher.update(&chunk.data);
+            }
+            building.size += chunk.data.len() as u64;
             let permit = self.permit().await?;
-            pending.push_back(self.spawn_block(chunk.data, keys.clone(), permit));
+            let keys = building.keys.clone();
+            building
+                .pending
+                .push_back(self.spawn_block(chunk.data, keys, permit));
             // Finish the oldest blocks first: the list must keep content order.
-            while pending.len() >= config.parallelism {
-                self.finish_oldest(&mut pending, &mut tree, &keys).await?;
+            while building.pending.len() >= config.parallelism {
+                self.finish_oldest(building).await?;
             }
         }
-        if size == 0 {
+        Ok(())
+    }
+
+    /// Adds `len` zero bytes to `building` as maximum-size zero blocks, each distinct
+    /// block size encoded and stored once (remembered in `cache`).
+    async fn zeros(
+        &self,
+        len: u64,
+        building: &mut Building,
+        cache: &mut HashMap<usize, Block>,
+    ) -> ContentResult<()> {
+        // Blocks already cut come first.
+        while !building.pending.is_empty() {
+            self.finish_oldest(building).await?;
+        }
+        let max = self.inner.config.chunking.max_size;
+        let mut left = len;
+        while left > 0 {
+            let size = usize::try_from(left).map_or(max, |left| left.min(max));
+            let block = match cache.get(&size) {
+                Some(block) => block.clone(),
+                None => {
+                    let _permit = self.permit().await?;
+                    let content = self
+                        .store_encoded(vec![0; size], building.keys.clone())
+                        .await?;
+                    let block = Block {
+                        content,
+                        size: size as u64,
+                    };
+                    cache.insert(size, block.clone());
+                    block
+                }
+            };
+            self.push(&mut building.tree, 0, block, &building.keys)
+                .await?;
+            left -= size as u64;
+            building.size += size as u64;
+        }
+        Ok(())
+    }
+
+    /// Finishes every block, closes the tree and returns the root link.
+    async fn finish(&self, mut building: Building) -> ContentResult<Written> {
+        if building.size == 0 {
             // Empty content is one empty block.
             let permit = self.permit().await?;
-            pending.push_back(self.spawn_block(Vec::new(), keys.clone(), permit));
+            let keys = building.keys.clone();
+            building
+                .pending
+                .push_back(self.spawn_block(Vec::new(), keys, permit));
         }
-        while !pending.is_empty() {
-            self.finish_oldest(&mut pending, &mut tree, &keys).await?;
+        while !building.pending.is_empty() {
+            self.finish_oldest(&mut building).await?;
         }
+        let Building {
+            keys,
+            tree,
+            size,
+            hasher,
+            ..
+        } = building;
         let root = self.finish_tree(tree, &keys).await?;
         let mut link = root.content;
         if !link.transforms.is_empty() {
-            link.expected = Some(Id::from_bytes(hasher.finalize().into()));
+            link.expected = hasher.map(|hasher| Id::from_bytes(hasher.finalize().into()));
         }
         Ok(Written { link, size })
     }
@@ -342,15 +483,11 @@ impl Writer {
         }))
     }
 
-    async fn finish_oldest(
-        &self,
-        pending: &mut VecDeque<AbortOnDropHandle<ContentResult<Block>>>,
-        tree: &mut Tree,
-        keys: &FileKeys,
-    ) -> ContentResult<()> {
-        if let Some(task) = pending.pop_front() {
+    async fn finish_oldest(&self, building: &mut Building) -> ContentResult<()> {
+        if let Some(task) = building.pending.pop_front() {
             let block = task.await.map_err(ContentError::task)??;
-            self.push(tree, 0, block, keys).await?;
+            self.push(&mut building.tree, 0, block, &building.keys)
+                .await?;
         }
         Ok(())
     }
@@ -463,6 +600,102 @@ impl Writer {
     }
 }
 
+/// One file being written: its keys, tree, blocks in flight, length and hash.
+struct Building {
+    keys: FileKeys,
+    tree: Tree,
+    pending: VecDeque<AbortOnDropHandle<ContentResult<Block>>>,
+    size: u64,
+    /// SHA-256 of the content so far; `None` when `expected` is not computed.
+    hasher: Option<Sha256>,
+}
+
+/// Finding the holes of a file.
+mod sparse {
+    use std::path::Path;
+
+    /// A part of a file.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub(super) enum Extent {
+        /// Bytes to read, from `start`.
+        Data { start: u64, len: u64 },
+        /// This many zero bytes that need not be read.
+        Hole(u64),
+    }
+
+    /// The file at `path` as data and holes of at least `min_hole` bytes, in order;
+    /// shorter holes count as data. One data extent (or none, for an empty file) when
+    /// the file system cannot report holes.
+    pub(super) fn extents(path: &Path, min_hole: u64) -> std::io::Result<Vec<Extent>> {
+        let file = std::fs::File::open(path)?;
+        let len = file.metadata()?.len();
+        let raw = holes(&file, len)?;
+        let mut out: Vec<Extent> = Vec::new();
+        let mut at = 0;
+        for (start, end) in raw {
+            if end - start < min_hole.max(1) {
+                continue;
+            }
+            if start > at {
+                out.push(Extent::Data {
+                    start: at,
+                    len: start - at,
+                });
+            }
+            out.push(Extent::Hole(end - start));
+            at = end;
+        }
+        if len > at {
+            out.push(Extent::Data {
+                start: at,
+                len: len - at,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The holes of `file` (`len` bytes long) as `(start, end)` ranges, in order.
+    #[cfg(target_os = "linux")]
+    fn holes(file: &std::fs::File, len: u64) -> std::io::Result<Vec<(u64, u64)>> {
+        use nix::errno::Errno;
+        use nix::unistd::{Whence, lseek};
+        let offset = |at: u64| {
+            i64::try_from(at).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))
+        };
+        let position = |at: i64| u64::try_from(at).unwrap_or(0);
+        let mut holes = Vec::new();
+        let mut at = 0u64;
+        while at < len {
+            let data = match lseek(file, offset(at)?, Whence::SeekData) {
+                Ok(found) => position(found).min(len),
+                // No data after `at`: the rest is a hole.
+                Err(Errno::ENXIO) => len,
+                // The file system cannot tell: treat everything as data.
+                Err(Errno::EINVAL | Errno::EOPNOTSUPP) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+            if data > at {
+                holes.push((at, data));
+            }
+            if data >= len {
+                break;
+            }
+            at = match lseek(file, offset(data)?, Whence::SeekHole) {
+                Ok(found) => position(found).min(len).max(data + 1),
+                Err(Errno::EINVAL | Errno::EOPNOTSUPP) => return Ok(Vec::new()),
+                Err(e) => return Err(e.into()),
+            };
+        }
+        Ok(holes)
+    }
+
+    /// Holes cannot be found on this platform: none are reported.
+    #[cfg(not(target_os = "linux"))]
+    fn holes(_file: &std::fs::File, _len: u64) -> std::io::Result<Vec<(u64, u64)>> {
+        Ok(Vec::new())
+    }
+}
+
 /// Block lists under construction, one per tree level (0 = links to data blocks).
 struct Tree {
     limit: usize,
@@ -559,6 +792,111 @@ mod tests {
                 (state >> 24) as u8
             })
             .collect()
+    }
+
+    #[cfg(unix)]
+    /// A file of `len` bytes holding `parts` (offset, bytes) and zeros elsewhere, written
+    /// so that the zeros are holes; returns the same content as one buffer.
+    fn sparse_file(path: &Path, len: u64, parts: &[(u64, Vec<u8>)]) -> Vec<u8> {
+        use std::os::unix::fs::FileExt as _;
+        let file = std::fs::File::create(path).expect("create");
+        let mut dense = vec![0; len as usize];
+        for (offset, bytes) in parts {
+            file.write_all_at(bytes, *offset).expect("write");
+            dense[*offset as usize..*offset as usize + bytes.len()].copy_from_slice(bytes);
+        }
+        file.set_len(len).expect("extend");
+        dense
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn extents_list_data_and_long_holes_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sparse");
+        let block = 64 * 1024;
+        sparse_file(
+            &path,
+            40 * block,
+            &[(0, vec![1; 10]), (20 * block, vec![2; 10])],
+        );
+        let extents = sparse::extents(&path, 4 * block).expect("extents");
+        if cfg!(target_os = "linux") {
+            // Data at 0 and 20 blocks (each within one file system block), holes between.
+            assert_eq!(extents.len(), 4, "{extents:?}");
+            assert!(matches!(extents[0], sparse::Extent::Data { start: 0, .. }));
+            assert!(matches!(extents[1], sparse::Extent::Hole(_)));
+            assert!(matches!(extents[3], sparse::Extent::Hole(_)));
+        }
+        let total: u64 = extents
+            .iter()
+            .map(|e| match e {
+                sparse::Extent::Data { len, .. } | sparse::Extent::Hole(len) => *len,
+            })
+            .sum();
+        assert_eq!(total, 40 * block);
+        // A minimum hole longer than the file's holes leaves one data extent.
+        assert_eq!(
+            sparse::extents(&path, 40 * block).expect("extents"),
+            vec![sparse::Extent::Data {
+                start: 0,
+                len: 40 * block
+            }]
+        );
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn sparse_files_read_back_identical_without_an_expected_hash() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("sparse");
+        let data = pseudo_random(5_000, 3);
+        let dense = sparse_file(
+            &path,
+            300_000,
+            &[(0, pseudo_random(10_000, 1)), (100_000, data.clone())],
+        );
+        let store = Arc::new(MemoryStore::new());
+        let reader = Reader::new(store.clone());
+        for encryption in [
+            None,
+            Some(KeyPolicy::RandomPerFile),
+            Some(KeyPolicy::Convergent { secret: None }),
+        ] {
+            let config = WriterConfig {
+                encryption: encryption.clone(),
+                ..small(3)
+            };
+            let writer = Writer::new(store.clone(), config).expect("writer");
+            let written = writer.write_sparse_file(&path).await.expect("write");
+            assert_eq!(written.size, 300_000);
+            let back = reader
+                .read_to_vec(&written.link, u64::MAX)
+                .await
+                .expect("read");
+            assert!(back == dense, "{encryption:?}");
+            if cfg!(target_os = "linux") {
+                assert_eq!(written.link.expected, None, "holes are not hashed");
+            }
+            let range = reader.read_range(&written.link, 99_990, 20);
+            let range: Vec<Bytes> = range.map(|c| c.expect("chunk")).collect().await;
+            assert_eq!(range.concat(), dense[99_990..100_010]);
+        }
+        // A file without holes is written exactly as write_file writes it.
+        let solid = dir.path().join("solid");
+        std::fs::write(&solid, &data).expect("write");
+        let writer = Writer::new(store.clone(), small(2)).expect("writer");
+        assert_eq!(
+            writer.write_sparse_file(&solid).await.expect("sparse path"),
+            writer.write_file(&solid).await.expect("plain path")
+        );
+        // As is an empty file.
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, b"").expect("write");
+        assert_eq!(
+            writer.write_sparse_file(&empty).await.expect("sparse path"),
+            writer.write_file(&empty).await.expect("plain path")
+        );
     }
 
     #[tokio::test]

@@ -80,8 +80,13 @@ pub enum FilesError {
     #[error("{0}")]
     Invalid(String),
     /// A file would grow beyond the configured limit.
-    #[error("files larger than {limit} bytes are not supported")]
+    #[error(
+        "the file would be {size} bytes, more than this server's limit of {limit} bytes \
+         (--max-file-size); nothing was changed"
+    )]
     TooLarge {
+        /// The size the change would give the file (saturated at `u64::MAX`).
+        size: u64,
         /// The limit (`FilesConfig::max_file_size`).
         limit: u64,
     },

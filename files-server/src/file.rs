@@ -6,12 +6,19 @@
 //! budget plus one write batch per request, whatever the file sizes.
 //!
 //! The first change to a clean file copies its content locally (only the prefix that
-//! survives, for a truncation). `FileContent::flush` writes a local file out through
-//! the content [`invariant_content::Writer`] (content-defined blocks, so
-//! unchanged regions produce blocks storage already holds) and makes it clean again —
-//! unless it changed while being written, in which case it stays local and the next
-//! sync writes it again. Each change bumps a version, which is what that check and
-//! the etag use.
+//! survives, for a truncation); blocks of zeros are not written to the temporary file,
+//! so a sparse file stays sparse (the copy still reads every block from storage, so
+//! its cost follows the file's size, which `FilesConfig::max_file_size` bounds).
+//! `FileContent::flush` writes a local file out through the content
+//! [`invariant_content::Writer`] (content-defined blocks, so unchanged regions produce
+//! blocks storage already holds; temporary files through
+//! [`invariant_content::Writer::write_sparse_file`], which neither reads nor hashes
+//! holes) and makes it clean again — unless it changed while being written, in which
+//! case it stays local and the next sync writes it again. Each change bumps a version,
+//! which is what that check and the etag use.
+//!
+//! No change makes a file larger than `FilesConfig::max_file_size`: writes and size
+//! changes past it fail with [`FilesError::TooLarge`] before touching anything.
 //!
 //! Each file has its own async read-write lock: reads and flushes share it, writes
 //! take it exclusively. Disk work runs on the blocking pool.
@@ -27,7 +34,7 @@ use futures_util::StreamExt;
 use invariant_content::{ContentError, Reader, Writer, Written};
 use invariant_spec::content::ContentLink;
 use tempfile::NamedTempFile;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::RwLock;
 
 use crate::error::{FilesError, FilesResult};
@@ -269,12 +276,7 @@ impl FileContent {
     /// Writes `bytes` at `offset`, zero-filling any gap past the end.
     pub async fn write(&self, env: &FileEnv, offset: u64, bytes: Bytes) -> FilesResult<()> {
         let len = bytes.len() as u64;
-        let end = offset
-            .checked_add(len)
-            .filter(|end| *end <= env.max_file_size)
-            .ok_or(FilesError::TooLarge {
-                limit: env.max_file_size,
-            })?;
+        let end = check_size(env, offset.saturating_add(len))?;
         if len == 0 {
             return Ok(());
         }
@@ -311,11 +313,7 @@ impl FileContent {
 
     /// Truncates or zero-extends to `new_size` bytes.
     pub async fn set_size(&self, env: &FileEnv, new_size: u64) -> FilesResult<()> {
-        if new_size > env.max_file_size {
-            return Err(FilesError::TooLarge {
-                limit: env.max_file_size,
-            });
-        }
+        check_size(env, new_size)?;
         let mut guard = self.data.write().await;
         if guard.size() == new_size {
             return Ok(());
@@ -356,10 +354,11 @@ impl FileContent {
                 data: Local::Memory(buf),
                 ..
             } => env.writer.write_bytes(&buf.data).await,
+            // Holes (writes past the end, zero-extensions) are not read or hashed.
             State::Local {
                 data: Local::Disk(file),
                 ..
-            } => env.writer.write_file(file.path()).await,
+            } => env.writer.write_sparse_file(file.path()).await,
         }
         .map_err(FilesError::Content)?;
         drop(guard);
@@ -369,6 +368,18 @@ impl FileContent {
             self.publish(&guard);
         }
         Ok(written)
+    }
+}
+
+/// `size` when it is within the file size limit, else [`FilesError::TooLarge`].
+pub(crate) fn check_size(env: &FileEnv, size: u64) -> FilesResult<u64> {
+    if size > env.max_file_size {
+        Err(FilesError::TooLarge {
+            size,
+            limit: env.max_file_size,
+        })
+    } else {
+        Ok(size)
     }
 }
 
@@ -424,14 +435,25 @@ async fn materialize(env: &FileEnv, data: &mut Data, keep: u64) -> FilesResult<(
             if copied > keep {
                 return Err(too_long(&link, keep));
             }
-            file.write_all(&chunk)
-                .await
-                .map_err(FilesError::io("copying content to a local file"))?;
+            // Zeros are skipped, not written, so holes stay holes and the next sync
+            // need not read them.
+            if chunk.iter().all(|byte| *byte == 0) {
+                file.seek(std::io::SeekFrom::Start(copied))
+                    .await
+                    .map_err(FilesError::io("copying content to a local file"))?;
+            } else {
+                file.write_all(&chunk)
+                    .await
+                    .map_err(FilesError::io("copying content to a local file"))?;
+            }
         }
         if copied != keep {
             return Err(too_short(&link, keep, copied));
         }
         file.flush()
+            .await
+            .map_err(FilesError::io("copying content to a local file"))?;
+        file.set_len(keep)
             .await
             .map_err(FilesError::io("copying content to a local file"))?;
         Local::Disk(Arc::new(temp))

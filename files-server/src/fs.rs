@@ -23,7 +23,7 @@ use invariant_spec::files::{Attributes, DirectoryEntry, Info, Node};
 use invariant_spec::slots::{SignatureConfig, SlotSigner};
 
 use crate::error::{FilesError, FilesResult};
-use crate::file::{Chunk, FileContent, FileEnv};
+use crate::file::{self, Chunk, FileContent, FileEnv};
 use crate::peers::Peers;
 use crate::table::{Body, Dir, LoadedEntry, Meta, Mount, NodeEntry, SlotMount, Table};
 
@@ -379,12 +379,27 @@ impl FileSystem {
     }
 
     /// Writes `body` into file `node` at `offset`; returns the number of bytes written.
-    pub async fn write<S, E>(&self, node: Node, offset: u64, mut body: S) -> FilesResult<u64>
+    ///
+    /// A write that would make the file larger than the limit is refused
+    /// ([`FilesError::TooLarge`]): before anything is written when the body's length is
+    /// declared (`declared`, from `Content-Length`) or its first batch already crosses
+    /// the limit; otherwise at the batch that crosses it, the batches before it
+    /// staying written.
+    pub async fn write<S, E>(
+        &self,
+        node: Node,
+        offset: u64,
+        declared: Option<u64>,
+        mut body: S,
+    ) -> FilesResult<u64>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: fmt::Display,
     {
         let content = self.writable_file(node)?;
+        if let Some(len) = declared.filter(|len| *len > 0) {
+            file::check_size(&self.env, offset.saturating_add(len))?;
+        }
         let mut position = offset;
         let mut batch = BytesMut::new();
         let mut done = false;
@@ -399,6 +414,7 @@ impl FileSystem {
             if batch.len() >= WRITE_BATCH || (done && !batch.is_empty()) {
                 let bytes = batch.split().freeze();
                 let len = bytes.len() as u64;
+                file::check_size(&self.env, position.saturating_add(len))?;
                 content.write(&self.env, position, bytes).await?;
                 position += len;
                 self.changed(node);

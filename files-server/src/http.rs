@@ -12,7 +12,7 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{FromRequestParts, Query, State};
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures_util::{StreamExt, stream};
@@ -250,12 +250,18 @@ async fn write(
     State(state): State<AppState>,
     ApiPath(node): ApiPath<Node>,
     params: Params,
+    headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Json<u64>> {
     let offset = params.number("offset")?.unwrap_or(0);
+    // A declared length lets a write past the size limit be refused before any byte.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|text| text.parse::<u64>().ok());
     let written = state
         .fs()
-        .write(node, offset, body.into_data_stream())
+        .write(node, offset, declared, body.into_data_stream())
         .await
         .map_err(fail)?;
     Ok(Json(written))

@@ -31,7 +31,19 @@
 //! `none`-signature slots are writable. `ed25519` slots are writable when this server
 //! holds the slot's key ([`FilesConfig::slot_keys`], `--slot-key <file>` of hex
 //! seeds); without a key — and for `sha256:rsa` slots, whose keys this server does not
-//! take — the mount is read-only (`writable=true` explicitly asked is 403). Each sync
+//! take — the mount is read-only (`writable=true` explicitly asked is 403). **The
+//! server signs with those keys for whoever changes the tree**, so [`start`] refuses
+//! slot keys in open mode: with `--auth-root-key` every mutating route (mount, write,
+//! sync, ...) needs a token holding `files:write`, and only such callers get
+//! signatures.
+//!
+//! **Limits.** No file grows past [`FilesConfig::max_file_size`] (`--max-file-size`,
+//! default 64 GiB): a write, size change or anything else that would make a file
+//! larger is refused with 413 and changes nothing (see [`FileSystem::write`] for a body
+//! without a declared length). Files with holes (a write far past the end, or a
+//! zero-extension) are kept sparse on disk, and sync writes each hole of a block or
+//! more as repeated all-zero blocks hashed once, so its cost follows the data written,
+//! not the file's size ([`Writer::write_sparse_file`]). Each sync
 //! updates the slot with compare-and-swap from the value this server last saw; when
 //! it loses (409), the mount is reloaded from the slot, **its unsynced changes are
 //! discarded** and its nodes other than the root are forgotten, and the sync answers
@@ -192,6 +204,14 @@ pub async fn start(ctx: &ServerContext, config: FilesConfig) -> FilesResult<Serv
     if config.write_copies == 0 {
         return Err(FilesError::Config("write copies must be at least 1".into()));
     }
+    if !config.slot_keys.0.is_empty() && ctx.options.auth.root.is_none() {
+        return Err(FilesError::Config(
+            "--slot-key needs --auth-root-key: this server signs slot updates with those \
+             keys for whoever mounts, writes and syncs, and in open mode that is any \
+             anonymous client; with --auth-root-key only callers holding files:write can"
+                .into(),
+        ));
+    }
     let spill_dir = ctx.data_dir().join(SPILL_DIR);
     let dir = spill_dir.clone();
     tokio::task::spawn_blocking(move || {
@@ -207,6 +227,7 @@ pub async fn start(ctx: &ServerContext, config: FilesConfig) -> FilesResult<Serv
 
     let peers = Arc::new(Peers::new(
         ctx.id,
+        ctx.http.clone(),
         ctx.broker.clone(),
         &config.storage,
         config.slots.as_deref(),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
-use files_server::{DEFAULT_WRITE_COPIES, FilesConfig, SlotKeys};
+use files_server::{DEFAULT_MAX_FILE_SIZE, DEFAULT_WRITE_COPIES, FilesConfig, SlotKeys};
 use invariant_runtime::{CommonArgs, Role, run_main};
 
 /// POSIX-like file trees over content links for the invariant network.
@@ -27,9 +27,14 @@ struct Cli {
     sync_interval: u64,
 
     /// File of ed25519 seeds (64 hex characters per line) for ed25519 slots this
-    /// server may update; such slots are mounted read-only without their key.
+    /// server may update; such slots are mounted read-only without their key. Needs
+    /// --auth-root-key: the server signs for any caller that may change its trees.
     #[arg(long, env = "INVARIANT_FILES_SLOT_KEY")]
     slot_key: Option<PathBuf>,
+
+    /// Largest file in bytes; a write or size change past it is refused with 413.
+    #[arg(long, env = "INVARIANT_FILES_MAX_FILE_SIZE", default_value_t = DEFAULT_MAX_FILE_SIZE)]
+    max_file_size: u64,
 
     /// Storage servers each new block is written to.
     #[arg(long, env = "INVARIANT_FILES_WRITE_COPIES", default_value_t = DEFAULT_WRITE_COPIES)]
@@ -48,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         sync_interval: Duration::from_secs(cli.sync_interval),
         slot_keys,
         write_copies: cli.write_copies,
+        max_file_size: cli.max_file_size,
         ..FilesConfig::default()
     };
     run_main(Role::Files, &cli.common, |ctx| async move {

@@ -9,6 +9,10 @@
 //! first, for broker-found servers; in the given order for explicit ones); writes go
 //! to the first `write_copies` of them, each of which stores a blob it lacks. The
 //! content reader and writer see these two sets through `PeerStore`.
+//!
+//! Every client uses the server's own HTTP client (`ServerContext::http`: its CA roots
+//! and its token), as the broker client does, so the storage and slots servers see
+//! this server's token.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use invariant_content::{BlockStore, StorageSet, StoreError};
+use invariant_spec::http::Endpoint;
 use invariant_spec::{BrokerClient, Id, SlotsClient, StorageClient};
 
 use crate::error::{FilesError, FilesResult};
@@ -57,6 +62,7 @@ struct Cache {
 #[derive(Debug)]
 pub(crate) struct Peers {
     id: Id,
+    http: reqwest::Client,
     broker: Option<BrokerClient>,
     explicit_storage: Option<StorageSets>,
     explicit_slots: Option<SlotsClient>,
@@ -65,28 +71,32 @@ pub(crate) struct Peers {
 }
 
 impl Peers {
-    /// Peers for server `id`; fails on a malformed url.
+    /// Peers for server `id`, reached with `http`; fails on a malformed url.
     pub fn new(
         id: Id,
+        http: reqwest::Client,
         broker: Option<BrokerClient>,
         storage: &[String],
         slots: Option<&str>,
         write_copies: usize,
     ) -> FilesResult<Peers> {
         let bad_url = |e: invariant_spec::ClientError| FilesError::Config(e.to_string());
+        let endpoint = |url: &str| Endpoint::with_client(url, http.clone()).map_err(bad_url);
         let explicit_storage = if storage.is_empty() {
             None
         } else {
             let clients = storage
                 .iter()
-                .map(|url| StorageClient::new(url))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(bad_url)?;
+                .map(|url| endpoint(url).map(StorageClient::from_endpoint))
+                .collect::<Result<Vec<_>, _>>()?;
             Some(StorageSets::of(clients, write_copies))
         };
-        let explicit_slots = slots.map(SlotsClient::new).transpose().map_err(bad_url)?;
+        let explicit_slots = slots
+            .map(|url| endpoint(url).map(SlotsClient::from_endpoint))
+            .transpose()?;
         Ok(Peers {
             id,
+            http,
             broker,
             explicit_storage,
             explicit_slots,
@@ -164,8 +174,9 @@ impl Peers {
             .map_err(FilesError::Slots)?;
         for id in ids {
             if let Ok(Some(url)) = broker.resolve(&id).await
-                && let Ok(client) = SlotsClient::new(&url)
+                && let Ok(endpoint) = Endpoint::with_client(&url, self.http.clone())
             {
+                let client = SlotsClient::from_endpoint(endpoint);
                 cache.slots = Some((Instant::now(), client.clone()));
                 return Ok(client);
             }

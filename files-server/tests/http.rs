@@ -21,8 +21,10 @@ use invariant_content::{
 use invariant_runtime::{Role, Server, ServerContext, ServerOptions};
 use invariant_spec::content::{Block, ContentLink, EntryKind, Transform};
 use invariant_spec::files::{Attributes, Create, FilesClient, Info, MountOptions, Node};
+use invariant_spec::http::Endpoint;
 use invariant_spec::slots::{RegisterRequest, SlotSigner};
 use invariant_spec::{BrokerClient, Id, SlotsClient, StorageClient};
+use invariant_test_support::TestAuth;
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use reqwest::StatusCode;
@@ -168,6 +170,25 @@ impl Files {
         Files {
             client: FilesClient::new(server.url()).expect("files client"),
             http: reqwest::Client::new(),
+            dir,
+            server,
+        }
+    }
+
+    /// A files server checking tokens against `auth`; its client sends `token`.
+    async fn start_with_auth(config: FilesConfig, auth: &TestAuth, token: &str) -> Files {
+        let dir = tempfile::tempdir().expect("files dir");
+        let mut options = ServerOptions::ephemeral(Role::Files, dir.path());
+        options.auth.root = Some(auth.public());
+        let ctx = ServerContext::prepare(options).expect("files context");
+        let server = files_server::start(&ctx, config)
+            .await
+            .expect("start files server");
+        let http = TestAuth::client(token);
+        let endpoint = Endpoint::with_client(server.url(), http.clone()).expect("endpoint");
+        Files {
+            client: FilesClient::from_endpoint(endpoint),
+            http,
             dir,
             server,
         }
@@ -1238,12 +1259,66 @@ async fn signed_slots_need_their_key() {
         .expect_err("writable without key");
     assert_eq!(refused.status(), Some(403), "{refused}");
 
-    // With the key: writable, and the slots server accepts the signed update.
+    // A server holding keys refuses to run in open mode: it would sign for anyone.
     let config = FilesConfig {
         slot_keys: SlotKeys(vec![seed]),
         ..network.config()
     };
-    let keyed = Files::start(config).await;
+    let dir = tempfile::tempdir().expect("files dir");
+    let ctx = ServerContext::prepare(ServerOptions::ephemeral(Role::Files, dir.path()))
+        .expect("files context");
+    let refused = files_server::start(&ctx, config.clone())
+        .await
+        .expect_err("slot keys without --auth-root-key");
+    assert!(
+        refused.to_string().contains("--auth-root-key"),
+        "the reason names the missing option: {refused}"
+    );
+
+    // With the key and token checks: writable for files:write holders only, and the
+    // slots server accepts the signed update.
+    let auth = TestAuth::new();
+    let keyed = Files::start_with_auth(config, &auth, &auth.token("editor", "files:write")).await;
+    for (token, status) in [
+        (None, StatusCode::UNAUTHORIZED),
+        (
+            Some(auth.token("reader", "files:read")),
+            StatusCode::FORBIDDEN,
+        ),
+        (
+            Some(auth.token("storer", "storage:write,slots:write")),
+            StatusCode::FORBIDDEN,
+        ),
+    ] {
+        let http = token
+            .as_deref()
+            .map_or_else(reqwest::Client::new, TestAuth::client);
+        for (method, path, body) in [
+            (
+                reqwest::Method::POST,
+                "/files/mount?writable=true".to_string(),
+                serde_json::to_string(&slot).expect("json"),
+            ),
+            (
+                reqwest::Method::PUT,
+                "/files/sync".to_string(),
+                String::new(),
+            ),
+        ] {
+            let response = http
+                .request(method.clone(), keyed.url(&path))
+                .body(body)
+                .send()
+                .await
+                .expect("request");
+            assert_eq!(response.status(), status, "{method} {path} with {token:?}");
+        }
+    }
+    assert_eq!(
+        network.slot_value(&slot).await,
+        empty.address,
+        "nothing signed"
+    );
     let root = keyed.mount(&slot, None).await;
     assert!(keyed.info(root).await.writable);
     let note = keyed.create(root, "signed.txt", Create::file()).await;
@@ -1456,4 +1531,250 @@ async fn a_failed_sync_keeps_the_changes() {
     assert_eq!(failed.status(), Some(503), "{failed}");
     assert_eq!(files.read(node).await, b"not lost");
     assert_eq!(files.info(node).await.etag, etag, "still local");
+}
+
+// ---------------------------------------------------------------------------------------
+// Size limit and sparse files
+// ---------------------------------------------------------------------------------------
+
+/// The write of the issue report: 5 bytes just below 64 GiB.
+const FAR_OFFSET: u64 = 68_719_476_000;
+const GIB: u64 = 1024 * 1024 * 1024;
+
+#[tokio::test]
+async fn writes_past_the_size_limit_are_413_and_change_nothing() {
+    let network = Network::start().await;
+    let limit = 100_000;
+    let config = FilesConfig {
+        max_file_size: limit,
+        ..network.config()
+    };
+    let files = Files::start(config).await;
+    let root = files
+        .mount(&network.empty_directory().await, Some(true))
+        .await;
+    let node = files.create(root, "capped.bin", Create::file()).await;
+    let head = random_bytes(1000, 77);
+    files.write(node, 0, &head).await;
+
+    // Ending exactly at the limit is allowed; one byte more is not.
+    files.write(node, limit - 10, b"0123456789").await;
+    let mut expected = head.clone();
+    expected.resize(limit as usize - 10, 0);
+    expected.extend_from_slice(b"0123456789");
+    let etag = files.info(node).await.etag;
+    let too_large = |what: &str, error: invariant_spec::ClientError| {
+        assert_eq!(error.status(), Some(413), "{what}: {error}");
+        assert!(error.to_string().contains("limit"), "{what}: {error}");
+    };
+    for (what, offset, len) in [
+        ("one byte past the limit", limit - 10, 11),
+        ("the issue's far write", FAR_OFFSET, 5),
+        ("a write straddling the limit from 0", 0, limit as usize + 1),
+        ("an offset at u64::MAX", u64::MAX, 1),
+    ] {
+        let error = files
+            .client
+            .write(node, offset, vec![b'x'; len])
+            .await
+            .expect_err(what);
+        too_large(what, error);
+    }
+    // A body without a declared length is refused too when its first part crosses.
+    let stream =
+        futures_util::stream::iter(vec![Ok::<_, std::io::Error>(bytes::Bytes::from(vec![
+            b'y';
+            64
+        ]))]);
+    let error = files
+        .client
+        .write(node, limit - 10, reqwest::Body::wrap_stream(stream))
+        .await
+        .expect_err("chunked write past the limit");
+    too_large("a chunked write", error);
+    // Growing through the size route is refused the same way.
+    let error = files
+        .client
+        .set_size(node, limit + 1)
+        .await
+        .expect_err("size past the limit");
+    too_large("a size change", error);
+    files
+        .expect(
+            reqwest::Method::PUT,
+            &format!("/files/size/{node}/{FAR_OFFSET}"),
+            "",
+            StatusCode::PAYLOAD_TOO_LARGE,
+        )
+        .await;
+    assert_eq!(files.info(node).await.etag, etag, "nothing changed");
+    assert_eq!(files.info(node).await.size, Some(limit));
+    assert_eq!(files.read(node).await, expected);
+    files
+        .client
+        .set_size(node, limit)
+        .await
+        .expect("at the limit");
+    files.client.sync().await.expect("sync");
+    assert_eq!(files.read(node).await, expected);
+}
+
+/// Reads `length` bytes at `offset` through the server.
+async fn read_range(files: &Files, node: Node, offset: u64, length: u64) -> Vec<u8> {
+    files
+        .client
+        .read(node, Some(offset), Some(length))
+        .await
+        .expect("read range")
+        .to_vec()
+}
+
+#[tokio::test]
+async fn a_sparse_file_syncs_without_reading_its_hole() {
+    let network = Network::start().await;
+    let config = FilesConfig {
+        chunking: ChunkConfig::default(),
+        max_file_size: FilesConfig::default().max_file_size,
+        ..network.config()
+    };
+    let files = Files::start(config).await;
+    let root = files
+        .mount(&network.empty_directory().await, Some(true))
+        .await;
+    let node = files.create(root, "sparse.bin", Create::file()).await;
+    let tail = b"the end of a sparse file";
+    files.write(node, 0, b"head").await;
+    files.write(node, GIB, tail).await;
+    let size = GIB + tail.len() as u64;
+
+    let started = std::time::Instant::now();
+    files.client.sync().await.expect("sync");
+    let took = started.elapsed();
+    // Reading and hashing the hole took about 9 s in a debug build; skipping it, 0.2 s.
+    assert!(
+        took < Duration::from_secs(3),
+        "syncing a 1 GiB hole took {took:?}: the hole was read or hashed"
+    );
+    let link = files.client.content(node).await.expect("link");
+    assert_eq!(files.info(node).await.size, Some(size));
+    // The zero block is stored once, however many times the list names it.
+    let blocks = network
+        .reader()
+        .block_list(&link)
+        .await
+        .expect("list")
+        .expect("a block list");
+    let mut distinct: Vec<Id> = blocks.iter().map(|b| b.content.address).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert!(distinct.len() < 8, "{} distinct blocks", distinct.len());
+
+    // Downloaded through the content crate, the file is byte for byte what was written:
+    // "head", zeros up to 1 GiB, then the tail.
+    let mut stream = network.reader().read(&link);
+    let mut at = 0u64;
+    let mut last = Vec::new();
+    let zeros = vec![0u8; 4 * 1024 * 1024];
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        let chunk = chunk.expect("content");
+        let end = at + chunk.len() as u64;
+        if at >= 4 && end <= GIB && chunk.len() <= zeros.len() {
+            // Inside the hole (compared in one go: a byte loop is slow in debug builds).
+            assert!(
+                chunk[..] == zeros[..chunk.len()],
+                "bytes {at}..{end} are not zeros"
+            );
+            at = end;
+            continue;
+        }
+        for (i, byte) in chunk.iter().enumerate() {
+            let position = at + i as u64;
+            let want = match position {
+                0..4 => b"head"[position as usize],
+                p if p < GIB => 0,
+                p => tail[(p - GIB) as usize],
+            };
+            if *byte != want {
+                panic!("byte {position} is {byte}, expected {want}");
+            }
+        }
+        at += chunk.len() as u64;
+        last = chunk.to_vec();
+    }
+    assert_eq!(at, size, "downloaded length");
+    assert!(last.ends_with(tail));
+    // Through the files server too: the tail and a piece of the hole.
+    assert_eq!(read_range(&files, node, GIB, 100).await, tail);
+    assert_eq!(read_range(&files, node, GIB / 2, 4096).await, vec![0; 4096]);
+}
+
+#[tokio::test]
+async fn the_reported_far_write_fits_the_default_limit_and_syncs_cheaply() {
+    let network = Network::start().await;
+    let config = FilesConfig {
+        chunking: ChunkConfig::default(),
+        max_file_size: FilesConfig::default().max_file_size,
+        ..network.config()
+    };
+    assert_eq!(config.max_file_size, 64 * GIB);
+    let files = Files::start(config).await;
+    let root = files
+        .mount(&network.empty_directory().await, Some(true))
+        .await;
+    let node = files.create(root, "far.bin", Create::file()).await;
+    // The report's write ends 731 bytes below 64 GiB, so the default limit allows it;
+    // what it must not do any more is make every sync hash 64 GiB of zeros.
+    files.write(node, FAR_OFFSET, b"12345").await;
+    let past = files
+        .client
+        .write(
+            node,
+            FAR_OFFSET,
+            vec![b'x'; (64 * GIB - FAR_OFFSET) as usize + 1],
+        )
+        .await
+        .expect_err("one byte past 64 GiB");
+    assert_eq!(past.status(), Some(413), "{past}");
+    let started = std::time::Instant::now();
+    files.client.sync().await.expect("sync");
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "syncing a 64 GiB sparse file took {took:?}"
+    );
+    assert_eq!(files.info(node).await.size, Some(FAR_OFFSET + 5));
+    assert_eq!(read_range(&files, node, FAR_OFFSET, 10).await, b"12345");
+    assert_eq!(read_range(&files, node, 40 * GIB, 64).await, vec![0; 64]);
+}
+
+#[tokio::test]
+async fn changing_a_synced_sparse_file_keeps_its_content() {
+    let network = Network::start().await;
+    let files = Files::start(network.config()).await;
+    let root = files
+        .mount(&network.empty_directory().await, Some(true))
+        .await;
+    let node = files.create(root, "holes.bin", Create::file()).await;
+    // Data, a hole of many blocks, data, and a hole to the end (a zero extension).
+    let size = 3 * 1024 * 1024;
+    files.write(node, 0, b"first").await;
+    files.write(node, 2 * 1024 * 1024, b"middle").await;
+    files.client.set_size(node, size).await.expect("extend");
+    files.client.sync().await.expect("first sync");
+    let mut expected = vec![0u8; size as usize];
+    expected[..5].copy_from_slice(b"first");
+    expected[2 * 1024 * 1024..2 * 1024 * 1024 + 6].copy_from_slice(b"middle");
+    assert!(files.read(node).await == expected, "after the first sync");
+    // The next change copies the synced file locally (keeping its holes) and syncs it.
+    files.write(node, 1024 * 1024, b"inside the hole").await;
+    expected[1024 * 1024..1024 * 1024 + 15].copy_from_slice(b"inside the hole");
+    assert!(files.read(node).await == expected, "local copy");
+    files.client.sync().await.expect("second sync");
+    let link = files.client.content(node).await.expect("link");
+    let stored = network
+        .reader()
+        .read_to_vec(&link, u64::MAX)
+        .await
+        .expect("stored");
+    assert!(stored == expected, "stored content");
 }

@@ -2,32 +2,51 @@
 //!
 //! | route | answer |
 //! |---|---|
-//! | `PUT\|POST /slots/register` | JSON `true`; 409 id taken; 400 invalid (bad key, ed25519 id not a key, proof) |
+//! | `PUT\|POST /slots/register` | JSON `true`; 409 id taken; 403 claim does not verify; 400 invalid (bad key, ed25519 id not a key, proof, claim on a non-ed25519 slot) |
 //! | `GET /slots/:id` | JSON state; 404 unknown |
-//! | `PUT /slots/:id` | JSON `true`; 409 stale `previous`; 403 bad or missing signature; 404 unknown; 400 malformed |
+//! | `PUT /slots/:id` | JSON `true`; 409 stale `previous`; 403 bad or missing signature, or not the owner of an unsigned slot; 404 unknown; 400 malformed |
 //! | `GET /slots/config/:id` (also `/slots/configuration/:id`) | JSON `{signature, proof}`; 404 |
 //! | `GET /slots/history/:id` | NDJSON states, newest first, to the registration; 404 |
 //! | `GET /slots/watch/:id` | NDJSON: the current state, then each accepted state; 404 |
 //!
 //! Signatures are checked here, on the blocking pool, before an update reaches the
 //! writer, with verifiers cached per slot ([`crate::verifiers`]); the writer only
-//! compares `previous` with the current address.
+//! compares `previous` with the current address (and that the slot's registration is
+//! still the one the request was checked against).
+//!
+//! **Ownership (auth mode).** A registration records the caller's token subject as the
+//! slot's owner. An update of an unsigned (`none`) slot that has an owner is accepted
+//! only from that subject or from a caller whose token also allows `slots:admin`
+//! (operators); anyone else gets 403 and nothing changes. Signed slots are governed by
+//! their signature alone, and unowned slots (registered in open mode or before owners
+//! were recorded) by the `slots:write` right alone. In open mode there is no caller and
+//! nothing of this applies.
+//!
+//! **Claims.** An `ed25519` registration may carry a claim — the key's signature of the
+//! registration state — which is verified here (403 if it does not verify, 400 on
+//! another kind). A claimed registration replaces an unsigned or `sha256:rsa` slot
+//! holding the id, so registering someone's public key first cannot lock its owner out
+//! (`spec/slots.md`, "Claiming an ed25519 id").
 
 use std::sync::Arc;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Body;
+use axum::extract::Extension;
 use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use invariant_runtime::{ApiError, ApiJson, ApiPath, ApiResult};
+use invariant_runtime::{ApiError, ApiJson, ApiPath, ApiResult, Caller, Role};
 use invariant_spec::Id;
-use invariant_spec::slots::{RegisterRequest, SlotConfig, SlotState, SlotVerifier, UpdateRequest};
+use invariant_spec::slots::{
+    RegisterRequest, SignatureConfig, SlotConfig, SlotState, SlotVerifier, UpdateRequest,
+};
 
 use crate::AppState;
 use crate::store::{self, Op, Outcome, StoreError};
+use crate::verifiers::Rules;
 use crate::watch::{history_stream, state_line, watch_stream};
 use crate::writer::WriteError;
 
@@ -84,30 +103,82 @@ where
     }
 }
 
+/// The verified caller of a request, `None` in open mode.
+type MaybeCaller = Option<Extension<Arc<Caller>>>;
+
+/// The subject recorded as a new slot's owner: the caller's, in auth mode.
+fn owner_of(caller: &MaybeCaller) -> Option<String> {
+    caller
+        .as_ref()
+        .map(|Extension(caller)| caller.subject.clone())
+        .filter(|subject| !subject.is_empty())
+}
+
 async fn register(
     State(state): State<AppState>,
+    caller: MaybeCaller,
     ApiJson(request): ApiJson<RegisterRequest>,
 ) -> ApiResult<Json<bool>> {
-    let signature = request.signature.unwrap_or_default();
+    let RegisterRequest {
+        id,
+        address,
+        signature,
+        claim,
+        ..
+    } = request;
+    let signature = signature.unwrap_or_default();
     // Validates the configuration (parses an RSA key; checks an ed25519 id is a key).
-    let verifier = SlotVerifier::new(request.id, &signature)
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let verifier =
+        SlotVerifier::new(id, &signature).map_err(|e| ApiError::bad_request(e.to_string()))?;
     if !store::supports(&signature) {
         return Err(unsupported());
     }
+    let (verifier, claim) = match claim {
+        None => (verifier, None),
+        Some(_) if signature != SignatureConfig::Ed25519 => {
+            return Err(ApiError::bad_request(
+                "only ed25519 registrations carry a claim",
+            ));
+        }
+        Some(text) => {
+            // Signature checks are CPU work: keep them off the async workers.
+            let checked = tokio::task::spawn_blocking(move || {
+                let bytes = verifier.verify_claim(&address, &text);
+                (verifier, bytes)
+            })
+            .await
+            .map_err(|e| ApiError::internal("verifying a claim", e))?;
+            let bytes = checked.1.map_err(|e| {
+                ApiError::forbidden(format!("the claim of slot {id} is refused: {e}"))
+            })?;
+            (checked.0, Some(bytes))
+        }
+    };
+    let claimed = claim.is_some();
+    let owner = owner_of(&caller);
     let op = Op::Register {
-        id: request.id,
-        address: request.address,
+        id,
+        address,
         signature,
+        owner: owner.clone(),
+        claim,
     };
     match state.writer().submit(op).await.map_err(write_failed)? {
-        Outcome::Accepted { .. } => {
-            state.verifiers().insert(request.id, Arc::new(verifier));
+        Outcome::Accepted { seq, .. } | Outcome::Claimed { seq, .. } => {
+            let rules = Rules {
+                verifier,
+                owner,
+                base: seq,
+            };
+            state.verifiers().insert(id, Arc::new(rules));
             Ok(Json(true))
         }
+        Outcome::Taken if claimed => Err(ApiError::conflict(format!(
+            "slot {id} is already registered as an ed25519 slot; a claim replaces only \
+             unsigned and sha256:rsa slots"
+        ))),
         Outcome::Taken => Err(ApiError::conflict(format!(
-            "slot {} is already registered",
-            request.id
+            "slot {id} is already registered"
         ))),
         Outcome::Unsupported => Err(unsupported()),
         other => Err(ApiError::internal(
@@ -128,62 +199,106 @@ async fn get_slot(
     }
 }
 
-/// The verifier of slot `id`: cached, or built from its stored configuration.
-async fn verifier(state: &AppState, id: Id) -> ApiResult<Arc<SlotVerifier>> {
-    if let Some(verifier) = state.verifiers().get(&id) {
-        return Ok(verifier);
+/// The rules of slot `id`: cached, or built from its stored registration.
+async fn rules(state: &AppState, id: Id) -> ApiResult<Arc<Rules>> {
+    if let Some(rules) = state.verifiers().get(&id) {
+        return Ok(rules);
     }
     let store = state.store();
-    let Some(config) = blocking("reading a slot config", move || store.config(&id)).await? else {
+    let Some(registration) =
+        blocking("reading a slot config", move || store.registration(&id)).await?
+    else {
         return Err(unknown(&id));
     };
     // Checked at registration; a stored key that no longer parses cannot authorise.
-    let verifier =
-        SlotVerifier::new(id, &config).map_err(|e| ApiError::forbidden(e.to_string()))?;
-    let verifier = Arc::new(verifier);
-    state.verifiers().insert(id, Arc::clone(&verifier));
-    Ok(verifier)
+    let verifier = SlotVerifier::new(id, &registration.config)
+        .map_err(|e| ApiError::forbidden(e.to_string()))?;
+    let rules = Arc::new(Rules {
+        verifier,
+        owner: registration.owner,
+        base: registration.base,
+    });
+    state.verifiers().insert(id, Arc::clone(&rules));
+    Ok(rules)
 }
 
-async fn update(
-    State(state): State<AppState>,
-    ApiPath(id): ApiPath<Id>,
-    ApiJson(request): ApiJson<UpdateRequest>,
-) -> ApiResult<Json<bool>> {
-    let UpdateRequest {
-        address,
-        previous,
-        signature,
-        ..
-    } = request;
-    let verifier = verifier(&state, id).await?;
-    let signature = if verifier.requires_signature() {
+/// Whether `caller` may update an unsigned slot under `rules` (always, in open mode and
+/// for unowned slots).
+fn may_update_unsigned(rules: &Rules, caller: &MaybeCaller) -> bool {
+    match (&rules.owner, caller) {
+        (Some(owner), Some(Extension(caller))) => {
+            caller.subject == *owner || caller.allows(Role::Slots, "admin")
+        }
+        _ => true,
+    }
+}
+
+/// Checks `request` against the rules of slot `id`; returns the op for the writer.
+async fn checked_update(
+    state: &AppState,
+    id: Id,
+    caller: &MaybeCaller,
+    request: &UpdateRequest,
+) -> ApiResult<Op> {
+    let rules = rules(state, id).await?;
+    let (previous, address) = (request.previous, request.address);
+    let signature = if rules.verifier.requires_signature() {
+        let signature = request.signature.clone();
+        let rules = Arc::clone(&rules);
         // Signature checks are CPU work: keep them off the async workers.
         let checked = tokio::task::spawn_blocking(move || {
-            verifier.verify(&previous, &address, signature.as_deref())
+            rules
+                .verifier
+                .verify(&previous, &address, signature.as_deref())
         })
         .await
         .map_err(|e| ApiError::internal("verifying a signature", e))?;
         checked.map_err(|e| ApiError::forbidden(e.to_string()))?
-    } else {
+    } else if may_update_unsigned(&rules, caller) {
         None
+    } else {
+        return Err(ApiError::forbidden(format!(
+            "slot {id} is unsigned and belongs to another subject: only the subject that \
+             registered it (or an operator) may update it"
+        )));
     };
-    let op = Op::Update {
+    Ok(Op::Update {
         id,
+        base: rules.base,
         previous,
         address,
         signature,
-    };
-    match state.writer().submit(op).await.map_err(write_failed)? {
-        Outcome::Accepted { .. } => Ok(Json(true)),
-        Outcome::Stale { current } => Err(ApiError::conflict(format!(
-            "previous {previous} is stale: slot {id} holds {current}"
-        ))),
-        Outcome::Unknown => Err(unknown(&id)),
-        other @ (Outcome::Taken | Outcome::Unsupported) => {
-            Err(ApiError::internal("updating a slot", format!("{other:?}")))
+    })
+}
+
+async fn update(
+    State(state): State<AppState>,
+    caller: MaybeCaller,
+    ApiPath(id): ApiPath<Id>,
+    ApiJson(request): ApiJson<UpdateRequest>,
+) -> ApiResult<Json<bool>> {
+    let previous = request.previous;
+    // A claim may replace the slot between the check and the write; the writer then
+    // refuses the op and it is checked once more against the new registration.
+    for _ in 0..2 {
+        let op = checked_update(&state, id, &caller, &request).await?;
+        match state.writer().submit(op).await.map_err(write_failed)? {
+            Outcome::Accepted { .. } => return Ok(Json(true)),
+            Outcome::Stale { current } => {
+                return Err(ApiError::conflict(format!(
+                    "previous {previous} is stale: slot {id} holds {current}"
+                )));
+            }
+            Outcome::Unknown => return Err(unknown(&id)),
+            Outcome::Reregistered => state.verifiers().remove(&id),
+            other @ (Outcome::Taken | Outcome::Unsupported | Outcome::Claimed { .. }) => {
+                return Err(ApiError::internal("updating a slot", format!("{other:?}")));
+            }
         }
     }
+    Err(ApiError::conflict(format!(
+        "slot {id} was re-registered while this update was checked; read it again"
+    )))
 }
 
 async fn config(

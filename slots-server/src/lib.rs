@@ -7,15 +7,20 @@
 //! - [`writer`]: group commit — one thread applies every waiting change in one durable
 //!   transaction, then answers them all.
 //! - [`watch`]: per-slot broadcast of accepted states; gap-free watch and history streams.
-//! - [`verifiers`]: cache of parsed signature configurations.
-//! - [`http`]: routes and handlers (signature checks happen here, before the writer).
+//! - [`verifiers`]: cache of each slot's update rules (signature, owner, base).
+//! - [`http`]: routes and handlers (signature, claim and owner checks happen here,
+//!   before the writer).
 //!
 //! **An update answered 200 is durably committed; updates of a slot are linearizable;
-//! a refused update changes nothing.**
+//! a refused update changes nothing.** In auth mode a slot remembers the subject that
+//! registered it, and an unsigned slot is updated only by that subject or an operator;
+//! an `ed25519` registration carrying the key's claim replaces an unsigned or
+//! `sha256:rsa` slot squatting on the key (see [`http`] and `spec/slots.md`).
 //!
 //! Metrics, besides the runtime's per-route ones: `slots_commit_batch_size`
 //! (histogram: ops per committed transaction) and `slots_ops_total{outcome}` (counter:
-//! `accepted`, `stale`, `taken`, `unknown`, `unsupported`).
+//! `accepted`, `claimed`, `stale`, `taken`, `unknown`, `unsupported`,
+//! `reregistered`).
 //!
 //! [`start`] runs the server in-process (tests use it on port 0); `main.rs` wraps it.
 

@@ -4,12 +4,28 @@
 //! - `configs`: slot id → (format, signature kind, RSA public key PEM or `""`).
 //! - `states`: (slot id, sequence) → (format, address, previous address or none for the
 //!   root, time in ms, signature bytes or none).
+//! - `owners`: slot id → (format, subject): the token subject that registered the slot
+//!   (auth mode only). Slots registered in open mode, and every slot of a database
+//!   written before owners existed, have no entry: they are *unowned*. The table is
+//!   created on open, so older databases open unchanged.
 //!
-//! Sequence 0 is the registration and each accepted update appends the next one, so the
-//! current state is the last entry of the slot's key range and its history is that range
-//! read backwards. Entries are never changed or removed. Reads use their own read
-//! transaction; all writes go through [`Store::apply`], called only by the writer thread
-//! ([`crate::writer`]), which commits each batch in one durable transaction.
+//! The registration is the first entry of the slot's key range (sequence 0, unless the
+//! slot was claimed, below) and each accepted update appends the next sequence, so the
+//! current state is the last entry and the history is the range read backwards.
+//!
+//! **Entries are never changed or removed, with one exception: a claim.** A claimed
+//! `ed25519` registration ([`Op::Register`] with a claim) of an id held by an unsigned
+//! or `sha256:rsa` slot replaces that slot: its states are deleted, its owner and
+//! configuration replaced, and the new registration state is written at the *next*
+//! sequence (so sequences stay increasing and a watcher simply sees it as the next
+//! state). The sequence of a slot's registration state, its *base*, identifies the
+//! registration: an [`Op::Update`] carries the base its signature and owner were
+//! checked against, and one checked against a replaced registration is refused
+//! ([`Outcome::Reregistered`]).
+//!
+//! Reads use their own read transaction; all writes go through [`Store::apply`], called
+//! only by the writer thread ([`crate::writer`]), which commits each batch in one
+//! durable transaction.
 
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,6 +43,8 @@ const KIND_RSA: u8 = 1;
 const KIND_ED25519: u8 = 2;
 
 type ConfigValue = (u8, u8, &'static str);
+/// (format, subject).
+type OwnerValue = (u8, &'static str);
 type StateKey = ([u8; 32], u64);
 /// (format, address, previous address or `None` for root, time ms, signature bytes).
 type StateRecord<'a> = (u8, [u8; 32], Option<[u8; 32]>, u64, Option<&'a [u8]>);
@@ -34,6 +52,7 @@ type StateValue = StateRecord<'static>;
 
 const CONFIGS: TableDefinition<[u8; 32], ConfigValue> = TableDefinition::new("configs");
 const STATES: TableDefinition<StateKey, StateValue> = TableDefinition::new("states");
+const OWNERS: TableDefinition<[u8; 32], OwnerValue> = TableDefinition::new("owners");
 
 /// How long [`Store::open`] waits for a previous server in this process to close the file.
 const OPEN_WAIT: Duration = Duration::from_secs(5);
@@ -84,11 +103,19 @@ pub enum Op {
         address: Id,
         /// Its (validated) signature configuration.
         signature: SignatureConfig,
+        /// The subject registering it (auth mode), recorded as its owner.
+        owner: Option<String>,
+        /// A verified ed25519 claim: the signature of the registration state. With it,
+        /// an unsigned or `sha256:rsa` slot holding the id is replaced.
+        claim: Option<Vec<u8>>,
     },
     /// Compare-and-swap slot `id` from `previous` to `address`.
     Update {
         /// The slot.
         id: Id,
+        /// The base (registration sequence) of the registration the request was
+        /// checked against.
+        base: u64,
         /// Expected current address.
         previous: Previous,
         /// New address.
@@ -96,6 +123,17 @@ pub enum Op {
         /// The verified signature, for signed slots.
         signature: Option<Vec<u8>>,
     },
+}
+
+/// What a slot's updates are checked against: its configuration, owner and base.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// How updates are authorised.
+    pub config: SignatureConfig,
+    /// The subject that registered the slot, when it was registered in auth mode.
+    pub owner: Option<String>,
+    /// The sequence of the registration state (0 unless the slot was claimed).
+    pub base: u64,
 }
 
 /// What applying one [`Op`] did.
@@ -110,7 +148,17 @@ pub enum Outcome {
         /// The new state.
         state: SlotState,
     },
-    /// Register: the id is already registered.
+    /// Register: a claim replaced the unsigned or `sha256:rsa` slot that held the id;
+    /// `state` is the new registration state with sequence `seq` (the new base).
+    Claimed {
+        /// The slot.
+        id: Id,
+        /// The registration state's sequence number.
+        seq: u64,
+        /// The registration state.
+        state: SlotState,
+    },
+    /// Register: the id is already registered (and not replaceable by this request).
     Taken,
     /// Register: this store cannot record the signature kind.
     Unsupported,
@@ -121,6 +169,9 @@ pub enum Outcome {
         /// The slot's current address.
         current: Id,
     },
+    /// Update: the slot was re-registered (claimed) since the request was checked;
+    /// nothing was changed.
+    Reregistered,
 }
 
 /// The slot database.
@@ -146,6 +197,7 @@ impl Store {
         let txn = db.begin_write()?;
         txn.open_table(CONFIGS)?;
         txn.open_table(STATES)?;
+        txn.open_table(OWNERS)?;
         txn.commit()?;
         Ok(Store { db })
     }
@@ -158,6 +210,37 @@ impl Store {
             return Ok(None);
         };
         decode_config(id, guard.value()).map(Some)
+    }
+
+    /// The configuration, owner and base of slot `id`, or `None` when it is unknown.
+    pub fn registration(&self, id: &Id) -> Result<Option<Registration>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let configs = txn.open_table(CONFIGS)?;
+        let Some(guard) = configs.get(id.as_bytes())? else {
+            return Ok(None);
+        };
+        let config = decode_config(id, guard.value())?;
+        let owners = txn.open_table(OWNERS)?;
+        let owner = match owners.get(id.as_bytes())? {
+            Some(guard) => Some(decode_owner(id, guard.value())?),
+            None => None,
+        };
+        let states = txn.open_table(STATES)?;
+        let mut range = states.range((*id.as_bytes(), 0)..=(*id.as_bytes(), u64::MAX))?;
+        let base = match range.next() {
+            Some(entry) => entry?.0.value().1,
+            None => {
+                return Err(StoreError::Corrupt {
+                    slot: *id,
+                    reason: "configured but has no states".into(),
+                });
+            }
+        };
+        Ok(Some(Registration {
+            config,
+            owner,
+            base,
+        }))
     }
 
     /// The current state of slot `id` and its sequence, or `None` when it is unknown.
@@ -230,6 +313,7 @@ impl Store {
         {
             let mut configs = txn.open_table(CONFIGS)?;
             let mut states = txn.open_table(STATES)?;
+            let mut owners = txn.open_table(OWNERS)?;
             let now = now_ms();
             for op in ops {
                 let outcome = match op {
@@ -237,50 +321,115 @@ impl Store {
                         id,
                         address,
                         signature,
+                        owner,
+                        claim,
                     } => {
-                        let encoded = encode_config(signature);
-                        if configs.get(id.as_bytes())?.is_some() {
+                        let Some((kind, key)) = encode_config(signature) else {
+                            outcomes.push(Outcome::Unsupported);
+                            continue;
+                        };
+                        let existing = configs.get(id.as_bytes())?.map(|guard| guard.value().1);
+                        // A claim replaces only slots whose holder cannot be the key's
+                        // owner by construction: unsigned and sha256:rsa ones.
+                        let replaceable = claim.is_some()
+                            && kind == KIND_ED25519
+                            && matches!(existing, Some(KIND_NONE | KIND_RSA));
+                        if existing.is_some() && !replaceable {
                             Outcome::Taken
-                        } else if let Some((kind, key)) = encoded {
-                            configs.insert(id.as_bytes(), (FORMAT, kind, key))?;
-                            states.insert(
-                                (*id.as_bytes(), 0),
-                                (FORMAT, *address.as_bytes(), None, now, None),
-                            )?;
-                            Outcome::Accepted {
-                                id: *id,
-                                seq: 0,
-                                state: SlotState {
-                                    address: *address,
-                                    previous: Previous::Root,
-                                    time: Some(now),
-                                    signature: None,
-                                    proof: None,
-                                },
-                            }
                         } else {
-                            Outcome::Unsupported
+                            let range = (*id.as_bytes(), 0)..=(*id.as_bytes(), u64::MAX);
+                            let last = match states.range(range.clone())?.next_back() {
+                                Some(entry) => Some(entry?.0.value().1),
+                                None => None,
+                            };
+                            let seq = match (existing, last) {
+                                (None, _) => 0,
+                                (Some(_), Some(last)) => {
+                                    last.checked_add(1).ok_or_else(|| StoreError::Corrupt {
+                                        slot: *id,
+                                        reason: "sequence numbers exhausted".into(),
+                                    })?
+                                }
+                                (Some(_), None) => {
+                                    return Err(StoreError::Corrupt {
+                                        slot: *id,
+                                        reason: "configured but has no states".into(),
+                                    });
+                                }
+                            };
+                            if existing.is_some() {
+                                states.retain_in(range, |_, _| false)?;
+                            }
+                            configs.insert(id.as_bytes(), (FORMAT, kind, key))?;
+                            match owner {
+                                Some(owner) => {
+                                    owners.insert(id.as_bytes(), (FORMAT, owner.as_str()))?;
+                                }
+                                None => {
+                                    owners.remove(id.as_bytes())?;
+                                }
+                            }
+                            states.insert(
+                                (*id.as_bytes(), seq),
+                                (FORMAT, *address.as_bytes(), None, now, claim.as_deref()),
+                            )?;
+                            let state = SlotState {
+                                address: *address,
+                                previous: Previous::Root,
+                                time: Some(now),
+                                signature: claim.as_deref().map(encode_signature),
+                                proof: None,
+                            };
+                            if existing.is_some() {
+                                Outcome::Claimed {
+                                    id: *id,
+                                    seq,
+                                    state,
+                                }
+                            } else {
+                                Outcome::Accepted {
+                                    id: *id,
+                                    seq,
+                                    state,
+                                }
+                            }
                         }
                     }
                     Op::Update {
                         id,
+                        base,
                         previous,
                         address,
                         signature,
                     } => {
-                        let current = {
+                        let (first, current) = {
                             let mut range =
                                 states.range((*id.as_bytes(), 0)..=(*id.as_bytes(), u64::MAX))?;
-                            match range.next_back() {
+                            let first = match range.next() {
                                 Some(entry) => {
                                     let (key, value) = entry?;
-                                    Some((key.value().1, decode_state(id, value.value())?))
+                                    Some((key.value().1, value))
                                 }
                                 None => None,
-                            }
+                            };
+                            let base_seq = first.as_ref().map(|(seq, _)| *seq);
+                            // The last entry, or the first when it is the only one.
+                            let last = match range.next_back() {
+                                Some(entry) => {
+                                    let (key, value) = entry?;
+                                    Some((key.value().1, value))
+                                }
+                                None => first,
+                            };
+                            let current = match last {
+                                Some((seq, value)) => Some((seq, decode_state(id, value.value())?)),
+                                None => None,
+                            };
+                            (base_seq, current)
                         };
                         match current {
                             None => Outcome::Unknown,
+                            Some(_) if first != Some(*base) => Outcome::Reregistered,
                             Some((_, state)) if Previous::Address(state.address) != *previous => {
                                 Outcome::Stale {
                                     current: state.address,
@@ -381,6 +530,11 @@ fn decode_state(
     })
 }
 
+fn decode_owner(id: &Id, (format, subject): (u8, &str)) -> Result<String, StoreError> {
+    check_format(id, format)?;
+    Ok(subject.to_string())
+}
+
 fn check_format(id: &Id, format: u8) -> Result<(), StoreError> {
     if format == FORMAT {
         Ok(())
@@ -407,12 +561,15 @@ mod tests {
             id,
             address,
             signature: SignatureConfig::None,
+            owner: None,
+            claim: None,
         }
     }
 
     fn update(id: Id, previous: Id, address: Id) -> Op {
         Op::Update {
             id,
+            base: 0,
             previous: Previous::Address(previous),
             address,
             signature: None,
@@ -496,14 +653,19 @@ mod tests {
                         id: rsa,
                         address: a,
                         signature: key,
+                        owner: Some("alice".into()),
+                        claim: None,
                     },
                     Op::Register {
                         id: ed,
                         address: a,
                         signature: SignatureConfig::Ed25519,
+                        owner: None,
+                        claim: None,
                     },
                     Op::Update {
                         id: ed,
+                        base: 0,
                         previous: Previous::Address(a),
                         address: a,
                         signature: Some(vec![0xab, 0xcd]),
@@ -524,6 +686,131 @@ mod tests {
         assert_eq!(seq, 1);
         assert_eq!(state.signature.as_deref(), Some("abcd"));
         assert!(state.time.is_some());
+        let owned = store.registration(&rsa).expect("read").expect("present");
+        assert_eq!(owned.owner.as_deref(), Some("alice"));
+        assert_eq!(owned.base, 0);
+        let unowned = store.registration(&ed).expect("read").expect("present");
+        assert_eq!((unowned.owner, unowned.base), (None, 0));
+        assert_eq!(unowned.config, SignatureConfig::Ed25519);
+        assert_eq!(store.registration(&Id::random()).expect("read"), None);
+    }
+
+    fn claim(id: Id, address: Id, owner: &str, claim: &[u8]) -> Op {
+        Op::Register {
+            id,
+            address,
+            signature: SignatureConfig::Ed25519,
+            owner: Some(owner.into()),
+            claim: Some(claim.to_vec()),
+        }
+    }
+
+    #[test]
+    fn a_claim_replaces_only_unsigned_and_rsa_slots() {
+        let (_dir, store) = open();
+        let (squatted, rsa, signed, fresh) =
+            (Id::random(), Id::random(), Id::random(), Id::random());
+        let (a, b, c) = (Id::random(), Id::random(), Id::random());
+        let rsa_config = SignatureConfig::Sha256Rsa { key: "PEM".into() };
+        let outcomes = store
+            .apply(&[
+                Op::Register {
+                    id: squatted,
+                    address: a,
+                    signature: SignatureConfig::None,
+                    owner: Some("mallory".into()),
+                    claim: None,
+                },
+                update(squatted, a, b),
+                Op::Register {
+                    id: rsa,
+                    address: a,
+                    signature: rsa_config,
+                    owner: None,
+                    claim: None,
+                },
+                Op::Register {
+                    id: signed,
+                    address: a,
+                    signature: SignatureConfig::Ed25519,
+                    owner: None,
+                    claim: None,
+                },
+            ])
+            .expect("setup");
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| matches!(o, Outcome::Accepted { .. }))
+        );
+
+        let outcomes = store
+            .apply(&[
+                // Without a claim an ed25519 registration is still refused.
+                Op::Register {
+                    id: squatted,
+                    address: c,
+                    signature: SignatureConfig::Ed25519,
+                    owner: Some("alice".into()),
+                    claim: None,
+                },
+                claim(squatted, c, "alice", &[1, 2]),
+                // The squatter's update, checked against the old registration, loses.
+                update(squatted, c, a),
+                claim(rsa, c, "alice", &[3]),
+                claim(signed, c, "alice", &[4]),
+                claim(fresh, c, "alice", &[5]),
+                // A claimed slot is never replaced again.
+                claim(squatted, a, "mallory", &[6]),
+            ])
+            .expect("claims");
+        assert_eq!(outcomes[0], Outcome::Taken);
+        match &outcomes[1] {
+            Outcome::Claimed { seq, state, .. } => {
+                assert_eq!(*seq, 2, "after the squatter's two states");
+                assert_eq!(state.previous, Previous::Root);
+                assert_eq!(state.signature.as_deref(), Some("0102"));
+            }
+            other => panic!("expected a claim, got {other:?}"),
+        }
+        assert_eq!(outcomes[2], Outcome::Reregistered);
+        assert!(matches!(outcomes[3], Outcome::Claimed { seq: 1, .. }));
+        assert_eq!(outcomes[4], Outcome::Taken);
+        assert!(matches!(outcomes[5], Outcome::Accepted { seq: 0, .. }));
+        assert_eq!(outcomes[6], Outcome::Taken);
+
+        // The squatter's history is gone; the claimed registration is the base.
+        let history = store.history(&squatted, u64::MAX, 10).expect("history");
+        assert_eq!(history.len(), 1);
+        assert_eq!((history[0].0, history[0].1.address), (2, c));
+        let registration = store
+            .registration(&squatted)
+            .expect("read")
+            .expect("present");
+        assert_eq!(registration.config, SignatureConfig::Ed25519);
+        assert_eq!(registration.owner.as_deref(), Some("alice"));
+        assert_eq!(registration.base, 2);
+        let outcomes = store
+            .apply(&[
+                Op::Update {
+                    id: squatted,
+                    base: 2,
+                    previous: Previous::Address(c),
+                    address: a,
+                    signature: Some(vec![9]),
+                },
+                update(squatted, a, b),
+            ])
+            .expect("update the claimed slot");
+        assert!(matches!(outcomes[0], Outcome::Accepted { seq: 3, .. }));
+        assert_eq!(outcomes[1], Outcome::Reregistered);
+        let after: Vec<u64> = store
+            .after(&squatted, 0, 10)
+            .expect("after")
+            .into_iter()
+            .map(|(seq, _)| seq)
+            .collect();
+        assert_eq!(after, vec![2, 3]);
     }
 
     #[test]

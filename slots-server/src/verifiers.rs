@@ -1,9 +1,13 @@
-//! Cache of parsed signature configurations.
+//! Cache of what updates are checked against: each slot's parsed signature
+//! configuration, owner and base ([`Rules`]).
 //!
-//! A slot's configuration never changes once registered and slots are never removed, so
-//! a [`SlotVerifier`] built once (RSA key parsed, ed25519 key decompressed) stays valid.
-//! Updates of cached slots need no database read before the writer; unsigned ones need
-//! no blocking work at all. The cache is bounded: it is emptied when full.
+//! A slot's registration changes only when a claim replaces it (`crate::store`), and
+//! slots are never removed, so [`Rules`] built once (RSA key parsed, ed25519 key
+//! decompressed) stay valid until then. The register handler replaces the entry of a
+//! claimed slot; an update checked against stale rules is refused by the writer (its
+//! base no longer matches) and the handler drops the entry and checks again. Updates of
+//! cached slots thus need no database read before the writer; unsigned ones need no
+//! blocking work at all. The cache is bounded: it is emptied when full.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -14,11 +18,22 @@ use invariant_spec::slots::SlotVerifier;
 /// Default number of slots whose verifiers are kept.
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
-/// Parsed verifiers of recently used slots.
+/// What updates of one slot are checked against.
+#[derive(Debug)]
+pub struct Rules {
+    /// Checks signatures under the slot's configuration.
+    pub verifier: SlotVerifier,
+    /// The subject that registered the slot in auth mode (`None`: unowned).
+    pub owner: Option<String>,
+    /// The sequence of the slot's registration state (see `crate::store`).
+    pub base: u64,
+}
+
+/// Rules of recently used slots.
 #[derive(Debug)]
 pub struct Verifiers {
     capacity: usize,
-    map: Mutex<HashMap<Id, Arc<SlotVerifier>>>,
+    map: Mutex<HashMap<Id, Arc<Rules>>>,
 }
 
 impl Verifiers {
@@ -30,17 +45,22 @@ impl Verifiers {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<Id, Arc<SlotVerifier>>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Id, Arc<Rules>>> {
         self.map.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The cached verifier of slot `id`.
-    pub fn get(&self, id: &Id) -> Option<Arc<SlotVerifier>> {
+    /// The cached rules of slot `id`.
+    pub fn get(&self, id: &Id) -> Option<Arc<Rules>> {
         self.lock().get(id).cloned()
     }
 
-    /// Remembers the verifier of slot `id`.
-    pub fn insert(&self, id: Id, verifier: Arc<SlotVerifier>) {
+    /// Forgets the rules of slot `id` (they are read again when next needed).
+    pub fn remove(&self, id: &Id) {
+        self.lock().remove(id);
+    }
+
+    /// Remembers the rules of slot `id`.
+    pub fn insert(&self, id: Id, verifier: Arc<Rules>) {
         let mut map = self.lock();
         if map.len() >= self.capacity && !map.contains_key(&id) {
             map.clear();
@@ -57,7 +77,13 @@ mod tests {
     #[test]
     fn the_cache_stays_bounded() {
         let cache = Verifiers::new(2);
-        let verifier = |id| Arc::new(SlotVerifier::new(id, &SignatureConfig::None).expect("none"));
+        let verifier = |id| {
+            Arc::new(Rules {
+                verifier: SlotVerifier::new(id, &SignatureConfig::None).expect("none"),
+                owner: None,
+                base: 0,
+            })
+        };
         let (a, b, c) = (Id::random(), Id::random(), Id::random());
         cache.insert(a, verifier(a));
         cache.insert(b, verifier(b));
@@ -70,5 +96,7 @@ mod tests {
         cache.insert(c, verifier(c));
         assert!(cache.get(&c).is_some());
         assert!(cache.get(&a).is_none() && cache.get(&b).is_none());
+        cache.remove(&c);
+        assert!(cache.get(&c).is_none());
     }
 }

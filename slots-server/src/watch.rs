@@ -300,6 +300,8 @@ mod tests {
                 id,
                 address,
                 signature: SignatureConfig::None,
+                owner: None,
+                claim: None,
             },
         );
         let receiver = watchers.subscribe(&id);
@@ -321,6 +323,7 @@ mod tests {
                 &watchers,
                 Op::Update {
                     id,
+                    base: 0,
                     previous: Previous::Address(address),
                     address: next,
                     signature: None,
@@ -342,6 +345,7 @@ mod tests {
             &watchers,
             Op::Update {
                 id,
+                base: 0,
                 previous: Previous::Address(address),
                 address: next,
                 signature: None,
@@ -366,6 +370,8 @@ mod tests {
                 id,
                 address,
                 signature: SignatureConfig::None,
+                owner: None,
+                claim: None,
             },
         )];
         // Exactly two pages plus one state.
@@ -376,6 +382,7 @@ mod tests {
                 &watchers,
                 Op::Update {
                     id,
+                    base: 0,
                     previous: Previous::Address(address),
                     address: next,
                     signature: None,

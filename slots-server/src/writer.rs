@@ -85,7 +85,9 @@ fn run(store: &Store, watchers: &Watchers, mut receiver: mpsc::Receiver<Job>, ma
         match result {
             Ok(outcomes) => {
                 for outcome in &outcomes {
-                    if let Outcome::Accepted { id, seq, state } = outcome {
+                    if let Outcome::Accepted { id, seq, state }
+                    | Outcome::Claimed { id, seq, state } = outcome
+                    {
                         watchers.publish(id, *seq, state);
                     }
                 }
@@ -110,9 +112,11 @@ fn run(store: &Store, watchers: &Watchers, mut receiver: mpsc::Receiver<Job>, ma
 fn outcome_label(outcome: &Outcome) -> &'static str {
     match outcome {
         Outcome::Accepted { .. } => "accepted",
+        Outcome::Claimed { .. } => "claimed",
         Outcome::Taken => "taken",
         Outcome::Unsupported => "unsupported",
         Outcome::Unknown => "unknown",
         Outcome::Stale { .. } => "stale",
+        Outcome::Reregistered => "reregistered",
     }
 }

@@ -5,7 +5,7 @@
 //!
 //! | route | body → answer |
 //! |---|---|
-//! | `PUT /slots/register` | [`RegisterRequest`] → `true`; 409 id taken, 400 invalid |
+//! | `PUT /slots/register` | [`RegisterRequest`] → `true`; 409 id taken, 403 bad claim, 400 invalid |
 //! | `GET /slots/:id` | → [`SlotState`]; 404 unknown |
 //! | `PUT /slots/:id` | [`UpdateRequest`] → `true`; 409 stale `previous`, 403 bad or missing signature, 404 unknown, 400 malformed |
 //! | `GET /slots/config/:id` | → [`SlotConfig`] (also served as `/slots/configuration/:id`) |
@@ -22,6 +22,13 @@
 //!   public key given at registration (the reference implementation's scheme).
 //! - `ed25519`: the slot id is the ed25519 public key; the signature covers
 //!   [`ed25519_message`], which binds slot id, previous and new address.
+//!
+//! An `ed25519` registration may carry a **claim** ([`RegisterRequest::claim`]): the
+//! key's signature of the registration state itself (previous `"root"`, the first
+//! address). It proves the registrant holds the key, so a claimed registration
+//! replaces an unsigned or `sha256:rsa` slot that someone else registered under the
+//! key first (`spec/slots.md`, "Claiming an ed25519 id"). [`SlotSigner::register_request`]
+//! always adds one for its own key.
 //!
 //! Signatures travel as lowercase hex (as the reference emits); base64 is accepted too.
 //! [`SlotSigner`] signs updates so callers never build messages by hand, and
@@ -192,6 +199,13 @@ pub struct RegisterRequest {
     /// Proof scheme; absent means `none` (the only one supported).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub proof: Option<ProofConfig>,
+    /// For `ed25519` registrations only: the key's signature (hex or base64) of
+    /// [`ed25519_message`] with previous `"root"` and `address` — proof that the
+    /// registrant holds the slot's key. A claimed registration replaces an unsigned or
+    /// `sha256:rsa` slot registered under the same id; absent, registration works as
+    /// without it. Build it with [`SlotSigner::claim`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
 }
 
 impl RegisterRequest {
@@ -202,6 +216,7 @@ impl RegisterRequest {
             address,
             signature: None,
             proof: None,
+            claim: None,
         }
     }
 }
@@ -347,6 +362,9 @@ pub enum SignatureError {
     /// The signature does not verify for this slot, previous and address.
     #[error("the signature does not verify")]
     Invalid,
+    /// A registration claim was given for a slot that is not `ed25519`.
+    #[error("only ed25519 registrations carry a claim")]
+    ClaimUnsupported,
     /// Signing failed (an RSA key operation error).
     #[error("signing failed: {0}")]
     Signing(String),
@@ -446,6 +464,17 @@ impl SlotVerifier {
         }
         Ok(Some(bytes))
     }
+
+    /// Checks a registration claim ([`RegisterRequest::claim`]): for an `ed25519` slot,
+    /// the key's signature of the registration state (previous `"root"`, first address
+    /// `address`). Returns the decoded signature bytes.
+    pub fn verify_claim(&self, address: &Id, claim: &str) -> Result<Vec<u8>, SignatureError> {
+        if !matches!(self.scheme, VerifyScheme::Ed25519(_)) {
+            return Err(SignatureError::ClaimUnsupported);
+        }
+        self.verify(&Previous::Root, address, Some(claim))?
+            .ok_or(SignatureError::Invalid)
+    }
 }
 
 /// Holds a private key and signs slot updates with it.
@@ -537,13 +566,34 @@ impl SlotSigner {
     }
 
     /// The registration of slot `id` at `address` signed by this key. For ed25519 the id
-    /// must be [`SlotSigner::ed25519_slot`].
+    /// must be [`SlotSigner::ed25519_slot`]; the request then carries the key's claim
+    /// ([`SlotSigner::claim`]), so it succeeds even if someone registered the id as an
+    /// unsigned or `sha256:rsa` slot first.
     pub fn register_request(&self, id: Id, address: Id) -> RegisterRequest {
+        let claim = match self.ed25519_slot() {
+            Some(slot) if slot == id => self.claim(&address),
+            _ => None,
+        };
         RegisterRequest {
             id,
             address,
             signature: Some(self.signature_config()),
             proof: None,
+            claim,
+        }
+    }
+
+    /// For ed25519: the registration claim of this key's slot at first address
+    /// `address` — the signature (lowercase hex) of [`ed25519_message`] with previous
+    /// `"root"`. `None` for RSA keys, which cannot claim.
+    pub fn claim(&self, address: &Id) -> Option<String> {
+        match &self.scheme {
+            SignScheme::Ed25519(key) => {
+                let slot = Id::from_bytes(key.verifying_key().to_bytes());
+                let signature = key.sign(&ed25519_message(&slot, &Previous::Root, address));
+                Some(encode_signature(&signature.to_bytes()))
+            }
+            SignScheme::Rsa { .. } => None,
         }
     }
 
@@ -963,6 +1013,60 @@ mod tests {
             .verify(&previous, &address, Some(VECTOR_SIGNATURE))
             .expect("vector verifies");
         assert_eq!(bytes.map(hex::encode).as_deref(), Some(VECTOR_SIGNATURE));
+    }
+
+    #[test]
+    fn claims_sign_the_registration_state_and_only_ed25519_has_them() {
+        let signer = SlotSigner::ed25519_from_seed(&seed());
+        let slot = signer.ed25519_slot().expect("ed25519 slot");
+        let address = id(VECTOR_ADDRESS);
+        // The claim is the vector's root signature: the registration state's signature.
+        assert_eq!(
+            signer.claim(&address).as_deref(),
+            Some(VECTOR_ROOT_SIGNATURE)
+        );
+        let request = signer.register_request(slot, address);
+        assert_eq!(request.claim.as_deref(), Some(VECTOR_ROOT_SIGNATURE));
+        let json = serde_json::to_value(&request).expect("serialize");
+        assert_eq!(json["claim"], VECTOR_ROOT_SIGNATURE);
+        assert_eq!(json["signature"]["kind"], "ed25519");
+
+        let verifier = SlotVerifier::new(slot, &SignatureConfig::Ed25519).expect("verifier");
+        let bytes = verifier
+            .verify_claim(&address, VECTOR_ROOT_SIGNATURE)
+            .expect("claim verifies");
+        assert_eq!(hex::encode(bytes), VECTOR_ROOT_SIGNATURE);
+        // A claim is for one first address; an update signature is not a claim.
+        assert!(matches!(
+            verifier.verify_claim(&id(VECTOR_PREVIOUS), VECTOR_ROOT_SIGNATURE),
+            Err(SignatureError::Invalid)
+        ));
+        assert!(matches!(
+            verifier.verify_claim(&address, VECTOR_SIGNATURE),
+            Err(SignatureError::Invalid)
+        ));
+        let stranger = SlotSigner::ed25519_from_seed(&[9; 32]);
+        let foreign = stranger.claim(&address).expect("ed25519 claim");
+        assert!(matches!(
+            verifier.verify_claim(&address, &foreign),
+            Err(SignatureError::Invalid)
+        ));
+        // Registering another id with this key sends no claim (it could not verify).
+        let other = Id::random();
+        assert_eq!(signer.register_request(other, address).claim, None);
+        // Unsigned and RSA slots have no claims.
+        let none = SlotVerifier::new(slot, &SignatureConfig::None).expect("none");
+        assert!(matches!(
+            none.verify_claim(&address, VECTOR_ROOT_SIGNATURE),
+            Err(SignatureError::ClaimUnsupported)
+        ));
+        let rsa = SlotSigner::rsa_from_pem(TEST_RSA_PRIVATE).expect("rsa signer");
+        assert_eq!(rsa.claim(&address), None);
+        assert_eq!(rsa.register_request(other, address).claim, None);
+        // A request without a claim serializes as before.
+        let plain =
+            serde_json::to_value(RegisterRequest::unsigned(other, address)).expect("serialize");
+        assert!(plain.get("claim").is_none(), "{plain}");
     }
 
     /// A 1024-bit RSA key made for these tests only (small, so tests stay fast).
