@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use invariant_runtime::{Role, Server, ServerContext, ServerOptions};
-use invariant_test_support::TestAuth;
+use invariant_runtime::{Role, Server, ServerContext, ServerOptions, TlsFiles};
+use invariant_test_support::{TestAuth, TestPki};
 
 const BIN: &str = env!("CARGO_BIN_EXE_invariant-conformance");
 
@@ -261,4 +261,54 @@ fn the_binary_fails_on_a_failing_check_and_lists_checks() {
 
     let bad_role = run_cli(&["teapot", "http://127.0.0.1:1"]);
     assert!(!bad_role.status.success());
+}
+
+#[test]
+fn the_binary_trusts_the_given_ca() {
+    let data = tempfile::tempdir().expect("tempdir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let auth = TestAuth::new();
+    let pki = TestPki::new(&data.path().join("pki"));
+    let server = runtime.block_on(async {
+        let mut options = ServerOptions::ephemeral(Role::Productions, data.path().join("server"));
+        options.auth.root = Some(auth.public());
+        options.tls = Some(TlsFiles {
+            cert: pki.cert.clone(),
+            key: pki.key.clone(),
+        });
+        let ctx = ServerContext::prepare(options).expect("context");
+        productions_server::start(&ctx).await.expect("start")
+    });
+    let url = server.url().to_string();
+    assert!(url.starts_with("https://"), "{url}");
+    let operator = auth.token("conformance-operator", "*");
+    let ca = pki.ca_cert.to_string_lossy().into_owned();
+
+    let output = run_cli(&[
+        "productions",
+        &url,
+        "--json",
+        "--ca-cert",
+        &ca,
+        "--token",
+        &operator,
+    ]);
+    let results = results(&output);
+    assert!(results.iter().all(|r| r["status"] == "pass"), "{results:?}");
+    assert!(results.iter().filter(|r| is_auth(r)).count() >= 6);
+
+    // The CA from the environment works the same.
+    let from_env = run_cli_with(
+        &["productions", &url, "--only", "common-id"],
+        &[("INVARIANT_CA_CERT", ca.as_str())],
+    );
+    assert!(from_env.status.success());
+
+    // Without the CA the certificate is not trusted: every check fails.
+    let untrusted = run_cli(&["productions", &url, "--only", "common-id", "--timeout", "5"]);
+    assert!(!untrusted.status.success());
+    let text = String::from_utf8_lossy(&untrusted.stdout);
+    assert!(text.contains("fail   common-id"), "{text}");
+
+    runtime.block_on(server.stop()).expect("stop");
 }

@@ -12,8 +12,8 @@ use std::time::Duration;
 use invariant_conformance::{
     ClientSecurity, Options, Report, Role, Status, reserve_suite_broker, run,
 };
-use invariant_runtime::{Role as ServerRole, Server, ServerContext, ServerOptions};
-use invariant_test_support::TestAuth;
+use invariant_runtime::{Role as ServerRole, Server, ServerContext, ServerOptions, TlsFiles};
+use invariant_test_support::{TestAuth, TestPki};
 use tempfile::TempDir;
 
 /// Blob limit given to the storage server, so the 413 check runs.
@@ -28,18 +28,26 @@ enum Mode {
     Auth,
     /// A root key and `--auth-reads`: reads need a token too.
     AuthReads,
+    /// HTTPS (a test CA the suite is given) and a root key.
+    TlsAuth,
 }
 
-/// A server and suite setup for one mode: the network's root key when tokens are on.
+/// A server and suite setup for one mode: the network's root key when tokens are on,
+/// and a CA with a server certificate for HTTPS.
 struct Setup {
     mode: Mode,
     auth: Option<TestAuth>,
+    pki: Option<(TestPki, TempDir)>,
 }
 
 impl Setup {
     fn new(mode: Mode) -> Setup {
         let auth = (mode != Mode::Open).then(TestAuth::new);
-        Setup { mode, auth }
+        let pki = (mode == Mode::TlsAuth).then(|| {
+            let dir = tempfile::tempdir().expect("pki dir");
+            (TestPki::new(dir.path()), dir)
+        });
+        Setup { mode, auth, pki }
     }
 
     fn context(&self, role: ServerRole, dir: &Path, broker: Option<String>) -> ServerContext {
@@ -49,21 +57,33 @@ impl Setup {
             options.auth.root = Some(auth.public());
             options.auth.reads = self.mode == Mode::AuthReads;
         }
+        if let Some((pki, _)) = &self.pki {
+            options.tls = Some(TlsFiles {
+                cert: pki.cert.clone(),
+                key: pki.key.clone(),
+            });
+        }
         ServerContext::prepare(options).expect("prepare server context")
     }
 
-    /// Suite options: in auth mode, an operator token for every request.
+    /// Suite options: in auth mode, an operator token for every request; with TLS,
+    /// the test CA.
     fn options(&self) -> Options {
+        let token = self
+            .auth
+            .as_ref()
+            .map(|auth| auth.token("conformance-operator", "*"));
+        let security = match &self.pki {
+            Some((pki, _)) => pki.client_security(token.as_deref()),
+            None => ClientSecurity {
+                token,
+                ..ClientSecurity::default()
+            },
+        };
         Options {
             request_timeout: Duration::from_secs(10),
             check_timeout: Duration::from_secs(30),
-            security: ClientSecurity {
-                token: self
-                    .auth
-                    .as_ref()
-                    .map(|auth| auth.token("conformance-operator", "*")),
-                ..ClientSecurity::default()
-            },
+            security,
             auth_reads: self.mode == Mode::AuthReads,
             ..Options::default()
         }
@@ -106,6 +126,9 @@ async fn passes_every_check(
     options: Options,
     mode: Mode,
 ) {
+    if mode == Mode::TlsAuth {
+        assert!(server.url().starts_with("https://"), "{}", server.url());
+    }
     let report = run(role, server.url(), options).await.expect("run suite");
     let report = assert_passed(report);
     let auth_checks: Vec<_> = report
@@ -134,7 +157,7 @@ async fn passes_every_check(
                 "{} should be skipped without a token: {result:?}",
                 result.check
             ),
-            Mode::Auth | Mode::AuthReads => assert_eq!(
+            Mode::Auth | Mode::AuthReads | Mode::TlsAuth => assert_eq!(
                 result.status,
                 Status::Pass,
                 "{} should run and pass in auth mode: {result:?}",
@@ -327,4 +350,15 @@ async fn slots_with_auth_reads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn distributor_with_auth_reads() {
     distributor_with_suite_broker(Mode::AuthReads).await;
+}
+
+/// Over HTTPS (the suite trusts the test CA) with tokens on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_over_tls() {
+    storage_with_suite_broker(Mode::TlsAuth).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_over_tls() {
+    names(Mode::TlsAuth).await;
 }
