@@ -10,6 +10,7 @@ use invariant_spec::Id;
 use reqwest::header::HeaderMap;
 use reqwest::{Method, RequestBuilder};
 
+use crate::Role;
 use crate::helper::Helper;
 
 /// How a check that did not fail ended.
@@ -220,12 +221,21 @@ pub(crate) fn lowercase_id(text: &str, what: &str) -> Result<Id, Fail> {
     Ok(id)
 }
 
-/// Everything a check needs: the server, an HTTP client, the suite's helper server and
+/// Everything a check needs: the server, HTTP clients, the suite's helper server and
 /// the run's options.
 #[derive(Debug)]
 pub(crate) struct Ctx {
+    /// The role under test.
+    pub(crate) role: Role,
     pub(crate) base: String,
+    /// Sends the run's token (if any) with every request.
     pub(crate) http: reqwest::Client,
+    /// Trusts the same CAs but sends no token (for the authorization checks).
+    pub(crate) anon: reqwest::Client,
+    /// The run's token: the auth checks run only with one.
+    pub(crate) token: Option<String>,
+    /// The server requires tokens for reads too (`--auth-reads`).
+    pub(crate) auth_reads: bool,
     pub(crate) timeout: Duration,
     pub(crate) helper: Helper,
     pub(crate) max_blob_size: Option<u64>,
@@ -240,6 +250,13 @@ impl Ctx {
     /// A request to `path` with the per-request timeout.
     pub(crate) fn req(&self, method: Method, path: &str) -> RequestBuilder {
         self.http
+            .request(method, self.url(path))
+            .timeout(self.timeout)
+    }
+
+    /// Like [`Ctx::req`], but without the run's token.
+    pub(crate) fn anon_req(&self, method: Method, path: &str) -> RequestBuilder {
+        self.anon
             .request(method, self.url(path))
             .timeout(self.timeout)
     }

@@ -74,7 +74,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
     },
 ];
 
-fn json_list(ids: &[Id]) -> String {
+pub(crate) fn json_list(ids: &[Id]) -> String {
     let quoted: Vec<String> = ids.iter().map(|i| format!("\"{i}\"")).collect();
     format!("[{}]", quoted.join(","))
 }

@@ -46,7 +46,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
 ];
 
 /// A node number no server hands out in a short test run.
-const UNKNOWN_NODE: u64 = 9_007_199_254_740_000;
+pub(crate) const UNKNOWN_NODE: u64 = 9_007_199_254_740_000;
 
 fn unknown_node(c: &Ctx) -> BoxFuture<'_, Verdict> {
     Box::pin(async move {

@@ -17,9 +17,16 @@
 //!   starts, for the checks that need the server to find a second server (storage
 //!   fetch, find notify).
 //!
+//! Against a server in auth mode (`spec/security.md`), [`Options::security`] carries
+//! the token (and CAs) every request sends; with a token the `auth-*` checks also run:
+//! every changing route must refuse a request without a token (401) or with a token
+//! lacking the right (403) and change nothing. Without a token they are skipped.
+//!
 //! Modules: `check` (context and helpers), `helper` (the suite's fake peers and broker),
-//! `report` (results), and one module of checks per protocol.
+//! `report` (results), `auth` (authorization checks of every role), and one module of
+//! checks per protocol.
 
+mod auth;
 mod broker;
 mod check;
 mod common;
@@ -36,6 +43,8 @@ mod storage;
 use std::fmt;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
+
+pub use invariant_spec::http::ClientSecurity;
 
 pub use helper::reserve_suite_broker;
 pub use report::{CheckResult, Report, Status};
@@ -105,7 +114,10 @@ impl Role {
     }
 
     fn all_checks(self) -> impl Iterator<Item = &'static CheckDef> {
-        common::CHECKS.iter().chain(self.own_checks())
+        common::CHECKS
+            .iter()
+            .chain(self.own_checks())
+            .chain(auth::CHECKS)
     }
 }
 
@@ -158,6 +170,9 @@ pub enum ConformanceError {
     /// The HTTP client could not be built.
     #[error("building the HTTP client: {0}")]
     Http(#[from] reqwest::Error),
+    /// The client settings (CA certificates, token) cannot be used.
+    #[error("client settings: {0}")]
+    Client(#[from] invariant_spec::ClientError),
 }
 
 /// Settings of one run.
@@ -178,6 +193,12 @@ pub struct Options {
     pub broker: Option<String>,
     /// The server's configured blob size limit (storage): enables the oversize check.
     pub max_blob_size: Option<u64>,
+    /// CAs to trust besides the system roots, and the token sent with every request.
+    /// The token must carry every right the role's checks use (an operator token
+    /// does); with one, the `auth-*` checks run (see `spec/security.md`).
+    pub security: ClientSecurity,
+    /// The server runs with `--auth-reads`: reads need a `<role>:read` right.
+    pub auth_reads: bool,
 }
 
 impl Default for Options {
@@ -189,6 +210,8 @@ impl Default for Options {
             suite_broker: None,
             broker: None,
             max_blob_size: None,
+            security: ClientSecurity::default(),
+            auth_reads: false,
         }
     }
 }
@@ -229,14 +252,29 @@ pub async fn run(role: Role, base_url: &str, options: Options) -> Result<Report,
             only: options.only.clone().unwrap_or_default(),
         });
     }
-    let http = reqwest::Client::builder()
-        .connect_timeout(options.request_timeout)
-        .pool_max_idle_per_host(8)
-        .build()?;
+    let token = options
+        .security
+        .token
+        .clone()
+        .filter(|t| !t.trim().is_empty());
+    let http = ClientSecurity {
+        token: token.clone(),
+        ..options.security.clone()
+    }
+    .http_client()?;
+    let anon = ClientSecurity {
+        token: None,
+        ..options.security.clone()
+    }
+    .http_client()?;
     let helper = Helper::start(options.suite_broker, options.broker, http.clone()).await?;
     let ctx = Ctx {
+        role,
         base: base.clone(),
         http,
+        anon,
+        token,
+        auth_reads: options.auth_reads,
         timeout: options.request_timeout,
         helper,
         max_blob_size: options.max_blob_size,

@@ -1,12 +1,14 @@
 //! `invariant-conformance`: runs the protocol checks of one role against a server and
 //! prints a table (or JSON); exits non-zero when a check fails.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use invariant_conformance::{Options, Role, run};
+use invariant_conformance::{ClientSecurity, Options, Role, run};
+use invariant_spec::http::read_token_file;
 
 /// Checks that a server speaks an invariant protocol as spec/*.md defines it.
 #[derive(Parser, Debug)]
@@ -44,6 +46,26 @@ struct Cli {
     #[arg(long)]
     max_blob_size: Option<u64>,
 
+    /// Capability token sent with every request, for a server in auth mode
+    /// (spec/security.md). It must carry every right the checks use (an operator
+    /// token does). With a token the auth-* checks run; the tokens they need refused
+    /// are derived from it offline (attenuation), so no key is needed.
+    #[arg(long, env = "INVARIANT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// File holding the token (its first non-empty line).
+    #[arg(long, env = "INVARIANT_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+
+    /// PEM file of CA certificates to trust (besides the system roots) for https urls.
+    #[arg(long, env = "INVARIANT_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+
+    /// The server runs with --auth-reads: the auth-reads check expects reads without a
+    /// token to be refused (401) instead of open.
+    #[arg(long)]
+    auth_reads: bool,
+
     /// Seconds one request (or one bounded wait) may take.
     #[arg(long, default_value_t = 10)]
     timeout: u64,
@@ -64,6 +86,15 @@ fn main() -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
+    let mut security = ClientSecurity::default();
+    if let Some(path) = &cli.ca_cert {
+        security.add_ca_file(path)?;
+    }
+    security.token = match (cli.token, &cli.token_file) {
+        (Some(token), _) => Some(token.trim().to_string()).filter(|t| !t.is_empty()),
+        (None, Some(path)) => Some(read_token_file(path)?),
+        (None, None) => None,
+    };
     let timeout = Duration::from_secs(cli.timeout.max(1));
     let options = Options {
         only: cli.only,
@@ -72,6 +103,8 @@ fn main() -> anyhow::Result<ExitCode> {
         suite_broker,
         broker: cli.broker,
         max_blob_size: cli.max_blob_size,
+        security,
+        auth_reads: cli.auth_reads,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     let report = runtime.block_on(run(cli.role, &cli.base_url, options))?;

@@ -130,3 +130,104 @@ async fn an_unknown_check_is_an_error() {
     .await;
     assert!(outcome.is_err());
 }
+
+/// A token for runs against the fakes: they check none, so any value would do for
+/// the suite's own requests; the auth checks derive narrower tokens from it, so it is
+/// a real one.
+fn some_token() -> String {
+    invariant_test_support::TestAuth::new().token("conformance-operator", "*")
+}
+
+fn with_token() -> Options {
+    Options {
+        only: Some("auth-no-token".into()),
+        security: invariant_conformance::ClientSecurity {
+            token: Some(some_token()),
+            ..Default::default()
+        },
+        ..Options::default()
+    }
+}
+
+#[tokio::test]
+async fn an_open_server_fails_the_auth_checks_when_given_a_token() {
+    let url = spawn_fake().await;
+    let report = run(Role::Storage, &url, with_token()).await.expect("run");
+    let result = &report.results[0];
+    assert_eq!(result.status, Status::Fail, "{}", report.table());
+    assert_eq!(result.spec, "spec/security.md#security-401");
+    assert!(result.detail.contains("expected 401"), "{}", result.detail);
+}
+
+/// Broken on purpose: stores the body, then answers as if it had refused it.
+async fn store_then_refuse(
+    State(blobs): State<Blobs>,
+    request: axum::extract::Request,
+) -> Response {
+    let path = request.uri().path().to_string();
+    let body = axum::body::to_bytes(request.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    if !path.contains("fetch") {
+        blobs
+            .lock()
+            .expect("lock")
+            .insert(Id::of_content(&body).to_string(), body);
+    }
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        "token needed\n",
+    )
+        .into_response()
+}
+
+#[tokio::test]
+async fn a_refusal_that_changed_state_fails() {
+    let blobs: Blobs = Arc::default();
+    let app = Router::new()
+        .route("/id", get(id))
+        .route("/storage", post(store_then_refuse))
+        .route(
+            "/storage/fetch",
+            axum::routing::put(store_then_refuse).post(store_then_refuse),
+        )
+        .route("/storage/{address}", get(get_blob).put(store_then_refuse))
+        .with_state(blobs);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    let report = run(Role::Storage, &url, with_token()).await.expect("run");
+    let result = &report.results[0];
+    assert_eq!(result.status, Status::Fail, "{}", report.table());
+    assert!(
+        result.detail.contains("nothing stored"),
+        "{}",
+        result.detail
+    );
+}
+
+#[tokio::test]
+async fn without_a_token_the_auth_checks_are_skipped() {
+    let url = spawn_fake().await;
+    let report = run(
+        Role::Storage,
+        &url,
+        Options {
+            only: Some("auth-".into()),
+            ..Options::default()
+        },
+    )
+    .await
+    .expect("run");
+    assert!(report.results.len() >= 6, "{}", report.table());
+    assert!(
+        report.results.iter().all(|r| r.status == Status::Skip),
+        "{}",
+        report.table()
+    );
+}

@@ -9,7 +9,10 @@
 //! 4. in auth mode, every route that is not a read (any method but GET/HEAD, except
 //!    the distributor's `POST /blocks` query) refuses a request without a token (401)
 //!    and with a token that is expired, from another root, lacking the role's rights,
-//!    or narrowed away from them (403); reads and `GET /id` stay open.
+//!    or narrowed away from them (403); reads and `GET /id` stay open;
+//! 5. the OpenAPI files declare the `bearerAuth` scheme, and exactly the operations
+//!    that need a right (by the runtime's table, `invariant_runtime::auth::required`)
+//!    list it, next to `{}` (open mode), with 401 and 403 answers.
 //!
 //! The distributor's `http` module is private, so its route list comes from step 1's
 //! source reading alone.
@@ -408,6 +411,93 @@ async fn every_mutating_route_requires_a_token() {
         }
         assert!(protected > 0, "{krate}: no mutating route was tried");
         server.stop().await.expect("stop");
+    }
+}
+
+/// The security requirement names of an operation (`""` for the empty one).
+fn requirements(operation: &serde_yaml_ng::Value) -> Vec<String> {
+    operation
+        .get("security")
+        .and_then(|s| s.as_sequence())
+        .map(|alternatives| {
+            alternatives
+                .iter()
+                .map(|a| {
+                    a.as_mapping()
+                        .and_then(|m| m.keys().next())
+                        .and_then(|k| k.as_str())
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn operations_that_need_a_right_declare_the_bearer_scheme() {
+    use invariant_runtime::auth::{Access, required};
+    for role in [
+        Role::Storage,
+        Role::Slots,
+        Role::Broker,
+        Role::Find,
+        Role::Files,
+        Role::Productions,
+        Role::Names,
+        Role::Distributor,
+    ] {
+        let name = match role {
+            Role::Distributor => "distributor",
+            other => other.kind(),
+        };
+        let path = workspace().join(format!("spec/openapi/{name}.yaml"));
+        let text = std::fs::read_to_string(&path).expect("read OpenAPI file");
+        let doc: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).expect("YAML");
+        let scheme = &doc["components"]["securitySchemes"]["bearerAuth"];
+        assert_eq!(scheme["type"].as_str(), Some("http"), "{name}: bearerAuth");
+        assert_eq!(
+            scheme["scheme"].as_str(),
+            Some("bearer"),
+            "{name}: bearerAuth"
+        );
+        let paths = doc["paths"].as_mapping().expect("paths");
+        let mut secured = 0;
+        for (pattern, item) in paths {
+            let pattern = pattern.as_str().expect("path");
+            let concrete = normalize(&concrete(pattern));
+            for (method, operation) in item.as_mapping().expect("path item") {
+                let method = method.as_str().expect("method").to_ascii_uppercase();
+                let Ok(m) = reqwest::Method::from_bytes(method.as_bytes()) else {
+                    continue;
+                };
+                if operation.get("responses").is_none() {
+                    continue;
+                }
+                let needs_right = matches!(required(role, &m, &concrete), Access::Action(_));
+                let names = requirements(operation);
+                if needs_right {
+                    secured += 1;
+                    assert_eq!(
+                        names,
+                        ["", "bearerAuth"],
+                        "{name}: {method} {pattern} must list {{}} and bearerAuth"
+                    );
+                    for status in ["401", "403"] {
+                        assert!(
+                            !operation["responses"][status].is_null(),
+                            "{name}: {method} {pattern} must document {status}"
+                        );
+                    }
+                } else {
+                    assert!(
+                        names.is_empty(),
+                        "{name}: {method} {pattern} is a read and lists no security"
+                    );
+                }
+            }
+        }
+        assert!(secured > 0, "{name}: no operation needs a right");
     }
 }
 

@@ -9,6 +9,7 @@
 # Environment:
 #   SCHEMATHESIS             the schemathesis command (default: schemathesis on PATH)
 #   INVARIANT_FUZZ_PROFILE   debug (default) or release: which target/ binaries to run
+#   CARGO_TARGET_DIR         where cargo puts them (default: target)
 #   INVARIANT_FUZZ_BUILD     1 (default) builds the server binaries first; 0 does not
 #   INVARIANT_FUZZ_EXAMPLES  test cases per operation and phase (default 30)
 #   INVARIANT_FUZZ_SEED      a fixed seed (default 20240607) or "random"
@@ -26,7 +27,7 @@ PROFILE=${INVARIANT_FUZZ_PROFILE:-debug}
 EXAMPLES=${INVARIANT_FUZZ_EXAMPLES:-30}
 SEED=${INVARIANT_FUZZ_SEED:-20240607}
 ROLE_TIMEOUT=${INVARIANT_FUZZ_TIMEOUT:-240}
-BIN="target/$PROFILE"
+BIN="${CARGO_TARGET_DIR:-target}/$PROFILE"
 
 ALL_ROLES=(storage slots broker find names productions distributor files)
 if [ "$#" -gt 0 ]; then ROLES=("$@"); else ROLES=("${ALL_ROLES[@]}"); fi

@@ -299,6 +299,35 @@ pub fn attenuate(
 ) -> Result<String, AuthError> {
     let biscuit = Biscuit::from_base64(token.trim(), root.0)
         .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+    let narrowed = biscuit
+        .append(narrowing_block(rights, expires)?)
+        .map_err(token_error)?;
+    narrowed.to_base64().map_err(token_error)
+}
+
+/// [`attenuate`] without checking the token's signatures first (the root public key is
+/// not needed). The result is exactly as valid as `token`: a server still verifies the
+/// whole chain. For holders that do not know the root key, such as the conformance
+/// suite deriving narrower tokens from the one it was given.
+pub fn attenuate_unverified(
+    token: &str,
+    rights: Option<&[Right]>,
+    expires: Option<SystemTime>,
+) -> Result<String, AuthError> {
+    let biscuit = biscuit_auth::UnverifiedBiscuit::from_base64(token.trim())
+        .map_err(|e| AuthError::InvalidToken(e.to_string()))?;
+    let narrowed = biscuit
+        .append(narrowing_block(rights, expires)?)
+        .map_err(token_error)?;
+    narrowed.to_base64().map_err(token_error)
+}
+
+/// The block an attenuation appends: checks only (`operation`/`role`/`action`
+/// alternatives for `rights`, and the expiry).
+fn narrowing_block(
+    rights: Option<&[Right]>,
+    expires: Option<SystemTime>,
+) -> Result<BlockBuilder, AuthError> {
     let mut block = BlockBuilder::new();
     if let Some(rights) = rights {
         let mut params: HashMap<String, Term> = HashMap::new();
@@ -341,8 +370,7 @@ pub fn attenuate(
             )
             .map_err(token_error)?;
     }
-    let narrowed = biscuit.append(block).map_err(token_error)?;
-    narrowed.to_base64().map_err(token_error)
+    Ok(block)
 }
 
 /// What a verified token says about its holder.
@@ -646,6 +674,26 @@ mod tests {
                 .authorize(&op("slots:write"), now + Duration::from_secs(6))
                 .is_err()
         );
+    }
+
+    #[test]
+    fn unverified_attenuation_narrows_like_attenuate() {
+        let root = RootKey::generate();
+        let token = root.issue(&grant("*")).expect("issue");
+        let now = SystemTime::now();
+        let narrowed =
+            attenuate_unverified(&token, Some(&[op("storage:read")]), None).expect("narrow");
+        let verified = VerifiedToken::verify(&narrowed, root.public()).expect("verify");
+        verified.authorize(&op("storage:read"), now).expect("kept");
+        assert!(verified.authorize(&op("storage:write"), now).is_err());
+        let expired = attenuate_unverified(&token, None, Some(now - Duration::from_secs(60)))
+            .expect("expire");
+        let verified = VerifiedToken::verify(&expired, root.public()).expect("verify");
+        let err = verified
+            .authorize(&op("storage:read"), now)
+            .expect_err("expired");
+        assert!(err.to_string().contains("expired"), "{err}");
+        assert!(attenuate_unverified("garbage", None, None).is_err());
     }
 
     #[test]
