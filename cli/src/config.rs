@@ -4,6 +4,8 @@
 //!
 //! ```toml
 //! host = "127.0.0.1"          # address every server binds
+//! auth = true                 # token checks on (a root key under <data>/auth); `up --open` turns them off
+//! tls = false                 # HTTPS with a local CA under <data>/tls; `up --tls` turns it on
 //! [broker]
 //! port = 3000                 # 0 = any free port
 //! [storage]
@@ -30,6 +32,10 @@ use serde::Deserialize;
 pub struct NetworkConfig {
     /// Address every server binds.
     pub host: IpAddr,
+    /// Capability-token checks on every server (default true).
+    pub auth: bool,
+    /// HTTPS with certificates from a local CA (default false).
+    pub tls: bool,
     /// The broker.
     pub broker: RoleConfig,
     /// The storage servers.
@@ -88,6 +94,8 @@ impl Default for NetworkConfig {
     fn default() -> NetworkConfig {
         NetworkConfig {
             host: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            auth: true,
+            tls: false,
             broker: RoleConfig::default(),
             storage: StorageConfig::default(),
             find: RoleConfig::default(),
@@ -147,6 +155,9 @@ mod tests {
         assert_eq!(config.storage.ports, vec![4000]);
         assert!(!config.files.enabled());
         assert!(config.slots.enabled());
+        assert!(config.auth && !config.tls, "auth on and TLS off by default");
+        let secure: NetworkConfig = toml::from_str("auth = false\ntls = true").expect("keys");
+        assert!(!secure.auth && secure.tls);
         assert!(toml::from_str::<NetworkConfig>("bogus = 1").is_err());
         let empty: NetworkConfig = toml::from_str("").expect("empty");
         assert_eq!(empty.storage.count, 3);

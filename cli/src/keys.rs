@@ -14,17 +14,6 @@ use anyhow::{Context, bail};
 use invariant_spec::Id;
 use invariant_spec::slots::SlotSigner;
 
-/// The default configuration directory.
-pub fn default_config_dir() -> PathBuf {
-    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME") {
-        return PathBuf::from(dir).join("invariant");
-    }
-    match std::env::var_os("HOME") {
-        Some(home) => PathBuf::from(home).join(".config").join("invariant"),
-        None => PathBuf::from(".invariant-config"),
-    }
-}
-
 fn key_path(config_dir: &Path, slot: &Id) -> PathBuf {
     config_dir.join("slots").join(format!("{slot}.key"))
 }

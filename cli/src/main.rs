@@ -9,10 +9,17 @@
 //! - `pin` / `unpin`: blocks (or a whole tree's) kept on N storage servers by the
 //!   distributor.
 //! - `find`: which storage servers hold a blob.
+//! - `auth init|issue|attenuate|inspect`: the network's root key and capability
+//!   tokens ([`auth`]).
 //!
-//! Every command except `up` finds the network through `--broker` (or
-//! `INVARIANT_BROKER`), defaulting to the broker url `up` uses by default.
+//! Every command except `up` and `auth` finds the network through `--broker` (or
+//! `INVARIANT_BROKER`), defaulting to the broker url `up` uses by default. Every
+//! request carries the capability token and trusts the CAs of the global client
+//! options (`--token`, `--token-file`, `--ca-cert`, `--insecure-skip-verify`; the
+//! token is looked up as [`invariant_spec::client_config`] describes, which finds the
+//! operator token of a network started by `invariant up` on this machine).
 
+mod auth;
 mod config;
 mod keys;
 mod network;
@@ -46,9 +53,29 @@ struct Cli {
     )]
     broker: String,
 
-    /// Folder for local keys (default `$XDG_CONFIG_HOME/invariant` or `~/.config/invariant`).
+    /// Folder for local keys and tokens (default `$XDG_CONFIG_HOME/invariant` or
+    /// `~/.config/invariant`).
     #[arg(long, global = true, env = "INVARIANT_CONFIG_DIR")]
     config_dir: Option<PathBuf>,
+
+    /// Capability token sent with every request. Without it or `--token-file`: the
+    /// operator token `invariant up` left for this broker, else `<config dir>/token`.
+    #[arg(long, global = true, env = "INVARIANT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+
+    /// File holding the capability token (used when `--token` is not given).
+    #[arg(long, global = true, env = "INVARIANT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+
+    /// PEM file of CA certificates to trust besides the system roots (`invariant up
+    /// --tls` prints its CA).
+    #[arg(long, global = true, env = "INVARIANT_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+
+    /// Accept any server certificate. Unsafe: anyone on the path can read and change
+    /// the traffic, tokens included. Prints a warning every run.
+    #[arg(long, global = true)]
+    insecure_skip_verify: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -134,7 +161,16 @@ enum Command {
         /// Folder holding the server binaries (default: beside `invariant`).
         #[arg(long, env = "INVARIANT_BIN_DIR")]
         bin_dir: Option<PathBuf>,
+        /// Serve HTTPS with certificates from a local CA under `<data-dir>/tls/`.
+        #[arg(long)]
+        tls: bool,
+        /// No token checks: anyone who reaches the ports may change the network.
+        #[arg(long)]
+        open: bool,
     },
+    /// The network's root key and capability tokens.
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
     /// Every server registered with the broker, with its id, url and health.
     Status,
     /// Store a file (or stdin with `-`) and print its address.
@@ -228,28 +264,103 @@ impl From<CompressArg> for invariant_content::Compression {
     }
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .build()?;
-    runtime.block_on(run(cli))
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            if let Some(hint) = hint(&e) {
+                eprintln!("\nhint: {hint}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Advice for the errors a newcomer to a secured network meets first.
+fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    for cause in e.chain() {
+        if let Some(client) = cause.downcast_ref::<invariant_spec::ClientError>() {
+            match client.status() {
+                Some(401) => {
+                    return Some(
+                        "this network checks capability tokens and none was sent: give one with \
+                         --token, --token-file, INVARIANT_TOKEN or INVARIANT_TOKEN_FILE (a \
+                         network started by `invariant up` has its operator token in \
+                         <data-dir>/auth/operator.token)",
+                    );
+                }
+                Some(403) => {
+                    return Some(
+                        "the server refused the token (reason above); \
+                         `invariant auth inspect <token>` shows what it allows",
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    let text = format!("{e:#}");
+    if text.contains("certificate") || text.contains("UnknownIssuer") {
+        return Some(
+            "the server's certificate is not trusted: give the network's CA with --ca-cert or \
+             INVARIANT_CA_CERT (`invariant up --tls` prints its path)",
+        );
+    }
+    None
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let config_dir = cli
+        .config_dir
+        .clone()
+        .unwrap_or_else(invariant_spec::client_config::default_config_dir);
+    if cli.insecure_skip_verify {
+        eprintln!(
+            "warning: --insecure-skip-verify: server certificates are not checked; anyone on \
+             the path can read and change this traffic, tokens included"
+        );
+    }
+    // `up` and `auth` send no requests; every other command's clients use these.
+    if !matches!(cli.command, Command::Up { .. } | Command::Auth(_)) {
+        let flags = invariant_spec::client_config::ClientFlags {
+            token: cli.token.clone(),
+            token_file: cli.token_file.clone(),
+            ca_cert: cli.ca_cert.clone(),
+            insecure_skip_verify: cli.insecure_skip_verify,
+        };
+        let (security, _) = flags.resolve(&config_dir, &cli.broker)?;
+        security.install();
+    }
     match cli.command {
         Command::Up {
             data_dir,
             config,
             bin_dir,
+            tls,
+            open,
         } => {
-            let config = config::NetworkConfig::load(config.as_deref())?;
+            let mut config = config::NetworkConfig::load(config.as_deref())?;
+            config.tls |= tls;
+            config.auth &= !open;
             let bin_dir = match bin_dir {
                 Some(dir) => dir,
                 None => up::default_bin_dir()?,
             };
-            up::up(&config, &data_dir, &bin_dir).await
+            let paths = up::UpPaths {
+                data_dir: &data_dir,
+                bin_dir: &bin_dir,
+                config_dir: &config_dir,
+            };
+            up::up(&config, &paths).await
         }
+        Command::Auth(command) => auth::run(command, &config_dir),
         Command::Status => status(&broker(&cli.broker)?).await,
         Command::Put { path } => {
             let data = if path.as_os_str() == "-" {
@@ -278,7 +389,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             copy_blob(&broker(&cli.broker)?, &address, &mut stdout).await
         }
         Command::Slot(command) => {
-            let config_dir = cli.config_dir.unwrap_or_else(keys::default_config_dir);
             slot(&broker(&cli.broker)?, &config_dir, command).await
         }
         Command::Name(command) => name(&broker(&cli.broker)?, command).await,

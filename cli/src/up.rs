@@ -5,7 +5,26 @@
 //! ...), so ids and data are reused on the next `up`. Prints one line per server,
 //! `<name> <url>`, then waits. SIGINT/SIGTERM (Ctrl-C) stops every server with SIGTERM,
 //! last started first, waiting for each to drain. Server logs go to `<data>/logs/`.
+//!
+//! Security ([`auth`], [`tls`]):
+//! - Token checks are on unless `--open` (or `auth = false`): every server gets
+//!   `--auth-root-key <data>/auth/root.pub` and a token of its own with exactly the
+//!   rights of its calls to other servers. The operator token (`*`) is written to
+//!   `<data>/auth/operator.token` and copied to the CLI config dir under the broker's
+//!   url (`<config>/up/<scheme>_<host>_<port>.token`), where the `invariant` and `ehi`
+//!   commands of this machine find it when they talk to that broker
+//!   ([`invariant_spec::client_config`]); the copy is removed when `up` stops.
+//! - `--tls` (or `tls = true`) serves HTTPS with certificates from a local CA under
+//!   `<data>/tls/`; every server trusts that CA for its own calls.
+//!
+//! Security variables of `up`'s own environment (`INVARIANT_TOKEN`,
+//! `INVARIANT_CA_CERT`, `INVARIANT_BROKER`, ...) are not passed to the servers: `up`
+//! gives each one its own.
 
+pub mod auth;
+pub mod tls;
+
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -23,6 +42,22 @@ use crate::config::NetworkConfig;
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a server may take to drain after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Environment variables `up` does not pass on to the servers: it sets what they
+/// mean itself, per server.
+const WITHHELD_ENV: [&str; 11] = [
+    "INVARIANT_TOKEN",
+    "INVARIANT_TOKEN_FILE",
+    "INVARIANT_CA_CERT",
+    "INVARIANT_AUTH_ROOT_KEY",
+    "INVARIANT_AUTH_READS",
+    "INVARIANT_TLS_CERT",
+    "INVARIANT_TLS_KEY",
+    "INVARIANT_BROKER",
+    "INVARIANT_ADVERTISE",
+    "INVARIANT_LISTEN",
+    "INVARIANT_DATA_DIR",
+];
 
 /// The binary implementing `role`.
 pub fn binary_name(role: Role) -> &'static str {
@@ -47,6 +82,17 @@ pub fn default_bin_dir() -> anyhow::Result<PathBuf> {
         .to_path_buf())
 }
 
+/// Where `up` keeps its files and what it was asked for.
+#[derive(Debug)]
+pub struct UpPaths<'a> {
+    /// Every server's data (`--data-dir`).
+    pub data_dir: &'a Path,
+    /// The server binaries.
+    pub bin_dir: &'a Path,
+    /// The CLI config dir, where the operator token is left for this network's broker.
+    pub config_dir: &'a Path,
+}
+
 /// A started server.
 struct Running {
     name: String,
@@ -61,10 +107,83 @@ struct Launch {
     port: u16,
 }
 
+/// The network's security material.
+struct Security {
+    auth: Option<auth::NetworkAuth>,
+    tls: Option<tls::LocalCa>,
+}
+
+impl Security {
+    fn prepare(config: &NetworkConfig, data_dir: &Path) -> anyhow::Result<Security> {
+        if !config.tls && !config.host.is_loopback() {
+            bail!(
+                "host {} is not a loopback address: servers reachable from other machines \
+                 must use TLS (`invariant up --tls`, or `tls = true` in the config)",
+                config.host
+            );
+        }
+        let auth = if config.auth {
+            Some(auth::NetworkAuth::open_or_create(data_dir)?)
+        } else {
+            None
+        };
+        let tls = if config.tls {
+            let names = tls::names_for(config.host);
+            Some(tls::LocalCa::open_or_create(&data_dir.join("tls"), names)?)
+        } else {
+            None
+        };
+        Ok(Security { auth, tls })
+    }
+
+    /// The security options of one server.
+    fn args(&self, launch: &Launch) -> anyhow::Result<Vec<OsString>> {
+        let mut args: Vec<OsString> = Vec::new();
+        if let Some(auth) = &self.auth {
+            args.push("--auth-root-key".into());
+            args.push(auth.root_pub_path().into());
+            if let Some(token) = auth.server_token(&launch.name, launch.role)? {
+                args.push("--token-file".into());
+                args.push(token.into());
+            }
+        }
+        if let Some(ca) = &self.tls {
+            let (files, _) = ca.server(&launch.name)?;
+            args.extend([
+                "--tls-cert".into(),
+                files.cert.into(),
+                "--tls-key".into(),
+                files.key.into(),
+                "--ca-cert".into(),
+                ca.ca_path().into(),
+            ]);
+        }
+        Ok(args)
+    }
+}
+
+/// The operator token left in the config dir for one broker url.
+struct LeftToken {
+    path: PathBuf,
+    token: String,
+}
+
+impl LeftToken {
+    /// Removes the file if it still holds this network's token.
+    fn remove(&self) {
+        let current = std::fs::read_to_string(&self.path).unwrap_or_default();
+        if current.trim() == self.token {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 /// Runs the network until a signal arrives.
-pub async fn up(config: &NetworkConfig, data_dir: &Path, bin_dir: &Path) -> anyhow::Result<()> {
+pub async fn up(config: &NetworkConfig, paths: &UpPaths<'_>) -> anyhow::Result<()> {
+    let data_dir = paths.data_dir;
     std::fs::create_dir_all(data_dir.join("logs"))
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    let security = Security::prepare(config, data_dir)?;
     let mut launches = vec![Launch {
         name: "broker".into(),
         role: Role::Broker,
@@ -85,16 +204,84 @@ pub async fn up(config: &NetworkConfig, data_dir: &Path, bin_dir: &Path) -> anyh
     }
 
     let mut running: Vec<Running> = Vec::new();
-    let result = start_all(&launches, config, data_dir, bin_dir, &mut running).await;
-    if let Err(e) = result {
-        stop_all(&mut running).await;
-        return Err(e);
-    }
+    let started = start_all(&launches, config, paths, &security, &mut running).await;
+    let left = match started.and_then(|broker| announce(&security, paths, &broker)) {
+        Ok(left) => left,
+        Err(e) => {
+            stop_all(&mut running).await;
+            return Err(e);
+        }
+    };
     println!("network up: {} servers; Ctrl-C stops them", running.len());
     wait_for_signal_or_exit(&mut running).await;
     stop_all(&mut running).await;
+    if let Some(left) = left {
+        left.remove();
+    }
     println!("network stopped");
     Ok(())
+}
+
+/// Prints how clients reach the network and leaves the operator token for the CLI.
+fn announce(
+    security: &Security,
+    paths: &UpPaths<'_>,
+    broker: &str,
+) -> anyhow::Result<Option<LeftToken>> {
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    if let Some(ca) = &security.tls {
+        let ca_path = absolute(ca.ca_path());
+        let new = if ca.created {
+            " (new: clients must trust it)"
+        } else {
+            ""
+        };
+        println!("tls: certificates of the local CA {}{new}", ca_path.display());
+        println!("  export INVARIANT_CA_CERT={}", ca_path.display());
+        println!("  export INVARIANT_BROKER={broker}");
+    }
+    let left_path = invariant_spec::client_config::up_token_path(paths.config_dir, broker);
+    let Some(auth) = &security.auth else {
+        // A token left by an earlier run with auth would now mean nothing.
+        if let Some(path) = &left_path {
+            let _ = std::fs::remove_file(path);
+        }
+        println!("auth: off (--open): anyone who reaches these ports can change the network");
+        return Ok(None);
+    };
+    let operator = absolute(auth.operator_token()?);
+    let token = invariant_spec::http::read_token_file(&operator)?;
+    println!("auth: on; operator token {}", operator.display());
+    if auth.created {
+        println!(
+            "  new root key; servers check tokens against {}",
+            absolute(auth.root_pub_path()).display()
+        );
+    }
+    let left = match left_path {
+        Some(path) => {
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)
+                    .with_context(|| format!("creating {}", parent.display()))?;
+                let _ = std::fs::set_permissions(
+                    parent,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o700),
+                );
+            }
+            crate::auth::write_private(&path, &format!("{token}\n"), true)?;
+            println!(
+                "  the invariant and ehi commands of this user use it for {broker} (copy: {})",
+                path.display()
+            );
+            Some(LeftToken { path, token })
+        }
+        None => None,
+    };
+    println!(
+        "  elsewhere: export INVARIANT_TOKEN_FILE={}",
+        operator.display()
+    );
+    Ok(left)
 }
 
 fn push_storage(launches: &mut Vec<Launch>, config: &NetworkConfig) {
@@ -107,16 +294,17 @@ fn push_storage(launches: &mut Vec<Launch>, config: &NetworkConfig) {
     }
 }
 
+/// Starts every server; returns the broker's url.
 async fn start_all(
     launches: &[Launch],
     config: &NetworkConfig,
-    data_dir: &Path,
-    bin_dir: &Path,
+    paths: &UpPaths<'_>,
+    security: &Security,
     running: &mut Vec<Running>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let mut broker_url: Option<String> = None;
     for launch in launches {
-        let binary = bin_dir.join(binary_name(launch.role));
+        let binary = paths.bin_dir.join(binary_name(launch.role));
         if !binary.is_file() {
             eprintln!(
                 "skipping {}: {} is not built (build the workspace: cargo build --release --workspace)",
@@ -125,17 +313,23 @@ async fn start_all(
             );
             continue;
         }
-        let server = start_one(launch, &binary, config, data_dir, broker_url.as_deref()).await?;
+        let extra = security.args(launch)?;
+        let server = start_one(
+            launch,
+            &binary,
+            config,
+            paths.data_dir,
+            broker_url.as_deref(),
+            &extra,
+        )
+        .await?;
         println!("{:<12} {}", server.name, server.url);
         if launch.role == Role::Broker {
             broker_url = Some(server.url.clone());
         }
         running.push(server);
     }
-    if broker_url.is_none() {
-        bail!("the broker could not be started");
-    }
-    Ok(())
+    broker_url.context("the broker could not be started")
 }
 
 async fn start_one(
@@ -144,6 +338,7 @@ async fn start_one(
     config: &NetworkConfig,
     data_dir: &Path,
     broker: Option<&str>,
+    extra: &[OsString],
 ) -> anyhow::Result<Running> {
     let log_path = data_dir.join("logs").join(format!("{}.log", launch.name));
     let log = std::fs::OpenOptions::new()
@@ -152,11 +347,15 @@ async fn start_one(
         .open(&log_path)
         .with_context(|| format!("opening {}", log_path.display()))?;
     let mut command = Command::new(binary);
+    for var in WITHHELD_ENV {
+        command.env_remove(var);
+    }
     command
         .arg("--listen")
-        .arg(format!("{}:{}", config.host, launch.port))
+        .arg(std::net::SocketAddr::new(config.host, launch.port).to_string())
         .arg("--data-dir")
         .arg(data_dir.join(&launch.name))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))

@@ -15,7 +15,7 @@ fn help_lists_every_command() {
     let help = String::from_utf8_lossy(&output.stdout);
     for command in [
         "up", "status", "put", "get", "cat", "upload", "download", "slot", "name", "pin", "unpin",
-        "find",
+        "find", "auth",
     ] {
         assert!(
             help.lines().any(|l| l.trim_start().starts_with(command)),

@@ -4,6 +4,11 @@
 //! `$HOME/.config/ehi/keystore.json`; `--keystore` overrides). The passphrase comes from
 //! `EHI_PASSPHRASE` or is prompted on the terminal. The network is found through the
 //! broker at `--broker` / `INVARIANT_BROKER` (default `http://127.0.0.1:3000`).
+//! Requests to it carry the capability token and trust the CAs of the global client
+//! options (`--token`, `--token-file`, `--ca-cert`, `--insecure-skip-verify`, with the
+//! `INVARIANT_*` variables), found as the `invariant` command finds them
+//! ([`invariant_spec::client_config`]: a network started by `invariant up` on this
+//! machine needs none of them).
 //! Output is FHIR JSON unless `--table` asks for a compact table.
 
 use std::path::{Path, PathBuf};
@@ -38,6 +43,27 @@ struct Cli {
     /// Print a compact table instead of FHIR JSON.
     #[arg(long, global = true)]
     table: bool,
+    /// Capability token for the invariant network (not an `ehi serve` token). Without
+    /// it or `--token-file`: the operator token `invariant up` left for this broker,
+    /// else `<invariant config dir>/token`.
+    #[arg(
+        long = "token",
+        id = "network_token",
+        global = true,
+        env = "INVARIANT_TOKEN",
+        hide_env_values = true
+    )]
+    network_token: Option<String>,
+    /// File holding the capability token for the invariant network.
+    #[arg(long, global = true, env = "INVARIANT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// PEM file of CA certificates to trust besides the system roots.
+    #[arg(long, global = true, env = "INVARIANT_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+    /// Accept any server certificate. Unsafe: anyone on the path can read and change
+    /// the traffic. Prints a warning every run.
+    #[arg(long, global = true)]
+    insecure_skip_verify: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -341,7 +367,30 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(run(cli))
 }
 
+/// Installs the client options as the process default, before any client is built.
+fn install_client_security(cli: &Cli) -> anyhow::Result<()> {
+    use invariant_spec::client_config::{ClientFlags, default_config_dir};
+    if cli.insecure_skip_verify {
+        eprintln!(
+            "warning: --insecure-skip-verify: server certificates are not checked; anyone on \
+             the path can read and change this traffic, tokens included"
+        );
+    }
+    let flags = ClientFlags {
+        token: cli.network_token.clone(),
+        token_file: cli.token_file.clone(),
+        ca_cert: cli.ca_cert.clone(),
+        insecure_skip_verify: cli.insecure_skip_verify,
+    };
+    let (security, _) = flags
+        .resolve(&default_config_dir(), &cli.broker)
+        .context("client options")?;
+    security.install();
+    Ok(())
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    install_client_security(&cli)?;
     let keystore_path = match &cli.keystore {
         Some(path) => path.clone(),
         None => default_keystore()?,

@@ -4,7 +4,8 @@
 //! `cargo test` run) on `127.0.0.1:0`, reads each one's url from its
 //! `listening on http://<addr>` line, and can stop them gracefully (SIGTERM) or kill
 //! them outright (SIGKILL) to test crash recovery. Server logs go to a file beside the
-//! data directory so a failing test can show them.
+//! data directory so a failing test can show them. [`up`] runs `invariant up` and the
+//! `invariant` command against it.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -13,6 +14,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+pub mod up;
 
 /// How long a server may take to print its `listening on` line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,67 +1,16 @@
 //! File trees through `invariant up`: upload a directory to one storage server, pin the
 //! tree, stop that server, and download the tree intact from the replicas the
-//! distributor made.
+//! distributor made — with token checks (the default) and over HTTPS with `--tls`.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use integration_tests::bin_path;
+use integration_tests::up::{Up, UpMode};
 use invariant_spec::DistributorClient;
-
-fn invariant(args: &[&str], broker: &str) -> anyhow::Result<std::process::Output> {
-    Ok(Command::new(bin_path("invariant")?)
-        .args(args)
-        .env("INVARIANT_BROKER", broker)
-        .stdin(Stdio::null())
-        .output()?)
-}
-
-/// Starts `invariant up` and returns it with its `<name> → url` lines.
-fn start_up(dir: &Path, data: &Path) -> anyhow::Result<(Child, BTreeMap<String, String>)> {
-    let config = dir.join("network.toml");
-    std::fs::write(
-        &config,
-        "[broker]\nport = 0\n[storage]\ncount = 3\nports = [0, 0, 0]\n[find]\nport = 0\n\
-         [slots]\nport = 0\n[names]\nport = 0\n[productions]\nport = 0\n[files]\nport = 0\n\
-         [distributor]\nport = 0\n",
-    )?;
-    let mut up = Command::new(bin_path("invariant")?)
-        .arg("up")
-        .arg("--data-dir")
-        .arg(data)
-        .arg("--config")
-        .arg(&config)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let stdout = up.stdout.take().expect("piped");
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut urls = BTreeMap::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))??;
-        if line.starts_with("network up") {
-            return Ok((up, urls));
-        }
-        let mut parts = line.split_whitespace();
-        if let (Some(name), Some(url)) = (parts.next(), parts.next()) {
-            urls.insert(name.to_string(), url.to_string());
-        }
-    }
-}
+use invariant_spec::http::Endpoint;
 
 /// The pid of the server process whose command line names `data_dir`.
 fn pid_of_server(data_dir: &Path) -> anyhow::Result<u32> {
@@ -116,15 +65,13 @@ fn snapshot(root: &Path) -> anyhow::Result<Snapshot> {
     Ok(out)
 }
 
-#[test]
-fn uploaded_tree_survives_the_loss_of_its_first_server() -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let data = dir.path().join("net");
-    let (mut up, urls) = start_up(dir.path(), &data)?;
-    let broker = urls.get("broker").expect("broker line").clone();
+/// Upload, pin, wait for 3 copies, kill the server that got the upload, download the
+/// tree identical from the others.
+fn tree_flow(net: &Up, dir: &Path) -> anyhow::Result<()> {
+    let urls = net.urls();
 
     // A tree with nested dirs, an empty file, a multi-block file, modes and a symlink.
-    let source = dir.path().join("source");
+    let source = dir.join("source");
     std::fs::create_dir_all(source.join("docs/deep"))?;
     std::fs::write(source.join("readme.txt"), b"hello tree\n")?;
     std::fs::write(source.join("docs/empty"), b"")?;
@@ -139,29 +86,16 @@ fn uploaded_tree_survives_the_loss_of_its_first_server() -> anyhow::Result<()> {
     std::os::unix::fs::symlink("docs/deep/big.bin", source.join("link"))?;
 
     // Wait for the three storage servers and the distributor to register.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let status = invariant(&["status"], &broker)?;
-        let text = String::from_utf8_lossy(&status.stdout).to_string();
-        let storages = text.lines().filter(|l| l.starts_with("storage")).count();
-        if storages == 3 && text.lines().any(|l| l.starts_with("distribute")) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "network incomplete:\n{text}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    net.wait_registered(3, &["distribute"])?;
 
-    let upload = invariant(
-        &[
-            "upload",
-            source.to_str().expect("utf-8"),
-            "--compress",
-            "brotli",
-            "--encrypt",
-            "--pin",
-        ],
-        &broker,
-    )?;
+    let upload = net.invariant(&[
+        "upload",
+        source.to_str().expect("utf-8"),
+        "--compress",
+        "brotli",
+        "--encrypt",
+        "--pin",
+    ])?;
     let stderr = String::from_utf8_lossy(&upload.stderr).to_string();
     assert!(upload.status.success(), "upload failed: {stderr}");
     let link = String::from_utf8(upload.stdout)?
@@ -188,11 +122,14 @@ fn uploaded_tree_survives_the_loss_of_its_first_server() -> anyhow::Result<()> {
 
     // Wait until the distributor has copied every blob to the two other servers:
     // the download must then work without the first one.
-    let link_file = dir.path().join("link.json");
+    let link_file = dir.join("link.json");
     std::fs::write(&link_file, &link)?;
     let link_arg = format!("@{}", link_file.display());
-    let pid = pid_of_server(&data.join(&first_name))?;
-    let distributor = DistributorClient::new(urls.get("distributor").expect("distributor line"))?;
+    let pid = pid_of_server(&net.data_dir().join(&first_name))?;
+    let distributor = DistributorClient::from_endpoint(Endpoint::with_client(
+        net.url("distributor")?,
+        net.client_security()?.http_client()?,
+    )?);
     let runtime = tokio::runtime::Runtime::new()?;
     let copies_ready = runtime.block_on(async {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -215,17 +152,14 @@ fn uploaded_tree_survives_the_loss_of_its_first_server() -> anyhow::Result<()> {
     );
     // Every pinned blob is on 3 servers: stop the one that received the upload.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let target = dir.path().join("restored");
+    let target = dir.join("restored");
     Command::new("kill")
         .arg("-9")
         .arg(pid.to_string())
         .status()?;
     let restored = loop {
         let _ = std::fs::remove_dir_all(&target);
-        let download = invariant(
-            &["download", &link_arg, target.to_str().expect("utf-8")],
-            &broker,
-        )?;
+        let download = net.invariant(&["download", &link_arg, target.to_str().expect("utf-8")])?;
         if download.status.success() {
             break true;
         }
@@ -241,14 +175,30 @@ fn uploaded_tree_survives_the_loss_of_its_first_server() -> anyhow::Result<()> {
         snapshot(&source)?,
         "tree differs after round trip"
     );
+    Ok(())
+}
 
-    let _ = Command::new("kill")
-        .arg("-TERM")
-        .arg(up.id().to_string())
-        .status();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while up.try_wait()?.is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+#[test]
+fn uploaded_tree_survives_the_loss_of_its_first_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut net = Up::start(dir.path(), UpMode::default())?;
+    tree_flow(&net, dir.path())?;
+    net.stop()?;
+    Ok(())
+}
+
+#[test]
+fn uploaded_tree_survives_the_loss_of_its_first_server_over_https() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut net = Up::start(
+        dir.path(),
+        UpMode {
+            tls: true,
+            open: false,
+        },
+    )?;
+    assert!(net.urls().values().all(|url| url.starts_with("https://")));
+    tree_flow(&net, dir.path())?;
+    net.stop()?;
     Ok(())
 }

@@ -19,9 +19,11 @@
 //! - [`http`]: the common conventions every client shares (base urls, `/id`, TLS roots
 //!   and the bearer token of [`http::ClientSecurity`]).
 //! - [`auth`]: the capability token format servers check when they run with a root key.
+//! - [`client_config`]: where command-line programs find their token and CAs.
 
 pub mod auth;
 pub mod broker;
+pub mod client_config;
 pub mod content;
 pub mod distributor;
 pub mod error;
