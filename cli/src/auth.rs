@@ -132,9 +132,9 @@ pub fn run(command: AuthCommand, config_dir: &Path) -> anyhow::Result<()> {
         } => {
             let token = read_token_arg(&token)?;
             let path = root_pub.unwrap_or_else(|| config_dir.join(ROOT_PUB_FILE));
-            let root = read_root_pub(&path).with_context(|| {
-                "attenuating needs the network's root public key (--root-pub FILE)"
-            })?;
+            let root = read_root_pub(&path).with_context(
+                || "attenuating needs the network's root public key (--root-pub FILE)",
+            )?;
             let rights = allow.as_deref().map(parse_rights).transpose()?;
             let expires = expires
                 .as_deref()
@@ -376,7 +376,10 @@ fn describe_expiry(blocks: &[String], now: SystemTime) -> String {
     let format = time::format_description::well_known::Rfc3339;
     let mut earliest: Option<time::OffsetDateTime> = None;
     for block in blocks {
-        for (_, rest) in block.match_indices("$t <= ").map(|(i, _)| block.split_at(i + 6)) {
+        for (_, rest) in block
+            .match_indices("$t <= ")
+            .map(|(i, _)| block.split_at(i + 6))
+        {
             let date: String = rest
                 .chars()
                 .take_while(|c| !matches!(c, ',' | ';' | ' ' | ')' | '\n'))
@@ -484,7 +487,10 @@ mod tests {
             .text;
         assert!(text.contains("narrowed:  1 attenuation block"), "{text}");
         assert!(text.contains("block 1:"), "{text}");
-        assert!(text.contains("(in 59m") || text.contains("(in 1h"), "{text}");
+        assert!(
+            text.contains("(in 59m") || text.contains("(in 1h"),
+            "{text}"
+        );
 
         let later = now + Duration::from_secs(8 * 86_400);
         let text = inspect(&token, Some(root.public()), later)

@@ -388,9 +388,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut stdout = std::io::stdout().lock();
             copy_blob(&broker(&cli.broker)?, &address, &mut stdout).await
         }
-        Command::Slot(command) => {
-            slot(&broker(&cli.broker)?, &config_dir, command).await
-        }
+        Command::Slot(command) => slot(&broker(&cli.broker)?, &config_dir, command).await,
         Command::Name(command) => name(&broker(&cli.broker)?, command).await,
         Command::Upload {
             dir,

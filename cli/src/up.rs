@@ -236,7 +236,10 @@ fn announce(
         } else {
             ""
         };
-        println!("tls: certificates of the local CA {}{new}", ca_path.display());
+        println!(
+            "tls: certificates of the local CA {}{new}",
+            ca_path.display()
+        );
         println!("  export INVARIANT_CA_CERT={}", ca_path.display());
         println!("  export INVARIANT_BROKER={broker}");
     }

@@ -91,7 +91,15 @@ fn init_issue_attenuate_inspect() {
 
     // attenuate from stdin; the narrowed token shows its extra block.
     let mut child = invariant(config)
-        .args(["auth", "attenuate", "-", "--allow", "storage:write", "--expires", "1h"])
+        .args([
+            "auth",
+            "attenuate",
+            "-",
+            "--allow",
+            "storage:write",
+            "--expires",
+            "1h",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -104,8 +112,14 @@ fn init_issue_attenuate_inspect() {
         .to_string();
     assert_ne!(narrowed, token);
     let explained = ok(&run(config, &["auth", "inspect", &narrowed]));
-    assert!(explained.contains("narrowed:  1 attenuation block"), "{explained}");
-    assert!(explained.contains("operation(\"storage:write\")"), "{explained}");
+    assert!(
+        explained.contains("narrowed:  1 attenuation block"),
+        "{explained}"
+    );
+    assert!(
+        explained.contains("operation(\"storage:write\")"),
+        "{explained}"
+    );
 
     // Without the root public key, inspect decodes but says nothing is proven.
     let elsewhere = dir.path().join("elsewhere");
@@ -117,23 +131,64 @@ fn init_issue_attenuate_inspect() {
     ok(&run(&other, &["auth", "init"]));
     let foreign = run(&other, &["auth", "inspect", &token]);
     assert!(!foreign.status.success());
-    assert!(text(&foreign.stdout).contains("NOT valid"), "{}", text(&foreign.stdout));
+    assert!(
+        text(&foreign.stdout).contains("NOT valid"),
+        "{}",
+        text(&foreign.stdout)
+    );
 
     // Bad input is refused with its reason.
     let bad = run(
         config,
-        &["auth", "issue", "--subject", "a", "--allow", "nope:x", "--expires", "1d"],
+        &[
+            "auth",
+            "issue",
+            "--subject",
+            "a",
+            "--allow",
+            "nope:x",
+            "--expires",
+            "1d",
+        ],
     );
     assert!(!bad.status.success());
-    assert!(text(&bad.stderr).contains("invalid right"), "{}", text(&bad.stderr));
+    assert!(
+        text(&bad.stderr).contains("invalid right"),
+        "{}",
+        text(&bad.stderr)
+    );
     let bad = run(
         config,
-        &["auth", "issue", "--subject", "a", "--allow", "*", "--expires", "1d", "--quota", "5X"],
+        &[
+            "auth",
+            "issue",
+            "--subject",
+            "a",
+            "--allow",
+            "*",
+            "--expires",
+            "1d",
+            "--quota",
+            "5X",
+        ],
     );
-    assert!(text(&bad.stderr).contains("size unit"), "{}", text(&bad.stderr));
+    assert!(
+        text(&bad.stderr).contains("size unit"),
+        "{}",
+        text(&bad.stderr)
+    );
     let no_key = run(
         &elsewhere,
-        &["auth", "issue", "--subject", "a", "--allow", "*", "--expires", "never"],
+        &[
+            "auth",
+            "issue",
+            "--subject",
+            "a",
+            "--allow",
+            "*",
+            "--expires",
+            "never",
+        ],
     );
     assert!(
         text(&no_key.stderr).contains("invariant auth init"),
@@ -149,7 +204,10 @@ fn init_force_replaces_the_key_in_another_folder() {
     let keys_arg = keys.to_str().expect("utf-8");
     ok(&run(dir.path(), &["auth", "init", "--dir", keys_arg]));
     let before = std::fs::read(keys.join("root.pub")).expect("pub");
-    ok(&run(dir.path(), &["auth", "init", "--dir", keys_arg, "--force"]));
+    ok(&run(
+        dir.path(),
+        &["auth", "init", "--dir", keys_arg, "--force"],
+    ));
     assert_ne!(std::fs::read(keys.join("root.pub")).expect("pub"), before);
     assert!(!dir.path().join("root.key").exists(), "--dir was used");
 }
@@ -173,15 +231,29 @@ fn client_options_are_checked_before_anything_is_sent() {
         ],
     );
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("missing.token"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("missing.token"),
+        "{}",
+        text(&out.stderr)
+    );
     let bad_ca = dir.path().join("ca.pem");
     std::fs::write(&bad_ca, "not a certificate").expect("write");
     let out = run(
         dir.path(),
-        &["--broker", &broker, "--ca-cert", bad_ca.to_str().expect("utf-8"), "status"],
+        &[
+            "--broker",
+            &broker,
+            "--ca-cert",
+            bad_ca.to_str().expect("utf-8"),
+            "status",
+        ],
     );
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("ca.pem"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("ca.pem"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(
         listener.accept().is_err(),
         "a client with unusable options connected"

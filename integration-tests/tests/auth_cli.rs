@@ -78,7 +78,10 @@ fn issued_tokens_open_exactly_their_routes() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let status = invariant(&config, broker.url(), &["status"])?;
-        if text(&status.stdout).lines().any(|l| l.starts_with("storage")) {
+        if text(&status.stdout)
+            .lines()
+            .any(|l| l.starts_with("storage"))
+        {
             break;
         }
         anyhow::ensure!(

@@ -178,7 +178,12 @@ fn up_starts_every_role_and_stops_cleanly() -> anyhow::Result<()> {
         text(&automatic.stderr)
     );
     // The server tokens and the root key are private.
-    for private in ["root.key", "operator.token", "storage-1.token", "files.token"] {
+    for private in [
+        "root.key",
+        "operator.token",
+        "storage-1.token",
+        "files.token",
+    ] {
         let path = net.data_dir().join("auth").join(private);
         assert_eq!(
             std::fs::metadata(&path)?.permissions().mode() & 0o777,

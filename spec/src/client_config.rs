@@ -14,8 +14,8 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::{ClientError, ClientResult};
 use crate::http::{ClientSecurity, read_token_file};
+use crate::{ClientError, ClientResult};
 
 /// Environment variable naming the `invariant` config dir.
 pub const CONFIG_DIR_ENV: &str = "INVARIANT_CONFIG_DIR";
@@ -124,8 +124,7 @@ impl ClientFlags {
         } else if let Some(path) = &self.token_file {
             security.token = Some(read_token_file(path)?);
             TokenSource::File(path.clone())
-        } else if let Some(path) = up_token_path(config_dir, broker_url).filter(|p| p.is_file())
-        {
+        } else if let Some(path) = up_token_path(config_dir, broker_url).filter(|p| p.is_file()) {
             security.token = Some(read_token_file(&path)?);
             TokenSource::Up(path)
         } else if config_dir.join("token").is_file() {

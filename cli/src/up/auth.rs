@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use invariant_runtime::Role;
-use invariant_spec::auth::{Grant, RootKey, Right, VerifiedToken, parse_rights};
+use invariant_spec::auth::{Grant, Right, RootKey, VerifiedToken, parse_rights};
 
 use crate::auth::{ROOT_KEY_FILE, ROOT_PUB_FILE, read_root_key, write_private, write_public};
 
