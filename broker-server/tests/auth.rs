@@ -4,7 +4,7 @@
 //! contact a url outside `--peer-allow` nor follow a redirect.
 //!
 //! Every listener is on 127.0.0.1; "outside the allowed networks" is made by allowing
-//! only 10.0.0.0/8, and listeners that must not be contacted count the connections
+//! only 127.0.0.128/25, and listeners that must not be contacted count the connections
 //! they accept.
 
 use std::path::Path;
@@ -395,7 +395,7 @@ async fn open_mode_replaces_as_before_and_its_records_are_claimed_once() {
 async fn liveness_never_contacts_a_url_outside_peer_allow() {
     let recorder = Recorder::start(None).await;
     let dir = tempfile::tempdir().expect("dir");
-    let broker = launch(dir.path(), None, fast(), "10.0.0.0/8").await;
+    let broker = launch(dir.path(), None, fast(), "127.0.0.128/25").await;
     let id = Id::of_content(b"outside the allowed networks");
     // An IP literal and a name that resolves to loopback: neither may be contacted.
     let by_name = format!("http://localhost:{}", recorder.port());

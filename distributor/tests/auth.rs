@@ -6,7 +6,7 @@
 //! bounded rate.
 //!
 //! Every listener is on 127.0.0.1; "outside the allowed networks" is made by allowing
-//! only 10.0.0.0/8, and listeners that must not be contacted count the connections
+//! only 127.0.0.128/25, and listeners that must not be contacted count the connections
 //! they accept.
 
 use std::path::Path;
@@ -516,7 +516,14 @@ async fn storage_servers_outside_peer_allow_are_never_contacted() {
     broker.register(named, "storage", &format!("http://localhost:{port}"));
 
     let dir = tempfile::tempdir().expect("dir");
-    let server = launch(dir.path(), None, Some(&broker), "10.0.0.0/8", fast_config()).await;
+    let server = launch(
+        dir.path(),
+        None,
+        Some(&broker),
+        "127.0.0.128/25",
+        fast_config(),
+    )
+    .await;
     let client = client(server.url(), None);
     client
         .pin(&[Id::of_content(b"a block")])

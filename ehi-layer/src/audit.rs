@@ -361,7 +361,7 @@ impl AuditEntry {
 }
 
 // ---------------------------------------------------------------------------------------
-// Entries written for someone else (`ehi serve`, issue 10)
+// Entries written for someone else (`ehi serve`)
 // ---------------------------------------------------------------------------------------
 
 /// Code system of the grant id in an app requestor's `AuditEvent.agent.who.identifier`.

@@ -92,7 +92,7 @@ enum AuditCommand {
     Verify,
 }
 
-// ---- issue 9 part 2: break-glass and devices (subcommands) --------------------------
+// ---- break-glass and devices (subcommands) ---------------------------------------------
 
 #[derive(Subcommand, Debug)]
 enum EmergencyCommand {
@@ -150,7 +150,7 @@ enum DeviceCommand {
     },
 }
 
-// ---- end issue 9 part 2 ----------------------------------------------------------------
+// ---- end of break-glass and devices -----------------------------------------------------
 
 #[derive(Subcommand, Debug)]
 enum RequestsCommand {
@@ -777,7 +777,7 @@ async fn merge_app_audit(vault: &Vault) {
     }
 }
 
-/// Consent requests and contributions (issue 9).
+/// Consent requests and contributions.
 async fn consent_command(vault: &Vault, command: Command, table: bool) -> anyhow::Result<()> {
     use ehi_layer::time::instant;
     match command {
@@ -1176,7 +1176,7 @@ async fn log_read(vault: &Vault, action: AuditAction, entities: Vec<String>) {
     }
 }
 
-// ---- issue 9 part 2: break-glass and devices (handlers) ---------------------------------
+// ---- break-glass and devices (handlers) -------------------------------------------------
 
 async fn emergency(
     vault: &Vault,
@@ -1362,4 +1362,4 @@ async fn device_join(broker: &str, keystore_path: &Path, code: &str) -> anyhow::
     Ok(())
 }
 
-// ---- end issue 9 part 2 ----------------------------------------------------------------
+// ---- end of break-glass and devices -----------------------------------------------------

@@ -1,5 +1,5 @@
 //! Consent requests, contributions, apps' audit reports and rollback detection, against
-//! a real local network (issue 9): request → approve → the app reads; deny → it cannot
+//! a real local network: request → approve → the app reads; deny → it cannot
 //! and learns it; tampered and forged requests refused; contribution → accept → in the
 //! vault with a Provenance; reject → not; a read-only grant cannot contribute; app
 //! audit chains merged ("last use"); a rolled-back vault slot is refused.

@@ -1,4 +1,4 @@
-//! Vault removal with every sharing feature in place (issue 9), against a real local
+//! Vault removal with every sharing feature in place, against a real local
 //! network: a consent inbox with a pending and an approved request, a contribute grant
 //! with its channel and a contribution, an emergency policy used once by its holder,
 //! a second device and the device keyring (after a third device was removed). After

@@ -170,7 +170,7 @@ pub struct SecurityArgs {
     pub insecure_skip_verify: bool,
 
     /// Peer addresses (CIDRs) this server may contact for fetches, replication and
-    /// liveness checks, e.g. `10.0.0.0/8,127.0.0.1/32`. Default: any.
+    /// liveness checks, e.g. `198.51.100.0/24,127.0.0.1/32`. Default: any.
     #[arg(long, env = "INVARIANT_PEER_ALLOW", value_delimiter = ',')]
     pub peer_allow: Vec<ipnet::IpNet>,
 }

@@ -231,13 +231,12 @@ mod tests {
         assert!(any.allows("127.0.0.1".parse().expect("ip")));
         assert!(any.check_url("http://127.0.0.1:1").is_ok());
 
-        let ten = PeerPolicy::new(nets("10.0.0.0/8,fd00::/8"));
-        assert!(ten.allows("10.1.2.3".parse().expect("ip")));
-        assert!(ten.allows("::ffff:10.1.2.3".parse().expect("ip")));
-        assert!(ten.allows("fd00::1".parse().expect("ip")));
+        let ten = PeerPolicy::new(nets("127.0.0.128/25"));
+        assert!(ten.allows("127.0.0.200".parse().expect("ip")));
+        assert!(ten.allows("::ffff:127.0.0.200".parse().expect("ip")));
         assert!(!ten.allows("127.0.0.1".parse().expect("ip")));
         assert!(!ten.allows("::1".parse().expect("ip")));
-        assert!(ten.check_url("http://10.0.0.1:3001").is_ok());
+        assert!(ten.check_url("http://127.0.0.129:3001").is_ok());
         assert!(
             ten.check_url("https://name.example").is_ok(),
             "names resolve later"
@@ -246,7 +245,7 @@ mod tests {
             ("http://127.0.0.1:3001", "outside"),
             ("http://[::1]:3001", "outside"),
             ("http://[::ffff:127.0.0.1]:1", "outside"),
-            ("ftp://10.0.0.1", "scheme"),
+            ("ftp://127.0.0.129", "scheme"),
             ("file:///etc/passwd", "scheme"),
             ("not a url", "absolute"),
         ] {
@@ -277,7 +276,7 @@ mod tests {
         let (addr, connections) = counting_listener().await;
         let client = PeerClient::new(
             &ClientSecurity::default(),
-            &nets("10.0.0.0/8"),
+            &nets("127.0.0.128/25"),
             Duration::from_secs(2),
             Some(Duration::from_secs(2)),
         )

@@ -130,8 +130,8 @@ mod tests {
             );
         }
 
-        let ten = peers(&["10.0.0.0/8"]);
-        assert!(ten.endpoint("http://10.1.2.3:80").is_ok());
+        let ten = peers(&["127.0.0.128/25"]);
+        assert!(ten.endpoint("http://127.0.0.200:80").is_ok());
         for refused in [
             "http://127.0.0.1:1",
             "http://[::1]:1",
@@ -144,7 +144,7 @@ mod tests {
             );
         }
         // A mapped IPv4 address counts as that address.
-        assert!(ten.endpoint("http://[::ffff:10.0.0.1]:1").is_ok());
+        assert!(ten.endpoint("http://[::ffff:127.0.0.129]:1").is_ok());
         // Names are checked when resolved (see the fetch tests), not here.
         assert!(ten.endpoint("http://localhost:1").is_ok());
     }

@@ -645,14 +645,14 @@ async fn fetch_checks_the_peers_id_before_transferring() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_never_connects_outside_peer_allow() {
-    let allow = vec!["10.0.0.0/8".parse().expect("cidr")];
+    let allow = vec!["127.0.0.128/25".parse().expect("cidr")];
     let setup = FetchSetup::start(move |o| o.peer_allow = allow).await;
     let holder_id = setup.holder.id();
     let port = setup.holder.local_addr().port();
     let listener = Recorder::start(|_| answer("200 OK", "", "")).await;
     let listener_port = listener.url.rsplit(':').next().expect("port").to_string();
     // The real holder's url, an IP literal and a name that resolves to loopback: all
-    // outside 10.0.0.0/8.
+    // outside 127.0.0.128/25.
     for url in [
         setup.holder.url().to_string(),
         listener.url.clone(),

@@ -259,8 +259,8 @@ mod tests {
             vec!["localhost", "::1"]
         );
         assert_eq!(
-            names_for("10.1.2.3".parse().expect("ip")),
-            vec!["10.1.2.3", "localhost"]
+            names_for("192.0.2.7".parse().expect("ip")),
+            vec!["192.0.2.7", "localhost"]
         );
     }
 
