@@ -8,8 +8,6 @@
 //! they accept.
 
 use std::path::Path;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use broker_server::{BrokerConfig, LivenessConfig};
@@ -17,10 +15,8 @@ use invariant_runtime::{Role, Server, ServerContext, ServerOptions};
 use invariant_spec::broker::{Location, Registration};
 use invariant_spec::http::Endpoint;
 use invariant_spec::{BrokerClient, Id};
-use invariant_test_support::{TestAuth, eventually};
+use invariant_test_support::{Recorder, TestAuth, eventually};
 use reqwest::StatusCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::task::JoinHandle;
 
 // ---------------------------------------------------------------------------------------
 // Harness
@@ -106,67 +102,6 @@ async fn register_raw(
 
 async fn location(server: &Server, id: &Id) -> Option<Location> {
     client(server, None).location(id).await.expect("location")
-}
-
-/// A loopback listener counting accepted connections; each connection gets `answer`
-/// (after the request head) when given, else is closed at once.
-struct Recorder {
-    url: String,
-    accepted: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl Recorder {
-    async fn start(answer: Option<String>) -> Recorder {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind recorder");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::clone(&accepted);
-        let task = tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                seen.fetch_add(1, Ordering::SeqCst);
-                let answer = answer.clone();
-                tokio::spawn(async move {
-                    let Some(answer) = answer else { return };
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = socket.write_all(answer.as_bytes()).await;
-                    let _ = socket.shutdown().await;
-                });
-            }
-        });
-        Recorder {
-            url,
-            accepted,
-            task,
-        }
-    }
-
-    fn port(&self) -> u16 {
-        self.url
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .expect("port")
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 async fn start_storage() -> (tempfile::TempDir, Server) {

@@ -21,10 +21,9 @@ use invariant_runtime::{Role, Server, ServerContext, ServerOptions};
 use invariant_spec::distributor::SubjectPins;
 use invariant_spec::http::Endpoint;
 use invariant_spec::{DistributorClient, Id, StorageClient};
-use invariant_test_support::{FakeBroker, TestAuth, eventually, spawn_app};
+use invariant_test_support::{FakeBroker, Recorder, TestAuth, eventually, spawn_app};
 use reqwest::StatusCode;
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 // ---------------------------------------------------------------------------------------
@@ -147,59 +146,6 @@ impl Storage {
 
     async fn holds(&self, block: &Id) -> bool {
         self.client.has(block).await.expect("HEAD").is_some()
-    }
-}
-
-/// A loopback listener counting accepted connections; each connection gets `answer`
-/// (after the request head) when given, else is closed at once.
-struct Recorder {
-    url: String,
-    accepted: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl Recorder {
-    async fn start(answer: Option<String>) -> Recorder {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind recorder");
-        let url = format!("http://{}", listener.local_addr().expect("addr"));
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let seen = Arc::clone(&accepted);
-        let task = tokio::spawn(async move {
-            while let Ok((mut socket, _)) = listener.accept().await {
-                seen.fetch_add(1, Ordering::SeqCst);
-                let answer = answer.clone();
-                tokio::spawn(async move {
-                    let Some(answer) = answer else { return };
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                        match socket.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let _ = socket.write_all(answer.as_bytes()).await;
-                    let _ = socket.shutdown().await;
-                });
-            }
-        });
-        Recorder {
-            url,
-            accepted,
-            task,
-        }
-    }
-
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 

@@ -7,7 +7,9 @@
 //!   checks, so a test controls exactly which servers the code under test can find;
 //! - [`TestAuth`]: a root key and tokens (valid, expired, foreign, attenuated) for
 //!   tests of token checks;
-//! - [`TestPki`]: a CA and a server certificate for HTTPS tests.
+//! - [`TestPki`]: a CA and a server certificate for HTTPS tests;
+//! - [`Recorder`]: a loopback listener that counts the connections it accepts (for
+//!   tests that a server never contacts an address).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -430,5 +432,72 @@ impl SecuritySetup {
             }
         };
         security.http_client().expect("bench client")
+    }
+}
+
+/// A loopback listener counting accepted connections; each connection gets `answer`
+/// (after the request head) when given, else is closed at once.
+#[derive(Debug)]
+pub struct Recorder {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    task: JoinHandle<()>,
+}
+
+impl Recorder {
+    /// Starts the listener.
+    pub async fn start(answer: Option<String>) -> Recorder {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind recorder");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let seen = Arc::clone(&accepted);
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let Some(answer) = answer else { return };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tokio::io::AsyncReadExt::read(&mut socket, &mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let _ =
+                        tokio::io::AsyncWriteExt::write_all(&mut socket, answer.as_bytes()).await;
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut socket).await;
+                });
+            }
+        });
+        Recorder {
+            url,
+            accepted,
+            task,
+        }
+    }
+
+    /// The listener's port.
+    pub fn port(&self) -> u16 {
+        self.url
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port")
+    }
+
+    /// Connections accepted so far.
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
