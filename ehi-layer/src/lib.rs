@@ -258,6 +258,7 @@ pub mod serve;
 pub mod session;
 mod slotmove;
 pub mod time;
+pub mod validate;
 pub mod vault;
 
 pub use app::{AppCard, AppKeystore};
