@@ -265,6 +265,7 @@ impl From<CompressArg> for invariant_content::Compression {
 }
 
 fn main() -> std::process::ExitCode {
+    invariant_runtime::stdout::exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -273,6 +274,8 @@ fn main() -> std::process::ExitCode {
         .and_then(|runtime| runtime.block_on(run(cli)));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of the output left (`invariant cat … | head -c 10`).
+        Err(e) if invariant_runtime::stdout::is_closed_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:?}");
             if let Some(hint) = hint(&e) {
