@@ -265,6 +265,7 @@ impl From<CompressArg> for invariant_content::Compression {
 }
 
 fn main() -> std::process::ExitCode {
+    invariant_runtime::stdout::exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
     let result = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -273,6 +274,8 @@ fn main() -> std::process::ExitCode {
         .and_then(|runtime| runtime.block_on(run(cli)));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // The reader of the output left (`invariant cat … | head -c 10`).
+        Err(e) if invariant_runtime::stdout::is_closed_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("Error: {e:?}");
             if let Some(hint) = hint(&e) {
@@ -565,26 +568,72 @@ fn broker(url: &str) -> anyhow::Result<BrokerClient> {
 }
 
 async fn status(broker: &BrokerClient) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let broker_id = broker
         .endpoint()
         .server_id()
         .await
         .with_context(|| format!("no broker answers at {}", broker.endpoint().base_url()))?;
     println!(
-        "{:<12} {broker_id} {}",
+        "{:<12} {broker_id} {}  {}",
         "broker",
-        broker.endpoint().base_url()
+        broker.endpoint().base_url(),
+        answered(started.elapsed())
     );
     for kind in KINDS {
         let ids = broker.registered(kind).await?;
         for id in ids {
-            match broker.resolve(&id).await? {
-                Some(url) => println!("{kind:<12} {id} {url}"),
-                None => println!("{kind:<12} {id} (not answering)"),
-            }
+            let Some(url) = broker.resolve(&id).await? else {
+                println!("{kind:<12} {id} (not answering)");
+                continue;
+            };
+            println!("{kind:<12} {id} {url}  {}", health(kind, &id, &url).await);
         }
     }
     Ok(())
+}
+
+/// `ok, 3 ms`: a server answered `/id` after `elapsed`.
+fn answered(elapsed: std::time::Duration) -> String {
+    format!("ok, {} ms", elapsed.as_millis())
+}
+
+/// One server's health: whether `/id` answers with `id` and how fast; for the
+/// distributor also its pins and whether they have their N copies.
+async fn health(kind: &str, id: &Id, url: &str) -> String {
+    let endpoint = match invariant_spec::http::Endpoint::new(url) {
+        Ok(endpoint) => endpoint,
+        Err(e) => return format!("unusable url: {e}"),
+    };
+    let started = std::time::Instant::now();
+    let mut line = match endpoint.server_id().await {
+        Ok(answer) if answer == *id => answered(started.elapsed()),
+        Ok(other) => return format!("answers /id with another id ({other})"),
+        Err(e) => return format!("not answering /id: {e}"),
+    };
+    if kind == "distribute" {
+        match DistributorClient::from_endpoint(endpoint).status().await {
+            Ok(status) => line.push_str(&distributor_health(&status)),
+            Err(e) => line.push_str(&format!("; status unavailable: {e}")),
+        }
+    }
+    line
+}
+
+/// `; 12 pinned, 0 under-replicated (3 of 3 storage servers active)`, plus a warning
+/// when fewer than N storage servers are active.
+fn distributor_health(status: &invariant_spec::distributor::DistributorStatus) -> String {
+    let mut text = format!(
+        "; {} pinned, {} under-replicated ({} storage servers active, N = {})",
+        status.pinned, status.under_replicated, status.storages_active, status.replicas
+    );
+    if status.replica_shortfall > 0 {
+        text.push_str(&format!(
+            "; N copies unreachable: {} more storage server(s) needed",
+            status.replica_shortfall
+        ));
+    }
+    text
 }
 
 async fn storage_clients(broker: &BrokerClient) -> anyhow::Result<Vec<StorageClient>> {

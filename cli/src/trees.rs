@@ -164,11 +164,69 @@ pub async fn download(
 ) -> anyhow::Result<()> {
     let progress = bar(None, "download");
     let reader = reader(broker, &progress).await?;
-    download_directory(&reader, link, dest)
-        .await
-        .with_context(|| format!("downloading into {}", dest.display()))?;
+    let before = Before::of(dest).await;
+    if let Err(e) = download_directory(&reader, link, dest).await {
+        progress.finish_and_clear();
+        // Take back what this download wrote: the folder it created, or what it put
+        // into the empty folder it was given.
+        if let Err(cleanup) = remove_partial(dest, before).await {
+            eprintln!(
+                "warning: could not remove the partial download in {}: {cleanup}",
+                dest.display()
+            );
+        }
+        return Err(anyhow::Error::from(e).context(format!("downloading into {}", dest.display())));
+    }
     progress.finish_with_message("downloaded");
     Ok(())
+}
+
+/// What was at a download's destination before it started.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Before {
+    /// Nothing: the download creates the folder.
+    Missing,
+    /// An empty folder.
+    Empty,
+    /// Anything else (the download refuses it and writes nothing).
+    Other,
+}
+
+impl Before {
+    async fn of(dest: &Path) -> Before {
+        match tokio::fs::read_dir(dest).await {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Before::Missing,
+            Ok(mut entries) => match entries.next_entry().await {
+                Ok(None) => Before::Empty,
+                _ => Before::Other,
+            },
+            Err(_) => Before::Other,
+        }
+    }
+}
+
+/// Removes what a failed download wrote: `dest` itself when the download created it,
+/// everything in it when it was an empty folder, nothing otherwise.
+async fn remove_partial(dest: &Path, before: Before) -> std::io::Result<()> {
+    match before {
+        Before::Missing => match tokio::fs::remove_dir_all(dest).await {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        },
+        Before::Empty => {
+            let mut entries = tokio::fs::read_dir(dest).await?;
+            while let Some(entry) = entries.next_entry().await? {
+                let path = entry.path();
+                if entry.file_type().await?.is_dir() {
+                    tokio::fs::remove_dir_all(&path).await?;
+                } else {
+                    tokio::fs::remove_file(&path).await?;
+                }
+            }
+            Ok(())
+        }
+        Before::Other => Ok(()),
+    }
 }
 
 /// Pins (or unpins) every blob of the tree at `link` with the distributor.

@@ -72,6 +72,7 @@ struct Cli {
 }
 
 fn main() -> anyhow::Result<ExitCode> {
+    invariant_runtime::stdout::exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
     if cli.list {
         for (id, spec, title) in invariant_conformance::checks(cli.role) {

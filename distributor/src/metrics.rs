@@ -2,7 +2,10 @@
 //!
 //! Gauges (set from [`DistributorStatus`] every second and after each change):
 //! - `distributor_pinned_blocks`: distinct pinned blocks.
-//! - `distributor_under_replicated_blocks`: pinned blocks not yet on all their servers.
+//! - `distributor_under_replicated_blocks`: pinned blocks with fewer than N copies on
+//!   active storage servers.
+//! - `distributor_replica_shortfall`: storage servers missing for N copies (N minus the
+//!   active ones, at least 0).
 //! - `distributor_copies_in_flight`: copies running now.
 //! - `distributor_storages_active`: storage servers answering health checks.
 //! - `distributor_storages_known`: storage servers distributed onto when active.
@@ -15,6 +18,7 @@ use invariant_spec::distributor::DistributorStatus;
 pub fn publish(status: &DistributorStatus) {
     metrics::gauge!("distributor_pinned_blocks").set(status.pinned as f64);
     metrics::gauge!("distributor_under_replicated_blocks").set(status.under_replicated as f64);
+    metrics::gauge!("distributor_replica_shortfall").set(status.replica_shortfall as f64);
     metrics::gauge!("distributor_copies_in_flight").set(status.copies_in_flight as f64);
     metrics::gauge!("distributor_storages_active").set(status.storages_active as f64);
     metrics::gauge!("distributor_storages_known").set(status.storages_known as f64);

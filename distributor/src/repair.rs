@@ -75,7 +75,7 @@ pub(crate) enum Next {
 }
 
 /// Blocks needing work: queued, running, waiting for a retry, or stalled. Their number
-/// is the `under_replicated` figure.
+/// is the `under_replicated` figure while at least N storage servers are active.
 #[derive(Debug, Default)]
 pub(crate) struct WorkQueue {
     inner: Mutex<Work>,

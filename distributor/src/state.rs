@@ -129,14 +129,25 @@ impl Core {
     /// The current status.
     pub fn status(&self) -> DistributorStatus {
         let active = self.members.active();
+        let pinned = self.stats.pinned.load(Ordering::Relaxed);
+        let replicas = self.config.replicas as u64;
+        let replica_shortfall = replicas.saturating_sub(active.ids.len() as u64);
+        // With fewer active servers than N, placement aims at all of them and the work
+        // queue empties, yet no block has N copies on live servers.
+        let under_replicated = if replica_shortfall > 0 {
+            pinned
+        } else {
+            self.work.len() as u64
+        };
         DistributorStatus {
-            pinned: self.stats.pinned.load(Ordering::Relaxed),
-            under_replicated: self.work.len() as u64,
+            pinned,
+            under_replicated,
+            replica_shortfall,
             copies_in_flight: self.stats.copies_in_flight.load(Ordering::Relaxed),
             storages_active: active.ids.len() as u64,
             storages_known: self.members.known() as u64,
             storages_registered: self.stats.registered.load(Ordering::Relaxed),
-            replicas: self.config.replicas as u64,
+            replicas,
             copies_completed: self.stats.copies_completed.load(Ordering::Relaxed),
             copies_failed: self.stats.copies_failed.load(Ordering::Relaxed),
             passes: self.stats.passes.load(Ordering::Relaxed),

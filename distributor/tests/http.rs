@@ -464,6 +464,7 @@ async fn status_fields_and_gauges_are_served() {
     for field in [
         "pinned",
         "under_replicated",
+        "replica_shortfall",
         "copies_in_flight",
         "storages_active",
         "storages_known",
@@ -473,11 +474,13 @@ async fn status_fields_and_gauges_are_served() {
     }
     assert_eq!(json["pinned"], 4);
     assert_eq!(json["replicas"], 3);
-    // With no storage server every pinned block is under-replicated.
+    // With no storage server every pinned block is under-replicated, and all N
+    // servers are missing.
     eventually("pins to count as under-replicated", || async {
         h.status().await.under_replicated == 4
     })
     .await;
+    assert_eq!(h.status().await.replica_shortfall, 3);
 
     let metrics = h
         .http
@@ -493,6 +496,7 @@ async fn status_fields_and_gauges_are_served() {
         "distributor_under_replicated_blocks",
         "distributor_copies_in_flight",
         "distributor_storages_active",
+        "distributor_replica_shortfall",
     ] {
         assert!(metrics.contains(gauge), "{gauge} missing from /metrics");
     }
@@ -895,8 +899,14 @@ async fn a_returning_server_has_its_holdings_checked_again() {
     let leaving = storages.remove(1);
     let id = leaving.id();
     let data_dir = leaving.stop().await;
+    // With 2 of 3 servers alive the block has 2 copies, below N: the status says so,
+    // and that N cannot be reached with the live servers.
     eventually("the server counted as lost", || async {
-        converged(&client, 2).await
+        let status = client.status().await.expect("status");
+        status.storages_active == 2
+            && status.copies_in_flight == 0
+            && status.under_replicated == 1
+            && status.replica_shortfall == 1
     })
     .await;
     let hex = block.to_string();

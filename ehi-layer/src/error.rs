@@ -113,6 +113,12 @@ pub enum EhiError {
         #[source]
         source: ClientError,
     },
+    /// Nothing accepts connections at the broker's address.
+    #[error("no broker at {url}; start one with `invariant up` (or give --broker)")]
+    NoBroker {
+        /// The broker url tried.
+        url: String,
+    },
     /// The network lacks a server the vault needs.
     #[error("the invariant network at {broker} has no usable {kind} server{hint}")]
     MissingServer {

@@ -196,13 +196,18 @@ enum Command {
         /// The Patient id.
         id: String,
     },
-    /// Export everything: `<dir>/bundle.json` and `<dir>/ndjson/<Type>.ndjson`.
+    /// Export everything: `<dir>/bundle.json` and `<dir>/ndjson/<Type>.ndjson`, into a
+    /// new or empty directory (`--force` for any).
     Export {
         /// The directory.
         dir: PathBuf,
         /// Include every version (the Bundle becomes a history Bundle).
         #[arg(long)]
         history: bool,
+        /// Write into a directory that is not empty (files of the same names are
+        /// replaced).
+        #[arg(long)]
+        force: bool,
     },
     /// Remove the vault: tombstone its slots, unpin its blocks, destroy the keystore.
     Delete {
@@ -249,11 +254,12 @@ enum Command {
         /// Only entries mentioning this app name.
         #[arg(long)]
         app: Option<String>,
-        /// Only entries recorded at or after this date/instant (UTC, `2026-01-01`).
-        #[arg(long)]
+        /// Only entries recorded at or after this UTC date or instant (`2026-01-01`,
+        /// `2026-01-01T08:30:00Z`).
+        #[arg(long, value_parser = audit_bound)]
         since: Option<String>,
-        /// Only entries recorded before this date/instant (UTC).
-        #[arg(long)]
+        /// Only entries recorded before this UTC date or instant.
+        #[arg(long, value_parser = audit_bound)]
         until: Option<String>,
     },
     /// Revoke a grant: rotate the keys of its scopes, re-seal for the other grantees.
@@ -358,13 +364,20 @@ enum TokenAction {
     },
 }
 
+/// `--since`/`--until`: a UTC date or instant, refused as a usage error otherwise.
+fn audit_bound(text: &str) -> Result<String, ehi_layer::time::InvalidBound> {
+    ehi_layer::time::parse_bound(text)
+}
+
 fn main() -> anyhow::Result<()> {
+    invariant_runtime::stdout::exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(run(cli))
+    // A reader that closed the pipe (`ehi search … | head -2`) ends the command quietly.
+    invariant_runtime::stdout::quiet(runtime.block_on(run(cli)))
 }
 
 /// Installs the client options as the process default, before any client is built.
@@ -422,6 +435,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         } => return emergency_open(&cli.broker, &ticket, &app_keystore, &reason).await,
         command => command,
     };
+    if let Command::Export {
+        dir, force: false, ..
+    } = &command
+    {
+        // Checked before unlocking anything, so a mistyped folder costs nothing.
+        refuse_non_empty(dir)?;
+    }
     let passphrase = passphrase(false)?;
     let keystore = {
         let path = keystore_path.clone();
@@ -496,7 +516,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }))?;
             }
         }
-        Command::Export { dir, history } => {
+        Command::Export { dir, history, .. } => {
             let summary = export::to_dir(&vault, &dir, history).await?;
             log_read(
                 &vault,
@@ -1092,21 +1112,52 @@ fn default_keystore() -> anyhow::Result<PathBuf> {
     Ok(config.join("ehi").join("keystore.json"))
 }
 
+/// Fails unless `dir` is missing or an empty directory.
+fn refuse_non_empty(dir: &Path) -> anyhow::Result<()> {
+    match std::fs::read_dir(dir) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(anyhow::Error::from(e).context(format!("reading {}", dir.display()))),
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                bail!(
+                    "{} is not empty; choose a new folder, or pass --force to write into it \
+                     (files of the same names are replaced)",
+                    dir.display()
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Asks on the terminal, or says how to give the passphrase when there is none.
+fn prompt_passphrase(prompt: &str) -> anyhow::Result<Zeroizing<String>> {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .is_err()
+    {
+        bail!(
+            "no terminal to ask for the keystore passphrase: set EHI_PASSPHRASE (for \
+             scripts and services), or run ehi in a terminal"
+        );
+    }
+    Ok(Zeroizing::new(
+        rpassword::prompt_password(prompt).context("reading the passphrase")?,
+    ))
+}
+
 fn passphrase(new: bool) -> anyhow::Result<Zeroizing<String>> {
     if let Ok(value) = std::env::var("EHI_PASSPHRASE") {
         return Ok(Zeroizing::new(value));
     }
-    let first = Zeroizing::new(
-        rpassword::prompt_password("Keystore passphrase: ").context("reading the passphrase")?,
-    );
+    let first = prompt_passphrase("Keystore passphrase: ")?;
     if new {
         if first.chars().count() < 8 {
             bail!("choose a passphrase of at least 8 characters");
         }
-        let again = Zeroizing::new(
-            rpassword::prompt_password("Repeat the passphrase: ")
-                .context("reading the passphrase")?,
-        );
+        let again = prompt_passphrase("Repeat the passphrase: ")?;
         if *first != *again {
             bail!("the passphrases differ");
         }

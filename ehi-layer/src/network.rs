@@ -265,13 +265,33 @@ impl Network {
 }
 
 async fn registered(broker: &BrokerClient, kind: &'static str) -> Result<Vec<Id>> {
-    broker.registered(kind).await.map_err(|e| {
-        EhiError::network(
+    broker.registered(kind).await.map_err(|e| match e {
+        ClientError::Transport { source, .. } if connection_refused(&source) => {
+            EhiError::NoBroker {
+                url: broker.endpoint().base_url().to_string(),
+            }
+        }
+        e => EhiError::network(
             format!(
                 "asking the broker at {} for {kind} servers",
                 broker.endpoint().base_url()
             ),
             e,
-        )
+        ),
     })
+}
+
+/// Whether a request failed because nothing listens at the address (as opposed to a
+/// TLS, DNS or protocol failure, which keep their own message).
+fn connection_refused(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = cause {
+        if e.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }

@@ -25,6 +25,76 @@ pub fn instant(ms: u64) -> String {
     )
 }
 
+/// A `--since`/`--until` value that is not a UTC date or instant.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{0:?} is not a date: give a UTC date (2026-01-31) or instant (2026-01-31T08:30:00Z \
+     or 2026-01-31T08:30:00.250Z)"
+)]
+pub struct InvalidBound(pub String);
+
+/// A time bound given on the command line, checked and put in the form of the
+/// instants [`instant`] writes, so that text order is time order: a date
+/// `YYYY-MM-DD` stays as it is (it sorts before every instant of that day), an instant
+/// `YYYY-MM-DDThh:mm:ss[.f]Z` gets exactly three fraction digits.
+pub fn parse_bound(text: &str) -> Result<String, InvalidBound> {
+    let invalid = || InvalidBound(text.to_string());
+    let (date, time) = match text.split_once('T') {
+        Some((date, time)) => (date, Some(time)),
+        None => (text, None),
+    };
+    let number = |s: &str, len: usize| -> Option<u32> {
+        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+    };
+    let mut parts = date.split('-');
+    let (Some(y), Some(m), Some(d), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid());
+    };
+    let (year, month, day) = match (number(y, 4), number(m, 2), number(d, 2)) {
+        (Some(y), Some(m), Some(d)) => (y, m, d),
+        _ => return Err(invalid()),
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return Err(invalid()),
+    };
+    if day == 0 || day > days_in_month {
+        return Err(invalid());
+    }
+    let Some(time) = time else {
+        return Ok(date.to_string());
+    };
+    let clock = time.strip_suffix('Z').ok_or_else(invalid)?;
+    let (hms, fraction) = match clock.split_once('.') {
+        Some((hms, fraction)) => (hms, fraction),
+        None => (clock, ""),
+    };
+    let mut fields = hms.split(':');
+    let (Some(h), Some(mi), Some(s), None) =
+        (fields.next(), fields.next(), fields.next(), fields.next())
+    else {
+        return Err(invalid());
+    };
+    match (number(h, 2), number(mi, 2), number(s, 2)) {
+        (Some(h), Some(mi), Some(s)) if h < 24 && mi < 60 && s < 60 => {}
+        _ => return Err(invalid()),
+    }
+    if !fraction.bytes().all(|b| b.is_ascii_digit()) || (clock.contains('.') && fraction.is_empty())
+    {
+        return Err(invalid());
+    }
+    let millis: String = fraction.chars().chain("000".chars()).take(3).collect();
+    Ok(format!("{date}T{hms}.{millis}Z"))
+}
+
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's
 /// algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
@@ -50,5 +120,51 @@ mod tests {
         assert_eq!(instant(951_782_400_000), "2000-02-29T00:00:00.000Z");
         assert_eq!(instant(1_717_237_230_123), "2024-06-01T10:20:30.123Z");
         assert!(crate::fhir::valid_instant(&instant(now_ms())));
+    }
+
+    #[test]
+    fn bounds() {
+        assert_eq!(
+            parse_bound("2026-01-31").ok().as_deref(),
+            Some("2026-01-31")
+        );
+        assert_eq!(
+            parse_bound("2024-02-29").ok().as_deref(),
+            Some("2024-02-29")
+        );
+        assert_eq!(
+            parse_bound("2026-01-31T08:30:00Z").ok().as_deref(),
+            Some("2026-01-31T08:30:00.000Z")
+        );
+        assert_eq!(
+            parse_bound("2026-01-31T08:30:00.25Z").ok().as_deref(),
+            Some("2026-01-31T08:30:00.250Z")
+        );
+        // The normalized bound orders like the instants the log records.
+        let bound = parse_bound("2024-06-01T10:20:30Z").unwrap_or_default();
+        assert!(instant(1_717_237_230_123).as_str() >= bound.as_str());
+        assert!(instant(1_717_237_229_999).as_str() < bound.as_str());
+        for bad in [
+            "yesterday",
+            "2026-13-45",
+            "2026-02-29",
+            "2026-04-31",
+            "2026-00-10",
+            "2026-1-5",
+            "26-01-01",
+            "2026-01-01T25:00:00Z",
+            "2026-01-01T10:00:00",
+            "2026-01-01T10:00:00+02:00",
+            "2026-01-01T10:00:00.Z",
+            "2026-01-01T10:00Z",
+            "",
+        ] {
+            let err = parse_bound(bad).err();
+            assert!(err.is_some(), "{bad} accepted");
+            assert!(
+                err.is_some_and(|e| e.to_string().contains("2026-01-31T08:30:00Z")),
+                "{bad}"
+            );
+        }
     }
 }

@@ -489,7 +489,21 @@ async fn bulk_export(api: &Api, kickoff: &str, token: &str) -> anyhow::Result<Va
         let resp = api.http.get(&status_url).bearer_auth(token).send().await?;
         match resp.status() {
             StatusCode::ACCEPTED => {
-                ensure!(resp.headers().contains_key("x-progress"));
+                // Patient-level jobs count patients, system-level ones resources.
+                let unit = if kickoff.starts_with("Patient") || kickoff.starts_with("Group") {
+                    " patients"
+                } else {
+                    " resources"
+                };
+                let progress = resp
+                    .headers()
+                    .get("x-progress")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default();
+                ensure!(
+                    progress.ends_with(unit),
+                    "X-Progress {progress:?} for {kickoff}"
+                );
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             StatusCode::OK => {

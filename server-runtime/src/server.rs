@@ -311,12 +311,14 @@ pub fn cancel_on_signals(token: CancellationToken) {
 /// The body of every server binary's `main`: parses nothing itself (the binary's clap
 /// parser flattens [`CommonArgs`]), sets up logging and the runtime, prepares the data
 /// directory and id, builds the role's server with `start`, prints
-/// `listening on http://<addr>` to stdout, and waits for SIGINT/SIGTERM.
+/// `listening on http://<addr>` to stdout (a closed stdout does not stop the server),
+/// and waits for SIGINT/SIGTERM. A panic printing to a closed stdout exits quietly.
 pub fn run_main<F, Fut>(role: Role, args: &CommonArgs, start: F) -> anyhow::Result<()>
 where
     F: FnOnce(ServerContext) -> Fut,
     Fut: Future<Output = anyhow::Result<Server>>,
 {
+    crate::stdout::exit_quietly_on_closed_pipe();
     logging::init(args.log_format);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -333,10 +335,16 @@ where
         let server = start(ctx.clone())
             .await
             .with_context(|| format!("starting the {} server", role.kind()))?;
-        {
+        // The line is for whoever started the server; when they closed the pipe, the
+        // server keeps serving (the log below carries the url too).
+        let announced = {
             let mut stdout = io::stdout().lock();
-            writeln!(stdout, "listening on {}", server.local_url())?;
-            stdout.flush()?;
+            writeln!(stdout, "listening on {}", server.local_url()).and_then(|()| stdout.flush())
+        };
+        if let Err(e) = announced {
+            if e.kind() != io::ErrorKind::BrokenPipe {
+                return Err(anyhow::Error::from(e).context("printing the listening line"));
+            }
         }
         tracing::info!(
             role = role.kind(),

@@ -44,10 +44,17 @@ pub struct DistributorStatus {
     /// Distinct blocks with at least one pin.
     #[serde(default)]
     pub pinned: u64,
-    /// Pinned blocks not (yet) held by every server of their placement, including
-    /// blocks that cannot be placed (no active storage server, no live copy found).
+    /// Pinned blocks with fewer than `replicas` copies on active storage servers: not
+    /// (yet) held by every server of their placement, blocks that cannot be placed (no
+    /// active storage server, no live copy found), and every pinned block while fewer
+    /// than `replicas` storage servers are active.
     #[serde(default)]
     pub under_replicated: u64,
+    /// Storage servers missing for `replicas` copies: `replicas` minus the active
+    /// storage servers, 0 when enough are active. Above 0, no block can have N copies
+    /// on live servers until more storage servers answer.
+    #[serde(default)]
+    pub replica_shortfall: u64,
     /// Block copies between storage servers running now.
     #[serde(default)]
     pub copies_in_flight: u64,

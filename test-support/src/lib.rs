@@ -9,7 +9,10 @@
 //!   tests of token checks;
 //! - [`TestPki`]: a CA and a server certificate for HTTPS tests;
 //! - [`Recorder`]: a loopback listener that counts the connections it accepts (for
-//!   tests that a server never contacts an address).
+//!   tests that a server never contacts an address);
+//! - [`missing_tool`]: a test that needs an outside tool (Synthea, a FHIR client) says
+//!   loudly that it did not run — and fails instead when `CI` is set, so a CI run
+//!   cannot pass without running it (`cargo xtask test` installs the tools).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -500,4 +503,21 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// Whether this is a CI run: the `CI` environment variable is set (and not `""`,
+/// `0` or `false`).
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false"))
+}
+
+/// Reports that (part of) a test did not run because `what` is missing; `install`
+/// says how to get it. Prints a loud notice and returns, except in CI
+/// ([`in_ci`]), where it panics: there the tools must be present.
+pub fn missing_tool(what: &str, install: &str) {
+    let message = format!("{what} is missing ({install}); `cargo xtask test` installs it");
+    if in_ci() {
+        panic!("CI is set, so this test may not be skipped: {message}");
+    }
+    eprintln!("\n!!!!!!!!!! SKIPPED: {message} — this test did not run !!!!!!!!!!\n");
 }

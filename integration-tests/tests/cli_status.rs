@@ -1,0 +1,65 @@
+//! `invariant status` reports each server's health, not only its url: whether it
+//! answers `/id` and how fast, and for the distributor its pins and whether N copies
+//! are reachable with the storage servers alive.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::up::CLIENT_ENV;
+use integration_tests::{ServerProcess, bin_path};
+
+fn invariant(config_dir: &Path, broker: &str, args: &[&str]) -> anyhow::Result<Output> {
+    let mut command = Command::new(bin_path("invariant")?);
+    for var in CLIENT_ENV {
+        command.env_remove(var);
+    }
+    Ok(command
+        .env("INVARIANT_CONFIG_DIR", config_dir)
+        .env("INVARIANT_BROKER", broker)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+#[test]
+fn status_shows_each_servers_health() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("config");
+    let broker = ServerProcess::start("broker-server", &dir.path().join("broker"), &[])?;
+    let with_broker = ["--broker", broker.url()];
+    let _storage = ServerProcess::start("storage-server", &dir.path().join("s"), &with_broker)?;
+    let _distributor = ServerProcess::start(
+        "distributor",
+        &dir.path().join("d"),
+        &["--broker", broker.url(), "--replicas", "3"],
+    )?;
+    // Wait until both registered and the distributor counts the storage server active.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = loop {
+        let out = invariant(&config, broker.url(), &["status"])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let distributor_ready = text
+            .lines()
+            .any(|l| l.starts_with("distribute") && l.contains("1 storage servers active"));
+        if out.status.success() && text.contains("\nstorage") && distributor_ready {
+            break text;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "status never complete:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for line in text.lines() {
+        assert!(line.contains("ok, ") && line.contains(" ms"), "{line}");
+    }
+    let distributor = text
+        .lines()
+        .find(|l| l.starts_with("distribute"))
+        .unwrap_or_default();
+    assert!(
+        distributor.contains("0 pinned, 0 under-replicated")
+            && distributor.contains("N = 3")
+            && distributor.contains("N copies unreachable: 2 more storage server(s) needed"),
+        "{distributor}"
+    );
+    Ok(())
+}
