@@ -92,6 +92,23 @@ pub enum ImportError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A resource breaks the FHIR R4 structure rules.
+    #[error(
+        "{source_name}, {entry}: {resource} is not valid FHIR R4: {}{} (use --lenient to \
+         store it anyway)",
+        violations.iter().take(5).map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        if violations.len() > 5 { format!("; and {} more", violations.len() - 5) } else { String::new() }
+    )]
+    Invalid {
+        /// The input's name.
+        source_name: String,
+        /// Which entry: `entry 12 (fullUrl urn:uuid:…)`, `line 7` or `the resource`.
+        entry: String,
+        /// `Type/id`.
+        resource: String,
+        /// Every rule broken, with the element's path.
+        violations: Vec<crate::validate::Violation>,
+    },
 }
 
 /// What went wrong in a vault operation.
@@ -104,6 +121,22 @@ pub enum EhiError {
     /// The input of an import was refused; nothing was committed.
     #[error("import refused, nothing was stored: {0}")]
     Import(#[from] ImportError),
+    /// An import would put more than one patient's records in the vault.
+    #[error(
+        "import refused, nothing was stored: a vault keeps one patient's records, and this \
+         import would hold those of {} ({}){}. Import each patient into their own vault, or \
+         pass --allow-other-patients for a guardian's or household vault (the decision is \
+         recorded in the audit log)",
+        patients.len(),
+        patients.join(", "),
+        if kept.is_empty() { String::new() } else { format!("; the vault keeps {}", kept.join(", ")) }
+    )]
+    OtherPatients {
+        /// The patients the vault keeps already (`Patient/id`).
+        kept: Vec<String>,
+        /// Every patient the vault would keep after the import.
+        patients: Vec<String>,
+    },
     /// A server of the invariant network could not be reached or refused a request.
     #[error("{context}: {source}")]
     Network {

@@ -96,6 +96,17 @@ pub(crate) struct Change {
     pub op: Op,
 }
 
+/// How an import treats input that breaks the rules.
+#[derive(Clone, Debug, Default)]
+pub struct ImportOptions {
+    /// Store resources that break the R4 structure rules ([`crate::validate`]), with a
+    /// warning per resource in the report's notes, instead of refusing the import.
+    pub lenient: bool,
+    /// Accept resources of Patients other than the vault's own patient (a guardian's or
+    /// household vault). The decision is recorded in the report's notes.
+    pub allow_other_patients: bool,
+}
+
 /// The parsed inputs.
 #[derive(Debug, Default)]
 pub(crate) struct Parsed {
@@ -104,19 +115,56 @@ pub(crate) struct Parsed {
 }
 
 /// Parses every input; stops at the first invalid entry.
-pub(crate) fn parse_inputs(inputs: &[Input]) -> Result<Parsed, ImportError> {
+pub(crate) fn parse_inputs(
+    inputs: &[Input],
+    options: &ImportOptions,
+) -> Result<Parsed, ImportError> {
     let mut parsed = Parsed::default();
     for input in inputs {
-        parse_input(input, &mut parsed)?;
+        parse_input(input, options, &mut parsed)?;
     }
     Ok(parsed)
 }
 
-fn parse_input(input: &Input, out: &mut Parsed) -> Result<(), ImportError> {
+/// Checks a resource against the R4 structure: an error, or (lenient) a note.
+fn check(
+    resource: &Value,
+    source_name: &str,
+    entry: &str,
+    options: &ImportOptions,
+    notes: &mut Vec<String>,
+) -> Result<(), ImportError> {
+    let violations = crate::validate::validate(resource);
+    if violations.is_empty() {
+        return Ok(());
+    }
+    let error = ImportError::Invalid {
+        source_name: source_name.to_string(),
+        entry: entry.to_string(),
+        resource: format!(
+            "{}/{}",
+            resource["resourceType"].as_str().unwrap_or("?"),
+            resource["id"].as_str().unwrap_or("?")
+        ),
+        violations,
+    };
+    if options.lenient {
+        notes.push(format!("warning (stored anyway, --lenient): {error}"));
+        Ok(())
+    } else {
+        Err(error)
+    }
+}
+
+fn parse_input(
+    input: &Input,
+    options: &ImportOptions,
+    out: &mut Parsed,
+) -> Result<(), ImportError> {
     let ndjson_name = input.name.ends_with(".ndjson") || input.name.ends_with(".jsonl");
     if !ndjson_name {
         match serde_json::from_slice::<Value>(&input.bytes) {
-            Ok(value) => return parse_document(&input.name, value, out),
+            Ok(value) => return parse_document(&input.name, value, options, out),
             Err(e) => {
                 if !looks_like_ndjson(&input.bytes) {
                     return Err(ImportError::NotJson {
@@ -127,7 +175,7 @@ fn parse_input(input: &Input, out: &mut Parsed) -> Result<(), ImportError> {
             }
         }
     }
-    parse_ndjson(input, out)
+    parse_ndjson(input, options, out)
 }
 
 fn looks_like_ndjson(bytes: &[u8]) -> bool {
@@ -140,7 +188,11 @@ fn looks_like_ndjson(bytes: &[u8]) -> bool {
     }
 }
 
-fn parse_ndjson(input: &Input, out: &mut Parsed) -> Result<(), ImportError> {
+fn parse_ndjson(
+    input: &Input,
+    options: &ImportOptions,
+    out: &mut Parsed,
+) -> Result<(), ImportError> {
     let text = std::str::from_utf8(&input.bytes).map_err(|e| ImportError::NotJson {
         source_name: input.name.clone(),
         reason: format!("not UTF-8: {e}"),
@@ -158,6 +210,7 @@ fn parse_ndjson(input: &Input, out: &mut Parsed) -> Result<(), ImportError> {
         let mut resource: Value =
             serde_json::from_str(line).map_err(|e| err(format!("not JSON: {e}")))?;
         let (resource_type, id) = identify(&mut resource, None).map_err(&err)?;
+        check(&resource, &input.name, &label, options, &mut out.notes)?;
         rewrite_references(&mut resource, &HashMap::new(), &[]).map_err(&err)?;
         out.changes.push(Change {
             resource_type,
@@ -169,7 +222,12 @@ fn parse_ndjson(input: &Input, out: &mut Parsed) -> Result<(), ImportError> {
 }
 
 /// A JSON document: a Bundle or a single resource.
-fn parse_document(name: &str, mut value: Value, out: &mut Parsed) -> Result<(), ImportError> {
+fn parse_document(
+    name: &str,
+    mut value: Value,
+    options: &ImportOptions,
+    out: &mut Parsed,
+) -> Result<(), ImportError> {
     let is_bundle = value.get("resourceType").and_then(Value::as_str) == Some("Bundle")
         && value.get("type").is_some()
         && value.get("entry").is_none_or(Value::is_array);
@@ -180,6 +238,7 @@ fn parse_document(name: &str, mut value: Value, out: &mut Parsed) -> Result<(), 
             reason,
         };
         let (resource_type, id) = identify(&mut value, None).map_err(&err)?;
+        check(&value, name, "the resource", options, &mut out.notes)?;
         rewrite_references(&mut value, &HashMap::new(), &[]).map_err(&err)?;
         out.changes.push(Change {
             resource_type,
@@ -188,7 +247,7 @@ fn parse_document(name: &str, mut value: Value, out: &mut Parsed) -> Result<(), 
         });
         return Ok(());
     }
-    parse_bundle(name, value, out)
+    parse_bundle(name, value, options, out)
 }
 
 /// A prepared entry before reference rewriting.
@@ -201,7 +260,12 @@ struct Prepared {
     deleted_version: Option<u64>,
 }
 
-fn parse_bundle(name: &str, mut bundle: Value, out: &mut Parsed) -> Result<(), ImportError> {
+fn parse_bundle(
+    name: &str,
+    mut bundle: Value,
+    options: &ImportOptions,
+    out: &mut Parsed,
+) -> Result<(), ImportError> {
     let whole = |reason: String| ImportError::Entry {
         source_name: name.to_string(),
         entry: "the Bundle".into(),
@@ -325,6 +389,7 @@ fn parse_bundle(name: &str, mut bundle: Value, out: &mut Parsed) -> Result<(), I
         };
         let from_full_url = full_url.as_deref().and_then(id_from_urn);
         let (resource_type, id) = identify(resource, from_full_url).map_err(&err)?;
+        check(resource, name, &label, options, &mut out.notes)?;
         if let Some((url_type, url_id)) = &url_target {
             if *url_type != resource_type {
                 return Err(err(format!(
@@ -800,10 +865,13 @@ mod tests {
     use serde_json::json;
 
     fn parse(name: &str, value: &Value) -> Result<Parsed, ImportError> {
-        parse_inputs(&[Input::from_bytes(
-            name,
-            serde_json::to_vec(value).expect("json"),
-        )])
+        parse_inputs(
+            &[Input::from_bytes(
+                name,
+                serde_json::to_vec(value).expect("json"),
+            )],
+            &ImportOptions::default(),
+        )
     }
 
     fn entry_error(result: Result<Parsed, ImportError>) -> String {
@@ -852,7 +920,10 @@ mod tests {
 
     #[test]
     fn errors_name_the_entry() {
-        let not_json = parse_inputs(&[Input::from_bytes("x.json", b"{nope".to_vec())]);
+        let not_json = parse_inputs(
+            &[Input::from_bytes("x.json", b"{nope".to_vec())],
+            &ImportOptions::default(),
+        );
         assert!(matches!(not_json, Err(ImportError::NotJson { .. })));
 
         let no_type = json!({"resourceType": "Bundle", "type": "collection", "entry": [
@@ -923,11 +994,18 @@ mod tests {
     #[test]
     fn ndjson_and_history() {
         let ndjson = b"{\"resourceType\":\"Patient\",\"id\":\"a\"}\n\n{\"resourceType\":\"Patient\",\"id\":\"b\"}\n";
-        let parsed =
-            parse_inputs(&[Input::from_bytes("Patient.ndjson", ndjson.to_vec())]).expect("ndjson");
+        let parsed = parse_inputs(
+            &[Input::from_bytes("Patient.ndjson", ndjson.to_vec())],
+            &ImportOptions::default(),
+        )
+        .expect("ndjson");
         assert_eq!(parsed.changes.len(), 2);
         let bad = b"{\"resourceType\":\"Patient\",\"id\":\"a\"}\n{\"id\":\"b\"}\n";
-        let err = parse_inputs(&[Input::from_bytes("x.ndjson", bad.to_vec())]).expect_err("bad");
+        let err = parse_inputs(
+            &[Input::from_bytes("x.ndjson", bad.to_vec())],
+            &ImportOptions::default(),
+        )
+        .expect_err("bad");
         assert!(err.to_string().contains("line 2"), "{err}");
 
         let history = json!({"resourceType": "Bundle", "type": "history", "entry": [

@@ -264,7 +264,7 @@ pub mod vault;
 pub use app::{AppCard, AppKeystore};
 pub use consent::{ConsentAsk, Decision, InboxCard, PendingRequest};
 pub use error::{EhiError, ImportError, KeystoreError, Result};
-pub use fhir::Input;
+pub use fhir::{ImportOptions, Input};
 pub use grant::{Access, GrantInfo, GrantRequest, GrantTicket};
 pub use keystore::{KdfParams, Keystore};
 pub use network::Network;

@@ -169,10 +169,21 @@ enum Command {
     Init,
     /// Import FHIR Bundles (transaction, batch, collection, searchset, document,
     /// history), resources, or Bulk Data NDJSON files, atomically.
+    ///
+    /// Every resource is checked against the FHIR R4 structure (known type and
+    /// elements, datatypes, required elements); an invalid one refuses the whole import.
+    /// A vault keeps one patient's records: records of another Patient are refused.
     Import {
         /// The files.
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Store resources that break the R4 structure rules, with a warning for each.
+        #[arg(long)]
+        lenient: bool,
+        /// Accept records of other Patients (a guardian's or household vault); the
+        /// decision is recorded in the audit log.
+        #[arg(long)]
+        allow_other_patients: bool,
     },
     /// FHIR search: `ehi search Observation code=http://loinc.org|8302-2 date=ge2020`.
     Search {
@@ -454,7 +465,17 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     vault.check_rollback(&seen_file).await?;
     match command {
         Command::Init => {}
-        Command::Import { files } => import(&vault, &files).await?,
+        Command::Import {
+            files,
+            lenient,
+            allow_other_patients,
+        } => {
+            let options = ehi_layer::ImportOptions {
+                lenient,
+                allow_other_patients,
+            };
+            import(&vault, &files, &options).await?
+        }
         Command::Search {
             resource_type,
             params,
@@ -1045,7 +1066,11 @@ fn token_revoke(keystore_path: &Path, token: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn import(vault: &Vault, files: &[PathBuf]) -> anyhow::Result<()> {
+async fn import(
+    vault: &Vault,
+    files: &[PathBuf],
+    options: &ehi_layer::ImportOptions,
+) -> anyhow::Result<()> {
     let mut inputs = Vec::with_capacity(files.len());
     for file in files {
         inputs.push(Input::from_path(file)?);
@@ -1068,7 +1093,7 @@ async fn import(vault: &Vault, files: &[PathBuf]) -> anyhow::Result<()> {
         Stage::Committing => handle.set_message("committing"),
         _ => {}
     });
-    let result = vault.import_with_progress(inputs, Some(progress)).await;
+    let result = vault.import_with(inputs, options, Some(progress)).await;
     bar.finish_and_clear();
     let report = result?;
     eprintln!(
@@ -1082,6 +1107,12 @@ async fn import(vault: &Vault, files: &[PathBuf]) -> anyhow::Result<()> {
     );
     for note in &report.notes {
         eprintln!("note: {note}");
+    }
+    if !report.other_patients.is_empty() {
+        eprintln!(
+            "note: records of {} kept in this vault as allowed (recorded in the audit log)",
+            report.other_patients.join(", ")
+        );
     }
     Ok(())
 }

@@ -42,7 +42,7 @@ use zeroize::Zeroizing;
 
 use crate::audit::{AuditAction, AuditEntry, AuditRecord};
 use crate::error::{EhiError, Result};
-use crate::fhir::{self, Change, Input, Op};
+use crate::fhir::{self, Change, ImportOptions, Input, Op};
 use crate::format::{
     self, DeviceRecord, EpochKey, INDEX_FORMAT, MANIFEST_FORMAT, ROOT_FORMAT, ScopeManifest,
     ScopeRecord, VaultRoot, VersionEntry,
@@ -149,6 +149,10 @@ pub struct ImportReport {
     pub generation: u64,
     /// Remarks: skipped entries, resources not searchable, scope notes.
     pub notes: Vec<String>,
+    /// Patients (`Patient/id`) whose records this import added to a vault that already
+    /// kept another patient's, as allowed by [`ImportOptions::allow_other_patients`]
+    /// (the decision is recorded in the audit log).
+    pub other_patients: Vec<String>,
 }
 
 /// One version of a resource.
@@ -591,15 +595,28 @@ impl Vault {
     // Import
     // -----------------------------------------------------------------------------------
 
-    /// Imports FHIR inputs atomically (see the module docs).
+    /// Imports FHIR inputs atomically (see the module docs), with the default rules:
+    /// invalid resources and other patients' records are refused.
     pub async fn import(&self, inputs: Vec<Input>) -> Result<ImportReport> {
-        self.import_with_progress(inputs, None).await
+        self.import_with(inputs, &ImportOptions::default(), None)
+            .await
     }
 
     /// [`Vault::import`] reporting progress.
     pub async fn import_with_progress(
         &self,
         inputs: Vec<Input>,
+        progress: Option<ProgressFn>,
+    ) -> Result<ImportReport> {
+        self.import_with(inputs, &ImportOptions::default(), progress)
+            .await
+    }
+
+    /// [`Vault::import`] with explicit [`ImportOptions`], reporting progress.
+    pub async fn import_with(
+        &self,
+        inputs: Vec<Input>,
+        options: &ImportOptions,
         progress: Option<ProgressFn>,
     ) -> Result<ImportReport> {
         let report = |stage, done, total| {
@@ -610,10 +627,13 @@ impl Vault {
         // Expired grants are rotated away at the patient's next write.
         self.expire_grants().await?;
         report(Stage::Parsing, 0, inputs.len() as u64);
-        let parsed = tokio::task::spawn_blocking(move || fhir::parse_inputs(&inputs)).await??;
+        let parse_options = options.clone();
+        let parsed =
+            tokio::task::spawn_blocking(move || fhir::parse_inputs(&inputs, &parse_options))
+                .await??;
         report(Stage::Parsing, 1, 1);
         let result = self
-            .commit_changes(parsed.changes, parsed.notes, progress.clone())
+            .commit_changes(parsed.changes, parsed.notes, options, progress.clone())
             .await;
         if result.is_ok() {
             report(Stage::Done, 1, 1);
@@ -625,6 +645,7 @@ impl Vault {
         &self,
         changes: Vec<Change>,
         mut notes: Vec<String>,
+        options: &ImportOptions,
         progress: Option<ProgressFn>,
     ) -> Result<ImportReport> {
         let changes = Arc::new(changes);
@@ -641,7 +662,14 @@ impl Vault {
                 ..ImportReport::default()
             };
             let mut attempt_notes = Vec::new();
-            let planned = match plan(&state, &changes, now, &mut report, &mut attempt_notes) {
+            let planned = match plan(
+                &state,
+                &changes,
+                options,
+                now,
+                &mut report,
+                &mut attempt_notes,
+            ) {
                 Ok(planned) => planned,
                 Err(e) => {
                     self.abandon(&stored, &orphans, &[]).await;
@@ -732,13 +760,18 @@ impl Vault {
             }
             let built = match loading {
                 Ok(()) => {
-                    let record = AuditRecord::new(
-                        AuditAction::Import,
-                        format!(
-                            "{} created, {} updated, {} deleted",
-                            report.created, report.updated, report.deleted
-                        ),
+                    let mut detail = format!(
+                        "{} created, {} updated, {} deleted",
+                        report.created, report.updated, report.deleted
                     );
+                    if !report.other_patients.is_empty() {
+                        // The patient's decision to keep others' records here.
+                        detail.push_str(&format!(
+                            "; other patients allowed: {}",
+                            report.other_patients.join(", ")
+                        ));
+                    }
+                    let record = AuditRecord::new(AuditAction::Import, detail);
                     let tail = self.ensure_audit_tail(&mut state).await;
                     match tail.and_then(|()| self.audit_blob(&state, &record)) {
                         Ok(audit) => {
@@ -1813,9 +1846,66 @@ impl Built {
 
 /// Plans the changes against `state`: one new version per change that changes
 /// something.
+/// The ids of the Patients whose records the vault keeps: its current Patient
+/// resources and the patients its current resources belong to (their compartments).
+fn vault_patients(state: &State) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for loaded in state.scopes.values() {
+        for (resource_type, ids) in &loaded.manifest.resources {
+            for (id, versions) in ids {
+                let Some(latest) = versions.last().filter(|v| !v.deleted) else {
+                    continue;
+                };
+                if resource_type == "Patient" {
+                    out.insert(id.clone());
+                }
+                out.extend(latest.patients.iter().cloned());
+            }
+        }
+    }
+    out
+}
+
+/// Refuses (or, when allowed, records) an import that brings another patient's records
+/// into a vault: a vault keeps one patient's records.
+fn check_patients(
+    state: &State,
+    planned: &[Planned],
+    options: &ImportOptions,
+    report: &mut ImportReport,
+) -> Result<()> {
+    let kept = vault_patients(state);
+    let mut incoming = BTreeSet::new();
+    for p in planned.iter().filter(|p| !p.entry.deleted) {
+        if p.resource_type == "Patient" {
+            incoming.insert(p.id.clone());
+        }
+        incoming.extend(p.entry.patients.iter().cloned());
+    }
+    let new: Vec<String> = incoming.difference(&kept).cloned().collect();
+    if kept.len() + new.len() <= 1 || new.is_empty() {
+        return Ok(());
+    }
+    let mut all: Vec<String> = kept.iter().map(|p| format!("Patient/{p}")).collect();
+    all.extend(new.iter().map(|p| format!("Patient/{p}")));
+    if !options.allow_other_patients {
+        return Err(EhiError::OtherPatients {
+            kept: kept.iter().map(|p| format!("Patient/{p}")).collect(),
+            patients: all,
+        });
+    }
+    report.other_patients = if kept.is_empty() {
+        all.into_iter().skip(1).collect()
+    } else {
+        new.iter().map(|p| format!("Patient/{p}")).collect()
+    };
+    Ok(())
+}
+
 fn plan(
     state: &State,
     changes: &[Change],
+    options: &ImportOptions,
     now: u64,
     report: &mut ImportReport,
     notes: &mut Vec<String>,
@@ -1969,6 +2059,7 @@ fn plan(
             }
         }
     }
+    check_patients(state, &planned, options, report)?;
     Ok(planned)
 }
 

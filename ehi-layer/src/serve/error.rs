@@ -8,7 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::error::EhiError;
+use crate::error::{EhiError, ImportError};
+use crate::validate::Violation;
 
 /// What went wrong serving a request (or starting the server).
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +86,9 @@ impl ServeError {
                     (StatusCode::BAD_REQUEST, "invalid")
                 }
                 EhiError::Import(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+                EhiError::OtherPatients { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "business-rule")
+                }
                 EhiError::Network { .. }
                 | EhiError::MissingServer { .. }
                 | EhiError::MissingBlob { .. }
@@ -104,14 +108,39 @@ pub fn outcome(code: &str, diagnostics: &str) -> serde_json::Value {
     })
 }
 
+/// An `OperationOutcome` with one issue per broken structure rule, each naming the
+/// element in `expression`.
+fn invalid_outcome(violations: &[Violation]) -> serde_json::Value {
+    let issues: Vec<serde_json::Value> = violations
+        .iter()
+        .map(|v| {
+            let code = if v.rule.starts_with("required") {
+                "required"
+            } else if v.rule.starts_with("unknown") || v.rule.contains("array") {
+                "structure"
+            } else {
+                "value"
+            };
+            json!({"severity": "error", "code": code, "diagnostics": v.to_string(),
+                   "expression": [v.path]})
+        })
+        .collect();
+    json!({"resourceType": "OperationOutcome", "issue": issues})
+}
+
 impl IntoResponse for ServeError {
     fn into_response(self) -> Response {
         let (status, code) = self.status();
         if status.is_server_error() {
             tracing::warn!(error = %self, "request failed");
         }
-        let mut response =
-            super::fhir_response(status, &outcome(code, &self.to_string())).into_response();
+        let body = match &self {
+            ServeError::Vault(EhiError::Import(ImportError::Invalid { violations, .. })) => {
+                invalid_outcome(violations)
+            }
+            _ => outcome(code, &self.to_string()),
+        };
+        let mut response = super::fhir_response(status, &body).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
