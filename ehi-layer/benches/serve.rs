@@ -96,10 +96,14 @@ async fn run() -> anyhow::Result<()> {
     let (keystore, _path, vault) = net.new_vault(dir.path()).await?;
     let started = Instant::now();
     vault
-        .import(vec![input(
-            "synthetic.json",
-            &synthetic_bundle_with_prefix(resources, 7, "syn"),
-        )])
+        .import_with(
+            vec![input(
+                "synthetic.json",
+                &synthetic_bundle_with_prefix(resources, 7, "syn"),
+            )],
+            &common::household(),
+            None,
+        )
         .await?;
     println!(
         "import of {resources} resources: {:.1} s",

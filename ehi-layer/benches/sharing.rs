@@ -46,10 +46,14 @@ async fn run() -> anyhow::Result<()> {
     let (keystore, _path, vault) = net.new_vault(&dir.path().join("device")).await?;
     let started = Instant::now();
     let report = vault
-        .import(vec![input(
-            "synthetic.json",
-            &synthetic_bundle_with_prefix(RESOURCES, 7, "syn"),
-        )])
+        .import_with(
+            vec![input(
+                "synthetic.json",
+                &synthetic_bundle_with_prefix(RESOURCES, 7, "syn"),
+            )],
+            &common::household(),
+            None,
+        )
         .await?;
     println!(
         "vault: {} resources imported in {:.2} s (Observations in clinical, Patients in demographics)",

@@ -53,7 +53,9 @@ async fn run() -> anyhow::Result<()> {
     // Import.
     let (keystore, _path, vault) = net.new_vault(&dir.path().join("device")).await?;
     let started = Instant::now();
-    let report = vault.import(inputs).await?;
+    let report = vault
+        .import_with(inputs, &common::household(), None)
+        .await?;
     let elapsed = started.elapsed();
     let stored = report.created + report.updated;
     println!(
@@ -73,10 +75,14 @@ async fn run() -> anyhow::Result<()> {
     // A second, smaller import into the full vault (incremental cost).
     let started = Instant::now();
     let small = vault
-        .import(vec![input(
-            "small.json",
-            &synthetic_bundle_with_prefix(500, 11, "inc"),
-        )])
+        .import_with(
+            vec![input(
+                "small.json",
+                &synthetic_bundle_with_prefix(500, 11, "inc"),
+            )],
+            &common::household(),
+            None,
+        )
         .await?;
     let elapsed = started.elapsed();
     println!(

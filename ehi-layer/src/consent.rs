@@ -622,7 +622,7 @@ pub(crate) fn consent_resource(
         identifiers.push(json!({"system": "urn:ehi-layer:grant", "value": grant}));
     }
     let scopes: Vec<&str> = request.scopes.iter().map(|s| s.name()).collect();
-    json!({
+    let mut consent = json!({
         "resourceType": "Consent",
         "id": consent_id,
         "identifier": identifiers,
@@ -653,7 +653,6 @@ pub(crate) fn consent_resource(
             "action": actions,
             "purpose": [{"system": crate::grant::PURPOSE_SYSTEM,
                          "code": request.purpose, "display": display}],
-            "class": classes,
         },
         "text": {"status": "generated",
                  "div": format!(
@@ -662,7 +661,12 @@ pub(crate) fn consent_resource(
                      request.access,
                      scopes.join(", "),
                      xml_escape(&card.name))},
-    })
+    });
+    // FHIR has no empty arrays: a scope without types of its own names no class.
+    if !classes.is_empty() {
+        consent["provision"]["class"] = serde_json::Value::Array(classes);
+    }
+    consent
 }
 
 fn xml_escape(text: &str) -> String {

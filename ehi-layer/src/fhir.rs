@@ -889,7 +889,7 @@ mod tests {
              "request": {"method": "POST", "url": "Patient"}},
             {"fullUrl": "urn:uuid:aaaaaaaa-0000-4000-8000-000000000002",
              "resource": {"resourceType": "Observation", "id": "obs-1",
-                "subject": {"reference": "urn:uuid:AAAAAAAA-0000-4000-8000-000000000001"}},
+                "status": "final", "code": {"text": "x"}, "subject": {"reference": "urn:uuid:AAAAAAAA-0000-4000-8000-000000000001"}},
              "request": {"method": "POST", "url": "Observation"}},
             {"request": {"method": "GET", "url": "Patient/x"}},
             {"request": {"method": "DELETE", "url": "Condition/old"}}
@@ -938,7 +938,7 @@ mod tests {
 
         let bad_ref = json!({"resourceType": "Bundle", "type": "collection", "entry": [
             {"fullUrl": "urn:uuid:2", "resource": {"resourceType": "Observation",
-                "subject": {"reference": "urn:uuid:missing"}}}]});
+                "status": "final", "code": {"text": "x"}, "subject": {"reference": "urn:uuid:missing"}}}]});
         let msg = entry_error(parse("c.json", &bad_ref));
         assert!(
             msg.contains("entry 0") && msg.contains("urn:uuid:missing"),
@@ -946,7 +946,7 @@ mod tests {
         );
 
         let malformed_ref = json!({"resourceType": "Observation", "id": "o",
-            "subject": {"reference": "not a reference"}});
+            "status": "final", "code": {"text": "x"}, "subject": {"reference": "not a reference"}});
         assert!(entry_error(parse("o.json", &malformed_ref)).contains("bad reference"));
 
         let duplicate = json!({"resourceType": "Bundle", "type": "collection", "entry": [
@@ -982,6 +982,7 @@ mod tests {
             {"fullUrl": "urn:uuid:5", "resource": {"resourceType": "Patient", "id": "p",
                 "meta": {"versionId": "2"}}},
             {"resource": {"resourceType": "Observation", "id": "o",
+                "status": "final", "code": {"text": "x"},
                 "subject": {"reference": "Patient?identifier=urn:mrn%7C42"}}}]});
         let parsed = parse("v.json", &bundle).expect("parse");
         assert_eq!(parsed.changes.len(), 3);

@@ -93,7 +93,7 @@ async fn the_cli_decides_requests_and_reviews_contributions() -> anyhow::Result<
     let session = AppSession::open(anet.clone(), &app, &ticket).await?;
     let resource = |id: &str| {
         json!({"resourceType": "MedicationRequest", "id": id, "status": "active",
-               "intent": "order", "subject": {"reference": "Patient/p1"},
+               "intent": "order", "subject": {"reference": "Patient/0b5e4f2a-8c1d-4e3b-9a7f-1c2d3e4f5a6b"},
                "medicationCodeableConcept": {"text": "from the clinic"}})
     };
     let (accept_id, _) = session

@@ -300,7 +300,7 @@ fn medication(id: &str, code: &str) -> Value {
     json!({"resourceType": "MedicationRequest", "id": id, "status": "active", "intent": "order",
            "medicationCodeableConcept": {"coding": [{
                "system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": code}]},
-           "subject": {"reference": "Patient/p1"}})
+           "subject": {"reference": "Patient/0b5e4f2a-8c1d-4e3b-9a7f-1c2d3e4f5a6b"}})
 }
 
 async fn grant(

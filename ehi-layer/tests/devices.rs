@@ -21,7 +21,7 @@ fn observation(id: &str, value: f64) -> Value {
     json!({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {
         "resourceType": "Observation", "id": id, "status": "final",
         "code": {"coding": [{"system": "http://loinc.org", "code": "8867-4"}]},
-        "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2024-01-02",
+        "subject": {"reference": "Patient/0b5e4f2a-8c1d-4e3b-9a7f-1c2d3e4f5a6b"}, "effectiveDateTime": "2024-01-02",
         "valueQuantity": {"value": value, "unit": "/min"}}}]})
 }
 

@@ -163,8 +163,10 @@ async fn a_vault_keeps_one_patients_records_unless_told_otherwise() -> anyhow::R
     let (_k2, _p2, empty) = net.new_vault(dir2.path()).await?;
     let mut two = patient_bundle();
     if let Some(entries) = two["entry"].as_array_mut() {
-        entries.push(json!({"fullUrl": "urn:uuid:5a6b7c8d-1111-4222-8333-944455556666",
-            "resource": other_patient(), "request": {"method": "POST", "url": "Patient"}}));
+        entries.push(
+            json!({"fullUrl": "urn:uuid:5a6b7c8d-1111-4222-8333-944455556666",
+            "resource": other_patient(), "request": {"method": "POST", "url": "Patient"}}),
+        );
     }
     let err = empty
         .import(vec![input("two.json", &two)])
@@ -253,7 +255,12 @@ async fn the_cli_refuses_invalid_input_and_obeys_its_flags() -> anyhow::Result<(
         "{}",
         text(&out.stderr)
     );
-    let out = ehi(vec!["import".into(), "--allow-other-patients".into(), other]).await?;
+    let out = ehi(vec![
+        "import".into(),
+        "--allow-other-patients".into(),
+        other,
+    ])
+    .await?;
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(
         text(&out.stderr).contains("records of Patient/someone-else kept in this vault"),

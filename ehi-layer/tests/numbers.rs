@@ -297,7 +297,9 @@ async fn every_synthea_number_comes_back_as_sent() -> anyhow::Result<()> {
 
     let net = TestNet::start(1, false).await?;
     let (keystore, _path, vault) = net.new_vault(&dir.path().join("v")).await?;
-    vault.import(inputs).await?;
+    vault
+        .import_with(inputs, &common::household(), None)
+        .await?;
     check_every_path(&expected, Arc::new(vault), &keystore, dir.path()).await?;
     net.stop().await;
     Ok(())

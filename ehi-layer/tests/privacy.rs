@@ -84,7 +84,9 @@ async fn storage_learns_nothing() -> anyhow::Result<()> {
             inputs.push(Input::from_bytes(file.display().to_string(), bytes));
         }
     }
-    let report = vault.import(inputs).await?;
+    let report = vault
+        .import_with(inputs, &common::household(), None)
+        .await?;
     assert!(report.created >= 10, "{report:?}");
     // Searches and reads do not write plaintext anywhere either.
     vault.search("Observation", "code=8302-2").await?;
@@ -120,13 +122,12 @@ async fn storage_learns_nothing() -> anyhow::Result<()> {
 
     // Let the distributor copy blocks around first, so its copies are scanned too.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    let files = net.data_files();
+    let files = net.data_file_contents()?;
     let mut scanned = 0u64;
     let mut leaks = Vec::new();
-    for (server, path) in &files {
-        let data = std::fs::read(path)?;
+    for (server, path, data) in &files {
         scanned += data.len() as u64;
-        for hit in scanner.hits(&data) {
+        for hit in scanner.hits(data) {
             leaks.push(format!("{server}: {} contains {hit:?}", path.display()));
         }
     }
@@ -182,7 +183,7 @@ async fn servers_see_nothing_of_requests_contributions_and_app_audit() -> anyhow
             &writer,
             vec![
                 json!({"resourceType": "MedicationStatement", "id": "florabunda-med-19",
-                        "status": "active", "subject": {"reference": "Patient/p1"},
+                        "status": "active", "subject": {"reference": "Patient/0b5e4f2a-8c1d-4e3b-9a7f-1c2d3e4f5a6b"},
                         "medicationCodeableConcept": {"text": "Florabunda contributed tincture"}}),
             ],
             "Pendlewick dosage remark",
@@ -266,8 +267,7 @@ async fn servers_see_nothing_of_requests_contributions_and_app_audit() -> anyhow
         .collect::<Result<_, _>>()?;
     let mut leaks = Vec::new();
     tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
-    for (server, path) in net.data_files() {
-        let data = std::fs::read(&path)?;
+    for (server, path, data) in net.data_file_contents()? {
         for hit in scanner.hits(&data) {
             leaks.push(format!("{server}: {} contains {hit:?}", path.display()));
         }

@@ -82,9 +82,8 @@ async fn servers_see_no_emergency_policy_or_invite_contents() -> anyhow::Result<
     needles.push(hex::decode(&secret_hex)?[4..].to_vec());
 
     let mut leaks = Vec::new();
-    let files = net.data_files();
-    for (server, path) in &files {
-        let data = std::fs::read(path)?;
+    let files = net.data_file_contents()?;
+    for (server, path, data) in &files {
         for needle in &needles {
             if data.windows(needle.len()).any(|w| w == needle.as_slice()) {
                 leaks.push(format!(

@@ -24,7 +24,7 @@ fn medication_request(id: &str, code: &str) -> Value {
     json!({"resourceType": "Bundle", "type": "collection", "entry": [{"resource": {
         "resourceType": "MedicationRequest", "id": id, "status": "active", "intent": "order",
         "medicationCodeableConcept": {"coding": [{"system": "http://www.nlm.nih.gov/research/umls/rxnorm", "code": code}]},
-        "subject": {"reference": "Patient/p1"}}}]})
+        "subject": {"reference": "Patient/0b5e4f2a-8c1d-4e3b-9a7f-1c2d3e4f5a6b"}}}]})
 }
 
 async fn session(
@@ -302,8 +302,7 @@ async fn servers_see_no_grant_contents() -> anyhow::Result<()> {
     .collect();
     let hpke_raw = hex::decode(&app.card().hpke_key)?;
     let mut leaks = Vec::new();
-    for (server, path) in net.data_files() {
-        let data = std::fs::read(&path)?;
+    for (server, path, data) in net.data_file_contents()? {
         for needle in needles.iter().chain(std::iter::once(&hpke_raw)) {
             if data.windows(needle.len()).any(|w| w == needle.as_slice()) {
                 leaks.push(format!(

@@ -41,7 +41,9 @@ async fn synthea_patients_import_read_search_and_round_trip() -> anyhow::Result<
         inputs.push(Input::from_bytes(file.display().to_string(), bytes));
     }
     let started = Instant::now();
-    let report = vault.import(inputs).await?;
+    let report = vault
+        .import_with(inputs, &common::household(), None)
+        .await?;
     let elapsed = started.elapsed();
     eprintln!(
         "imported {} resources in {elapsed:?} ({:.0}/s, debug build)",
@@ -74,7 +76,12 @@ async fn synthea_patients_import_read_search_and_round_trip() -> anyhow::Result<
     // Export (current state) → a new vault → the same export.
     let current = export::bundle(&vault, false).await?;
     let (_k2, _p2, copy) = net.new_vault(&dir.path().join("b")).await?;
-    copy.import(vec![input("export.json", &current)]).await?;
+    copy.import_with(
+        vec![input("export.json", &current)],
+        &common::household(),
+        None,
+    )
+    .await?;
     assert_eq!(
         without_timestamp(export::bundle(&copy, false).await?),
         without_timestamp(current)

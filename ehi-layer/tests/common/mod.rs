@@ -155,6 +155,29 @@ impl TestNet {
         out
     }
 
+    /// Every data file of every server with its bytes. The servers keep running, so a
+    /// temporary file listed may be renamed before it is read: such a file is skipped
+    /// and a second listing picks up what it became.
+    pub fn data_file_contents(&self) -> anyhow::Result<Vec<(String, PathBuf, Vec<u8>)>> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out = Vec::new();
+        for _ in 0..2 {
+            for (server, path) in self.data_files() {
+                if seen.contains(&path) {
+                    continue;
+                }
+                let data = match std::fs::read(&path) {
+                    Ok(data) => data,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e.into()),
+                };
+                seen.insert(path.clone());
+                out.push((server, path, data));
+            }
+        }
+        Ok(out)
+    }
+
     /// Blob files of the storage servers (`blobs/ab/cd/<rest>`, not temp files).
     pub fn blob_files(&self) -> Vec<PathBuf> {
         let mut out = Vec::new();
@@ -243,6 +266,15 @@ pub async fn pair(
     let joined = device::join(&joiner_net, &code).await?;
     let info = inviter.await??;
     Ok((joined, info.id))
+}
+
+/// Import options for a vault that keeps several patients' records (a household's),
+/// as the generated-patient tests need.
+pub fn household() -> ehi_layer::ImportOptions {
+    ehi_layer::ImportOptions {
+        allow_other_patients: true,
+        ..ehi_layer::ImportOptions::default()
+    }
 }
 
 /// An input from a JSON value.
