@@ -22,6 +22,15 @@ pub enum KeystoreError {
         /// The keystore file.
         path: PathBuf,
     },
+    /// The recovery code does not open the recovery kit (or the kit was altered).
+    #[error(
+        "the recovery code does not open the recovery kit {path} (or the kit was altered): \
+         nothing was decrypted"
+    )]
+    WrongRecoveryCode {
+        /// The kit file.
+        path: PathBuf,
+    },
     /// No keystore at the path.
     #[error("no keystore at {path}; create one with `ehi init`")]
     NotFound {

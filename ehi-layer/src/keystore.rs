@@ -8,6 +8,13 @@
 //! - the **vault root key**: decrypts the vault root, which holds every scope key;
 //! - the id of the slots server the vault slot lives on (not secret, but sealed too).
 //!
+//! ## Recovery kit
+//! Losing the keystore file or its passphrase loses the vault: nothing else can decrypt
+//! it. [`Keystore::save_recovery_kit`] writes a second copy of the secrets in the same
+//! file format (`"format": "ehi-recovery-kit"`), sealed under a random 160-bit
+//! [`RecoveryCode`] shown once; [`Keystore::open_recovery_kit`] restores the keystore
+//! from kit and code on a new device (which then saves it under a new passphrase).
+//!
 //! ## File format (`ehi-keystore`, version 1)
 //! A small JSON document:
 //!
@@ -51,6 +58,8 @@ use crate::keys::{SecretKey, fill_random, random_bytes};
 
 /// The `format` field of a keystore file.
 pub const FORMAT: &str = "ehi-keystore";
+/// The `format` field of a recovery kit ([`Keystore::save_recovery_kit`]).
+pub const KIT_FORMAT: &str = "ehi-recovery-kit";
 /// The keystore file version this build writes and reads.
 pub const VERSION: u32 = 1;
 
@@ -290,6 +299,48 @@ impl Keystore {
         Ok(Keystore { secrets })
     }
 
+    /// Writes a recovery kit to `path` (which must not exist): a second copy of every
+    /// secret of this keystore, sealed like the keystore itself (Argon2id +
+    /// XChaCha20-Poly1305) under a new random [`RecoveryCode`] instead of the
+    /// passphrase. The code is returned, to be shown once and kept apart from the kit:
+    /// together they restore the keystore on a new device
+    /// ([`Keystore::open_recovery_kit`]). Runs Argon2id.
+    pub fn save_recovery_kit(
+        &self,
+        path: &Path,
+        params: KdfParams,
+    ) -> Result<RecoveryCode, KeystoreError> {
+        let code = RecoveryCode::generate()?;
+        let plaintext = Zeroizing::new(
+            postcard::to_stdvec(&self.secrets)
+                .map_err(|e| KeystoreError::Crypto(format!("encoding the secrets: {e}")))?,
+        );
+        save_sealed(path, KIT_FORMAT, &plaintext, code.normalized(), params)?;
+        Ok(code)
+    }
+
+    /// The keystore a recovery kit holds, opened with its recovery code (dashes, spaces
+    /// and letter case do not matter). Runs Argon2id.
+    pub fn open_recovery_kit(path: &Path, code: &str) -> Result<Keystore, KeystoreError> {
+        let code = RecoveryCode::normalize(code);
+        let plaintext = open_sealed(path, KIT_FORMAT, &code).map_err(|e| match e {
+            KeystoreError::WrongPassphrase { path } => KeystoreError::WrongRecoveryCode { path },
+            other => other,
+        })?;
+        let secrets: Secrets =
+            postcard::from_bytes(&plaintext).map_err(|e| KeystoreError::Format {
+                path: path.to_path_buf(),
+                reason: format!("secrets do not decode: {e}"),
+            })?;
+        if secrets.format != 1 {
+            return Err(KeystoreError::Format {
+                path: path.to_path_buf(),
+                reason: format!("secrets format {}", secrets.format),
+            });
+        }
+        Ok(Keystore { secrets })
+    }
+
     /// The secrets another device of the patient needs (signing seed, root key, slots
     /// server), postcard-encoded, for [`crate::device`] to seal to that device's HPKE
     /// key. This device's own HPKE seed is not included: every device keeps its own.
@@ -388,6 +439,55 @@ pub fn hpke_seal(
         encapped: encapped.to_bytes().to_vec(),
         ciphertext,
     })
+}
+
+/// The code that opens a recovery kit: 160 random bits, written as eight groups of four
+/// base32 characters (`ABCD-EFGH-…`). It is as strong as a random key, so a lost kit
+/// without the code reveals nothing; it is wiped from memory when dropped.
+pub struct RecoveryCode {
+    display: Zeroizing<String>,
+    normalized: Zeroizing<String>,
+}
+
+impl RecoveryCode {
+    fn generate() -> Result<RecoveryCode, KeystoreError> {
+        let bytes = Zeroizing::new(random_bytes::<20>()?);
+        let plain = Zeroizing::new(data_encoding::BASE32_NOPAD.encode(bytes.as_slice()));
+        let groups: Vec<&str> = plain
+            .as_bytes()
+            .chunks(4)
+            .filter_map(|c| std::str::from_utf8(c).ok())
+            .collect();
+        Ok(RecoveryCode {
+            display: Zeroizing::new(groups.join("-")),
+            normalized: RecoveryCode::normalize(&plain),
+        })
+    }
+
+    /// The code as typed by a person: without dashes and white space, in capitals.
+    fn normalize(code: &str) -> Zeroizing<String> {
+        Zeroizing::new(
+            code.chars()
+                .filter(|c| !c.is_whitespace() && *c != '-')
+                .map(|c| c.to_ascii_uppercase())
+                .collect(),
+        )
+    }
+
+    fn normalized(&self) -> &str {
+        &self.normalized
+    }
+
+    /// The code to show the patient (once).
+    pub fn as_str(&self) -> &str {
+        &self.display
+    }
+}
+
+impl std::fmt::Debug for RecoveryCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecoveryCode(..)")
+    }
 }
 
 /// Writes `plaintext` to a new passphrase-protected file at `path` whose `format`
@@ -727,5 +827,59 @@ mod tests {
         assert!(k.hpke_open(&sealed, b"other", b"aad").is_err());
         let other = Keystore::generate(Id::of_content(b"s")).expect("generate");
         assert!(other.hpke_open(&sealed, b"grant", b"aad").is_err());
+    }
+
+    #[test]
+    fn recovery_kit_restores_every_key() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kit = dir.path().join("kit.json");
+        let k = Keystore::generate(Id::of_content(b"s")).expect("generate");
+        let code = k
+            .save_recovery_kit(&kit, KdfParams::insecure_fast())
+            .expect("kit");
+        let shown = code.as_str().to_string();
+        assert_eq!(shown.len(), 39, "{shown}");
+        assert_eq!(shown.split('-').count(), 8);
+        assert!(
+            shown
+                .chars()
+                .all(|c| c == '-' || c.is_ascii_uppercase() || ('2'..='7').contains(&c))
+        );
+        assert!(
+            !format!("{code:?}").contains(&shown[..4]),
+            "Debug hides the code"
+        );
+        let text = fs::read_to_string(&kit).expect("read");
+        assert!(text.contains(KIT_FORMAT));
+
+        // Typed back in lower case, without dashes: the same keys.
+        let typed = shown.replace('-', " ").to_lowercase();
+        let back = Keystore::open_recovery_kit(&kit, &typed).expect("recover");
+        assert_eq!(back.vault_slot(), k.vault_slot());
+        assert_eq!(back.slots_server(), k.slots_server());
+        assert_eq!(back.hpke_public(), k.hpke_public());
+        assert_eq!(back.secrets.root_key.expose(), k.secrets.root_key.expose());
+
+        let mut wrong = shown.clone().into_bytes();
+        wrong[0] = if wrong[0] == b'A' { b'B' } else { b'A' };
+        let wrong = String::from_utf8(wrong).expect("ascii");
+        let err = Keystore::open_recovery_kit(&kit, &wrong).expect_err("wrong code");
+        assert!(
+            matches!(err, KeystoreError::WrongRecoveryCode { .. }),
+            "{err}"
+        );
+        // A kit is not a keystore, and the other way round.
+        assert!(matches!(
+            Keystore::open(&kit, &shown),
+            Err(KeystoreError::Format { .. })
+        ));
+        assert!(matches!(
+            k.save_recovery_kit(&kit, KdfParams::insecure_fast()),
+            Err(KeystoreError::AlreadyExists { .. })
+        ));
+        let other = k
+            .save_recovery_kit(&dir.path().join("kit2.json"), KdfParams::insecure_fast())
+            .expect("second kit");
+        assert_ne!(other.as_str(), shown, "every kit has its own code");
     }
 }

@@ -266,7 +266,7 @@ pub use consent::{ConsentAsk, Decision, InboxCard, PendingRequest};
 pub use error::{EhiError, ImportError, KeystoreError, Result};
 pub use fhir::{ImportOptions, Input};
 pub use grant::{Access, GrantInfo, GrantRequest, GrantTicket};
-pub use keystore::{KdfParams, Keystore};
+pub use keystore::{KdfParams, Keystore, RecoveryCode};
 pub use network::Network;
 pub use scope::Scope;
 pub use session::AppSession;

@@ -127,6 +127,24 @@ enum EmergencyCommand {
 }
 
 #[derive(Subcommand, Debug)]
+enum KeystoreCommand {
+    /// Write a recovery kit: a second copy of the keystore's keys sealed under a
+    /// recovery code that is printed once (on stdout). Keep the kit and the code apart;
+    /// together they restore the keystore with `ehi keystore recover`.
+    Backup {
+        /// Where to write the kit (must not exist).
+        kit: PathBuf,
+    },
+    /// On a new device (or after losing the keystore or its passphrase): restore the
+    /// keystore from a recovery kit. Asks for the recovery code (or reads
+    /// `EHI_RECOVERY_CODE`) and for a new passphrase (or `EHI_PASSPHRASE`).
+    Recover {
+        /// The kit written by `ehi keystore backup`.
+        kit: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 enum DeviceCommand {
     /// Print a one-time invite code, then wait (until it expires) for the new device.
     Invite {
@@ -165,8 +183,19 @@ enum RequestsCommand {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Create a keystore and an empty vault.
-    Init,
+    /// Create a keystore and an empty vault. Losing the keystore or its passphrase
+    /// loses the vault: write a recovery kit (`--recovery-kit`, or later with `ehi
+    /// keystore backup`).
+    Init {
+        /// Also write a recovery kit to this file (the code to open it is printed once).
+        #[arg(long)]
+        recovery_kit: Option<PathBuf>,
+    },
+    /// The keystore's recovery kit: `ehi keystore backup|recover`.
+    Keystore {
+        #[command(subcommand)]
+        command: KeystoreCommand,
+    },
     /// Import FHIR Bundles (transaction, batch, collection, searchset, document,
     /// history), resources, or Bulk Data NDJSON files, atomically.
     ///
@@ -420,7 +449,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         None => default_keystore()?,
     };
     let command = match cli.command {
-        Command::Init => return init(&cli.broker, &keystore_path).await,
+        Command::Init { recovery_kit } => {
+            return init(&cli.broker, &keystore_path, recovery_kit.as_deref()).await;
+        }
+        Command::Keystore {
+            command: KeystoreCommand::Backup { kit },
+        } => return keystore_backup(&keystore_path, &kit).await,
+        Command::Keystore {
+            command: KeystoreCommand::Recover { kit },
+        } => return keystore_recover(&cli.broker, &keystore_path, &kit).await,
         Command::App { command } => return app_command(command).await,
         Command::Token {
             action: Some(TokenAction::Revoke { token }),
@@ -464,7 +501,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let seen_file = seen_generation_file(&keystore_path);
     vault.check_rollback(&seen_file).await?;
     match command {
-        Command::Init => {}
+        Command::Init { .. } | Command::Keystore { .. } => {}
         Command::Import {
             files,
             lenient,
@@ -920,11 +957,19 @@ async fn consent_command(vault: &Vault, command: Command, table: bool) -> anyhow
     Ok(())
 }
 
-async fn init(broker: &str, path: &Path) -> anyhow::Result<()> {
+async fn init(broker: &str, path: &Path, recovery_kit: Option<&Path>) -> anyhow::Result<()> {
     if path.exists() {
         bail!(
             "a keystore already exists at {}; use --keystore for another one",
             path.display()
+        );
+    }
+    if let Some(kit) = recovery_kit
+        && kit.exists()
+    {
+        bail!(
+            "{} exists; choose a new file for the recovery kit",
+            kit.display()
         );
     }
     let passphrase = passphrase(true)?;
@@ -945,6 +990,17 @@ async fn init(broker: &str, path: &Path) -> anyhow::Result<()> {
                 vault.slot(),
                 path.display()
             );
+            eprintln!(
+                "Keep the keystore and its passphrase: losing either loses the vault, because \
+                 nothing else can decrypt it (not the servers, not us)."
+            );
+            match recovery_kit {
+                Some(kit) => write_recovery_kit(&keystore, kit).await?,
+                None => eprintln!(
+                    "Write a recovery kit now: `ehi keystore backup <file>` (kept apart from its \
+                     code, it restores the keystore with `ehi keystore recover`)."
+                ),
+            }
             Ok(())
         }
         Err(e) => {
@@ -952,6 +1008,79 @@ async fn init(broker: &str, path: &Path) -> anyhow::Result<()> {
             Err(e.into())
         }
     }
+}
+
+/// Writes a recovery kit and prints its code once (stdout), with what to do (stderr).
+async fn write_recovery_kit(keystore: &Keystore, kit: &Path) -> anyhow::Result<()> {
+    let code = {
+        let keystore = keystore.clone();
+        let kit = kit.to_path_buf();
+        tokio::task::spawn_blocking(move || keystore.save_recovery_kit(&kit, KdfParams::default()))
+            .await??
+    };
+    eprintln!(
+        "wrote the recovery kit {}. Its recovery code follows, shown this once: write it \
+         down and keep it apart from the kit. Kit and code together restore the keystore \
+         (`ehi keystore recover {}`); either alone reveals nothing.",
+        kit.display(),
+        kit.display()
+    );
+    println!("{}", code.as_str());
+    Ok(())
+}
+
+/// `ehi keystore backup <kit>`.
+async fn keystore_backup(keystore_path: &Path, kit: &Path) -> anyhow::Result<()> {
+    if kit.exists() {
+        bail!(
+            "{} exists; choose a new file for the recovery kit",
+            kit.display()
+        );
+    }
+    let passphrase = passphrase(false)?;
+    let keystore = {
+        let path = keystore_path.to_path_buf();
+        tokio::task::spawn_blocking(move || Keystore::open(&path, &passphrase)).await??
+    };
+    write_recovery_kit(&keystore, kit).await
+}
+
+/// `ehi keystore recover <kit>`: the keystore back from kit and code, under a new
+/// passphrase, checked against the network (the vault must open).
+async fn keystore_recover(broker: &str, keystore_path: &Path, kit: &Path) -> anyhow::Result<()> {
+    if keystore_path.exists() {
+        bail!(
+            "a keystore already exists at {}; recover to another place with --keystore",
+            keystore_path.display()
+        );
+    }
+    let code = match std::env::var("EHI_RECOVERY_CODE") {
+        Ok(code) => Zeroizing::new(code),
+        Err(_) => prompt_secret("Recovery code: ", "the recovery code", "EHI_RECOVERY_CODE")?,
+    };
+    let keystore = {
+        let kit = kit.to_path_buf();
+        tokio::task::spawn_blocking(move || Keystore::open_recovery_kit(&kit, &code)).await??
+    };
+    let net = Network::connect(broker, Some(keystore.slots_server())).await?;
+    let vault = Vault::open(net, &keystore)
+        .await
+        .context("the kit opened, but its vault did not")?;
+    let passphrase = passphrase(true)?;
+    {
+        let keystore = keystore.clone();
+        let path = keystore_path.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            keystore.save(&path, &passphrase, KdfParams::default())
+        })
+        .await??;
+    }
+    eprintln!(
+        "recovered the keystore of vault {} to {} (under the new passphrase)",
+        vault.slot(),
+        keystore_path.display()
+    );
+    Ok(())
 }
 
 async fn serve(
@@ -1163,6 +1292,12 @@ fn refuse_non_empty(dir: &Path) -> anyhow::Result<()> {
 
 /// Asks on the terminal, or says how to give the passphrase when there is none.
 fn prompt_passphrase(prompt: &str) -> anyhow::Result<Zeroizing<String>> {
+    prompt_secret(prompt, "the keystore passphrase", "EHI_PASSPHRASE")
+}
+
+/// Asks for a secret on the terminal, or says which variable gives it when there is no
+/// terminal.
+fn prompt_secret(prompt: &str, what: &str, variable: &str) -> anyhow::Result<Zeroizing<String>> {
     if std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -1170,12 +1305,12 @@ fn prompt_passphrase(prompt: &str) -> anyhow::Result<Zeroizing<String>> {
         .is_err()
     {
         bail!(
-            "no terminal to ask for the keystore passphrase: set EHI_PASSPHRASE (for \
-             scripts and services), or run ehi in a terminal"
+            "no terminal to ask for {what}: set {variable} (for scripts and services), or \
+             run ehi in a terminal"
         );
     }
     Ok(Zeroizing::new(
-        rpassword::prompt_password(prompt).context("reading the passphrase")?,
+        rpassword::prompt_password(prompt).with_context(|| format!("reading {what}"))?,
     ))
 }
 
