@@ -5,8 +5,10 @@
 //! print that they skipped. This command installs what is missing — Debian packages
 //! (`python3`, `pip`, `node`, `npm`) through apt-get when running as root, the pinned
 //! pip packages, the pinned npm package under `target/ehi-clients`, a Synthea sample
-//! under `target/ehi-synthea` — then runs `cargo test --workspace` with the
-//! environment those tests read (`NODE_PATH`, `EHI_SEARCH_SYNTHEA_DIR`, `PATH`), passing
+//! under `target/ehi-synthea`, the official FHIR R4 examples under
+//! `target/fhir-r4-examples` — then runs `cargo test --workspace` with the environment
+//! those tests read (`NODE_PATH`, `EHI_SEARCH_SYNTHEA_DIR`, `EHI_R4_EXAMPLES_DIR`,
+//! `PATH`), passing
 //! any further arguments to `cargo test`. Set `CI` to make a missing tool fail its test
 //! instead of skipping it.
 
@@ -20,6 +22,8 @@ const PIP_PACKAGES: &[(&str, &str)] = &[
     ("fhirpy", "2.3.1"),
     ("fhir.resources", "8.3.0"),
 ];
+/// The official R4 examples the structure validator is tested against.
+const R4_EXAMPLES: (&str, &str) = ("hl7.fhir.r4.examples", "4.0.1");
 /// The pinned npm package the JavaScript client test imports.
 const NPM_PACKAGE: (&str, &str) = ("fhir-kit-client", "2.0.3");
 /// Debian packages providing the programs above: (program, package).
@@ -73,6 +77,10 @@ fn test(extra: Vec<OsString>) -> Result<ExitCode> {
         Some(dir) => Some(PathBuf::from(dir)),
         None => synthea_sample(&target, &path)?,
     };
+    let examples_dir = match std::env::var_os("EHI_R4_EXAMPLES_DIR") {
+        Some(dir) => Some(PathBuf::from(dir)),
+        None => r4_examples(&target)?,
+    };
     let node_path = prepend(
         &node_modules,
         &std::env::var_os("NODE_PATH").unwrap_or_default(),
@@ -88,6 +96,9 @@ fn test(extra: Vec<OsString>) -> Result<ExitCode> {
         .env("PATH", path);
     if let Some(dir) = synthea_dir {
         command.env("EHI_SEARCH_SYNTHEA_DIR", dir);
+    }
+    if let Some(dir) = examples_dir {
+        command.env("EHI_R4_EXAMPLES_DIR", dir);
     }
     let status = command
         .status()
@@ -288,6 +299,40 @@ fn npm_package(target: &Path) -> Result<PathBuf> {
             .arg(format!("{name}@{version}")),
     )?;
     Ok(modules)
+}
+
+/// The official FHIR R4 examples (npm package `hl7.fhir.r4.examples` 4.0.1, CC0-1.0),
+/// unpacked once under `<target>/fhir-r4-examples`; returns their folder (None without
+/// npm). The ehi-layer's structure validator is checked against every one of them.
+fn r4_examples(target: &Path) -> Result<Option<PathBuf>> {
+    let out = target.join("fhir-r4-examples");
+    let package = out.join("package");
+    if package.join("package.json").is_file() {
+        return Ok(Some(package));
+    }
+    if !on_path("npm") || !on_path("tar") {
+        eprintln!("xtask: no npm or tar; the R4 examples test will say so");
+        return Ok(None);
+    }
+    step(&format!("npm pack {}@{}", R4_EXAMPLES.0, R4_EXAMPLES.1));
+    std::fs::create_dir_all(&out).map_err(|e| format!("creating {}: {e}", out.display()))?;
+    run(
+        "npm pack",
+        Command::new("npm")
+            .current_dir(&out)
+            .args(["pack", "--silent"])
+            .arg(format!("{}@{}", R4_EXAMPLES.0, R4_EXAMPLES.1))
+            .stdout(std::process::Stdio::null()),
+    )?;
+    let tarball = format!("{}-{}.tgz", R4_EXAMPLES.0, R4_EXAMPLES.1);
+    run(
+        "unpacking the R4 examples",
+        Command::new("tar")
+            .current_dir(&out)
+            .args(["xzf", &tarball]),
+    )?;
+    let _ = std::fs::remove_file(out.join(&tarball));
+    Ok(Some(package))
 }
 
 /// Two Synthea patients under `<target>/ehi-synthea` (generated once, seeded) for the
