@@ -6,6 +6,10 @@
 //!   and, when present, a valid `id` (`[A-Za-z0-9-.]{1,64}`) and `meta.lastUpdated` (a
 //!   FHIR instant). Anything else stops the import with an error naming the input and
 //!   the entry (`entry 12 (fullUrl urn:uuid:…)` or `line 7`).
+//! - Every resource must have the FHIR R4 structure ([`crate::validate`]); one that does
+//!   not stops the import with its entry, element paths and rules
+//!   ([`ImportError::Invalid`]), unless [`ImportOptions::lenient`] stores it with a
+//!   warning in the notes.
 //! - **Ids are stable**: an entry keeps its `resource.id`; without one it takes the
 //!   uuid (or oid) of its `urn:uuid:`/`urn:oid:` fullUrl; only an entry with neither gets
 //!   a random UUID. Re-importing the same bundle therefore updates the same resources
