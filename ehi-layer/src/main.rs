@@ -975,14 +975,7 @@ async fn init(broker: &str, path: &Path, recovery_kit: Option<&Path>) -> anyhow:
     let passphrase = passphrase(true)?;
     let net = Network::connect(broker, None).await?;
     let keystore = Keystore::generate(net.slots_server())?;
-    {
-        let keystore = keystore.clone();
-        let path = path.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            keystore.save(&path, &passphrase, KdfParams::default())
-        })
-        .await??;
-    }
+    save_keystore(&keystore, path, passphrase).await?;
     match Vault::create(net, &keystore).await {
         Ok(vault) => {
             eprintln!(
@@ -1008,6 +1001,20 @@ async fn init(broker: &str, path: &Path, recovery_kit: Option<&Path>) -> anyhow:
             Err(e.into())
         }
     }
+}
+
+/// Saves `keystore` to a new file at `path` under `passphrase` (Argon2id, off the
+/// async workers).
+async fn save_keystore(
+    keystore: &Keystore,
+    path: &Path,
+    passphrase: Zeroizing<String>,
+) -> anyhow::Result<()> {
+    let keystore = keystore.clone();
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || keystore.save(&path, &passphrase, KdfParams::default()))
+        .await??;
+    Ok(())
 }
 
 /// Writes a recovery kit and prints its code once (stdout), with what to do (stderr).
@@ -1067,14 +1074,7 @@ async fn keystore_recover(broker: &str, keystore_path: &Path, kit: &Path) -> any
         .await
         .context("the kit opened, but its vault did not")?;
     let passphrase = passphrase(true)?;
-    {
-        let keystore = keystore.clone();
-        let path = keystore_path.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            keystore.save(&path, &passphrase, KdfParams::default())
-        })
-        .await??;
-    }
+    save_keystore(&keystore, keystore_path, passphrase).await?;
     eprintln!(
         "recovered the keystore of vault {} to {} (under the new passphrase)",
         vault.slot(),
@@ -1562,14 +1562,7 @@ async fn device_join(broker: &str, keystore_path: &Path, code: &str) -> anyhow::
     let net = Network::connect(broker, Some(parsed.slots_server())).await?;
     let keystore = ehi_layer::device::join(&net, code).await?;
     let passphrase = passphrase(true)?;
-    {
-        let keystore = keystore.clone();
-        let path = keystore_path.to_path_buf();
-        tokio::task::spawn_blocking(move || {
-            keystore.save(&path, &passphrase, KdfParams::default())
-        })
-        .await??;
-    }
+    save_keystore(&keystore, keystore_path, passphrase).await?;
     eprintln!(
         "joined vault {} as device {} (keystore {})",
         keystore.vault_slot(),

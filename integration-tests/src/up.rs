@@ -22,6 +22,25 @@ pub const CLIENT_ENV: [&str; 5] = [
     "INVARIANT_CONFIG_DIR",
 ];
 
+/// Runs the `invariant` CLI with its own config folder and `broker`, none of the
+/// caller's client variables, and no stdin.
+pub fn invariant_cli(
+    config_dir: &std::path::Path,
+    broker: &str,
+    args: &[&str],
+) -> anyhow::Result<std::process::Output> {
+    let mut command = std::process::Command::new(bin_path("invariant")?);
+    for var in CLIENT_ENV {
+        command.env_remove(var);
+    }
+    Ok(command
+        .env("INVARIANT_CONFIG_DIR", config_dir)
+        .env("INVARIANT_BROKER", broker)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()?)
+}
+
 /// How `up` is started.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UpMode {

@@ -4,23 +4,13 @@
 //! token at all) refused with a message that says why.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use integration_tests::up::CLIENT_ENV;
-use integration_tests::{ServerProcess, bin_path};
+use integration_tests::ServerProcess;
 
 fn invariant(config_dir: &Path, broker: &str, args: &[&str]) -> anyhow::Result<Output> {
-    let mut command = Command::new(bin_path("invariant")?);
-    for var in CLIENT_ENV {
-        command.env_remove(var);
-    }
-    Ok(command
-        .env("INVARIANT_CONFIG_DIR", config_dir)
-        .env("INVARIANT_BROKER", broker)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()?)
+    integration_tests::up::invariant_cli(config_dir, broker, args)
 }
 
 fn text(bytes: &[u8]) -> String {
