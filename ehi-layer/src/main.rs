@@ -1043,7 +1043,8 @@ async fn token_grant(
     };
     let key = TokenKey::from_keystore(keystore);
     let now = ehi_layer::time::now_ms() / 1000;
-    let (token, claims) = key.mint_grant(&info, scopes, now, ttl)?;
+    let patient = ehi_layer::serve::context_patient(vault).await;
+    let (token, claims) = key.mint_grant_for(&info, scopes, patient.as_deref(), now, ttl)?;
     println!("{token}");
     eprintln!(
         "token {} for {} (grant {}): {}",

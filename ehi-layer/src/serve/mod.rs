@@ -47,6 +47,15 @@
 //! [`auth`]), or one minted from bare scopes. A token can be revoked on its own
 //! (`ehi token revoke`).
 //!
+//! **Confinement**: beyond its type scopes, a grant token sees only the resources kept
+//! in the grant's scopes ([`Vault::placements`]), and a token with a patient context
+//! (`launch_patient`, set by `ehi token <grant>` and `/token` to
+//! [`context_patient`]) sees only the compartment of that Patient plus resources in no
+//! patient's compartment (Practitioner, Organization, Medication, …) — on read, vread,
+//! history, search (totals count what it sees), `_include`/`_revinclude`,
+//! `$everything` and `$export`. A resource it may not see answers 404 as if it did not
+//! exist; writing a resource that references another patient is a 403.
+//!
 //! **Audit**: every request is written to the vault's audit log, batched ([`audit`]).
 //!
 //! **Performance** (benches/serve.rs, 100,000 resources, audit on, release, shared
@@ -733,6 +742,137 @@ pub(crate) struct Caller {
     jti: String,
     /// Who is asking, for the audit log (`None`: the patient).
     requestor: Option<crate::audit::Requestor>,
+    /// Which resources it may see at all.
+    confine: Confinement,
+}
+
+/// The resources a token may see beyond its type scopes (see the module docs,
+/// "Confinement"): those kept in its grant's scopes, and, with a patient context,
+/// those in that patient's compartment or in no patient's compartment.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Confinement {
+    /// The scopes of the token's grant (`None`: not a grant token).
+    scopes: Option<Vec<crate::Scope>>,
+    /// The token's patient context.
+    patient: Option<String>,
+}
+
+impl Confinement {
+    /// Whether nothing is confined (the patient's token, bare-scope tokens).
+    fn is_open(&self) -> bool {
+        self.scopes.is_none() && self.patient.is_none()
+    }
+
+    /// Whether a resource kept at `placement` may be seen.
+    fn allows(&self, placement: &crate::Placement) -> bool {
+        self.scopes
+            .as_ref()
+            .is_none_or(|scopes| scopes.contains(&placement.scope))
+            && self.allows_patients(&placement.patients)
+    }
+
+    /// Whether a resource in the compartments of `patients` may be seen.
+    fn allows_patients(&self, patients: &[String]) -> bool {
+        self.patient
+            .as_ref()
+            .is_none_or(|p| patients.is_empty() || patients.iter().any(|x| x == p))
+    }
+}
+
+/// The 404 of a resource the caller may not see (the same whether it exists or not).
+fn not_visible(t: &str, id: &str) -> ServeError {
+    ServeError::NotFound(format!("{t}/{id}: no such resource for this token"))
+}
+
+/// `refs` without those the caller may not see (in order). With confinement, a
+/// reference without a current version is dropped too.
+pub(crate) async fn visible_refs(
+    state: &AppState,
+    caller: &Caller,
+    refs: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    if caller.confine.is_open() {
+        return refs;
+    }
+    let placements = state.vault.placements(&refs).await;
+    refs.into_iter()
+        .zip(placements)
+        .filter(|(_, p)| p.as_ref().is_some_and(|p| caller.confine.allows(p)))
+        .map(|(r, _)| r)
+        .collect()
+}
+
+/// The ids of type `t` among `ids` that the caller may see (in order).
+async fn visible_ids(state: &AppState, caller: &Caller, t: &str, ids: &[String]) -> Vec<String> {
+    if caller.confine.is_open() {
+        return ids.to_vec();
+    }
+    let refs = ids.iter().map(|id| (t.to_string(), id.clone())).collect();
+    visible_refs(state, caller, refs)
+        .await
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect()
+}
+
+/// `resources` without those the caller may not see (in order).
+pub(crate) async fn visible_resources(
+    state: &AppState,
+    caller: &Caller,
+    resources: Vec<Value>,
+) -> Vec<Value> {
+    if caller.confine.is_open() {
+        return resources;
+    }
+    let refs: Vec<(String, String)> = resources
+        .iter()
+        .map(|r| {
+            (
+                r["resourceType"].as_str().unwrap_or("").to_string(),
+                r["id"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let placements = state.vault.placements(&refs).await;
+    resources
+        .into_iter()
+        .zip(placements)
+        .filter(|(_, p)| p.as_ref().is_some_and(|p| caller.confine.allows(p)))
+        .map(|(r, _)| r)
+        .collect()
+}
+
+/// A 404 unless the caller may see `t/id` (a confined caller sees nothing without a
+/// current version).
+pub(crate) async fn check_visible(
+    state: &AppState,
+    caller: &Caller,
+    t: &str,
+    id: &str,
+) -> Result<(), ServeError> {
+    if caller.confine.is_open() {
+        return Ok(());
+    }
+    let placement = state
+        .vault
+        .placements(&[(t.to_string(), id.to_string())])
+        .await
+        .pop()
+        .flatten();
+    match placement {
+        Some(p) if caller.confine.allows(&p) => Ok(()),
+        _ => Err(not_visible(t, id)),
+    }
+}
+
+/// The patient context of grant tokens: the vault's Patient (the first by id when a
+/// household vault keeps several). `/token` answers it as `patient`.
+pub async fn context_patient(vault: &Vault) -> Option<String> {
+    vault
+        .list()
+        .await
+        .into_iter()
+        .find_map(|r| r.strip_prefix("Patient/").map(str::to_string))
 }
 
 type Pairs = Vec<(String, String)>;
@@ -922,10 +1062,19 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Caller, ServeError
     let now = now_ms();
     let (claims, access) = state.key.verify(token.trim(), now / 1000)?;
     let requestor = state.auth.check(&claims, now)?;
+    let scopes = claims
+        .grant
+        .as_deref()
+        .and_then(|g| state.auth.grant(g))
+        .map(|g| g.info.scopes);
     Ok(Caller {
         access,
         jti: claims.jti,
         requestor,
+        confine: Confinement {
+            scopes,
+            patient: claims.launch_patient,
+        },
     })
 }
 
@@ -994,6 +1143,7 @@ async fn read(
             "_summary=count applies to searches".into(),
         ));
     }
+    check_visible(state, caller, t, id).await?;
     let resource = cached_read(&state.vault, &state.cache, t, id).await?;
     let resource = shape_resource(resource, summary, elements.as_deref());
     Ok(resource_response(StatusCode::OK, &resource, None))
@@ -1011,7 +1161,14 @@ async fn vread(
     let version: u64 = v
         .parse()
         .map_err(|_| ServeError::NotFound(format!("{t}/{id}/_history/{v}: no such version")))?;
+    check_visible(state, caller, t, id).await?;
     let resource = state.vault.read_version(t, id, version).await?;
+    if !caller
+        .confine
+        .allows_patients(&crate::fhir::patient_refs(t, id, &resource))
+    {
+        return Err(not_visible(t, id));
+    }
     Ok(resource_response(StatusCode::OK, &resource, None))
 }
 
@@ -1044,9 +1201,17 @@ async fn history(
 ) -> Result<Response, ServeError> {
     caller.access.require(t, Perm::Read)?;
     check_id(id)?;
+    check_visible(state, caller, t, id).await?;
     let versions = state.vault.history(t, id).await?;
     let entries: Vec<Value> = versions
         .iter()
+        .filter(|h| {
+            h.resource.as_ref().is_none_or(|r| {
+                caller
+                    .confine
+                    .allows_patients(&crate::fhir::patient_refs(t, id, r))
+            })
+        })
         .map(|h| history_entry(&state.base, t, id, h))
         .collect();
     Ok(fhir_response(
@@ -1076,6 +1241,7 @@ async fn type_history(
         .into_iter()
         .filter_map(|r| r.strip_prefix(&prefix).map(str::to_string))
         .collect();
+    let ids = visible_ids(state, caller, t, &ids).await;
     let futures: Vec<_> = ids
         .into_iter()
         .map(|id| {
@@ -1092,7 +1258,18 @@ async fn type_history(
     let mut all: Vec<(String, HistoryEntry)> = Vec::new();
     for h in histories {
         match h {
-            Ok((id, versions)) => all.extend(versions.into_iter().map(|v| (id.clone(), v))),
+            Ok((id, versions)) => all.extend(
+                versions
+                    .into_iter()
+                    .filter(|v| {
+                        v.resource.as_ref().is_none_or(|r| {
+                            caller
+                                .confine
+                                .allows_patients(&crate::fhir::patient_refs(t, &id, r))
+                        })
+                    })
+                    .map(|v| (id.clone(), v)),
+            ),
             Err(EhiError::NotFound(_) | EhiError::Gone(_)) => {}
             Err(e) => return Err(e.into()),
         }
@@ -1252,7 +1429,11 @@ async fn search(
         }
     }
     let query = encode_query(&index_pairs);
-    let found = cached_search(&state.vault, &state.cache, t, &query).await?;
+    let mut found = cached_search(&state.vault, &state.cache, t, &query).await?;
+    if !caller.confine.is_open() {
+        let ids = visible_ids(state, caller, t, &found.1).await;
+        found = Arc::new((ids.len(), ids));
+    }
     let (total, ids) = (found.0, &found.1);
     let base_url = format!("{}/{t}", state.base);
     if summary == Summary::Count {
@@ -1451,6 +1632,7 @@ impl Include {
                 }
             }
         }
+        let wanted = visible_refs(state, caller, wanted).await;
         fetch_refs(state, wanted).await
     }
 
@@ -1479,6 +1661,7 @@ impl Include {
             .into_iter()
             .filter(|id| seen.insert(format!("{}/{id}", self.source)))
             .collect();
+        let ids = visible_ids(state, caller, &self.source, &ids).await;
         fetch_all(state, &self.source, &ids).await
     }
 }
@@ -1503,12 +1686,12 @@ async fn everything(
 ) -> Result<Response, ServeError> {
     check_id(id)?;
     let page = Page::from_pairs(pairs)?;
+    check_visible(state, caller, "Patient", id).await?;
     // 404/410 for an unknown or deleted patient.
     state.vault.read("Patient", id).await?;
-    let resources: Vec<Value> = state
-        .vault
-        .patient_compartment(id)
-        .await?
+    let compartment = state.vault.patient_compartment(id).await?;
+    let resources: Vec<Value> = visible_resources(state, caller, compartment)
+        .await
         .into_iter()
         .filter(|r| {
             r["resourceType"]
@@ -1636,6 +1819,21 @@ async fn store(
     Ok(())
 }
 
+/// A 403 when a caller with a patient context writes a resource into another
+/// patient's compartment.
+fn check_patients(caller: &Caller, t: &str, id: &str, resource: &Value) -> Result<(), ServeError> {
+    if caller
+        .confine
+        .allows_patients(&crate::fhir::patient_refs(t, id, resource))
+    {
+        Ok(())
+    } else {
+        Err(ServeError::Forbidden(format!(
+            "the token's patient context does not cover the patients {t}/{id} references"
+        )))
+    }
+}
+
 fn new_id() -> Result<String, ServeError> {
     let mut b =
         crate::keys::random_bytes::<16>().map_err(|e| ServeError::Vault(EhiError::Keystore(e)))?;
@@ -1662,6 +1860,7 @@ async fn create(
     caller.access.require(t, Perm::Create)?;
     let mut resource = resource_body(headers, body, t)?;
     let id = new_id()?;
+    check_patients(caller, t, &id, &resource)?;
     resource["id"] = Value::String(id.clone());
     let _guard = state.write.lock().await;
     store(state, &format!("POST {t}"), &resource, t, &id).await?;
@@ -1719,7 +1918,17 @@ async fn update(
         }
     }
     let expected = if_match(headers)?;
+    check_patients(caller, t, id, &resource)?;
     let _guard = state.write.lock().await;
+    if !state
+        .vault
+        .placements(&[(t.to_string(), id.to_string())])
+        .await
+        .iter()
+        .all(Option::is_none)
+    {
+        check_visible(state, caller, t, id).await?;
+    }
     let current = match state.vault.read(t, id).await {
         Ok(r) => version_of(&r).and_then(|v| v.parse::<u64>().ok()),
         Err(EhiError::NotFound(_) | EhiError::Gone(_)) => None,
@@ -1756,6 +1965,7 @@ async fn delete(
 ) -> Result<Response, ServeError> {
     caller.access.require(t, Perm::Delete)?;
     check_id(id)?;
+    check_visible(state, caller, t, id).await?;
     let _guard = state.write.lock().await;
     match state.vault.read(t, id).await {
         Ok(_) => {}
