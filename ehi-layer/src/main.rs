@@ -327,6 +327,11 @@ enum Command {
         /// the client id as a secret.
         #[arg(long = "client", value_name = "CLIENT_ID=GRANT")]
         clients: Vec<String>,
+        /// Exit (status 0, after a line on stderr) once the vault is removed
+        /// (`ehi delete` on any device); without it the server keeps answering every
+        /// request with 410 Gone.
+        #[arg(long)]
+        exit_on_removal: bool,
     },
     /// Mint a bearer token for `ehi serve`: one bound to a grant (`ehi token <grant>`:
     /// the grant's scopes, refused once the grant is revoked or expired), the patient's
@@ -581,6 +586,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             token_expires,
             clients,
+            exit_on_removal,
         } => {
             return serve(
                 vault,
@@ -589,6 +595,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen,
                 &token_expires,
                 &clients,
+                exit_on_removal,
             )
             .await;
         }
@@ -961,6 +968,7 @@ async fn serve(
     listen: std::net::SocketAddr,
     token_expires: &str,
     clients: &[String],
+    exit_on_removal: bool,
 ) -> anyhow::Result<()> {
     use ehi_layer::serve::{self, ServeOptions, TokenKey};
     let ttl = serve::token::parse_duration(token_expires).map_err(anyhow::Error::msg)?;
@@ -994,9 +1002,17 @@ async fn serve(
         stdout.flush()?;
     }
     eprintln!("patient token (valid {token_expires}): {patient_token}");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    let removal = async {
+        if exit_on_removal {
+            server.removed().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        signal = tokio::signal::ctrl_c() => signal.context("waiting for Ctrl-C")?,
+        () = removal => eprintln!("the vault was removed: exiting (--exit-on-removal)"),
+    }
     server.stop().await?;
     Ok(())
 }

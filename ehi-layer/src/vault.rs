@@ -1518,6 +1518,13 @@ impl Vault {
         *hasher.finalize().as_bytes()
     }
 
+    /// Drops the decrypted manifests and search indexes this handle holds (`ehi serve`
+    /// calls it once the vault was removed); a later read re-reads the vault slot.
+    pub async fn forget_loaded(&self) {
+        let mut state = self.state.lock().await;
+        state.scopes.clear();
+    }
+
     /// The scope and patient compartments of each current resource of `refs`
     /// (`(type, id)`; `None` when it has no current version). Read from the manifests
     /// in memory: nothing is fetched or decrypted.

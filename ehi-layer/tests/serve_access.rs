@@ -517,3 +517,162 @@ async fn a_patient_context_confines_every_interaction() -> anyhow::Result<()> {
     net.stop().await;
     Ok(())
 }
+
+/// Polls `url` with `token` every 50 ms until it answers `want`; returns how long that
+/// took (an error after `limit`).
+async fn time_until(
+    http: &Client,
+    url: &str,
+    token: &str,
+    want: StatusCode,
+    limit: Duration,
+) -> anyhow::Result<(Duration, Value)> {
+    let started = Instant::now();
+    loop {
+        let (status, body) = get(http, url, token).await?;
+        if status == want {
+            return Ok((started.elapsed(), body));
+        }
+        ensure!(
+            started.elapsed() < limit,
+            "{url} still answers {status} after {:?}: {body}",
+            started.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_grant_revoked_on_another_device_is_refused_within_two_seconds() -> anyhow::Result<()> {
+    let net = TestNet::start(1, false).await?;
+    let dir = tempfile::tempdir()?;
+    let (keystore, _path, vault) = net.new_patient_vault(dir.path()).await?;
+    let vault = Arc::new(vault);
+    let meds = grant_with(
+        &vault,
+        "MedTracker",
+        &[Scope::Medications],
+        Access::Read,
+        DAY_MS,
+    )
+    .await?;
+    let key = TokenKey::from_keystore(&keystore);
+    let client_id = "medtracker-client-9d2c44a1b7e05f3a";
+    // The default refresh interval (30 s): only following the slot can meet 2 s.
+    let server = serve::start_with(
+        vault.clone(),
+        key.clone(),
+        "127.0.0.1:0".parse()?,
+        ServeOptions {
+            warm_up: false,
+            clients: vec![(client_id.to_string(), meds.id.clone())],
+            ..ServeOptions::default()
+        },
+    )
+    .await?;
+    let base = server.url().to_string();
+    let http = Client::new();
+    let (token, _) = key.mint_grant_for(&meds, None, Some(P1), now_s(), 600)?;
+    let (oauth, _) = oauth_token(&base, client_id).await?;
+    let url = format!("{base}/MedicationRequest");
+    for t in [&token, &oauth] {
+        let (status, body) = get(&http, &url, t).await?;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    // A grant made on another device is usable as soon as it is committed, too.
+    let other = Vault::open(net.connect(Some(&keystore)).await?, &keystore).await?;
+    let later = grant_with(&other, "Later", &[Scope::Medications], Access::Read, DAY_MS).await?;
+    let (later_token, _) = key.mint_grant(&later, None, now_s(), 600)?;
+    let (took, _) = time_until(
+        &http,
+        &url,
+        &later_token,
+        StatusCode::OK,
+        Duration::from_secs(2),
+    )
+    .await?;
+    eprintln!("a new grant was accepted after {took:?}");
+
+    // `ehi revoke` on another device: the revocation reaches the slots server when
+    // `revoke` returns.
+    other.revoke(&meds.id, false).await?;
+    let revoked = Instant::now();
+    for t in [&token, &oauth] {
+        let limit = Duration::from_secs(2).saturating_sub(revoked.elapsed());
+        let (_, body) = time_until(&http, &url, t, StatusCode::UNAUTHORIZED, limit).await?;
+        assert!(body.to_string().contains("revoked"), "{body}");
+    }
+    eprintln!("revoked grant refused after {:?}", revoked.elapsed());
+    let (status, _) = get(&http, &url, &later_token).await?;
+    assert_eq!(status, StatusCode::OK, "the other grant still works");
+    server.stop().await?;
+    net.stop().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_removed_vault_is_answered_410_within_two_seconds() -> anyhow::Result<()> {
+    let net = TestNet::start(1, false).await?;
+    let dir = tempfile::tempdir()?;
+    let (keystore, _path, vault) = net.new_patient_vault(dir.path()).await?;
+    let vault = Arc::new(vault);
+    let key = TokenKey::from_keystore(&keystore);
+    let server = serve::start_with(
+        vault.clone(),
+        key.clone(),
+        "127.0.0.1:0".parse()?,
+        ServeOptions::default(),
+    )
+    .await?;
+    server.warmed().await;
+    assert!(server.cached() > 0);
+    let base = server.url().to_string();
+    let http = Client::new();
+    let patient = key.mint_patient(now_s(), 600)?;
+    let (status, bundle) = get(&http, &format!("{base}/Observation"), &patient).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(bundle["total"], 2);
+    assert!(!server.is_removed());
+
+    // `ehi delete --yes` on another handle.
+    let other = Vault::open(net.connect(Some(&keystore)).await?, &keystore).await?;
+    other.remove(None).await?;
+    let removed = Instant::now();
+    let (_, body) = time_until(
+        &http,
+        &format!("{base}/Observation"),
+        &patient,
+        StatusCode::GONE,
+        Duration::from_secs(2),
+    )
+    .await?;
+    eprintln!("410 after {:?}", removed.elapsed());
+    assert_eq!(body["resourceType"], "OperationOutcome", "{body}");
+    assert!(body.to_string().contains("removed"), "{body}");
+    assert!(server.is_removed());
+    tokio::time::timeout(Duration::from_secs(1), server.removed()).await?;
+    assert_eq!(server.cached(), 0, "the decrypted cache is dropped");
+    // Every request: reads, writes, metadata, without a token.
+    let (status, _) = get(&http, &format!("{base}/Patient/{P1}"), &patient).await?;
+    assert_eq!(status, StatusCode::GONE);
+    let resp = http
+        .post(format!("{base}/Observation"))
+        .bearer_auth(&patient)
+        .header("content-type", "application/fhir+json")
+        .body(
+            json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}})
+                .to_string(),
+        )
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::GONE);
+    let body: Value = resp.json().await?;
+    assert!(body.to_string().contains("removed"), "{body}");
+    let resp = http.get(format!("{base}/metadata")).send().await?;
+    assert_eq!(resp.status(), StatusCode::GONE);
+    let resp = http.get(format!("{base}/Patient")).send().await?;
+    assert_eq!(resp.status(), StatusCode::GONE);
+    server.stop().await?;
+    net.stop().await;
+    Ok(())
+}

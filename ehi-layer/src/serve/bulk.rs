@@ -73,6 +73,11 @@ struct Job {
 pub struct Jobs(Mutex<HashMap<String, Job>>);
 
 impl Jobs {
+    /// Drops every job and its files (the vault was removed).
+    pub(crate) fn clear(&self) {
+        self.with(HashMap::clear);
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, Job>) -> R) -> R {
         let mut guard = match self.0.lock() {
             Ok(g) => g,

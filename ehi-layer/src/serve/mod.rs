@@ -113,6 +113,8 @@ pub const MAX_COUNT: usize = 1000;
 pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// How often the revoked-token file is checked for changes.
 pub const REVOKED_POLL: Duration = Duration::from_secs(1);
+/// Pause before watching the vault slot again after the watch failed.
+const WATCH_RETRY: Duration = Duration::from_millis(200);
 
 const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 /// Resources fetched concurrently for a page.
@@ -148,6 +150,10 @@ pub struct ServeOptions {
     /// budget), the same as every network server's. Default
     /// [`invariant_runtime::conn::Limits::default`].
     pub limits: invariant_runtime::conn::Limits,
+    /// Follow the vault slot through the slots server's watch stream, so that other
+    /// devices' commits, revoked grants and the vault's removal are seen at once
+    /// rather than at the next [`ServeOptions::refresh_every`]. Default true.
+    pub watch: bool,
 }
 
 impl Default for ServeOptions {
@@ -163,6 +169,7 @@ impl Default for ServeOptions {
             cache_bytes: 256 * 1024 * 1024,
             warm_up: true,
             limits: invariant_runtime::conn::Limits::default(),
+            watch: true,
         }
     }
 }
@@ -183,6 +190,36 @@ pub(crate) struct AppState {
     /// [`ServeOptions::warm_up`]: whether a refresh that changed the resources warms
     /// the emptied cache again.
     warm_up: bool,
+    /// Set once the vault is seen removed: every request is answered 410 from then on.
+    removed: watch::Sender<bool>,
+}
+
+/// The vault was removed: drops the decrypted resources (cache, search results, bulk
+/// export files, the vault handle's manifests and indexes) and the audit entries waiting (there is no log to append them to);
+/// from now on every request is answered 410 ([`removed_response`]).
+fn mark_removed(state: &AppState) {
+    if state.removed.send_replace(true) {
+        return;
+    }
+    tracing::warn!("the vault was removed: answering every request with 410 Gone");
+    state.cache.clear();
+    state.jobs.clear();
+    if let Some(audit) = &state.audit {
+        audit.discard();
+    }
+    let vault = state.vault.clone();
+    tokio::spawn(async move { vault.forget_loaded().await });
+}
+
+/// The answer to every request once the vault was removed.
+fn removed_response() -> Response {
+    fhir_response(
+        StatusCode::GONE,
+        &error::outcome(
+            "deleted",
+            "the vault was removed (ehi delete): this server no longer serves it",
+        ),
+    )
 }
 
 /// Decrypted current versions, in memory only (never on disk), keyed by `(type, id)`:
@@ -453,6 +490,17 @@ impl Server {
         self.state.cache.len()
     }
 
+    /// Whether the vault was seen removed (every request then gets 410).
+    pub fn is_removed(&self) -> bool {
+        *self.state.removed.borrow()
+    }
+
+    /// Waits until the vault is seen removed (never returns otherwise).
+    pub async fn removed(&self) {
+        let mut rx = self.state.removed.subscribe();
+        let _ = rx.wait_for(|removed| *removed).await;
+    }
+
     /// Re-reads the vault and its grants now (what the server does every
     /// [`ServeOptions::refresh_every`]).
     pub async fn refresh(&self) -> Result<(), ServeError> {
@@ -485,6 +533,9 @@ impl Server {
 }
 
 async fn flush_audit(state: &AppState) -> Result<usize, ServeError> {
+    if *state.removed.borrow() {
+        return Ok(0);
+    }
     match &state.audit {
         Some(buffer) => Ok(buffer.flush(&state.vault).await?),
         None => Ok(0),
@@ -494,7 +545,14 @@ async fn flush_audit(state: &AppState) -> Result<usize, ServeError> {
 /// Re-reads the vault; reloads the grants; empties and re-warms the cache if the
 /// resources changed.
 async fn refresh(state: &Arc<AppState>) -> Result<(), ServeError> {
+    if *state.removed.borrow() {
+        return Ok(());
+    }
     let result = state.vault.refresh().await;
+    if let Err(EhiError::Removed { .. }) = &result {
+        mark_removed(state);
+        return Ok(());
+    }
     state.auth.refresh_grants(&state.vault).await;
     result?;
     let now = state.vault.resources_fingerprint().await;
@@ -544,6 +602,7 @@ pub async fn start_with(
     let cache = Arc::new(Cache::new(options.cache_bytes));
     *cache.known() = vault.resources_fingerprint().await;
     let (warmed, _) = watch::channel(!options.warm_up);
+    let (removed, _) = watch::channel(false);
     let state = Arc::new(AppState {
         vault: vault.clone(),
         key,
@@ -558,6 +617,7 @@ pub async fn start_with(
             .then(|| audit::AuditBuffer::new(options.audit_batch)),
         warmed,
         warm_up: options.warm_up,
+        removed,
     });
     if options.warm_up {
         tokio::spawn(warm_up(state.clone()));
@@ -575,6 +635,10 @@ pub async fn start_with(
     let (tx, rx) = oneshot::channel::<()>();
     let background_state = state.clone();
     let (stop_background, mut stopped) = oneshot::channel::<()>();
+    let slot_moved = Arc::new(tokio::sync::Notify::new());
+    let watcher = options
+        .watch
+        .then(|| tokio::spawn(follow_slot(state.clone(), slot_moved.clone())));
     let background = tokio::spawn(async move {
         let state = background_state;
         let mut refresh_tick = tokio::time::interval(options.refresh_every);
@@ -590,6 +654,11 @@ pub async fn start_with(
             };
             tokio::select! {
                 _ = &mut stopped => break,
+                _ = slot_moved.notified() => {
+                    if let Err(e) = refresh(&state).await {
+                        tracing::warn!(error = %e, "refreshing the vault");
+                    }
+                }
                 _ = refresh_tick.tick() => {
                     if let Err(e) = refresh(&state).await {
                         tracing::warn!(error = %e, "refreshing the vault");
@@ -629,6 +698,9 @@ pub async fn start_with(
         // Stop between two iterations (never in the middle of a flush).
         let _ = stop_background.send(());
         let _ = background.await;
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
         result
     });
     Ok(Server {
@@ -638,6 +710,25 @@ pub async fn start_with(
         task,
         state,
     })
+}
+
+/// Follows the vault slot ([`Vault::watch`]): each move re-reads the vault and wakes
+/// the background task through `moved` (which reloads the grants and the cache); the
+/// slot moved to the tombstone marks the vault removed. Runs until the server stops.
+async fn follow_slot(state: Arc<AppState>, moved: Arc<tokio::sync::Notify>) {
+    loop {
+        let notify = moved.clone();
+        let result = state.vault.watch(move |_| notify.notify_one()).await;
+        match result {
+            Err(EhiError::Removed { .. }) => {
+                mark_removed(&state);
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "following the vault slot; retrying"),
+            Ok(()) => {}
+        }
+        tokio::time::sleep(WATCH_RETRY).await;
+    }
 }
 
 /// The `Host` values a request may carry: the bound address, and `localhost` when
@@ -696,6 +787,9 @@ pub(crate) fn fhir_response(status: StatusCode, value: &Value) -> Response {
 }
 
 async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    if *state.removed.borrow() {
+        return removed_response();
+    }
     let ms = now_ms();
     let method = request.method().to_string();
     let target = request
@@ -705,8 +799,16 @@ async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Respons
     let mut who: Option<Caller> = None;
     let response = match route(&state, request, &mut who).await {
         Ok(response) => response,
+        Err(ServeError::Vault(EhiError::Removed { .. })) => {
+            mark_removed(&state);
+            return removed_response();
+        }
         Err(e) => e.into_response(),
     };
+    if *state.removed.borrow() {
+        // Removed while this request ran: what it read is not handed out.
+        return removed_response();
+    }
     if let Some(buffer) = &state.audit {
         let segs: Vec<&str> = target
             .split('?')
