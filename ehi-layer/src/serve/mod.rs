@@ -36,9 +36,25 @@
 //! Decrypted current versions are kept in an in-memory cache bounded by
 //! [`ServeOptions::cache_bytes`] and warmed at start (every current resource read
 //! once), so searches answer from memory; this server's writes invalidate what they
-//! wrote, and a refresh of the vault (every [`ServeOptions::refresh_every`], 30 s by
-//! default) that brought other devices' changes empties and re-warms it: a commit from
-//! another device shows after the next refresh.
+//! wrote, and a refresh of the vault that brought other devices' changes empties and
+//! re-warms it.
+//!
+//! **Following the vault slot**: the server watches the vault slot on the slots
+//! server ([`Vault::watch`], the NDJSON watch stream; [`ServeOptions::watch`]) and
+//! refreshes as soon as it moves, besides every [`ServeOptions::refresh_every`] (30 s,
+//! a fallback while the watch is down; it is re-opened after 200 ms). So another
+//! device's commit shows, and **a grant revoked elsewhere (`ehi revoke`) has its
+//! tokens refused, within 2 s of the revocation reaching the slots server** (in
+//! practice the time to re-read the changed manifests); an expired grant's tokens are
+//! refused at once (its expiry is checked on every request).
+//!
+//! **Removal**: once the vault slot holds the tombstone (`ehi delete` on any device;
+//! seen through the watch, a refresh, or a request), the server answers **every**
+//! request (metadata included) with 410 Gone and an OperationOutcome saying the vault
+//! was removed, within the same 2 s bound; it drops its decrypted resources (cache,
+//! search results, bulk export files, the vault handle's manifests and indexes) and
+//! the audit entries not yet written. `ehi serve --exit-on-removal` then exits
+//! ([`Server::removed`]).
 //!
 //! **Authorization**: every request except `/metadata`,
 //! `/.well-known/smart-configuration`, `/authorize` and `/token` needs a bearer token
@@ -108,8 +124,8 @@ pub const MAX_BODY: usize = 16 * 1024 * 1024;
 pub const DEFAULT_COUNT: usize = 50;
 /// Largest page.
 pub const MAX_COUNT: usize = 1000;
-/// How often the server re-reads the vault to see other devices' commits (and grant
-/// revocations made elsewhere), by default.
+/// How often the server re-reads the vault by default, besides following the vault
+/// slot (the fallback while the slot watch is down).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// How often the revoked-token file is checked for changes.
 pub const REVOKED_POLL: Duration = Duration::from_secs(1);
