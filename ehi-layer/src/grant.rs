@@ -55,14 +55,18 @@
 //!
 //! ## SMART App Launch v2
 //! A grant corresponds to the SMART v2 scopes [`smart_scopes`] returns: for each
-//! resource type of each granted scope (the table in [`crate::scope`]),
-//! `patient/<Type>.rs` for read access and `patient/<Type>.crs` for contribute (create
-//! plus read/search; the layer never lets an app update or delete the patient's
-//! resources). `clinical` also covers every type not listed elsewhere, which SMART can
-//! only say as `patient/*.rs`; it is listed by its named types. `sensitive` has no type
-//! of its own: it holds labelled resources, which SMART v2 scopes cannot name (a server
-//! facade would need `patient/*.rs?_security=…`, which is not standard); it maps to no
-//! SMART scope and must be granted explicitly.
+//! granted scope, one scope per R4 resource type that scope holds by default (the
+//! table in [`crate::scope`], applied to every type of
+//! [`ehi_search::resource_types`]) — `patient/<Type>.rs` for read access and
+//! `patient/<Type>.crs` for contribute (create plus read/search; the layer never lets
+//! an app update or delete the patient's resources). `clinical`, the catch-all, so
+//! lists every type no other scope names (Encounter, Observation, … and the rest).
+//! `sensitive` has no type of its own: it holds labelled resources of any type, which
+//! SMART v2 scopes cannot name, so it maps to `patient/*.rs` (or `.crs`). A type scope
+//! says which types an app may ask for, not which resources it sees: `ehi serve`
+//! ([`crate::serve`]) also confines a grant's tokens to the resources stored in the
+//! grant's scopes, so `patient/*.rs` of a `sensitive` grant shows the sensitive
+//! resources only, and a `clinical` grant never shows a Condition kept in `sensitive`.
 
 use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use invariant_spec::Id;
@@ -72,7 +76,7 @@ use zeroize::Zeroizing;
 use crate::error::{EhiError, Result};
 use crate::format::{EpochKey, GrantRecord};
 use crate::keystore::{HpkeSealed, hpke_seal};
-use crate::scope::{DEFAULT_TABLE, Scope};
+use crate::scope::Scope;
 use crate::time::instant;
 
 /// The HPKE `info` of a sealed grant.
@@ -306,7 +310,10 @@ impl GrantTicket {
     }
 }
 
-/// The SMART App Launch v2 scopes of a grant (see the module docs).
+/// The SMART App Launch v2 scopes of a grant (see the module docs): for every scope,
+/// one `patient/<Type>.<perms>` per R4 resource type ([`ehi_search::resource_types`])
+/// whose default scope it is — the catch-all `clinical` included — and
+/// `patient/*.<perms>` for `sensitive`.
 pub fn smart_scopes(scopes: &[Scope], access: Access) -> Vec<String> {
     let suffix = match access {
         Access::Read => "rs",
@@ -314,12 +321,18 @@ pub fn smart_scopes(scopes: &[Scope], access: Access) -> Vec<String> {
     };
     let mut out = Vec::new();
     for scope in scopes {
-        for (resource_type, s) in DEFAULT_TABLE {
-            if s == scope {
+        if *scope == Scope::Sensitive {
+            out.push(format!("patient/*.{suffix}"));
+            continue;
+        }
+        for resource_type in ehi_search::resource_types() {
+            if crate::scope::default_scope(resource_type) == *scope {
                 out.push(format!("patient/{resource_type}.{suffix}"));
             }
         }
     }
+    out.sort();
+    out.dedup();
     out
 }
 

@@ -272,6 +272,6 @@ pub use scope::Scope;
 pub use session::AppSession;
 pub use vault::{
     ConsentOutcome, ConsentRequestInfo, ContributionInfo, HistoryEntry, ImportReport, MergeReport,
-    Progress, ProgressFn, RemoveReport, RequestList, RevokeReport, SearchHits, Stage, Status,
-    Vault, VaultOptions, tombstone_address,
+    Placement, Progress, ProgressFn, RemoveReport, RequestList, RevokeReport, SearchHits, Stage,
+    Status, Vault, VaultOptions, tombstone_address,
 };

@@ -356,6 +356,11 @@ enum Command {
         /// the client id as a secret.
         #[arg(long = "client", value_name = "CLIENT_ID=GRANT")]
         clients: Vec<String>,
+        /// Exit (status 0, after a line on stderr) once the vault is removed
+        /// (`ehi delete` on any device); without it the server keeps answering every
+        /// request with 410 Gone.
+        #[arg(long)]
+        exit_on_removal: bool,
     },
     /// Mint a bearer token for `ehi serve`: one bound to a grant (`ehi token <grant>`:
     /// the grant's scopes, refused once the grant is revoked or expired), the patient's
@@ -618,6 +623,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             token_expires,
             clients,
+            exit_on_removal,
         } => {
             return serve(
                 vault,
@@ -626,6 +632,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 listen,
                 &token_expires,
                 &clients,
+                exit_on_removal,
             )
             .await;
         }
@@ -1090,6 +1097,7 @@ async fn serve(
     listen: std::net::SocketAddr,
     token_expires: &str,
     clients: &[String],
+    exit_on_removal: bool,
 ) -> anyhow::Result<()> {
     use ehi_layer::serve::{self, ServeOptions, TokenKey};
     let ttl = serve::token::parse_duration(token_expires).map_err(anyhow::Error::msg)?;
@@ -1123,9 +1131,17 @@ async fn serve(
         stdout.flush()?;
     }
     eprintln!("patient token (valid {token_expires}): {patient_token}");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    let removal = async {
+        if exit_on_removal {
+            server.removed().await;
+        } else {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        signal = tokio::signal::ctrl_c() => signal.context("waiting for Ctrl-C")?,
+        () = removal => eprintln!("the vault was removed: exiting (--exit-on-removal)"),
+    }
     server.stop().await?;
     Ok(())
 }
@@ -1172,7 +1188,8 @@ async fn token_grant(
     };
     let key = TokenKey::from_keystore(keystore);
     let now = ehi_layer::time::now_ms() / 1000;
-    let (token, claims) = key.mint_grant(&info, scopes, now, ttl)?;
+    let patient = ehi_layer::serve::context_patient(vault).await;
+    let (token, claims) = key.mint_grant_for(&info, scopes, patient.as_deref(), now, ttl)?;
     println!("{token}");
     eprintln!(
         "token {} for {} (grant {}): {}",

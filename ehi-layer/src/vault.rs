@@ -168,6 +168,16 @@ pub struct HistoryEntry {
     pub resource: Option<Value>,
 }
 
+/// Where a current resource is kept ([`Vault::placements`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Placement {
+    /// The scope holding it.
+    pub scope: Scope,
+    /// The Patients whose compartment its current version is in (empty: none, e.g. a
+    /// Practitioner).
+    pub patients: Vec<String>,
+}
+
 /// A search answer.
 #[derive(Clone, Debug)]
 pub struct SearchHits {
@@ -1506,6 +1516,31 @@ impl Vault {
             }
         }
         *hasher.finalize().as_bytes()
+    }
+
+    /// Drops the decrypted manifests and search indexes this handle holds (`ehi serve`
+    /// calls it once the vault was removed); a later read re-reads the vault slot.
+    pub async fn forget_loaded(&self) {
+        let mut state = self.state.lock().await;
+        state.scopes.clear();
+    }
+
+    /// The scope and patient compartments of each current resource of `refs`
+    /// (`(type, id)`; `None` when it has no current version). Read from the manifests
+    /// in memory: nothing is fetched or decrypted.
+    pub async fn placements(&self, refs: &[(String, String)]) -> Vec<Option<Placement>> {
+        let state = self.state.lock().await;
+        refs.iter()
+            .map(|(t, id)| {
+                state.scopes.iter().find_map(|(scope, loaded)| {
+                    let latest = loaded.manifest.resources.get(t)?.get(id)?.last()?;
+                    (!latest.deleted).then(|| Placement {
+                        scope: *scope,
+                        patients: latest.patients.clone(),
+                    })
+                })
+            })
+            .collect()
     }
 
     /// `Type/id` of every current resource, sorted.

@@ -222,3 +222,89 @@ async fn ehi_token_for_a_grant_and_its_revocation() -> anyhow::Result<()> {
     net.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_clinical_grant_token_and_exit_on_removal() -> anyhow::Result<()> {
+    let net = TestNet::start(1, false).await?;
+    let home = tempfile::tempdir()?;
+    let broker = net.broker_url.clone();
+    let h = home.path().to_path_buf();
+    let b = broker.clone();
+    let bundle = home.path().join("patient.json");
+    std::fs::write(&bundle, serde_json::to_vec(&patient_bundle())?)?;
+    let bundle = bundle.to_str().context("path")?.to_string();
+    // `ehi grant … --scopes clinical` then `ehi token <grant>`.
+    let token = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        run(&h, &b, &["init"])?;
+        run(&h, &b, &["import", &bundle])?;
+        let app = h.join("app.json");
+        let card = run(
+            &h,
+            &b,
+            &[
+                "app",
+                "new",
+                "ClinicView",
+                "--app-keystore",
+                app.to_str().context("path")?,
+            ],
+        )?;
+        let card_file = h.join("card.json");
+        std::fs::write(&card_file, card)?;
+        let card_file = card_file.to_str().context("path")?.to_string();
+        run(
+            &h,
+            &b,
+            &[
+                "grant",
+                &card_file,
+                "--scopes",
+                "clinical",
+                "--purpose",
+                "TREAT",
+            ],
+        )?;
+        let grants: Value = serde_json::from_str(&run(&h, &b, &["grants"])?)?;
+        let grant = grants[0]["id"].as_str().context("grant id")?.to_string();
+        run(&h, &b, &["token", &grant, "--expires", "10m"])
+    })
+    .await??;
+    ensure!(token.starts_with("ehi1."), "{token}");
+
+    let mut serve = ehi(home.path(), &broker);
+    serve.args(["serve", "--listen", "127.0.0.1:0", "--exit-on-removal"]);
+    let (mut child, base) = start_serve(serve).await?;
+    let http = reqwest::Client::new();
+    let resp = http
+        .get(format!("{base}/Observation"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let bundle: Value = resp.json().await?;
+    assert_eq!(bundle["total"], 2, "{bundle}");
+    let resp = http
+        .get(format!("{base}/Patient"))
+        .bearer_auth(&token)
+        .send()
+        .await?;
+    assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+
+    // `ehi delete --yes`: the server exits.
+    let (h, b) = (home.path().to_path_buf(), broker.clone());
+    tokio::task::spawn_blocking(move || run(&h, &b, &["delete", "--yes"])).await??;
+    let deleted = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.0.try_wait()? {
+            break status;
+        }
+        ensure!(
+            deleted.elapsed() < Duration::from_secs(5),
+            "ehi serve --exit-on-removal still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    ensure!(status.success(), "exit status {status}");
+    net.stop().await;
+    Ok(())
+}

@@ -69,6 +69,11 @@ impl AuditBuffer {
         }
     }
 
+    /// Drops every entry waiting (the vault was removed: there is no log to append to).
+    pub(crate) fn discard(&self) -> usize {
+        std::mem::take(&mut *self.lock()).len()
+    }
+
     /// Entries waiting.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()

@@ -2,11 +2,13 @@
 //!
 //! - **Grants**: a token bound to a grant (`grant` claim) is accepted only while the
 //!   grant is in the vault's current grant list ([`Vault::grants`]) and has not
-//!   expired. The list is held in memory (grant id → app name, expiry), loaded at start
-//!   and reloaded after every refresh of the vault (every
-//!   [`super::ServeOptions::refresh_every`]) and after this server's own writes; a
-//!   revocation made by `ehi revoke` in another process is therefore seen within one
-//!   refresh interval. Expiry is checked against the clock on every request.
+//!   expired. The list is held in memory (grant id → app name, scopes, expiry), loaded
+//!   at start and reloaded after every refresh of the vault — each time the vault slot
+//!   moves (the server follows it, see [`super`]) and every
+//!   [`super::ServeOptions::refresh_every`] — and after this server's own writes; a
+//!   revocation made by `ehi revoke` in another process is therefore seen within 2 s
+//!   of reaching the slots server. Expiry is checked against the clock on every
+//!   request.
 //! - **Revoked token ids**: the ids listed in the revocation file beside the keystore
 //!   ([`super::token::revoked_tokens_path`]), re-read when its modification time or
 //!   size changes (polled every [`super::REVOKED_POLL`]).

@@ -7,6 +7,9 @@
 //! memory. `DELETE` on the status url drops the job. Jobs belong to the token that
 //! started them and vanish when the server stops (nothing is written to disk).
 //!
+//! A confined token (a grant's, or one with a patient context) exports only what it may
+//! see (see the module docs of [`super`], "Confinement").
+//!
 //! Supported kick-off parameters: `_outputFormat` (`application/fhir+ndjson`,
 //! `application/ndjson`, `ndjson`), `_type`, `_since` and `_typeFilter`. Only the types
 //! the token may read are exported; naming another type in `_type` or `_typeFilter` is
@@ -70,6 +73,11 @@ struct Job {
 pub struct Jobs(Mutex<HashMap<String, Job>>);
 
 impl Jobs {
+    /// Drops every job and its files (the vault was removed).
+    pub(crate) fn clear(&self) {
+        self.with(HashMap::clear);
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut HashMap<String, Job>) -> R) -> R {
         let mut guard = match self.0.lock() {
             Ok(g) => g,
@@ -102,6 +110,7 @@ pub(crate) async fn kickoff(
         if !crate::fhir::valid_id(id) {
             return Err(ServeError::NotFound(format!("{id:?} is not a valid id")));
         }
+        super::check_visible(state, caller, "Patient", id).await?;
         // 404 or 410 now rather than a failed job later.
         state.vault.read("Patient", id).await?;
     }
@@ -254,6 +263,7 @@ async fn run(
                 .into_iter()
                 .filter(|(t, id)| wanted(t) && passes(t, id))
                 .collect();
+            let refs = super::visible_refs(state, caller, refs).await;
             let total = refs.len();
             let mut out = Vec::with_capacity(total);
             for chunk in refs.chunks(256) {
@@ -280,12 +290,14 @@ async fn run(
                     .await
                     .into_iter()
                     .filter_map(|r| r.strip_prefix("Patient/").map(str::to_string))
+                    .filter(|p| caller.confine.allows_patients(std::slice::from_ref(p)))
                     .collect(),
             };
             let mut out = Vec::new();
             let mut seen = std::collections::HashSet::new();
             for (i, p) in patients.iter().enumerate() {
-                for r in state.vault.patient_compartment(p).await? {
+                let compartment = state.vault.patient_compartment(p).await?;
+                for r in super::visible_resources(state, caller, compartment).await {
                     let key = format!("{}/{}", r["resourceType"], r["id"]);
                     if r["resourceType"].as_str().is_some_and(&wanted) && seen.insert(key) {
                         out.push(r);

@@ -81,7 +81,7 @@ impl ServeError {
             ServeError::Token(_) => (StatusCode::UNAUTHORIZED, "login"),
             ServeError::Vault(e) => match e {
                 EhiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found"),
-                EhiError::Gone(_) => (StatusCode::GONE, "deleted"),
+                EhiError::Gone(_) | EhiError::Removed { .. } => (StatusCode::GONE, "deleted"),
                 EhiError::InvalidArgument(_) | EhiError::Search(_) => {
                     (StatusCode::BAD_REQUEST, "invalid")
                 }

@@ -36,9 +36,25 @@
 //! Decrypted current versions are kept in an in-memory cache bounded by
 //! [`ServeOptions::cache_bytes`] and warmed at start (every current resource read
 //! once), so searches answer from memory; this server's writes invalidate what they
-//! wrote, and a refresh of the vault (every [`ServeOptions::refresh_every`], 30 s by
-//! default) that brought other devices' changes empties and re-warms it: a commit from
-//! another device shows after the next refresh.
+//! wrote, and a refresh of the vault that brought other devices' changes empties and
+//! re-warms it.
+//!
+//! **Following the vault slot**: the server watches the vault slot on the slots
+//! server ([`Vault::watch`], the NDJSON watch stream; [`ServeOptions::watch`]) and
+//! refreshes as soon as it moves, besides every [`ServeOptions::refresh_every`] (30 s,
+//! a fallback while the watch is down; it is re-opened after 200 ms). So another
+//! device's commit shows, and **a grant revoked elsewhere (`ehi revoke`) has its
+//! tokens refused, within 2 s of the revocation reaching the slots server** (in
+//! practice the time to re-read the changed manifests); an expired grant's tokens are
+//! refused at once (its expiry is checked on every request).
+//!
+//! **Removal**: once the vault slot holds the tombstone (`ehi delete` on any device;
+//! seen through the watch, a refresh, or a request), the server answers **every**
+//! request (metadata included) with 410 Gone and an OperationOutcome saying the vault
+//! was removed, within the same 2 s bound; it drops its decrypted resources (cache,
+//! search results, bulk export files, the vault handle's manifests and indexes) and
+//! the audit entries not yet written. `ehi serve --exit-on-removal` then exits
+//! ([`Server::removed`]).
 //!
 //! **Authorization**: every request except `/metadata`,
 //! `/.well-known/smart-configuration`, `/authorize` and `/token` needs a bearer token
@@ -46,6 +62,15 @@
 //! authorization-code flow of [`oauth`]; refused once the grant is revoked or expired,
 //! [`auth`]), or one minted from bare scopes. A token can be revoked on its own
 //! (`ehi token revoke`).
+//!
+//! **Confinement**: beyond its type scopes, a grant token sees only the resources kept
+//! in the grant's scopes ([`Vault::placements`]), and a token with a patient context
+//! (`launch_patient`, set by `ehi token <grant>` and `/token` to
+//! [`context_patient`]) sees only the compartment of that Patient plus resources in no
+//! patient's compartment (Practitioner, Organization, Medication, …) — on read, vread,
+//! history, search (totals count what it sees), `_include`/`_revinclude`,
+//! `$everything` and `$export`. A resource it may not see answers 404 as if it did not
+//! exist; writing a resource that references another patient is a 403.
 //!
 //! **Audit**: every request is written to the vault's audit log, batched ([`audit`]).
 //!
@@ -99,11 +124,13 @@ pub const MAX_BODY: usize = 16 * 1024 * 1024;
 pub const DEFAULT_COUNT: usize = 50;
 /// Largest page.
 pub const MAX_COUNT: usize = 1000;
-/// How often the server re-reads the vault to see other devices' commits (and grant
-/// revocations made elsewhere), by default.
+/// How often the server re-reads the vault by default, besides following the vault
+/// slot (the fallback while the slot watch is down).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(30);
 /// How often the revoked-token file is checked for changes.
 pub const REVOKED_POLL: Duration = Duration::from_secs(1);
+/// Pause before watching the vault slot again after the watch failed.
+const WATCH_RETRY: Duration = Duration::from_millis(200);
 
 const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 /// Resources fetched concurrently for a page.
@@ -139,6 +166,10 @@ pub struct ServeOptions {
     /// budget), the same as every network server's. Default
     /// [`invariant_runtime::conn::Limits::default`].
     pub limits: invariant_runtime::conn::Limits,
+    /// Follow the vault slot through the slots server's watch stream, so that other
+    /// devices' commits, revoked grants and the vault's removal are seen at once
+    /// rather than at the next [`ServeOptions::refresh_every`]. Default true.
+    pub watch: bool,
 }
 
 impl Default for ServeOptions {
@@ -154,6 +185,7 @@ impl Default for ServeOptions {
             cache_bytes: 256 * 1024 * 1024,
             warm_up: true,
             limits: invariant_runtime::conn::Limits::default(),
+            watch: true,
         }
     }
 }
@@ -174,6 +206,36 @@ pub(crate) struct AppState {
     /// [`ServeOptions::warm_up`]: whether a refresh that changed the resources warms
     /// the emptied cache again.
     warm_up: bool,
+    /// Set once the vault is seen removed: every request is answered 410 from then on.
+    removed: watch::Sender<bool>,
+}
+
+/// The vault was removed: drops the decrypted resources (cache, search results, bulk
+/// export files, the vault handle's manifests and indexes) and the audit entries waiting (there is no log to append them to);
+/// from now on every request is answered 410 ([`removed_response`]).
+fn mark_removed(state: &AppState) {
+    if state.removed.send_replace(true) {
+        return;
+    }
+    tracing::warn!("the vault was removed: answering every request with 410 Gone");
+    state.cache.clear();
+    state.jobs.clear();
+    if let Some(audit) = &state.audit {
+        audit.discard();
+    }
+    let vault = state.vault.clone();
+    tokio::spawn(async move { vault.forget_loaded().await });
+}
+
+/// The answer to every request once the vault was removed.
+fn removed_response() -> Response {
+    fhir_response(
+        StatusCode::GONE,
+        &error::outcome(
+            "deleted",
+            "the vault was removed (ehi delete): this server no longer serves it",
+        ),
+    )
 }
 
 /// Decrypted current versions, in memory only (never on disk), keyed by `(type, id)`:
@@ -444,6 +506,17 @@ impl Server {
         self.state.cache.len()
     }
 
+    /// Whether the vault was seen removed (every request then gets 410).
+    pub fn is_removed(&self) -> bool {
+        *self.state.removed.borrow()
+    }
+
+    /// Waits until the vault is seen removed (never returns otherwise).
+    pub async fn removed(&self) {
+        let mut rx = self.state.removed.subscribe();
+        let _ = rx.wait_for(|removed| *removed).await;
+    }
+
     /// Re-reads the vault and its grants now (what the server does every
     /// [`ServeOptions::refresh_every`]).
     pub async fn refresh(&self) -> Result<(), ServeError> {
@@ -476,6 +549,9 @@ impl Server {
 }
 
 async fn flush_audit(state: &AppState) -> Result<usize, ServeError> {
+    if *state.removed.borrow() {
+        return Ok(0);
+    }
     match &state.audit {
         Some(buffer) => Ok(buffer.flush(&state.vault).await?),
         None => Ok(0),
@@ -485,7 +561,14 @@ async fn flush_audit(state: &AppState) -> Result<usize, ServeError> {
 /// Re-reads the vault; reloads the grants; empties and re-warms the cache if the
 /// resources changed.
 async fn refresh(state: &Arc<AppState>) -> Result<(), ServeError> {
+    if *state.removed.borrow() {
+        return Ok(());
+    }
     let result = state.vault.refresh().await;
+    if let Err(EhiError::Removed { .. }) = &result {
+        mark_removed(state);
+        return Ok(());
+    }
     state.auth.refresh_grants(&state.vault).await;
     result?;
     let now = state.vault.resources_fingerprint().await;
@@ -535,6 +618,7 @@ pub async fn start_with(
     let cache = Arc::new(Cache::new(options.cache_bytes));
     *cache.known() = vault.resources_fingerprint().await;
     let (warmed, _) = watch::channel(!options.warm_up);
+    let (removed, _) = watch::channel(false);
     let state = Arc::new(AppState {
         vault: vault.clone(),
         key,
@@ -549,6 +633,7 @@ pub async fn start_with(
             .then(|| audit::AuditBuffer::new(options.audit_batch)),
         warmed,
         warm_up: options.warm_up,
+        removed,
     });
     if options.warm_up {
         tokio::spawn(warm_up(state.clone()));
@@ -566,6 +651,10 @@ pub async fn start_with(
     let (tx, rx) = oneshot::channel::<()>();
     let background_state = state.clone();
     let (stop_background, mut stopped) = oneshot::channel::<()>();
+    let slot_moved = Arc::new(tokio::sync::Notify::new());
+    let watcher = options
+        .watch
+        .then(|| tokio::spawn(follow_slot(state.clone(), slot_moved.clone())));
     let background = tokio::spawn(async move {
         let state = background_state;
         let mut refresh_tick = tokio::time::interval(options.refresh_every);
@@ -581,6 +670,11 @@ pub async fn start_with(
             };
             tokio::select! {
                 _ = &mut stopped => break,
+                _ = slot_moved.notified() => {
+                    if let Err(e) = refresh(&state).await {
+                        tracing::warn!(error = %e, "refreshing the vault");
+                    }
+                }
                 _ = refresh_tick.tick() => {
                     if let Err(e) = refresh(&state).await {
                         tracing::warn!(error = %e, "refreshing the vault");
@@ -620,6 +714,9 @@ pub async fn start_with(
         // Stop between two iterations (never in the middle of a flush).
         let _ = stop_background.send(());
         let _ = background.await;
+        if let Some(watcher) = watcher {
+            watcher.abort();
+        }
         result
     });
     Ok(Server {
@@ -629,6 +726,25 @@ pub async fn start_with(
         task,
         state,
     })
+}
+
+/// Follows the vault slot ([`Vault::watch`]): each move re-reads the vault and wakes
+/// the background task through `moved` (which reloads the grants and the cache); the
+/// slot moved to the tombstone marks the vault removed. Runs until the server stops.
+async fn follow_slot(state: Arc<AppState>, moved: Arc<tokio::sync::Notify>) {
+    loop {
+        let notify = moved.clone();
+        let result = state.vault.watch(move |_| notify.notify_one()).await;
+        match result {
+            Err(EhiError::Removed { .. }) => {
+                mark_removed(&state);
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "following the vault slot; retrying"),
+            Ok(()) => {}
+        }
+        tokio::time::sleep(WATCH_RETRY).await;
+    }
 }
 
 /// The `Host` values a request may carry: the bound address, and `localhost` when
@@ -687,6 +803,9 @@ pub(crate) fn fhir_response(status: StatusCode, value: &Value) -> Response {
 }
 
 async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
+    if *state.removed.borrow() {
+        return removed_response();
+    }
     let ms = now_ms();
     let method = request.method().to_string();
     let target = request
@@ -696,8 +815,16 @@ async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Respons
     let mut who: Option<Caller> = None;
     let response = match route(&state, request, &mut who).await {
         Ok(response) => response,
+        Err(ServeError::Vault(EhiError::Removed { .. })) => {
+            mark_removed(&state);
+            return removed_response();
+        }
         Err(e) => e.into_response(),
     };
+    if *state.removed.borrow() {
+        // Removed while this request ran: what it read is not handed out.
+        return removed_response();
+    }
     if let Some(buffer) = &state.audit {
         let segs: Vec<&str> = target
             .split('?')
@@ -733,6 +860,137 @@ pub(crate) struct Caller {
     jti: String,
     /// Who is asking, for the audit log (`None`: the patient).
     requestor: Option<crate::audit::Requestor>,
+    /// Which resources it may see at all.
+    confine: Confinement,
+}
+
+/// The resources a token may see beyond its type scopes (see the module docs,
+/// "Confinement"): those kept in its grant's scopes, and, with a patient context,
+/// those in that patient's compartment or in no patient's compartment.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Confinement {
+    /// The scopes of the token's grant (`None`: not a grant token).
+    scopes: Option<Vec<crate::Scope>>,
+    /// The token's patient context.
+    patient: Option<String>,
+}
+
+impl Confinement {
+    /// Whether nothing is confined (the patient's token, bare-scope tokens).
+    fn is_open(&self) -> bool {
+        self.scopes.is_none() && self.patient.is_none()
+    }
+
+    /// Whether a resource kept at `placement` may be seen.
+    fn allows(&self, placement: &crate::Placement) -> bool {
+        self.scopes
+            .as_ref()
+            .is_none_or(|scopes| scopes.contains(&placement.scope))
+            && self.allows_patients(&placement.patients)
+    }
+
+    /// Whether a resource in the compartments of `patients` may be seen.
+    fn allows_patients(&self, patients: &[String]) -> bool {
+        self.patient
+            .as_ref()
+            .is_none_or(|p| patients.is_empty() || patients.iter().any(|x| x == p))
+    }
+}
+
+/// The 404 of a resource the caller may not see (the same whether it exists or not).
+fn not_visible(t: &str, id: &str) -> ServeError {
+    ServeError::NotFound(format!("{t}/{id}: no such resource for this token"))
+}
+
+/// `refs` without those the caller may not see (in order). With confinement, a
+/// reference without a current version is dropped too.
+pub(crate) async fn visible_refs(
+    state: &AppState,
+    caller: &Caller,
+    refs: Vec<(String, String)>,
+) -> Vec<(String, String)> {
+    if caller.confine.is_open() {
+        return refs;
+    }
+    let placements = state.vault.placements(&refs).await;
+    refs.into_iter()
+        .zip(placements)
+        .filter(|(_, p)| p.as_ref().is_some_and(|p| caller.confine.allows(p)))
+        .map(|(r, _)| r)
+        .collect()
+}
+
+/// The ids of type `t` among `ids` that the caller may see (in order).
+async fn visible_ids(state: &AppState, caller: &Caller, t: &str, ids: &[String]) -> Vec<String> {
+    if caller.confine.is_open() {
+        return ids.to_vec();
+    }
+    let refs = ids.iter().map(|id| (t.to_string(), id.clone())).collect();
+    visible_refs(state, caller, refs)
+        .await
+        .into_iter()
+        .map(|(_, id)| id)
+        .collect()
+}
+
+/// `resources` without those the caller may not see (in order).
+pub(crate) async fn visible_resources(
+    state: &AppState,
+    caller: &Caller,
+    resources: Vec<Value>,
+) -> Vec<Value> {
+    if caller.confine.is_open() {
+        return resources;
+    }
+    let refs: Vec<(String, String)> = resources
+        .iter()
+        .map(|r| {
+            (
+                r["resourceType"].as_str().unwrap_or("").to_string(),
+                r["id"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    let placements = state.vault.placements(&refs).await;
+    resources
+        .into_iter()
+        .zip(placements)
+        .filter(|(_, p)| p.as_ref().is_some_and(|p| caller.confine.allows(p)))
+        .map(|(r, _)| r)
+        .collect()
+}
+
+/// A 404 unless the caller may see `t/id` (a confined caller sees nothing without a
+/// current version).
+pub(crate) async fn check_visible(
+    state: &AppState,
+    caller: &Caller,
+    t: &str,
+    id: &str,
+) -> Result<(), ServeError> {
+    if caller.confine.is_open() {
+        return Ok(());
+    }
+    let placement = state
+        .vault
+        .placements(&[(t.to_string(), id.to_string())])
+        .await
+        .pop()
+        .flatten();
+    match placement {
+        Some(p) if caller.confine.allows(&p) => Ok(()),
+        _ => Err(not_visible(t, id)),
+    }
+}
+
+/// The patient context of grant tokens: the vault's Patient (the first by id when a
+/// household vault keeps several). `/token` answers it as `patient`.
+pub async fn context_patient(vault: &Vault) -> Option<String> {
+    vault
+        .list()
+        .await
+        .into_iter()
+        .find_map(|r| r.strip_prefix("Patient/").map(str::to_string))
 }
 
 type Pairs = Vec<(String, String)>;
@@ -922,10 +1180,19 @@ fn authorize(state: &AppState, headers: &HeaderMap) -> Result<Caller, ServeError
     let now = now_ms();
     let (claims, access) = state.key.verify(token.trim(), now / 1000)?;
     let requestor = state.auth.check(&claims, now)?;
+    let scopes = claims
+        .grant
+        .as_deref()
+        .and_then(|g| state.auth.grant(g))
+        .map(|g| g.info.scopes);
     Ok(Caller {
         access,
         jti: claims.jti,
         requestor,
+        confine: Confinement {
+            scopes,
+            patient: claims.launch_patient,
+        },
     })
 }
 
@@ -994,6 +1261,7 @@ async fn read(
             "_summary=count applies to searches".into(),
         ));
     }
+    check_visible(state, caller, t, id).await?;
     let resource = cached_read(&state.vault, &state.cache, t, id).await?;
     let resource = shape_resource(resource, summary, elements.as_deref());
     Ok(resource_response(StatusCode::OK, &resource, None))
@@ -1011,7 +1279,14 @@ async fn vread(
     let version: u64 = v
         .parse()
         .map_err(|_| ServeError::NotFound(format!("{t}/{id}/_history/{v}: no such version")))?;
+    check_visible(state, caller, t, id).await?;
     let resource = state.vault.read_version(t, id, version).await?;
+    if !caller
+        .confine
+        .allows_patients(&crate::fhir::patient_refs(t, id, &resource))
+    {
+        return Err(not_visible(t, id));
+    }
     Ok(resource_response(StatusCode::OK, &resource, None))
 }
 
@@ -1044,9 +1319,17 @@ async fn history(
 ) -> Result<Response, ServeError> {
     caller.access.require(t, Perm::Read)?;
     check_id(id)?;
+    check_visible(state, caller, t, id).await?;
     let versions = state.vault.history(t, id).await?;
     let entries: Vec<Value> = versions
         .iter()
+        .filter(|h| {
+            h.resource.as_ref().is_none_or(|r| {
+                caller
+                    .confine
+                    .allows_patients(&crate::fhir::patient_refs(t, id, r))
+            })
+        })
         .map(|h| history_entry(&state.base, t, id, h))
         .collect();
     Ok(fhir_response(
@@ -1076,6 +1359,7 @@ async fn type_history(
         .into_iter()
         .filter_map(|r| r.strip_prefix(&prefix).map(str::to_string))
         .collect();
+    let ids = visible_ids(state, caller, t, &ids).await;
     let futures: Vec<_> = ids
         .into_iter()
         .map(|id| {
@@ -1092,7 +1376,18 @@ async fn type_history(
     let mut all: Vec<(String, HistoryEntry)> = Vec::new();
     for h in histories {
         match h {
-            Ok((id, versions)) => all.extend(versions.into_iter().map(|v| (id.clone(), v))),
+            Ok((id, versions)) => all.extend(
+                versions
+                    .into_iter()
+                    .filter(|v| {
+                        v.resource.as_ref().is_none_or(|r| {
+                            caller
+                                .confine
+                                .allows_patients(&crate::fhir::patient_refs(t, &id, r))
+                        })
+                    })
+                    .map(|v| (id.clone(), v)),
+            ),
             Err(EhiError::NotFound(_) | EhiError::Gone(_)) => {}
             Err(e) => return Err(e.into()),
         }
@@ -1252,7 +1547,11 @@ async fn search(
         }
     }
     let query = encode_query(&index_pairs);
-    let found = cached_search(&state.vault, &state.cache, t, &query).await?;
+    let mut found = cached_search(&state.vault, &state.cache, t, &query).await?;
+    if !caller.confine.is_open() {
+        let ids = visible_ids(state, caller, t, &found.1).await;
+        found = Arc::new((ids.len(), ids));
+    }
     let (total, ids) = (found.0, &found.1);
     let base_url = format!("{}/{t}", state.base);
     if summary == Summary::Count {
@@ -1451,6 +1750,7 @@ impl Include {
                 }
             }
         }
+        let wanted = visible_refs(state, caller, wanted).await;
         fetch_refs(state, wanted).await
     }
 
@@ -1479,6 +1779,7 @@ impl Include {
             .into_iter()
             .filter(|id| seen.insert(format!("{}/{id}", self.source)))
             .collect();
+        let ids = visible_ids(state, caller, &self.source, &ids).await;
         fetch_all(state, &self.source, &ids).await
     }
 }
@@ -1503,12 +1804,12 @@ async fn everything(
 ) -> Result<Response, ServeError> {
     check_id(id)?;
     let page = Page::from_pairs(pairs)?;
+    check_visible(state, caller, "Patient", id).await?;
     // 404/410 for an unknown or deleted patient.
     state.vault.read("Patient", id).await?;
-    let resources: Vec<Value> = state
-        .vault
-        .patient_compartment(id)
-        .await?
+    let compartment = state.vault.patient_compartment(id).await?;
+    let resources: Vec<Value> = visible_resources(state, caller, compartment)
+        .await
         .into_iter()
         .filter(|r| {
             r["resourceType"]
@@ -1636,6 +1937,21 @@ async fn store(
     Ok(())
 }
 
+/// A 403 when a caller with a patient context writes a resource into another
+/// patient's compartment.
+fn check_patients(caller: &Caller, t: &str, id: &str, resource: &Value) -> Result<(), ServeError> {
+    if caller
+        .confine
+        .allows_patients(&crate::fhir::patient_refs(t, id, resource))
+    {
+        Ok(())
+    } else {
+        Err(ServeError::Forbidden(format!(
+            "the token's patient context does not cover the patients {t}/{id} references"
+        )))
+    }
+}
+
 fn new_id() -> Result<String, ServeError> {
     let mut b =
         crate::keys::random_bytes::<16>().map_err(|e| ServeError::Vault(EhiError::Keystore(e)))?;
@@ -1662,6 +1978,7 @@ async fn create(
     caller.access.require(t, Perm::Create)?;
     let mut resource = resource_body(headers, body, t)?;
     let id = new_id()?;
+    check_patients(caller, t, &id, &resource)?;
     resource["id"] = Value::String(id.clone());
     let _guard = state.write.lock().await;
     store(state, &format!("POST {t}"), &resource, t, &id).await?;
@@ -1719,7 +2036,17 @@ async fn update(
         }
     }
     let expected = if_match(headers)?;
+    check_patients(caller, t, id, &resource)?;
     let _guard = state.write.lock().await;
+    if !state
+        .vault
+        .placements(&[(t.to_string(), id.to_string())])
+        .await
+        .iter()
+        .all(Option::is_none)
+    {
+        check_visible(state, caller, t, id).await?;
+    }
     let current = match state.vault.read(t, id).await {
         Ok(r) => version_of(&r).and_then(|v| v.parse::<u64>().ok()),
         Err(EhiError::NotFound(_) | EhiError::Gone(_)) => None,
@@ -1756,6 +2083,7 @@ async fn delete(
 ) -> Result<Response, ServeError> {
     caller.access.require(t, Perm::Delete)?;
     check_id(id)?;
+    check_visible(state, caller, t, id).await?;
     let _guard = state.write.lock().await;
     match state.vault.read(t, id).await {
         Ok(_) => {}

@@ -7,7 +7,8 @@
 //!   `redirect_uri?code=…&state=…`.
 //! - `POST /token` (form: `grant_type=authorization_code&code&redirect_uri
 //!   &code_verifier&client_id`) answers `{access_token, token_type: "Bearer",
-//!   expires_in, scope, patient}` — a grant token ([`super::token`]).
+//!   expires_in, scope, patient}` — a grant token ([`super::token`]) confined to the
+//!   compartment of that `patient` ([`super::context_patient`]).
 //!
 //! ## Approval: pre-authorized clients
 //! The facade runs on the patient's device with no user interface, so the patient
@@ -357,21 +358,17 @@ pub(crate) async fn token(state: &AppState, pairs: &Pairs) -> Result<Response, O
         return Err(invalid("the client's grant has been revoked"));
     };
     let now_s = now_ms() / 1000;
+    let patient = super::context_patient(&state.vault).await;
     let (access_token, claims) = state
         .key
-        .mint_grant(
+        .mint_grant_for(
             &grant.info,
             Some(&entry.scope),
+            patient.as_deref(),
             now_s,
             ACCESS_TOKEN_TTL.as_secs(),
         )
         .map_err(|e| invalid(&e.to_string()))?;
-    let patient = state
-        .vault
-        .list()
-        .await
-        .into_iter()
-        .find_map(|r| r.strip_prefix("Patient/").map(str::to_string));
     let mut body = json!({
         "access_token": access_token,
         "token_type": "Bearer",

@@ -2,7 +2,8 @@
 //!
 //! ## Design
 //! A token is self-contained and keyed to the vault: `ehi1.<claims>.<tag>` where
-//! `<claims>` is base64url JSON `{v, patient, scope, iat, exp, jti}` and `<tag>` is
+//! `<claims>` is base64url JSON `{v, patient, scope, iat, exp, jti, grant?,
+//! launch_patient?}` and `<tag>` is
 //! base64url `BLAKE3-keyed(K, "ehi1." ‖ claims)` with
 //! `K = derive_key("invariant ehi-layer v1 serve tokens", root key)` from the keystore.
 //! So `ehi token` mints tokens without talking to the server, tokens survive a restart
@@ -21,7 +22,10 @@
 //!   scopes ([`crate::grant::smart_scopes`]); they expire no later than the grant. On
 //!   every request the facade checks the grant against the vault's current grant list
 //!   (an in-memory map refreshed with the vault, see [`super::auth`]): a revoked or
-//!   expired grant makes its tokens 401.
+//!   expired grant makes its tokens 401. A grant token sees only the resources kept
+//!   in the grant's scopes, and, when it carries a patient context
+//!   (`launch_patient`, the `patient` of the `/token` answer), only that patient's
+//!   compartment ([`super`] module docs, "Confinement").
 //!
 //! **Revoking one token**: `ehi token revoke <jti|token>` appends the token id to a
 //! file beside the keystore ([`revoked_tokens_path`]); `ehi serve` re-reads that file
@@ -68,6 +72,11 @@ pub struct Claims {
     /// patient tokens and in tokens minted from bare scopes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grant: Option<String>,
+    /// The SMART launch context: the id of the Patient whose compartment the token is
+    /// confined to (what `/token` answers as `patient`). Set on grant tokens minted by
+    /// `ehi token <grant>` and the authorization-code flow; absent in patient tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_patient: Option<String>,
 }
 
 /// SMART v2 permissions of one scope.
@@ -289,6 +298,20 @@ impl TokenKey {
         now_s: u64,
         ttl_s: u64,
     ) -> Result<(String, Claims), ServeError> {
+        self.mint_grant_for(grant, requested, None, now_s, ttl_s)
+    }
+
+    /// [`TokenKey::mint_grant`] with a patient context: the token sees only the
+    /// compartment of `Patient/<patient>` (and resources in no patient's compartment)
+    /// on every interaction ([`super`] module docs, "Confinement").
+    pub fn mint_grant_for(
+        &self,
+        grant: &GrantInfo,
+        requested: Option<&str>,
+        patient: Option<&str>,
+        now_s: u64,
+        ttl_s: u64,
+    ) -> Result<(String, Claims), ServeError> {
         let grant_exp = grant.expires_ms / 1000;
         if grant.expired || grant_exp <= now_s {
             return Err(ServeError::Token(format!("grant {} has expired", grant.id)));
@@ -307,6 +330,7 @@ impl TokenKey {
         let mut claims = new_claims(false, scopes.join(" "), now_s, ttl_s)?;
         claims.exp = claims.exp.min(grant_exp);
         claims.grant = Some(grant.id.clone());
+        claims.launch_patient = patient.map(str::to_string);
         Ok((self.mint(&claims)?, claims))
     }
 
@@ -459,6 +483,7 @@ fn new_claims(patient: bool, scope: String, now_s: u64, ttl_s: u64) -> Result<Cl
         exp: now_s.saturating_add(ttl_s),
         jti: hex::encode(jti),
         grant: None,
+        launch_patient: None,
     })
 }
 
