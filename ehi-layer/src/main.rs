@@ -215,11 +215,19 @@ enum Command {
         allow_other_patients: bool,
     },
     /// FHIR search: `ehi search Observation code=http://loinc.org|8302-2 date=ge2020`.
+    ///
+    /// The same search as `ehi serve` answers (`_summary`, `_elements`, `_include`,
+    /// `_revinclude`, `_sort`, `_total`, ...); every match is printed unless `_count` asks
+    /// for one page. Unknown parameters are an error unless `--lenient`.
     Search {
         /// The resource type.
         resource_type: String,
         /// Search parameters (`name=value`, joined with `&`).
         params: Vec<String>,
+        /// Ignore unknown search parameters (FHIR's `handling=lenient`); the Bundle
+        /// reports them in an OperationOutcome entry.
+        #[arg(long)]
+        lenient: bool,
     },
     /// Show a resource: `Type/id` or `Type/id/_history/n`.
     Show {
@@ -501,7 +509,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tokio::task::spawn_blocking(move || Keystore::open(&path, &passphrase)).await??
     };
     let net = Network::connect(&cli.broker, Some(keystore.slots_server())).await?;
-    let vault = Vault::open(net, &keystore).await?;
+    let vault = Arc::new(Vault::open(net, &keystore).await?);
     // Rollback detection: refuse a root older than one this device saw.
     let seen_file = seen_generation_file(&keystore_path);
     vault.check_rollback(&seen_file).await?;
@@ -521,19 +529,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Search {
             resource_type,
             params,
+            lenient,
         } => {
-            let hits = vault.search(&resource_type, &params.join("&")).await?;
-            log_read(
-                &vault,
-                AuditAction::Search,
-                vec![format!("{resource_type}?{}", params.join("&"))],
-            )
-            .await;
+            let query = params.join("&");
+            let bundle = search(vault.clone(), &keystore, &resource_type, &query, lenient).await?;
             if cli.table {
-                print!("{}", present::table(&hits.resources));
-                eprintln!("{} match(es)", hits.total);
+                let resources: Vec<serde_json::Value> = bundle["entry"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|e| e["search"]["mode"] != "outcome")
+                    .map(|e| e["resource"].clone())
+                    .collect();
+                print!("{}", present::table(&resources));
+                match bundle["total"].as_u64() {
+                    Some(total) => eprintln!("{total} match(es)"),
+                    None => eprintln!("{} resource(s)", resources.len()),
+                }
             } else {
-                print_json(&present::searchset(&hits))?;
+                print_json(&bundle)?;
             }
         }
         Command::Show { reference } => {
@@ -600,6 +614,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("not deleted");
             }
             log_read(&vault, AuditAction::Remove, Vec::new()).await;
+            let vault = Arc::into_inner(vault).context("the vault is still in use")?;
             let report = vault.remove(Some(&keystore_path)).await?;
             eprintln!(
                 "vault removed: slots point at the tombstone, {} of {} blocks unpinned{}, keystore {} destroyed.\n\
@@ -1024,6 +1039,72 @@ async fn save_keystore(
     Ok(())
 }
 
+/// `ehi search`: the search `ehi serve` runs, answered in process, as the patient;
+/// every page is fetched (one Bundle) unless the query names `_count`. Logged in the
+/// audit log like any read of the patient's.
+async fn search(
+    vault: Arc<Vault>,
+    keystore: &Keystore,
+    resource_type: &str,
+    query: &str,
+    lenient: bool,
+) -> anyhow::Result<serde_json::Value> {
+    use ehi_layer::serve::{self, TokenKey};
+    let key = TokenKey::from_keystore(keystore);
+    let prefer = lenient.then_some("handling=lenient");
+    let base = format!("ehi://{}/", vault.slot());
+    let one_page = query.split('&').any(|p| p.starts_with("_count="));
+    let mut path = format!("{resource_type}?{query}");
+    let mut bundle: Option<serde_json::Value> = None;
+    loop {
+        let (status, page) =
+            serve::answer_locally(vault.clone(), key.clone(), &path, prefer).await?;
+        if !status.is_success() {
+            let why = page["issue"][0]["diagnostics"]
+                .as_str()
+                .map_or_else(|| page.to_string(), str::to_string);
+            bail!("{why}");
+        }
+        let next = page["link"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str())
+            .and_then(|url| url.strip_prefix(&base))
+            .map(str::to_string);
+        match bundle.as_mut() {
+            None => bundle = Some(page),
+            Some(all) => {
+                let more = page["entry"].as_array().cloned().unwrap_or_default();
+                if let Some(entries) = all["entry"].as_array_mut() {
+                    // One OperationOutcome is enough: later pages repeat it.
+                    entries.extend(
+                        more.into_iter()
+                            .filter(|e| e["search"]["mode"] != "outcome"),
+                    );
+                }
+            }
+        }
+        match next {
+            Some(next) if !one_page => path = next,
+            _ => break,
+        }
+    }
+    let mut bundle = bundle.unwrap_or_default();
+    if !one_page && let Some(obj) = bundle.as_object_mut() {
+        // Every page is in this one Bundle: paging links would mislead.
+        obj.remove("link");
+    }
+    log_read(
+        &vault,
+        AuditAction::Search,
+        vec![format!("{resource_type}?{query}")],
+    )
+    .await;
+    Ok(bundle)
+}
+
 /// Writes a recovery kit and prints its code once (stdout), with what to do (stderr).
 async fn write_recovery_kit(keystore: &Keystore, kit: &Path) -> anyhow::Result<()> {
     let code = {
@@ -1091,7 +1172,7 @@ async fn keystore_recover(broker: &str, keystore_path: &Path, kit: &Path) -> any
 }
 
 async fn serve(
-    vault: Vault,
+    vault: Arc<Vault>,
     keystore: &Keystore,
     keystore_path: &Path,
     listen: std::net::SocketAddr,
@@ -1123,7 +1204,7 @@ async fn serve(
         clients: registered,
         ..ServeOptions::default()
     };
-    let server = serve::start_with(Arc::new(vault), key, listen, options).await?;
+    let server = serve::start_with(vault, key, listen, options).await?;
     {
         use std::io::Write;
         let mut stdout = std::io::stdout().lock();

@@ -241,7 +241,9 @@ async fn fhir_rest_api() -> anyhow::Result<()> {
     let (_, page) = api.get("Observation?_elements=status&_count=1").await?;
     let first = &page["entry"][0]["resource"];
     assert_eq!(first["status"], "final");
-    assert!(first.get("code").is_none());
+    // Mandatory elements (Observation.code is 1..1) stay; the others go.
+    assert!(first.get("code").is_some());
+    assert!(first.get("subject").is_none() && first.get("valueQuantity").is_none());
     assert_eq!(first["meta"]["tag"][0]["code"], "SUBSETTED");
     let (_, page) = api
         .get("Observation?_id=hr-000&_include=Observation:subject")
@@ -397,7 +399,29 @@ async fn fhir_rest_api() -> anyhow::Result<()> {
         .await?;
     assert_eq!(status, StatusCode::OK);
     let compartment = vault.patient_compartment(PATIENT).await?;
-    assert_eq!(everything["total"], compartment.len());
+    // The compartment, and the stored resources it references (the Practitioner).
+    let stored: HashSet<String> = vault.list().await.into_iter().collect();
+    let mut expected: HashSet<String> = compartment
+        .iter()
+        .map(|r| {
+            format!(
+                "{}/{}",
+                r["resourceType"].as_str().unwrap_or("?"),
+                r["id"].as_str().unwrap_or("?")
+            )
+        })
+        .collect();
+    let text = serde_json::to_string(&compartment)?;
+    for reference in stored.iter() {
+        if text.contains(&format!("\"reference\":\"{reference}\"")) {
+            expected.insert(reference.clone());
+        }
+    }
+    assert!(
+        expected.len() > compartment.len(),
+        "the compartment references others"
+    );
+    assert_eq!(everything["total"], expected.len());
     assert!(ids(&everything, "match").contains(&PATIENT.to_string()));
 
     // --- Scopes.

@@ -594,6 +594,79 @@ pub async fn start(
     start_with(vault, key, listen, ServeOptions::default()).await
 }
 
+/// The state of one facade: its vault, token key, base url and caches.
+async fn new_state(
+    vault: Arc<Vault>,
+    key: TokenKey,
+    base: String,
+    options: &ServeOptions,
+) -> Result<Arc<AppState>, ServeError> {
+    let auth = auth::Auth::new(options.revoked_tokens.clone());
+    auth.reload_revoked()?;
+    auth.refresh_grants(&vault).await;
+    let cache = Arc::new(Cache::new(options.cache_bytes));
+    *cache.known() = vault.resources_fingerprint().await;
+    let (warmed, _) = watch::channel(!options.warm_up);
+    let (removed, _) = watch::channel(false);
+    Ok(Arc::new(AppState {
+        vault,
+        key,
+        base,
+        write: tokio::sync::Mutex::new(()),
+        jobs: bulk::Jobs::default(),
+        cache,
+        auth,
+        oauth: oauth::OAuth::new(options.clients.clone(), options.code_ttl),
+        audit: options
+            .audit
+            .then(|| audit::AuditBuffer::new(options.audit_batch)),
+        warmed,
+        warm_up: options.warm_up,
+        removed,
+    }))
+}
+
+/// Answers one read-only FHIR request (`Observation?code=…`, `Patient/p1`, relative to
+/// the base) in process, as the patient, through exactly the code `ehi serve` runs —
+/// so the command line (`ehi search`) and the REST facade behave alike. Nothing is
+/// cached between calls and nothing is audited here (the caller logs what it does).
+/// Full urls in the answer start with `ehi://<vault slot>`. Returns the HTTP status and
+/// the JSON body (a Bundle, a resource, or an OperationOutcome).
+pub async fn answer_locally(
+    vault: Arc<Vault>,
+    key: TokenKey,
+    path_and_query: &str,
+    prefer: Option<&str>,
+) -> Result<(StatusCode, Value), ServeError> {
+    let options = ServeOptions {
+        audit: false,
+        warm_up: false,
+        watch: false,
+        ..ServeOptions::default()
+    };
+    let base = format!("ehi://{}", vault.slot());
+    let token = key.mint_patient(now_ms() / 1000, 300)?;
+    let state = new_state(vault, key, base, &options).await?;
+    let mut request = Request::builder()
+        .method("GET")
+        .uri(format!("/{}", path_and_query.trim_start_matches('/')))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::ACCEPT, "application/fhir+json");
+    if let Some(prefer) = prefer {
+        request = request.header("prefer", prefer);
+    }
+    let request = request
+        .body(axum::body::Body::empty())
+        .map_err(|e| ServeError::BadRequest(format!("{path_and_query:?}: {e}")))?;
+    let response = handle(State(state), request).await;
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), MAX_BODY * 64)
+        .await
+        .map_err(|e| ServeError::BadRequest(format!("reading the answer: {e}")))?;
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
 /// Binds `listen` and serves `vault` with `options`.
 pub async fn start_with(
     vault: Arc<Vault>,
@@ -612,29 +685,7 @@ pub async fn start_with(
         source,
     })?;
     let url = format!("http://{local_addr}");
-    let auth = auth::Auth::new(options.revoked_tokens.clone());
-    auth.reload_revoked()?;
-    auth.refresh_grants(&vault).await;
-    let cache = Arc::new(Cache::new(options.cache_bytes));
-    *cache.known() = vault.resources_fingerprint().await;
-    let (warmed, _) = watch::channel(!options.warm_up);
-    let (removed, _) = watch::channel(false);
-    let state = Arc::new(AppState {
-        vault: vault.clone(),
-        key,
-        base: url.clone(),
-        write: tokio::sync::Mutex::new(()),
-        jobs: bulk::Jobs::default(),
-        cache,
-        auth,
-        oauth: oauth::OAuth::new(options.clients.clone(), options.code_ttl),
-        audit: options
-            .audit
-            .then(|| audit::AuditBuffer::new(options.audit_batch)),
-        warmed,
-        warm_up: options.warm_up,
-        removed,
-    });
+    let state = new_state(vault.clone(), key, url.clone(), &options).await?;
     if options.warm_up {
         tokio::spawn(warm_up(state.clone()));
     }
@@ -1087,7 +1138,7 @@ async fn route(
         ("GET", ["$export-status", job]) => bulk::status(state, &caller, job),
         ("DELETE", ["$export-status", job]) => bulk::cancel(state, &caller, job),
         ("GET", ["$export-file", job, file]) => bulk::file(state, &caller, job, file),
-        ("GET", [t]) => search(state, &caller, known_type(t)?, pairs).await,
+        ("GET", [t]) => search(state, &caller, known_type(t)?, pairs, headers).await,
         ("POST", [t]) => create(state, &caller, known_type(t)?, headers, &body).await,
         ("POST", [t, "_search"]) => {
             let t = known_type(t)?;
@@ -1101,7 +1152,7 @@ async fn route(
                 ));
             }
             pairs.extend(form_urlencoded::parse(&body).into_owned());
-            search(state, &caller, t, pairs).await
+            search(state, &caller, t, pairs, headers).await
         }
         ("GET", [t, "_history"]) => type_history(state, &caller, known_type(t)?, &pairs).await,
         ("GET", ["Patient", id, "$everything"]) => everything(state, &caller, id, &pairs).await,
@@ -1523,18 +1574,53 @@ const RESULT_PARAMS: &[&str] = &[
     "_total",
 ];
 
+/// FHIR's handling preference (`Prefer: handling=strict|lenient`, strict by default):
+/// whether unknown or unsupported search parameters are refused (400) or ignored and
+/// reported in an OperationOutcome entry of the Bundle.
+fn lenient(headers: &HeaderMap) -> bool {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .any(|p| p.trim().eq_ignore_ascii_case("handling=lenient"))
+}
+
+/// Whether `key` (`code`, `code:text`, `subject.name`, `_sort`) names a parameter the
+/// search of `t` knows.
+fn known_search_parameter(t: &str, key: &str) -> bool {
+    let name = key.split([':', '.']).next().unwrap_or(key);
+    name == "_sort" || ehi_search::parameter(t, name).is_some()
+}
+
+/// `_total`: whether the Bundle carries `total` (`none` leaves it out; `estimate` and
+/// `accurate` both give the exact count).
+fn parse_total(value: &str) -> Result<bool, ServeError> {
+    match value {
+        "none" => Ok(false),
+        "estimate" | "accurate" => Ok(true),
+        other => Err(ServeError::BadRequest(format!(
+            "_total={other} is not supported (none, estimate, accurate are)"
+        ))),
+    }
+}
+
 async fn search(
     state: &AppState,
     caller: &Caller,
     t: &str,
     pairs: Pairs,
+    headers: &HeaderMap,
 ) -> Result<Response, ServeError> {
     caller.access.require(t, Perm::Search)?;
     let page = Page::from_pairs(&pairs)?;
+    let lenient = lenient(headers);
     let mut summary = Summary::False;
     let mut elements: Option<Vec<String>> = None;
     let mut includes = Vec::new();
     let mut revincludes = Vec::new();
+    let mut with_total = true;
+    let mut ignored: Vec<String> = Vec::new();
     let mut index_pairs: Vec<(&str, &str)> = Vec::new();
     for (k, v) in &pairs {
         match k.as_str() {
@@ -1542,10 +1628,30 @@ async fn search(
             "_elements" => elements = Some(parse_elements(v)),
             "_include" => includes.push(Include::parse(t, v, false)?),
             "_revinclude" => revincludes.push(Include::parse(t, v, true)?),
+            "_total" => with_total = parse_total(v)?,
             k if RESULT_PARAMS.contains(&k) => {}
-            _ => index_pairs.push((k, v)),
+            k if known_search_parameter(t, k) => index_pairs.push((k, v)),
+            k if lenient => ignored.push(k.to_string()),
+            k => {
+                return Err(ServeError::BadRequest(format!(
+                    "unknown search parameter {k:?} for {t} (send `Prefer: handling=lenient` \
+                     to have unknown parameters ignored)"
+                )));
+            }
         }
     }
+    // Unknown parameters ignored under `handling=lenient`, reported as FHIR asks.
+    let outcome_entry = (!ignored.is_empty()).then(|| {
+        let issues: Vec<Value> = ignored
+            .iter()
+            .map(|k| {
+                json!({"severity": "warning", "code": "not-supported",
+                       "diagnostics": format!("search parameter {k:?} is not supported for {t}: ignored (Prefer: handling=lenient)")})
+            })
+            .collect();
+        json!({"resource": {"resourceType": "OperationOutcome", "issue": issues},
+               "search": {"mode": "outcome"}})
+    });
     let query = encode_query(&index_pairs);
     let mut found = cached_search(&state.vault, &state.cache, t, &query).await?;
     if !caller.confine.is_open() {
@@ -1554,10 +1660,21 @@ async fn search(
     }
     let (total, ids) = (found.0, &found.1);
     let base_url = format!("{}/{t}", state.base);
+    let finish = |mut bundle: Value| {
+        if !with_total && let Some(obj) = bundle.as_object_mut() {
+            obj.remove("total");
+        }
+        if let Some(outcome) = &outcome_entry {
+            match bundle.get_mut("entry").and_then(Value::as_array_mut) {
+                Some(entries) => entries.push(outcome.clone()),
+                None => bundle["entry"] = json!([outcome]),
+            }
+        }
+        fhir_response(StatusCode::OK, &bundle)
+    };
     if summary == Summary::Count {
-        return Ok(fhir_response(
-            StatusCode::OK,
-            &json!({"resourceType": "Bundle", "type": "searchset", "timestamp": instant(now_ms()),
+        return Ok(finish(
+            json!({"resourceType": "Bundle", "type": "searchset", "timestamp": instant(now_ms()),
                     "total": total, "link": [{"relation": "self", "url": page.links(&base_url, &pairs, total)[0]["url"]}]}),
         ));
     }
@@ -1584,13 +1701,24 @@ async fn search(
             .into_iter()
             .map(|r| entry(&state.base, shape(r), "include")),
     );
-    Ok(fhir_response(
-        StatusCode::OK,
-        &json!({
-            "resourceType": "Bundle", "type": "searchset", "timestamp": instant(now_ms()),
-            "total": total, "link": page.links(&base_url, &pairs, total), "entry": entries,
-        }),
-    ))
+    Ok(finish(json!({
+        "resourceType": "Bundle", "type": "searchset", "timestamp": instant(now_ms()),
+        "total": total, "link": page.links(&base_url, &pairs, total), "entry": entries,
+    })))
+}
+
+/// Calls `f` with every `reference` string in `value`.
+fn collect_references(value: &Value, f: &mut dyn FnMut(&str)) {
+    match value {
+        Value::Object(map) => {
+            if let Some(Value::String(reference)) = map.get("reference") {
+                f(reference);
+            }
+            map.values().for_each(|v| collect_references(v, f));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_references(v, f)),
+        _ => {}
+    }
 }
 
 /// A form-urlencoded query string.
@@ -1668,8 +1796,18 @@ fn shape_resource(mut resource: Value, summary: Summary, elements: Option<&[Stri
         && let Some(obj) = resource.as_object_mut()
     {
         let before = obj.len();
+        let t = obj
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        // FHIR: `_elements` also returns the resource's mandatory elements.
+        let required = crate::validate::required_elements(&t);
         obj.retain(|k, _| {
-            matches!(k.as_str(), "resourceType" | "id" | "meta") || keep.iter().any(|e| e == k)
+            let name = k.strip_prefix('_').unwrap_or(k);
+            matches!(k.as_str(), "resourceType" | "id" | "meta")
+                || keep.iter().any(|e| e == k)
+                || required.iter().any(|r| r.matches(name))
         });
         subsetted |= obj.len() != before;
     }
@@ -1808,7 +1946,7 @@ async fn everything(
     // 404/410 for an unknown or deleted patient.
     state.vault.read("Patient", id).await?;
     let compartment = state.vault.patient_compartment(id).await?;
-    let resources: Vec<Value> = visible_resources(state, caller, compartment)
+    let mut resources: Vec<Value> = visible_resources(state, caller, compartment)
         .await
         .into_iter()
         .filter(|r| {
@@ -1817,6 +1955,33 @@ async fn everything(
                 .is_some_and(|t| caller.access.allows(t, Perm::Read))
         })
         .collect();
+    // The operation also returns what the compartment's resources reference
+    // (practitioners, organizations, locations, medications, ...).
+    let mut seen: HashSet<String> = resources
+        .iter()
+        .filter_map(|r| {
+            Some(format!(
+                "{}/{}",
+                r["resourceType"].as_str()?,
+                r["id"].as_str()?
+            ))
+        })
+        .collect();
+    let mut wanted: Vec<(String, String)> = Vec::new();
+    for r in &resources {
+        collect_references(r, &mut |reference| {
+            if let Some((t, rid)) = relative_reference(reference)
+                && caller.access.allows(t, Perm::Read)
+                && known_type(t).is_ok()
+                && valid_id(rid)
+                && seen.insert(format!("{t}/{rid}"))
+            {
+                wanted.push((t.to_string(), rid.to_string()));
+            }
+        });
+    }
+    let wanted = visible_refs(state, caller, wanted).await;
+    resources.extend(fetch_refs(state, wanted).await?);
     let total = resources.len();
     let links = page.links(
         &format!("{}/Patient/{id}/$everything", state.base),

@@ -137,6 +137,35 @@ pub fn is_resource_type(name: &str) -> bool {
         .is_some_and(|def| !def.abstract_type)
 }
 
+/// A mandatory top-level element of a resource type (`status`, or a choice such as
+/// `value[x]` matched by `valueQuantity`).
+#[derive(Clone, Copy, Debug)]
+pub struct Required(&'static str);
+
+impl Required {
+    /// Whether property `name` is this element.
+    pub fn matches(&self, name: &str) -> bool {
+        match self.0.strip_suffix("[x]") {
+            Some(base) => name
+                .strip_prefix(base)
+                .is_some_and(|rest| rest.chars().next().is_some_and(|c| c.is_ascii_uppercase())),
+            None => name == self.0,
+        }
+    }
+}
+
+/// The elements every resource of type `t` must have (minimum cardinality 1), from the
+/// R4 definitions; empty for an unknown type.
+pub fn required_elements(t: &str) -> Vec<Required> {
+    TABLES.resources.get(t).map_or_else(Vec::new, |def| {
+        def.children("")
+            .iter()
+            .filter(|e| e.min > 0)
+            .map(|e| Required(e.path))
+            .collect()
+    })
+}
+
 /// Every violation of the R4 structure rules in `resource` (empty when valid).
 pub fn validate(resource: &Value) -> Vec<Violation> {
     let mut out = Vec::new();

@@ -31,6 +31,21 @@ def main():
     for o in found:
         validate(o)
 
+    # `.count()` sends `_count=0&_totalMethod=count` (a parameter of another server):
+    # strict handling refuses it, `Prefer: handling=lenient` ignores it.
+    try:
+        client.resources("Observation").search(code=code).count()
+        raise AssertionError("strict handling accepted _totalMethod")
+    except Exception as e:  # fhirpy raises OperationOutcome on the 400
+        assert "_totalMethod" in str(e), e
+    lenient = SyncFHIRClient(
+        base,
+        authorization=f"Bearer {token}",
+        extra_headers={"Prefer": "handling=lenient"},
+    )
+    counted = lenient.resources("Observation").search(code=code).count()
+    assert counted == expected, (counted, expected)
+
     patient = client.reference("Patient", patient_id).to_resource()
     validate(patient)
     everything = client.execute(f"Patient/{patient_id}/$everything", method="get")
@@ -54,7 +69,7 @@ def main():
     assert again["meta"]["versionId"] == "2", again["meta"]
     validate(again)
 
-    print(json.dumps({"matches": len(ids), "everything": len(everything["entry"]), "created": new.id}))
+    print(json.dumps({"matches": len(ids), "counted": counted, "everything": len(everything["entry"]), "created": new.id}))
 
 
 if __name__ == "__main__":
