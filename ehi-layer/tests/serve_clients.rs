@@ -142,7 +142,10 @@ async fn third_party_clients() -> anyhow::Result<()> {
     if python {
         let seen = run_client("python3", "fhirpy_client.py", args()).await?;
         assert_eq!(seen["matches"], N_HR);
-        assert_eq!(seen["counted"], N_HR, "fhirpy's .count() under handling=lenient");
+        assert_eq!(
+            seen["counted"], N_HR,
+            "fhirpy's .count() under handling=lenient"
+        );
         let created = seen["created"].as_str().unwrap_or_default();
         assert_eq!(vault.read("Observation", created).await?["status"], "final");
     }

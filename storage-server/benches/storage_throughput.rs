@@ -80,10 +80,26 @@ async fn security_modes(base: &std::path::Path, scale: usize) -> anyhow::Result<
         "mode", "PUT 1 MiB MB/s", "p99 ms", "GET 4 KiB op/s", "p99 ms"
     );
     let mut results = Vec::new();
-    for mode in SECURITY_MODES {
-        let data = base.join(format!("data-{}", mode.name));
+    // Over TLS the client negotiates HTTP/2 (one connection carries all 16 streams);
+    // the extra `h1` row runs the same over 16 HTTP/1.1 connections, as open mode does,
+    // so the cost of TLS itself can be told from the cost of one connection.
+    let runs = SECURITY_MODES
+        .iter()
+        .map(|m| (*m, m.name.to_string(), false))
+        .chain(
+            SECURITY_MODES
+                .iter()
+                .filter(|m| m.tls)
+                .map(|m| (*m, format!("{} h1", m.name), true)),
+        );
+    for (mode, name, http1) in runs {
+        let data = base.join(format!("data-{}", name.replace(' ', "-")));
         let (mut server, url) = start_server(&data, &setup.server_args(mode))?;
-        let client = setup.client(mode, &token);
+        let client = if http1 {
+            setup.client_builder(mode, &token).http1_only().build()?
+        } else {
+            setup.client(mode, &token)
+        };
         let outcome = async {
             let big = unique_blobs(&mut rng, 256 / scale, MIB);
             let put = run(&client, &url, 16, Op::Put(big)).await?;
@@ -98,15 +114,15 @@ async fn security_modes(base: &std::path::Path, scale: usize) -> anyhow::Result<
         let (put, get) = outcome?;
         println!(
             "{:<12} {:>14.0} {:>9.2} {:>14.0} {:>9.2}",
-            mode.name,
+            name,
             put.mb_per_s(),
             put.percentile_ms(0.99),
             get.ops_per_s(),
             get.percentile_ms(0.99)
         );
-        results.push((mode.name, put.mb_per_s(), get.ops_per_s()));
+        results.push((name, put.mb_per_s(), get.ops_per_s()));
     }
-    let (_, open_put, open_get) = results[0];
+    let (open_put, open_get) = (results[0].1, results[0].2);
     println!();
     println!("targets (relative to open mode, same run)");
     for (name, put, get) in &results[1..] {

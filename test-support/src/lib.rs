@@ -423,8 +423,16 @@ impl SecuritySetup {
         args
     }
 
-    /// An HTTP client for `mode`, sending `token` when the mode checks tokens.
+    /// An HTTP client for `mode`, sending `token` when the mode checks tokens (over
+    /// TLS it negotiates HTTP/2, as the project's clients do).
     pub fn client(&self, mode: SecurityMode, token: &str) -> reqwest::Client {
+        self.client_builder(mode, token)
+            .build()
+            .expect("bench client")
+    }
+
+    /// The builder of [`SecuritySetup::client`], for variants (e.g. HTTP/1.1 only).
+    pub fn client_builder(&self, mode: SecurityMode, token: &str) -> reqwest::ClientBuilder {
         let token = mode.auth.then_some(token);
         let security = if mode.tls {
             self.pki.client_security(token)
@@ -434,7 +442,7 @@ impl SecuritySetup {
                 ..Default::default()
             }
         };
-        security.http_client().expect("bench client")
+        security.http_client_builder().expect("bench client")
     }
 }
 
