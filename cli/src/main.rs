@@ -616,8 +616,52 @@ async fn health(kind: &str, id: &Id, url: &str) -> String {
             Ok(status) => line.push_str(&distributor_health(&status)),
             Err(e) => line.push_str(&format!("; status unavailable: {e}")),
         }
+    } else if kind == "storage" {
+        line.push_str(&storage_health(&endpoint).await);
     }
     line
+}
+
+/// `; 1,204 blobs, 3.1 MiB`: what a storage server holds, from its `/metrics` gauges.
+async fn storage_health(endpoint: &invariant_spec::http::Endpoint) -> String {
+    let text = match endpoint.http().get(endpoint.url("/metrics")).send().await {
+        Ok(resp) if resp.status().is_success() => resp.text().await.unwrap_or_default(),
+        Ok(resp) => return format!("; holdings unavailable (/metrics: {})", resp.status()),
+        Err(e) => return format!("; holdings unavailable: {e}"),
+    };
+    let gauge = |name: &str| -> Option<u64> {
+        text.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (metric, value) = l.rsplit_once(' ')?;
+                let metric = metric.split('{').next()?;
+                (metric == name).then(|| value.trim().parse::<f64>().ok())?
+            })
+            .map(|v| v as u64)
+    };
+    match (
+        gauge("invariant_storage_blobs"),
+        gauge("invariant_storage_bytes"),
+    ) {
+        (Some(blobs), Some(bytes)) => format!("; {blobs} blobs, {}", human_bytes(bytes)),
+        _ => "; holdings unavailable (no blob gauges)".to_string(),
+    }
+}
+
+/// `3.1 MiB`.
+fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
 }
 
 /// `; 12 pinned, 0 under-replicated (3 of 3 storage servers active)`, plus a warning

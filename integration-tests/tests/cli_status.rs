@@ -18,7 +18,20 @@ fn status_shows_each_servers_health() -> anyhow::Result<()> {
     let config = dir.path().join("config");
     let broker = ServerProcess::start("broker-server", &dir.path().join("broker"), &[])?;
     let with_broker = ["--broker", broker.url()];
-    let _storage = ServerProcess::start("storage-server", &dir.path().join("s"), &with_broker)?;
+    let storage = ServerProcess::start("storage-server", &dir.path().join("s"), &with_broker)?;
+    // Two blobs (11 bytes) held before the status is asked.
+    tokio::runtime::Runtime::new()?.block_on(async {
+        let http = reqwest::Client::new();
+        for body in ["hello", "world!"] {
+            let resp = http
+                .post(format!("{}/storage", storage.url()))
+                .body(body)
+                .send()
+                .await?;
+            anyhow::ensure!(resp.status().is_success(), "{}", resp.status());
+        }
+        anyhow::Ok(())
+    })?;
     let _distributor = ServerProcess::start(
         "distributor",
         &dir.path().join("d"),
@@ -41,6 +54,11 @@ fn status_shows_each_servers_health() -> anyhow::Result<()> {
     for line in text.lines() {
         assert!(line.contains("ok, ") && line.contains(" ms"), "{line}");
     }
+    let storage_line = text
+        .lines()
+        .find(|l| l.starts_with("storage"))
+        .unwrap_or_default();
+    assert!(storage_line.contains("; 2 blobs, 11 B"), "{storage_line}");
     let distributor = text
         .lines()
         .find(|l| l.starts_with("distribute"))

@@ -148,6 +148,7 @@ pub async fn start(ctx: &ServerContext, config: StorageConfig) -> anyhow::Result
     // Usage gauges need the process's metrics recorder, which serving installs.
     let _ = invariant_runtime::metrics::handle();
     store.usage().publish(&ctx.id.to_string());
+    store.totals();
     let peers = Peers::new(&ctx.options.client, ctx.options.peer_allow.clone())?;
     // Reports go out with this server's own client (its CAs and its token).
     let find = config

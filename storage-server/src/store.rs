@@ -66,7 +66,34 @@ struct Inner {
     /// Held while checking whether a blob file exists and renaming one into place, so
     /// exactly one of concurrent writers of a blob stores (and is charged for) it.
     installing: Mutex<()>,
+    /// Blobs and bytes held ([`BlobStore::totals`]).
+    totals: Totals,
 }
+
+/// How many blobs, of how many bytes, the store holds: counted at open, then kept up
+/// to date by every write that stores a blob for the first time. A blob held both as a
+/// file and in a pack (the same content written at once streamed and whole) counts
+/// twice, as it takes the space twice.
+#[derive(Debug, Default)]
+struct Totals {
+    blobs: std::sync::atomic::AtomicU64,
+    bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Totals {
+    fn add(&self, len: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let blobs = self.blobs.fetch_add(1, Relaxed) + 1;
+        let bytes = self.bytes.fetch_add(len, Relaxed) + len;
+        metrics::gauge!(BLOBS_METRIC).set(blobs as f64);
+        metrics::gauge!(BYTES_METRIC).set(bytes as f64);
+    }
+}
+
+/// The gauge of blobs held.
+pub const BLOBS_METRIC: &str = "invariant_storage_blobs";
+/// The gauge of bytes held (blob contents).
+pub const BYTES_METRIC: &str = "invariant_storage_bytes";
 
 const TMP_DIR: &str = "tmp";
 const TMP_SUFFIX: &str = ".partial";
@@ -107,7 +134,7 @@ impl BlobStore {
         } else {
             None
         };
-        Ok(BlobStore {
+        let store = BlobStore {
             inner: Arc::new(Inner {
                 root,
                 tmp,
@@ -115,8 +142,38 @@ impl BlobStore {
                 packs,
                 usage,
                 installing: Mutex::new(()),
+                totals: Totals::default(),
             }),
-        })
+        };
+        // Counted before the store takes writes, so the totals stay exact.
+        let (mut blobs, mut bytes) = (0u64, 0u64);
+        for item in store.list() {
+            let (_, len) = item?;
+            blobs += 1;
+            bytes += len;
+        }
+        store
+            .inner
+            .totals
+            .blobs
+            .store(blobs, std::sync::atomic::Ordering::Relaxed);
+        store
+            .inner
+            .totals
+            .bytes
+            .store(bytes, std::sync::atomic::Ordering::Relaxed);
+        Ok(store)
+    }
+
+    /// `(blobs, bytes)` held, and sets the gauges [`BLOBS_METRIC`] and [`BYTES_METRIC`]
+    /// (call once the metrics recorder is installed; writes keep them current).
+    pub fn totals(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let blobs = self.inner.totals.blobs.load(Relaxed);
+        let bytes = self.inner.totals.bytes.load(Relaxed);
+        metrics::gauge!(BLOBS_METRIC).set(blobs as f64);
+        metrics::gauge!(BYTES_METRIC).set(bytes as f64);
+        (blobs, bytes)
     }
 
     /// The largest blob written to packs (0 when packing is off).
@@ -275,7 +332,11 @@ impl BlobStore {
                 Some(payer) => Some(self.inner.usage.reserve(payer, data.len() as u64)?),
                 None => None,
             };
+            let len = data.len() as u64;
             let appended = packs.put(actual, data, reservation.as_ref().map(|r| r.subject()))?;
+            if appended {
+                self.inner.totals.add(len);
+            }
             // Charged in the index transaction; otherwise dropping releases it.
             if appended && let Some(reservation) = reservation {
                 reservation.settle();
@@ -336,6 +397,7 @@ impl BlobStore {
             };
             ensure_dir(&self.inner.root, &leaf_dir)?;
             fs::rename(tmp_path, &dest)?;
+            self.inner.totals.add(len);
             reservation
         };
         sync_dir(&leaf_dir)?;
@@ -583,6 +645,32 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = BlobStore::open_with(dir.path(), limit, NO_PACKS).expect("open");
         (dir, store)
+    }
+
+    #[test]
+    fn totals_count_each_stored_blob_once_and_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let large = PackConfig::default().max_blob + 1;
+        {
+            let store = BlobStore::open(dir.path(), 4 << 20).expect("open");
+            assert_eq!(store.totals(), (0, 0));
+            store.put(Bytes::from_static(b"small"), None).expect("put");
+            store
+                .put(Bytes::from_static(b"small"), None)
+                .expect("again");
+            store
+                .put(Bytes::from(vec![7u8; large]), None)
+                .expect("large");
+            store
+                .put(Bytes::from(vec![7u8; large]), None)
+                .expect("large again");
+            let mut writer = store.writer().expect("writer");
+            writer.write(b"streamed").expect("write");
+            writer.commit(None).expect("commit");
+            assert_eq!(store.totals(), (3, 5 + large as u64 + 8));
+        }
+        let store = BlobStore::open(dir.path(), 4 << 20).expect("reopen");
+        assert_eq!(store.totals(), (3, 5 + large as u64 + 8), "counted at open");
     }
 
     #[test]
