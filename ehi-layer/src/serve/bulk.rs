@@ -474,3 +474,24 @@ pub(crate) fn file(
             .into_response())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_names_what_the_job_counts() {
+        assert_eq!(
+            progress_text(3, 10, progress_unit(&Level::Patients)),
+            "3/10 patients"
+        );
+        assert_eq!(
+            progress_text(1, 1, progress_unit(&Level::Patient("p1".into()))),
+            "1/1 patients"
+        );
+        assert_eq!(
+            progress_text(512, 2048, progress_unit(&Level::System)),
+            "512/2048 resources"
+        );
+    }
+}
