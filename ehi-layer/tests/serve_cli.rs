@@ -59,6 +59,41 @@ async fn start_serve(mut serve: Command) -> anyhow::Result<(Child, String)> {
     Ok((child, base))
 }
 
+/// With the `ehi` command: init, import the patient, a new app `app_name`, a grant of
+/// `scope` to it, and `ehi token <grant>`. Returns the grant id and the token.
+async fn grant_and_token(
+    home: &Path,
+    broker: &str,
+    app_name: &str,
+    scope: &str,
+) -> anyhow::Result<(String, String)> {
+    let (h, b) = (home.to_path_buf(), broker.to_string());
+    let (app_name, scope) = (app_name.to_string(), scope.to_string());
+    let bundle = home.join("patient.json");
+    std::fs::write(&bundle, serde_json::to_vec(&patient_bundle())?)?;
+    let bundle = bundle.to_str().context("path")?.to_string();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        run(&h, &b, &["init"])?;
+        run(&h, &b, &["import", &bundle])?;
+        let app = h.join("app.json");
+        let app = app.to_str().context("path")?;
+        let card = run(&h, &b, &["app", "new", &app_name, "--app-keystore", app])?;
+        let card_file = h.join("card.json");
+        std::fs::write(&card_file, card)?;
+        let card_file = card_file.to_str().context("path")?;
+        run(
+            &h,
+            &b,
+            &["grant", card_file, "--scopes", &scope, "--purpose", "TREAT"],
+        )?;
+        let grants: Value = serde_json::from_str(&run(&h, &b, &["grants"])?)?;
+        let grant = grants[0]["id"].as_str().context("grant id")?.to_string();
+        let token = run(&h, &b, &["token", &grant, "--expires", "10m"])?;
+        Ok((grant, token))
+    })
+    .await?
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn ehi_serve_and_ehi_token() -> anyhow::Result<()> {
     let net = TestNet::start(1, false).await?;
@@ -137,47 +172,7 @@ async fn ehi_token_for_a_grant_and_its_revocation() -> anyhow::Result<()> {
     let net = TestNet::start(1, false).await?;
     let home = tempfile::tempdir()?;
     let broker = net.broker_url.clone();
-    let h = home.path().to_path_buf();
-    let b = broker.clone();
-    let bundle = home.path().join("patient.json");
-    std::fs::write(&bundle, serde_json::to_vec(&patient_bundle())?)?;
-    let bundle = bundle.to_str().context("path")?.to_string();
-    let (grant, token) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        run(&h, &b, &["init"])?;
-        run(&h, &b, &["import", &bundle])?;
-        let app = h.join("app.json");
-        let card = run(
-            &h,
-            &b,
-            &[
-                "app",
-                "new",
-                "PillPal",
-                "--app-keystore",
-                app.to_str().context("path")?,
-            ],
-        )?;
-        let card_file = h.join("card.json");
-        std::fs::write(&card_file, card)?;
-        let card_file = card_file.to_str().context("path")?.to_string();
-        run(
-            &h,
-            &b,
-            &[
-                "grant",
-                &card_file,
-                "--scopes",
-                "medications",
-                "--purpose",
-                "TREAT",
-            ],
-        )?;
-        let grants: Value = serde_json::from_str(&run(&h, &b, &["grants"])?)?;
-        let grant = grants[0]["id"].as_str().context("grant id")?.to_string();
-        let token = run(&h, &b, &["token", &grant, "--expires", "10m"])?;
-        Ok((grant, token))
-    })
-    .await??;
+    let (grant, token) = grant_and_token(home.path(), &broker, "PillPal", "medications").await?;
     ensure!(token.starts_with("ehi1."), "{token}");
 
     // An unknown grant for --client is refused before serving.
@@ -228,47 +223,8 @@ async fn a_clinical_grant_token_and_exit_on_removal() -> anyhow::Result<()> {
     let net = TestNet::start(1, false).await?;
     let home = tempfile::tempdir()?;
     let broker = net.broker_url.clone();
-    let h = home.path().to_path_buf();
-    let b = broker.clone();
-    let bundle = home.path().join("patient.json");
-    std::fs::write(&bundle, serde_json::to_vec(&patient_bundle())?)?;
-    let bundle = bundle.to_str().context("path")?.to_string();
     // `ehi grant … --scopes clinical` then `ehi token <grant>`.
-    let token = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-        run(&h, &b, &["init"])?;
-        run(&h, &b, &["import", &bundle])?;
-        let app = h.join("app.json");
-        let card = run(
-            &h,
-            &b,
-            &[
-                "app",
-                "new",
-                "ClinicView",
-                "--app-keystore",
-                app.to_str().context("path")?,
-            ],
-        )?;
-        let card_file = h.join("card.json");
-        std::fs::write(&card_file, card)?;
-        let card_file = card_file.to_str().context("path")?.to_string();
-        run(
-            &h,
-            &b,
-            &[
-                "grant",
-                &card_file,
-                "--scopes",
-                "clinical",
-                "--purpose",
-                "TREAT",
-            ],
-        )?;
-        let grants: Value = serde_json::from_str(&run(&h, &b, &["grants"])?)?;
-        let grant = grants[0]["id"].as_str().context("grant id")?.to_string();
-        run(&h, &b, &["token", &grant, "--expires", "10m"])
-    })
-    .await??;
+    let (_grant, token) = grant_and_token(home.path(), &broker, "ClinicView", "clinical").await?;
     ensure!(token.starts_with("ehi1."), "{token}");
 
     let mut serve = ehi(home.path(), &broker);
