@@ -11,9 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use common::{TestNet, household, input, patient_bundle};
-use ehi_layer::grant::GrantRequest;
 use ehi_layer::serve::{self, ServeOptions, TokenKey};
-use ehi_layer::{Access, AppKeystore, GrantInfo, Scope, Vault};
+use ehi_layer::{Access, GrantInfo, Scope, Vault};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
@@ -41,24 +40,11 @@ async fn grant_with(
     access: Access,
     ms: u64,
 ) -> anyhow::Result<GrantInfo> {
-    let app = AppKeystore::generate(app)?;
-    let (info, _) = vault
-        .grant(GrantRequest {
-            app: app.card().verify()?,
-            scopes: scopes.to_vec(),
-            access,
-            duration_ms: ms,
-            purpose: "TREAT".into(),
-        })
-        .await?;
-    Ok(info)
+    common::grant_to(vault, app, scopes, access, ms).await
 }
 
 async fn get(http: &Client, url: &str, token: &str) -> anyhow::Result<(StatusCode, Value)> {
-    let resp = http.get(url).bearer_auth(token).send().await?;
-    let status = resp.status();
-    let text = resp.text().await?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    common::get_json(http, url, token).await
 }
 
 /// A Condition labelled sensitive (PSY), so it is kept in the `sensitive` scope.

@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, ensure};
 use common::{TestNet, input};
-use ehi_layer::grant::GrantRequest;
 use ehi_layer::serve::{self, Claims, ServeOptions, TokenKey};
-use ehi_layer::{Access, AppKeystore, GrantInfo, Scope, Vault};
+use ehi_layer::{Access, GrantInfo, Scope, Vault};
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
 
@@ -20,24 +19,11 @@ const PATIENT: &str = "0b5e4f2a-8c1d-4e3b-9a7f-1c2d3e4f5a6b";
 const DAY_MS: u64 = 86_400_000;
 
 async fn grant(vault: &Vault, app: &str, scopes: &[Scope], ms: u64) -> anyhow::Result<GrantInfo> {
-    let app = AppKeystore::generate(app)?;
-    let (info, _) = vault
-        .grant(GrantRequest {
-            app: app.card().verify()?,
-            scopes: scopes.to_vec(),
-            access: Access::Read,
-            duration_ms: ms,
-            purpose: "TREAT".into(),
-        })
-        .await?;
-    Ok(info)
+    common::grant_to(vault, app, scopes, Access::Read, ms).await
 }
 
 async fn get(http: &Client, url: &str, token: &str) -> anyhow::Result<(StatusCode, Value)> {
-    let resp = http.get(url).bearer_auth(token).send().await?;
-    let status = resp.status();
-    let text = resp.text().await?;
-    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    common::get_json(http, url, token).await
 }
 
 fn now_s() -> u64 {

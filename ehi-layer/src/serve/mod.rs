@@ -439,7 +439,7 @@ async fn warm_up(state: Arc<AppState>) {
                 Err(EhiError::NotFound(_) | EhiError::Gone(_)) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "warming the resource cache");
-                    let _ = state.warmed.send(true);
+                    let _ = state.warmed.send_replace(true);
                     return;
                 }
             }
@@ -451,14 +451,16 @@ async fn warm_up(state: Arc<AppState>) {
         ms = started.elapsed().as_millis() as u64,
         "resource cache warmed"
     );
-    let _ = state.warmed.send(true);
+    // `send_replace`, not `send`: with nobody subscribed yet, `send` would drop the
+    // value and a later `Server::warmed` would wait forever.
+    let _ = state.warmed.send_replace(true);
 }
 
 /// Empties the cache and warms it again (another device changed the resources).
 fn rewarm(state: &Arc<AppState>, warm: bool) {
     state.cache.clear();
     if warm {
-        let _ = state.warmed.send(false);
+        let _ = state.warmed.send_replace(false);
         tokio::spawn(warm_up(state.clone()));
     }
 }

@@ -427,3 +427,36 @@ pub fn without_timestamp(mut bundle: Value) -> Value {
     }
     bundle
 }
+
+/// Grants `scopes` of `vault` to a new app named `app` for `ms` milliseconds.
+pub async fn grant_to(
+    vault: &ehi_layer::Vault,
+    app: &str,
+    scopes: &[ehi_layer::Scope],
+    access: ehi_layer::Access,
+    ms: u64,
+) -> anyhow::Result<ehi_layer::GrantInfo> {
+    let app = ehi_layer::AppKeystore::generate(app)?;
+    let (info, _) = vault
+        .grant(ehi_layer::grant::GrantRequest {
+            app: app.card().verify()?,
+            scopes: scopes.to_vec(),
+            access,
+            duration_ms: ms,
+            purpose: "TREAT".into(),
+        })
+        .await?;
+    Ok(info)
+}
+
+/// `GET url` with `token`: the status and the JSON body (`Null` when not JSON).
+pub async fn get_json(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+) -> anyhow::Result<(reqwest::StatusCode, Value)> {
+    let resp = http.get(url).bearer_auth(token).send().await?;
+    let status = resp.status();
+    let text = resp.text().await?;
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
