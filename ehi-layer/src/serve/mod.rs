@@ -20,14 +20,21 @@
 //!   through; an index-only query, nothing is decrypted) and fetches only the page
 //!   `[_offset, _offset + _count)` (`_count` defaults to 50, at most 1000); the links
 //!   carry `_offset`. A page is consistent with the vault at the time of the request.
-//!   `_summary=count|data|false`, `_elements`, `_include` and `_revinclude` (on
-//!   reference parameters) shape the answer.
+//!   `_summary=count|data|false`, `_elements` (which also keeps the type's mandatory
+//!   elements), `_include` and `_revinclude` (on reference parameters) shape the
+//!   answer; `_total=none` leaves `total` out. Unknown parameters follow FHIR's
+//!   handling preference: 400 by default (`Prefer: handling=strict`), or ignored and
+//!   reported in an OperationOutcome entry (`search.mode = outcome`) under
+//!   `Prefer: handling=lenient`. `ehi search` answers through this same code
+//!   ([`answer_locally`]).
 //! - `POST [type]` create (the server assigns the id), `PUT [type]/[id]` update or
 //!   create, `DELETE [type]/[id]`, all through [`Vault::import`]; `If-Match: W/"n"` on
 //!   update is checked under the server's write lock (412 on mismatch). The lock
 //!   serializes this server's writes; another device's commit between check and
 //!   commit is not detected.
-//! - `GET Patient/[id]/$everything` — the patient compartment (paged like search).
+//! - `GET Patient/[id]/$everything` — the patient compartment and the resources it
+//!   references (practitioners, organizations, locations, medications; paged like
+//!   search).
 //! - Bulk Data ([`bulk`]): `GET $export`, `GET Patient/$export`,
 //!   `GET Patient/[id]/$export` with `Prefer: respond-async`.
 //!
