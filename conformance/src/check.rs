@@ -292,6 +292,24 @@ impl Ctx {
         self.call(self.req(method, path).body(body)).await
     }
 
+    /// `method path` with a body the server may refuse to read: `None` when the server
+    /// closed the connection before answering, which HTTP allows for a request it
+    /// will not take (RFC 9110 §15.5.14: it may close the connection to stop the
+    /// client from sending the rest). Whether the server answered 413 first or closed
+    /// at once is then a race of the two ends, so the check must look at the effect.
+    pub(crate) async fn send_refusable(
+        &self,
+        method: Method,
+        path: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Result<Option<Resp>, Fail> {
+        match self.send(method, path, body).await {
+            Ok(resp) => Ok(Some(resp)),
+            Err(Fail(text)) if closed_while_sending(&text) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
     /// `method path` with a JSON body.
     pub(crate) async fn json<T: serde::Serialize + ?Sized>(
         &self,
@@ -309,6 +327,19 @@ impl Ctx {
     }
 }
 
+/// Whether a client error says the server closed the connection while the request was
+/// still being sent.
+fn closed_while_sending(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    [
+        "connection closed before message completed",
+        "connection reset",
+        "broken pipe",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle))
+}
+
 /// A random blob of `len` bytes whose address has never been seen.
 pub(crate) fn random_bytes(len: usize) -> Vec<u8> {
     let mut out = vec![0u8; len];
@@ -324,4 +355,25 @@ pub(crate) fn random_id() -> Id {
 /// `id` in upper case.
 pub(crate) fn upper(id: &Id) -> String {
     id.to_string().to_ascii_uppercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::closed_while_sending;
+
+    #[test]
+    fn a_connection_closed_mid_request_is_told_from_other_errors() {
+        assert!(closed_while_sending(
+            "error sending request: client error (SendRequest): connection closed before message completed"
+        ));
+        assert!(closed_while_sending(
+            "error sending request: Connection reset by peer (os error 104)"
+        ));
+        assert!(!closed_while_sending(
+            "error sending request: operation timed out"
+        ));
+        assert!(!closed_while_sending(
+            "error sending request: Connection refused (os error 111)"
+        ));
+    }
 }
