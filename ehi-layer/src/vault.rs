@@ -61,7 +61,7 @@ mod sharing;
 use devices::RootKeys;
 pub use devices::{DeviceRemoval, WatchEvent};
 pub use sharing::RevokeReport;
-// Issue 9 (consent requests, grant channels: contributions and app audit).
+// Consent requests, and the grant channels (contributions, apps' own audit chains).
 mod channels;
 mod removal;
 mod requests;
@@ -322,7 +322,7 @@ impl State {
             out.extend(record.manifest.iter().copied().map(Id::from_bytes));
         }
         out.extend(self.root.grants.iter().map(|g| Id::from_bytes(g.sealed)));
-        // Issue 9: the inbox's start blob and the decisions posted to apps.
+        // The consent inbox's start blob and the decisions posted to apps.
         if let Some(inbox) = &self.root.ext.inbox {
             out.push(Id::from_bytes(inbox.start));
         }
@@ -1100,7 +1100,7 @@ impl Vault {
         }
         let (bytes, root_blocks) = self.fetch_root(state, head).await?;
         let root = format::decode_root(&bytes)?;
-        // Issue 9: a root older than the one this handle holds is a rollback.
+        // A root older than the one this handle holds is a rollback: refused.
         if !state.scopes.is_empty()
             && root.vault_id == state.root.vault_id
             && root.generation < state.root.generation
