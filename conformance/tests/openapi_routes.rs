@@ -437,16 +437,7 @@ fn requirements(operation: &serde_yaml_ng::Value) -> Vec<String> {
 #[test]
 fn operations_that_need_a_right_declare_the_bearer_scheme() {
     use invariant_runtime::auth::{Access, required};
-    for role in [
-        Role::Storage,
-        Role::Slots,
-        Role::Broker,
-        Role::Find,
-        Role::Files,
-        Role::Productions,
-        Role::Names,
-        Role::Distributor,
-    ] {
+    for role in Role::ALL {
         let name = match role {
             Role::Distributor => "distributor",
             other => other.kind(),

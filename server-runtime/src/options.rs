@@ -36,6 +36,18 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role.
+    pub const ALL: [Role; 8] = [
+        Role::Storage,
+        Role::Slots,
+        Role::Broker,
+        Role::Find,
+        Role::Files,
+        Role::Productions,
+        Role::Names,
+        Role::Distributor,
+    ];
+
     /// The broker registration kind.
     pub fn kind(self) -> &'static str {
         match self {
@@ -404,17 +416,7 @@ mod tests {
 
     #[test]
     fn every_role_has_a_distinct_port() {
-        let roles = [
-            Role::Storage,
-            Role::Slots,
-            Role::Broker,
-            Role::Find,
-            Role::Files,
-            Role::Productions,
-            Role::Names,
-            Role::Distributor,
-        ];
-        let mut ports: Vec<u16> = roles.iter().map(|r| r.default_port()).collect();
+        let mut ports: Vec<u16> = Role::ALL.iter().map(|r| r.default_port()).collect();
         ports.sort_unstable();
         ports.dedup();
         assert_eq!(ports.len(), roles.len());
