@@ -38,61 +38,34 @@ pub struct InvalidBound(pub String);
 /// `YYYY-MM-DD` stays as it is (it sorts before every instant of that day), an instant
 /// `YYYY-MM-DDThh:mm:ss[.f]Z` gets exactly three fraction digits.
 pub fn parse_bound(text: &str) -> Result<String, InvalidBound> {
+    use time::format_description::well_known::Rfc3339;
     let invalid = || InvalidBound(text.to_string());
-    let (date, time) = match text.split_once('T') {
-        Some((date, time)) => (date, Some(time)),
+    let (date, clock) = match text.split_once('T') {
+        Some((date, clock)) => (date, Some(clock)),
         None => (text, None),
     };
-    let number = |s: &str, len: usize| -> Option<u32> {
-        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
-    };
-    let mut parts = date.split('-');
-    let (Some(y), Some(m), Some(d), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(invalid());
-    };
-    let (year, month, day) = match (number(y, 4), number(m, 2), number(d, 2)) {
-        (Some(y), Some(m), Some(d)) => (y, m, d),
-        _ => return Err(invalid()),
-    };
-    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
-    let days_in_month = match month {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return Err(invalid()),
-    };
-    if day == 0 || day > days_in_month {
+    // `[year]` alone would take 2 or 6 digits and a sign: a bound has exactly 4.
+    if date.len() != 10 || !date.as_bytes()[..4].iter().all(u8::is_ascii_digit) {
         return Err(invalid());
     }
-    let Some(time) = time else {
+    let Some(clock) = clock else {
+        let format =
+            time::format_description::parse("[year]-[month]-[day]").map_err(|_| invalid())?;
+        time::Date::parse(date, &format).map_err(|_| invalid())?;
         return Ok(date.to_string());
     };
-    let clock = time.strip_suffix('Z').ok_or_else(invalid)?;
-    let (hms, fraction) = match clock.split_once('.') {
-        Some((hms, fraction)) => (hms, fraction),
-        None => (clock, ""),
-    };
-    let mut fields = hms.split(':');
-    let (Some(h), Some(mi), Some(s), None) =
-        (fields.next(), fields.next(), fields.next(), fields.next())
-    else {
-        return Err(invalid());
-    };
-    match (number(h, 2), number(mi, 2), number(s, 2)) {
-        (Some(h), Some(mi), Some(s)) if h < 24 && mi < 60 && s < 60 => {}
-        _ => return Err(invalid()),
-    }
-    if !fraction.bytes().all(|b| b.is_ascii_digit()) || (clock.contains('.') && fraction.is_empty())
-    {
+    // UTC only: an offset would have to be converted, and the log is in UTC.
+    if !clock.ends_with('Z') {
         return Err(invalid());
     }
-    let millis: String = fraction.chars().chain("000".chars()).take(3).collect();
-    Ok(format!("{date}T{hms}.{millis}Z"))
+    let at = time::OffsetDateTime::parse(text, &Rfc3339).map_err(|_| invalid())?;
+    Ok(format!(
+        "{date}T{:02}:{:02}:{:02}.{:03}Z",
+        at.hour(),
+        at.minute(),
+        at.second(),
+        at.millisecond()
+    ))
 }
 
 /// Days since 1970-01-01 → (year, month, day), proleptic Gregorian (H. Hinnant's
