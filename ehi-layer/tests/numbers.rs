@@ -31,20 +31,12 @@ fn number_tokens(value: &Value, out: &mut Vec<String>) {
     }
 }
 
-fn key(resource: &Value) -> String {
-    format!(
-        "{}/{}",
-        resource["resourceType"].as_str().unwrap_or("?"),
-        resource["id"].as_str().unwrap_or("?")
-    )
-}
-
 fn add(numbers: &mut Numbers, resource: &Value) {
     let mut tokens = Vec::new();
     number_tokens(resource, &mut tokens);
     tokens.sort();
     if !tokens.is_empty() {
-        numbers.insert(key(resource), tokens);
+        numbers.insert(common::reference(resource), tokens);
     }
 }
 

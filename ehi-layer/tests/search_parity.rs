@@ -207,20 +207,10 @@ async fn everything_returns_what_the_compartment_references() -> anyhow::Result<
         .as_array()
         .into_iter()
         .flatten()
-        .map(|e| {
-            format!(
-                "{}/{}",
-                e["resource"]["resourceType"].as_str().unwrap_or("?"),
-                e["resource"]["id"].as_str().unwrap_or("?")
-            )
-        })
+        .map(|e| common::reference(&e["resource"]))
         .collect();
     for r in &compartment {
-        let k = format!(
-            "{}/{}",
-            r["resourceType"].as_str().unwrap_or("?"),
-            r["id"].as_str().unwrap_or("?")
-        );
+        let k = common::reference(r);
         assert!(got.contains(&k), "{k} of the compartment is missing");
     }
     for referenced in ["Location/loc-1", "Organization/org-1"] {

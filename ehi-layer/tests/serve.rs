@@ -401,16 +401,7 @@ async fn fhir_rest_api() -> anyhow::Result<()> {
     let compartment = vault.patient_compartment(PATIENT).await?;
     // The compartment, and the stored resources it references (the Practitioner).
     let stored: HashSet<String> = vault.list().await.into_iter().collect();
-    let mut expected: HashSet<String> = compartment
-        .iter()
-        .map(|r| {
-            format!(
-                "{}/{}",
-                r["resourceType"].as_str().unwrap_or("?"),
-                r["id"].as_str().unwrap_or("?")
-            )
-        })
-        .collect();
+    let mut expected: HashSet<String> = compartment.iter().map(common::reference).collect();
     let text = serde_json::to_string(&compartment)?;
     for reference in stored.iter() {
         if text.contains(&format!("\"reference\":\"{reference}\"")) {

@@ -97,13 +97,7 @@ fn entries(bundle: &Value) -> Vec<String> {
         .map(|entries| {
             entries
                 .iter()
-                .map(|e| {
-                    format!(
-                        "{}/{}",
-                        e["resource"]["resourceType"].as_str().unwrap_or("?"),
-                        e["resource"]["id"].as_str().unwrap_or("?")
-                    )
-                })
+                .map(|e| common::reference(&e["resource"]))
                 .collect()
         })
         .unwrap_or_default()
@@ -329,11 +323,7 @@ async fn export(http: &Client, base: &str, path: &str, token: &str) -> anyhow::R
             .await?;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let r: Value = serde_json::from_str(line)?;
-            out.push(format!(
-                "{}/{}",
-                r["resourceType"].as_str().unwrap_or("?"),
-                r["id"].as_str().unwrap_or("?")
-            ));
+            out.push(common::reference(&r));
         }
     }
     out.sort();

@@ -28,11 +28,7 @@ async fn synthea_patients_import_read_search_and_round_trip() -> anyhow::Result<
         let bundle: Value = serde_json::from_slice(&bytes)?;
         for entry in bundle["entry"].as_array().into_iter().flatten() {
             let resource = &entry["resource"];
-            let name = format!(
-                "{}/{}",
-                resource["resourceType"].as_str().unwrap_or("?"),
-                resource["id"].as_str().unwrap_or("?")
-            );
+            let name = common::reference(resource);
             if resource["resourceType"] == "Patient" {
                 patients.push(resource["id"].as_str().unwrap_or("?").to_string());
             }

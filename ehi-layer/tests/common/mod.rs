@@ -460,3 +460,12 @@ pub async fn get_json(
     let text = resp.text().await?;
     Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
+
+/// `Type/id` of a resource (`?` for a missing part).
+pub fn reference(resource: &Value) -> String {
+    format!(
+        "{}/{}",
+        resource["resourceType"].as_str().unwrap_or("?"),
+        resource["id"].as_str().unwrap_or("?")
+    )
+}
