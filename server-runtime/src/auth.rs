@@ -59,7 +59,9 @@ pub fn required(role: Role, method: &Method, path: &str) -> Access {
     let read = method == Method::GET || method == Method::HEAD || method == Method::OPTIONS;
     match role {
         Role::Broker if path == "/broker/register" => Access::Action("register"),
-        Role::Find if path == "/find/has" || path == "/find/notify" => Access::Action("report"),
+        Role::Find if matches!(path, "/find/has" | "/find/notify" | "/find/gone") => {
+            Access::Action("report")
+        }
         Role::Distributor => {
             let tail = path
                 .strip_prefix("/distributor")
@@ -73,6 +75,7 @@ pub fn required(role: Role, method: &Method, path: &str) -> Access {
             }
         }
         Role::Storage if method == Method::DELETE => Access::Action("delete"),
+        Role::Storage if read && matches!(path, "/storage" | "/storage/") => Access::Action("list"),
         _ if read => Access::Read,
         _ => Access::Action("write"),
     }
@@ -312,6 +315,14 @@ mod tests {
         assert_eq!(
             required(Role::Storage, &Method::DELETE, "/storage/ab"),
             Access::Action("delete")
+        );
+        assert_eq!(
+            required(Role::Storage, &get, "/storage/"),
+            Access::Action("list")
+        );
+        assert_eq!(
+            required(Role::Find, &put, "/find/gone"),
+            Access::Action("report")
         );
         assert_eq!(
             required(Role::Broker, &post, "/broker/register"),

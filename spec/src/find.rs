@@ -214,6 +214,20 @@ impl FindClient {
         Ok(())
     }
 
+    /// `PUT /find/gone/`: storage server `container` no longer holds `ids` (it deleted
+    /// them); the find server drops those has-records.
+    pub async fn gone(&self, container: &Id, ids: &[Id]) -> ClientResult<()> {
+        let url = self.endpoint.url("/find/gone/");
+        let body = HasRequest {
+            container: *container,
+            ids: ids.to_vec(),
+        };
+        let request = self.endpoint.http().put(&url).json(&body);
+        let response = self.endpoint.send(&url, request).await?;
+        expect_success(&url, response).await?;
+        Ok(())
+    }
+
     /// `PUT /find/notify/`: find server `find` exists.
     pub async fn notify(&self, find: &Id) -> ClientResult<()> {
         let url = self.endpoint.url("/find/notify/");

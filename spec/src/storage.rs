@@ -1,7 +1,7 @@
 //! The storage protocol (`/storage/`): content-addressed, immutable blobs.
 //!
-//! Routes (see `spec/storage.md`): `GET|HEAD|PUT /storage/:address`, `POST /storage/`,
-//! `HEAD|PUT|POST /storage/fetch`. An address is the SHA-256 of the blob's bytes.
+//! Routes (see `spec/storage.md`): `GET|HEAD|PUT|DELETE /storage/:address`,
+//! `POST /storage/`, `GET /storage/` (listing), `HEAD|PUT|POST /storage/fetch`. An address is the SHA-256 of the blob's bytes.
 //! [`StorageClient`] verifies every byte it returns against the address it asked for.
 
 use std::ops::Range;
@@ -23,6 +23,25 @@ pub struct FetchRequest {
     pub address: Id,
     /// The id of a storage server that holds it (resolved through the broker).
     pub container: Id,
+}
+
+/// One page of `GET /storage/?after=<address>&limit=<n>`: held blobs in ascending
+/// address order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListPage {
+    /// The blobs of this page, ascending by address, all after the `after` asked for.
+    pub blobs: Vec<ListedBlob>,
+    /// Where the next page starts (pass it as `after`); `None` on the last page.
+    pub next: Option<Id>,
+}
+
+/// One blob of a [`ListPage`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedBlob {
+    /// The blob's address.
+    pub address: Id,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
 /// A blob arriving in chunks.
@@ -199,6 +218,41 @@ impl StorageClient {
         Id::parse(text.trim()).map_err(|e| ClientError::Protocol {
             url,
             reason: format!("POST answer is not an address: {e}"),
+        })
+    }
+
+    /// `DELETE /storage/:address` (needs a token with `storage:delete`). `Ok(true)` when
+    /// the blob was deleted, `Ok(false)` when the server did not hold it (404).
+    pub async fn delete(&self, address: &Id) -> ClientResult<bool> {
+        let url = self.blob_url(address);
+        let response = self
+            .endpoint
+            .send(&url, self.endpoint.http().delete(&url))
+            .await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(false);
+        }
+        expect_success(&url, response).await?;
+        Ok(true)
+    }
+
+    /// One page of the server's blobs (`GET /storage/?after=..&limit=..`; needs a token
+    /// with `storage:list`): those after `after` (from the start when `None`), ascending,
+    /// at most `limit` (the server may answer fewer).
+    pub async fn list_page(&self, after: Option<&Id>, limit: usize) -> ClientResult<ListPage> {
+        let mut url = self.endpoint.url(&format!("/storage/?limit={limit}"));
+        if let Some(after) = after {
+            url.push_str(&format!("&after={after}"));
+        }
+        let response = self
+            .endpoint
+            .send(&url, self.endpoint.http().get(&url))
+            .await?;
+        let response = expect_success(&url, response).await?;
+        let text = read_text(&url, response).await?;
+        serde_json::from_str(&text).map_err(|e| ClientError::Protocol {
+            url,
+            reason: format!("listing is not a page of blobs: {e}"),
         })
     }
 
