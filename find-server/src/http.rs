@@ -4,6 +4,7 @@
 //! |---|---|
 //! | `GET /find/:id` | 200 `text/plain`: `HAS <container>` lines (most recently seen first, at most [`MAX_HAS_LINES`]), then `CLOSER <find>` lines (the up to [`K`] known find servers strictly nearer to `:id` than this one, nearest first) |
 //! | `PUT\|POST /find/has` | JSON `{container, ids \| items}` → 200 once durably recorded |
+//! | `PUT\|POST /find/gone` | JSON `{container, ids \| items}` → 200 once those records are durably removed |
 //! | `PUT\|POST /find/notify` | JSON `{find}` → 200 once added; 404 when the broker cannot resolve it, 503 when the broker is unreachable |
 //!
 //! Malformed ids or bodies get a plain-text 400 and change nothing.
@@ -29,6 +30,8 @@ pub const MAX_HAS_LINES: usize = 1000;
 pub const ROUTES: &[(&str, &str)] = &[
     ("PUT", "/find/has"),
     ("POST", "/find/has"),
+    ("PUT", "/find/gone"),
+    ("POST", "/find/gone"),
     ("PUT", "/find/notify"),
     ("POST", "/find/notify"),
     ("GET", "/find/{id}"),
@@ -38,6 +41,7 @@ pub const ROUTES: &[(&str, &str)] = &[
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/find/has", put(has).post(has))
+        .route("/find/gone", put(gone).post(gone))
         .route("/find/notify", put(notify).post(notify))
         .route("/find/{id}", get(find))
         .with_state(state)
@@ -80,7 +84,25 @@ async fn has(
         .await
         .map_err(internal("recording has-records"))?;
     tracing::debug!(%container, ids = ids.len(), added, "has report");
-    forward::enqueue(&state, container, ids);
+    forward::enqueue(&state, forward::Kind::Has, container, ids);
+    Ok(StatusCode::OK.into_response())
+}
+
+async fn gone(
+    State(state): State<AppState>,
+    ApiJson(request): ApiJson<HasRequest>,
+) -> ApiResult<Response> {
+    let HasRequest { container, ids } = request;
+    if ids.is_empty() {
+        return Ok(StatusCode::OK.into_response());
+    }
+    let store = state.store().clone();
+    let removed_ids = ids.clone();
+    let removed = blocking(move || store.remove(&container, &removed_ids))
+        .await
+        .map_err(internal("removing has-records"))?;
+    tracing::debug!(%container, ids = ids.len(), removed, "gone report");
+    forward::enqueue(&state, forward::Kind::Gone, container, ids);
     Ok(StatusCode::OK.into_response())
 }
 

@@ -310,6 +310,107 @@ async fn has_reports_become_has_lines() {
 }
 
 #[tokio::test]
+async fn gone_reports_remove_exactly_their_records() {
+    let find = TestFind::start(quick_config(), None).await;
+    let ids = seeded_ids(7, 4);
+    let (c1, c2) = (Id::of_content(b"gone 1"), Id::of_content(b"gone 2"));
+    find.client.has(&c1, &ids).await.expect("has c1");
+    find.client.has(&c2, &ids[..1]).await.expect("has c2");
+
+    find.client.gone(&c1, &ids[..2]).await.expect("gone c1");
+    // Only c1's records of the two reported blocks go; c2's record of ids[0] stays.
+    assert_eq!(find.holders(&ids[0]).await, vec![c2]);
+    assert!(find.holders(&ids[1]).await.is_empty());
+    assert_eq!(find.holders(&ids[2]).await, vec![c1]);
+    // A gone report of records never made is a no-op, as is an empty one; POST works.
+    for (method, body) in [
+        (
+            reqwest::Method::PUT,
+            serde_json::json!({"container": c2, "ids": [ids[3]]}),
+        ),
+        (
+            reqwest::Method::POST,
+            serde_json::json!({"container": c2, "items": []}),
+        ),
+    ] {
+        let response = find
+            .http
+            .request(method, find.url("/find/gone/"))
+            .json(&body)
+            .send()
+            .await
+            .expect("gone");
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    assert_eq!(find.holders(&ids[3]).await, vec![c1]);
+    // Malformed: 400, nothing removed.
+    let response = find
+        .http
+        .put(find.url("/find/gone/"))
+        .json(&serde_json::json!({"container": c1, "ids": [ids[2].to_string(), "zz"]}))
+        .send()
+        .await
+        .expect("gone malformed");
+    assert_plain_error(response, StatusCode::BAD_REQUEST, "malformed gone").await;
+    assert_eq!(find.holders(&ids[2]).await, vec![c1]);
+}
+
+#[tokio::test]
+async fn gone_reports_are_forwarded_to_nearer_find_servers() {
+    let broker = FakeBroker::start().await;
+    let mut finds = Vec::new();
+    for _ in 0..3 {
+        finds.push(TestFind::start(quick_config(), Some(broker.url())).await);
+    }
+    for a in &finds {
+        for b in &finds {
+            if a.id() != b.id() {
+                eventually("find servers know each other", || async {
+                    a.knows_peer(&b.id()).await
+                })
+                .await;
+            }
+        }
+    }
+    // Blocks nearer to another find server than to the one reported to.
+    let first = &finds[0];
+    let ids: Vec<Id> = seeded_ids(11, 64)
+        .into_iter()
+        .filter(|id| {
+            finds
+                .iter()
+                .min_by_key(|f| id.distance(&f.id()))
+                .is_some_and(|nearest| nearest.id() != first.id())
+        })
+        .take(4)
+        .collect();
+    assert_eq!(ids.len(), 4, "seeded ids cover the other servers");
+    let container = Id::of_content(b"forwarded container");
+    first.client.has(&container, &ids).await.expect("has");
+    for id in &ids {
+        let nearest = finds
+            .iter()
+            .min_by_key(|f| id.distance(&f.id()))
+            .expect("three servers");
+        eventually("the record is forwarded", || async {
+            nearest.holders(id).await == vec![container]
+        })
+        .await;
+    }
+    first.client.gone(&container, &ids).await.expect("gone");
+    for id in &ids {
+        let nearest = finds
+            .iter()
+            .min_by_key(|f| id.distance(&f.id()))
+            .expect("three servers");
+        eventually("the removal is forwarded", || async {
+            nearest.holders(id).await.is_empty()
+        })
+        .await;
+    }
+}
+
+#[tokio::test]
 async fn most_recently_seen_holder_comes_first() {
     let find = TestFind::start(quick_config(), None).await;
     let id = Id::of_content(b"block");
