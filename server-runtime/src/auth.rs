@@ -74,7 +74,9 @@ pub fn required(role: Role, method: &Method, path: &str) -> Access {
                 _ => Access::Action("admin"),
             }
         }
-        Role::Storage if method == Method::DELETE => Access::Action("delete"),
+        Role::Storage if method == Method::DELETE || (!read && path == "/storage/delete") => {
+            Access::Action("delete")
+        }
         Role::Storage if read && matches!(path, "/storage" | "/storage/") => Access::Action("list"),
         _ if read => Access::Read,
         _ => Access::Action("write"),
@@ -314,6 +316,10 @@ mod tests {
         );
         assert_eq!(
             required(Role::Storage, &Method::DELETE, "/storage/ab"),
+            Access::Action("delete")
+        );
+        assert_eq!(
+            required(Role::Storage, &post, "/storage/delete"),
             Access::Action("delete")
         );
         assert_eq!(

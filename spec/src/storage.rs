@@ -1,7 +1,8 @@
 //! The storage protocol (`/storage/`): content-addressed, immutable blobs.
 //!
 //! Routes (see `spec/storage.md`): `GET|HEAD|PUT|DELETE /storage/:address`,
-//! `POST /storage/`, `GET /storage/` (listing), `HEAD|PUT|POST /storage/fetch`. An address is the SHA-256 of the blob's bytes.
+//! `POST /storage/`, `GET /storage/` (listing), `POST /storage/delete` (batch delete),
+//! `HEAD|PUT|POST /storage/fetch`. An address is the SHA-256 of the blob's bytes.
 //! [`StorageClient`] verifies every byte it returns against the address it asked for.
 
 use std::ops::Range;
@@ -42,6 +43,20 @@ pub struct ListedBlob {
     pub address: Id,
     /// Its size in bytes.
     pub size: u64,
+}
+
+/// Most addresses one `POST /storage/delete` may name.
+pub const MAX_DELETE_BATCH: usize = 10_000;
+
+/// The answer to `POST /storage/delete`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeleteReport {
+    /// Blobs the server held and deleted.
+    pub deleted: u64,
+    /// Addresses the server did not hold.
+    pub missing: u64,
+    /// Bytes of the deleted blobs.
+    pub bytes: u64,
 }
 
 /// A blob arriving in chunks.
@@ -234,6 +249,21 @@ impl StorageClient {
         }
         expect_success(&url, response).await?;
         Ok(true)
+    }
+
+    /// `POST /storage/delete` with a JSON array of at most [`MAX_DELETE_BATCH`]
+    /// addresses (needs a token with `storage:delete`): deletes every one the server
+    /// holds, in one commit.
+    pub async fn delete_many(&self, addresses: &[Id]) -> ClientResult<DeleteReport> {
+        let url = self.endpoint.url("/storage/delete");
+        let request = self.endpoint.http().post(&url).json(addresses);
+        let response = self.endpoint.send(&url, request).await?;
+        let response = expect_success(&url, response).await?;
+        let text = read_text(&url, response).await?;
+        serde_json::from_str(&text).map_err(|e| ClientError::Protocol {
+            url,
+            reason: format!("not a delete report: {e}"),
+        })
     }
 
     /// One page of the server's blobs (`GET /storage/?after=..&limit=..`; needs a token

@@ -31,7 +31,8 @@ pub const OPERATOR: &str = "operator";
 /// - slots, names, productions: register;
 /// - files: registers, writes blocks to storage, moves slots on sync;
 /// - distributor: registers, asks storage servers to fetch copies
-///   (`/storage/fetch`), reports copies to find servers;
+///   (`/storage/fetch`), reports copies to find servers, lists and deletes blocks
+///   when it collects garbage;
 /// - broker: only reads `/id` of the servers it checks.
 pub fn server_rights(role: Role) -> Option<&'static str> {
     match role {
@@ -39,7 +40,9 @@ pub fn server_rights(role: Role) -> Option<&'static str> {
         Role::Storage | Role::Find => Some("broker:register,find:report"),
         Role::Slots | Role::Names | Role::Productions => Some("broker:register"),
         Role::Files => Some("broker:register,storage:write,slots:write"),
-        Role::Distributor => Some("broker:register,storage:write,find:report"),
+        Role::Distributor => Some(
+            "broker:register,storage:write,storage:delete,storage:list,find:report",
+        ),
     }
 }
 
@@ -153,7 +156,9 @@ mod tests {
             .expect("token")
             .expect("distributor has one");
         assert!(allowed(&distributor, &root, "storage:write"));
-        assert!(!allowed(&distributor, &root, "storage:delete"));
+        assert!(allowed(&distributor, &root, "storage:delete"));
+        assert!(allowed(&distributor, &root, "storage:list"));
+        assert!(!allowed(&distributor, &root, "slots:write"));
         let files = auth
             .server_token("files", Role::Files)
             .expect("token")
