@@ -21,6 +21,7 @@
 
 mod auth;
 mod config;
+mod gc;
 mod keys;
 mod network;
 mod trees;
@@ -236,6 +237,9 @@ enum Command {
         #[arg(long)]
         tree: Option<String>,
     },
+    /// Garbage collection: blocks pending collection, sweeps.
+    #[command(subcommand)]
+    Gc(gc::GcCommand),
     /// The storage servers that hold a blob, by iterative lookup over find servers.
     Find {
         /// The blob's address.
@@ -414,6 +418,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Pin { blocks, tree } => pin(&broker(&cli.broker)?, blocks, tree, true).await,
         Command::Unpin { blocks, tree } => pin(&broker(&cli.broker)?, blocks, tree, false).await,
+        Command::Gc(command) => gc::run(&broker(&cli.broker)?, command).await,
         Command::Find { address } => {
             let broker = broker(&cli.broker)?;
             let start = FindClient::from_endpoint(network::first(&broker, "find").await?);

@@ -8,6 +8,8 @@
 //! | `PUT /distributor/unregister/storage` | 200; 409 below zero (nothing applied) |
 //! | `POST /distributor/blocks` | 200 JSON `[{block, storages}]`, streamed |
 //! | `GET /distributor/status` | 200 JSON status; with `pins_by_subject` for a `distributor:admin` caller |
+//! | `GET /distributor/gc` | 200 JSON garbage-collection status |
+//! | `POST /distributor/gc[?dry_run=true]` | 200 NDJSON: progress lines, then the sweep's report (`distributor:admin`) |
 //!
 //! The same routes answer under `/distribute/` (the reference docs' spelling). Bodies
 //! are id lists parsed as they stream in ([`crate::body`]); a body is applied only
@@ -25,14 +27,16 @@ use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures_util::StreamExt;
 use invariant_runtime::{ApiError, ApiResult, Caller, Role};
 use invariant_spec::Id;
-use invariant_spec::distributor::{BlockPlacement, DistributorStatus, SubjectPins};
+use invariant_spec::distributor::{
+    BlockPlacement, DistributorStatus, GcEvent, GcStatus, SubjectPins,
+};
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
@@ -52,7 +56,8 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         .route("/register/storage", put(register))
         .route("/unregister/storage", put(unregister))
         .route("/blocks", post(blocks))
-        .route("/status", get(status));
+        .route("/status", get(status))
+        .route("/gc", get(gc_status).post(gc_run));
     Router::new()
         .nest("/distributor", routes.clone())
         .nest("/distribute", routes)
@@ -96,6 +101,11 @@ async fn pin(
         .await
         .map_err(internal("recording pins"))?;
     core.stats.pinned.store(added.total, Ordering::Relaxed);
+    if !added.new.is_empty() {
+        core.refresh_gc()
+            .await
+            .map_err(internal("reading collection totals"))?;
+    }
     if core.members.active().ids.is_empty() {
         core.work.stall(added.new);
     } else {
@@ -126,6 +136,11 @@ async fn unpin(
         .map_err(|below| below_zero("block", counted, below))?;
     core.stats.pinned.store(removed.total, Ordering::Relaxed);
     core.work.forget(&removed.released);
+    if !removed.released.is_empty() {
+        core.refresh_gc()
+            .await
+            .map_err(internal("reading collection totals"))?;
+    }
     core.publish();
     Ok(StatusCode::OK)
 }
@@ -259,4 +274,54 @@ async fn status(
         );
     }
     Ok(Json(status))
+}
+
+async fn gc_status(State(core): State<Arc<Core>>) -> ApiResult<Json<GcStatus>> {
+    Ok(Json(
+        core.gc_status()
+            .await
+            .map_err(internal("reading collection status"))?,
+    ))
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct GcQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Runs a sweep in a tracked task (it finishes even if the caller goes away) and
+/// streams its events, one JSON object per line.
+async fn gc_run(
+    State(core): State<Arc<Core>>,
+    Query(query): Query<GcQuery>,
+) -> ApiResult<Response> {
+    let (tx, rx) = mpsc::channel::<GcEvent>(64);
+    let sweeper = Arc::clone(&core);
+    core.tasks.spawn(async move {
+        let progress_tx = tx.clone();
+        let outcome = crate::gc::sweep(&sweeper, query.dry_run, move |progress| {
+            // A slow reader misses progress lines, never the report.
+            let _ = progress_tx.try_send(GcEvent::Progress(progress));
+        })
+        .await;
+        let last = match outcome {
+            Ok(report) => GcEvent::Report(report),
+            Err(e) => {
+                tracing::warn!(error = %e, "garbage collection sweep failed");
+                GcEvent::Error(e.to_string())
+            }
+        };
+        let _ = tx.send(last).await;
+    });
+    let lines = tokio_stream::wrappers::ReceiverStream::new(rx).map(|event| {
+        let mut line = serde_json::to_vec(&event).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        Ok::<_, std::io::Error>(Bytes::from(line))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(lines),
+    )
+        .into_response())
 }

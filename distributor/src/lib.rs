@@ -9,6 +9,8 @@
 //! - `membership`: candidate storage servers and health checks.
 //! - `repair`: the repair queue, copy workers and full placement passes.
 //! - `report`: best-effort reports of new holders to find servers.
+//! - `gc`: garbage collection: released blocks leave every storage server after
+//!   their grace period.
 //! - `http`: routes and handlers. [`metrics`]: gauges.
 //!
 //! Storage servers are reached through the broker (`--broker`): without one, none can be
@@ -34,6 +36,7 @@ pub mod metrics;
 pub mod placement;
 pub mod store;
 
+mod gc;
 mod http;
 mod membership;
 mod repair;
@@ -91,6 +94,14 @@ pub struct DistributorConfig {
     pub max_attempts: u32,
     /// Most ids in one request body (413 above). Default 4,000,000.
     pub max_ids_per_request: usize,
+    /// How long a block stays on the storage servers after its last unpin. Default
+    /// 24 h.
+    pub gc_grace: Duration,
+    /// Collect blocks never pinned (found in storage listings) this long after they
+    /// were first seen. Default `None`: never.
+    pub gc_unpinned_after: Option<Duration>,
+    /// Time between automatic sweeps (±10%). Default 1 h; `None`: only on request.
+    pub gc_interval: Option<Duration>,
 }
 
 impl Default for DistributorConfig {
@@ -108,6 +119,9 @@ impl Default for DistributorConfig {
             retry_max: Duration::from_secs(60),
             max_attempts: 8,
             max_ids_per_request: 4_000_000,
+            gc_grace: Duration::from_secs(24 * 3600),
+            gc_unpinned_after: None,
+            gc_interval: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -255,8 +269,10 @@ pub async fn launch(
         reports: report_tx,
         pass_wake: Notify::new(),
         pass_verify: std::sync::Mutex::new(HashSet::new()),
+        gc: state::GcState::default(),
         config,
     });
+    core.refresh_gc().await?;
 
     let server = invariant_runtime::serve(ctx, http::router(Arc::clone(&core))).await?;
 
@@ -269,6 +285,7 @@ pub async fn launch(
     tasks.spawn(report::run(Arc::clone(&core), report_rx));
     tasks.spawn(health_loop(Arc::clone(&core)));
     tasks.spawn(repair::pass_loop(Arc::clone(&core)));
+    tasks.spawn(gc::run(Arc::clone(&core)));
     for _ in 0..core.config.parallelism {
         tasks.spawn(repair::worker(Arc::clone(&core)));
     }
@@ -302,6 +319,8 @@ async fn health_loop(core: Arc<Core>) {
         if outcome.changed || first {
             core.request_pass(outcome.returned);
             core.publish();
+            // Servers that came (back) may owe deletions from earlier sweeps.
+            core.gc.wake.notify_one();
         }
         first = false;
         tokio::select! {

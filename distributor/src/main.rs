@@ -33,6 +33,29 @@ struct Cli {
     /// Seconds between full placement passes (±20%).
     #[arg(long, env = "INVARIANT_REPAIR_INTERVAL", default_value = "300", value_parser = seconds)]
     repair_interval: Duration,
+
+    /// Seconds a block stays on the storage servers after its last unpin before it is
+    /// collected.
+    #[arg(long, env = "INVARIANT_GC_GRACE", default_value = "86400", value_parser = seconds)]
+    gc_grace: Duration,
+
+    /// Also collect blocks that were never pinned, this many seconds after a storage
+    /// listing first showed them (off unless given: a client may write blocks and pin
+    /// them later).
+    #[arg(long, env = "INVARIANT_GC_UNPINNED_AFTER", value_parser = seconds)]
+    gc_unpinned_after: Option<Duration>,
+
+    /// Seconds between automatic garbage-collection sweeps (±10%); 0 sweeps only on
+    /// request (`POST /distributor/gc`).
+    #[arg(long, env = "INVARIANT_GC_INTERVAL", default_value = "3600", value_parser = seconds_or_zero)]
+    gc_interval: Duration,
+}
+
+fn seconds_or_zero(text: &str) -> Result<Duration, String> {
+    if text.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    seconds(text)
 }
 
 fn seconds(text: &str) -> Result<Duration, String> {
@@ -51,6 +74,9 @@ fn main() -> anyhow::Result<()> {
         broker_storages: !cli.no_broker_storages,
         health_interval: cli.health_interval,
         repair_interval: cli.repair_interval,
+        gc_grace: cli.gc_grace,
+        gc_unpinned_after: cli.gc_unpinned_after,
+        gc_interval: (!cli.gc_interval.is_zero()).then_some(cli.gc_interval),
         ..DistributorConfig::default()
     };
     run_main(Role::Distributor, &cli.common, |ctx| async move {

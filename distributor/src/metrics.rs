@@ -10,7 +10,15 @@
 //! - `distributor_storages_active`: storage servers answering health checks.
 //! - `distributor_storages_known`: storage servers distributed onto when active.
 //!
-//! Counter `distributor_copies_total{result="ok"|"failed"}`: finished copy attempts.
+//! - `distributor_gc_pending_blocks`, `distributor_gc_pending_bytes`: released blocks
+//!   waiting for collection and their known bytes.
+//! - `distributor_gc_behind`: deletions unreachable storage servers still owe.
+//!
+//! Counters:
+//! - `distributor_copies_total{result="ok"|"failed"}`: finished copy attempts.
+//! - `distributor_gc_deleted_blocks_total`, `distributor_gc_deleted_bytes_total`,
+//!   `distributor_gc_sweeps_total`: collection since the database was created (set
+//!   from the stored totals).
 
 use invariant_spec::distributor::DistributorStatus;
 
@@ -22,6 +30,12 @@ pub fn publish(status: &DistributorStatus) {
     metrics::gauge!("distributor_copies_in_flight").set(status.copies_in_flight as f64);
     metrics::gauge!("distributor_storages_active").set(status.storages_active as f64);
     metrics::gauge!("distributor_storages_known").set(status.storages_known as f64);
+    metrics::gauge!("distributor_gc_pending_blocks").set(status.gc_pending_blocks as f64);
+    metrics::gauge!("distributor_gc_pending_bytes").set(status.gc_pending_bytes as f64);
+    metrics::gauge!("distributor_gc_behind").set(status.gc_behind as f64);
+    metrics::counter!("distributor_gc_deleted_blocks_total").absolute(status.gc_deleted_blocks);
+    metrics::counter!("distributor_gc_deleted_bytes_total").absolute(status.gc_deleted_bytes);
+    metrics::counter!("distributor_gc_sweeps_total").absolute(status.gc_sweeps);
 }
 
 /// Counts one finished copy attempt.

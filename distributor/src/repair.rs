@@ -150,6 +150,11 @@ impl WorkQueue {
         }
     }
 
+    /// Whether a worker is repairing `block` now (a copy of it may be in flight).
+    pub fn is_running(&self, block: &Id) -> bool {
+        matches!(self.lock().slots.get(block), Some(Slot::Running { .. }))
+    }
+
     /// The next block to repair, promoting retries that are due.
     pub fn next(&self, now: Instant) -> Next {
         let mut work = self.lock();
@@ -289,11 +294,13 @@ pub(crate) async fn repair_block(core: &Core, block: Id) -> Outcome {
     let mut present: Vec<&Storage> = Vec::new();
     let mut missing: Vec<&Storage> = Vec::new();
     let mut unreachable = 0usize;
+    let mut size = None;
     for (target, held) in checks {
         match held {
-            Ok(Ok(Some(_))) => {
+            Ok(Ok(Some(held_size))) => {
+                size = Some(held_size);
                 if known.binary_search(&target.id).is_err() {
-                    core.learned_holder(block, target.id).await;
+                    core.learned_holder(block, target.id, size).await;
                 }
                 present.push(target);
             }
@@ -331,7 +338,9 @@ pub(crate) async fn repair_block(core: &Core, block: Id) -> Outcome {
     others.sort_by_key(|s| block.distance(&s.id));
     sources.extend(others);
     if sources.is_empty() {
-        sources = discover(core, &active, &block, &target_ids).await;
+        let (discovered, discovered_size) = discover(core, &active, &block, &target_ids).await;
+        sources = discovered;
+        size = size.or(discovered_size);
     }
     if sources.is_empty() {
         tracing::debug!(%block, "no active storage server holds the block yet");
@@ -342,7 +351,7 @@ pub(crate) async fn repair_block(core: &Core, block: Id) -> Outcome {
     for target in missing {
         match copy(core, &block, target, &sources).await {
             Ok(()) => {
-                core.learned_holder(block, target.id).await;
+                core.learned_holder(block, target.id, size).await;
                 sources.push(target);
             }
             Err(reason) => {
@@ -359,39 +368,39 @@ pub(crate) async fn repair_block(core: &Core, block: Id) -> Outcome {
 }
 
 /// Asks every active non-target server whether it holds `block`; records and returns
-/// those that do.
+/// those that do, with the block's size when any does.
 async fn discover<'a>(
     core: &Core,
     active: &'a ActiveSet,
     block: &Id,
     targets: &[Id],
-) -> Vec<&'a Storage> {
+) -> (Vec<&'a Storage>, Option<u64>) {
     let candidates: Vec<&Storage> = active
         .ids
         .iter()
         .filter(|id| !targets.contains(id))
         .filter_map(|id| active.storages.get(id))
         .collect();
-    let mut found: Vec<&Storage> = Vec::new();
+    let mut found: Vec<(&Storage, u64)> = Vec::new();
     for group in candidates.chunks(DISCOVERY_CONCURRENCY) {
         let answers = futures_util::future::join_all(group.iter().map(|storage| async move {
             let held =
                 tokio::time::timeout(core.config.probe_timeout, storage.client.has(block)).await;
-            (*storage, matches!(held, Ok(Ok(Some(_)))))
+            match held {
+                Ok(Ok(Some(size))) => Some((*storage, size)),
+                _ => None,
+            }
         }))
         .await;
-        found.extend(
-            answers
-                .into_iter()
-                .filter(|(_, held)| *held)
-                .map(|(s, _)| s),
-        );
+        found.extend(answers.into_iter().flatten());
     }
-    for storage in &found {
-        core.learned_holder(*block, storage.id).await;
+    for (storage, size) in &found {
+        core.learned_holder(*block, storage.id, Some(*size)).await;
     }
+    let size = found.first().map(|(_, size)| *size);
+    let mut found: Vec<&Storage> = found.into_iter().map(|(s, _)| s).collect();
     found.sort_by_key(|s| block.distance(&s.id));
-    found
+    (found, size)
 }
 
 /// Copies `block` onto `target` from the first source that works.

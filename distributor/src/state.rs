@@ -1,11 +1,11 @@
 //! Shared state of a running distributor: store, membership, repair queue, counters.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use invariant_runtime::peers::PeerClient;
-use invariant_spec::distributor::DistributorStatus;
+use invariant_spec::distributor::{DistributorStatus, GcStatus, SweepReport};
 use invariant_spec::{BrokerClient, Id};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -14,6 +14,7 @@ use tokio_util::task::TaskTracker;
 use crate::DistributorConfig;
 use crate::membership::Membership;
 use crate::repair::WorkQueue;
+use crate::store::gc::GcTotals;
 use crate::store::{HolderUpdate, Store, StoreError};
 
 /// A blocking store call that failed.
@@ -39,6 +40,26 @@ pub(crate) struct Stats {
     pub copies_completed: AtomicU64,
     pub copies_failed: AtomicU64,
     pub passes: AtomicU64,
+    /// Collection totals as of the last refresh ([`Core::refresh_gc`]).
+    pub gc_pending_blocks: AtomicU64,
+    pub gc_pending_bytes: AtomicU64,
+    pub gc_behind: AtomicU64,
+    pub gc_deleted_blocks: AtomicU64,
+    pub gc_deleted_bytes: AtomicU64,
+    pub gc_sweeps: AtomicU64,
+}
+
+/// Garbage collection's share of the state.
+#[derive(Debug, Default)]
+pub(crate) struct GcState {
+    /// Held by the running sweep: one at a time.
+    pub lock: tokio::sync::Mutex<()>,
+    /// A sweep is running.
+    pub running: AtomicBool,
+    /// The last sweep's report since the start.
+    pub last_report: Mutex<Option<SweepReport>>,
+    /// Asks the collector to catch up owed deletions.
+    pub wake: Notify,
 }
 
 /// Counts one copy as in flight until dropped.
@@ -86,6 +107,7 @@ pub(crate) struct Core {
     pub pass_wake: Notify,
     /// Storage servers whose holdings the next pass must re-check (they came back).
     pub pass_verify: Mutex<HashSet<Id>>,
+    pub gc: GcState,
 }
 
 impl Core {
@@ -98,12 +120,17 @@ impl Core {
         Ok(self.tasks.spawn_blocking(f).await??)
     }
 
-    /// Records that `storage` holds `block` (durably, batched) and reports it.
-    pub async fn learned_holder(&self, block: Id, storage: Id) {
+    /// Records that `storage` holds `block` of `size` bytes when known (durably,
+    /// batched) and reports it.
+    pub async fn learned_holder(&self, block: Id, storage: Id, size: Option<u64>) {
         // Fails only once the writer stopped at shutdown.
         let _ = self
             .holder_updates
-            .send(HolderUpdate::Add { block, storage })
+            .send(HolderUpdate::Add {
+                block,
+                storage,
+                size,
+            })
             .await;
         // Best effort: a full queue drops the report, never the copy.
         let _ = self.reports.try_send((storage, block));
@@ -124,6 +151,53 @@ impl Core {
             .unwrap_or_else(PoisonError::into_inner)
             .extend(verify);
         self.pass_wake.notify_one();
+    }
+
+    /// Reads the collection totals from the store into the counters (and gauges).
+    pub async fn refresh_gc(&self) -> Result<GcTotals, BlockingError> {
+        let store = self.store.clone();
+        let totals = self.blocking(move || store.gc_totals()).await?;
+        let stats = &self.stats;
+        stats
+            .gc_pending_blocks
+            .store(totals.released_blocks, Ordering::Relaxed);
+        stats
+            .gc_pending_bytes
+            .store(totals.released_bytes, Ordering::Relaxed);
+        stats.gc_behind.store(totals.behind, Ordering::Relaxed);
+        stats
+            .gc_deleted_blocks
+            .store(totals.deleted_blocks, Ordering::Relaxed);
+        stats
+            .gc_deleted_bytes
+            .store(totals.deleted_bytes, Ordering::Relaxed);
+        stats.gc_sweeps.store(totals.sweeps, Ordering::Relaxed);
+        Ok(totals)
+    }
+
+    /// Garbage collection's status, read from the store.
+    pub async fn gc_status(&self) -> Result<GcStatus, BlockingError> {
+        let totals = self.refresh_gc().await?;
+        let config = &self.config;
+        Ok(GcStatus {
+            pending_blocks: totals.released_blocks,
+            pending_bytes: totals.released_bytes,
+            behind: totals.behind,
+            deleted_blocks: totals.deleted_blocks,
+            deleted_bytes: totals.deleted_bytes,
+            sweeps: totals.sweeps,
+            last_sweep: (totals.last_sweep > 0).then_some(totals.last_sweep),
+            last_report: self
+                .gc
+                .last_report
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            grace_seconds: config.gc_grace.as_secs(),
+            unpinned_after_seconds: config.gc_unpinned_after.map(|d| d.as_secs()),
+            interval_seconds: config.gc_interval.map(|d| d.as_secs()),
+            running: self.gc.running.load(Ordering::Relaxed),
+        })
     }
 
     /// The current status.
@@ -151,6 +225,12 @@ impl Core {
             copies_completed: self.stats.copies_completed.load(Ordering::Relaxed),
             copies_failed: self.stats.copies_failed.load(Ordering::Relaxed),
             passes: self.stats.passes.load(Ordering::Relaxed),
+            gc_pending_blocks: self.stats.gc_pending_blocks.load(Ordering::Relaxed),
+            gc_pending_bytes: self.stats.gc_pending_bytes.load(Ordering::Relaxed),
+            gc_behind: self.stats.gc_behind.load(Ordering::Relaxed),
+            gc_deleted_blocks: self.stats.gc_deleted_blocks.load(Ordering::Relaxed),
+            gc_deleted_bytes: self.stats.gc_deleted_bytes.load(Ordering::Relaxed),
+            gc_sweeps: self.stats.gc_sweeps.load(Ordering::Relaxed),
             pins_by_subject: None,
         }
     }

@@ -12,7 +12,15 @@
 //! - `storages`: storage server id → `FORMAT_V1 ‖ count (u64 LE)`: explicit registrations.
 //! - `holders`: `block ‖ storage` → `FORMAT_V1`: storage servers known to hold a pinned
 //!   block (placement knowledge; rows go when the block's last pin goes).
-//! - `meta`: `"schema"` → [`SCHEMA`], checked at open.
+//! - `meta`: `"schema"` → [`SCHEMA`], checked at open, and the collection counters.
+//! - `released`, `gc_behind`: garbage-collection bookkeeping ([`gc`]).
+//!
+//! A `holders` value may carry the block's size (`FORMAT_V1 ‖ size (u64 LE)`) when the
+//! storage server reported it; a released block's row keeps the largest known.
+//!
+//! Schema 3 added `released` and `gc_behind`; a schema-2 database gains them (empty)
+//! at open. Blocks released before that are not known to the collector: an operator
+//! finds them with `--gc-unpinned-after`.
 //!
 //! Schema 1 (before pins were counted per subject) had no `subject_pins` or
 //! `subject_totals`. Opening such a database migrates it in one transaction: every pin
@@ -32,6 +40,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use invariant_spec::Id;
+pub mod gc;
+
 use redb::{
     Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
     WriteTransaction,
@@ -42,7 +52,9 @@ pub const DB_FILE: &str = "distributor.redb";
 /// Format marker at the start of every stored value.
 pub const FORMAT_V1: u8 = 1;
 /// Version of the table layout, stored under `meta["schema"]`.
-pub const SCHEMA: u64 = 2;
+pub const SCHEMA: u64 = 3;
+/// The layout before garbage collection (gains the collection tables at open).
+const SCHEMA_V2: u64 = 2;
 /// The layout before pins were counted per subject (migrated at open).
 const SCHEMA_V1: u64 = 1;
 /// The subject of callers without a token (open mode) and of pins made before pins
@@ -122,6 +134,8 @@ pub enum HolderUpdate {
         block: Id,
         /// The storage server.
         storage: Id,
+        /// The block's size, when the server reported it.
+        size: Option<u64>,
     },
     /// `storage` was seen not holding `block`.
     Remove {
@@ -261,7 +275,7 @@ impl Store {
             let found = meta.get("schema").map_err(db_err)?.map(|v| v.value());
             match found {
                 None => {}
-                Some(SCHEMA) => {}
+                Some(SCHEMA) | Some(SCHEMA_V2) => {}
                 Some(SCHEMA_V1) => {
                     let migrated = migrate_v1(&txn)?;
                     tracing::info!(
@@ -278,6 +292,8 @@ impl Store {
             txn.open_table(SUBJECT_TOTALS).map_err(db_err)?;
             txn.open_table(STORAGES).map_err(db_err)?;
             txn.open_table(HOLDERS).map_err(db_err)?;
+            txn.open_table(gc::RELEASED).map_err(db_err)?;
+            txn.open_table(gc::GC_BEHIND).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Store { db: Arc::new(db) })
@@ -327,6 +343,7 @@ impl Store {
                 total: pins.len().map_err(db_err)?,
             }
         };
+        gc::unrelease(&txn, &added.new)?;
         txn.commit().map_err(db_err)?;
         Ok(added)
     }
@@ -334,6 +351,7 @@ impl Store {
     /// Removes one pin of `subject` per listed block; nothing changes if the request
     /// asks to remove more pins of a block than `subject` holds (other subjects' pins
     /// are never touched). `released` lists blocks left with no pin of any subject;
+    /// they are recorded as released now (for collection after the grace period) and
     /// their holder knowledge is dropped. Durable on return.
     pub fn unpin(
         &self,
@@ -411,6 +429,7 @@ impl Store {
         };
         match outcome {
             Ok(removed) => {
+                gc::release(&txn, &removed.released, gc::now_ms())?;
                 drop_holders(&txn, &removed.released)?;
                 txn.commit().map_err(db_err)?;
                 Ok(Ok(removed))
@@ -607,11 +626,29 @@ impl Store {
             let mut holders = txn.open_table(HOLDERS).map_err(db_err)?;
             for update in updates {
                 match update {
-                    HolderUpdate::Add { block, storage } => {
-                        if pins.get(block.as_bytes()).map_err(db_err)?.is_some() {
-                            holders
-                                .insert(&holder_key(block, storage), [FORMAT_V1].as_slice())
-                                .map_err(db_err)?;
+                    HolderUpdate::Add {
+                        block,
+                        storage,
+                        size,
+                    } => {
+                        if pins.get(block.as_bytes()).map_err(db_err)?.is_none() {
+                            continue;
+                        }
+                        let key = holder_key(block, storage);
+                        match size {
+                            Some(size) => {
+                                let mut value = [0u8; 9];
+                                value[0] = FORMAT_V1;
+                                value[1..].copy_from_slice(&size.to_le_bytes());
+                                holders.insert(&key, value.as_slice()).map_err(db_err)?;
+                            }
+                            None => {
+                                if holders.get(&key).map_err(db_err)?.is_none() {
+                                    holders
+                                        .insert(&key, [FORMAT_V1].as_slice())
+                                        .map_err(db_err)?;
+                                }
+                            }
                         }
                     }
                     HolderUpdate::Remove { block, storage } => {
@@ -803,11 +840,13 @@ mod tests {
                     HolderUpdate::Add {
                         block: id(1),
                         storage: id(9),
+                        size: None,
                     },
                     // Not pinned: skipped.
                     HolderUpdate::Add {
                         block: id(2),
                         storage: id(9),
+                        size: None,
                     },
                 ])
                 .expect("holders");
@@ -831,6 +870,7 @@ mod tests {
                 [7u8, 8].map(|s| HolderUpdate::Add {
                     block: id(*b),
                     storage: id(s),
+                    size: Some(u64::from(s)),
                 })
             })
             .collect();

@@ -49,9 +49,9 @@
 //! and unpins the old blobs. From then on the revoked app cannot open the scope
 //! manifests, so it cannot find or decrypt anything written afterwards.
 //! **Revocation cannot take back what the app already read**: resources it decrypted,
-//! keys it copied while the grant was live (old epoch keys open old blobs for as long as
-//! a storage server still holds them — the storage protocol has no delete; unpinning
-//! only lets servers collect them), and anything it shared further.
+//! keys it copied while the grant was live (old epoch keys open old blobs until the
+//! distributor collects them: after its grace period, at its next sweep), and anything
+//! it shared further.
 //!
 //! ## SMART App Launch v2
 //! A grant corresponds to the SMART v2 scopes [`smart_scopes`] returns: for each

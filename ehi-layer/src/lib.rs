@@ -122,11 +122,21 @@
 //! (tests/removal.rs). Open slots (inbox, reply slots, channels) and the emergency log
 //! (whose key the holder has) can be moved off the tombstone again by the apps, and
 //! blobs the apps and the holder pinned (requests, contributions, log entries) stay
-//! pinned by them: see `vault/removal.rs`. **The storage protocol has no delete**: unpinned blobs
-//! stay on the storage servers as ciphertext until collected; they are undecryptable
-//! only because every copy of the keys is gone. A copy of the keystore file made
+//! pinned by them: see `vault/removal.rs`.
+//!
+//! **The timeline of removal.** At once: every key is gone, so the data cannot be
+//! decrypted (crypto-shredding) and the slots show the tombstone. The ciphertext
+//! itself stays on the storage servers while the distributor's grace period runs
+//! (`--gc-grace`, default 24 h, counted from the unpin); the first garbage-collection
+//! sweep after that (every `--gc-interval`, default 1 h) deletes every unpinned block
+//! from every reachable storage server (GET answers 404 from then on), a server that
+//! was down deletes when it returns, and each server's pack compaction then reclaims
+//! the disk space. [`RemoveReport::collection`] gives the distributor's figures, and
+//! `ehi delete` prints them. A block someone else still pins (an app's contribution,
+//! an emergency log entry) stays. A copy of the keystore file made
 //! before removal (a backup), together with its passphrase, still opens the old root
-//! through the slot's history — crypto-shredding reaches only the copies it is given.
+//! through the slot's history while the blocks exist — crypto-shredding reaches only
+//! the copies it is given.
 //! Overwriting a file is not guaranteed to erase it on copy-on-write or flash storage.
 //!
 //! ## Sharing with apps ([`app`], [`grant`], [`session`])
@@ -148,9 +158,10 @@
 //! unpins the old blobs. Expired grants are rotated away at the patient's next import
 //! ([`Vault::expire_grants`]); the app library refuses them before that.
 //! **What revocation cannot do: take back what an app already read or copied** while
-//! it held the key — decrypted resources, and old epoch keys (which open old blobs as
-//! long as a storage server keeps them: the protocol has no delete, unpinning only
-//! allows collection).
+//! it held the key — decrypted resources, and old epoch keys (which open old blobs
+//! until they are collected: with `reencrypt` the old ciphertext is unpinned and leaves
+//! the storage servers after the distributor's grace period and next sweep, as for
+//! removal; [`RevokeReport::collection`]).
 //!
 //! ## Audit ([`audit`])
 //! One append-only log per vault: each entry a FHIR R4 AuditEvent, ed25519-signed by

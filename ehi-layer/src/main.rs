@@ -618,8 +618,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let report = vault.remove(Some(&keystore_path)).await?;
             eprintln!(
                 "vault removed: slots point at the tombstone, {} of {} blocks unpinned{}, keystore {} destroyed.\n\
-                 note: the storage protocol has no delete; the ciphertext stays on storage servers \
-                 until they collect unpinned blocks, and cannot be decrypted without the keys.",
+                 the data cannot be decrypted from now on: every key is gone (crypto-shredded).\n\
+                 note: {}.",
                 report.unpinned,
                 report.blocks,
                 if report.distributor {
@@ -628,6 +628,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     " (no distributor)"
                 },
                 keystore_path.display(),
+                collection_note(report.collection.as_ref()),
             );
             for note in report.notes {
                 eprintln!("note: {note}");
@@ -783,6 +784,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 report.reencrypted,
                 report.unpinned
             );
+            if report.unpinned > 0 {
+                eprintln!(
+                    "note: the old ciphertext: {}.",
+                    collection_note(report.collection.as_ref())
+                );
+            }
         }
         Command::Status => {
             let status = vault.status().await?;
@@ -1671,3 +1678,14 @@ async fn device_join(broker: &str, keystore_path: &Path, code: &str) -> anyhow::
 }
 
 // ---- end of break-glass and devices -----------------------------------------------------
+
+/// When unpinned ciphertext leaves the storage servers, for the delete and revoke
+/// messages.
+fn collection_note(collection: Option<&ehi_layer::network::Collection>) -> String {
+    match collection {
+        Some(collection) => collection.describe(),
+        None => "no distributor here collects unpinned blocks: the ciphertext stays on the \
+                 storage servers until an operator deletes it"
+            .to_string(),
+    }
+}

@@ -252,6 +252,16 @@ impl Network {
         Ok(removed)
     }
 
+    /// When the distributor deletes unpinned blocks from the storage servers, as it
+    /// reports it (`None`: no distributor, or it does not say).
+    pub(crate) async fn collection(&self) -> Option<Collection> {
+        let status = self.distributor.as_ref()?.gc_status().await.ok()?;
+        Some(Collection {
+            grace_seconds: status.grace_seconds,
+            interval_seconds: status.interval_seconds,
+        })
+    }
+
     /// Unpins without failing (for superseded objects; a lost unpin only keeps a block
     /// replicated longer).
     pub(crate) async fn unpin_quietly(&self, blocks: &[Id]) {
@@ -294,4 +304,44 @@ fn connection_refused(error: &(dyn std::error::Error + 'static)) -> bool {
         cause = e.source();
     }
     false
+}
+
+/// When unpinned blocks leave the storage servers: the distributor deletes a block
+/// from every storage server once it has stayed unpinned for the grace period, at its
+/// next sweep; storage compaction then reclaims the disk space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Collection {
+    /// Seconds a block stays after its last unpin.
+    pub grace_seconds: u64,
+    /// Seconds between sweeps; `None`: sweeps run only when an operator asks.
+    pub interval_seconds: Option<u64>,
+}
+
+impl Collection {
+    /// Seconds after the unpin by which the blocks are deleted from every reachable
+    /// storage server (grace plus one sweep interval); `None` without automatic sweeps.
+    pub fn within_seconds(&self) -> Option<u64> {
+        self.interval_seconds
+            .map(|interval| self.grace_seconds.saturating_add(interval))
+    }
+
+    /// One sentence for people: when the ciphertext leaves the servers.
+    pub fn describe(&self) -> String {
+        let grace = crate::time::span(self.grace_seconds);
+        match self.interval_seconds {
+            Some(interval) => format!(
+                "the distributor deletes the unpinned ciphertext from every storage server \
+                 after its grace period ({grace}) at its next sweep (every {}): gone from \
+                 the servers within about {}, then storage compaction reclaims the space",
+                crate::time::span(interval),
+                crate::time::span(self.grace_seconds.saturating_add(interval))
+            ),
+            None => format!(
+                "the distributor deletes the unpinned ciphertext from every storage server \
+                 once its grace period ({grace}) has passed and an operator runs a sweep \
+                 (`invariant gc run`); storage compaction then reclaims the space"
+            ),
+        }
+    }
 }

@@ -1,4 +1,5 @@
-//! Wall-clock helpers: milliseconds since the Unix epoch and FHIR instants (UTC).
+//! Wall-clock helpers: milliseconds since the Unix epoch, FHIR instants (UTC), and
+//! spans of time for people.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -83,9 +84,35 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
+/// `24 h`, `1 h 30 min`, `90 s`, `2 days`: a span of seconds for people.
+pub fn span(seconds: u64) -> String {
+    const DAY: u64 = 86_400;
+    if seconds >= 2 * DAY && seconds % DAY == 0 {
+        return format!("{} days", seconds / DAY);
+    }
+    let (hours, minutes, rest) = (seconds / 3600, seconds % 3600 / 60, seconds % 60);
+    match (hours, minutes, rest) {
+        (0, 0, s) => format!("{s} s"),
+        (0, m, 0) => format!("{m} min"),
+        (h, 0, 0) => format!("{h} h"),
+        (h, m, 0) => format!("{h} h {m} min"),
+        _ => format!("{seconds} s"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spans_read_naturally() {
+        assert_eq!(span(86_400), "24 h");
+        assert_eq!(span(2 * 86_400), "2 days");
+        assert_eq!(span(5400), "1 h 30 min");
+        assert_eq!(span(120), "2 min");
+        assert_eq!(span(90), "90 s");
+        assert_eq!(span(0), "0 s");
+    }
 
     #[test]
     fn instants() {

@@ -240,10 +240,10 @@ pub struct RemoveReport {
     pub unpinned: usize,
     /// Whether a distributor was present.
     pub distributor: bool,
-    /// Whether storage servers were asked to delete: always false — the storage
-    /// protocol has no delete. Unpinned blobs stay on disk as ciphertext until the
-    /// operator collects unpinned blocks.
-    pub storage_forgot: bool,
+    /// When the distributor deletes the unpinned blocks from the storage servers
+    /// (`None`: no distributor, or it does not collect). Until then they stay on disk
+    /// as ciphertext nobody can decrypt without the destroyed keys.
+    pub collection: Option<crate::network::Collection>,
     /// Whether the keystore file was overwritten and removed.
     pub keystore_destroyed: bool,
     /// Remarks (slots that could not be tombstoned or read, ...).
@@ -1782,10 +1782,11 @@ impl Vault {
     /// (scopes, grants, grant channels, consent inbox and reply slots, emergency policy
     /// and log, device keyring; see `vault/removal.rs` for the open slots' limits) at
     /// the public tombstone, unpins every block the patient's devices pinned, destroys
-    /// the keystore file when `keystore_file` is given, and drops (wipes) the keys held by this handle. The storage protocol has
-    /// no delete, so the ciphertext stays on storage servers until collected; without
-    /// the keys it cannot be decrypted (see the crate docs for what copies of the
-    /// keystore mean).
+    /// the keystore file when `keystore_file` is given, and drops (wipes) the keys held
+    /// by this handle. The ciphertext stays on the storage servers until the
+    /// distributor collects the unpinned blocks ([`RemoveReport::collection`] says
+    /// when); without the keys it cannot be decrypted (see the crate docs for what
+    /// copies of the keystore mean).
     pub async fn remove(self, keystore_file: Option<&Path>) -> Result<RemoveReport> {
         let mut notes = Vec::new();
         let tombstone = Blob {
@@ -1841,13 +1842,14 @@ impl Vault {
             None => false,
         };
         let distributor = self.net.has_distributor();
+        let collection = self.net.collection().await;
         drop(state);
         drop(self);
         Ok(RemoveReport {
             blocks: blocks.len(),
             unpinned,
             distributor,
-            storage_forgot: false,
+            collection,
             keystore_destroyed,
             notes,
         })

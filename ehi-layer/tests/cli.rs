@@ -130,10 +130,11 @@ async fn the_cli_drives_a_vault() -> anyhow::Result<()> {
     assert!(keystore.exists());
     let out = run(&["delete", "--yes"]).await?;
     assert!(out.status.success(), "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(said.contains("crypto-shredded"), "{said}");
     assert!(
-        text(&out.stderr).contains("no delete"),
-        "{}",
-        text(&out.stderr)
+        said.contains("after its grace period (24 h) at its next sweep (every 1 h)"),
+        "{said}"
     );
     assert!(!keystore.exists());
     net.stop().await;

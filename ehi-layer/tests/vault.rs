@@ -467,7 +467,16 @@ async fn removal_leaves_a_tombstone_and_nothing_decryptable() -> anyhow::Result<
     assert!(distributor(&net).await?.status().await?.pinned > 0);
 
     let report = vault.remove(Some(&path)).await?;
-    assert!(report.keystore_destroyed && report.distributor && !report.storage_forgot);
+    assert!(report.keystore_destroyed && report.distributor);
+    // The distributor's default collection: 24 h grace, a sweep every hour.
+    let collection = report
+        .collection
+        .expect("the distributor says when it collects");
+    assert_eq!(
+        (collection.grace_seconds, collection.interval_seconds),
+        (86_400, Some(3600))
+    );
+    assert_eq!(collection.within_seconds(), Some(90_000));
     assert_eq!(report.blocks, blocks.len());
     assert_eq!(report.unpinned, blocks.len());
     assert!(report.notes.is_empty(), "{:?}", report.notes);

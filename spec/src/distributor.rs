@@ -18,6 +18,10 @@
 //!   nearest to it by XOR distance, nearest first); empty for a block that is not pinned.
 //! - `GET /distributor/status` → [`DistributorStatus`] (with `pins_by_subject` for a
 //!   `distributor:admin` caller).
+//! - `GET /distributor/gc` → [`GcStatus`]: garbage collection's backlog and counters.
+//! - `POST /distributor/gc[?dry_run=true]` (`distributor:admin`): runs a sweep now;
+//!   the answer is newline-delimited JSON, one [`GcEvent`] per line: progress lines,
+//!   then one report (or one error).
 //!
 //! Malformed bodies (bad hex, wrong length, truncated JSON array) get 400 and nothing in
 //! them is applied.
@@ -80,11 +84,125 @@ pub struct DistributorStatus {
     /// Full placement passes completed since the server started.
     #[serde(default)]
     pub passes: u64,
+    /// Blocks with no pin waiting for collection (grace period or next sweep).
+    #[serde(default)]
+    pub gc_pending_blocks: u64,
+    /// Known bytes of those blocks (per copy; sizes the distributor never saw count 0).
+    #[serde(default)]
+    pub gc_pending_bytes: u64,
+    /// Deletions storage servers still owe (they were unreachable during a sweep).
+    #[serde(default)]
+    pub gc_behind: u64,
+    /// Blocks collected in all.
+    #[serde(default)]
+    pub gc_deleted_blocks: u64,
+    /// Bytes the storage servers reported freed by collection, over all servers.
+    #[serde(default)]
+    pub gc_deleted_bytes: u64,
+    /// Sweeps finished.
+    #[serde(default)]
+    pub gc_sweeps: u64,
     /// What each subject pins (subject → blocks and pins; `""` is the anonymous subject
     /// of open mode and of pins older than per-subject counts). Sent only to a caller
     /// whose token holds `distributor:admin`; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pins_by_subject: Option<BTreeMap<String, SubjectPins>>,
+}
+
+/// Answer of `GET /distributor/gc`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcStatus {
+    /// Blocks with no pin waiting for collection (grace period or next sweep).
+    #[serde(default)]
+    pub pending_blocks: u64,
+    /// Known bytes of those blocks, per copy.
+    #[serde(default)]
+    pub pending_bytes: u64,
+    /// Deletions storage servers still owe; done when they answer again.
+    #[serde(default)]
+    pub behind: u64,
+    /// Blocks collected in all.
+    #[serde(default)]
+    pub deleted_blocks: u64,
+    /// Bytes the storage servers reported freed, over all servers.
+    #[serde(default)]
+    pub deleted_bytes: u64,
+    /// Sweeps finished.
+    #[serde(default)]
+    pub sweeps: u64,
+    /// When the last sweep finished, ms since the Unix epoch.
+    #[serde(default)]
+    pub last_sweep: Option<u64>,
+    /// The report of the last sweep since the server started.
+    #[serde(default)]
+    pub last_report: Option<SweepReport>,
+    /// Seconds a block stays uncollected after its last unpin.
+    #[serde(default)]
+    pub grace_seconds: u64,
+    /// Seconds after which a block never pinned is collected; `None`: never.
+    #[serde(default)]
+    pub unpinned_after_seconds: Option<u64>,
+    /// Seconds between automatic sweeps; `None`: only on request.
+    #[serde(default)]
+    pub interval_seconds: Option<u64>,
+    /// A sweep is running now.
+    #[serde(default)]
+    pub running: bool,
+}
+
+/// What one sweep did (or, for a dry run, would do).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SweepReport {
+    /// Nothing was deleted: the report counts what would have been.
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Blocks collected (each counted once however many servers held it).
+    #[serde(default)]
+    pub blocks: u64,
+    /// Bytes the storage servers reported freed (dry run: known sizes, per copy).
+    #[serde(default)]
+    pub bytes: u64,
+    /// Candidates found pinned again at confirmation, and kept.
+    #[serde(default)]
+    pub kept: u64,
+    /// Never-pinned blocks first seen in storage listings during this sweep.
+    #[serde(default)]
+    pub discovered: u64,
+    /// Storage servers deleted from.
+    #[serde(default)]
+    pub storages: u64,
+    /// Deletions owed by unreachable servers after this sweep.
+    #[serde(default)]
+    pub behind: u64,
+    /// Owed deletions that returning servers carried out in this sweep.
+    #[serde(default)]
+    pub caught_up: u64,
+    /// How long the sweep took, ms.
+    #[serde(default)]
+    pub millis: u64,
+}
+
+/// Progress of a running sweep.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GcProgress {
+    /// Blocks collected so far (dry run: found collectable).
+    #[serde(default)]
+    pub blocks: u64,
+    /// Released blocks when the sweep started (collectable or still in their grace).
+    #[serde(default)]
+    pub pending: u64,
+}
+
+/// One line of the answer of `POST /distributor/gc`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GcEvent {
+    /// The sweep advanced.
+    Progress(GcProgress),
+    /// The sweep finished (last line).
+    Report(SweepReport),
+    /// The sweep failed (last line).
+    Error(String),
 }
 
 /// One subject's pins, in [`DistributorStatus::pins_by_subject`].
@@ -186,6 +304,85 @@ impl DistributorClient {
             url,
             reason: format!("status answer is not the expected JSON: {e}"),
         })
+    }
+
+    /// Garbage collection's backlog and counters (`GET /distributor/gc`).
+    pub async fn gc_status(&self) -> ClientResult<GcStatus> {
+        let url = self.endpoint.url("/distributor/gc");
+        let response = self
+            .endpoint
+            .send(&url, self.endpoint.http().get(&url))
+            .await?;
+        let response = expect_success(&url, response).await?;
+        response.json().await.map_err(|e| ClientError::Protocol {
+            url,
+            reason: format!("gc status is not the expected JSON: {e}"),
+        })
+    }
+
+    /// Runs a sweep now (`POST /distributor/gc`; needs `distributor:admin`), calling
+    /// `progress` for each progress line, and returns the final report.
+    pub async fn gc_run(
+        &self,
+        dry_run: bool,
+        mut progress: impl FnMut(&GcProgress),
+    ) -> ClientResult<SweepReport> {
+        use futures_util::StreamExt;
+        /// Longest line accepted from the server.
+        const MAX_LINE: usize = 64 * 1024;
+        let url = self
+            .endpoint
+            .url(&format!("/distributor/gc?dry_run={dry_run}"));
+        let response = self
+            .endpoint
+            .send(&url, self.endpoint.http().post(&url))
+            .await?;
+        let response = expect_success(&url, response).await?;
+        let protocol = |reason: String| ClientError::Protocol {
+            url: url.clone(),
+            reason,
+        };
+        let mut body = response.bytes_stream();
+        let mut pending: Vec<u8> = Vec::new();
+        loop {
+            while let Some(at) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=at).collect();
+                let line = line.trim_ascii();
+                if line.is_empty() {
+                    continue;
+                }
+                let event: GcEvent = serde_json::from_slice(line)
+                    .map_err(|e| protocol(format!("not a gc event line: {e}")))?;
+                match event {
+                    GcEvent::Progress(p) => progress(&p),
+                    GcEvent::Report(report) => return Ok(report),
+                    GcEvent::Error(reason) => {
+                        return Err(protocol(format!("the sweep failed: {reason}")));
+                    }
+                }
+            }
+            if pending.len() > MAX_LINE {
+                return Err(protocol(format!("answer line over {MAX_LINE} bytes")));
+            }
+            match body.next().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(|source| ClientError::Transport {
+                        url: url.clone(),
+                        source,
+                    })?;
+                    pending.extend_from_slice(&chunk);
+                }
+                None => {
+                    if !pending.trim_ascii().is_empty() {
+                        pending.push(b'\n');
+                        continue;
+                    }
+                    return Err(protocol(
+                        "the answer ended before the sweep's report".into(),
+                    ));
+                }
+            }
+        }
     }
 
     async fn put_ids(&self, path: &str, ids: &[Id]) -> ClientResult<()> {

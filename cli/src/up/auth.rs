@@ -40,9 +40,9 @@ pub fn server_rights(role: Role) -> Option<&'static str> {
         Role::Storage | Role::Find => Some("broker:register,find:report"),
         Role::Slots | Role::Names | Role::Productions => Some("broker:register"),
         Role::Files => Some("broker:register,storage:write,slots:write"),
-        Role::Distributor => Some(
-            "broker:register,storage:write,storage:delete,storage:list,find:report",
-        ),
+        Role::Distributor => {
+            Some("broker:register,storage:write,storage:delete,storage:list,find:report")
+        }
     }
 }
 

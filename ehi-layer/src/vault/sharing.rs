@@ -31,6 +31,9 @@ pub struct RevokeReport {
     pub reencrypted: usize,
     /// Blocks unpinned (old manifests, old sealed grants, re-encrypted old versions).
     pub unpinned: usize,
+    /// When the distributor deletes the unpinned blocks from the storage servers
+    /// (`None`: no distributor, or it does not collect).
+    pub collection: Option<crate::network::Collection>,
 }
 
 /// Resource versions fetched at once while re-encrypting after a revoke.
@@ -345,12 +348,18 @@ impl Vault {
                     Err(e) => tracing::warn!(error = %e, "closing a revoked grant's channel"),
                 }
                 let unpinned = self.net.unpin(&superseded).await.unwrap_or(0);
+                let collection = if unpinned > 0 {
+                    self.net.collection().await
+                } else {
+                    None
+                };
                 return Ok(RevokeReport {
                     grant: hex::encode(revoked.id),
                     rotated,
                     resealed,
                     reencrypted,
                     unpinned,
+                    collection,
                 });
             }
             if attempt == self.options.max_attempts {
