@@ -1,7 +1,8 @@
 //! In-process tests of the distributor with capability tokens and of its limits on
 //! peers: pins belong to the subject that made them (another subject's unpin cannot
 //! release them), token checks refuse what they must and change nothing, operators see
-//! pins by subject, old databases are migrated, peers outside `--peer-allow` or
+//! pins by subject, garbage collection never takes a block another subject still pins
+//! (and deletes through real token checks once nobody does), old databases are migrated, peers outside `--peer-allow` or
 //! redirecting elsewhere are never used, and a block nobody holds is retried at a
 //! bounded rate.
 //!
@@ -45,7 +46,7 @@ fn fast_config() -> DistributorConfig {
 }
 
 /// A distributor over `dir`; with `auth`, tokens are checked and the distributor calls
-/// peers with a token of its own (`storage:write`, `find:report`).
+/// peers with a token of its own (`storage:write`, `storage:delete`, `find:report`).
 async fn launch(
     dir: &Path,
     auth: Option<&TestAuth>,
@@ -57,7 +58,8 @@ async fn launch(
     options.broker = broker.map(|b| b.url().to_string());
     if let Some(auth) = auth {
         options.auth.root = Some(auth.public());
-        options.client.token = Some(auth.token("distributor", "storage:write,find:report"));
+        options.client.token =
+            Some(auth.token("distributor", "storage:write,storage:delete,find:report"));
     }
     options.peer_allow = peer_allow
         .split(',')
@@ -170,7 +172,13 @@ async fn another_subject_cannot_unpin_and_the_copies_stay() {
         eventually("storage registration", || async { broker.knows(&id) }).await;
     }
     let dir = tempfile::tempdir().expect("dir");
-    let server = launch(dir.path(), Some(&auth), Some(&broker), "", fast_config()).await;
+    // No grace period: a released block is collected by the next sweep.
+    let config = DistributorConfig {
+        gc_grace: Duration::ZERO,
+        gc_interval: None,
+        ..fast_config()
+    };
+    let server = launch(dir.path(), Some(&auth), Some(&broker), "", config).await;
     let url = server.url().to_string();
     let alice_token = auth.token("alice", "distributor:pin");
     let bob_token = auth.token("bob", "distributor:pin");
@@ -233,6 +241,14 @@ async fn another_subject_cannot_unpin_and_the_copies_stay() {
         status.pins_by_subject.expect("pins by subject"),
         [("alice".to_string(), pins(5, 5))].into_iter().collect()
     );
+    // Bob may not sweep; the operator's sweep collects nothing Alice pins.
+    let refused = bob
+        .gc_run(false, |_| {})
+        .await
+        .expect_err("a sweep needs distributor:admin");
+    assert_eq!(refused.status(), Some(403));
+    let report = admin.gc_run(false, |_| {}).await.expect("sweep");
+    assert_eq!(report.blocks, 0, "{report:?}");
     // Still every copy, and still placed.
     tokio::time::sleep(Duration::from_millis(300)).await;
     for storage in &storages {
@@ -251,6 +267,16 @@ async fn another_subject_cannot_unpin_and_the_copies_stay() {
         status.pins_by_subject.expect("pins by subject"),
         Default::default()
     );
+    // Now nobody pins them: the sweep deletes every copy, with the distributor's
+    // `storage:delete` right on servers that check tokens.
+    let report = admin.gc_run(false, |_| {}).await.expect("sweep");
+    assert_eq!(report.blocks, 5, "{report:?}");
+    assert_eq!(report.behind, 0, "{report:?}");
+    for storage in &storages {
+        for block in &blocks {
+            assert!(!storage.holds(block).await, "{block} collected");
+        }
+    }
     server.stop().await.expect("stop");
 }
 

@@ -1,5 +1,6 @@
-//! In-process HTTP tests of the distributor: every route and error path, and placement
-//! over real in-process storage servers.
+//! In-process HTTP tests of the distributor: every route and error path, placement
+//! over real in-process storage servers, and garbage collection (including a property
+//! test of random interleavings of pins, unpins, writes and sweeps).
 //!
 //! Each test starts its own servers on `127.0.0.1:0` over fresh temporary directories.
 //! The broker and the find server are small fakes (axum routers) standing in for the
@@ -13,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use distributor::{Distributor, DistributorConfig};
 use invariant_runtime::{Role, Server, ServerContext, ServerOptions};
-use invariant_spec::distributor::{BlockPlacement, DistributorStatus};
+use invariant_spec::distributor::{BlockPlacement, DistributorStatus, SweepReport};
 use invariant_spec::{DistributorClient, Id, StorageClient};
 use invariant_test_support::{FakeBroker, eventually, spawn_app};
 use rand::rngs::StdRng;
@@ -92,6 +93,14 @@ impl Drop for FakeFind {
     }
 }
 
+/// Storage settings: open mode, deletes allowed (the distributor collects garbage).
+fn storage_config() -> storage_server::StorageConfig {
+    storage_server::StorageConfig {
+        allow_open_delete: true,
+        ..Default::default()
+    }
+}
+
 /// A storage server in its own directory.
 struct Storage {
     _dir: TempDir,
@@ -106,7 +115,7 @@ impl Storage {
         let mut options = ServerOptions::ephemeral(Role::Storage, dir.path());
         options.broker = broker.map(|b| b.url().to_string());
         let ctx = ServerContext::prepare(options).expect("storage context");
-        let server = storage_server::start(&ctx, Default::default())
+        let server = storage_server::start(&ctx, storage_config())
             .await
             .expect("start storage server");
         let client = StorageClient::new(server.url()).expect("storage client");
@@ -132,7 +141,7 @@ impl Storage {
         let mut options = ServerOptions::ephemeral(Role::Storage, dir.path());
         options.broker = Some(broker.url().to_string());
         let ctx = ServerContext::prepare(options).expect("storage context");
-        let server = storage_server::start(&ctx, Default::default())
+        let server = storage_server::start(&ctx, storage_config())
             .await
             .expect("restart storage server");
         let client = StorageClient::new(server.url()).expect("storage client");
@@ -973,4 +982,384 @@ async fn concurrent_pins_and_unpins_stay_consistent() {
             .expect("exact count");
     }
     assert_eq!(h.status().await.pinned, 0);
+}
+
+// ---------------------------------------------------------------------------------------
+// Garbage collection
+// ---------------------------------------------------------------------------------------
+
+/// Three storage servers known through the broker and a distributor on them.
+struct Network {
+    broker: FakeBroker,
+    storages: Vec<Storage>,
+    dir: TempDir,
+    server: Option<Distributor>,
+    client: DistributorClient,
+}
+
+impl Network {
+    async fn start(config: DistributorConfig) -> Network {
+        let broker = FakeBroker::start().await;
+        let mut storages = Vec::new();
+        for _ in 0..3 {
+            storages.push(Storage::start(Some(&broker)).await);
+        }
+        for storage in &storages {
+            let id = storage.id();
+            eventually("storage registration", || async { broker.knows(&id) }).await;
+        }
+        let dir = tempfile::tempdir().expect("distributor dir");
+        let server = launch(dir.path(), Some(&broker), config).await;
+        let client = DistributorClient::new(server.url()).expect("client");
+        let network = Network {
+            broker,
+            storages,
+            dir,
+            server: Some(server),
+            client,
+        };
+        network.wait_active(3).await;
+        network
+    }
+
+    async fn wait_active(&self, n: u64) {
+        eventually("storage servers active", || async {
+            self.client.status().await.expect("status").storages_active == n
+        })
+        .await;
+    }
+
+    /// Restarts the distributor on its database with `config`.
+    async fn restart_distributor(&mut self, config: DistributorConfig) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("stop distributor");
+        }
+        let server = launch(self.dir.path(), Some(&self.broker), config).await;
+        self.client = DistributorClient::new(server.url()).expect("client");
+        self.server = Some(server);
+        self.wait_active(self.storages.len() as u64).await;
+    }
+
+    /// Stores `data` on server `on` and returns its address.
+    async fn store(&self, on: usize, data: Vec<u8>) -> Id {
+        self.storages[on]
+            .client
+            .post(Bytes::from(data))
+            .await
+            .expect("store blob")
+    }
+
+    /// Which servers hold `block`.
+    async fn holders(&self, block: &Id) -> Vec<usize> {
+        let mut out = Vec::new();
+        for (n, storage) in self.storages.iter().enumerate() {
+            if storage.holds(block).await {
+                out.push(n);
+            }
+        }
+        out
+    }
+
+    /// Waits until every block is on every server and nothing is being copied.
+    async fn wait_everywhere(&self, blocks: &[Id]) {
+        eventually("every block on every server", || async {
+            for block in blocks {
+                if self.holders(block).await.len() != self.storages.len() {
+                    return false;
+                }
+            }
+            converged(&self.client, self.storages.len() as u64).await
+        })
+        .await;
+    }
+
+    async fn sweep(&self, dry_run: bool) -> SweepReport {
+        let mut lines = 0u64;
+        let report = self
+            .client
+            .gc_run(dry_run, |_| lines += 1)
+            .await
+            .expect("sweep");
+        assert!(lines >= 1, "a sweep reports progress before its report");
+        report
+    }
+
+    async fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop().await.expect("stop distributor");
+        }
+    }
+}
+
+/// Fast settings with the given grace period and no automatic sweeps.
+fn gc_config(grace: Duration) -> DistributorConfig {
+    DistributorConfig {
+        gc_grace: grace,
+        gc_interval: None,
+        ..fast_config()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn released_blocks_leave_every_storage_server() {
+    let net = Network::start(gc_config(Duration::ZERO)).await;
+    let data = blobs(21, 20);
+    let mut blocks = Vec::new();
+    for blob in &data {
+        blocks.push(net.store(0, blob.clone()).await);
+    }
+    net.client.pin(&blocks).await.expect("pin");
+    net.wait_everywhere(&blocks).await;
+    let (kept, released) = blocks.split_at(10);
+    let released_bytes: u64 = data[10..].iter().map(|d| d.len() as u64).sum();
+
+    net.client.unpin(released).await.expect("unpin");
+    let status = net.client.gc_status().await.expect("gc status");
+    assert_eq!(status.pending_blocks, 10);
+    assert_eq!(
+        status.pending_bytes, released_bytes,
+        "sizes learned while placing"
+    );
+    assert_eq!(status.grace_seconds, 0);
+    assert_eq!(status.interval_seconds, None);
+    assert_eq!(
+        net.client.status().await.expect("status").gc_pending_blocks,
+        10
+    );
+
+    // A dry run counts and deletes nothing.
+    let dry = net.sweep(true).await;
+    assert!(dry.dry_run);
+    assert_eq!((dry.blocks, dry.bytes), (10, released_bytes));
+    for block in released {
+        assert_eq!(net.holders(block).await.len(), 3, "dry run kept {block}");
+    }
+
+    let report = net.sweep(false).await;
+    assert_eq!(report.blocks, 10, "{report:?}");
+    assert_eq!(report.storages, 3, "{report:?}");
+    assert_eq!(
+        report.bytes,
+        3 * released_bytes,
+        "freed on each server: {report:?}"
+    );
+    assert_eq!(report.behind, 0);
+    for block in released {
+        assert!(net.holders(block).await.is_empty(), "{block} collected");
+    }
+    for block in kept {
+        assert_eq!(net.holders(block).await.len(), 3, "{block} pinned and kept");
+    }
+    let status = net.client.gc_status().await.expect("gc status");
+    assert_eq!(status.pending_blocks, 0);
+    assert_eq!(status.deleted_blocks, 10);
+    assert_eq!(status.deleted_bytes, 3 * released_bytes);
+    assert_eq!(status.sweeps, 1);
+    assert!(status.last_sweep.is_some());
+    assert_eq!(status.last_report.as_ref().map(|r| r.blocks), Some(10));
+    let counters = net.client.status().await.expect("status");
+    assert_eq!((counters.gc_deleted_blocks, counters.gc_sweeps), (10, 1));
+    let metrics = reqwest::get(format!(
+        "{}/metrics",
+        net.client.endpoint().base_url().trim_end_matches('/')
+    ))
+    .await
+    .expect("metrics")
+    .text()
+    .await
+    .expect("metrics text");
+    assert!(
+        metrics.contains("distributor_gc_deleted_blocks_total 10"),
+        "{metrics}"
+    );
+
+    // Nothing left to collect.
+    assert_eq!(net.sweep(false).await.blocks, 0);
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_grace_period_and_a_new_pin_keep_blocks() {
+    let mut net = Network::start(gc_config(Duration::from_secs(3600))).await;
+    let a = net.store(0, b"released an hour from now".to_vec()).await;
+    let b = net.store(0, b"released, then pinned again".to_vec()).await;
+    net.client.pin(&[a, b]).await.expect("pin");
+    net.wait_everywhere(&[a, b]).await;
+    net.client.unpin(&[a, b]).await.expect("unpin");
+    let report = net.sweep(false).await;
+    assert_eq!(report.blocks, 0, "within the grace period: {report:?}");
+    assert_eq!(net.holders(&a).await.len(), 3);
+    assert_eq!(net.client.gc_status().await.expect("gc").pending_blocks, 2);
+
+    // With no grace, the block pinned again is kept and the other goes.
+    net.restart_distributor(gc_config(Duration::ZERO)).await;
+    net.client.pin(&[b]).await.expect("pin again");
+    let report = net.sweep(false).await;
+    assert_eq!(report.blocks, 1, "{report:?}");
+    assert!(net.holders(&a).await.is_empty());
+    assert_eq!(net.holders(&b).await.len(), 3);
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_down_during_a_sweep_deletes_when_it_returns() {
+    let mut net = Network::start(gc_config(Duration::ZERO)).await;
+    let mut blocks = Vec::new();
+    for n in 0..5u8 {
+        blocks.push(net.store(0, vec![n; 5000]).await);
+    }
+    net.client.pin(&blocks).await.expect("pin");
+    net.wait_everywhere(&blocks).await;
+    net.client.unpin(&blocks).await.expect("unpin");
+
+    let leaving = net.storages.remove(2);
+    let id = leaving.id();
+    let dir = leaving.stop().await;
+    eventually("the server counted as lost", || async {
+        net.client.status().await.expect("status").storages_active == 2
+    })
+    .await;
+    let report = net.sweep(false).await;
+    assert_eq!(report.blocks, 5, "{report:?}");
+    assert_eq!(report.storages, 2, "{report:?}");
+    assert_eq!(
+        report.behind, 5,
+        "the absent server owes every deletion: {report:?}"
+    );
+    for block in &blocks {
+        assert!(net.holders(block).await.is_empty());
+    }
+
+    let back = Storage::restart(dir, &net.broker).await;
+    assert_eq!(back.id(), id);
+    assert!(
+        back.holds(&blocks[0]).await,
+        "it still holds them when it returns"
+    );
+    eventually("the returning server deletes what it owes", || async {
+        for block in &blocks {
+            if back.holds(block).await {
+                return false;
+            }
+        }
+        net.client.gc_status().await.expect("gc").behind == 0
+    })
+    .await;
+    net.storages.push(back);
+    net.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn never_pinned_blocks_are_collected_only_when_the_operator_opts_in() {
+    let mut net = Network::start(gc_config(Duration::ZERO)).await;
+    let pinned = net.store(1, b"pinned by someone".to_vec()).await;
+    net.client.pin(&[pinned]).await.expect("pin");
+    net.wait_everywhere(&[pinned]).await;
+    let stray: Vec<Id> = vec![
+        net.store(0, b"written, never pinned".to_vec()).await,
+        net.store(2, b"another".to_vec()).await,
+    ];
+    let report = net.sweep(false).await;
+    assert_eq!((report.blocks, report.discovered), (0, 0), "off by default");
+    assert_eq!(net.holders(&stray[0]).await, vec![0]);
+
+    net.restart_distributor(DistributorConfig {
+        gc_unpinned_after: Some(Duration::ZERO),
+        ..gc_config(Duration::ZERO)
+    })
+    .await;
+    let report = net.sweep(false).await;
+    assert_eq!(report.discovered, 2, "{report:?}");
+    assert_eq!(report.blocks, 2, "{report:?}");
+    for block in &stray {
+        assert!(net.holders(block).await.is_empty());
+    }
+    assert_eq!(
+        net.holders(&pinned).await.len(),
+        3,
+        "the pinned block stays"
+    );
+    net.stop().await;
+}
+
+/// 1,000 random steps over 200 blocks on 3 storage servers: writes, pins, unpins and
+/// sweeps (no grace period). After every sweep: every block with a pin is still on
+/// every server it was written to, and every block released before the sweep is on
+/// no server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn random_interleavings_never_collect_a_pinned_block() {
+    const BLOCKS: usize = 200;
+    const STEPS: usize = 1000;
+    let net = Network::start(gc_config(Duration::ZERO)).await;
+    let mut rng = StdRng::seed_from_u64(0x6c);
+    let data: Vec<Vec<u8>> = (0..BLOCKS)
+        .map(|i| format!("property block {i}").into_bytes())
+        .collect();
+    let ids: Vec<Id> = data.iter().map(|d| Id::of_content(d)).collect();
+    let mut pins = vec![0u32; BLOCKS];
+    // Servers each block was written to since it was last collected.
+    let mut written: Vec<HashSet<usize>> = vec![HashSet::new(); BLOCKS];
+    // Released (last pin removed) and not yet collected.
+    let mut released = vec![false; BLOCKS];
+    let mut sweeps = 0;
+    for step in 0..STEPS {
+        let i = rng.random_range(0..BLOCKS);
+        match rng.random_range(0..100) {
+            0..35 => {
+                let on = rng.random_range(0..3);
+                net.store(on, data[i].clone()).await;
+                written[i].insert(on);
+            }
+            35..60 => {
+                net.client.pin(&[ids[i]]).await.expect("pin");
+                pins[i] += 1;
+                released[i] = false;
+            }
+            60..90 => {
+                if pins[i] > 0 {
+                    net.client.unpin(&[ids[i]]).await.expect("unpin");
+                    pins[i] -= 1;
+                    if pins[i] == 0 {
+                        released[i] = true;
+                    }
+                }
+            }
+            _ => {
+                sweeps += 1;
+                // A block whose repair was copying it when it was released waits for
+                // the next sweep; sweep until none is held back.
+                let mut report = net.sweep(false).await;
+                for _ in 0..50 {
+                    if report.kept == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    report = net.sweep(false).await;
+                }
+                assert_eq!(report.kept, 0, "step {step}: blocks held back: {report:?}");
+                for b in 0..BLOCKS {
+                    let holders = net.holders(&ids[b]).await;
+                    if pins[b] > 0 {
+                        for on in &written[b] {
+                            assert!(
+                                holders.contains(on),
+                                "step {step}: pinned block {b} deleted from server {on}"
+                            );
+                        }
+                    } else if released[b] {
+                        assert!(
+                            holders.is_empty(),
+                            "step {step}: released block {b} still on {holders:?}"
+                        );
+                    }
+                    if released[b] {
+                        released[b] = false;
+                        written[b].clear();
+                    }
+                }
+            }
+        }
+    }
+    assert!(sweeps >= 50, "the seed gives enough sweeps ({sweeps})");
+    net.stop().await;
 }

@@ -66,6 +66,12 @@ impl Up {
     /// Starts `invariant up` with every role on a free port, data in `dir/net`, the CLI
     /// config dir `dir/config`, and waits for its `network up` line.
     pub fn start(dir: &Path, mode: UpMode) -> anyhow::Result<Up> {
+        Up::start_with_env(dir, mode, &[])
+    }
+
+    /// [`Up::start`] with extra environment variables for `up` and the servers it
+    /// starts (server settings such as `INVARIANT_GC_GRACE`).
+    pub fn start_with_env(dir: &Path, mode: UpMode, env: &[(&str, &str)]) -> anyhow::Result<Up> {
         let config = dir.join("network.toml");
         std::fs::write(
             &config,
@@ -87,6 +93,7 @@ impl Up {
             .arg("--config")
             .arg(&config)
             .env("INVARIANT_CONFIG_DIR", &config_dir)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(std::fs::File::create(&stderr)?));

