@@ -1,5 +1,6 @@
 //! Distributor checks (`spec/distributor.md`): reference-counted pins and storage
-//! registrations, the accepted id-list body forms, placements and status.
+//! registrations, the accepted id-list body forms, placements, status and garbage
+//! collection status.
 
 use std::time::Duration;
 
@@ -71,6 +72,13 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         anchor: "distributor-status",
         title: "GET /distributor/status answers a JSON object",
         run: status,
+    },
+    CheckDef {
+        id: "distributor-gc-status",
+        doc: DOC,
+        anchor: "distributor-gc",
+        title: "GET /distributor/gc answers the collection backlog and rules as JSON",
+        run: gc_status,
     },
 ];
 
@@ -256,6 +264,44 @@ fn status(c: &Ctx) -> BoxFuture<'_, Verdict> {
         for field in ["pinned", "storages_active", "replicas"] {
             if let Some(v) = body.get(field) {
                 ensure!(v.is_u64(), "{field} must be a count: {body}");
+            }
+        }
+        Ok(Outcome::Pass)
+    })
+}
+
+fn gc_status(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let resp = c.get("/distributor/gc").await?;
+        if resp.status == 404 {
+            return Ok(Outcome::Warn(
+                "no /distributor/gc (an optional extension of this project)".into(),
+            ));
+        }
+        resp.expect(200, "GET /distributor/gc")?;
+        let body: Value = resp.json()?;
+        ensure!(body.is_object(), "gc status must be a JSON object: {body}");
+        for field in [
+            "pending_blocks",
+            "pending_bytes",
+            "behind",
+            "deleted_blocks",
+            "deleted_bytes",
+            "sweeps",
+            "grace_seconds",
+        ] {
+            let value = body.get(field);
+            ensure!(
+                value.is_some_and(Value::is_u64),
+                "{field} must be a count: {body}"
+            );
+        }
+        for field in ["last_sweep", "unpinned_after_seconds", "interval_seconds"] {
+            if let Some(v) = body.get(field) {
+                ensure!(
+                    v.is_null() || v.is_u64(),
+                    "{field} must be null or a count: {body}"
+                );
             }
         }
         Ok(Outcome::Pass)
