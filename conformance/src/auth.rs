@@ -404,6 +404,28 @@ async fn storage(c: &Ctx, credential: &Credential) -> Result<(), Fail> {
         "after refused writes, GET /storage/{address} should be 404 (nothing stored), got {}",
         resp.describe()
     );
+    // Deletes and the listing need rights of their own: a held blob stays held.
+    let kept = random_bytes(1000);
+    let resp = c.send(Method::POST, "/storage/", kept.clone()).await?;
+    ok(resp, "POST /storage/ with the run's token")?;
+    let kept_address = Id::of_content(&kept);
+    let kept_path = format!("/storage/{kept_address}");
+    refused(c, credential, Method::DELETE, &kept_path, None, false).await?;
+    refused_json(
+        c,
+        credential,
+        Method::POST,
+        "/storage/delete",
+        &json!([kept_address]),
+    )
+    .await?;
+    refused(c, credential, Method::GET, "/storage/?limit=1", None, false).await?;
+    let resp = c.get(&kept_path).await?;
+    ensure!(
+        resp.status == 200 && resp.body.as_ref() == kept.as_slice(),
+        "after refused deletes, GET {kept_path} should still answer the blob, got {}",
+        resp.describe()
+    );
     Ok(())
 }
 

@@ -1,5 +1,10 @@
 //! Storage checks (`spec/storage.md`): blobs by SHA-256 address, their headers, ranges,
-//! conditional requests, hash verification, limits and fetching from a peer.
+//! conditional requests, hash verification, limits, fetching from a peer, deleting and
+//! listing.
+//!
+//! The delete checks need the run's token to carry `storage:delete` (and the listing
+//! check `storage:list`); without a token they run only when the server serves deletes
+//! in open mode, and are skipped with the reason when it refuses them (403).
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -141,6 +146,27 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         anchor: "storage-fetch-verify",
         title: "a fetched blob that does not hash to its address is refused and not stored",
         run: fetch_corrupt,
+    },
+    CheckDef {
+        id: "storage-delete",
+        doc: DOC,
+        anchor: "storage-delete",
+        title: "DELETE /storage/:address answers 204 (or 200), then GET and DELETE are 404",
+        run: delete,
+    },
+    CheckDef {
+        id: "storage-delete-batch",
+        doc: DOC,
+        anchor: "storage-delete-batch",
+        title: "POST /storage/delete deletes the held blobs of a list and reports counts and bytes",
+        run: delete_batch,
+    },
+    CheckDef {
+        id: "storage-list",
+        doc: DOC,
+        anchor: "storage-list",
+        title: "GET /storage/ pages through held blobs in ascending address order",
+        run: list,
     },
     CheckDef {
         id: "storage-fetch-malformed",
@@ -650,5 +676,154 @@ fn fetch_malformed(c: &Ctx) -> BoxFuture<'_, Verdict> {
             "PUT /storage/fetch without container",
         )?);
         warnings.outcome()
+    })
+}
+
+/// The skip of a delete check against an open-mode server that refuses deletes, or
+/// the failure when the run's token should have allowed the delete.
+fn delete_refused(c: &Ctx, resp: &crate::check::Resp, what: &str) -> Verdict {
+    if c.token.is_none() && resp.status == 403 {
+        return Ok(Outcome::Skip(format!(
+            "no token given (--token) and the server refuses deletes in open mode ({}); \
+             give a token with storage:delete, or start the server so that it serves \
+             deletes in open mode (this project: --allow-open-delete)",
+            resp.describe()
+        )));
+    }
+    fail!(
+        "{what} should delete the blob (204 or 200), got {}",
+        resp.describe()
+    )
+}
+
+fn delete(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let data = random_bytes(2000);
+        let address = store(c, &data).await?;
+        let resp = c.call(c.req(Method::DELETE, &path(&address))).await?;
+        if !matches!(resp.status, 200 | 204) {
+            return delete_refused(c, &resp, "DELETE of a held blob");
+        }
+        let resp = c.get(&path(&address)).await?;
+        resp.expect(404, "GET after DELETE")?;
+        absent(c, &address, "after DELETE").await?;
+        let resp = c.call(c.req(Method::DELETE, &path(&address))).await?;
+        resp.expect(404, "DELETE of a blob no longer held")?;
+        let resp = c.call(c.req(Method::DELETE, &path(&random_id()))).await?;
+        resp.expect(404, "DELETE of a blob never stored")?;
+        let resp = c
+            .call(c.req(Method::DELETE, "/storage/not-an-address"))
+            .await?;
+        malformed_answer(&resp, "DELETE with a malformed address")
+    })
+}
+
+fn delete_batch(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let first = random_bytes(1500);
+        let second = random_bytes(2500);
+        let a = store(c, &first).await?;
+        let b = store(c, &second).await?;
+        let never = random_id();
+        let resp = c
+            .json(Method::POST, "/storage/delete", &json!([a, b, never]))
+            .await?;
+        if resp.status != 200 {
+            return delete_refused(c, &resp, "POST /storage/delete");
+        }
+        let report: serde_json::Value = resp.json()?;
+        let field = |name: &str| report.get(name).and_then(serde_json::Value::as_u64);
+        ensure!(
+            field("deleted") == Some(2)
+                && field("missing") == Some(1)
+                && field("bytes") == Some(4000),
+            "POST /storage/delete of two held blobs (1500 and 2500 bytes) and one unknown \
+             address should report deleted 2, missing 1, bytes 4000; got {report}"
+        );
+        for address in [a, b] {
+            c.get(&path(&address))
+                .await?
+                .expect(404, "GET after a batch delete")?;
+        }
+        let resp = c
+            .json(Method::POST, "/storage/delete", &json!(["not an address"]))
+            .await?;
+        rejected_answer(&resp, "POST /storage/delete with a malformed address")
+    })
+}
+
+/// The address just below `id` (`id` must not be all zeros).
+fn predecessor(id: &Id) -> Id {
+    let mut bytes = *id.as_bytes();
+    for byte in bytes.iter_mut().rev() {
+        if *byte > 0 {
+            *byte -= 1;
+            break;
+        }
+        *byte = 0xff;
+    }
+    Id::from_bytes(bytes)
+}
+
+fn list(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let mut stored = Vec::new();
+        for len in [700usize, 800, 900] {
+            let data = random_bytes(len);
+            stored.push((store(c, &data).await?, len as u64));
+        }
+        stored.sort();
+        let page = |after: Option<Id>, limit: usize| async move {
+            let mut path = format!("/storage/?limit={limit}");
+            if let Some(after) = after {
+                path.push_str(&format!("&after={after}"));
+            }
+            let resp = c.get(&path).await?;
+            if resp.status == 401 || resp.status == 403 {
+                return Err(crate::check::Fail(format!(
+                    "GET {path} was refused ({}): the run's token needs storage:list",
+                    resp.describe()
+                )));
+            }
+            resp.expect(200, &format!("GET {path}"))?;
+            let page: invariant_spec::storage::ListPage = resp.json()?;
+            ensure!(
+                page.blobs.len() <= limit,
+                "GET {path} answered {} blobs, more than the limit",
+                page.blobs.len()
+            );
+            ensure!(
+                page.blobs.windows(2).all(|w| w[0].address < w[1].address),
+                "GET {path}: the blobs are not in ascending address order"
+            );
+            ensure!(
+                after.is_none_or(|a| page.blobs.iter().all(|b| b.address > a)),
+                "GET {path}: a blob at or before `after` was listed"
+            );
+            Ok::<_, crate::check::Fail>(page)
+        };
+        // Nothing lies between the predecessor of our smallest address and it.
+        let (first, first_len) = stored[0];
+        let one = page(Some(predecessor(&first)), 1).await?;
+        ensure!(
+            one.blobs.first().map(|b| (b.address, b.size)) == Some((first, first_len)),
+            "listing after the address just below {first} should start with it ({first_len} \
+             bytes), got {:?}",
+            one.blobs.first()
+        );
+        ensure!(
+            one.next.is_some(),
+            "a full page (limit 1) with more blobs after it must name `next`"
+        );
+        // Each of our blobs is found by paging from just below it.
+        for (address, len) in &stored[1..] {
+            let found = page(Some(predecessor(address)), 1).await?;
+            ensure!(
+                found.blobs.first().map(|b| (b.address, b.size)) == Some((*address, *len)),
+                "listing after the address just below {address} should start with it"
+            );
+        }
+        page(None, 10).await?;
+        Ok(Outcome::Pass)
     })
 }

@@ -8,26 +8,31 @@
 //! | `POST /storage/` | 200 `text/plain` address, 413 |
 //! | `HEAD /storage/fetch` | 200 when a broker is configured, else 404 |
 //! | `PUT\|POST /storage/fetch` | JSON `{address, container}`: copy from a peer; 200, 404, 413 over quota |
+//! | `DELETE /storage/:address` | 204 deleted, 404 not held, 400 bad address, 403 in open mode without `--allow-open-delete` |
+//! | `POST /storage/delete` | JSON array of at most 10,000 addresses: 200 JSON `{deleted, missing, bytes}`, 400, 413 |
+//! | `GET /storage/?after=&limit=` | 200 JSON `{blobs: [{address, size}], next}`, ascending by address |
 //!
 //! Writes carry the caller the runtime verified (with token checks on); each blob a
 //! write stores first is charged to the caller's subject ([`crate::usage`]). Fetches
-//! reach peers only through [`crate::peer::Peers`].
+//! reach peers only through [`crate::peer::Peers`]. Deletes are reported to find
+//! servers (`PUT /find/gone/`) through [`crate::report`].
 
 use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, BodyDataStream};
+use axum::extract::RawQuery;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, head, post};
-use axum::{Extension, Router};
+use axum::{Extension, Json, Router};
 use bytes::{Bytes, BytesMut};
 use futures_util::{Stream, StreamExt};
 use invariant_runtime::{ApiError, ApiJson, ApiPath, ApiResult, Caller};
 use invariant_spec::Id;
-use invariant_spec::storage::FetchRequest;
+use invariant_spec::storage::{DeleteReport, FetchRequest, ListPage, ListedBlob, MAX_DELETE_BATCH};
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tokio_util::io::ReaderStream;
@@ -52,26 +57,38 @@ const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 /// Every route [`router`] serves, as `(method, path)` (axum path syntax). Listed for
 /// tools that compare a server with its OpenAPI description (`spec/openapi/`).
 pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/storage"),
     ("POST", "/storage"),
+    ("POST", "/storage/delete"),
     ("HEAD", "/storage/fetch"),
     ("PUT", "/storage/fetch"),
     ("POST", "/storage/fetch"),
     ("GET", "/storage/{address}"),
     ("HEAD", "/storage/{address}"),
     ("PUT", "/storage/{address}"),
+    ("DELETE", "/storage/{address}"),
 ];
+
+/// Blobs per listing page when the request names no `limit`.
+pub const DEFAULT_LIST_LIMIT: usize = 1000;
+/// Most blobs per listing page (a larger `limit` is answered with this many).
+pub const MAX_LIST_LIMIT: usize = 10_000;
 
 /// Every storage route.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/storage", post(post_blob))
+        .route("/storage", post(post_blob).get(list_blobs))
+        .route("/storage/delete", post(delete_blobs))
         .route(
             "/storage/fetch",
             head(fetch_supported).put(fetch_blob).post(fetch_blob),
         )
         .route(
             "/storage/{address}",
-            get(get_blob).head(head_blob).put(put_blob),
+            get(get_blob)
+                .head(head_blob)
+                .put(put_blob)
+                .delete(delete_blob),
         )
         .with_state(state)
 }
@@ -137,6 +154,70 @@ enum Opened {
     },
 }
 
+/// Finds blob `id` and reads it (small) or opens it for streaming (large).
+fn open_for_get(
+    store: &crate::store::BlobStore,
+    id: &Id,
+    request_headers: &HeaderMap,
+) -> io::Result<Opened> {
+    let id = *id;
+    // One lookup: a packed blob (read through the store's cached pack handle when
+    // it fits in memory) or a blob file.
+    let (packed, file, base, len) = match store.packed(&id)? {
+        Some(location) => (
+            Some(location),
+            None,
+            location.offset,
+            u64::from(location.len),
+        ),
+        None => match store.open_blob(&id)? {
+            Some((file, base, len)) => (None, Some(file), base, len),
+            None => return Ok(Opened::Absent),
+        },
+    };
+    let selection = range::select(request_headers, &id, len);
+    let (start, count) = match selection {
+        Selection::Unsatisfiable => return Ok(Opened::Unsatisfiable(len)),
+        Selection::Full => (0, len),
+        Selection::Partial { start, end } => (start, end - start + 1),
+    };
+    let mut file = match (packed, file) {
+        (Some(location), _) if count <= INLINE_READ => {
+            let data = store.read_packed(&location, start, count as usize)?;
+            return Ok(Opened::Inline {
+                data,
+                selection,
+                len,
+            });
+        }
+        (Some(location), _) => store.open_packed(&location)?,
+        (None, Some(file)) => file,
+        (None, None) => return Ok(Opened::Absent),
+    };
+    file.seek(SeekFrom::Start(base + start))?;
+    if count <= INLINE_READ {
+        let mut data = Vec::with_capacity(count as usize);
+        file.take(count).read_to_end(&mut data)?;
+        if data.len() as u64 != count {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "blob shrank while reading",
+            ));
+        }
+        Ok(Opened::Inline {
+            data,
+            selection,
+            len,
+        })
+    } else {
+        Ok(Opened::Stream {
+            file,
+            selection,
+            len,
+        })
+    }
+}
+
 async fn get_blob(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Id>,
@@ -157,60 +238,14 @@ async fn get_blob(
     let store = state.store().clone();
     let request_headers = headers.clone();
     let opened = blocking("reading blob", move || {
-        // One lookup: a packed blob (read through the store's cached pack handle when
-        // it fits in memory) or a blob file.
-        let (packed, file, base, len) = match store.packed(&id)? {
-            Some(location) => (
-                Some(location),
-                None,
-                location.offset,
-                u64::from(location.len),
-            ),
-            None => match store.open_blob(&id)? {
-                Some((file, base, len)) => (None, Some(file), base, len),
-                None => return Ok(Opened::Absent),
-            },
-        };
-        let selection = range::select(&request_headers, &id, len);
-        let (start, count) = match selection {
-            Selection::Unsatisfiable => return Ok(Opened::Unsatisfiable(len)),
-            Selection::Full => (0, len),
-            Selection::Partial { start, end } => (start, end - start + 1),
-        };
-        let mut file = match (packed, file) {
-            (Some(location), _) if count <= INLINE_READ => {
-                let data = store.read_packed(&location, start, count as usize)?;
-                return Ok(Opened::Inline {
-                    data,
-                    selection,
-                    len,
-                });
+        // A packed blob whose pack compaction removed between the lookup and the
+        // read: look it up again (it was moved to a new pack).
+        let mut attempts = 0;
+        loop {
+            match open_for_get(&store, &id, &request_headers) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                other => return other,
             }
-            (Some(location), _) => store.open_packed(&location)?,
-            (None, Some(file)) => file,
-            (None, None) => return Ok(Opened::Absent),
-        };
-        file.seek(SeekFrom::Start(base + start))?;
-        if count <= INLINE_READ {
-            let mut data = Vec::with_capacity(count as usize);
-            file.take(count).read_to_end(&mut data)?;
-            if data.len() as u64 != count {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "blob shrank while reading",
-                ));
-            }
-            Ok(Opened::Inline {
-                data,
-                selection,
-                len,
-            })
-        } else {
-            Ok(Opened::Stream {
-                file,
-                selection,
-                len,
-            })
         }
     })
     .await?;
@@ -570,4 +605,114 @@ async fn fetch_blob(
     Err(ApiError::not_found(format!(
         "could not fetch {address}: {last_problem}"
     )))
+}
+
+/// The 403 of a delete on a server that does not serve them.
+fn deletes_refused() -> ApiError {
+    ApiError::forbidden(
+        "deleting is off: this server checks no tokens (open mode); start it with \
+         --auth-root-key (deletes then need a storage:delete token) or with \
+         --allow-open-delete",
+    )
+}
+
+/// `DELETE /storage/:address`: 204 when the blob was deleted, 404 when not held.
+async fn delete_blob(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<Id>,
+) -> ApiResult<Response> {
+    if !state.deletes_allowed() {
+        return Err(deletes_refused());
+    }
+    let store = state.store().clone();
+    let deleted = blocking("deleting blob", move || store.delete(&id)).await?;
+    if deleted.is_none() {
+        return Err(not_found(&id));
+    }
+    state.report_gone(id);
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /storage/delete`: deletes every held blob of a JSON array of addresses, with
+/// one index commit; answers a [`DeleteReport`].
+async fn delete_blobs(
+    State(state): State<AppState>,
+    ApiJson(addresses): ApiJson<Vec<Id>>,
+) -> ApiResult<Response> {
+    if !state.deletes_allowed() {
+        return Err(deletes_refused());
+    }
+    if addresses.len() > MAX_DELETE_BATCH {
+        return Err(ApiError::too_large(format!(
+            "{} addresses in one batch; at most {MAX_DELETE_BATCH} are accepted",
+            addresses.len()
+        )));
+    }
+    let mut unique = addresses;
+    unique.sort_unstable();
+    unique.dedup();
+    let asked = unique.len() as u64;
+    let store = state.store().clone();
+    let deleted = blocking("deleting blobs", move || store.delete_many(&unique)).await?;
+    for (id, _) in &deleted {
+        state.report_gone(*id);
+    }
+    let report = DeleteReport {
+        deleted: deleted.len() as u64,
+        missing: asked - deleted.len() as u64,
+        bytes: deleted.iter().map(|(_, len)| len).sum(),
+    };
+    Ok(Json(report).into_response())
+}
+
+/// The `after` and `limit` of a listing request.
+fn list_query(query: Option<&str>) -> ApiResult<(Option<Id>, usize)> {
+    let mut after = None;
+    let mut limit = DEFAULT_LIST_LIMIT;
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match key {
+            "after" if !value.is_empty() => {
+                after =
+                    Some(Id::parse(value).map_err(|e| {
+                        ApiError::bad_request(format!("after is not an address: {e}"))
+                    })?);
+            }
+            "after" => {}
+            "limit" => {
+                let n: usize = value.parse().map_err(|_| {
+                    ApiError::bad_request(format!("limit {value:?} is not a number"))
+                })?;
+                if n == 0 {
+                    return Err(ApiError::bad_request("limit must be at least 1"));
+                }
+                limit = n.min(MAX_LIST_LIMIT);
+            }
+            _ => {}
+        }
+    }
+    Ok((after, limit))
+}
+
+/// `GET /storage/?after=<address>&limit=<n>`: held blobs in ascending address order.
+async fn list_blobs(
+    State(state): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> ApiResult<Response> {
+    let (after, limit) = list_query(query.as_deref())?;
+    let store = state.store().clone();
+    let page = blocking("listing blobs", move || store.page(after, limit)).await?;
+    let next = if page.len() >= limit {
+        page.last().map(|(id, _)| *id)
+    } else {
+        None
+    };
+    let page = ListPage {
+        blobs: page
+            .into_iter()
+            .map(|(address, size)| ListedBlob { address, size })
+            .collect(),
+        next,
+    };
+    Ok(Json(page).into_response())
 }

@@ -14,11 +14,14 @@
 //! - [`peer`]: the hardened client `/storage/fetch` reaches peers with (registered
 //!   http/https urls inside `--peer-allow`, `GET /id` checked first, no redirects).
 //! - [`range`]: `Range` / `If-None-Match` interpretation.
-//! - [`report`]: reporting held blobs to find servers.
+//! - [`report`]: reporting held and deleted blobs to find servers.
 //!
 //! With `--auth-root-key`, writes need a `storage:write` token (reads `storage:read`
-//! only with `--auth-reads`); the runtime checks them before a handler runs, and the
-//! handlers charge each stored blob to the token's subject.
+//! only with `--auth-reads`), deletes `storage:delete` and the listing `storage:list`;
+//! the runtime checks them before a handler runs, and the handlers charge each stored
+//! blob to the token's subject (and give it back when the blob is deleted). Without
+//! token checks (open mode) the server refuses deletes with 403 unless started with
+//! `--allow-open-delete` ([`StorageConfig::allow_open_delete`]).
 //!
 //! [`start`] runs the server in-process (tests use it on port 0); `main.rs` wraps it.
 
@@ -59,8 +62,11 @@ pub struct StorageConfig {
     /// Default [`report::DEFAULT_FIND_REFRESH`].
     pub find_refresh: Duration,
     /// Which blobs are packed ([`pack`]); `max_blob` 0 keeps every blob in its own
-    /// file.
+    /// file. Also when packs are compacted.
     pub pack: PackConfig,
+    /// Whether deletes are served without token checks (open mode). With token checks
+    /// on, deletes need `storage:delete` whatever this says.
+    pub allow_open_delete: bool,
 }
 
 impl Default for StorageConfig {
@@ -70,6 +76,7 @@ impl Default for StorageConfig {
             find: Vec::new(),
             find_refresh: report::DEFAULT_FIND_REFRESH,
             pack: PackConfig::default(),
+            allow_open_delete: false,
         }
     }
 }
@@ -87,6 +94,8 @@ struct Inner {
     broker: Option<BrokerClient>,
     peers: Peers,
     reporter: Option<Reporter>,
+    /// Whether deletes are served: with token checks on, or allowed in open mode.
+    deletes_allowed: bool,
     /// KiB of upload bodies that may be held in memory at once (bodies the store
     /// packs are received whole).
     receive_budget: Arc<tokio::sync::Semaphore>,
@@ -101,12 +110,46 @@ impl AppState {
     pub fn new(store: BlobStore, broker: Option<BrokerClient>, peers: Peers) -> AppState {
         AppState::with_reporter(store, broker, peers, None)
     }
-    /// State that also reports new blobs through `reporter`.
+    /// State that also reports new and deleted blobs through `reporter`. Deletes are
+    /// refused until [`AppState::allowing_deletes`].
     pub fn with_reporter(
         store: BlobStore,
         broker: Option<BrokerClient>,
         peers: Peers,
         reporter: Option<Reporter>,
+    ) -> AppState {
+        AppState::build(store, broker, peers, reporter, false)
+    }
+
+    /// This state with deletes served (`allowed`) or refused with 403.
+    pub fn allowing_deletes(self, allowed: bool) -> AppState {
+        match Arc::try_unwrap(self.inner) {
+            Ok(inner) => AppState::build(
+                inner.store,
+                inner.broker,
+                inner.peers,
+                inner.reporter,
+                allowed,
+            ),
+            Err(shared) => {
+                let inner = &*shared;
+                AppState::build(
+                    inner.store.clone(),
+                    inner.broker.clone(),
+                    inner.peers.clone(),
+                    inner.reporter.clone(),
+                    allowed,
+                )
+            }
+        }
+    }
+
+    fn build(
+        store: BlobStore,
+        broker: Option<BrokerClient>,
+        peers: Peers,
+        reporter: Option<Reporter>,
+        deletes_allowed: bool,
     ) -> AppState {
         AppState {
             inner: Arc::new(Inner {
@@ -114,6 +157,7 @@ impl AppState {
                 broker,
                 peers,
                 reporter,
+                deletes_allowed,
                 receive_budget: Arc::new(tokio::sync::Semaphore::new(RECEIVE_BUDGET_KIB)),
             }),
         }
@@ -140,6 +184,16 @@ impl AppState {
             reporter.added(address);
         }
     }
+    /// Queues a deleted blob for a gone report to find servers (never waits).
+    pub fn report_gone(&self, address: Id) {
+        if let Some(reporter) = &self.inner.reporter {
+            reporter.gone(address);
+        }
+    }
+    /// Whether deletes are served (token checks on, or allowed in open mode).
+    pub fn deletes_allowed(&self) -> bool {
+        self.inner.deletes_allowed
+    }
 }
 
 /// Opens the store under the context's data directory and serves it.
@@ -149,6 +203,9 @@ pub async fn start(ctx: &ServerContext, config: StorageConfig) -> anyhow::Result
     let _ = invariant_runtime::metrics::handle();
     store.usage().publish(&ctx.id.to_string());
     store.totals();
+    if let Some(packs) = store.packs() {
+        packs.dead_bytes();
+    }
     let peers = Peers::new(&ctx.options.client, ctx.options.peer_allow.clone())?;
     // Reports go out with this server's own client (its CAs and its token).
     let find = config
@@ -166,7 +223,14 @@ pub async fn start(ctx: &ServerContext, config: StorageConfig) -> anyhow::Result
         config.find_refresh,
         reporting.clone(),
     );
-    let state = AppState::with_reporter(store, ctx.broker.clone(), peers, reporter);
+    let auth_on = ctx.options.auth.root.is_some();
+    if !auth_on && config.allow_open_delete {
+        tracing::warn!(
+            "open mode with --allow-open-delete: anyone who reaches the port may delete blobs"
+        );
+    }
+    let state = AppState::with_reporter(store, ctx.broker.clone(), peers, reporter)
+        .allowing_deletes(auth_on || config.allow_open_delete);
     match invariant_runtime::serve(ctx, http::router(state)).await {
         Ok(server) => Ok(server),
         Err(e) => {

@@ -1,4 +1,4 @@
-//! Blobs up to a few MiB in group-committed pack files.
+//! Blobs up to a few MiB in group-committed pack files, their deletion, and compaction.
 //!
 //! Creating one file per blob costs an inode allocation and two journal commits (the
 //! file's data, then its directory entry) per blob; for small blobs that dominates,
@@ -12,41 +12,93 @@
 //! and acknowledged. Packs left empty by an earlier run are removed at open.
 //!
 //! Record: `"IVP1"`, length (u32 little-endian), the 32-byte address, the bytes.
-//! Records are never rewritten or removed (the storage protocol has no delete).
+//! Records are never rewritten in place: a deleted blob's record stays in its pack,
+//! dead, until compaction rewrites the pack without it.
 //!
 //! The index (`<data-dir>/packs/index.redb`) maps an address to (pack, offset,
-//! length) and records, per pack, how many bytes it covers; it also holds the
-//! per-subject usage totals ([`crate::usage`]), and a packed blob's charge is written
-//! in the transaction that indexes it. Index updates are
-//! committed without a sync (the pack's fdatasync already made the blob durable) and
-//! made durable about once a second. At open, every pack's bytes past the covered
-//! length are scanned, their records verified against their addresses and indexed; a
-//! short or mismatched record is a torn tail that was never acknowledged, and is cut.
+//! length) and records, per pack, how many bytes it covers (**never lowered while the
+//! pack exists**) and how many of them are dead; it also holds the per-subject usage
+//! totals and each blob's payer ([`crate::usage`]), and a packed blob's charge is
+//! written in the transaction that indexes it. Index updates of appends are committed
+//! without a sync (the pack's fdatasync already made the blob durable) and made
+//! durable about once a second. At open, every pack's bytes past the covered length
+//! are scanned, their records verified against their addresses and indexed; a short
+//! or mismatched record is a torn tail that was never acknowledged, and is cut.
+//!
+//! **Deletion** ([`Packs::tombstone`]) removes a blob's index entry and adds its
+//! record's bytes to its pack's dead bytes, in a durable commit (which also makes
+//! every earlier append commit durable, so the covered length past the record is
+//! durable too): a deleted blob is absent at once and after any restart, and the
+//! recovery scan, which only reads past the covered length, never sees its record.
+//!
+//! **Compaction** ([`Packs::compact_now`], and a background thread every
+//! [`CompactionConfig::interval`]) rewrites each closed pack (not a lane's active one)
+//! whose live bytes fell under [`CompactionConfig::threshold`] of its covered bytes,
+//! reading at most [`CompactionConfig::bytes_per_s`]:
+//!
+//! 1. a durable commit allocates the new pack's number and marks it as a compaction
+//!    target in progress (`compacting`);
+//! 2. the old pack's records are read and re-verified; those the index still points
+//!    at are appended to the new pack, which is then fdatasynced;
+//! 3. one durable commit re-points every copied blob whose entry still names its old
+//!    record (a blob deleted meanwhile stays deleted, and its copy is counted dead),
+//!    sets the new pack's covered length, drops the old pack's bookkeeping, clears the
+//!    in-progress mark and marks the old pack retired;
+//! 4. the old pack file is removed (and its directory synced), then the retired mark.
+//!
+//! At open, before any recovery scan, a target still marked in progress is removed
+//! (its compaction never committed; the index still names the old pack), and a
+//! retired pack's file is removed. So a kill at any moment leaves every live blob
+//! readable from the pack the durable index names, and no deleted record is ever
+//! scanned again. Pack numbers are never reused (the next number is kept in the
+//! index). A reader that located a blob in a pack compaction then removed finds the
+//! file gone (`NotFound`) and locates the blob again ([`Packs::read_blob`]); one
+//! already holding the pack open keeps reading the unlinked file.
 
 use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use invariant_spec::Id;
-use redb::{Database, Durability, ReadableDatabase as _, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition,
+    WriteTransaction,
+};
 
 /// Address → location (pack number, offset of the bytes, length), little-endian.
 const BLOBS: TableDefinition<[u8; 32], [u8; 16]> = TableDefinition::new("blobs");
 /// Pack number → bytes of the pack covered by the index.
 const PACKS: TableDefinition<u32, u64> = TableDefinition::new("packs");
+/// Pack number → bytes of its records no longer indexed (deleted blobs).
+const DEAD: TableDefinition<u32, u64> = TableDefinition::new("dead");
+/// Pack being written by a compaction that has not committed → the pack it replaces.
+const COMPACTING: TableDefinition<u32, u32> = TableDefinition::new("compacting");
+/// Packs a committed compaction replaced, whose files are still to be removed.
+const RETIRED: TableDefinition<u32, u8> = TableDefinition::new("retired");
+/// Settings kept in the index: `next_pack`, the lowest pack number never used.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEXT_PACK: &str = "next_pack";
 
 const MAGIC: &[u8; 4] = b"IVP1";
-const HEADER: u64 = 4 + 4 + 32;
+/// Bytes of a record before the blob's bytes.
+pub const HEADER: u64 = 4 + 4 + 32;
 /// At most this many blobs, and about this many bytes, share one sync.
 const MAX_BATCH: usize = 512;
 const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 /// Index commits are made durable at most this often.
 const DURABLE_INDEX_EVERY: Duration = Duration::from_secs(1);
+/// Compaction writes the new pack in chunks of about this size.
+const COPY_CHUNK: usize = 1024 * 1024;
+
+/// The gauge of dead bytes in packs (deleted blobs' records awaiting compaction).
+pub const DEAD_METRIC: &str = "invariant_storage_dead_bytes";
+/// The counter of pack bytes compaction has read (live and dead records).
+pub const COMPACTION_METRIC: &str = "invariant_storage_compaction_bytes_total";
 
 /// Pack settings.
 #[derive(Clone, Copy, Debug)]
@@ -58,6 +110,8 @@ pub struct PackConfig {
     /// Packing threads, each appending to a pack of its own, so one lane's sync
     /// overlaps another's writes.
     pub lanes: usize,
+    /// When packs are rewritten without their dead records.
+    pub compaction: CompactionConfig,
 }
 
 impl Default for PackConfig {
@@ -66,6 +120,37 @@ impl Default for PackConfig {
             max_blob: 2 * 1024 * 1024,
             max_pack: 1 << 30,
             lanes: 4,
+            compaction: CompactionConfig::default(),
+        }
+    }
+}
+
+/// Compaction settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CompactionConfig {
+    /// A closed pack whose live bytes are under this fraction of its bytes is
+    /// rewritten (0.5: when more than half is dead). 0 compacts nothing.
+    pub threshold: f64,
+    /// Most pack bytes compaction reads per second (0: unlimited).
+    pub bytes_per_s: u64,
+    /// How often the background thread looks for packs to compact; zero: no
+    /// background compaction (only [`Packs::compact_now`]).
+    pub interval: Duration,
+}
+
+/// Default [`CompactionConfig::threshold`].
+pub const DEFAULT_COMPACTION_THRESHOLD: f64 = 0.5;
+/// Default [`CompactionConfig::bytes_per_s`]: 64 MiB/s.
+pub const DEFAULT_COMPACTION_BYTES_PER_S: u64 = 64 * 1024 * 1024;
+/// Default [`CompactionConfig::interval`]: one minute.
+pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
+
+impl Default for CompactionConfig {
+    fn default() -> CompactionConfig {
+        CompactionConfig {
+            threshold: DEFAULT_COMPACTION_THRESHOLD,
+            bytes_per_s: DEFAULT_COMPACTION_BYTES_PER_S,
+            interval: DEFAULT_COMPACTION_INTERVAL,
         }
     }
 }
@@ -79,6 +164,16 @@ pub enum PackError {
     /// The index failed.
     #[error("pack index: {0}")]
     Index(String),
+    /// A record inside a pack's covered bytes is damaged.
+    #[error("pack {pack} is damaged at offset {offset}: {what}")]
+    Damaged {
+        /// The pack's number.
+        pack: u32,
+        /// Where the bad record starts.
+        offset: u64,
+        /// What is wrong.
+        what: &'static str,
+    },
 }
 
 impl From<PackError> for io::Error {
@@ -127,6 +222,11 @@ impl Location {
             len: u32::from_le_bytes(len),
         }
     }
+
+    /// The bytes of the blob's record (header and blob).
+    pub fn record_bytes(&self) -> u64 {
+        HEADER + u64::from(self.len)
+    }
 }
 
 /// Counters of the packer's work (tests and metrics).
@@ -138,6 +238,19 @@ pub struct PackStats {
     pub blobs: AtomicU64,
 }
 
+/// What one compaction pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CompactionReport {
+    /// Packs rewritten (or removed, when nothing in them was live).
+    pub packs: usize,
+    /// Pack bytes read.
+    pub read: u64,
+    /// Bytes written to new packs.
+    pub written: u64,
+    /// Dead bytes given back (the old packs' size minus what was written).
+    pub reclaimed: u64,
+}
+
 struct Request {
     id: Id,
     data: Bytes,
@@ -147,31 +260,60 @@ struct Request {
     reply: mpsc::SyncSender<io::Result<bool>>,
 }
 
-/// The packed blobs: lookups by any thread, appends through the packing thread.
-/// Dropping the last handle stops the thread after a durable index commit.
-#[derive(Debug)]
-pub struct Packs {
-    dir: PathBuf,
-    index: Arc<Database>,
-    config: PackConfig,
-    /// One queue per packing lane; a blob always goes to the lane its first address
-    /// byte picks, so concurrent writers of one blob meet in one lane (and it is
-    /// appended once).
-    queues: Mutex<Option<Vec<mpsc::Sender<Request>>>>,
-    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    /// Read handles of the packs (packs only grow, so a handle stays valid).
-    readers: RwLock<HashMap<u32, Arc<File>>>,
-    stats: Arc<PackStats>,
-}
-
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Request").field("id", &self.id).finish()
     }
 }
 
+/// What the packing threads, the compaction thread and readers share.
+#[derive(Debug)]
+struct Core {
+    dir: PathBuf,
+    index: Arc<Database>,
+    config: PackConfig,
+    /// Read handles of the packs. An entry is only inserted while holding the write
+    /// lock, and compaction removes a pack's file and entry under it too, so no handle
+    /// of a removed pack is cached afterwards.
+    readers: RwLock<HashMap<u32, Arc<File>>>,
+    /// Each lane's active pack (packs compaction must not touch).
+    active: Vec<AtomicU32>,
+    /// The number the next new pack (of any lane, or of compaction) takes.
+    next_pack: AtomicU32,
+    /// Dead bytes in all packs.
+    dead_bytes: AtomicI64,
+    /// Held by a compaction pass: one at a time.
+    compacting: Mutex<()>,
+    /// Set when the store closes: a compaction in progress gives up.
+    stopping: AtomicBool,
+    stats: PackStats,
+}
+
+/// The packed blobs: lookups by any thread, appends through the packing threads,
+/// compaction by a background thread (or [`Packs::compact_now`]). Dropping the last
+/// handle stops the threads after a durable index commit.
+#[derive(Debug)]
+pub struct Packs {
+    core: Arc<Core>,
+    /// One queue per packing lane; a blob always goes to the lane its first address
+    /// byte picks, so concurrent writers of one blob meet in one lane (and it is
+    /// appended once).
+    queues: Mutex<Option<Vec<mpsc::Sender<Request>>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Dropping the sender stops the background compaction thread.
+    compactor: Mutex<Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>>,
+}
+
 impl Drop for Packs {
     fn drop(&mut self) {
+        self.core.stopping.store(true, Ordering::Relaxed);
+        let compactor = self.compactor.lock().ok().and_then(|mut c| c.take());
+        if let Some((stop, thread)) = compactor {
+            drop(stop);
+            if thread.join().is_err() {
+                tracing::error!("compaction thread panicked");
+            }
+        }
         if let Ok(mut queues) = self.queues.lock() {
             queues.take();
         }
@@ -192,6 +334,79 @@ fn pack_path(dir: &Path, pack: u32) -> PathBuf {
     dir.join(format!("pack-{pack:08}.dat"))
 }
 
+/// Opens `table` for reading; `None` when it was never created.
+macro_rules! read_table {
+    ($txn:expr, $table:expr) => {
+        match $txn.open_table($table) {
+            Ok(table) => Some(table),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(index_error(e).into()),
+        }
+    };
+}
+
+fn remove_if_present(path: &Path) -> io::Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Finishes what a crash interrupted before any pack is scanned: removes compaction
+/// targets that never committed and packs a committed compaction retired.
+fn finish_interrupted_compactions(index: &Database, dir: &Path) -> Result<(), PackError> {
+    let (targets, retired) = {
+        let txn = index.begin_read().map_err(index_error)?;
+        let mut targets = Vec::new();
+        if let Some(table) = read_table!(txn, COMPACTING) {
+            for item in table.iter().map_err(index_error)? {
+                targets.push(item.map_err(index_error)?.0.value());
+            }
+        }
+        let mut retired = Vec::new();
+        if let Some(table) = read_table!(txn, RETIRED) {
+            for item in table.iter().map_err(index_error)? {
+                retired.push(item.map_err(index_error)?.0.value());
+            }
+        }
+        (targets, retired)
+    };
+    if targets.is_empty() && retired.is_empty() {
+        return Ok(());
+    }
+    for &n in targets.iter().chain(&retired) {
+        remove_if_present(&pack_path(dir, n))?;
+    }
+    File::open(dir)?.sync_all()?;
+    let mut txn = index.begin_write().map_err(index_error)?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(index_error)?;
+    {
+        let mut compacting = txn.open_table(COMPACTING).map_err(index_error)?;
+        let mut retired_table = txn.open_table(RETIRED).map_err(index_error)?;
+        let mut packs = txn.open_table(PACKS).map_err(index_error)?;
+        let mut dead = txn.open_table(DEAD).map_err(index_error)?;
+        for &n in &targets {
+            compacting.remove(n).map_err(index_error)?;
+            packs.remove(n).map_err(index_error)?;
+            dead.remove(n).map_err(index_error)?;
+        }
+        for &n in &retired {
+            retired_table.remove(n).map_err(index_error)?;
+            packs.remove(n).map_err(index_error)?;
+            dead.remove(n).map_err(index_error)?;
+        }
+    }
+    txn.commit().map_err(index_error)?;
+    tracing::info!(
+        abandoned = targets.len(),
+        retired = retired.len(),
+        "finished pack compactions a restart interrupted"
+    );
+    Ok(())
+}
+
 impl Packs {
     /// Opens (creating if needed) the packs under `data_dir/packs`, indexing what a
     /// crash left unindexed, and starts the packing thread.
@@ -207,6 +422,7 @@ impl Packs {
     ) -> Result<Packs, PackError> {
         let dir = data_dir.join("packs");
         fs::create_dir_all(&dir)?;
+        finish_interrupted_compactions(&index, &dir)?;
         let mut numbers = Vec::new();
         for entry in fs::read_dir(&dir)? {
             let name = entry?.file_name();
@@ -234,28 +450,58 @@ impl Packs {
                 fs::remove_file(&path)?;
             }
         }
-        // Each lane appends to a pack of its own, numbered after every existing one.
-        let next_pack = Arc::new(AtomicU32::new(
-            numbers.last().map_or(0, |n| n.saturating_add(1)),
-        ));
-        let stats = Arc::new(PackStats::default());
+        let (kept_next, dead_total) = {
+            let txn = index.begin_read().map_err(index_error)?;
+            let next = match read_table!(txn, META) {
+                Some(table) => table
+                    .get(NEXT_PACK)
+                    .map_err(index_error)?
+                    .map_or(0, |v| v.value()),
+                None => 0,
+            };
+            let mut dead = 0u64;
+            if let Some(table) = read_table!(txn, DEAD) {
+                for item in table.iter().map_err(index_error)? {
+                    dead += item.map_err(index_error)?.1.value();
+                }
+            }
+            (next, dead)
+        };
+        // Each lane appends to a pack of its own, numbered after every existing one
+        // and every number compaction ever used.
+        let first_free = numbers
+            .last()
+            .map_or(0, |n| n.saturating_add(1))
+            .max(u32::try_from(kept_next).unwrap_or(u32::MAX));
+        let lanes = config.lanes.max(1);
+        let core = Arc::new(Core {
+            dir: dir.clone(),
+            index,
+            config,
+            readers: RwLock::new(HashMap::new()),
+            active: (0..lanes)
+                .map(|lane| AtomicU32::new(first_free.saturating_add(lane as u32)))
+                .collect(),
+            next_pack: AtomicU32::new(first_free.saturating_add(lanes as u32)),
+            dead_bytes: AtomicI64::new(i64::try_from(dead_total).unwrap_or(i64::MAX)),
+            compacting: Mutex::new(()),
+            stopping: AtomicBool::new(false),
+            stats: PackStats::default(),
+        });
         let mut queues = Vec::new();
         let mut threads = Vec::new();
-        for lane in 0..config.lanes.max(1) {
-            let active = next_pack.fetch_add(1, Ordering::Relaxed);
+        for lane in 0..lanes {
+            let active = core.active[lane].load(Ordering::Relaxed);
             let file = open_pack(&dir, active)?;
             let len = file.metadata()?.len();
             let (tx, rx) = mpsc::channel();
             let packer = Packer {
-                dir: dir.clone(),
-                index: index.clone(),
-                config,
-                next_pack: next_pack.clone(),
+                core: Arc::clone(&core),
+                lane,
                 active,
                 file,
                 len,
                 dirty_since: None,
-                stats: stats.clone(),
             };
             threads.push(
                 std::thread::Builder::new()
@@ -264,25 +510,51 @@ impl Packs {
             );
             queues.push(tx);
         }
+        let compactor = if config.compaction.interval > Duration::ZERO
+            && config.compaction.threshold > 0.0
+        {
+            let (stop, stopped) = mpsc::channel::<()>();
+            let core = Arc::clone(&core);
+            let thread = std::thread::Builder::new()
+                .name("pack-compactor".to_string())
+                .spawn(move || {
+                    let interval = core.config.compaction.interval;
+                    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(interval)
+                    {
+                        if let Err(e) = core.compact() {
+                            tracing::error!(error = %e, "pack compaction failed");
+                        }
+                    }
+                })?;
+            Some((stop, thread))
+        } else {
+            None
+        };
+        metrics::gauge!(DEAD_METRIC).set(dead_total as f64);
         Ok(Packs {
-            dir,
-            index,
-            config,
+            core,
             queues: Mutex::new(Some(queues)),
             threads: Mutex::new(threads),
-            readers: RwLock::new(HashMap::new()),
-            stats,
+            compactor: Mutex::new(compactor),
         })
     }
 
     /// The settings.
     pub fn config(&self) -> PackConfig {
-        self.config
+        self.core.config
     }
 
     /// The packer's counters.
     pub fn stats(&self) -> &PackStats {
-        &self.stats
+        &self.core.stats
+    }
+
+    /// Bytes of dead records (deleted blobs) in the packs, and sets the gauge
+    /// [`DEAD_METRIC`].
+    pub fn dead_bytes(&self) -> u64 {
+        let dead = u64::try_from(self.core.dead_bytes.load(Ordering::Relaxed)).unwrap_or(0);
+        metrics::gauge!(DEAD_METRIC).set(dead as f64);
+        dead
     }
 
     /// Appends `data` as blob `id` (the caller has verified the hash); returns once
@@ -317,7 +589,7 @@ impl Packs {
 
     /// Where blob `id` is, if packed.
     pub fn locate(&self, id: &Id) -> io::Result<Option<Location>> {
-        let txn = self.index.begin_read().map_err(io_index)?;
+        let txn = self.core.index.begin_read().map_err(io_index)?;
         let table = match txn.open_table(BLOBS) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
@@ -329,15 +601,59 @@ impl Packs {
             .map(|v| Location::decode(v.value())))
     }
 
+    /// Removes `ids` from the index within `txn` (the caller commits it durably, then
+    /// calls [`Packs::tombstoned`]), adding their records to their packs' dead bytes.
+    /// Returns the location each held blob had.
+    pub fn tombstone(
+        &self,
+        txn: &WriteTransaction,
+        ids: &[Id],
+    ) -> Result<Vec<(Id, Location)>, PackError> {
+        let mut removed = Vec::new();
+        let mut dead_by_pack: HashMap<u32, u64> = HashMap::new();
+        {
+            let mut blobs = txn.open_table(BLOBS).map_err(index_error)?;
+            for id in ids {
+                if let Some(value) = blobs.remove(id.as_bytes()).map_err(index_error)? {
+                    let location = Location::decode(value.value());
+                    *dead_by_pack.entry(location.pack).or_default() += location.record_bytes();
+                    removed.push((*id, location));
+                }
+            }
+        }
+        if !dead_by_pack.is_empty() {
+            let mut dead = txn.open_table(DEAD).map_err(index_error)?;
+            for (pack, bytes) in dead_by_pack {
+                let before = dead
+                    .get(pack)
+                    .map_err(index_error)?
+                    .map_or(0, |v| v.value());
+                dead.insert(pack, before.saturating_add(bytes))
+                    .map_err(index_error)?;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Counts the records of `removed` ([`Packs::tombstone`]) as dead once their
+    /// transaction committed.
+    pub fn tombstoned(&self, removed: &[(Id, Location)]) {
+        let bytes: u64 = removed.iter().map(|(_, l)| l.record_bytes()).sum();
+        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+        let dead = self.core.dead_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        metrics::gauge!(DEAD_METRIC).set(dead.max(0) as f64);
+    }
+
     /// Opens the pack holding `location`, positioned at the blob's first byte.
     pub fn open_at(&self, location: &Location) -> io::Result<File> {
-        let mut file = File::open(pack_path(&self.dir, location.pack))?;
+        let mut file = File::open(pack_path(&self.core.dir, location.pack))?;
         file.seek(SeekFrom::Start(location.offset))?;
         Ok(file)
     }
 
     /// Reads `count` bytes of the blob at `location`, from byte `start` of the blob,
-    /// through a cached read handle of its pack (no open per read).
+    /// through a cached read handle of its pack (no open per read). `NotFound` when
+    /// compaction removed the pack: locate the blob again ([`Packs::read_blob`]).
     pub fn read_at(&self, location: &Location, start: u64, count: usize) -> io::Result<Vec<u8>> {
         use std::os::unix::fs::FileExt as _;
         if start + count as u64 > u64::from(location.len) {
@@ -352,22 +668,43 @@ impl Packs {
         Ok(out)
     }
 
+    /// The whole packed blob `id`, or `None` when it is not packed; locates it again
+    /// when compaction moved it between the lookup and the read.
+    pub fn read_blob(&self, id: &Id) -> io::Result<Option<Vec<u8>>> {
+        let mut attempts = 0;
+        loop {
+            let Some(location) = self.locate(id)? else {
+                return Ok(None);
+            };
+            match self.read_at(&location, 0, location.len as usize) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
+                other => return other.map(Some),
+            }
+        }
+    }
+
     fn reader(&self, pack: u32) -> io::Result<Arc<File>> {
-        if let Ok(readers) = self.readers.read()
+        if let Ok(readers) = self.core.readers.read()
             && let Some(file) = readers.get(&pack)
         {
             return Ok(Arc::clone(file));
         }
-        let file = Arc::new(File::open(pack_path(&self.dir, pack))?);
-        if let Ok(mut readers) = self.readers.write() {
-            readers.insert(pack, Arc::clone(&file));
+        let mut readers = self
+            .core
+            .readers
+            .write()
+            .map_err(|_| io::Error::other("pack readers poisoned"))?;
+        if let Some(file) = readers.get(&pack) {
+            return Ok(Arc::clone(file));
         }
+        let file = Arc::new(File::open(pack_path(&self.core.dir, pack))?);
+        readers.insert(pack, Arc::clone(&file));
         Ok(file)
     }
 
     /// Up to `limit` packed blobs with addresses after `after`, in address order.
     pub fn page(&self, after: Option<Id>, limit: usize) -> io::Result<Vec<(Id, u64)>> {
-        let txn = self.index.begin_read().map_err(io_index)?;
+        let txn = self.core.index.begin_read().map_err(io_index)?;
         let table = match txn.open_table(BLOBS) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -391,13 +728,327 @@ impl Packs {
         }
         Ok(out)
     }
+
+    /// Rewrites now every closed pack whose live fraction is under the threshold
+    /// (waiting for a background pass in progress to end first).
+    pub fn compact_now(&self) -> Result<CompactionReport, PackError> {
+        self.core.compact()
+    }
+
+    /// [`Packs::compact_now`] with another threshold (benchmarks and tests).
+    pub fn compact_with_threshold(&self, threshold: f64) -> Result<CompactionReport, PackError> {
+        self.core.compact_below(threshold)
+    }
+
+    /// Every pack's number with its covered and dead bytes, ascending (tests and
+    /// tools).
+    pub fn pack_usage(&self) -> io::Result<Vec<(u32, u64, u64)>> {
+        self.core.pack_usage().map_err(io::Error::from)
+    }
+}
+
+impl Core {
+    fn pack_usage(&self) -> Result<Vec<(u32, u64, u64)>, PackError> {
+        let txn = self.index.begin_read().map_err(index_error)?;
+        let mut dead = HashMap::new();
+        if let Some(table) = read_table!(txn, DEAD) {
+            for item in table.iter().map_err(index_error)? {
+                let (k, v) = item.map_err(index_error)?;
+                dead.insert(k.value(), v.value());
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(table) = read_table!(txn, PACKS) {
+            for item in table.iter().map_err(index_error)? {
+                let (k, v) = item.map_err(index_error)?;
+                let n = k.value();
+                out.push((n, v.value(), dead.get(&n).copied().unwrap_or(0)));
+            }
+        }
+        Ok(out)
+    }
+
+    fn compact(&self) -> Result<CompactionReport, PackError> {
+        self.compact_below(self.config.compaction.threshold)
+    }
+
+    fn compact_below(&self, threshold: f64) -> Result<CompactionReport, PackError> {
+        let _one = self
+            .compacting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let active: HashSet<u32> = self
+            .active
+            .iter()
+            .map(|a| a.load(Ordering::Acquire))
+            .collect();
+        let candidates: Vec<(u32, u64)> = self
+            .pack_usage()?
+            .into_iter()
+            .filter(|(n, covered, dead)| {
+                !active.contains(n)
+                    && *covered > 0
+                    && *dead > 0
+                    && ((covered - dead.min(covered)) as f64) < threshold * *covered as f64
+            })
+            .map(|(n, covered, _)| (n, covered))
+            .collect();
+        let mut report = CompactionReport::default();
+        let mut throttle = Throttle::new(self.config.compaction.bytes_per_s);
+        for (pack, covered) in candidates {
+            if self.stopping.load(Ordering::Relaxed) {
+                break;
+            }
+            let (read, written) = self.compact_pack(pack, covered, &mut throttle)?;
+            report.packs += 1;
+            report.read += read;
+            report.written += written;
+            report.reclaimed += covered.saturating_sub(written);
+        }
+        if report.packs > 0 {
+            tracing::info!(
+                packs = report.packs,
+                read = report.read,
+                written = report.written,
+                "compacted packs"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Rewrites pack `old` (`covered` bytes) without its dead records; returns the
+    /// bytes read and written.
+    fn compact_pack(
+        &self,
+        old: u32,
+        covered: u64,
+        throttle: &mut Throttle,
+    ) -> Result<(u64, u64), PackError> {
+        // 1. The new pack's number, and the mark that removes it if we never commit.
+        let new = self.next_pack.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut txn = self.index.begin_write().map_err(index_error)?;
+            txn.set_durability(Durability::Immediate)
+                .map_err(index_error)?;
+            {
+                let mut meta = txn.open_table(META).map_err(index_error)?;
+                let kept = meta
+                    .get(NEXT_PACK)
+                    .map_err(index_error)?
+                    .map_or(0, |v| v.value());
+                meta.insert(NEXT_PACK, kept.max(u64::from(new) + 1))
+                    .map_err(index_error)?;
+                let mut compacting = txn.open_table(COMPACTING).map_err(index_error)?;
+                compacting.insert(new, old).map_err(index_error)?;
+            }
+            txn.commit().map_err(index_error)?;
+        }
+        let new_path = pack_path(&self.dir, new);
+        let outcome = self.copy_live(old, covered, new, &new_path, throttle);
+        let (copied, read, written) = match outcome {
+            Ok(done) => done,
+            Err(e) => {
+                // The mark stays: the next open removes whatever was written.
+                let _ = remove_if_present(&new_path);
+                return Err(e);
+            }
+        };
+        if copied.is_empty() {
+            remove_if_present(&new_path)?;
+        }
+        File::open(&self.dir)?.sync_all()?;
+
+        // 3. Re-point, in one durable commit.
+        let mut txn = self.index.begin_write().map_err(index_error)?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(index_error)?;
+        let (old_dead, new_dead) = {
+            let mut blobs = txn.open_table(BLOBS).map_err(index_error)?;
+            let mut new_dead = 0u64;
+            for (id, from, to) in &copied {
+                let current = blobs
+                    .get(id.as_bytes())
+                    .map_err(index_error)?
+                    .map(|v| Location::decode(v.value()));
+                if current == Some(*from) {
+                    blobs
+                        .insert(id.as_bytes(), to.encode())
+                        .map_err(index_error)?;
+                } else {
+                    new_dead += to.record_bytes();
+                }
+            }
+            let mut packs = txn.open_table(PACKS).map_err(index_error)?;
+            packs.remove(old).map_err(index_error)?;
+            if !copied.is_empty() {
+                packs.insert(new, written).map_err(index_error)?;
+            }
+            let mut dead = txn.open_table(DEAD).map_err(index_error)?;
+            let old_dead = dead
+                .remove(old)
+                .map_err(index_error)?
+                .map_or(0, |v| v.value());
+            if new_dead > 0 {
+                dead.insert(new, new_dead).map_err(index_error)?;
+            }
+            let mut compacting = txn.open_table(COMPACTING).map_err(index_error)?;
+            compacting.remove(new).map_err(index_error)?;
+            let mut retired = txn.open_table(RETIRED).map_err(index_error)?;
+            retired.insert(old, 0).map_err(index_error)?;
+            (old_dead, new_dead)
+        };
+        txn.commit().map_err(index_error)?;
+        let change = i64::try_from(new_dead).unwrap_or(i64::MAX)
+            - i64::try_from(old_dead).unwrap_or(i64::MAX);
+        // May dip below zero for a moment: a delete counts its bytes after its commit.
+        let dead = self.dead_bytes.fetch_add(change, Ordering::Relaxed) + change;
+        metrics::gauge!(DEAD_METRIC).set(dead.max(0) as f64);
+
+        // 4. The old file, then its mark.
+        {
+            let mut readers = self
+                .readers
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            remove_if_present(&pack_path(&self.dir, old))?;
+            readers.remove(&old);
+        }
+        File::open(&self.dir)?.sync_all()?;
+        let mut txn = self.index.begin_write().map_err(index_error)?;
+        // Made durable by the next durable commit; a restart before it removes the
+        // (already absent) file again.
+        txn.set_durability(Durability::None).map_err(index_error)?;
+        txn.open_table(RETIRED)
+            .map_err(index_error)?
+            .remove(old)
+            .map_err(index_error)?;
+        txn.commit().map_err(index_error)?;
+        Ok((read, written))
+    }
+
+    /// Step 2 of a compaction: copies the records of `old` that the index still
+    /// names into a new pack file, fdatasynced. Returns each copied blob with its old
+    /// and new location, the bytes read and the bytes written.
+    #[allow(clippy::type_complexity)]
+    fn copy_live(
+        &self,
+        old: u32,
+        covered: u64,
+        new: u32,
+        new_path: &Path,
+        throttle: &mut Throttle,
+    ) -> Result<(Vec<(Id, Location, Location)>, u64, u64), PackError> {
+        // A file left by an interrupted run under this number cannot exist (numbers
+        // are never reused), but start from nothing regardless.
+        remove_if_present(new_path)?;
+        let mut out = fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(new_path)?;
+        let snapshot = self.index.begin_read().map_err(index_error)?;
+        let blobs = read_table!(snapshot, BLOBS);
+        let source = File::open(pack_path(&self.dir, old))?;
+        let mut records = Records::new(io::BufReader::with_capacity(COPY_CHUNK, source), 0);
+        let mut copied = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(COPY_CHUNK * 2);
+        let mut written = 0u64;
+        while records.pos < covered {
+            if self.stopping.load(Ordering::Relaxed) {
+                return Err(PackError::Io(io::Error::other(
+                    "the store is closing; compaction abandoned",
+                )));
+            }
+            let at = records.pos;
+            let record = match records.next_record()? {
+                Ok(record) => record,
+                Err(RecordEnd::Clean) => break,
+                Err(RecordEnd::Torn(what)) => {
+                    return Err(PackError::Damaged {
+                        pack: old,
+                        offset: at,
+                        what,
+                    });
+                }
+            };
+            let len = u32::try_from(record.data.len()).unwrap_or(u32::MAX);
+            let from = Location {
+                pack: old,
+                offset: record.offset,
+                len,
+            };
+            let live = match &blobs {
+                Some(table) => table
+                    .get(record.id.as_bytes())
+                    .map_err(index_error)?
+                    .is_some_and(|v| Location::decode(v.value()) == from),
+                None => false,
+            };
+            if live {
+                let to = Location {
+                    pack: new,
+                    offset: written + HEADER,
+                    len,
+                };
+                buf.extend_from_slice(MAGIC);
+                buf.extend_from_slice(&len.to_le_bytes());
+                buf.extend_from_slice(record.id.as_bytes());
+                buf.extend_from_slice(&record.data);
+                written += from.record_bytes();
+                copied.push((record.id, from, to));
+                if buf.len() >= COPY_CHUNK {
+                    out.write_all(&buf)?;
+                    buf.clear();
+                }
+            }
+            let consumed = records.pos - at;
+            metrics::counter!(COMPACTION_METRIC).increment(consumed);
+            throttle.account(consumed, &self.stopping);
+        }
+        out.write_all(&buf)?;
+        out.sync_data()?;
+        Ok((copied, records.pos, written))
+    }
+}
+
+/// Keeps compaction's reads under a rate.
+struct Throttle {
+    bytes_per_s: u64,
+    started: Instant,
+    bytes: u64,
+}
+
+impl Throttle {
+    fn new(bytes_per_s: u64) -> Throttle {
+        Throttle {
+            bytes_per_s,
+            started: Instant::now(),
+            bytes: 0,
+        }
+    }
+
+    /// Counts `bytes` read and sleeps while ahead of the rate (in short steps, so a
+    /// closing store is not held up).
+    fn account(&mut self, bytes: u64, stopping: &AtomicBool) {
+        if self.bytes_per_s == 0 {
+            return;
+        }
+        self.bytes += bytes;
+        let due = Duration::from_secs_f64(self.bytes as f64 / self.bytes_per_s as f64);
+        while let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+            if ahead.is_zero() || stopping.load(Ordering::Relaxed) {
+                break;
+            }
+            std::thread::sleep(ahead.min(Duration::from_millis(50)));
+        }
+    }
 }
 
 /// Reads every pack under `data_dir/packs` offline (the server must not be writing)
 /// and returns the address and size of every record, after checking that each
-/// record hashes to its address. A bad record or a torn tail is an error naming the
-/// pack and offset: a server that has opened the store since its last crash leaves
-/// none. For tests and offline checks.
+/// record hashes to its address. Records of deleted blobs not yet compacted away are
+/// included. A bad record or a torn tail is an error naming the pack and offset: a
+/// server that has opened the store since its last crash leaves none. For tests and
+/// offline checks.
 pub fn verify_packs(data_dir: &Path) -> io::Result<Vec<(Id, u64)>> {
     let dir = data_dir.join("packs");
     let entries = match fs::read_dir(&dir) {
@@ -615,18 +1266,15 @@ fn append_records(file: &mut File, records: &[&Request]) -> io::Result<()> {
 
 /// The packing thread's state.
 struct Packer {
-    dir: PathBuf,
-    index: Arc<Database>,
-    config: PackConfig,
-    /// The number the next new pack (of any lane) takes.
-    next_pack: Arc<AtomicU32>,
+    core: Arc<Core>,
+    /// This packer's lane (its slot in [`Core::active`]).
+    lane: usize,
     active: u32,
     file: File,
     /// Bytes in the active pack.
     len: u64,
     /// Since when index commits have not been made durable.
     dirty_since: Option<Instant>,
-    stats: Arc<PackStats>,
 }
 
 impl Packer {
@@ -663,7 +1311,7 @@ impl Packer {
     }
 
     fn commit(&mut self, batch: Vec<Request>) {
-        if self.len >= self.config.max_pack
+        if self.len >= self.core.config.max_pack
             && let Err(e) = self.start_next_pack()
         {
             tracing::error!(error = %e, "could not start a new pack; appending to the full one");
@@ -678,6 +1326,7 @@ impl Packer {
         // Whether each request of the batch is the one appending its blob.
         let mut appends = vec![false; batch.len()];
         let mut charges: HashMap<&str, u64> = HashMap::new();
+        let mut payers: Vec<(Id, &str)> = Vec::new();
         let mut end = self.len;
         for (i, request) in batch.iter().enumerate() {
             if held.contains(&i) || !seen.insert(request.id) {
@@ -686,6 +1335,7 @@ impl Packer {
             appends[i] = true;
             if let Some(payer) = &request.payer {
                 *charges.entry(payer.as_str()).or_default() += request.data.len() as u64;
+                payers.push((request.id, payer.as_str()));
             }
             // Callers pack only blobs up to `max_blob`, far below 4 GiB.
             let len = u32::try_from(request.data.len()).unwrap_or(u32::MAX);
@@ -708,12 +1358,15 @@ impl Packer {
         let appended = append_records(&mut self.file, &records)
             .and_then(|()| self.file.sync_data())
             .map_err(PackError::Io)
-            .and_then(|()| self.index_batch(&appended_requests, &locations, end, &charges));
+            .and_then(|()| {
+                self.index_batch(&appended_requests, &locations, end, &charges, &payers)
+            });
         match appended {
             Ok(()) => {
                 self.len = end;
-                self.stats.commits.fetch_add(1, Ordering::Relaxed);
-                self.stats
+                self.core.stats.commits.fetch_add(1, Ordering::Relaxed);
+                self.core
+                    .stats
                     .blobs
                     .fetch_add(appended_requests.len() as u64, Ordering::Relaxed);
                 for (request, appended) in batch.into_iter().zip(appends) {
@@ -738,7 +1391,7 @@ impl Packer {
     /// Positions in `batch` of blobs the index already has.
     fn already_held(&self, batch: &[Request]) -> HashSet<usize> {
         let mut held = HashSet::new();
-        let Ok(txn) = self.index.begin_read() else {
+        let Ok(txn) = self.core.index.begin_read() else {
             return held;
         };
         let Ok(table) = txn.open_table(BLOBS) else {
@@ -758,10 +1411,12 @@ impl Packer {
         locations: &[Location],
         covered: u64,
         charges: &[(&str, u64)],
+        payers: &[(Id, &str)],
     ) -> Result<(), PackError> {
-        let mut txn = self.index.begin_write().map_err(index_error)?;
-        // The pack's fdatasync made the blobs durable; the index can be rebuilt from
-        // the packs, so its commits need no sync of their own.
+        let mut txn = self.core.index.begin_write().map_err(index_error)?;
+        // The pack's fdatasync made the blobs durable, and the recovery scan indexes
+        // what a crash loses of this commit (it covers only this pack's new tail), so
+        // it needs no sync of its own.
         txn.set_durability(Durability::None).map_err(index_error)?;
         {
             let mut blobs = txn.open_table(BLOBS).map_err(index_error)?;
@@ -776,6 +1431,9 @@ impl Packer {
         for (subject, bytes) in charges {
             crate::usage::charge(&txn, subject, *bytes).map_err(index_error)?;
         }
+        for (id, subject) in payers {
+            crate::usage::record_payer(&txn, id, subject).map_err(index_error)?;
+        }
         txn.commit().map_err(index_error)?;
         self.dirty_since.get_or_insert_with(Instant::now);
         Ok(())
@@ -786,6 +1444,7 @@ impl Packer {
             return;
         }
         let result = self
+            .core
             .index
             .begin_write()
             .map_err(index_error)
@@ -800,10 +1459,12 @@ impl Packer {
     }
 
     fn start_next_pack(&mut self) -> io::Result<()> {
-        let next = self.next_pack.fetch_add(1, Ordering::Relaxed);
-        let file = open_pack(&self.dir, next)?;
+        let next = self.core.next_pack.fetch_add(1, Ordering::Relaxed);
+        let file = open_pack(&self.core.dir, next)?;
         self.file = file;
         self.active = next;
+        // Only now is the old pack closed to compaction.
+        self.core.active[self.lane].store(next, Ordering::Release);
         self.len = self.file.metadata()?.len();
         Ok(())
     }
@@ -957,6 +1618,7 @@ mod tests {
             max_blob: 4096,
             max_pack: 10_000,
             lanes: 1,
+            ..PackConfig::default()
         };
         let mut ids = Vec::new();
         {
@@ -978,5 +1640,216 @@ mod tests {
         for id in &ids {
             assert!(read(&packs, id).is_some());
         }
+    }
+
+    fn tombstone(packs: &Packs, index: &Database, ids: &[Id]) -> Vec<(Id, Location)> {
+        let mut txn = index.begin_write().expect("txn");
+        txn.set_durability(Durability::Immediate)
+            .expect("durability");
+        let removed = packs.tombstone(&txn, ids).expect("tombstone");
+        txn.commit().expect("commit");
+        packs.tombstoned(&removed);
+        removed
+    }
+
+    /// Small packs, one lane, no background compaction.
+    fn small_packs() -> PackConfig {
+        PackConfig {
+            max_blob: 4096,
+            max_pack: 20_000,
+            lanes: 1,
+            compaction: CompactionConfig {
+                threshold: 0.5,
+                bytes_per_s: 0,
+                interval: Duration::ZERO,
+            },
+        }
+    }
+
+    fn blob(i: u32) -> Vec<u8> {
+        format!("blob {i} ")
+            .repeat(100 + i as usize % 50)
+            .into_bytes()
+    }
+
+    #[test]
+    fn deleted_blobs_stay_deleted_after_reopen_and_are_counted_dead() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b, c) = {
+            let index = open_index(dir.path()).expect("index");
+            let packs =
+                Packs::open_with_index(dir.path(), one_lane(), index.clone()).expect("open");
+            let (a, b, c) = (
+                put(&packs, b"first"),
+                put(&packs, b"second"),
+                put(&packs, b"third"),
+            );
+            let removed = tombstone(&packs, &index, &[b, Id::of_content(b"never stored")]);
+            assert_eq!(removed.len(), 1, "only the held blob is removed");
+            assert_eq!(packs.dead_bytes(), HEADER + 6);
+            assert!(packs.locate(&b).expect("locate").is_none());
+            // Appends after the delete extend the pack past the dead record.
+            put(&packs, b"fourth");
+            (a, b, c)
+        };
+        let packs = Packs::open(dir.path(), one_lane()).expect("reopen");
+        assert!(read(&packs, &b).is_none(), "a deleted blob came back");
+        assert_eq!(read(&packs, &a).expect("a"), b"first");
+        assert_eq!(read(&packs, &c).expect("c"), b"third");
+        assert_eq!(packs.dead_bytes(), HEADER + 6, "dead bytes persisted");
+        // The record is still in the pack (until compaction), just not indexed.
+        assert!(
+            verify_packs(dir.path())
+                .expect("verify")
+                .iter()
+                .any(|(id, _)| *id == b)
+        );
+    }
+
+    #[test]
+    fn compaction_keeps_live_blobs_drops_dead_ones_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index = open_index(dir.path()).expect("index");
+        let packs = Packs::open_with_index(dir.path(), small_packs(), index.clone()).expect("open");
+        let ids: Vec<Id> = (0..60).map(|i| put(&packs, &blob(i))).collect();
+        let (dead, live): (Vec<_>, Vec<_>) = ids.iter().enumerate().partition(|(i, _)| i % 4 != 0);
+        let dead: Vec<Id> = dead.into_iter().map(|(_, id)| *id).collect();
+        let live: Vec<Id> = live.into_iter().map(|(_, id)| *id).collect();
+        tombstone(&packs, &index, &dead);
+        let dead_before = packs.dead_bytes();
+        let records_before = verify_packs(dir.path()).expect("verify").len();
+
+        let report = packs.compact_now().expect("compact");
+        assert!(report.packs >= 2, "{report:?}");
+        assert!(report.written < report.read);
+        assert!(packs.dead_bytes() < dead_before);
+        let records_after = verify_packs(dir.path()).expect("verify");
+        assert!(records_after.len() < records_before);
+        for (i, id) in ids.iter().enumerate() {
+            let held = packs.read_blob(id).expect("read");
+            if i % 4 == 0 {
+                assert_eq!(held.expect("live blob lost"), blob(i as u32));
+            } else {
+                assert!(held.is_none(), "deleted blob {i} came back");
+            }
+        }
+        // Only the active pack may still hold dead records.
+        let active = packs.core.active[0].load(Ordering::Relaxed);
+        for (n, covered, dead) in packs.pack_usage().expect("usage") {
+            assert!(n == active || (covered - dead) as f64 >= 0.5 * covered as f64);
+        }
+        // A second pass finds nothing to do.
+        assert_eq!(packs.compact_now().expect("again").packs, 0);
+        drop(packs);
+        drop(index);
+
+        let packs = Packs::open(dir.path(), small_packs()).expect("reopen");
+        for id in &live {
+            let data = packs
+                .read_blob(id)
+                .expect("read")
+                .expect("live after reopen");
+            assert_eq!(Id::of_content(&data), *id);
+        }
+        for id in &dead {
+            assert!(packs.locate(id).expect("locate").is_none(), "resurrected");
+        }
+    }
+
+    #[test]
+    fn interrupted_compactions_are_finished_at_open_without_resurrecting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let packs_dir = dir.path().join("packs");
+        let (live, dead, old_pack, old_copy) = {
+            let index = open_index(dir.path()).expect("index");
+            let packs =
+                Packs::open_with_index(dir.path(), small_packs(), index.clone()).expect("open");
+            let ids: Vec<Id> = (0..40).map(|i| put(&packs, &blob(i))).collect();
+            let old_pack = packs.locate(&ids[0]).expect("locate").expect("held").pack;
+            let old_copy = fs::read(pack_path(&packs_dir, old_pack)).expect("pack");
+            let (dead, live): (Vec<Id>, Vec<Id>) = ids.iter().partition(|id| {
+                packs.locate(id).expect("locate").expect("held").pack == old_pack
+                    && id.as_bytes()[0] % 3 != 0
+            });
+            tombstone(&packs, &index, &dead);
+            packs.compact_with_threshold(1.0).expect("compact");
+            assert!(!pack_path(&packs_dir, old_pack).exists(), "old pack kept");
+            (live, dead, old_pack, old_copy)
+        };
+        // As if killed after the commit but before the old pack was removed: the old
+        // file is back, marked retired.
+        fs::write(pack_path(&packs_dir, old_pack), &old_copy).expect("restore");
+        {
+            let index = open_index(dir.path()).expect("index");
+            let txn = index.begin_write().expect("txn");
+            txn.open_table(RETIRED)
+                .expect("retired")
+                .insert(old_pack, 0)
+                .expect("mark");
+            txn.commit().expect("commit");
+        }
+        // And as if killed while a second compaction wrote its target (a copy of the
+        // old pack, deleted records included), before its commit.
+        let target = 9_000;
+        fs::write(pack_path(&packs_dir, target), &old_copy).expect("target");
+        {
+            let index = open_index(dir.path()).expect("index");
+            let txn = index.begin_write().expect("txn");
+            txn.open_table(COMPACTING)
+                .expect("compacting")
+                .insert(target, old_pack)
+                .expect("mark");
+            txn.commit().expect("commit");
+        }
+        let packs = Packs::open(dir.path(), small_packs()).expect("reopen");
+        assert!(!pack_path(&packs_dir, old_pack).exists());
+        assert!(!pack_path(&packs_dir, target).exists());
+        for id in &dead {
+            assert!(packs.locate(id).expect("locate").is_none(), "resurrected");
+        }
+        for id in &live {
+            let data = packs.read_blob(id).expect("read").expect("live");
+            assert_eq!(Id::of_content(&data), *id);
+        }
+        // New packs are numbered past every pack the index knows.
+        let active = packs.core.active[0].load(Ordering::Relaxed);
+        for (n, _, _) in packs.pack_usage().expect("usage") {
+            assert!(n < active, "pack {n} not below the active {active}");
+        }
+    }
+
+    #[test]
+    fn reads_racing_compaction_get_the_right_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index = open_index(dir.path()).expect("index");
+        let packs = Arc::new(
+            Packs::open_with_index(dir.path(), small_packs(), index.clone()).expect("open"),
+        );
+        let ids: Vec<Id> = (0..200).map(|i| put(&packs, &blob(i))).collect();
+        let (dead, live): (Vec<Id>, Vec<Id>) = ids.iter().partition(|id| id.as_bytes()[1] % 4 != 0);
+        tombstone(&packs, &index, &dead);
+        let stop = Arc::new(AtomicBool::new(false));
+        let readers: Vec<_> = (0..4)
+            .map(|_| {
+                let (packs, live, stop) = (packs.clone(), live.clone(), stop.clone());
+                std::thread::spawn(move || {
+                    let mut reads = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        for id in &live {
+                            let data = packs.read_blob(id).expect("read").expect("live");
+                            assert_eq!(Id::of_content(&data), *id, "wrong bytes");
+                            reads += 1;
+                        }
+                    }
+                    reads
+                })
+            })
+            .collect();
+        let report = packs.compact_now().expect("compact");
+        stop.store(true, Ordering::Relaxed);
+        for reader in readers {
+            assert!(reader.join().expect("reader") > 0);
+        }
+        assert!(report.packs > 0);
     }
 }

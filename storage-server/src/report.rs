@@ -1,4 +1,5 @@
-//! Reporting holdings to find servers (`PUT /find/has/`).
+//! Reporting holdings to find servers (`PUT /find/has/`), and deletions
+//! (`PUT /find/gone/`).
 //!
 //! Targets: the find servers given with `--find`, or else up to [`BROKER_TARGETS`] of
 //! the find servers registered with the broker (those nearest to this server's id, so
@@ -12,6 +13,12 @@
 //!   ([`Reporter::added`]); a task sends what gathered every [`DELAY`] or once
 //!   [`BATCH`] ids wait. A full queue or a failed send loses ids until the next full
 //!   report; an upload never waits for or fails because of reporting.
+//! - Deletions: each deleted blob's address goes into the same queue
+//!   ([`Reporter::gone`]) and is sent with `PUT /find/gone/` in batches the same way.
+//!   The queue keeps the order of events: a batch holds one kind, and a change of
+//!   kind sends what gathered first, so a blob stored again after its deletion ends
+//!   up reported held. A lost gone report leaves a stale record that find servers'
+//!   aging drops (the full reports no longer name the blob).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,17 +45,38 @@ pub const TARGET_CACHE: Duration = Duration::from_secs(30);
 /// New addresses waiting to be reported.
 const QUEUE: usize = 64 * 1024;
 
-/// Hands new addresses to the live-report task. Cloning shares the queue.
+/// What happened to a blob.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    /// Stored: `PUT /find/has/`.
+    Has,
+    /// Deleted: `PUT /find/gone/`.
+    Gone,
+}
+
+/// Hands new and deleted addresses to the live-report task. Cloning shares the queue.
 #[derive(Clone, Debug)]
 pub struct Reporter {
-    queue: mpsc::Sender<Id>,
+    queue: mpsc::Sender<(Kind, Id)>,
 }
 
 impl Reporter {
     /// Queues `address` for reporting; never waits (drops it when the queue is full).
     pub fn added(&self, address: Id) {
-        if let Err(mpsc::error::TrySendError::Full(id)) = self.queue.try_send(address) {
+        if let Err(mpsc::error::TrySendError::Full((_, id))) =
+            self.queue.try_send((Kind::Has, address))
+        {
             tracing::debug!(%id, "report queue full; address reported with the next full report");
+        }
+    }
+
+    /// Queues the deleted `address` for a gone report; never waits (drops it when the
+    /// queue is full).
+    pub fn gone(&self, address: Id) {
+        if let Err(mpsc::error::TrySendError::Full((_, id))) =
+            self.queue.try_send((Kind::Gone, address))
+        {
+            tracing::debug!(%id, "report queue full; a deletion goes unreported");
         }
     }
 }
@@ -118,8 +146,9 @@ struct Shared {
 }
 
 impl Shared {
-    /// Sends `ids` to every target. True when every target accepted (and there was one).
-    async fn send(&self, ids: &[Id]) -> bool {
+    /// Sends `ids` as `kind` to every target. True when every target accepted (and
+    /// there was one).
+    async fn send(&self, kind: Kind, ids: &[Id]) -> bool {
         let targets = match self.targets.get(&self.own).await {
             Ok(t) if !t.is_empty() => t,
             Ok(_) => {
@@ -131,7 +160,12 @@ impl Shared {
                 return false;
             }
         };
-        let sends = targets.iter().map(|t| t.has(&self.own, ids));
+        let sends = targets.iter().map(|t| async move {
+            match kind {
+                Kind::Has => t.has(&self.own, ids).await,
+                Kind::Gone => t.gone(&self.own, ids).await,
+            }
+        });
         let mut all_ok = true;
         for (target, result) in targets
             .iter()
@@ -190,12 +224,20 @@ pub fn spawn(
     Some(Reporter { queue })
 }
 
-/// Sends new addresses in batches.
-async fn live(shared: Arc<Shared>, mut received: mpsc::Receiver<Id>) {
+/// Sends new and deleted addresses in batches, in the order they happened.
+async fn live(shared: Arc<Shared>, mut received: mpsc::Receiver<(Kind, Id)>) {
     let mut batch: Vec<Id> = Vec::new();
+    let mut kind = Kind::Has;
     let mut deadline: Option<Instant> = None;
     let mut healthy = true;
+    // An event of the other kind waiting for the batch before it to go out.
+    let mut held: Option<(Kind, Id)> = None;
     loop {
+        if let Some((next_kind, id)) = held.take() {
+            kind = next_kind;
+            batch.push(id);
+            deadline.get_or_insert_with(|| Instant::now() + DELAY);
+        }
         let until = deadline;
         let wait = async move {
             match until {
@@ -204,8 +246,13 @@ async fn live(shared: Arc<Shared>, mut received: mpsc::Receiver<Id>) {
             }
         };
         let flush = tokio::select! {
-            id = received.recv() => match id {
-                Some(id) => {
+            event = received.recv() => match event {
+                Some((event_kind, id)) if event_kind != kind && !batch.is_empty() => {
+                    held = Some((event_kind, id));
+                    true
+                }
+                Some((event_kind, id)) => {
+                    kind = event_kind;
                     batch.push(id);
                     deadline.get_or_insert_with(|| Instant::now() + DELAY);
                     batch.len() >= BATCH
@@ -216,7 +263,7 @@ async fn live(shared: Arc<Shared>, mut received: mpsc::Receiver<Id>) {
         };
         if flush && !batch.is_empty() {
             deadline = None;
-            let ok = shared.send(&batch).await;
+            let ok = shared.send(kind, &batch).await;
             if ok != healthy {
                 if ok {
                     tracing::info!("reporting new blobs to find servers again");
@@ -269,7 +316,7 @@ async fn full_pass(shared: &Shared, store: &BlobStore) -> bool {
             continue;
         }
         any = true;
-        if shared.send(&ids).await {
+        if shared.send(Kind::Has, &ids).await {
             reported += ids.len();
         } else {
             ok = false;

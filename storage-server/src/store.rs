@@ -10,8 +10,14 @@
 //! held, its size is reserved against the payer's quota, and charged when this write
 //! is the one that stores it ([`crate::usage`]).
 //!
+//! Deleting ([`BlobStore::delete_many`]) removes packed blobs from the pack index and
+//! blob files from the tree, gives each blob's charge back to its recorded payer and
+//! updates the totals; see [`BlobStore::delete_many`] for the order of its steps.
+//! Listing ([`BlobStore::page`]) merges both layouts in ascending address order.
+//!
 //! All methods block; async callers run them on the blocking pool.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -21,7 +27,7 @@ use bytes::Bytes;
 use invariant_spec::Id;
 use sha2::{Digest, Sha256};
 
-use crate::pack::{PackConfig, Packs};
+use crate::pack::{Location, PackConfig, Packs};
 use crate::usage::{Payer, QuotaExceeded, Usage};
 
 /// Why a write did not store a blob.
@@ -63,15 +69,19 @@ struct Inner {
     max_blob_size: u64,
     packs: Option<Arc<Packs>>,
     usage: Arc<Usage>,
+    /// The pack index database (also the usage tables), for deletions' commits.
+    index: Arc<redb::Database>,
     /// Held while checking whether a blob file exists and renaming one into place, so
-    /// exactly one of concurrent writers of a blob stores (and is charged for) it.
+    /// exactly one of concurrent writers of a blob stores (and is charged for) it;
+    /// deletions hold it too.
     installing: Mutex<()>,
     /// Blobs and bytes held ([`BlobStore::totals`]).
     totals: Totals,
 }
 
 /// How many blobs, of how many bytes, the store holds: counted at open, then kept up
-/// to date by every write that stores a blob for the first time. A blob held both as a
+/// to date by every write that stores a blob for the first time and every deletion. A
+/// blob held both as a
 /// file and in a pack (the same content written at once streamed and whole) counts
 /// twice, as it takes the space twice.
 #[derive(Debug, Default)]
@@ -88,12 +98,30 @@ impl Totals {
         metrics::gauge!(BLOBS_METRIC).set(blobs as f64);
         metrics::gauge!(BYTES_METRIC).set(bytes as f64);
     }
+
+    fn remove(&self, count: u64, len: u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let sub = |atomic: &std::sync::atomic::AtomicU64, n: u64| {
+            let before = atomic
+                .fetch_update(Relaxed, Relaxed, |v| Some(v.saturating_sub(n)))
+                .unwrap_or(0);
+            before.saturating_sub(n)
+        };
+        let blobs = sub(&self.blobs, count);
+        let bytes = sub(&self.bytes, len);
+        metrics::gauge!(BLOBS_METRIC).set(blobs as f64);
+        metrics::gauge!(BYTES_METRIC).set(bytes as f64);
+    }
 }
 
 /// The gauge of blobs held.
 pub const BLOBS_METRIC: &str = "invariant_storage_blobs";
 /// The gauge of bytes held (blob contents).
 pub const BYTES_METRIC: &str = "invariant_storage_bytes";
+/// The counter of blobs deleted.
+pub const DELETED_BLOBS_METRIC: &str = "invariant_storage_deleted_blobs_total";
+/// The counter of bytes of deleted blobs.
+pub const DELETED_BYTES_METRIC: &str = "invariant_storage_deleted_bytes_total";
 
 const TMP_DIR: &str = "tmp";
 const TMP_SUFFIX: &str = ".partial";
@@ -130,7 +158,11 @@ impl BlobStore {
         let index = crate::pack::open_index(data_dir)?;
         let usage = Arc::new(Usage::open(Arc::clone(&index))?);
         let packs = if pack.max_blob > 0 {
-            Some(Arc::new(Packs::open_with_index(data_dir, pack, index)?))
+            Some(Arc::new(Packs::open_with_index(
+                data_dir,
+                pack,
+                Arc::clone(&index),
+            )?))
         } else {
             None
         };
@@ -141,6 +173,7 @@ impl BlobStore {
                 max_blob_size,
                 packs,
                 usage,
+                index,
                 installing: Mutex::new(()),
                 totals: Totals::default(),
             }),
@@ -253,11 +286,20 @@ impl BlobStore {
     /// Opens blob `id` for reading: the file positioned at the blob's first byte,
     /// that byte's offset in the file, and the blob's size; `None` if absent.
     pub fn open_blob(&self, id: &Id) -> io::Result<Option<(File, u64, u64)>> {
-        if let Some(packs) = &self.inner.packs
-            && let Some(location) = packs.locate(id)?
-        {
-            let file = packs.open_at(&location)?;
-            return Ok(Some((file, location.offset, u64::from(location.len))));
+        if let Some(packs) = &self.inner.packs {
+            let mut attempts = 0;
+            while let Some(location) = packs.locate(id)? {
+                match packs.open_at(&location) {
+                    Ok(file) => {
+                        return Ok(Some((file, location.offset, u64::from(location.len))));
+                    }
+                    // Compaction removed the pack after the lookup: look again.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => {
+                        attempts += 1;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
         }
         match File::open(self.blob_path(id)) {
             Ok(file) => {
@@ -359,6 +401,130 @@ impl BlobStore {
         })
     }
 
+    /// Up to `limit` held blobs with addresses after `after` (from the start when
+    /// `None`), ascending by address, from both layouts (a blob held in both is listed
+    /// once).
+    pub fn page(&self, after: Option<Id>, limit: usize) -> io::Result<Vec<(Id, u64)>> {
+        let files = files_page(&self.inner.root, after, limit)?;
+        let packed = match &self.inner.packs {
+            Some(packs) => packs.page(after, limit)?,
+            None => Vec::new(),
+        };
+        let mut merged = Vec::with_capacity(limit.min(files.len() + packed.len()));
+        let (mut a, mut b) = (files.into_iter().peekable(), packed.into_iter().peekable());
+        while merged.len() < limit {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.0 == y.0 => {
+                    b.next();
+                    a.next()
+                }
+                (Some(x), Some(y)) if x.0 < y.0 => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => None,
+            };
+            match next {
+                Some(item) => merged.push(item),
+                None => break,
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Deletes blob `id`; its size when it was held.
+    pub fn delete(&self, id: &Id) -> io::Result<Option<u64>> {
+        Ok(self.delete_many(&[*id])?.first().map(|(_, len)| *len))
+    }
+
+    /// Deletes every held blob of `ids` (repeats count once) and returns each deleted
+    /// address with its size, ascending.
+    ///
+    /// One durable index commit removes the packed ones from the index (counting their
+    /// records dead), forgets every deleted blob's payer and takes its size off that
+    /// payer's total; then blob files are unlinked and each directory that lost one
+    /// is fsynced once. A crash after the commit but before an unlink leaves that file
+    /// in place, no longer charged to anyone (deleting it again removes it).
+    pub fn delete_many(&self, ids: &[Id]) -> io::Result<Vec<(Id, u64)>> {
+        let mut unique = ids.to_vec();
+        unique.sort_unstable();
+        unique.dedup();
+        let _installing = self
+            .inner
+            .installing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut files: Vec<(Id, PathBuf, u64)> = Vec::new();
+        for id in &unique {
+            let path = self.blob_path(id);
+            match fs::metadata(&path) {
+                Ok(meta) if meta.is_file() => files.push((*id, path, meta.len())),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut txn = self.inner.index.begin_write().map_err(index_io)?;
+        txn.set_durability(redb::Durability::Immediate)
+            .map_err(index_io)?;
+        let packed: Vec<(Id, Location)> = match &self.inner.packs {
+            Some(packs) => packs.tombstone(&txn, &unique)?,
+            None => Vec::new(),
+        };
+        let mut sizes: BTreeMap<Id, u64> = BTreeMap::new();
+        for (id, location) in &packed {
+            sizes.insert(*id, u64::from(location.len));
+        }
+        for (id, _, len) in &files {
+            sizes.entry(*id).or_insert(*len);
+        }
+        if sizes.is_empty() {
+            txn.abort().map_err(index_io)?;
+            return Ok(Vec::new());
+        }
+        let mut releases: HashMap<String, u64> = HashMap::new();
+        for (id, len) in &sizes {
+            if let Some(subject) = crate::usage::forget_payer(&txn, id).map_err(index_io)? {
+                *releases.entry(subject).or_default() += len;
+            }
+        }
+        for (subject, bytes) in &releases {
+            crate::usage::uncharge(&txn, subject, *bytes).map_err(index_io)?;
+        }
+        txn.commit().map_err(index_io)?;
+        if let Some(packs) = &self.inner.packs {
+            packs.tombstoned(&packed);
+        }
+        for (subject, bytes) in &releases {
+            self.inner.usage.released(subject, *bytes);
+        }
+        let mut dirs = BTreeSet::new();
+        for (_, path, _) in &files {
+            match fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+            if let Some(dir) = path.parent() {
+                dirs.insert(dir.to_path_buf());
+            }
+        }
+        for dir in &dirs {
+            sync_dir(dir)?;
+        }
+        let copies = (packed.len() + files.len()) as u64;
+        let copy_bytes = packed
+            .iter()
+            .map(|(_, l)| u64::from(l.len))
+            .chain(files.iter().map(|(_, _, len)| *len))
+            .sum();
+        self.inner.totals.remove(copies, copy_bytes);
+        let deleted: Vec<(Id, u64)> = sizes.into_iter().collect();
+        metrics::counter!(DELETED_BLOBS_METRIC).increment(deleted.len() as u64);
+        metrics::counter!(DELETED_BYTES_METRIC).increment(deleted.iter().map(|(_, l)| l).sum());
+        Ok(deleted)
+    }
+
     /// Moves the verified temp file `tmp_path` (`len` bytes) into place as blob `id`,
     /// unless the blob is already held; charges `payer` when this call stores it.
     fn install(
@@ -404,7 +570,7 @@ impl BlobStore {
         if let Some(reservation) = reservation {
             // The blob is stored: a failure to record the charge must not fail the
             // write (the charge is then lost).
-            match self.inner.usage.persist(reservation.subject(), len) {
+            match self.inner.usage.persist(id, reservation.subject(), len) {
                 Ok(()) => reservation.settle(),
                 Err(e) => tracing::error!(
                     subject = reservation.subject(),
@@ -443,6 +609,82 @@ fn ensure_dir(root: &Path, dir: &Path) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+fn index_io(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(format!("pack index: {e}"))
+}
+
+/// Whether `name` is `len` lowercase hex digits (how blob paths are written).
+fn is_lower_hex(name: &str, len: usize) -> bool {
+    name.len() == len && name.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// The names in `dir` that are `len` lowercase hex digits, sorted (none when `dir` is
+/// absent).
+fn hex_names(dir: &Path, len: usize) -> io::Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name();
+        if let Some(name) = name.to_str()
+            && is_lower_hex(name, len)
+        {
+            names.push(name.to_string());
+        }
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
+/// Up to `limit` blob files after `after`, ascending: walks the shard directories in
+/// order, skipping those entirely before `after`.
+fn files_page(root: &Path, after: Option<Id>, limit: usize) -> io::Result<Vec<(Id, u64)>> {
+    let after_hex = after.map(|a| a.to_string());
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    for first in hex_names(root, 2)? {
+        if let Some(a) = &after_hex
+            && first.as_str() < &a[..2]
+        {
+            continue;
+        }
+        let first_dir = root.join(&first);
+        for second in hex_names(&first_dir, 2)? {
+            let prefix = format!("{first}{second}");
+            if let Some(a) = &after_hex
+                && prefix.as_str() < &a[..4]
+            {
+                continue;
+            }
+            let leaf = first_dir.join(&second);
+            for rest in hex_names(&leaf, 60)? {
+                let Ok(id) = Id::parse(&format!("{prefix}{rest}")) else {
+                    continue;
+                };
+                if after.is_some_and(|a| id <= a) {
+                    continue;
+                }
+                match fs::metadata(leaf.join(&rest)) {
+                    Ok(meta) if meta.is_file() => out.push((id, meta.len())),
+                    Ok(_) => continue,
+                    // Deleted since the directory was read.
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(e),
+                }
+                if out.len() >= limit {
+                    return Ok(out);
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {
@@ -638,6 +880,11 @@ mod tests {
         max_blob: 0,
         max_pack: 0,
         lanes: 0,
+        compaction: crate::pack::CompactionConfig {
+            threshold: 0.0,
+            bytes_per_s: 0,
+            interval: std::time::Duration::ZERO,
+        },
     };
 
     /// A store writing every blob as a file (the file-layout tests).
@@ -793,5 +1040,136 @@ mod tests {
         listed.sort();
         expected.sort();
         assert_eq!(listed, expected);
+    }
+
+    fn payer(subject: &str) -> Payer {
+        Payer {
+            subject: subject.to_string(),
+            quota: Some(1 << 20),
+        }
+    }
+
+    /// Packs for blobs up to 100 bytes, no background compaction.
+    fn tiny_packs() -> PackConfig {
+        PackConfig {
+            max_blob: 100,
+            lanes: 1,
+            compaction: crate::pack::CompactionConfig {
+                interval: std::time::Duration::ZERO,
+                ..Default::default()
+            },
+            ..PackConfig::default()
+        }
+    }
+
+    #[test]
+    fn deleting_gives_back_exactly_the_charge_also_after_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let small = b"small and packed".to_vec();
+        let large = vec![3u8; 500];
+        let (small_id, large_id) = {
+            let store = BlobStore::open_with(dir.path(), 1 << 20, tiny_packs()).expect("open");
+            let alice = payer("alice");
+            let small_id = store
+                .put_as(Bytes::from(small.clone()), None, Some(&alice))
+                .expect("small");
+            let large_id = store
+                .put_as(Bytes::from(large.clone()), None, Some(&alice))
+                .expect("large");
+            // Bob stores nothing new: he is not charged, and is given nothing back.
+            store
+                .put_as(Bytes::from(small.clone()), None, Some(&payer("bob")))
+                .expect("again");
+            assert_eq!(store.usage().used("alice"), 516);
+            assert_eq!(store.delete(&small_id).expect("delete"), Some(16));
+            assert_eq!(store.usage().used("alice"), 500);
+            assert_eq!(store.usage().used("bob"), 0);
+            assert_eq!(store.delete(&small_id).expect("again"), None);
+            assert_eq!(store.usage().used("alice"), 500, "released twice");
+            assert_eq!(store.totals(), (1, 500));
+            (small_id, large_id)
+        };
+        let store = BlobStore::open_with(dir.path(), 1 << 20, tiny_packs()).expect("reopen");
+        assert_eq!(store.usage().used("alice"), 500);
+        assert_eq!(store.size(&small_id).expect("size"), None);
+        assert_eq!(store.totals(), (1, 500));
+        let deleted = store
+            .delete_many(&[large_id, large_id, small_id])
+            .expect("delete");
+        assert_eq!(deleted, vec![(large_id, 500)]);
+        assert!(!store.blob_path(&large_id).exists());
+        assert_eq!(store.usage().used("alice"), 0);
+        assert_eq!(store.totals(), (0, 0));
+        drop(store);
+        let store = BlobStore::open_with(dir.path(), 1 << 20, tiny_packs()).expect("reopen");
+        assert_eq!(store.usage().used("alice"), 0);
+    }
+
+    #[test]
+    fn a_blob_held_in_both_layouts_is_deleted_from_both() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open_with(dir.path(), 1 << 20, tiny_packs()).expect("open");
+        // Streamed first (a file), then written whole (packed).
+        let mut writer = store.writer().expect("writer");
+        writer.write(b"twice").expect("write");
+        let id = writer.commit(None).expect("commit");
+        store
+            .packs()
+            .expect("packs")
+            .put(id, Bytes::from_static(b"twice"), None)
+            .expect("pack");
+        assert!(store.blob_path(&id).exists());
+        assert!(store.packed(&id).expect("packed").is_some());
+        assert_eq!(store.delete_many(&[id]).expect("delete"), vec![(id, 5)]);
+        assert!(!store.blob_path(&id).exists());
+        assert!(store.packed(&id).expect("packed").is_none());
+        assert_eq!(store.size(&id).expect("size"), None);
+    }
+
+    #[test]
+    fn pages_merge_both_layouts_in_address_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open_with(dir.path(), 1 << 20, tiny_packs()).expect("open");
+        let mut expected = Vec::new();
+        for i in 0..40u32 {
+            // Even: packed (short); odd: files (over 100 bytes).
+            let data = if i % 2 == 0 {
+                format!("packed {i}").into_bytes()
+            } else {
+                format!("file {i} ").repeat(20).into_bytes()
+            };
+            let id = store.put(Bytes::from(data.clone()), None).expect("put");
+            expected.push((id, data.len() as u64));
+        }
+        expected.sort();
+        assert!(
+            store
+                .blob_path(&expected.iter().find(|(_, l)| *l > 100).expect("file").0)
+                .exists()
+        );
+        let mut listed = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.page(after, 7).expect("page");
+            assert!(page.len() <= 7);
+            listed.extend(page.iter().copied());
+            if page.len() < 7 {
+                break;
+            }
+            after = page.last().map(|(id, _)| *id);
+        }
+        assert_eq!(listed, expected);
+        // From the middle.
+        let middle = expected[19].0;
+        assert_eq!(
+            store.page(Some(middle), 100).expect("page"),
+            expected[20..].to_vec()
+        );
+        assert!(
+            store
+                .page(Some(expected[39].0), 5)
+                .expect("page")
+                .is_empty()
+        );
     }
 }

@@ -20,11 +20,19 @@
 //! crash can forget the charges of the last second's packed blobs (the blobs
 //! themselves are kept). Each total is exported as the gauge
 //! `invariant_storage_subject_bytes{server, subject}`.
+//!
+//! Each charged blob's payer is recorded beside the totals (the `payers` table,
+//! address → subject, written in the transaction that charges it), so deleting a blob
+//! gives back exactly what was charged for it, to whom it was charged, also after a
+//! restart ([`forget_payer`], [`uncharge`], [`Usage::released`]). Blobs stored before
+//! payers were recorded, and blobs stored in open mode, have none: deleting them
+//! releases nothing.
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
+use invariant_spec::Id;
 use redb::{
     Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition,
     WriteTransaction,
@@ -32,6 +40,8 @@ use redb::{
 
 /// Subject → bytes of blobs it stored first.
 const USAGE: TableDefinition<&str, u64> = TableDefinition::new("usage");
+/// Address → the subject charged for storing that blob.
+const PAYERS: TableDefinition<[u8; 32], &str> = TableDefinition::new("payers");
 
 /// The gauge each subject's total is exported as.
 pub const METRIC: &str = "invariant_storage_subject_bytes";
@@ -177,14 +187,32 @@ impl Usage {
         })
     }
 
-    /// Adds `bytes` to the persisted total of `subject` in its own durable
-    /// transaction (for blobs not indexed in a pack transaction).
-    pub(crate) fn persist(&self, subject: &str, bytes: u64) -> io::Result<()> {
+    /// Adds `bytes` (the size of blob `id`) to the persisted total of `subject` and
+    /// records it as the blob's payer, in its own durable transaction (for blobs not
+    /// indexed in a pack transaction).
+    pub(crate) fn persist(&self, id: &Id, subject: &str, bytes: u64) -> io::Result<()> {
         let mut txn = self.db.begin_write().map_err(io_error)?;
         txn.set_durability(Durability::Immediate)
             .map_err(io_error)?;
         charge(&txn, subject, bytes).map_err(io_error)?;
+        record_payer(&txn, id, subject).map_err(io_error)?;
         txn.commit().map_err(io_error)
+    }
+
+    /// Takes `bytes` off `subject`'s total in memory (and its gauge), once a
+    /// transaction that [`uncharge`]d them has committed.
+    pub(crate) fn released(&self, subject: &str, bytes: u64) {
+        let used = {
+            let mut accounts = self.accounts();
+            let Some(account) = accounts.get_mut(subject) else {
+                return;
+            };
+            account.used = account.used.saturating_sub(bytes);
+            account.used
+        };
+        if let Some(server) = self.server.get() {
+            set_gauge(server, subject, used);
+        }
     }
 
     fn settle(&self, subject: &str, bytes: u64) {
@@ -242,6 +270,38 @@ pub(crate) fn charge(txn: &WriteTransaction, subject: &str, bytes: u64) -> Resul
     let before = table.get(subject)?.map_or(0, |v| v.value());
     table.insert(subject, before.saturating_add(bytes))?;
     Ok(())
+}
+
+/// Takes `bytes` off the persisted total of `subject` within `txn` (the transaction
+/// that deletes the blob they were charged for).
+pub(crate) fn uncharge(
+    txn: &WriteTransaction,
+    subject: &str,
+    bytes: u64,
+) -> Result<(), redb::Error> {
+    let mut table = txn.open_table(USAGE)?;
+    let before = table.get(subject)?.map_or(0, |v| v.value());
+    table.insert(subject, before.saturating_sub(bytes))?;
+    Ok(())
+}
+
+/// Records `subject` as the payer of blob `id` within `txn` (the one charging it).
+pub(crate) fn record_payer(
+    txn: &WriteTransaction,
+    id: &Id,
+    subject: &str,
+) -> Result<(), redb::Error> {
+    let mut table = txn.open_table(PAYERS)?;
+    table.insert(id.as_bytes(), subject)?;
+    Ok(())
+}
+
+/// Removes and returns the recorded payer of blob `id` within `txn` (the one deleting
+/// it); `None` when nobody was charged for it.
+pub(crate) fn forget_payer(txn: &WriteTransaction, id: &Id) -> Result<Option<String>, redb::Error> {
+    let mut table = txn.open_table(PAYERS)?;
+    let removed = table.remove(id.as_bytes())?.map(|v| v.value().to_string());
+    Ok(removed)
 }
 
 /// Bytes reserved for a payer's blob until it is stored ([`Reservation::settle`]) or
@@ -312,7 +372,9 @@ mod tests {
         // Released on drop.
         drop(first);
         let second = usage.reserve(&alice, 100).expect("fits after release");
-        usage.persist("alice", 100).expect("persist");
+        usage
+            .persist(&Id::of_content(b"a"), "alice", 100)
+            .expect("persist");
         second.settle();
         assert_eq!(usage.used("alice"), 100);
         assert!(usage.reserve(&alice, 1).is_err());
@@ -331,9 +393,15 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         {
             let usage = usage(dir.path());
-            usage.persist("alice", 7).expect("persist");
-            usage.persist("alice", 5).expect("persist");
-            usage.persist("bob", 1).expect("persist");
+            usage
+                .persist(&Id::of_content(b"1"), "alice", 7)
+                .expect("persist");
+            usage
+                .persist(&Id::of_content(b"2"), "alice", 5)
+                .expect("persist");
+            usage
+                .persist(&Id::of_content(b"3"), "bob", 1)
+                .expect("persist");
         }
         let usage = usage(dir.path());
         assert_eq!(

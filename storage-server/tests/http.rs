@@ -1526,13 +1526,15 @@ async fn unknown_routes_and_methods() {
         let response = s.http.get(s.url(path)).send().await.expect("GET unknown");
         assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
     }
+    // DELETE is a route; an open-mode server started without --allow-open-delete
+    // refuses it.
     let response = s
         .http
         .delete(s.blob_url(&address))
         .send()
         .await
         .expect("DELETE");
-    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
     let response = s
         .http
         .post(s.blob_url(&address))
@@ -1541,12 +1543,20 @@ async fn unknown_routes_and_methods() {
         .await
         .expect("POST to a blob");
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    // GET /storage is the listing.
     let response = s
         .http
         .get(s.url("/storage"))
         .send()
         .await
         .expect("GET /storage");
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = s
+        .http
+        .put(s.url("/storage/delete"))
+        .send()
+        .await
+        .expect("PUT /storage/delete");
     assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
     let response = s
         .http

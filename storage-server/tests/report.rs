@@ -1,6 +1,6 @@
 //! In-process tests of holdings reports to find servers (`storage_server::report`).
 //!
-//! A fake find server records every `PUT /find/has/` it receives; a fake broker answers
+//! A fake find server records every `PUT /find/has/` and `PUT /find/gone/` it receives; a fake broker answers
 //! `registered`, `location` and `register`. Waits for background reports poll with a
 //! generous deadline; nothing asserts on speed.
 
@@ -25,6 +25,8 @@ struct FakeFind {
     id: Id,
     url: String,
     reports: Arc<Mutex<Vec<HasRequest>>>,
+    /// The gone reports, in arrival order.
+    gone: Arc<Mutex<Vec<HasRequest>>>,
     /// The `Authorization` header of each report (`None` when absent).
     authorizations: Arc<Mutex<Vec<Option<String>>>>,
     task: JoinHandle<()>,
@@ -55,10 +57,23 @@ impl FakeFind {
                 }
             }
         };
+        let gone: Arc<Mutex<Vec<HasRequest>>> = Arc::default();
+        let on_gone = {
+            let gone = Arc::clone(&gone);
+            move |axum::Json(request): axum::Json<HasRequest>| {
+                let gone = Arc::clone(&gone);
+                async move {
+                    gone.lock().expect("gone lock").push(request);
+                    AxumStatus::OK
+                }
+            }
+        };
         let id_text = id.to_string();
         let router = axum::Router::new()
             .route("/find/has", axum::routing::put(on_has.clone()))
             .route("/find/has/", axum::routing::put(on_has))
+            .route("/find/gone", axum::routing::put(on_gone.clone()))
+            .route("/find/gone/", axum::routing::put(on_gone))
             .route(
                 "/id/",
                 axum::routing::get(move || async move { id_text.clone() }),
@@ -68,6 +83,7 @@ impl FakeFind {
             id,
             url,
             reports,
+            gone,
             authorizations,
             task,
         }
@@ -83,6 +99,19 @@ impl FakeFind {
             .into_iter()
             .filter(|r| r.container == *container)
             .flat_map(|r| r.ids)
+            .collect()
+    }
+}
+
+impl FakeFind {
+    /// Every id reported gone for `container`.
+    fn reported_gone(&self, container: &Id) -> HashSet<Id> {
+        self.gone
+            .lock()
+            .expect("gone lock")
+            .iter()
+            .filter(|r| r.container == *container)
+            .flat_map(|r| r.ids.clone())
             .collect()
     }
 }
@@ -104,12 +133,24 @@ async fn launch_with_token(
     find: Vec<String>,
     token: Option<&str>,
 ) -> Server {
+    launch_configured(data_dir, broker, find, token, false).await
+}
+
+/// [`launch_with_token`], serving deletes in open mode when `allow_open_delete`.
+async fn launch_configured(
+    data_dir: &Path,
+    broker: Option<String>,
+    find: Vec<String>,
+    token: Option<&str>,
+    allow_open_delete: bool,
+) -> Server {
     let mut options = ServerOptions::ephemeral(Role::Storage, data_dir);
     options.broker = broker;
     options.client.token = token.map(str::to_string);
     let ctx = ServerContext::prepare(options).expect("prepare storage context");
     let config = StorageConfig {
         find,
+        allow_open_delete,
         ..StorageConfig::default()
     };
     storage_server::start(&ctx, config)
@@ -294,4 +335,46 @@ async fn reports_carry_the_servers_own_token() {
     to_fixed.stop().await.expect("stop");
     to_listed.stop().await.expect("stop");
     drop(broker);
+}
+
+#[tokio::test]
+async fn deleted_blobs_are_reported_gone() {
+    let find = FakeFind::start().await;
+    let dir = tempfile::tempdir().expect("data dir");
+    let storage = launch_configured(dir.path(), None, vec![find.url.clone()], None, true).await;
+    let client = StorageClient::new(storage.url()).expect("client");
+    let mut stored = Vec::new();
+    for seed in 0..30u64 {
+        // Packed and file-layout blobs alike.
+        let len = if seed % 3 == 0 { 3 << 20 } else { 200 };
+        stored.push(
+            client
+                .post(Bytes::from(seeded(3000 + seed, len)))
+                .await
+                .expect("post"),
+        );
+    }
+    eventually("new blobs are reported", || async {
+        find.reported(&storage.id()).len() == stored.len()
+    })
+    .await;
+    assert!(find.reported_gone(&storage.id()).is_empty());
+
+    // One by one, and in a batch.
+    assert!(client.delete(&stored[0]).await.expect("delete"));
+    let report = client
+        .delete_many(&stored[1..20])
+        .await
+        .expect("delete many");
+    assert_eq!(report.deleted, 19);
+    let expected: HashSet<Id> = stored[..20].iter().copied().collect();
+    eventually("deletions are reported gone", || async {
+        find.reported_gone(&storage.id()) == expected
+    })
+    .await;
+    // A delete of a blob not held reports nothing.
+    assert!(!client.delete(&stored[0]).await.expect("delete again"));
+    tokio::time::sleep(storage_server::report::DELAY * 3).await;
+    assert_eq!(find.reported_gone(&storage.id()), expected);
+    storage.stop().await.expect("stop");
 }
