@@ -494,7 +494,10 @@ async fn sweep() -> anyhow::Result<()> {
     let report = client.gc_run(false, |_| {}).await?;
     let elapsed = started.elapsed();
     if report.blocks != n as u64 {
-        bail!("the sweep collected {} of {n} blocks: {report:?}", report.blocks);
+        bail!(
+            "the sweep collected {} of {n} blocks: {report:?}",
+            report.blocks
+        );
     }
     // Check outside the timing: released blocks gone, pinned ones kept.
     for storage in &storages {

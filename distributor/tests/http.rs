@@ -93,11 +93,24 @@ impl Drop for FakeFind {
     }
 }
 
-/// Storage settings: open mode, deletes allowed (the distributor collects garbage).
+/// Storage settings: open mode, deletes allowed (the distributor collects garbage),
+/// and small packs compacted continuously (any dead record makes a closed pack a
+/// candidate), so sweeps interleave with compaction.
 fn storage_config() -> storage_server::StorageConfig {
+    let defaults = storage_server::StorageConfig::default();
     storage_server::StorageConfig {
         allow_open_delete: true,
-        ..Default::default()
+        pack: storage_server::pack::PackConfig {
+            max_pack: 1024,
+            lanes: 2,
+            compaction: storage_server::pack::CompactionConfig {
+                threshold: 1.0,
+                bytes_per_s: 0,
+                interval: Duration::from_millis(20),
+            },
+            ..defaults.pack
+        },
+        ..defaults
     }
 }
 
@@ -1283,9 +1296,10 @@ async fn never_pinned_blocks_are_collected_only_when_the_operator_opts_in() {
 }
 
 /// 1,000 random steps over 200 blocks on 3 storage servers: writes, pins, unpins and
-/// sweeps (no grace period). After every sweep: every block with a pin is still on
-/// every server it was written to, and every block released before the sweep is on
-/// no server.
+/// sweeps (no grace period), while the servers compact their packs (1 KiB packs,
+/// checked every 20 ms and rewritten once they hold a dead record). After every sweep: every block with a
+/// pin is still on every server it was written to and reads back intact, and every
+/// block released before the sweep is on no server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn random_interleavings_never_collect_a_pinned_block() {
     const BLOCKS: usize = 200;
@@ -1345,6 +1359,13 @@ async fn random_interleavings_never_collect_a_pinned_block() {
                                 holders.contains(on),
                                 "step {step}: pinned block {b} deleted from server {on}"
                             );
+                            // The client verifies the bytes against the address.
+                            let read = net.storages[*on]
+                                .client
+                                .get_bytes(&ids[b])
+                                .await
+                                .expect("read a pinned block");
+                            assert_eq!(read.as_deref(), Some(&data[b][..]), "step {step}");
                         }
                     } else if released[b] {
                         assert!(
@@ -1361,5 +1382,20 @@ async fn random_interleavings_never_collect_a_pinned_block() {
         }
     }
     assert!(sweeps >= 50, "the seed gives enough sweeps ({sweeps})");
+    let metrics = reqwest::get(format!("{}/metrics", net.storages[0].server.url()))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let compacted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("invariant_storage_compaction_bytes_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    assert!(
+        compacted > 0.0,
+        "compaction ran during the test:\n{metrics}"
+    );
     net.stop().await;
 }
