@@ -1314,7 +1314,7 @@ async fn random_interleavings_never_collect_a_pinned_block() {
     // Servers each block was written to since it was last collected.
     let mut written: Vec<HashSet<usize>> = vec![HashSet::new(); BLOCKS];
     // Released (last pin removed) and not yet collected.
-    let mut released = vec![false; BLOCKS];
+    let mut released = [false; BLOCKS];
     let mut sweeps = 0;
     for step in 0..STEPS {
         let i = rng.random_range(0..BLOCKS);
