@@ -14,6 +14,8 @@
 //!   url (`<config>/up/<scheme>_<host>_<port>.token`), where the `invariant` and `ehi`
 //!   commands of this machine find it when they talk to that broker
 //!   ([`invariant_spec::client_config`]); the copy is removed when `up` stops.
+//!   With `--open` the storage servers get `--allow-open-delete`, so the
+//!   distributor can still delete unpinned blocks.
 //! - `--tls` (or `tls = true`) serves HTTPS with certificates from a local CA under
 //!   `<data>/tls/`; every server trusts that CA for its own calls.
 //!
@@ -146,6 +148,10 @@ impl Security {
                 args.push("--token-file".into());
                 args.push(token.into());
             }
+        } else if launch.role == Role::Storage {
+            // Without tokens anyone may already change this local network; its
+            // distributor must still be able to delete unpinned blocks.
+            args.push("--allow-open-delete".into());
         }
         if let Some(ca) = &self.tls {
             let (files, _) = ca.server(&launch.name)?;

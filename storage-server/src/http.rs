@@ -637,11 +637,13 @@ async fn delete_blob(
 /// one index commit; answers a [`DeleteReport`].
 async fn delete_blobs(
     State(state): State<AppState>,
-    ApiJson(addresses): ApiJson<Vec<Id>>,
+    body: Result<ApiJson<Vec<Id>>, ApiError>,
 ) -> ApiResult<Response> {
+    // Refused in open mode whatever the body.
     if !state.deletes_allowed() {
         return Err(deletes_refused());
     }
+    let ApiJson(addresses) = body?;
     if addresses.len() > MAX_DELETE_BATCH {
         return Err(ApiError::too_large(format!(
             "{} addresses in one batch; at most {MAX_DELETE_BATCH} are accepted",

@@ -140,8 +140,8 @@ pub struct CompactionConfig {
 
 /// Default [`CompactionConfig::threshold`].
 pub const DEFAULT_COMPACTION_THRESHOLD: f64 = 0.5;
-/// Default [`CompactionConfig::bytes_per_s`]: 64 MiB/s.
-pub const DEFAULT_COMPACTION_BYTES_PER_S: u64 = 64 * 1024 * 1024;
+/// Default [`CompactionConfig::bytes_per_s`]: 64 MB/s (`--compaction-mb-per-s 64`).
+pub const DEFAULT_COMPACTION_BYTES_PER_S: u64 = 64_000_000;
 /// Default [`CompactionConfig::interval`]: one minute.
 pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -249,6 +249,8 @@ pub struct CompactionReport {
     pub written: u64,
     /// Dead bytes given back (the old packs' size minus what was written).
     pub reclaimed: u64,
+    /// Packs that could not be compacted (logged; they keep serving their blobs).
+    pub failed: usize,
 }
 
 struct Request {
@@ -272,10 +274,11 @@ struct Core {
     dir: PathBuf,
     index: Arc<Database>,
     config: PackConfig,
-    /// Read handles of the packs. An entry is only inserted while holding the write
-    /// lock, and compaction removes a pack's file and entry under it too, so no handle
-    /// of a removed pack is cached afterwards.
-    readers: RwLock<HashMap<u32, Arc<File>>>,
+    /// Read handles of the packs; `None` for a pack compaction removed (its readers
+    /// get `NotFound` and locate the blob again). A pack is opened and inserted only
+    /// under the write lock, and compaction marks a pack removed under it before
+    /// unlinking the file, so no handle of a removed pack is cached afterwards.
+    readers: RwLock<HashMap<u32, Option<Arc<File>>>>,
     /// Each lane's active pack (packs compaction must not touch).
     active: Vec<AtomicU32>,
     /// The number the next new pack (of any lane, or of compaction) takes.
@@ -684,21 +687,22 @@ impl Packs {
     }
 
     fn reader(&self, pack: u32) -> io::Result<Arc<File>> {
+        let removed = || io::Error::new(io::ErrorKind::NotFound, "pack removed by compaction");
         if let Ok(readers) = self.core.readers.read()
-            && let Some(file) = readers.get(&pack)
+            && let Some(entry) = readers.get(&pack)
         {
-            return Ok(Arc::clone(file));
+            return entry.clone().ok_or_else(removed);
         }
         let mut readers = self
             .core
             .readers
             .write()
             .map_err(|_| io::Error::other("pack readers poisoned"))?;
-        if let Some(file) = readers.get(&pack) {
-            return Ok(Arc::clone(file));
+        if let Some(entry) = readers.get(&pack) {
+            return entry.clone().ok_or_else(removed);
         }
         let file = Arc::new(File::open(pack_path(&self.core.dir, pack))?);
-        readers.insert(pack, Arc::clone(&file));
+        readers.insert(pack, Some(Arc::clone(&file)));
         Ok(file)
     }
 
@@ -799,11 +803,21 @@ impl Core {
             if self.stopping.load(Ordering::Relaxed) {
                 break;
             }
-            let (read, written) = self.compact_pack(pack, covered, &mut throttle)?;
-            report.packs += 1;
-            report.read += read;
-            report.written += written;
-            report.reclaimed += covered.saturating_sub(written);
+            match self.compact_pack(pack, covered, &mut throttle) {
+                Ok((read, written)) => {
+                    report.packs += 1;
+                    report.read += read;
+                    report.written += written;
+                    report.reclaimed += covered.saturating_sub(written);
+                }
+                // The pack stays as it is (every blob still readable from it); the
+                // others are still worth compacting.
+                Err(e) if !self.stopping.load(Ordering::Relaxed) => {
+                    tracing::error!(pack, error = %e, "could not compact a pack");
+                    report.failed += 1;
+                }
+                Err(e) => return Err(e),
+            }
         }
         if report.packs > 0 {
             tracing::info!(
@@ -904,15 +918,13 @@ impl Core {
         let dead = self.dead_bytes.fetch_add(change, Ordering::Relaxed) + change;
         metrics::gauge!(DEAD_METRIC).set(dead.max(0) as f64);
 
-        // 4. The old file, then its mark.
-        {
-            let mut readers = self
-                .readers
-                .write()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            remove_if_present(&pack_path(&self.dir, old))?;
-            readers.remove(&old);
-        }
+        // 4. The old file (readers are turned away first; those holding its handle
+        // keep reading the unlinked file), then its mark.
+        self.readers
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(old, None);
+        remove_if_present(&pack_path(&self.dir, old))?;
         File::open(&self.dir)?.sync_all()?;
         let mut txn = self.index.begin_write().map_err(index_error)?;
         // Made durable by the next durable commit; a restart before it removes the
@@ -952,6 +964,7 @@ impl Core {
         let mut copied = Vec::new();
         let mut buf: Vec<u8> = Vec::with_capacity(COPY_CHUNK * 2);
         let mut written = 0u64;
+        let counter = metrics::counter!(COMPACTION_METRIC);
         while records.pos < covered {
             if self.stopping.load(Ordering::Relaxed) {
                 return Err(PackError::Io(io::Error::other(
@@ -1001,7 +1014,7 @@ impl Core {
                 }
             }
             let consumed = records.pos - at;
-            metrics::counter!(COMPACTION_METRIC).increment(consumed);
+            counter.increment(consumed);
             throttle.account(consumed, &self.stopping);
         }
         out.write_all(&buf)?;
@@ -1851,5 +1864,32 @@ mod tests {
             assert!(reader.join().expect("reader") > 0);
         }
         assert!(report.packs > 0);
+    }
+
+    #[test]
+    fn a_damaged_pack_is_left_alone_and_the_others_are_compacted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index = open_index(dir.path()).expect("index");
+        let packs = Packs::open_with_index(dir.path(), small_packs(), index.clone()).expect("open");
+        let ids: Vec<Id> = (0..60).map(|i| put(&packs, &blob(i))).collect();
+        let first_pack = packs.locate(&ids[0]).expect("locate").expect("held").pack;
+        let dead: Vec<Id> = ids.iter().skip(1).copied().collect();
+        tombstone(&packs, &index, &dead);
+        // Damage the last record of the first pack (a dead one).
+        let path = pack_path(&dir.path().join("packs"), first_pack);
+        let mut bytes = fs::read(&path).expect("pack");
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        fs::write(&path, &bytes).expect("damage");
+
+        let report = packs.compact_now().expect("compact");
+        assert_eq!(report.failed, 1, "{report:?}");
+        assert!(
+            report.packs >= 1,
+            "the other packs were not compacted: {report:?}"
+        );
+        assert!(path.exists(), "the damaged pack was removed");
+        let data = packs.read_blob(&ids[0]).expect("read").expect("live");
+        assert_eq!(Id::of_content(&data), ids[0]);
     }
 }
