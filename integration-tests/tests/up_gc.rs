@@ -1,10 +1,12 @@
-//! Garbage collection over `invariant up` (token checks on): a pinned 100 MB tree,
-//! unpinned and swept, leaves the storage servers' disks at their size before the
-//! upload (within 5%); an ehi vault of three Synthea patients, deleted and swept,
-//! leaves none of its blobs on any storage server.
+//! Garbage collection over `invariant up` (token checks on): on a network already
+//! holding a pinned 20 MB tree, a pinned 100 MB tree, unpinned and swept, leaves the
+//! storage servers' disks at their size before its upload (within 5%) and the first
+//! tree intact; an ehi vault of three Synthea patients, deleted and swept, leaves none
+//! of its blobs on any storage server.
 //!
 //! The distributor runs with a one-second grace period and sweeps only on request
-//! (`invariant gc run`); storage compaction runs with its defaults.
+//! (`invariant gc run`); storage compaction looks for sparse packs every second
+//! (default: every minute) with its default threshold.
 
 use std::collections::BTreeSet;
 use std::os::unix::fs::MetadataExt;
@@ -19,8 +21,36 @@ use invariant_spec::{DistributorClient, Id, StorageClient};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 
-/// Server settings for `up`: collect one second after the unpin, sweep on request.
-const GC_ENV: [(&str, &str); 2] = [("INVARIANT_GC_GRACE", "1"), ("INVARIANT_GC_INTERVAL", "0")];
+/// Server settings for `up`: collect one second after the unpin, sweep on request,
+/// look for packs to compact every second.
+const GC_ENV: [(&str, &str); 3] = [
+    ("INVARIANT_GC_GRACE", "1"),
+    ("INVARIANT_GC_INTERVAL", "0"),
+    ("INVARIANT_COMPACTION_INTERVAL", "1"),
+];
+
+/// `files` files of 1 MiB of random bytes (nothing compresses away) under `dir`.
+fn random_tree(dir: &Path, seed: u64, files: usize) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    for n in 0..files {
+        let mut data = vec![0u8; 1 << 20];
+        rng.fill_bytes(&mut data);
+        std::fs::write(dir.join(format!("file-{n:03}.bin")), &data)?;
+    }
+    Ok(())
+}
+
+/// Uploads `dir` pinned; returns the file holding its content link.
+fn upload_pinned(net: &Up, dir: &Path, link_file: &Path) -> anyhow::Result<PathBuf> {
+    let stdout = ok(
+        net.invariant(&["upload", dir.to_str().expect("utf-8"), "--pin"])?,
+        "upload",
+    )?;
+    let link = stdout.lines().last().expect("link line").to_string();
+    std::fs::write(link_file, &link)?;
+    Ok(link_file.to_path_buf())
+}
 
 /// Bytes allocated on disk under `dir` (what `du` counts).
 fn du(dir: &Path) -> u64 {
@@ -123,24 +153,16 @@ fn an_unpinned_tree_leaves_the_disks() -> anyhow::Result<()> {
     net.wait_registered(3, &["distribute"])?;
     let (distributor, _) = clients(&net)?;
     let runtime = tokio::runtime::Runtime::new()?;
+    // The network already holds a pinned tree that must stay.
+    let resident = dir.path().join("resident");
+    random_tree(&resident, 20, 20)?;
+    let resident_link = upload_pinned(&net, &resident, &dir.path().join("resident.json"))?;
+    runtime.block_on(replicated(&distributor))?;
     let before = storage_du(&net);
 
-    // 100 files of 1 MiB of random bytes (nothing compresses away).
     let source = dir.path().join("tree");
-    std::fs::create_dir_all(&source)?;
-    let mut rng = StdRng::seed_from_u64(100);
-    for n in 0..100 {
-        let mut data = vec![0u8; 1 << 20];
-        rng.fill_bytes(&mut data);
-        std::fs::write(source.join(format!("file-{n:03}.bin")), &data)?;
-    }
-    let stdout = ok(
-        net.invariant(&["upload", source.to_str().expect("utf-8"), "--pin"])?,
-        "upload",
-    )?;
-    let link = stdout.lines().last().expect("link line").to_string();
-    let link_file = dir.path().join("link.json");
-    std::fs::write(&link_file, &link)?;
+    random_tree(&source, 100, 100)?;
+    let link_file = upload_pinned(&net, &source, &dir.path().join("link.json"))?;
     runtime.block_on(replicated(&distributor))?;
     let full = storage_du(&net);
     assert!(
@@ -165,17 +187,35 @@ fn an_unpinned_tree_leaves_the_disks() -> anyhow::Result<()> {
 
     // Compaction reclaims the packed bytes in the background.
     let deadline = Instant::now() + Duration::from_secs(120);
-    let limit = before + before / 20;
+    let (low, high) = (before - before / 20, before + before / 20);
     loop {
         let now = storage_du(&net);
-        if now <= limit {
+        if (low..=high).contains(&now) {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "storage disks did not shrink back: {before} before the upload, {full} with it, {now} now (limit {limit})"
+            "storage disks did not return to their size: {before} before the upload, {full} with it, {now} now (want {low}..={high})"
         );
         std::thread::sleep(Duration::from_millis(500));
+    }
+    // The resident tree is whole.
+    let restored = dir.path().join("restored");
+    ok(
+        net.invariant(&[
+            "download",
+            &format!("@{}", resident_link.display()),
+            restored.to_str().expect("utf-8"),
+        ])?,
+        "download",
+    )?;
+    for n in 0..20 {
+        let name = format!("file-{n:03}.bin");
+        assert_eq!(
+            std::fs::read(restored.join(&name))?,
+            std::fs::read(resident.join(&name))?,
+            "{name}"
+        );
     }
     net.stop()?;
     Ok(())

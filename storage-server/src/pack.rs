@@ -34,7 +34,10 @@
 //! **Compaction** ([`Packs::compact_now`], and a background thread every
 //! [`CompactionConfig::interval`]) rewrites each closed pack (not a lane's active one)
 //! whose live bytes fell under [`CompactionConfig::threshold`] of its covered bytes,
-//! reading at most [`CompactionConfig::bytes_per_s`]:
+//! reading at most [`CompactionConfig::bytes_per_s`]. A lane's active pack that is as
+//! sparse and holds at least a sixteenth of [`PackConfig::max_pack`] (at most 1 MiB)
+//! of dead bytes is closed by its lane within a second of the pass that found it, and
+//! rewritten by a later pass:
 //!
 //! 1. a durable commit allocates the new pack's number and marks it as a compaction
 //!    target in progress (`compacting`);
@@ -90,6 +93,9 @@ pub const HEADER: u64 = 4 + 4 + 32;
 /// At most this many blobs, and about this many bytes, share one sync.
 const MAX_BATCH: usize = 512;
 const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+/// Dead bytes an active pack must hold before compaction asks its lane to close it
+/// (less with small packs: a sixteenth of [`PackConfig::max_pack`]).
+const ROLL_DEAD_BYTES: u64 = 1024 * 1024;
 /// Index commits are made durable at most this often.
 const DURABLE_INDEX_EVERY: Duration = Duration::from_secs(1);
 /// Compaction writes the new pack in chunks of about this size.
@@ -281,6 +287,9 @@ struct Core {
     readers: RwLock<HashMap<u32, Option<Arc<File>>>>,
     /// Each lane's active pack (packs compaction must not touch).
     active: Vec<AtomicU32>,
+    /// Per lane: compaction asks the lane to close its active pack (mostly dead), so
+    /// the next pass can rewrite it.
+    roll: Vec<AtomicBool>,
     /// The number the next new pack (of any lane, or of compaction) takes.
     next_pack: AtomicU32,
     /// Dead bytes in all packs.
@@ -485,6 +494,7 @@ impl Packs {
             active: (0..lanes)
                 .map(|lane| AtomicU32::new(first_free.saturating_add(lane as u32)))
                 .collect(),
+            roll: (0..lanes).map(|_| AtomicBool::new(false)).collect(),
             next_pack: AtomicU32::new(first_free.saturating_add(lanes as u32)),
             dead_bytes: AtomicI64::new(i64::try_from(dead_total).unwrap_or(i64::MAX)),
             compacting: Mutex::new(()),
@@ -786,15 +796,29 @@ impl Core {
             .iter()
             .map(|a| a.load(Ordering::Acquire))
             .collect();
-        let candidates: Vec<(u32, u64)> = self
-            .pack_usage()?
+        let sparse = |covered: u64, dead: u64| {
+            covered > 0
+                && dead > 0
+                && ((covered - dead.min(covered)) as f64) < threshold * covered as f64
+        };
+        let usage = self.pack_usage()?;
+        // A lane's active pack that is sparse and holds enough dead bytes to be worth
+        // a new pack is closed by its lane (at its next wake-up, within a second); a
+        // later pass rewrites it.
+        let worth = (self.config.max_pack / 16).clamp(1, ROLL_DEAD_BYTES);
+        for (lane, pack) in self.active.iter().enumerate() {
+            let pack = pack.load(Ordering::Acquire);
+            if let Some((_, covered, dead)) = usage.iter().find(|(n, _, _)| *n == pack)
+                && sparse(*covered, *dead)
+                && *dead >= worth
+                && let Some(roll) = self.roll.get(lane)
+            {
+                roll.store(true, Ordering::Release);
+            }
+        }
+        let candidates: Vec<(u32, u64)> = usage
             .into_iter()
-            .filter(|(n, covered, dead)| {
-                !active.contains(n)
-                    && *covered > 0
-                    && *dead > 0
-                    && ((covered - dead.min(covered)) as f64) < threshold * *covered as f64
-            })
+            .filter(|(n, covered, dead)| !active.contains(n) && sparse(*covered, *dead))
             .map(|(n, covered, _)| (n, covered))
             .collect();
         let mut report = CompactionReport::default();
@@ -1293,6 +1317,7 @@ struct Packer {
 impl Packer {
     fn run(mut self, queue: mpsc::Receiver<Request>) {
         loop {
+            self.roll_if_asked();
             let first = match queue.recv_timeout(DURABLE_INDEX_EVERY) {
                 Ok(request) => request,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
@@ -1468,6 +1493,24 @@ impl Packer {
         match result {
             Ok(()) => self.dirty_since = None,
             Err(e) => tracing::error!(error = %e, "could not make the pack index durable"),
+        }
+    }
+
+    /// Closes the active pack when compaction asked for it (it is mostly dead), so
+    /// compaction can rewrite it.
+    fn roll_if_asked(&mut self) {
+        let asked = self
+            .core
+            .roll
+            .get(self.lane)
+            .is_some_and(|roll| roll.swap(false, Ordering::AcqRel));
+        if asked && self.len > 0 {
+            // The covered length of the pack being closed is durable before
+            // compaction may read it.
+            self.make_index_durable();
+            if let Err(e) = self.start_next_pack() {
+                tracing::error!(error = %e, "could not close a mostly dead active pack");
+            }
         }
     }
 
@@ -1717,6 +1760,48 @@ mod tests {
                 .iter()
                 .any(|(id, _)| *id == b)
         );
+    }
+
+    #[test]
+    fn a_mostly_dead_active_pack_is_closed_and_then_compacted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let index = open_index(dir.path()).expect("index");
+        // Room for every blob in one pack; 12.5 KB of dead bytes are worth closing it.
+        let config = PackConfig {
+            max_pack: 200_000,
+            ..small_packs()
+        };
+        let packs = Packs::open_with_index(dir.path(), config, index.clone()).expect("open");
+        let ids: Vec<Id> = (0..40).map(|i| put(&packs, &blob(i))).collect();
+        let first = packs.core.active[0].load(Ordering::Relaxed);
+        tombstone(&packs, &index, &ids[1..]);
+        // The first pass finds only the active pack sparse: it asks the lane to close it.
+        assert_eq!(packs.compact_now().expect("compact").packs, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while packs.core.active[0].load(Ordering::Relaxed) == first {
+            assert!(Instant::now() < deadline, "the lane never closed its pack");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let report = packs.compact_now().expect("compact again");
+        assert_eq!(report.packs, 1, "{report:?}");
+        assert_eq!(packs.dead_bytes(), 0);
+        assert_eq!(read(&packs, &ids[0]).expect("the live blob"), blob(0));
+        assert!(read(&packs, &ids[1]).is_none());
+        assert!(
+            !packs
+                .pack_usage()
+                .expect("usage")
+                .iter()
+                .any(|(n, _, _)| *n == first),
+            "the old active pack is gone"
+        );
+        // A lane whose pack holds too few dead bytes keeps it.
+        let before = packs.core.active[0].load(Ordering::Relaxed);
+        let more: Vec<Id> = (100..104).map(|i| put(&packs, &blob(i))).collect();
+        tombstone(&packs, &index, &more[..1]);
+        packs.compact_now().expect("third pass");
+        std::thread::sleep(Duration::from_millis(1500));
+        assert_eq!(packs.core.active[0].load(Ordering::Relaxed), before);
     }
 
     #[test]
