@@ -772,11 +772,13 @@ fn migrate_v1(txn: &WriteTransaction) -> Result<SubjectTotals, StoreError> {
 mod tests {
     use super::*;
 
-    fn id(n: u8) -> Id {
+    /// A distinct id per `n` (shared with the collection tests).
+    pub(super) fn id(n: u8) -> Id {
         Id::of_content(&[n])
     }
 
-    fn open() -> (tempfile::TempDir, Store) {
+    /// A fresh store in a temporary directory (shared with the collection tests).
+    pub(super) fn open() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(dir.path()).expect("open");
         (dir, store)

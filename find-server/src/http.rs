@@ -73,36 +73,42 @@ async fn has(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<HasRequest>,
 ) -> ApiResult<Response> {
-    let HasRequest { container, ids } = request;
-    if ids.is_empty() {
-        return Ok(StatusCode::OK.into_response());
-    }
-    let store = state.store().clone();
-    let recorded = ids.clone();
-    let now = now_ms();
-    let added = blocking(move || store.record(&container, &recorded, now))
-        .await
-        .map_err(internal("recording has-records"))?;
-    tracing::debug!(%container, ids = ids.len(), added, "has report");
-    forward::enqueue(&state, forward::Kind::Has, container, ids);
-    Ok(StatusCode::OK.into_response())
+    apply_report(state, request, forward::Kind::Has).await
 }
 
 async fn gone(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<HasRequest>,
 ) -> ApiResult<Response> {
+    apply_report(state, request, forward::Kind::Gone).await
+}
+
+/// Records (`Has`) or drops (`Gone`) the container's records of the ids, then
+/// forwards the report to nearer find servers.
+async fn apply_report(
+    state: AppState,
+    request: HasRequest,
+    kind: forward::Kind,
+) -> ApiResult<Response> {
     let HasRequest { container, ids } = request;
     if ids.is_empty() {
         return Ok(StatusCode::OK.into_response());
     }
     let store = state.store().clone();
-    let removed_ids = ids.clone();
-    let removed = blocking(move || store.remove(&container, &removed_ids))
-        .await
-        .map_err(internal("removing has-records"))?;
-    tracing::debug!(%container, ids = ids.len(), removed, "gone report");
-    forward::enqueue(&state, forward::Kind::Gone, container, ids);
+    let listed = ids.clone();
+    let changed = match kind {
+        forward::Kind::Has => {
+            let now = now_ms();
+            blocking(move || store.record(&container, &listed, now))
+                .await
+                .map_err(internal("recording has-records"))?
+        }
+        forward::Kind::Gone => blocking(move || store.remove(&container, &listed))
+            .await
+            .map_err(internal("removing has-records"))?,
+    };
+    tracing::debug!(%container, ids = ids.len(), changed, ?kind, "find report");
+    forward::enqueue(&state, kind, container, ids);
     Ok(StatusCode::OK.into_response())
 }
 

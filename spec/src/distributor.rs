@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::http::{Endpoint, expect_success};
+use crate::http::{Endpoint, LineReader, expect_success};
 use crate::{ClientError, ClientResult, Id};
 
 /// One answer item of `POST /distributor/blocks`.
@@ -327,7 +327,6 @@ impl DistributorClient {
         dry_run: bool,
         mut progress: impl FnMut(&GcProgress),
     ) -> ClientResult<SweepReport> {
-        use futures_util::StreamExt;
         /// Longest line accepted from the server.
         const MAX_LINE: usize = 64 * 1024;
         let url = self
@@ -342,47 +341,25 @@ impl DistributorClient {
             url: url.clone(),
             reason,
         };
-        let mut body = response.bytes_stream();
-        let mut pending: Vec<u8> = Vec::new();
-        loop {
-            while let Some(at) = pending.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = pending.drain(..=at).collect();
-                let line = line.trim_ascii();
-                if line.is_empty() {
-                    continue;
-                }
-                let event: GcEvent = serde_json::from_slice(line)
-                    .map_err(|e| protocol(format!("not a gc event line: {e}")))?;
-                match event {
-                    GcEvent::Progress(p) => progress(&p),
-                    GcEvent::Report(report) => return Ok(report),
-                    GcEvent::Error(reason) => {
-                        return Err(protocol(format!("the sweep failed: {reason}")));
-                    }
-                }
+        let mut lines = LineReader::new(&url, response, MAX_LINE);
+        while let Some(line) = lines.next_line().await? {
+            let line = line.trim_ascii();
+            if line.is_empty() {
+                continue;
             }
-            if pending.len() > MAX_LINE {
-                return Err(protocol(format!("answer line over {MAX_LINE} bytes")));
-            }
-            match body.next().await {
-                Some(chunk) => {
-                    let chunk = chunk.map_err(|source| ClientError::Transport {
-                        url: url.clone(),
-                        source,
-                    })?;
-                    pending.extend_from_slice(&chunk);
-                }
-                None => {
-                    if !pending.trim_ascii().is_empty() {
-                        pending.push(b'\n');
-                        continue;
-                    }
-                    return Err(protocol(
-                        "the answer ended before the sweep's report".into(),
-                    ));
+            let event: GcEvent = serde_json::from_slice(line)
+                .map_err(|e| protocol(format!("not a gc event line: {e}")))?;
+            match event {
+                GcEvent::Progress(p) => progress(&p),
+                GcEvent::Report(report) => return Ok(report),
+                GcEvent::Error(reason) => {
+                    return Err(protocol(format!("the sweep failed: {reason}")));
                 }
             }
         }
+        Err(protocol(
+            "the answer ended before the sweep's report".into(),
+        ))
     }
 
     async fn put_ids(&self, path: &str, ids: &[Id]) -> ClientResult<()> {

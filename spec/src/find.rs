@@ -15,11 +15,10 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
-use bytes::{Bytes, BytesMut};
-use futures_util::StreamExt;
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::http::{Endpoint, expect_success};
+use crate::http::{Endpoint, LineReader, expect_success};
 use crate::{BrokerClient, ClientError, ClientResult, Distance, Id};
 
 /// Body of `PUT /find/has/`: `container` (a storage server id) holds `ids`.
@@ -157,38 +156,10 @@ impl FindClient {
             reason,
         };
         let mut answers = Vec::new();
-        let mut pending = BytesMut::new();
-        let mut body = response.bytes_stream();
-        let mut ended = false;
+        let mut lines = LineReader::new(&url, response, MAX_LINE);
         while answers.len() < max {
-            let newline = pending.iter().position(|b| *b == b'\n');
-            let line = match newline {
-                Some(at) => {
-                    let line = pending.split_to(at + 1);
-                    line.freeze()
-                }
-                None if ended => {
-                    if pending.is_empty() {
-                        break;
-                    }
-                    pending.split().freeze()
-                }
-                None => {
-                    if pending.len() > MAX_LINE {
-                        return Err(protocol(format!("answer line over {MAX_LINE} bytes")));
-                    }
-                    match body.next().await {
-                        Some(chunk) => {
-                            let chunk = chunk.map_err(|source| ClientError::Transport {
-                                url: url.clone(),
-                                source,
-                            })?;
-                            pending.extend_from_slice(&chunk);
-                        }
-                        None => ended = true,
-                    }
-                    continue;
-                }
+            let Some(line) = lines.next_line().await? else {
+                break;
             };
             let text = std::str::from_utf8(&line)
                 .map_err(|_| protocol("answer is not UTF-8".to_string()))?;
@@ -203,21 +174,18 @@ impl FindClient {
 
     /// `PUT /find/has/`: storage server `container` holds `ids`.
     pub async fn has(&self, container: &Id, ids: &[Id]) -> ClientResult<()> {
-        let url = self.endpoint.url("/find/has/");
-        let body = HasRequest {
-            container: *container,
-            ids: ids.to_vec(),
-        };
-        let request = self.endpoint.http().put(&url).json(&body);
-        let response = self.endpoint.send(&url, request).await?;
-        expect_success(&url, response).await?;
-        Ok(())
+        self.put_records("/find/has/", container, ids).await
     }
 
     /// `PUT /find/gone/`: storage server `container` no longer holds `ids` (it deleted
     /// them); the find server drops those has-records.
     pub async fn gone(&self, container: &Id, ids: &[Id]) -> ClientResult<()> {
-        let url = self.endpoint.url("/find/gone/");
+        self.put_records("/find/gone/", container, ids).await
+    }
+
+    /// `PUT path` with a [`HasRequest`] body.
+    async fn put_records(&self, path: &str, container: &Id, ids: &[Id]) -> ClientResult<()> {
+        let url = self.endpoint.url(path);
         let body = HasRequest {
             container: *container,
             ids: ids.to_vec(),

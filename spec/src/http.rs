@@ -237,6 +237,61 @@ pub fn default_http_client() -> reqwest::Client {
 }
 
 /// Turns a non-2xx response into [`ClientError::Status`] with the server's reason.
+/// Reads a streamed answer line by line: each line ends with `\n` (a last line without
+/// one counts too); a line longer than the limit is a protocol error.
+pub(crate) struct LineReader {
+    url: String,
+    body: std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<bytes::Bytes>> + Send>>,
+    pending: bytes::BytesMut,
+    ended: bool,
+    max_line: usize,
+}
+
+impl LineReader {
+    /// Lines of `response` (from `url`), each at most `max_line` bytes.
+    pub(crate) fn new(url: &str, response: reqwest::Response, max_line: usize) -> LineReader {
+        LineReader {
+            url: url.to_string(),
+            body: Box::pin(response.bytes_stream()),
+            pending: bytes::BytesMut::new(),
+            ended: false,
+            max_line,
+        }
+    }
+
+    /// The next line, with its `\n` if it had one; `None` at the end of the answer.
+    pub(crate) async fn next_line(&mut self) -> ClientResult<Option<bytes::Bytes>> {
+        use futures_util::StreamExt;
+        loop {
+            if let Some(at) = self.pending.iter().position(|b| *b == b'\n') {
+                return Ok(Some(self.pending.split_to(at + 1).freeze()));
+            }
+            if self.ended {
+                if self.pending.is_empty() {
+                    return Ok(None);
+                }
+                return Ok(Some(self.pending.split().freeze()));
+            }
+            if self.pending.len() > self.max_line {
+                return Err(ClientError::Protocol {
+                    url: self.url.clone(),
+                    reason: format!("answer line over {} bytes", self.max_line),
+                });
+            }
+            match self.body.next().await {
+                Some(chunk) => {
+                    let chunk = chunk.map_err(|source| ClientError::Transport {
+                        url: self.url.clone(),
+                        source,
+                    })?;
+                    self.pending.extend_from_slice(&chunk);
+                }
+                None => self.ended = true,
+            }
+        }
+    }
+}
+
 pub async fn expect_success(
     url: &str,
     response: reqwest::Response,

