@@ -204,6 +204,25 @@ fn seeded_blob(seed: u64, len: usize) -> Vec<u8> {
     out
 }
 
+/// Three find servers registered with `broker`, once each knows the other two.
+async fn three_find_servers(broker: &FakeBroker) -> Vec<TestFind> {
+    let mut finds = Vec::new();
+    for _ in 0..3 {
+        finds.push(TestFind::start(quick_config(), Some(broker.url())).await);
+    }
+    for a in &finds {
+        for b in &finds {
+            if a.id() != b.id() {
+                eventually("find servers know each other", || async {
+                    a.knows_peer(&b.id()).await
+                })
+                .await;
+            }
+        }
+    }
+    finds
+}
+
 async fn text(response: reqwest::Response) -> String {
     response.text().await.expect("response body")
 }
@@ -358,20 +377,7 @@ async fn gone_reports_remove_exactly_their_records() {
 #[tokio::test]
 async fn gone_reports_are_forwarded_to_nearer_find_servers() {
     let broker = FakeBroker::start().await;
-    let mut finds = Vec::new();
-    for _ in 0..3 {
-        finds.push(TestFind::start(quick_config(), Some(broker.url())).await);
-    }
-    for a in &finds {
-        for b in &finds {
-            if a.id() != b.id() {
-                eventually("find servers know each other", || async {
-                    a.knows_peer(&b.id()).await
-                })
-                .await;
-            }
-        }
-    }
+    let finds = three_find_servers(&broker).await;
     // Blocks nearer to another find server than to the one reported to.
     let first = &finds[0];
     let ids: Vec<Id> = seeded_ids(11, 64)
@@ -755,20 +761,7 @@ async fn records_of_blocks_a_container_lost_are_dropped() {
 #[tokio::test]
 async fn blobs_are_found_from_any_of_three_find_servers() {
     let broker = FakeBroker::start().await;
-    let mut finds = Vec::new();
-    for _ in 0..3 {
-        finds.push(TestFind::start(quick_config(), Some(broker.url())).await);
-    }
-    for a in &finds {
-        for b in &finds {
-            if a.id() != b.id() {
-                eventually("find servers know each other", || async {
-                    a.knows_peer(&b.id()).await
-                })
-                .await;
-            }
-        }
-    }
+    let finds = three_find_servers(&broker).await;
 
     // The storage server reports only to the first find server.
     let storage_dir = tempfile::tempdir().expect("storage dir");

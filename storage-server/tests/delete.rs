@@ -4,11 +4,14 @@
 //! `storage:list`), for packed blobs and blob files alike, across a restart.
 //! Every test talks only to 127.0.0.1.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::path::Path;
+use support::launch;
 
 use bytes::Bytes;
-use invariant_runtime::{Role, Server, ServerContext, ServerOptions};
+use invariant_runtime::Server;
 use invariant_spec::storage::MAX_DELETE_BATCH;
 use invariant_spec::{ClientError, Id, StorageClient};
 use invariant_test_support::TestAuth;
@@ -19,19 +22,6 @@ use storage_server::StorageConfig;
 
 /// Larger than the largest packed blob: stored as a file.
 const FILE_BLOB: usize = 3 << 20;
-
-async fn launch(
-    dir: &Path,
-    config: StorageConfig,
-    configure: impl FnOnce(&mut ServerOptions),
-) -> Server {
-    let mut options = ServerOptions::ephemeral(Role::Storage, dir);
-    configure(&mut options);
-    let ctx = ServerContext::prepare(options).expect("prepare storage context");
-    storage_server::start(&ctx, config)
-        .await
-        .expect("start storage server")
-}
 
 /// An open-mode server that serves deletes.
 async fn launch_deleting(dir: &Path) -> Server {

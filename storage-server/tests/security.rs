@@ -7,12 +7,15 @@
 //! Peers that must not be contacted are loopback listeners that record every
 //! connection and request head; every test talks only to 127.0.0.1.
 
+mod support;
+
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use support::launch;
 
 use bytes::Bytes;
-use invariant_runtime::{Role, Server, ServerContext, ServerOptions};
+use invariant_runtime::{Server, ServerOptions};
 use invariant_spec::{Id, StorageClient};
 use invariant_test_support::{FakeBroker, TestAuth};
 use rand::rngs::StdRng;
@@ -29,20 +32,6 @@ const MIB: u64 = 1024 * 1024;
 // ---------------------------------------------------------------------------------------
 // Harness
 // ---------------------------------------------------------------------------------------
-
-/// Starts a storage server on `dir` with `configure` applied to its options.
-async fn launch(
-    dir: &Path,
-    config: StorageConfig,
-    configure: impl FnOnce(&mut ServerOptions),
-) -> Server {
-    let mut options = ServerOptions::ephemeral(Role::Storage, dir);
-    configure(&mut options);
-    let ctx = ServerContext::prepare(options).expect("prepare storage context");
-    storage_server::start(&ctx, config)
-        .await
-        .expect("start storage server")
-}
 
 /// A server checking tokens against `auth`'s root.
 async fn launch_auth(dir: &Path, auth: &TestAuth, config: StorageConfig) -> Server {
