@@ -170,6 +170,19 @@ impl Storage {
     }
 }
 
+/// `n` storage servers that registered with `broker`.
+async fn registered_storages(broker: &FakeBroker, n: usize) -> Vec<Storage> {
+    let mut storages = Vec::new();
+    for _ in 0..n {
+        storages.push(Storage::start(Some(broker)).await);
+    }
+    for storage in &storages {
+        let id = storage.id();
+        eventually("storage registration", || async { broker.knows(&id) }).await;
+    }
+    storages
+}
+
 /// Settings for tests: fast health checks and retries.
 fn fast_config() -> DistributorConfig {
     DistributorConfig {
@@ -826,14 +839,7 @@ async fn placement_follows_the_nearest_servers() {
 #[tokio::test]
 async fn storage_servers_listed_by_the_broker_are_used_by_default() {
     let broker = FakeBroker::start().await;
-    let mut storages = Vec::new();
-    for _ in 0..3 {
-        storages.push(Storage::start(Some(&broker)).await);
-    }
-    for storage in &storages {
-        let id = storage.id();
-        eventually("storage registration", || async { broker.knows(&id) }).await;
-    }
+    let storages = registered_storages(&broker, 3).await;
 
     let dir = tempfile::tempdir().expect("dir");
     let server = launch(dir.path(), Some(&broker), fast_config()).await;
@@ -885,14 +891,7 @@ async fn storage_servers_listed_by_the_broker_are_used_by_default() {
 #[tokio::test]
 async fn a_returning_server_has_its_holdings_checked_again() {
     let broker = FakeBroker::start().await;
-    let mut storages = Vec::new();
-    for _ in 0..3 {
-        storages.push(Storage::start(Some(&broker)).await);
-    }
-    for storage in &storages {
-        let id = storage.id();
-        eventually("storage registration", || async { broker.knows(&id) }).await;
-    }
+    let mut storages = registered_storages(&broker, 3).await;
     let dir = tempfile::tempdir().expect("dir");
     let server = launch(dir.path(), Some(&broker), fast_config()).await;
     let client = DistributorClient::new(server.url()).expect("client");
@@ -1013,14 +1012,7 @@ struct Network {
 impl Network {
     async fn start(config: DistributorConfig) -> Network {
         let broker = FakeBroker::start().await;
-        let mut storages = Vec::new();
-        for _ in 0..3 {
-            storages.push(Storage::start(Some(&broker)).await);
-        }
-        for storage in &storages {
-            let id = storage.id();
-            eventually("storage registration", || async { broker.knows(&id) }).await;
-        }
+        let storages = registered_storages(&broker, 3).await;
         let dir = tempfile::tempdir().expect("distributor dir");
         let server = launch(dir.path(), Some(&broker), config).await;
         let client = DistributorClient::new(server.url()).expect("client");
