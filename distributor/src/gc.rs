@@ -9,8 +9,9 @@
 //! 2. confirm the batch in one transaction: a block that is pinned again, or whose
 //!    released row changed, is dropped from the batch (the pin wins); so is a block a
 //!    repair worker is still copying (it waits for the next sweep);
-//! 3. ask every known storage server to delete the batch (`POST /storage/delete`),
-//!    all servers at once; a server that is not active, or fails, owes the deletion;
+//! 3. ask every active storage server to delete the batch (`POST /storage/delete`),
+//!    all at once, each within a bounded time; every storage server ever seen active
+//!    (kept durably) that did not delete it owes the deletion;
 //! 4. record the outcome (released rows go, owed deletions are kept per server) and
 //!    release the lock.
 //!
@@ -35,11 +36,14 @@ use invariant_spec::distributor::{GcProgress, SweepReport};
 use invariant_spec::storage::MAX_DELETE_BATCH;
 
 use crate::jittered;
+use crate::membership::Storage;
 use crate::state::{BlockingError, Core};
 use crate::store::gc::{Eligibility, Released, now_ms};
 
 /// Blocks a storage server lists per page when looking for never-pinned blocks.
 const LIST_PAGE: usize = 10_000;
+/// A batch deletion may take this many probe timeouts (default 5 s each).
+const DELETE_TIMEOUT_PROBES: u32 = 4;
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -62,6 +66,13 @@ pub(crate) async fn sweep(
     progress: impl Fn(GcProgress),
 ) -> Result<SweepReport, BlockingError> {
     let _one = core.gc.lock.lock().await;
+    // Until the first health round, no storage server is known active.
+    while !core.gc.ready.load(Ordering::Acquire) {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            _ = core.shutdown.cancelled() => break,
+        }
+    }
     core.gc.running.store(true, Ordering::Relaxed);
     let _running = Running(core);
     let started = Instant::now();
@@ -93,11 +104,13 @@ pub(crate) async fn sweep(
         if !candidates.is_empty() {
             if dry_run {
                 report.blocks += candidates.len() as u64;
-                report.bytes += candidates.iter().map(|c| c.size).sum::<u64>();
+                report.bytes = candidates
+                    .iter()
+                    .fold(report.bytes, |sum, c| sum.saturating_add(c.size));
             } else {
                 let batch = collect_batch(core, candidates, &rules).await?;
                 report.blocks += batch.blocks;
-                report.bytes += batch.bytes;
+                report.bytes = report.bytes.saturating_add(batch.bytes);
                 report.kept += batch.kept;
                 storages.extend(batch.storages);
             }
@@ -114,7 +127,7 @@ pub(crate) async fn sweep(
             break;
         }
     }
-    if !dry_run {
+    if !dry_run && !core.shutdown.is_cancelled() {
         report.caught_up = catch_up(core).await?;
         let store = core.store.clone();
         core.blocking(move || store.gc_sweep_finished(now_ms()))
@@ -181,7 +194,6 @@ async fn collect_batch(
     }
     let ids: Vec<Id> = confirmed.iter().map(|r| r.block).collect();
     let active = core.members.active();
-    let known = core.members.candidates();
     let deletions = futures_util::future::join_all(
         active
             .ids
@@ -189,7 +201,7 @@ async fn collect_batch(
             .filter_map(|id| active.storages.get(id))
             .map(|storage| {
                 let ids = &ids;
-                async move { (storage.id, storage.client.delete_many(ids).await) }
+                async move { (storage.id, delete_batch(core, storage, ids).await) }
             }),
     )
     .await;
@@ -197,22 +209,23 @@ async fn collect_batch(
     let mut done = Vec::new();
     for (storage, outcome) in deletions {
         match outcome {
-            Ok(answer) => {
-                bytes += answer.bytes;
+            Ok(freed) => {
+                bytes = bytes.saturating_add(freed);
                 done.push(storage);
             }
-            Err(e) => {
-                tracing::warn!(%storage, error = %e, "storage server did not delete collected blocks; it owes them");
+            Err(reason) => {
+                tracing::warn!(%storage, %reason, "storage server did not delete collected blocks; it owes them");
             }
         }
     }
-    let behind: Vec<Id> = known
-        .into_iter()
-        .chain(active.ids.iter().copied())
-        .filter(|id| !done.contains(id))
-        .collect::<HashSet<Id>>()
-        .into_iter()
-        .collect();
+    // Every storage server ever seen active (durably recorded, so a server the broker
+    // stopped listing while it was down still catches up) owes what it did not delete.
+    let active_ids = active.ids.clone();
+    let store = core.store.clone();
+    let seen = core
+        .blocking(move || store.gc_note_storages(&active_ids))
+        .await?;
+    let behind: Vec<Id> = seen.into_iter().filter(|id| !done.contains(id)).collect();
     let store = core.store.clone();
     let blocks = confirmed.len() as u64;
     core.blocking(move || store.gc_collected(&confirmed, &behind, bytes))
@@ -223,6 +236,21 @@ async fn collect_batch(
         kept,
         storages: done,
     })
+}
+
+/// Asks `storage` to delete `ids` (`POST /storage/delete`) within a bounded time, so
+/// a server that accepts connections but never answers cannot hold the write lock
+/// (and with it every pin) for long. Returns the bytes it freed.
+async fn delete_batch(core: &Core, storage: &Storage, ids: &[Id]) -> Result<u64, String> {
+    let limit = core
+        .config
+        .probe_timeout
+        .saturating_mul(DELETE_TIMEOUT_PROBES);
+    match tokio::time::timeout(limit, storage.client.delete_many(ids)).await {
+        Ok(Ok(answer)) => Ok(answer.bytes),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
 }
 
 /// Active storage servers carry out the deletions they owe. Returns how many.
@@ -251,10 +279,10 @@ pub(crate) async fn catch_up(core: &Core) -> Result<u64, BlockingError> {
             let bytes = if ids.is_empty() {
                 0
             } else {
-                match storage.client.delete_many(&ids).await {
-                    Ok(answer) => answer.bytes,
-                    Err(e) => {
-                        tracing::warn!(storage = %storage_id, error = %e, "storage server did not delete the blocks it owes");
+                match delete_batch(core, storage, &ids).await {
+                    Ok(freed) => freed,
+                    Err(reason) => {
+                        tracing::warn!(storage = %storage_id, %reason, "storage server did not delete the blocks it owes");
                         break;
                     }
                 }
@@ -300,11 +328,14 @@ async fn discover_unpinned(core: &Core, now: u64) -> Result<u64, BlockingError> 
 /// Sweeps every [`crate::DistributorConfig::gc_interval`] (±10%) and catches up owed
 /// deletions when woken, until shutdown.
 pub(crate) async fn run(core: std::sync::Arc<Core>) {
+    let next = |interval: Option<Duration>| {
+        interval.map(|i| tokio::time::Instant::now() + jittered(i, 0.1))
+    };
+    let mut next_sweep = next(core.config.gc_interval);
     loop {
-        let interval = core.config.gc_interval;
         let timer = async {
-            match interval {
-                Some(interval) => tokio::time::sleep(jittered(interval, 0.1)).await,
+            match next_sweep {
+                Some(at) => tokio::time::sleep_until(at).await,
                 None => std::future::pending().await,
             }
         };
@@ -314,6 +345,8 @@ pub(crate) async fn run(core: std::sync::Arc<Core>) {
             _ = core.shutdown.cancelled() => return,
         };
         let outcome = if full {
+            // Wake-ups for catch-ups do not postpone the next sweep.
+            next_sweep = next(core.config.gc_interval);
             sweep(&core, false, |_| {}).await.map(|_| ())
         } else {
             catch_up(&core).await.map(|_| ())

@@ -94,6 +94,16 @@ async fn pin(
 ) -> ApiResult<StatusCode> {
     let subject = subject(&caller);
     let blocks = ids(&core, body).await?;
+    // In a task of its own: a caller that goes away cannot drop the write lock
+    // between the commit and its effects (the repair queue, a sweep's confirmation).
+    let task = Arc::clone(&core);
+    core.tasks
+        .spawn(async move { apply_pin(&task, subject, blocks).await })
+        .await
+        .map_err(|e| ApiError::internal("recording pins", e))?
+}
+
+async fn apply_pin(core: &Core, subject: String, blocks: Vec<Id>) -> ApiResult<StatusCode> {
     let _writes = core.writes.lock().await;
     let store = core.store.clone();
     let added = core
@@ -127,6 +137,20 @@ async fn unpin(
         "pin(s)"
     };
     let blocks = ids(&core, body).await?;
+    // In a task of its own, like a pin.
+    let task = Arc::clone(&core);
+    core.tasks
+        .spawn(async move { apply_unpin(&task, subject, counted, blocks).await })
+        .await
+        .map_err(|e| ApiError::internal("removing pins", e))?
+}
+
+async fn apply_unpin(
+    core: &Core,
+    subject: String,
+    counted: &'static str,
+    blocks: Vec<Id>,
+) -> ApiResult<StatusCode> {
     let _writes = core.writes.lock().await;
     let store = core.store.clone();
     let removed = core

@@ -320,6 +320,16 @@ async fn health_loop(core: Arc<Core>) {
             core.request_pass(outcome.returned);
             core.publish();
             // Servers that came (back) may owe deletions from earlier sweeps.
+            // Every server seen active owes the deletions of sweeps it misses from now
+            // on, even if the broker stops listing it.
+            let active = core.members.active().ids.clone();
+            let store = core.store.clone();
+            if let Err(e) = core.blocking(move || store.gc_note_storages(&active)).await {
+                tracing::warn!(error = %e, "cannot record the active storage servers");
+            }
+            core.gc
+                .ready
+                .store(true, std::sync::atomic::Ordering::Release);
             core.gc.wake.notify_one();
         }
         first = false;

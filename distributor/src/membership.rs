@@ -110,16 +110,6 @@ impl Membership {
         table.registered.union(&table.from_broker).count()
     }
 
-    /// Every candidate's id (explicitly registered or listed by the broker).
-    pub fn candidates(&self) -> Vec<Id> {
-        let table = self.lock();
-        table
-            .registered
-            .union(&table.from_broker)
-            .copied()
-            .collect()
-    }
-
     /// Adds explicit registrations and wakes the health loop.
     pub fn add_registered(&self, ids: &[Id]) {
         self.lock().registered.extend(ids.iter().copied());

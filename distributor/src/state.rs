@@ -60,6 +60,9 @@ pub(crate) struct GcState {
     pub last_report: Mutex<Option<SweepReport>>,
     /// Asks the collector to catch up owed deletions.
     pub wake: Notify,
+    /// The first health round finished (sweeps wait for it: before it no storage
+    /// server is known active).
+    pub ready: AtomicBool,
 }
 
 /// Counts one copy as in flight until dropped.

@@ -13,12 +13,12 @@
 //! - `holders`: `block ‖ storage` → `FORMAT_V1`: storage servers known to hold a pinned
 //!   block (placement knowledge; rows go when the block's last pin goes).
 //! - `meta`: `"schema"` → [`SCHEMA`], checked at open, and the collection counters.
-//! - `released`, `gc_behind`: garbage-collection bookkeeping ([`gc`]).
+//! - `released`, `gc_behind`, `gc_storages`: garbage-collection bookkeeping ([`gc`]).
 //!
 //! A `holders` value may carry the block's size (`FORMAT_V1 ‖ size (u64 LE)`) when the
 //! storage server reported it; a released block's row keeps the largest known.
 //!
-//! Schema 3 added `released` and `gc_behind`; a schema-2 database gains them (empty)
+//! Schema 3 added `released`, `gc_behind` and `gc_storages`; a schema-2 database gains them (empty)
 //! at open. Blocks released before that are not known to the collector: an operator
 //! finds them with `--gc-unpinned-after`.
 //!
@@ -294,6 +294,7 @@ impl Store {
             txn.open_table(HOLDERS).map_err(db_err)?;
             txn.open_table(gc::RELEASED).map_err(db_err)?;
             txn.open_table(gc::GC_BEHIND).map_err(db_err)?;
+            txn.open_table(gc::GC_STORAGES).map_err(db_err)?;
         }
         txn.commit().map_err(db_err)?;
         Ok(Store { db: Arc::new(db) })

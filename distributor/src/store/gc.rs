@@ -9,6 +9,9 @@
 //!   own transaction.
 //! - `gc_behind`: `storage ‖ block` → `FORMAT_V1 ‖ size (u64 LE)`: a collected block a
 //!   storage server still owes a deletion of (it was down or failed during the sweep).
+//! - `gc_storages`: storage server → `FORMAT_V1`: every storage server a sweep saw
+//!   active; those that do not delete a batch owe it, even once the broker no longer
+//!   lists them.
 //! - `meta` counters: `gc_released_bytes` (known sizes of the `released` rows),
 //!   `gc_epoch` (confirmed batches), `gc_deleted_blocks`, `gc_deleted_bytes`,
 //!   `gc_sweeps`, `gc_last_sweep` (ms since the Unix epoch).
@@ -29,6 +32,8 @@ use super::{FORMAT_V1, HOLDERS, META, PINS, Store, StoreError, db_err, holder_bo
 
 pub(super) const RELEASED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("released");
 pub(super) const GC_BEHIND: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("gc_behind");
+pub(super) const GC_STORAGES: TableDefinition<&[u8; 32], &[u8]> =
+    TableDefinition::new("gc_storages");
 
 const RELEASED_BYTES: &str = "gc_released_bytes";
 const EPOCH: &str = "gc_epoch";
@@ -235,9 +240,9 @@ pub(super) fn release(
             .insert(block.as_bytes(), row.encode().as_slice())
             .map_err(db_err)?
         {
-            removed += Released::decode(*block, old.value())?.size;
+            removed = removed.saturating_add(Released::decode(*block, old.value())?.size);
         }
-        added += size;
+        added = added.saturating_add(size);
     }
     meta_add(&mut meta, RELEASED_BYTES, added, removed)
 }
@@ -248,7 +253,7 @@ pub(super) fn unrelease(txn: &redb::WriteTransaction, blocks: &[Id]) -> Result<(
     let mut freed = 0u64;
     for block in blocks {
         if let Some(old) = released.remove(block.as_bytes()).map_err(db_err)? {
-            freed += Released::decode(*block, old.value())?.size;
+            freed = freed.saturating_add(Released::decode(*block, old.value())?.size);
         }
     }
     if freed > 0 {
@@ -408,8 +413,9 @@ impl Store {
     }
 
     /// Up to `limit` deletions `storage` owes, in block order: those of blocks pinned
-    /// again are dropped (in one write transaction) and not returned. `None` when it
-    /// owes none. Call with the write lock held until [`Store::gc_behind_done`].
+    /// again, or released again (a new grace period; a later sweep owes them anew),
+    /// are dropped (in one write transaction) and not returned. `None` when it owes
+    /// none. Call with the write lock held until [`Store::gc_behind_done`].
     pub fn gc_behind(
         &self,
         storage: &Id,
@@ -418,6 +424,7 @@ impl Store {
         let txn = self.db.begin_write().map_err(db_err)?;
         let out = {
             let pins = txn.open_table(PINS).map_err(db_err)?;
+            let released = txn.open_table(RELEASED).map_err(db_err)?;
             let mut owed = txn.open_table(GC_BEHIND).map_err(db_err)?;
             let low = behind_key(storage, &Id::from_bytes([0; 32]));
             let high = behind_key(storage, &Id::from_bytes([0xff; 32]));
@@ -436,7 +443,10 @@ impl Store {
             }
             let mut out = Vec::with_capacity(rows.len());
             for (block, size) in rows {
-                if pins.get(block.as_bytes()).map_err(db_err)?.is_some() {
+                let key = block.as_bytes();
+                if pins.get(key).map_err(db_err)?.is_some()
+                    || released.get(key).map_err(db_err)?.is_some()
+                {
                     owed.remove(&behind_key(storage, &block)).map_err(db_err)?;
                 } else {
                     out.push((block, size));
@@ -466,6 +476,30 @@ impl Store {
         }
         txn.commit().map_err(db_err)?;
         Ok(())
+    }
+
+    /// Records `active` storage servers as seen and returns every storage server ever
+    /// seen active (the ones a batch's deletion is owed by unless they did it).
+    pub fn gc_note_storages(&self, active: &[Id]) -> Result<Vec<Id>, StoreError> {
+        let txn = self.db.begin_write().map_err(db_err)?;
+        let seen = {
+            let mut table = txn.open_table(GC_STORAGES).map_err(db_err)?;
+            for id in active {
+                if table.get(id.as_bytes()).map_err(db_err)?.is_none() {
+                    table
+                        .insert(id.as_bytes(), [FORMAT_V1].as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+            let mut seen = Vec::new();
+            for row in table.iter().map_err(db_err)? {
+                let (key, _) = row.map_err(db_err)?;
+                seen.push(Id::from_bytes(*key.value()));
+            }
+            seen
+        };
+        txn.commit().map_err(db_err)?;
+        Ok(seen)
     }
 
     /// Notes blocks a storage server listed: each with no pin and no released row
@@ -499,7 +533,7 @@ impl Store {
                     .insert(key, row.encode().as_slice())
                     .map_err(db_err)?;
                 new += 1;
-                bytes += size;
+                bytes = bytes.saturating_add(*size);
             }
             meta_add(&mut meta, RELEASED_BYTES, bytes, 0)?;
             new
@@ -643,6 +677,46 @@ mod tests {
         assert_eq!(store.gc_behind(&id(9), 10).expect("owed"), None);
         assert!(store.gc_behind_storages().expect("owing").is_empty());
         assert_eq!(store.gc_totals().expect("totals").deleted_bytes, 15);
+    }
+
+    #[test]
+    fn an_owed_deletion_of_a_block_released_again_waits_for_its_new_grace() {
+        let (_dir, store) = open();
+        store.pin(ANONYMOUS, &[id(1), id(2)]).expect("pin");
+        store
+            .unpin(ANONYMOUS, &[id(1), id(2)])
+            .expect("unpin")
+            .expect("ok");
+        let all = rules(u64::MAX, 0);
+        let (candidates, _) = store.gc_candidates(&all, None, 10).expect("scan");
+        let (_, confirmed) = store.gc_confirm(&candidates, &all).expect("confirm");
+        store
+            .gc_collected(&confirmed, &[id(9)], 0)
+            .expect("collected");
+        // Block 1 is pinned and released again before server 9 returns: a new grace
+        // period runs, so server 9 does not delete it now.
+        store.pin(ANONYMOUS, &[id(1)]).expect("pin again");
+        store
+            .unpin(ANONYMOUS, &[id(1)])
+            .expect("unpin again")
+            .expect("ok");
+        let owed = store.gc_behind(&id(9), 10).expect("owed").expect("rows");
+        assert_eq!(owed, vec![(id(2), 0)]);
+    }
+
+    #[test]
+    fn storages_seen_active_are_remembered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        {
+            let store = Store::open(dir.path()).expect("open");
+            assert_eq!(store.gc_note_storages(&[id(7)]).expect("note"), vec![id(7)]);
+        }
+        let store = Store::open(dir.path()).expect("reopen");
+        let mut seen = store.gc_note_storages(&[id(8)]).expect("note");
+        seen.sort();
+        let mut want = vec![id(7), id(8)];
+        want.sort();
+        assert_eq!(seen, want, "a server seen once still owes after a restart");
     }
 
     #[test]
