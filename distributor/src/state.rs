@@ -41,12 +41,7 @@ pub(crate) struct Stats {
     pub copies_failed: AtomicU64,
     pub passes: AtomicU64,
     /// Collection totals as of the last refresh ([`Core::refresh_gc`]).
-    pub gc_pending_blocks: AtomicU64,
-    pub gc_pending_bytes: AtomicU64,
-    pub gc_behind: AtomicU64,
-    pub gc_deleted_blocks: AtomicU64,
-    pub gc_deleted_bytes: AtomicU64,
-    pub gc_sweeps: AtomicU64,
+    pub gc: Mutex<GcTotals>,
 }
 
 /// Garbage collection's share of the state.
@@ -160,21 +155,7 @@ impl Core {
     pub async fn refresh_gc(&self) -> Result<GcTotals, BlockingError> {
         let store = self.store.clone();
         let totals = self.blocking(move || store.gc_totals()).await?;
-        let stats = &self.stats;
-        stats
-            .gc_pending_blocks
-            .store(totals.released_blocks, Ordering::Relaxed);
-        stats
-            .gc_pending_bytes
-            .store(totals.released_bytes, Ordering::Relaxed);
-        stats.gc_behind.store(totals.behind, Ordering::Relaxed);
-        stats
-            .gc_deleted_blocks
-            .store(totals.deleted_blocks, Ordering::Relaxed);
-        stats
-            .gc_deleted_bytes
-            .store(totals.deleted_bytes, Ordering::Relaxed);
-        stats.gc_sweeps.store(totals.sweeps, Ordering::Relaxed);
+        *self.stats.gc.lock().unwrap_or_else(PoisonError::into_inner) = totals;
         Ok(totals)
     }
 
@@ -211,6 +192,7 @@ impl Core {
         let replica_shortfall = replicas.saturating_sub(active.ids.len() as u64);
         // With fewer active servers than N, placement aims at all of them and the work
         // queue empties, yet no block has N copies on live servers.
+        let gc = *self.stats.gc.lock().unwrap_or_else(PoisonError::into_inner);
         let under_replicated = if replica_shortfall > 0 {
             pinned
         } else {
@@ -228,12 +210,12 @@ impl Core {
             copies_completed: self.stats.copies_completed.load(Ordering::Relaxed),
             copies_failed: self.stats.copies_failed.load(Ordering::Relaxed),
             passes: self.stats.passes.load(Ordering::Relaxed),
-            gc_pending_blocks: self.stats.gc_pending_blocks.load(Ordering::Relaxed),
-            gc_pending_bytes: self.stats.gc_pending_bytes.load(Ordering::Relaxed),
-            gc_behind: self.stats.gc_behind.load(Ordering::Relaxed),
-            gc_deleted_blocks: self.stats.gc_deleted_blocks.load(Ordering::Relaxed),
-            gc_deleted_bytes: self.stats.gc_deleted_bytes.load(Ordering::Relaxed),
-            gc_sweeps: self.stats.gc_sweeps.load(Ordering::Relaxed),
+            gc_pending_blocks: gc.released_blocks,
+            gc_pending_bytes: gc.released_bytes,
+            gc_behind: gc.behind,
+            gc_deleted_blocks: gc.deleted_blocks,
+            gc_deleted_bytes: gc.deleted_bytes,
+            gc_sweeps: gc.sweeps,
             pins_by_subject: None,
         }
     }

@@ -294,30 +294,14 @@ impl DistributorClient {
 
     /// Counters and gauges of the distributor.
     pub async fn status(&self) -> ClientResult<DistributorStatus> {
-        let url = self.endpoint.url("/distributor/status");
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().get(&url))
-            .await?;
-        let response = expect_success(&url, response).await?;
-        response.json().await.map_err(|e| ClientError::Protocol {
-            url,
-            reason: format!("status answer is not the expected JSON: {e}"),
-        })
+        self.endpoint
+            .get_json("/distributor/status", "status answer")
+            .await
     }
 
     /// Garbage collection's backlog and counters (`GET /distributor/gc`).
     pub async fn gc_status(&self) -> ClientResult<GcStatus> {
-        let url = self.endpoint.url("/distributor/gc");
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().get(&url))
-            .await?;
-        let response = expect_success(&url, response).await?;
-        response.json().await.map_err(|e| ClientError::Protocol {
-            url,
-            reason: format!("gc status is not the expected JSON: {e}"),
-        })
+        self.endpoint.get_json("/distributor/gc", "gc status").await
     }
 
     /// Runs a sweep now (`POST /distributor/gc`; needs `distributor:admin`), calling

@@ -75,6 +75,22 @@ impl Endpoint {
             })
     }
 
+    /// `GET path`, expecting a success with a JSON body of type `T`; `what` names the
+    /// answer in the error when it does not decode.
+    pub async fn get_json<T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        what: &str,
+    ) -> ClientResult<T> {
+        let url = self.url(path);
+        let response = self.send(&url, self.http().get(&url)).await?;
+        let response = expect_success(&url, response).await?;
+        response.json().await.map_err(|e| ClientError::Protocol {
+            url,
+            reason: format!("{what} is not the expected JSON: {e}"),
+        })
+    }
+
     /// The server's own id (`GET /id/`).
     pub async fn server_id(&self) -> ClientResult<Id> {
         let url = self.url("/id/");
