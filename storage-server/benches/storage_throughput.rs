@@ -9,7 +9,8 @@
 //! Then, in the same run, it compares security modes side by side: PUT 1 MiB and GET
 //! 4 KiB at concurrency 16 against a fresh server in open mode, with token checks
 //! (`--auth-root-key`, the client sending a `storage:write` token), and with HTTPS plus
-//! token checks.
+//! token checks. The modes run interleaved over several rounds and are compared by
+//! their medians, so that drift over the run does not favour one of them.
 //!
 //! Run: `cargo bench -p storage-server --bench storage_throughput`
 //! (`-- --quick` for a shorter run; `-- --modes-only` for just the security modes;
@@ -68,22 +69,24 @@ fn start_server(
 }
 
 /// HTTPS plus token checks, each against a fresh server.
+///
+/// The machine drifts over a run (page cache, writeback, other load), so the modes are
+/// interleaved: every round runs each mode once, in order, and a mode's figure is its
+/// median over the rounds. Targets compare medians.
 async fn security_modes(base: &std::path::Path, scale: usize) -> anyhow::Result<()> {
     use invariant_test_support::{SECURITY_MODES, SecuritySetup};
     let setup = SecuritySetup::new(base);
     let token = setup.auth.token("bench", "storage:write");
     let mut rng = StdRng::seed_from_u64(11);
+    let rounds = if scale > 1 { 1 } else { 5 };
     println!();
-    println!("security modes at concurrency 16 (fresh server each)");
     println!(
-        "{:<12} {:>14} {:>9} {:>14} {:>9}",
-        "mode", "PUT 1 MiB MB/s", "p99 ms", "GET 4 KiB op/s", "p99 ms"
+        "security modes at concurrency 16 (fresh server each; median of {rounds} interleaved rounds)"
     );
-    let mut results = Vec::new();
     // Over TLS the client negotiates HTTP/2 (one connection carries all 16 streams);
     // the extra `h1` row runs the same over 16 HTTP/1.1 connections, as open mode does,
     // so the cost of TLS itself can be told from the cost of one connection.
-    let runs = SECURITY_MODES
+    let runs: Vec<_> = SECURITY_MODES
         .iter()
         .map(|m| (*m, m.name.to_string(), false))
         .chain(
@@ -91,41 +94,64 @@ async fn security_modes(base: &std::path::Path, scale: usize) -> anyhow::Result<
                 .iter()
                 .filter(|m| m.tls)
                 .map(|m| (*m, format!("{} h1", m.name), true)),
-        );
-    for (mode, name, http1) in runs {
-        let data = base.join(format!("data-{}", name.replace(' ', "-")));
-        let (mut server, url) = start_server(&data, &setup.server_args(mode))?;
-        let client = if http1 {
-            setup.client_builder(mode, &token).http1_only().build()?
-        } else {
-            setup.client(mode, &token)
-        };
-        let outcome = async {
-            let big = unique_blobs(&mut rng, 256 / scale, MIB);
-            let put = run(&client, &url, 16, Op::Put(big)).await?;
-            let small = unique_blobs(&mut rng, 4000 / scale, 4096);
-            run(&client, &url, 16, Op::Put(small.clone())).await?;
-            let get = run(&client, &url, 16, Op::Get(cycle(&small, 5 * small.len()))).await?;
-            anyhow::Ok((put, get))
+        )
+        .collect();
+    // Per mode: (PUT MB/s, PUT p99 ms, GET ops/s, GET p99 ms) of each round.
+    let mut figures = vec![Vec::new(); runs.len()];
+    for round in 0..rounds {
+        for (i, (mode, name, http1)) in runs.iter().enumerate() {
+            let data = base.join(format!("data-{}-{round}", name.replace(' ', "-")));
+            let (mut server, url) = start_server(&data, &setup.server_args(*mode))?;
+            let client = if *http1 {
+                setup.client_builder(*mode, &token).http1_only().build()?
+            } else {
+                setup.client(*mode, &token)
+            };
+            let outcome = async {
+                warm_up(&client, &url, 16).await?;
+                let big = unique_blobs(&mut rng, 256 / scale, MIB);
+                let put = run(&client, &url, 16, Op::Put(big)).await?;
+                let small = unique_blobs(&mut rng, 4000 / scale, 4096);
+                run(&client, &url, 16, Op::Put(small.clone())).await?;
+                let get = run(&client, &url, 16, Op::Get(cycle(&small, 5 * small.len()))).await?;
+                anyhow::Ok((put, get))
+            }
+            .await;
+            let _ = server.kill();
+            let _ = server.wait();
+            let _ = std::fs::remove_dir_all(&data);
+            let (put, get) = outcome?;
+            figures[i].push([
+                put.mb_per_s(),
+                put.percentile_ms(0.99),
+                get.ops_per_s(),
+                get.percentile_ms(0.99),
+            ]);
         }
-        .await;
-        let _ = server.kill();
-        let _ = server.wait();
-        let (put, get) = outcome?;
-        println!(
-            "{:<12} {:>14.0} {:>9.2} {:>14.0} {:>9.2}",
-            name,
-            put.mb_per_s(),
-            put.percentile_ms(0.99),
-            get.ops_per_s(),
-            get.percentile_ms(0.99)
-        );
-        results.push((name, put.mb_per_s(), get.ops_per_s()));
     }
-    let (open_put, open_get) = (results[0].1, results[0].2);
+    println!(
+        "{:<12} {:>14} {:>9} {:>14} {:>9}   PUT MB/s per round",
+        "mode", "PUT 1 MiB MB/s", "p99 ms", "GET 4 KiB op/s", "p99 ms"
+    );
+    let mut medians = Vec::new();
+    for ((_, name, _), rows) in runs.iter().zip(&figures) {
+        let m: Vec<f64> = (0..4).map(|k| median(rows.iter().map(|r| r[k]))).collect();
+        let per_round: Vec<String> = rows.iter().map(|r| format!("{:.0}", r[0])).collect();
+        println!(
+            "{:<12} {:>14.0} {:>9.2} {:>14.0} {:>9.2}   {}",
+            name,
+            m[0],
+            m[1],
+            m[2],
+            m[3],
+            per_round.join(" ")
+        );
+        medians.push((name.clone(), m[0], m[2]));
+    }
+    let (open_put, open_get) = (medians[0].1, medians[0].2);
     println!();
-    println!("targets (relative to open mode, same run)");
-    for (name, put, get) in &results[1..] {
+    println!("targets (medians relative to open mode, same run)");
+    for (name, put, get) in &medians[1..] {
         target(
             &format!("{name}: PUT 1 MiB within 15% (MB/s)"),
             *put,
@@ -138,6 +164,17 @@ async fn security_modes(base: &std::path::Path, scale: usize) -> anyhow::Result<
         );
     }
     Ok(())
+}
+
+/// The median of some figures (0 for none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut sorted: Vec<f64> = values.collect();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }
 
 async fn classic(url: &str, scale: usize, put_target: f64) -> anyhow::Result<()> {
@@ -287,6 +324,24 @@ fn report(name: &str, concurrency: usize, o: &Outcome) {
         o.percentile_ms(0.5),
         o.percentile_ms(0.99)
     );
+}
+
+/// Opens the client's connections before anything is timed, so that the one-time
+/// costs of a fresh process and connection (TLS handshakes, seeding the random
+/// generators on both ends) are not counted as throughput of the mode.
+async fn warm_up(client: &reqwest::Client, url: &str, concurrency: usize) -> anyhow::Result<()> {
+    let requests = (0..2 * concurrency).map(|_| async {
+        let response = client.get(format!("{url}/id")).send().await?;
+        if !response.status().is_success() {
+            bail!("GET /id answered {}", response.status());
+        }
+        response.bytes().await?;
+        anyhow::Ok(())
+    });
+    for done in futures_util::future::join_all(requests).await {
+        done?;
+    }
+    Ok(())
 }
 
 async fn run(
