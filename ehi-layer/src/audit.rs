@@ -63,6 +63,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
+pub use crate::error::AuditBreak;
 use crate::error::{EhiError, Result};
 use crate::time::instant;
 
@@ -229,12 +230,12 @@ impl AuditRecord {
         });
         if let Some(purpose) = &self.purpose {
             event["purposeOfEvent"] = json!([{"coding": [{
-                "system": crate::grant::PURPOSE_SYSTEM, "code": purpose}]}]);
+                "system": crate::purpose::PURPOSE_SYSTEM, "code": purpose}]}]);
         }
         if self.action == AuditAction::Emergency {
             // Break-glass: flagged by the purpose ETREAT and the security label BTG.
             event["purposeOfEvent"] = json!([{"coding": [{
-                "system": crate::grant::PURPOSE_SYSTEM, "code": "ETREAT"}]}]);
+                "system": crate::purpose::PURPOSE_SYSTEM, "code": "ETREAT"}]}]);
             event["meta"] = json!({"security": [{"system": BTG_SYSTEM, "code": "BTG",
                                                   "display": "break the glass"}]});
         }
@@ -417,18 +418,6 @@ impl AuditRecord {
         }
         event
     }
-}
-
-/// The first entry of a log that fails verification.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("audit log entry {index} (seq {seq}) fails verification: {reason}")]
-pub struct AuditBreak {
-    /// Position in the log, oldest first.
-    pub index: usize,
-    /// The entry's own `seq`.
-    pub seq: u64,
-    /// What failed.
-    pub reason: String,
 }
 
 /// Verifies `entries` (oldest first) end to end: see the module docs. `trusted` are the

@@ -78,8 +78,9 @@ use crate::keystore::{HpkeSealed, Keystore, hpke_open_with_seed, hpke_public_of,
 use crate::network::Network;
 use crate::seal::{self, Blob, Kind, Opened};
 use crate::slotmove;
+use crate::slotmove::{TOMBSTONE, tombstone_address};
 use crate::time::{instant, now_ms};
-use crate::vault::{TOMBSTONE, Vault, tombstone_address};
+use crate::vault::Vault;
 
 /// BLAKE3 context: the invite slot's ed25519 seed, from the code.
 pub const CONTEXT_INVITE_SLOT: &str = "invariant ehi-layer v1 device invite slot";

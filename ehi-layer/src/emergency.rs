@@ -93,20 +93,18 @@ use crate::app::{AppKeystore, VerifiedCard};
 use crate::audit::{self, AuditAction, AuditEntry, AuditRecord};
 use crate::error::{EhiError, Result};
 use crate::grant::{Access, GrantRequest, GrantTicket};
-use crate::keys::SecretKey;
+use crate::keys::{PolicyKeys, SecretKey};
 use crate::keystore::{HpkeSealed, Keystore, hpke_seal};
 use crate::network::Network;
 use crate::scope::Scope;
 use crate::seal::{self, Kind, Opened};
 use crate::session::AppSession;
 use crate::slotmove;
+use crate::slotmove::tombstone_address;
 use crate::time::{instant, now_ms};
-use crate::vault::{Vault, tombstone_address};
+use crate::vault::Vault;
 
-/// BLAKE3 context: the policy slot's ed25519 seed, from the keystore's root key.
-pub const CONTEXT_POLICY_SLOT: &str = "invariant ehi-layer v1 emergency policy slot";
-/// BLAKE3 context: the AEAD key of the policy blob, from the keystore's root key.
-pub const CONTEXT_POLICY: &str = "invariant ehi-layer v1 emergency policy";
+pub use crate::keys::{CONTEXT_POLICY, CONTEXT_POLICY_SLOT};
 /// HPKE `info` of the holder's part of an emergency ticket.
 pub const HPKE_INFO: &[u8] = b"invariant ehi-layer v1 emergency";
 /// The `format` of an emergency ticket.
@@ -232,34 +230,9 @@ impl EmergencyUse {
     }
 }
 
-/// The policy slot's seed and the policy blob's key of one **root key generation**:
-/// generation 0 derives them from the keystore's root key (every device that ever
-/// joined has it), a later generation from that generation's root AEAD key, which
-/// only the devices in the device keyring receive (see `vault/devices.rs`).
-#[derive(Clone, Debug)]
-pub(crate) struct PolicyKeys {
-    seed: SecretKey,
-    key: SecretKey,
-}
-
-impl PolicyKeys {
-    /// Generation 0, from the keystore's root key.
-    pub(crate) fn of_keystore_root(root_key: &SecretKey) -> PolicyKeys {
-        PolicyKeys {
-            seed: root_key.derive(CONTEXT_POLICY_SLOT),
-            key: root_key.derive(CONTEXT_POLICY),
-        }
-    }
-
-    /// A generation above 0, from its root AEAD key.
-    pub(crate) fn of_generation(root_aead_key: &SecretKey) -> PolicyKeys {
-        PolicyKeys::of_keystore_root(root_aead_key)
-    }
-
-    /// The policy slot's signer and id.
-    pub(crate) fn slot(&self) -> Result<(invariant_spec::slots::SlotSigner, Id)> {
-        slotmove::slot_of(self.seed.expose())
-    }
+/// The policy slot's signer and id under one generation's keys.
+fn policy_slot(keys: &PolicyKeys) -> Result<(invariant_spec::slots::SlotSigner, Id)> {
+    slotmove::slot_of(keys.seed().expose())
 }
 
 fn check_keystore(vault: &Vault, keystore: &Keystore) -> Result<()> {
@@ -305,7 +278,7 @@ struct Found {
 }
 
 fn decode_policy(keys: &PolicyKeys, blob: &[u8]) -> Result<Policy> {
-    let bytes = open_inline(&keys.key, POLICY_CONTEXT, blob, "the emergency policy")?;
+    let bytes = open_inline(keys.key(), POLICY_CONTEXT, blob, "the emergency policy")?;
     let policy: Policy = postcard::from_bytes(&bytes)
         .map_err(|e| EhiError::corrupt("the emergency policy", format!("does not decode: {e}")))?;
     if policy.format != POLICY_FORMAT {
@@ -327,7 +300,7 @@ async fn load_policy(vault: &Vault) -> Result<Option<Found>> {
 
 async fn load_policy_with(net: &Network, generations: Vec<PolicyKeys>) -> Result<Option<Found>> {
     for (index, keys) in generations.into_iter().enumerate() {
-        let (_, slot) = keys.slot()?;
+        let (_, slot) = policy_slot(&keys)?;
         let Some(address) = slotmove::read(net, slot, "emergency policy").await? else {
             continue;
         };
@@ -360,11 +333,11 @@ async fn save_policy(vault: &Vault, policy: &Policy, previous: Option<&Found>) -
         .next()
         .ok_or_else(|| EhiError::Crypto("no root key generation".into()))?;
     let bytes = Zeroizing::new(crate::format::encode(policy, "emergency policy")?);
-    let address = store_sealed(net, &keys.key, POLICY_CONTEXT, &bytes).await?;
-    let (signer, slot) = keys.slot()?;
+    let address = store_sealed(net, keys.key(), POLICY_CONTEXT, &bytes).await?;
+    let (signer, slot) = policy_slot(&keys)?;
     slotmove::point(net, &signer, slot, address, "emergency policy").await?;
     if let Some(previous) = previous {
-        let (old_signer, old_slot) = previous.keys.slot()?;
+        let (old_signer, old_slot) = policy_slot(&previous.keys)?;
         if old_slot != slot {
             slotmove::store_tombstone(net).await?;
             slotmove::tombstone(net, old_slot, Some(&old_signer), "emergency policy").await?;
@@ -424,7 +397,7 @@ pub(crate) async fn removal_targets(
         slots.push(("emergency access log".to_string(), slot, signer));
     }
     for keys in generations {
-        let (signer, slot) = keys.slot()?;
+        let (signer, slot) = policy_slot(&keys)?;
         let held = slotmove::held(net, slot, "emergency policy").await?;
         if held.is_empty() {
             continue;
@@ -449,7 +422,7 @@ pub fn opens_policy(keystore: &Keystore, blob: &[u8]) -> bool {
 pub async fn policy_location(vault: &Vault, keystore: &Keystore) -> Result<Option<(Id, Id)>> {
     check_keystore(vault, keystore)?;
     match load_policy(vault).await? {
-        Some(found) => Ok(Some((found.keys.slot()?.1, found.address))),
+        Some(found) => Ok(Some((policy_slot(&found.keys)?.1, found.address))),
         None => Ok(None),
     }
 }
@@ -579,7 +552,7 @@ pub async fn clear_policy(vault: &Vault, keystore: &Keystore) -> Result<bool> {
     }
     let net = vault.network();
     let tombstone = slotmove::store_tombstone(net).await?;
-    let (signer, slot) = found.keys.slot()?;
+    let (signer, slot) = policy_slot(&found.keys)?;
     slotmove::point(net, &signer, slot, tombstone, "emergency policy").await?;
     net.unpin_quietly(&[found.address]).await;
     close_log(net, &found.policy).await;

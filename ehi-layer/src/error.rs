@@ -269,7 +269,7 @@ pub enum EhiError {
     },
     /// The audit log does not verify.
     #[error(transparent)]
-    AuditBroken(#[from] crate::audit::AuditBreak),
+    AuditBroken(#[from] AuditBreak),
     /// The app asked for data outside its grant.
     #[error("not granted: {0}")]
     NotGranted(String),
@@ -324,3 +324,15 @@ impl From<tokio::task::JoinError> for EhiError {
 
 /// Result alias of the crate.
 pub type Result<T, E = EhiError> = std::result::Result<T, E>;
+
+/// The first entry of a log that fails verification.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("audit log entry {index} (seq {seq}) fails verification: {reason}")]
+pub struct AuditBreak {
+    /// Position in the log, oldest first.
+    pub index: usize,
+    /// The entry's own `seq`.
+    pub seq: u64,
+    /// What failed.
+    pub reason: String,
+}

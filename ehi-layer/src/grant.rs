@@ -96,46 +96,7 @@ const MIN_PADDED: usize = 2048;
 /// Largest sealed grant accepted (1 MiB, a storage blob).
 const MAX_SEALED: usize = 1 << 20;
 
-/// The HL7 v3 `PurposeOfUse` codes (`http://terminology.hl7.org/CodeSystem/v3-ActReason`)
-/// a grant may carry, with their display names.
-pub const PURPOSES: &[(&str, &str)] = &[
-    ("TREAT", "treatment"),
-    ("ETREAT", "emergency treatment"),
-    ("CAREMGT", "care management"),
-    ("COC", "coordination of care"),
-    ("HPAYMT", "healthcare payment"),
-    ("HOPERAT", "healthcare operations"),
-    ("PATRQT", "patient requested"),
-    ("FAMRQT", "family requested"),
-    ("PWATRNY", "power of attorney"),
-    ("SUPNWK", "support network"),
-    ("PUBHLTH", "public health"),
-    ("HRESCH", "healthcare research"),
-    ("CLINTRL", "clinical trial"),
-    ("HDIRECT", "directory"),
-    ("HLEGAL", "legal"),
-    ("HSYSADMIN", "system administration"),
-    ("HMARKT", "marketing"),
-    ("TRAIN", "training"),
-    ("DONAT", "donation"),
-];
-
-/// The code system of [`PURPOSES`].
-pub const PURPOSE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
-
-/// Checks a purpose code against [`PURPOSES`] (case-insensitive; returns it upper-case).
-pub fn check_purpose(code: &str) -> Result<String> {
-    let upper = code.trim().to_ascii_uppercase();
-    if PURPOSES.iter().any(|(c, _)| *c == upper) {
-        Ok(upper)
-    } else {
-        let known: Vec<&str> = PURPOSES.iter().map(|(c, _)| *c).collect();
-        Err(EhiError::InvalidArgument(format!(
-            "purpose {code:?} is not a v3 PurposeOfUse code this layer accepts ({})",
-            known.join(", ")
-        )))
-    }
-}
+pub use crate::purpose::{PURPOSE_SYSTEM, PURPOSES, check_purpose};
 
 /// What an app may do with the granted scopes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -24,6 +24,11 @@ pub const CONTEXT_RESOURCE: &str = "invariant ehi-layer v1 resource version";
 /// BLAKE3 context: the AEAD key of audit log entries, from the vault root's AEAD key.
 pub const CONTEXT_AUDIT: &str = "invariant ehi-layer v1 audit log";
 
+/// BLAKE3 context: the policy slot's ed25519 seed, from the keystore's root key (or a later root key generation).
+pub const CONTEXT_POLICY_SLOT: &str = "invariant ehi-layer v1 emergency policy slot";
+/// BLAKE3 context: the AEAD key of the policy blob, from the keystore's root key (or a later root key generation).
+pub const CONTEXT_POLICY: &str = "invariant ehi-layer v1 emergency policy";
+
 /// A 32-byte secret key. Wiped from memory when dropped; never printed.
 #[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub struct SecretKey([u8; 32]);
@@ -106,5 +111,40 @@ mod tests {
         assert_eq!(bytes.len(), 32);
         let back: SecretKey = postcard::from_bytes(&bytes).expect("decode");
         assert_eq!(a, back);
+    }
+}
+
+/// The policy slot's seed and the policy blob's key of one **root key generation**:
+/// generation 0 derives them from the keystore's root key (every device that ever
+/// joined has it), a later generation from that generation's root AEAD key, which
+/// only the devices in the device keyring receive (see `vault/devices.rs`); the emergency module turns them into the policy slot and blob.
+#[derive(Clone, Debug)]
+pub(crate) struct PolicyKeys {
+    seed: SecretKey,
+    key: SecretKey,
+}
+
+impl PolicyKeys {
+    /// Generation 0, from the keystore's root key.
+    pub(crate) fn of_keystore_root(root_key: &SecretKey) -> PolicyKeys {
+        PolicyKeys {
+            seed: root_key.derive(CONTEXT_POLICY_SLOT),
+            key: root_key.derive(CONTEXT_POLICY),
+        }
+    }
+
+    /// A generation above 0, from its root AEAD key.
+    pub(crate) fn of_generation(root_aead_key: &SecretKey) -> PolicyKeys {
+        PolicyKeys::of_keystore_root(root_aead_key)
+    }
+
+    /// The policy slot's ed25519 seed.
+    pub(crate) fn seed(&self) -> &SecretKey {
+        &self.seed
+    }
+
+    /// The policy blob's AEAD key.
+    pub(crate) fn key(&self) -> &SecretKey {
+        &self.key
     }
 }

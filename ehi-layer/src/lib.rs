@@ -262,6 +262,7 @@ pub mod keystore;
 mod letter;
 pub mod network;
 pub mod present;
+pub mod purpose;
 pub mod scope;
 pub mod seal;
 mod search;

@@ -26,8 +26,9 @@ use crate::network::Network;
 use crate::scope::{self, Scope};
 use crate::seal::Kind;
 use crate::search::Index;
+use crate::slotmove::tombstone_address;
 use crate::time::{instant, now_ms};
-use crate::vault::{SearchHits, fetch_object, tombstone_address};
+use crate::vault::{SearchHits, fetch_object};
 
 /// Concurrent blob reads of a session.
 const CONCURRENCY: usize = 32;

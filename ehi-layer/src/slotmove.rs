@@ -10,6 +10,15 @@ use invariant_spec::slots::{Rejection, SlotSigner};
 use crate::error::{EhiError, Result};
 use crate::network::Network;
 
+/// The bytes of the tombstone blob a removed vault's slots point at (public, the same
+/// for every vault).
+pub const TOMBSTONE: &[u8] = b"ehi-layer: this vault was removed\n";
+
+/// The address of [`TOMBSTONE`].
+pub fn tombstone_address() -> Id {
+    Id::of_content(TOMBSTONE)
+}
+
 /// The signer and slot id of the ed25519 seed `seed`.
 pub(crate) fn slot_of(seed: &[u8; 32]) -> Result<(SlotSigner, Id)> {
     let signer = SlotSigner::ed25519_from_seed(seed);
@@ -80,12 +89,12 @@ pub(crate) async fn read(net: &Network, slot: Id, what: &str) -> Result<Option<I
         .map_err(|e| EhiError::network(format!("reading the {what} slot"), e))
 }
 
-/// Stores the public tombstone blob ([`crate::vault::TOMBSTONE`]) so slots may point
+/// Stores the public tombstone blob ([`TOMBSTONE`]) so slots may point
 /// at it.
 pub(crate) async fn store_tombstone(net: &Network) -> Result<Id> {
     let blob = crate::seal::Blob {
-        address: crate::vault::tombstone_address(),
-        bytes: bytes::Bytes::from_static(crate::vault::TOMBSTONE),
+        address: tombstone_address(),
+        bytes: bytes::Bytes::from_static(TOMBSTONE),
     };
     net.put(&blob).await?;
     Ok(blob.address)
@@ -102,7 +111,7 @@ pub(crate) async fn tombstone(
     signer: Option<&SlotSigner>,
     what: &str,
 ) -> Result<()> {
-    let tombstone = crate::vault::tombstone_address();
+    let tombstone = tombstone_address();
     for _ in 0..5 {
         let Some(current) = read(net, slot, what).await? else {
             return Ok(());
@@ -157,7 +166,7 @@ async fn history(
 /// when the slot is unknown.
 pub(crate) async fn held(net: &Network, slot: Id, what: &str) -> Result<Vec<Id>> {
     let history = history(net, slot, what).await?;
-    let tombstone = crate::vault::tombstone_address();
+    let tombstone = tombstone_address();
     let mut out: Vec<Id> = Vec::new();
     for state in history.into_iter().rev() {
         if state.address != tombstone && !out.contains(&state.address) {

@@ -71,14 +71,7 @@ pub use requests::{
     ApproveStep, ConsentOutcome, ConsentRequestInfo, RequestList, UnreadableRequest,
 };
 
-/// The bytes of the tombstone blob a removed vault's slots point at (public, the same
-/// for every vault).
-pub const TOMBSTONE: &[u8] = b"ehi-layer: this vault was removed\n";
-
-/// The address of [`TOMBSTONE`].
-pub fn tombstone_address() -> Id {
-    Id::of_content(TOMBSTONE)
-}
+pub use crate::slotmove::{TOMBSTONE, tombstone_address};
 
 /// Tuning of a vault handle.
 #[derive(Clone, Debug)]
@@ -379,7 +372,7 @@ pub struct Vault {
     /// This device's HPKE seed (opens the device keyring, see `vault/devices.rs`).
     hpke_seed: SecretKey,
     /// The emergency policy's keys of root key generation 0 (see [`crate::emergency`]).
-    policy0: crate::emergency::PolicyKeys,
+    policy0: crate::keys::PolicyKeys,
     options: VaultOptions,
     state: Mutex<State>,
 }
@@ -494,7 +487,7 @@ impl Vault {
             signing: keystore.signing_key(),
             root_key,
             hpke_seed: keystore.hpke_seed().clone(),
-            policy0: crate::emergency::PolicyKeys::of_keystore_root(keystore.root_key()),
+            policy0: crate::keys::PolicyKeys::of_keystore_root(keystore.root_key()),
             options,
             state: Mutex::new(State {
                 root_head,
@@ -572,7 +565,7 @@ impl Vault {
             signing: keystore.signing_key(),
             root_key,
             hpke_seed: keystore.hpke_seed().clone(),
-            policy0: crate::emergency::PolicyKeys::of_keystore_root(keystore.root_key()),
+            policy0: crate::keys::PolicyKeys::of_keystore_root(keystore.root_key()),
             options,
             state: Mutex::new(placeholder),
         };

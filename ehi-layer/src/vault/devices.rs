@@ -267,13 +267,13 @@ impl Vault {
     /// The emergency policy's keys of every root key generation this device holds, the
     /// current generation first, then the older ones newest first (see
     /// [`crate::emergency`]).
-    pub(crate) async fn policy_keys(&self) -> Vec<crate::emergency::PolicyKeys> {
+    pub(crate) async fn policy_keys(&self) -> Vec<crate::keys::PolicyKeys> {
         let state = self.state.lock().await;
         self.policy_keys_of(&state)
     }
 
     /// [`Vault::policy_keys`] with the state already locked.
-    pub(super) fn policy_keys_of(&self, state: &State) -> Vec<crate::emergency::PolicyKeys> {
+    pub(super) fn policy_keys_of(&self, state: &State) -> Vec<crate::keys::PolicyKeys> {
         state
             .root_keys
             .generations()
@@ -283,7 +283,7 @@ impl Vault {
                 g => state
                     .root_keys
                     .get(g)
-                    .map(|k| crate::emergency::PolicyKeys::of_generation(&k)),
+                    .map(|k| crate::keys::PolicyKeys::of_generation(&k)),
             })
             .collect()
     }
