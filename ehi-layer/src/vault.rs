@@ -17,7 +17,10 @@
 //! that changed are fetched), the *same logical changes* are re-planned on top of it —
 //! versions are renumbered after the other device's, blobs whose version number did not
 //! change are reused, the others are resealed — and the swap is retried (jittered
-//! back-off, [`VaultOptions::max_attempts`]). Both imports end up in the vault; when
+//! back-off, [`VaultOptions::max_attempts`]). Steps 2–5 and the retries are the vault's
+//! one commit primitive (`vault/commit.rs`), which every other change of the root goes
+//! through as well (grants, revocations, devices, requests, channels, overrides, audit
+//! entries, removal); an import is its largest plan. Both imports end up in the vault; when
 //! both touched one resource, both versions are kept, in commit order. Blocks written by
 //! a failed attempt and superseded roots/manifests are unpinned.
 //!
@@ -56,7 +59,9 @@ use crate::search::Index;
 use crate::time::{instant, now_ms};
 
 mod audit_log;
+mod commit;
 mod devices;
+use commit::{Plan, RootChange};
 mod sharing;
 use devices::RootKeys;
 pub use devices::{DeviceRemoval, WatchEvent};
@@ -360,6 +365,21 @@ struct Stored {
     blocks: Vec<[u8; 32]>,
 }
 
+/// What an import keeps across its attempts.
+struct Importing<'a> {
+    changes: Arc<Vec<Change>>,
+    options: &'a ImportOptions,
+    /// The import's time (versions' `lastUpdated`).
+    now: u64,
+    progress: Option<ProgressFn>,
+    /// Versions sealed and stored by an attempt, by change index.
+    stored: HashMap<usize, Stored>,
+    /// Versions an earlier attempt stored that a later one sealed again.
+    orphans: Vec<Id>,
+    blobs_written: usize,
+    attempts: u32,
+}
+
 /// A handle on an open vault. Cheap operations lock the in-memory state briefly; imports
 /// hold it for their whole commit, so one handle commits one import at a time.
 pub struct Vault {
@@ -651,239 +671,182 @@ impl Vault {
         options: &ImportOptions,
         progress: Option<ProgressFn>,
     ) -> Result<ImportReport> {
-        let changes = Arc::new(changes);
-        let now = now_ms();
         let mut state = self.state.lock().await;
-        let mut stored: HashMap<usize, Stored> = HashMap::new();
-        let mut orphans: Vec<Id> = Vec::new();
-        let mut blobs_written = 0usize;
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let mut report = ImportReport {
-                attempts: attempt,
-                ..ImportReport::default()
-            };
-            let mut attempt_notes = Vec::new();
-            let planned = match plan(
-                &state,
-                &changes,
-                options,
-                now,
-                &mut report,
-                &mut attempt_notes,
-            ) {
-                Ok(planned) => planned,
-                Err(e) => {
-                    self.abandon(&stored, &orphans, &[]).await;
-                    return Err(e);
+        let mut import = Importing {
+            changes: Arc::new(changes),
+            options,
+            now: now_ms(),
+            progress,
+            stored: HashMap::new(),
+            orphans: Vec::new(),
+            blobs_written: 0,
+            attempts: 0,
+        };
+        let committed = self
+            .commit(&mut state, &mut import, |vault, state, import| {
+                Box::pin(vault.plan_import(state, import))
+            })
+            .await;
+        match committed {
+            Ok((mut report, attempt_notes, touched)) => {
+                if touched.is_empty() {
+                    // Nothing to commit (possibly because another device stored the
+                    // same content meanwhile): release what earlier attempts pinned.
+                    self.abandon(&import.stored, &import.orphans).await;
+                } else {
+                    self.sync_scope_slots(&state, &touched).await;
                 }
-            };
-            if planned.is_empty() {
-                // Nothing to commit (possibly because another device stored the same
-                // content meanwhile): release what earlier attempts pinned.
-                self.abandon(&stored, &orphans, &[]).await;
                 report.generation = state.root.generation;
-                report.blobs_written = blobs_written;
+                report.blobs_written = import.blobs_written;
                 notes.extend(attempt_notes);
                 report.notes = notes;
-                return Ok(report);
+                Ok(report)
             }
-
-            // Seal and store the resource versions not stored by an earlier attempt.
-            let mut blocks: HashMap<usize, Vec<[u8; 32]>> = HashMap::new();
-            let mut to_seal: Vec<usize> = Vec::new();
-            for (i, p) in planned.iter().enumerate() {
-                if p.content.is_none() {
-                    continue;
-                }
-                match stored.get(&p.change) {
-                    Some(s)
-                        if s.version == p.entry.version
-                            && s.epoch == p.entry.epoch
-                            && s.scope == p.scope =>
-                    {
-                        blocks.insert(i, s.blocks.clone());
-                    }
-                    Some(s) => {
-                        orphans.extend(s.blocks.iter().copied().map(Id::from_bytes));
-                        to_seal.push(i);
-                    }
-                    None => to_seal.push(i),
-                }
-            }
-            let planned = Arc::new(planned);
-            let sealed = self
-                .seal_and_store(&state, &planned, &to_seal, progress.as_ref())
-                .await;
-            let sealed = match sealed {
-                Ok(sealed) => sealed,
-                Err(e) => {
-                    self.abandon(&stored, &orphans, &[]).await;
-                    return Err(e);
-                }
-            };
-            blobs_written += sealed.len();
-            let mut new_blocks: Vec<Id> = Vec::new();
-            for (i, addresses) in sealed {
-                let p = &planned[i];
-                let raw = to_raw(&addresses);
-                new_blocks.extend(addresses);
-                stored.insert(
-                    p.change,
-                    Stored {
-                        version: p.entry.version,
-                        epoch: p.entry.epoch,
-                        scope: p.scope,
-                        blocks: raw.clone(),
-                    },
-                );
-                blocks.insert(i, raw);
-            }
-            if let Err(e) = self.net.pin(&new_blocks).await {
-                self.abandon(&stored, &orphans, &[]).await;
-                return Err(e);
-            }
-
-            // Manifests and root.
-            if let Some(p) = &progress {
-                p(Progress {
-                    stage: Stage::Committing,
-                    done: 0,
-                    total: 1,
-                });
-            }
-            let touched: BTreeSet<Scope> = planned.iter().map(|p| p.scope).collect();
-            let mut loading = Ok(());
-            for scope in touched {
-                loading = self.load_index(&mut state, scope).await;
-                if loading.is_err() {
-                    break;
-                }
-            }
-            let built = match loading {
-                Ok(()) => {
-                    let mut detail = format!(
-                        "{} created, {} updated, {} deleted",
-                        report.created, report.updated, report.deleted
-                    );
-                    if !report.other_patients.is_empty() {
-                        // The patient's decision to keep others' records here.
-                        detail.push_str(&format!(
-                            "; other patients allowed: {}",
-                            report.other_patients.join(", ")
-                        ));
-                    }
-                    let record = AuditRecord::new(AuditAction::Import, detail);
-                    let tail = self.ensure_audit_tail(&mut state).await;
-                    match tail.and_then(|()| self.audit_blob(&state, &record)) {
-                        Ok(audit) => {
-                            self.build_commit(&state, Arc::clone(&planned), blocks, now, audit)
-                                .await
-                        }
-                        Err(e) => Err(e),
-                    }
-                }
-                Err(e) => Err(e),
-            };
-            let built = match built {
-                Ok(built) => built,
-                Err(e) => {
-                    self.abandon(&stored, &orphans, &[]).await;
-                    return Err(e);
-                }
-            };
-            attempt_notes.extend(built.notes.iter().cloned());
-            let attempt_blocks = built.blocks();
-            let outcome = async {
-                self.put_all(built.blobs.clone()).await?;
-                self.net.pin(&attempt_blocks).await?;
-                Ok::<_, EhiError>(())
-            }
-            .await;
-            if let Err(e) = outcome {
-                self.abandon(&stored, &orphans, &attempt_blocks).await;
-                return Err(e);
-            }
-            let swap = self
-                .net
-                .slots()
-                .update_signed(&self.slot, &self.signer, &state.root_head, &built.root_head)
-                .await;
-            match swap {
-                Ok(()) => {
-                    let mut superseded = state.root_blocks.clone();
-                    for (scope, ..) in &built.scopes {
-                        if let Ok(record) = state.record(*scope) {
-                            superseded.extend(record.manifest.iter().copied().map(Id::from_bytes));
-                        }
-                    }
-                    // Versions stored by an earlier attempt that the merge made
-                    // unnecessary (the other device stored the same content).
-                    let used: BTreeSet<usize> = planned.iter().map(|p| p.change).collect();
-                    for (change, s) in &stored {
-                        if !used.contains(change) {
-                            superseded.extend(s.blocks.iter().copied().map(Id::from_bytes));
-                        }
-                    }
-                    let touched: Vec<Scope> = built.scopes.iter().map(|s| s.0).collect();
-                    state.root_head = built.root_head;
-                    state.root_blocks = built.root_blocks.clone();
-                    let prev_head = state.root.audit_head;
-                    state.root = built.root;
-                    if let Some((address, entry)) = built.audit {
-                        state.appended_audit(prev_head, address, entry);
-                    }
-                    for (scope, manifest, index, _) in built.scopes {
-                        state.scopes.insert(
-                            scope,
-                            Loaded {
-                                manifest,
-                                index: Some(index),
-                            },
-                        );
-                    }
-                    superseded.extend(orphans.iter().copied());
-                    self.net.unpin_quietly(&superseded).await;
-                    self.sync_scope_slots(&state, &touched).await;
-                    report.generation = state.root.generation;
-                    report.blobs_written = blobs_written;
-                    notes.extend(attempt_notes);
-                    report.notes = notes;
-                    return Ok(report);
-                }
-                Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => {
-                    self.net.unpin_quietly(&attempt_blocks).await;
-                    if attempt >= self.options.max_attempts {
-                        self.abandon(&stored, &orphans, &[]).await;
-                        return Err(EhiError::Contention { attempts: attempt });
-                    }
-                    let jitter: u64 = rand::random::<u64>() % 40;
-                    tokio::time::sleep(Duration::from_millis(
-                        5 + jitter + 5 * u64::from(attempt.min(20)),
-                    ))
-                    .await;
-                    if let Err(e) = self.refresh_state(&mut state).await {
-                        self.abandon(&stored, &orphans, &[]).await;
-                        return Err(e);
-                    }
-                }
-                Err(e) => {
-                    self.abandon(&stored, &orphans, &attempt_blocks).await;
-                    return Err(EhiError::network("moving the vault slot", e));
-                }
+            Err(e) => {
+                self.abandon(&import.stored, &import.orphans).await;
+                Err(e)
             }
         }
     }
 
+    /// One attempt of an import against `state`: plans the changes, seals and stores
+    /// the versions not stored by an earlier attempt, and builds the new manifests.
+    /// Answers the report, its notes and the scopes touched (none: nothing to commit).
+    async fn plan_import(
+        &self,
+        state: &mut State,
+        import: &mut Importing<'_>,
+    ) -> Result<Plan<(ImportReport, Vec<String>, Vec<Scope>)>> {
+        import.attempts += 1;
+        let mut report = ImportReport {
+            attempts: import.attempts,
+            ..ImportReport::default()
+        };
+        let mut attempt_notes = Vec::new();
+        let planned = plan(
+            state,
+            &import.changes,
+            import.options,
+            import.now,
+            &mut report,
+            &mut attempt_notes,
+        )?;
+        if planned.is_empty() {
+            return Ok(Plan::Nothing((report, attempt_notes, Vec::new())));
+        }
+
+        // Seal and store the resource versions not stored by an earlier attempt.
+        let mut blocks: HashMap<usize, Vec<[u8; 32]>> = HashMap::new();
+        let mut to_seal: Vec<usize> = Vec::new();
+        for (i, p) in planned.iter().enumerate() {
+            if p.content.is_none() {
+                continue;
+            }
+            match import.stored.get(&p.change) {
+                Some(s)
+                    if s.version == p.entry.version
+                        && s.epoch == p.entry.epoch
+                        && s.scope == p.scope =>
+                {
+                    blocks.insert(i, s.blocks.clone());
+                }
+                Some(s) => {
+                    import
+                        .orphans
+                        .extend(s.blocks.iter().copied().map(Id::from_bytes));
+                    to_seal.push(i);
+                }
+                None => to_seal.push(i),
+            }
+        }
+        let planned = Arc::new(planned);
+        let sealed = self
+            .seal_and_store(state, &planned, &to_seal, import.progress.as_ref())
+            .await?;
+        import.blobs_written += sealed.len();
+        let mut new_blocks: Vec<Id> = Vec::new();
+        for (i, addresses) in sealed {
+            let p = &planned[i];
+            let raw = to_raw(&addresses);
+            new_blocks.extend(addresses);
+            import.stored.insert(
+                p.change,
+                Stored {
+                    version: p.entry.version,
+                    epoch: p.entry.epoch,
+                    scope: p.scope,
+                    blocks: raw.clone(),
+                },
+            );
+            blocks.insert(i, raw);
+        }
+        self.net.pin(&new_blocks).await?;
+
+        // Manifests.
+        if let Some(p) = &import.progress {
+            p(Progress {
+                stage: Stage::Committing,
+                done: 0,
+                total: 1,
+            });
+        }
+        let touched: BTreeSet<Scope> = planned.iter().map(|p| p.scope).collect();
+        for scope in &touched {
+            self.load_index(state, *scope).await?;
+        }
+        let built = self
+            .build_manifests(state, Arc::clone(&planned), blocks)
+            .await?;
+        attempt_notes.extend(built.notes.iter().cloned());
+        let mut detail = format!(
+            "{} created, {} updated, {} deleted",
+            report.created, report.updated, report.deleted
+        );
+        if !report.other_patients.is_empty() {
+            // The patient's decision to keep others' records here.
+            detail.push_str(&format!(
+                "; other patients allowed: {}",
+                report.other_patients.join(", ")
+            ));
+        }
+        // Unneeded once this attempt lands: the manifests it replaces, versions stored
+        // by an earlier attempt that the merge made unnecessary (the other device
+        // stored the same content), and versions an earlier attempt sealed differently.
+        let mut superseded: Vec<Id> = Vec::new();
+        for (scope, ..) in &built.scopes {
+            if let Ok(record) = state.record(*scope) {
+                superseded.extend(record.manifest.iter().copied().map(Id::from_bytes));
+            }
+        }
+        let used: BTreeSet<usize> = planned.iter().map(|p| p.change).collect();
+        for (change, s) in &import.stored {
+            if !used.contains(change) {
+                superseded.extend(s.blocks.iter().copied().map(Id::from_bytes));
+            }
+        }
+        superseded.extend(import.orphans.iter().copied());
+        let touched: Vec<Scope> = built.scopes.iter().map(|s| s.0).collect();
+        let change = RootChange {
+            root: built.root,
+            blobs: built.blobs,
+            manifests: built
+                .scopes
+                .into_iter()
+                .map(|(scope, manifest, index)| (scope, manifest, Some(index)))
+                .collect(),
+            unpin_after: superseded,
+            audit: Some(AuditRecord::new(AuditAction::Import, detail)),
+        };
+        Ok(Plan::write(change, (report, attempt_notes, touched)))
+    }
+
     /// Unpins everything an abandoned import pinned.
-    async fn abandon(&self, stored: &HashMap<usize, Stored>, orphans: &[Id], extra: &[Id]) {
+    async fn abandon(&self, stored: &HashMap<usize, Stored>, orphans: &[Id]) {
         let mut blocks: Vec<Id> = stored
             .values()
             .flat_map(|s| s.blocks.iter().copied().map(Id::from_bytes))
             .collect();
         blocks.extend_from_slice(orphans);
-        blocks.extend_from_slice(extra);
         self.net.unpin_quietly(&blocks).await;
     }
 
@@ -958,13 +921,11 @@ impl Vault {
 
     /// Builds the new manifests of the touched scopes and the new root (on the blocking
     /// pool).
-    async fn build_commit(
+    async fn build_manifests(
         &self,
         state: &State,
         planned: Arc<Vec<Planned>>,
         blocks: HashMap<usize, Vec<[u8; 32]>>,
-        now: u64,
-        audit: (Blob, AuditEntry),
     ) -> Result<Built> {
         let touched: BTreeSet<Scope> = planned.iter().map(|p| p.scope).collect();
         let mut inputs = Vec::new();
@@ -984,16 +945,12 @@ impl Vault {
             inputs.push((*scope, loaded, key, record.current_epoch));
         }
         let root = state.root.clone();
-        let root_keys = state.root_keys.clone();
         tokio::task::spawn_blocking(move || {
             let mut built = Built {
                 scopes: Vec::new(),
                 blobs: Vec::new(),
-                root_head: Id::from_bytes([0; 32]),
-                root_blocks: Vec::new(),
                 root,
                 notes: Vec::new(),
-                audit: None,
             };
             for (scope, loaded, key, epoch) in inputs {
                 let Loaded {
@@ -1041,18 +998,8 @@ impl Vault {
                     record.manifest = to_raw(&addresses);
                 }
                 built.blobs.extend(sealed.into_blobs());
-                built.scopes.push((scope, manifest, index, addresses));
+                built.scopes.push((scope, manifest, index));
             }
-            let (audit_blob, audit_entry) = audit;
-            built.root.audit_head = Some(*audit_blob.address.as_bytes());
-            built.audit = Some((audit_blob.address, audit_entry));
-            built.blobs.push(audit_blob);
-            built.root.generation += 1;
-            built.root.updated_ms = now.max(built.root.updated_ms);
-            let sealed_root = seal_root(&built.root, &root_keys)?;
-            built.root_head = sealed_root.head.address;
-            built.root_blocks = sealed_root.addresses();
-            built.blobs.extend(sealed_root.into_blobs());
             Ok(built)
         })
         .await?
@@ -1720,55 +1667,24 @@ impl Vault {
             )));
         }
         let mut state = self.state.lock().await;
-        for attempt in 1..=self.options.max_attempts {
-            self.refresh_state(&mut state).await?;
-            if state
+        self.commit(&mut state, &mut (), move |_, state, ()| {
+            let plan = if state
                 .scopes
                 .values()
                 .any(|l| l.manifest.resources.contains_key(resource_type))
             {
-                return Err(EhiError::InvalidArgument(format!(
+                Err(EhiError::InvalidArgument(format!(
                     "resources of type {resource_type} are stored; the scope of a type can \
                      only change while none is"
-                )));
-            }
-            let mut root = state.root.clone();
-            root.overrides.insert(resource_type.to_string(), scope);
-            root.generation += 1;
-            root.updated_ms = now_ms().max(root.updated_ms);
-            let sealed = seal_root(&root, &state.root_keys)?;
-            let head = sealed.head.address;
-            let blocks = sealed.addresses();
-            self.put_all(sealed.into_blobs()).await?;
-            self.net.pin(&blocks).await?;
-            match self
-                .net
-                .slots()
-                .update_signed(&self.slot, &self.signer, &state.root_head, &head)
-                .await
-            {
-                Ok(()) => {
-                    let old = std::mem::replace(&mut state.root_blocks, blocks);
-                    state.root_head = head;
-                    state.root = root;
-                    self.net.unpin_quietly(&old).await;
-                    return Ok(());
-                }
-                Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => {
-                    self.net.unpin_quietly(&blocks).await;
-                    if attempt == self.options.max_attempts {
-                        break;
-                    }
-                }
-                Err(e) => {
-                    self.net.unpin_quietly(&blocks).await;
-                    return Err(EhiError::network("moving the vault slot", e));
-                }
-            }
-        }
-        Err(EhiError::Contention {
-            attempts: self.options.max_attempts,
+                )))
+            } else {
+                let mut root = state.root.clone();
+                root.overrides.insert(resource_type.to_string(), scope);
+                Ok(Plan::write(RootChange::root(root), ()))
+            };
+            commit::decided(plan)
         })
+        .await
     }
 
     /// Removes the vault: points the vault slot and every other slot of the vault
@@ -1788,39 +1704,16 @@ impl Vault {
         };
         self.net.put(&tombstone).await?;
         let mut state = self.state.lock().await;
-        let mut attempt = 0;
-        let blocks = loop {
-            attempt += 1;
-            self.refresh_state(&mut state).await?;
-            if let Err(e) = self.ensure_audit_blocks(&mut state).await {
-                tracing::warn!(error = %e, "walking the audit log");
-            }
-            let blocks = state.all_blocks();
-            match self
-                .net
-                .slots()
-                .update_signed(
-                    &self.slot,
-                    &self.signer,
-                    &state.root_head,
-                    &tombstone.address,
-                )
-                .await
-            {
-                Ok(()) => break blocks,
-                Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => {
-                    if attempt >= self.options.max_attempts {
-                        return Err(EhiError::Contention { attempts: attempt });
+        let blocks = self
+            .commit(&mut state, &mut (), |vault, state, ()| {
+                Box::pin(async move {
+                    if let Err(e) = vault.ensure_audit_blocks(state).await {
+                        tracing::warn!(error = %e, "walking the audit log");
                     }
-                }
-                Err(e) => {
-                    return Err(EhiError::network(
-                        "moving the vault slot to the tombstone",
-                        e,
-                    ));
-                }
-            }
-        };
+                    Ok(Plan::Retire(state.all_blocks()))
+                })
+            })
+            .await?;
         // Every other slot (scopes, grants, channels, inbox, replies, emergency policy
         // and log, device keyring) and the blocks the root does not list: see
         // `vault/removal.rs`.
@@ -1857,21 +1750,13 @@ pub(crate) struct ResourceVersions {
     pub versions: Vec<HistoryEntry>,
 }
 
-/// The output of [`Vault::build_commit`].
+/// The output of [`Vault::build_manifests`]: the new manifests (sealed) and the root
+/// pointing at them (not yet sealed).
 struct Built {
-    scopes: Vec<(Scope, ScopeManifest, Index, Vec<Id>)>,
+    scopes: Vec<(Scope, ScopeManifest, Index)>,
     blobs: Vec<Blob>,
-    root_head: Id,
-    root_blocks: Vec<Id>,
     root: VaultRoot,
     notes: Vec<String>,
-    audit: Option<(Id, AuditEntry)>,
-}
-
-impl Built {
-    fn blocks(&self) -> Vec<Id> {
-        self.blobs.iter().map(|b| b.address).collect()
-    }
 }
 
 /// Plans the changes against `state`: one new version per change that changes

@@ -55,29 +55,11 @@ impl Vault {
     /// Appends `record` to the audit log (one commit of its own).
     pub async fn audit(&self, record: AuditRecord) -> Result<()> {
         let mut state = self.state.lock().await;
-        for attempt in 1..=self.options.max_attempts {
-            self.refresh_state(&mut state).await?;
-            let root = state.root.clone();
-            if self
-                .swap_root(
-                    &mut state,
-                    root,
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                    Some(&record),
-                )
-                .await?
-            {
-                return Ok(());
-            }
-            if attempt == self.options.max_attempts {
-                break;
-            }
-        }
-        Err(EhiError::Contention {
-            attempts: self.options.max_attempts,
+        self.commit(&mut state, &mut &record, |_, state, record| {
+            let change = RootChange::root(state.root.clone()).audited((*record).clone());
+            commit::decided(Ok(Plan::write(change, ())))
         })
+        .await
     }
 
     /// Every audit entry, oldest first (as of the last refresh).

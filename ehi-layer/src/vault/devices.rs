@@ -301,42 +301,31 @@ impl Vault {
             added_ms: now_ms(),
         };
         let mut state = self.state.lock().await;
-        for attempt in 1..=self.options.max_attempts {
-            self.refresh_state(&mut state).await?;
-            let mut root = state.root.clone();
-            if root.devices.iter().any(|d| d.hpke_public == hpke_public) {
-                return Ok(DeviceInfo::of(&record));
-            }
-            root.devices.push(record.clone());
-            if state.root_keys.newest() > 0 {
-                self.publish_keyring(&state.root_keys, &root.devices)
-                    .await?;
-            }
-            let audit = AuditRecord::new(
-                AuditAction::Device,
-                format!("device {} joined", device_id(&hpke_public)),
-            )
-            .with_entities(vec![format!("device/{}", device_id(&hpke_public))]);
-            if self
-                .swap_root(
-                    &mut state,
-                    root,
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                    Some(&audit),
+        self.commit(&mut state, &mut (), move |vault, state, ()| {
+            let record = record.clone();
+            Box::pin(async move {
+                let mut root = state.root.clone();
+                if root.devices.iter().any(|d| d.hpke_public == hpke_public) {
+                    return Ok(Plan::Nothing(DeviceInfo::of(&record)));
+                }
+                root.devices.push(record.clone());
+                if state.root_keys.newest() > 0 {
+                    vault
+                        .publish_keyring(&state.root_keys, &root.devices)
+                        .await?;
+                }
+                let audit = AuditRecord::new(
+                    AuditAction::Device,
+                    format!("device {} joined", device_id(&hpke_public)),
                 )
-                .await?
-            {
-                return Ok(DeviceInfo::of(&record));
-            }
-            if attempt == self.options.max_attempts {
-                break;
-            }
-        }
-        Err(EhiError::Contention {
-            attempts: self.options.max_attempts,
+                .with_entities(vec![format!("device/{}", device_id(&hpke_public))]);
+                Ok(Plan::write(
+                    RootChange::root(root).audited(audit),
+                    DeviceInfo::of(&record),
+                ))
+            })
         })
+        .await
     }
 
     /// Removes device `id` (from [`Vault::devices`]) and rotates the key of **every
@@ -347,101 +336,104 @@ impl Vault {
     pub async fn remove_device(&self, id: &str) -> Result<DeviceRemoval> {
         let wanted = id.trim().to_ascii_lowercase();
         let mut state = self.state.lock().await;
-        for attempt in 1..=self.options.max_attempts {
-            self.refresh_state(&mut state).await?;
-            let Some(position) = state
-                .root
-                .devices
-                .iter()
-                .position(|d| device_id(&d.hpke_public) == wanted)
-            else {
-                return Err(EhiError::NotFound(format!("device {id}")));
-            };
-            if state.root.devices.len() == 1 {
-                return Err(EhiError::InvalidArgument(
-                    "that is the vault's only device; removing it would lock the patient out"
-                        .into(),
-                ));
-            }
-            let now = now_ms();
-            let mut root = state.root.clone();
-            root.devices.remove(position);
-            // A new root key generation, given to the remaining devices only.
-            let generation = state
-                .root_keys
-                .newest()
-                .checked_add(1)
-                .ok_or_else(|| EhiError::Crypto("root key generations exhausted".into()))?;
-            let mut keys = state.root_keys.clone();
-            keys.insert(generation, SecretKey::random()?);
-            keys.set_current(generation);
-            self.publish_keyring(&keys, &root.devices).await?;
-            state.root_keys = keys;
-            let mut blobs: Vec<Blob> = Vec::new();
-            let mut manifests: Vec<(Scope, ScopeManifest)> = Vec::new();
-            let mut superseded: Vec<Id> = Vec::new();
-            let mut rotated = Vec::new();
-            let scopes: Vec<Scope> = root.scopes.keys().copied().collect();
-            for scope in &scopes {
-                let (epoch, key, mut manifest) =
-                    sharing::new_scope_epoch(&state, &mut root, scope, now)?;
-                sharing::seal_epoch_manifest(
-                    &mut root,
-                    scope,
-                    &mut manifest,
-                    epoch,
-                    &key,
-                    &mut blobs,
-                    &mut superseded,
-                )?;
-                manifests.push((*scope, manifest));
-                rotated.push((*scope, epoch));
-            }
-            let republish =
-                self.reseal_grants(&mut root, now, |_| true, &mut blobs, &mut superseded)?;
-            let audit = AuditRecord::new(
-                AuditAction::Device,
-                format!(
-                    "device {wanted} removed; {} scope(s) moved to new key epochs",
-                    rotated.len()
-                ),
-            )
-            .with_entities(vec![format!("device/{wanted}")]);
-            if self
-                .swap_root(&mut state, root, blobs, manifests, Vec::new(), Some(&audit))
-                .await?
-            {
-                self.sync_scope_slots(&state, &scopes).await;
-                for g in &republish {
-                    if let Err(e) = self.publish_grant_slot(g).await {
-                        tracing::warn!(error = %e, "moving a grant slot");
+        let (generation, scopes, rotated, republish, superseded) = self
+            .commit(&mut state, &mut (id, wanted.as_str()), |vault, state, &mut (id, wanted)| {
+                Box::pin(async move {
+                    let Some(position) = state
+                        .root
+                        .devices
+                        .iter()
+                        .position(|d| device_id(&d.hpke_public) == wanted)
+                    else {
+                        return Err(EhiError::NotFound(format!("device {id}")));
+                    };
+                    if state.root.devices.len() == 1 {
+                        return Err(EhiError::InvalidArgument(
+                            "that is the vault's only device; removing it would lock the patient out"
+                                .into(),
+                        ));
                     }
-                }
-                self.net.unpin_quietly(&superseded).await;
-                drop(state);
-                // The emergency policy was keyed from a generation the removed device
-                // holds: re-publish it under the new one.
-                let emergency_rekeyed = match crate::emergency::rekey(self).await {
-                    Ok(done) => done,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "re-keying the emergency policy");
-                        false
+                    let now = now_ms();
+                    let mut root = state.root.clone();
+                    root.devices.remove(position);
+                    // A new root key generation, given to the remaining devices only.
+                    let generation = state
+                        .root_keys
+                        .newest()
+                        .checked_add(1)
+                        .ok_or_else(|| EhiError::Crypto("root key generations exhausted".into()))?;
+                    let mut keys = state.root_keys.clone();
+                    keys.insert(generation, SecretKey::random()?);
+                    keys.set_current(generation);
+                    vault.publish_keyring(&keys, &root.devices).await?;
+                    state.root_keys = keys;
+                    let mut blobs: Vec<Blob> = Vec::new();
+                    let mut manifests: Vec<(Scope, ScopeManifest)> = Vec::new();
+                    let mut superseded: Vec<Id> = Vec::new();
+                    let mut rotated = Vec::new();
+                    let scopes: Vec<Scope> = root.scopes.keys().copied().collect();
+                    for scope in &scopes {
+                        let (epoch, key, mut manifest) =
+                            sharing::new_scope_epoch(state, &mut root, scope, now)?;
+                        sharing::seal_epoch_manifest(
+                            &mut root,
+                            scope,
+                            &mut manifest,
+                            epoch,
+                            &key,
+                            &mut blobs,
+                            &mut superseded,
+                        )?;
+                        manifests.push((*scope, manifest));
+                        rotated.push((*scope, epoch));
                     }
-                };
-                return Ok(DeviceRemoval {
-                    device: wanted,
-                    root_generation: generation,
-                    rotated,
-                    resealed: republish.len(),
-                    emergency_rekeyed,
-                });
-            }
-            if attempt == self.options.max_attempts {
-                break;
+                    let republish =
+                        vault.reseal_grants(&mut root, now, |_| true, &mut blobs, &mut superseded)?;
+                    let audit = AuditRecord::new(
+                        AuditAction::Device,
+                        format!(
+                            "device {wanted} removed; {} scope(s) moved to new key epochs",
+                            rotated.len()
+                        ),
+                    )
+                    .with_entities(vec![format!("device/{wanted}")]);
+                    let change = RootChange {
+                        root,
+                        blobs,
+                        manifests: manifests.into_iter().map(|(s, m)| (s, m, None)).collect(),
+                        unpin_after: Vec::new(),
+                        audit: Some(audit),
+                    };
+                    Ok(Plan::write(
+                        change,
+                        (generation, scopes, rotated, republish, superseded),
+                    ))
+                })
+            })
+            .await?;
+        self.sync_scope_slots(&state, &scopes).await;
+        for g in &republish {
+            if let Err(e) = self.publish_grant_slot(g).await {
+                tracing::warn!(error = %e, "moving a grant slot");
             }
         }
-        Err(EhiError::Contention {
-            attempts: self.options.max_attempts,
+        self.net.unpin_quietly(&superseded).await;
+        drop(state);
+        // The emergency policy was keyed from a generation the removed device
+        // holds: re-publish it under the new one.
+        let emergency_rekeyed = match crate::emergency::rekey(self).await {
+            Ok(done) => done,
+            Err(e) => {
+                tracing::warn!(error = %e, "re-keying the emergency policy");
+                false
+            }
+        };
+        Ok(DeviceRemoval {
+            device: wanted,
+            root_generation: generation,
+            rotated,
+            resealed: republish.len(),
+            emergency_rekeyed,
         })
     }
 

@@ -114,28 +114,17 @@ impl Vault {
                 hpke_seed: SecretKey::random()?,
                 created_ms: now_ms(),
             };
-            let mut committed = false;
-            for _ in 0..self.options.max_attempts {
-                self.refresh_state(&mut state).await?;
-                if state.root.ext.inbox.is_some() {
-                    committed = true;
-                    break;
-                }
-                let mut root = state.root.clone();
-                root.ext.inbox = Some(record.clone());
-                if self
-                    .swap_root(&mut state, root, Vec::new(), Vec::new(), Vec::new(), None)
-                    .await?
-                {
-                    committed = true;
-                    break;
-                }
-            }
-            if !committed {
-                return Err(EhiError::Contention {
-                    attempts: self.options.max_attempts,
-                });
-            }
+            self.commit(&mut state, &mut (), move |_, state, ()| {
+                let plan = if state.root.ext.inbox.is_some() {
+                    Plan::Nothing(())
+                } else {
+                    let mut root = state.root.clone();
+                    root.ext.inbox = Some(record.clone());
+                    Plan::write(RootChange::root(root), ())
+                };
+                commit::decided(Ok(plan))
+            })
+            .await?;
         }
         let inbox = state
             .root
@@ -572,27 +561,12 @@ impl Vault {
         audit: &AuditRecord,
     ) -> Result<()> {
         let mut state = self.state.lock().await;
-        for _ in 0..self.options.max_attempts {
-            self.refresh_state(&mut state).await?;
+        self.commit(&mut state, &mut (edit, audit), |_, state, (edit, audit)| {
             let mut root = state.root.clone();
-            edit(&mut root)?;
-            if self
-                .swap_root(
-                    &mut state,
-                    root,
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                    Some(audit),
-                )
-                .await?
-            {
-                return Ok(());
-            }
-        }
-        Err(EhiError::Contention {
-            attempts: self.options.max_attempts,
+            let change = edit(&mut root).map(|()| RootChange::root(root).audited((*audit).clone()));
+            commit::decided(change.map(|change| Plan::write(change, ())))
         })
+        .await
     }
 }
 

@@ -4,8 +4,8 @@
 //! rotation pieces (`new_scope_epoch`, `seal_epoch_manifest`, `Vault::reseal_grants`)
 //! serve device removal too (`vault/devices.rs`).
 //!
-//! Every change here is one new vault root committed by compare-and-swap on the vault
-//! slot (retried on conflict, like imports). Grant slots and scope slots trail the root:
+//! Every change here is one new vault root committed through `Vault::commit`
+//! (`vault/commit.rs`). Grant slots and scope slots trail the root:
 //! they are moved after the commit.
 
 use std::collections::BTreeSet;
@@ -114,63 +114,48 @@ impl Vault {
             sealed: [0; 32],
         };
         let mut state = self.state.lock().await;
-        for attempt in 1..=self.options.max_attempts {
-            self.refresh_state(&mut state).await?;
-            if let Some(existing) = state.root.grants.iter().find(|g| g.id == id).cloned() {
-                drop(state);
-                self.publish_grant_slot(&existing).await?;
-                let info = GrantInfo::of(&existing, now_ms());
-                let ticket = info.ticket(self.slot, self.net.slots_server());
-                return Ok((info, ticket));
-            }
-            let blob = self.seal_grant_blob(&state.root, &record, now)?;
-            record.sealed = *blob.address.as_bytes();
-            let mut root = state.root.clone();
-            root.grants.push(record.clone());
-            let mut audit = AuditRecord::new(
-                AuditAction::Grant,
-                format!(
-                    "{} access to {} for {} until {}",
-                    if record.contribute {
-                        "contribute"
-                    } else {
-                        "read"
-                    },
-                    record
-                        .scopes
-                        .iter()
-                        .map(|s| s.name())
-                        .collect::<Vec<_>>()
-                        .join(","),
-                    record.app_name,
-                    instant(record.expires_ms)
-                ),
-            )
-            .with_entities(vec![format!("grant/{}", hex::encode(record.id))]);
-            audit.purpose = Some(record.purpose.clone());
-            if self
-                .swap_root(
-                    &mut state,
-                    root,
-                    vec![blob],
-                    Vec::new(),
-                    Vec::new(),
-                    Some(&audit),
-                )
-                .await?
-            {
-                self.publish_grant_slot(&record).await?;
-                let info = GrantInfo::of(&record, now_ms());
-                let ticket = info.ticket(self.slot, self.net.slots_server());
-                return Ok((info, ticket));
-            }
-            if attempt == self.options.max_attempts {
-                break;
-            }
-        }
-        Err(EhiError::Contention {
-            attempts: self.options.max_attempts,
-        })
+        let record = self
+            .commit(&mut state, &mut record, move |vault, state, record| {
+                Box::pin(async move {
+                    if let Some(existing) = state.root.grants.iter().find(|g| g.id == record.id) {
+                        return Ok(Plan::Nothing(existing.clone()));
+                    }
+                    let blob = vault.seal_grant_blob(&state.root, record, now)?;
+                    record.sealed = *blob.address.as_bytes();
+                    let mut root = state.root.clone();
+                    root.grants.push(record.clone());
+                    let mut audit = AuditRecord::new(
+                        AuditAction::Grant,
+                        format!(
+                            "{} access to {} for {} until {}",
+                            if record.contribute {
+                                "contribute"
+                            } else {
+                                "read"
+                            },
+                            record
+                                .scopes
+                                .iter()
+                                .map(|s| s.name())
+                                .collect::<Vec<_>>()
+                                .join(","),
+                            record.app_name,
+                            instant(record.expires_ms)
+                        ),
+                    )
+                    .with_entities(vec![format!("grant/{}", hex::encode(record.id))]);
+                    audit.purpose = Some(record.purpose.clone());
+                    let mut change = RootChange::root(root).audited(audit);
+                    change.blobs.push(blob);
+                    Ok(Plan::write(change, record.clone()))
+                })
+            })
+            .await?;
+        drop(state);
+        self.publish_grant_slot(&record).await?;
+        let info = GrantInfo::of(&record, now_ms());
+        let ticket = info.ticket(self.slot, self.net.slots_server());
+        Ok((info, ticket))
     }
 
     /// Revokes grant `id` (see [`crate::grant`]): every scope it covered moves to a new
@@ -215,159 +200,199 @@ impl Vault {
         id: &str,
         reencrypt: bool,
     ) -> Result<RevokeReport> {
-        for attempt in 1..=self.options.max_attempts {
-            self.refresh_state(state).await?;
-            let revoked = find(&state.root.grants, id)?.clone();
-            let now = now_ms();
-            let mut root = state.root.clone();
-            root.grants.retain(|g| g.id != revoked.id);
-            let mut blobs: Vec<Blob> = Vec::new();
-            let mut manifests: Vec<(Scope, ScopeManifest)> = Vec::new();
-            let mut superseded: Vec<Id> = Vec::new();
-            let mut rotated = Vec::new();
-            let mut reencrypted = 0usize;
-            for scope in &revoked.scopes {
-                let (epoch, key, mut manifest) = new_scope_epoch(state, &mut root, scope, now)?;
-                if reencrypt {
-                    let resource_key = key.derive(CONTEXT_RESOURCE);
-                    // Every live version still under an older key.
-                    let mut jobs = Vec::new();
-                    for (resource_type, ids) in &manifest.resources {
-                        for (rid, versions) in ids {
-                            for (index, v) in versions.iter().enumerate() {
-                                if v.deleted || v.epoch == epoch {
-                                    continue;
+        let (revoked, mut superseded, rotated, republish, resealed, reencrypted) = self
+            .commit(
+                state,
+                &mut (id, reencrypt),
+                |vault, state, &mut (id, reencrypt)| {
+                    Box::pin(async move {
+                        let revoked = find(&state.root.grants, id)?.clone();
+                        let now = now_ms();
+                        let mut root = state.root.clone();
+                        root.grants.retain(|g| g.id != revoked.id);
+                        let mut blobs: Vec<Blob> = Vec::new();
+                        let mut manifests: Vec<(Scope, ScopeManifest)> = Vec::new();
+                        let mut superseded: Vec<Id> = Vec::new();
+                        let mut rotated = Vec::new();
+                        let mut reencrypted = 0usize;
+                        for scope in &revoked.scopes {
+                            let (epoch, key, mut manifest) =
+                                new_scope_epoch(state, &mut root, scope, now)?;
+                            if reencrypt {
+                                let resource_key = key.derive(CONTEXT_RESOURCE);
+                                // Every live version still under an older key.
+                                let mut jobs = Vec::new();
+                                for (resource_type, ids) in &manifest.resources {
+                                    for (rid, versions) in ids {
+                                        for (index, v) in versions.iter().enumerate() {
+                                            if v.deleted || v.epoch == epoch {
+                                                continue;
+                                            }
+                                            let label = format!(
+                                                "{resource_type}/{rid}/_history/{}",
+                                                v.version
+                                            );
+                                            let old_key = state.resource_key(*scope, v.epoch)?;
+                                            jobs.push((
+                                                resource_type.clone(),
+                                                rid.clone(),
+                                                index,
+                                                v.blocks.clone(),
+                                                old_key,
+                                                label,
+                                            ));
+                                        }
+                                    }
                                 }
-                                let label = format!("{resource_type}/{rid}/_history/{}", v.version);
-                                let old_key = state.resource_key(*scope, v.epoch)?;
-                                jobs.push((
-                                    resource_type.clone(),
-                                    rid.clone(),
-                                    index,
-                                    v.blocks.clone(),
-                                    old_key,
-                                    label,
-                                ));
+                                // Fetch and decrypt with bounded parallelism; seal in order.
+                                let scope_copy = *scope;
+                                let fetched: Vec<_> =
+                                    futures_util::stream::iter(
+                                        jobs.into_iter().map(
+                                            |(
+                                                resource_type,
+                                                rid,
+                                                index,
+                                                blocks,
+                                                old_key,
+                                                label,
+                                            )| async move {
+                                                let content = self
+                                                    .fetch_resource(
+                                                        &old_key, scope_copy, &blocks, &label,
+                                                    )
+                                                    .await?;
+                                                Ok::<_, EhiError>((
+                                                    resource_type,
+                                                    rid,
+                                                    index,
+                                                    content,
+                                                ))
+                                            },
+                                        ),
+                                    )
+                                    .buffer_unordered(REENCRYPT_PARALLELISM)
+                                    .collect()
+                                    .await;
+                                for item in fetched {
+                                    let (resource_type, rid, index, content) = item?;
+                                    let v = manifest
+                                        .resources
+                                        .get_mut(&resource_type)
+                                        .and_then(|ids| ids.get_mut(&rid))
+                                        .and_then(|versions| versions.get_mut(index))
+                                        .ok_or_else(|| {
+                                            EhiError::corrupt(
+                                                "scope manifest",
+                                                "a version vanished",
+                                            )
+                                        })?;
+                                    let plaintext = Zeroizing::new(
+                                        serde_json::to_vec(&content).map_err(|e| {
+                                            EhiError::Crypto(format!("encoding a resource: {e}"))
+                                        })?,
+                                    );
+                                    let sealed = seal::seal_object(
+                                        &resource_key,
+                                        Kind::Resource,
+                                        scope.name(),
+                                        epoch,
+                                        &plaintext,
+                                    )?;
+                                    superseded.extend(v.blocks.iter().copied().map(Id::from_bytes));
+                                    v.blocks = to_raw(&sealed.addresses());
+                                    v.epoch = epoch;
+                                    blobs.extend(sealed.into_blobs());
+                                    reencrypted += 1;
+                                }
                             }
+                            seal_epoch_manifest(
+                                &mut root,
+                                scope,
+                                &mut manifest,
+                                epoch,
+                                &key,
+                                &mut blobs,
+                                &mut superseded,
+                            )?;
+                            manifests.push((*scope, manifest));
+                            rotated.push((*scope, epoch));
                         }
-                    }
-                    // Fetch and decrypt with bounded parallelism; seal in order.
-                    let scope_copy = *scope;
-                    let fetched: Vec<_> = futures_util::stream::iter(jobs.into_iter().map(
-                        |(resource_type, rid, index, blocks, old_key, label)| async move {
-                            let content = self
-                                .fetch_resource(&old_key, scope_copy, &blocks, &label)
-                                .await?;
-                            Ok::<_, EhiError>((resource_type, rid, index, content))
-                        },
-                    ))
-                    .buffer_unordered(REENCRYPT_PARALLELISM)
-                    .collect()
-                    .await;
-                    for item in fetched {
-                        let (resource_type, rid, index, content) = item?;
-                        let v = manifest
-                            .resources
-                            .get_mut(&resource_type)
-                            .and_then(|ids| ids.get_mut(&rid))
-                            .and_then(|versions| versions.get_mut(index))
-                            .ok_or_else(|| {
-                                EhiError::corrupt("scope manifest", "a version vanished")
-                            })?;
-                        let plaintext =
-                            Zeroizing::new(serde_json::to_vec(&content).map_err(|e| {
-                                EhiError::Crypto(format!("encoding a resource: {e}"))
-                            })?);
-                        let sealed = seal::seal_object(
-                            &resource_key,
-                            Kind::Resource,
-                            scope.name(),
-                            epoch,
-                            &plaintext,
+                        // Re-seal the remaining grants that cover a rotated scope.
+                        let republish = vault.reseal_grants(
+                            &mut root,
+                            now,
+                            |g| g.scopes.iter().any(|s| revoked.scopes.contains(s)),
+                            &mut blobs,
+                            &mut superseded,
                         )?;
-                        superseded.extend(v.blocks.iter().copied().map(Id::from_bytes));
-                        v.blocks = to_raw(&sealed.addresses());
-                        v.epoch = epoch;
-                        blobs.extend(sealed.into_blobs());
-                        reencrypted += 1;
-                    }
-                }
-                seal_epoch_manifest(
-                    &mut root,
-                    scope,
-                    &mut manifest,
-                    epoch,
-                    &key,
-                    &mut blobs,
-                    &mut superseded,
-                )?;
-                manifests.push((*scope, manifest));
-                rotated.push((*scope, epoch));
-            }
-            // Re-seal the remaining grants that cover a rotated scope.
-            let republish = self.reseal_grants(
-                &mut root,
-                now,
-                |g| g.scopes.iter().any(|s| revoked.scopes.contains(s)),
-                &mut blobs,
-                &mut superseded,
-            )?;
-            let resealed: Vec<String> = republish.iter().map(|g| hex::encode(g.id)).collect();
-            superseded.push(Id::from_bytes(revoked.sealed));
-            let audit = AuditRecord::new(
-                AuditAction::Revoke,
-                format!(
-                    "grant to {} revoked{}; {} scope(s) rotated, {} version(s) re-encrypted",
-                    revoked.app_name,
-                    if revoked.expires_ms <= now {
-                        " (expired)"
-                    } else {
-                        ""
-                    },
-                    rotated.len(),
-                    reencrypted
-                ),
+                        let resealed: Vec<String> =
+                            republish.iter().map(|g| hex::encode(g.id)).collect();
+                        superseded.push(Id::from_bytes(revoked.sealed));
+                        let audit = AuditRecord::new(
+                    AuditAction::Revoke,
+                    format!(
+                        "grant to {} revoked{}; {} scope(s) rotated, {} version(s) re-encrypted",
+                        revoked.app_name,
+                        if revoked.expires_ms <= now {
+                            " (expired)"
+                        } else {
+                            ""
+                        },
+                        rotated.len(),
+                        reencrypted
+                    ),
+                )
+                .with_entities(vec![format!("grant/{}", hex::encode(revoked.id))]);
+                        let change = RootChange {
+                            root,
+                            blobs,
+                            manifests: manifests.into_iter().map(|(s, m)| (s, m, None)).collect(),
+                            unpin_after: Vec::new(),
+                            audit: Some(audit),
+                        };
+                        Ok(Plan::write(
+                            change,
+                            (
+                                revoked,
+                                superseded,
+                                rotated,
+                                republish,
+                                resealed,
+                                reencrypted,
+                            ),
+                        ))
+                    })
+                },
             )
-            .with_entities(vec![format!("grant/{}", hex::encode(revoked.id))]);
-            if self
-                .swap_root(state, root, blobs, manifests, Vec::new(), Some(&audit))
-                .await?
-            {
-                let scopes: Vec<Scope> = revoked.scopes.clone();
-                self.sync_scope_slots(state, &scopes).await;
-                for g in &republish {
-                    if let Err(e) = self.publish_grant_slot(g).await {
-                        tracing::warn!(error = %e, "moving a grant slot");
-                    }
-                }
-                self.tombstone_grant_slot(&revoked).await;
-                // Its channel is no longer read: tombstone it, unpin its header.
-                match self.close_channel(&revoked).await {
-                    Ok(Some(header)) => superseded.push(header),
-                    Ok(None) => {}
-                    Err(e) => tracing::warn!(error = %e, "closing a revoked grant's channel"),
-                }
-                let unpinned = self.net.unpin(&superseded).await.unwrap_or(0);
-                let collection = if unpinned > 0 {
-                    self.net.collection().await
-                } else {
-                    None
-                };
-                return Ok(RevokeReport {
-                    grant: hex::encode(revoked.id),
-                    rotated,
-                    resealed,
-                    reencrypted,
-                    unpinned,
-                    collection,
-                });
-            }
-            if attempt == self.options.max_attempts {
-                break;
+            .await?;
+        let scopes: Vec<Scope> = revoked.scopes.clone();
+        self.sync_scope_slots(state, &scopes).await;
+        for g in &republish {
+            if let Err(e) = self.publish_grant_slot(g).await {
+                tracing::warn!(error = %e, "moving a grant slot");
             }
         }
-        Err(EhiError::Contention {
-            attempts: self.options.max_attempts,
+        self.tombstone_grant_slot(&revoked).await;
+        // Its channel is no longer read: tombstone it, unpin its header.
+        match self.close_channel(&revoked).await {
+            Ok(Some(header)) => superseded.push(header),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "closing a revoked grant's channel"),
+        }
+        let unpinned = self.net.unpin(&superseded).await.unwrap_or(0);
+        let collection = if unpinned > 0 {
+            self.net.collection().await
+        } else {
+            None
+        };
+        Ok(RevokeReport {
+            grant: hex::encode(revoked.id),
+            rotated,
+            resealed,
+            reencrypted,
+            unpinned,
+            collection,
         })
     }
 
@@ -432,105 +457,13 @@ impl Vault {
         })
     }
 
-    /// Stores `blobs` and the sealed `root`, pins them, and compare-and-swaps the vault
-    /// slot. `Ok(false)` when another device committed first (nothing of this attempt
-    /// stays pinned). On success `state` takes the new root and `manifests`, and the
-    /// old root blocks and `unpin_after` are unpinned.
-    pub(super) async fn swap_root(
-        &self,
-        state: &mut State,
-        mut root: VaultRoot,
-        mut blobs: Vec<Blob>,
-        manifests: Vec<(Scope, ScopeManifest)>,
-        unpin_after: Vec<Id>,
-        audit: Option<&AuditRecord>,
-    ) -> Result<bool> {
-        root.format = ROOT_FORMAT;
-        let mut appended = None;
-        if let Some(record) = audit {
-            self.ensure_audit_tail(state).await?;
-            let (blob, entry) = self.audit_blob(state, record)?;
-            root.audit_head = Some(*blob.address.as_bytes());
-            appended = Some((blob.address, entry));
-            blobs.push(blob);
-        }
-        root.generation += 1;
-        root.updated_ms = now_ms().max(root.updated_ms);
-        let sealed = seal_root(&root, &state.root_keys)?;
-        let head = sealed.head.address;
-        let root_blocks = sealed.addresses();
-        blobs.extend(sealed.into_blobs());
-        let blocks: Vec<Id> = blobs.iter().map(|b| b.address).collect();
-        self.put_all(blobs).await?;
-        self.net.pin(&blocks).await?;
-        match self
-            .net
-            .slots()
-            .update_signed(&self.slot, &self.signer, &state.root_head, &head)
-            .await
-        {
-            Ok(()) => {
-                let mut old = std::mem::replace(&mut state.root_blocks, root_blocks);
-                old.extend(unpin_after);
-                state.root_head = head;
-                let prev_head = state.root.audit_head;
-                state.root = root;
-                if let Some((address, entry)) = appended {
-                    state.appended_audit(prev_head, address, entry);
-                }
-                for (scope, manifest) in manifests {
-                    let index = state.scopes.get_mut(&scope).and_then(|l| l.index.take());
-                    state.scopes.insert(scope, Loaded { manifest, index });
-                }
-                self.net.unpin_quietly(&old).await;
-                Ok(true)
-            }
-            Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => {
-                self.net.unpin_quietly(&blocks).await;
-                Ok(false)
-            }
-            Err(e) => {
-                self.net.unpin_quietly(&blocks).await;
-                Err(EhiError::network("moving the vault slot", e))
-            }
-        }
-    }
-
     /// Points the grant slot of `record` at its sealed grant (registering it the first
     /// time).
     pub(super) async fn publish_grant_slot(&self, record: &GrantRecord) -> Result<()> {
         let slot = Id::from_bytes(record.slot_id);
         let target = Id::from_bytes(record.sealed);
         let signer = SlotSigner::ed25519_from_seed(record.slot_seed.expose());
-        for _ in 0..5 {
-            let current = self
-                .net
-                .slots()
-                .get(&slot)
-                .await
-                .map_err(|e| EhiError::network("reading a grant slot", e))?;
-            let result = match current {
-                None => self
-                    .net
-                    .slots()
-                    .register(&signer.register_request(slot, target))
-                    .await
-                    .map(|_| ()),
-                Some(current) if current.address == target => return Ok(()),
-                Some(current) => {
-                    self.net
-                        .slots()
-                        .update_signed(&slot, &signer, &current.address, &target)
-                        .await
-                }
-            };
-            match result {
-                Ok(()) => {}
-                Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => {}
-                Err(e) => return Err(EhiError::network("moving a grant slot", e)),
-            }
-        }
-        Err(EhiError::Contention { attempts: 5 })
+        slotmove::point(&self.net, &signer, slot, target, "grant").await
     }
 
     /// Points a revoked grant's slot at the public tombstone (best effort: the key
