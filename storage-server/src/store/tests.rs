@@ -1,0 +1,306 @@
+//! Unit tests of the blob store: both layouts, totals, limits, hashes, listing,
+//! paging and deletion.
+
+use std::fs;
+use std::io;
+
+use bytes::Bytes;
+
+use super::*;
+use crate::usage::Payer;
+
+const NO_PACKS: PackConfig = PackConfig {
+    max_blob: 0,
+    max_pack: 0,
+    lanes: 0,
+    compaction: crate::pack::CompactionConfig {
+        threshold: 0.0,
+        bytes_per_s: 0,
+        interval: std::time::Duration::ZERO,
+    },
+};
+
+/// A store writing every blob as a file (the file-layout tests).
+fn store(limit: u64) -> (tempfile::TempDir, BlobStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open_with(dir.path(), limit, NO_PACKS).expect("open");
+    (dir, store)
+}
+
+#[test]
+fn totals_count_each_stored_blob_once_and_survive_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let large = PackConfig::default().max_blob + 1;
+    {
+        let store = BlobStore::open(dir.path(), 4 << 20).expect("open");
+        assert_eq!(store.totals(), (0, 0));
+        store.put(Bytes::from_static(b"small"), None).expect("put");
+        store
+            .put(Bytes::from_static(b"small"), None)
+            .expect("again");
+        store
+            .put(Bytes::from(vec![7u8; large]), None)
+            .expect("large");
+        store
+            .put(Bytes::from(vec![7u8; large]), None)
+            .expect("large again");
+        let mut writer = store.writer().expect("writer");
+        writer.write(b"streamed").expect("write");
+        writer.commit(None).expect("commit");
+        assert_eq!(store.totals(), (3, 5 + large as u64 + 8));
+    }
+    let store = BlobStore::open(dir.path(), 4 << 20).expect("reopen");
+    assert_eq!(store.totals(), (3, 5 + large as u64 + 8), "counted at open");
+}
+
+#[test]
+fn small_blobs_are_packed_and_large_ones_are_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open(dir.path(), 4 << 20).expect("open");
+    let small = store.put(Bytes::from_static(b"small"), None).expect("put");
+    let large_data = vec![7u8; PackConfig::default().max_blob + 1];
+    let large = store
+        .put(Bytes::from(large_data.clone()), None)
+        .expect("put");
+    assert!(!store.blob_path(&small).exists());
+    assert!(store.blob_path(&large).exists());
+    assert_eq!(store.size(&small).expect("size"), Some(5));
+    let (mut file, base, len) = store.open_blob(&small).expect("open").expect("held");
+    assert!(base > 0);
+    let mut read = Vec::new();
+    io::Read::read_to_end(&mut io::Read::take(&mut file, len), &mut read).expect("read");
+    assert_eq!(read, b"small");
+
+    // The same small content arriving streamed is not stored twice.
+    let mut writer = store.writer().expect("writer");
+    writer.write(b"small").expect("write");
+    assert_eq!(writer.commit(Some(small)).expect("commit"), small);
+    assert!(!store.blob_path(&small).exists());
+
+    let mut listed: Vec<_> = store.list().collect::<io::Result<_>>().expect("list");
+    listed.sort();
+    let mut expected = vec![(small, 5), (large, large_data.len() as u64)];
+    expected.sort();
+    assert_eq!(listed, expected);
+
+    drop(store);
+    let store = BlobStore::open(dir.path(), 4 << 20).expect("reopen");
+    assert_eq!(store.size(&small).expect("size"), Some(5));
+    assert_eq!(store.list().count(), 2);
+}
+
+#[test]
+fn put_then_read_back() {
+    let (_dir, store) = store(1 << 20);
+    let id = store.put(Bytes::from_static(b"hello"), None).expect("put");
+    assert_eq!(id, Id::of_content(b"hello"));
+    assert_eq!(store.size(&id).expect("size"), Some(5));
+    assert_eq!(fs::read(store.blob_path(&id)).expect("read"), b"hello");
+    let hex = id.to_string();
+    assert!(
+        store
+            .blob_path(&id)
+            .ends_with(format!("{}/{}/{}", &hex[..2], &hex[2..4], &hex[4..]))
+    );
+    // Idempotent.
+    assert_eq!(
+        store
+            .put(Bytes::from_static(b"hello"), Some(id))
+            .expect("again"),
+        id
+    );
+}
+
+#[test]
+fn wrong_hash_stores_nothing() {
+    let (_dir, store) = store(1 << 20);
+    let claimed = Id::of_content(b"other");
+    let err = store
+        .put(Bytes::from_static(b"hello"), Some(claimed))
+        .expect_err("mismatch");
+    assert!(matches!(err, StoreError::HashMismatch { .. }));
+    assert_eq!(store.size(&claimed).expect("size"), None);
+    assert_eq!(store.size(&Id::of_content(b"hello")).expect("size"), None);
+    assert_eq!(fs::read_dir(&store.inner.tmp).expect("tmp").count(), 0);
+}
+
+#[test]
+fn too_large_stores_nothing() {
+    let (_dir, store) = store(4);
+    assert!(matches!(
+        store.put(Bytes::from_static(b"hello"), None),
+        Err(StoreError::TooLarge { limit: 4 })
+    ));
+    let mut writer = store.writer().expect("writer");
+    writer.write(b"hel").expect("fits");
+    assert!(matches!(
+        writer.write(b"lo"),
+        Err(StoreError::TooLarge { .. })
+    ));
+    drop(writer);
+    assert_eq!(fs::read_dir(&store.inner.tmp).expect("tmp").count(), 0);
+    assert_eq!(store.list().count(), 0);
+}
+
+#[test]
+fn abandoned_temp_files_are_removed_at_open() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open_with(dir.path(), 100, NO_PACKS).expect("open");
+    let mut writer = store.writer().expect("writer");
+    writer.write(b"partial").expect("write");
+    std::mem::forget(writer); // as if the process died mid-write
+    assert_eq!(fs::read_dir(&store.inner.tmp).expect("tmp").count(), 1);
+    drop(store);
+    let reopened = BlobStore::open(dir.path(), 100).expect("reopen");
+    assert_eq!(fs::read_dir(&reopened.inner.tmp).expect("tmp").count(), 0);
+}
+
+#[test]
+fn list_yields_every_blob_once() {
+    let (_dir, store) = store(1 << 20);
+    let mut expected = Vec::new();
+    for i in 0..50u32 {
+        let data = format!("blob {i}").repeat(i as usize + 1);
+        let id = store
+            .put(Bytes::from(data.clone().into_bytes()), None)
+            .expect("put");
+        expected.push((id, data.len() as u64));
+    }
+    // Stray files are ignored.
+    fs::write(store.inner.root.join("README"), "x").expect("stray");
+    let mut listed: Vec<_> = store.list().collect::<io::Result<_>>().expect("list");
+    listed.sort();
+    expected.sort();
+    assert_eq!(listed, expected);
+}
+
+fn payer(subject: &str) -> Payer {
+    Payer {
+        subject: subject.to_string(),
+        quota: Some(1 << 20),
+    }
+}
+
+/// Packs for blobs up to 100 bytes, no background compaction.
+fn tiny_packs() -> PackConfig {
+    PackConfig {
+        max_blob: 100,
+        lanes: 1,
+        compaction: crate::pack::CompactionConfig {
+            interval: std::time::Duration::ZERO,
+            ..Default::default()
+        },
+        ..PackConfig::default()
+    }
+}
+
+#[test]
+fn deleting_gives_back_exactly_the_charge_also_after_reopen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let small = b"small and packed".to_vec();
+    let large = vec![3u8; 500];
+    let (small_id, large_id) = {
+        let store = BlobStore::open_with(dir.path(), 1 << 20, tiny_packs()).expect("open");
+        let alice = payer("alice");
+        let small_id = store
+            .put_as(Bytes::from(small.clone()), None, Some(&alice))
+            .expect("small");
+        let large_id = store
+            .put_as(Bytes::from(large.clone()), None, Some(&alice))
+            .expect("large");
+        // Bob stores nothing new: he is not charged, and is given nothing back.
+        store
+            .put_as(Bytes::from(small.clone()), None, Some(&payer("bob")))
+            .expect("again");
+        assert_eq!(store.usage().used("alice"), 516);
+        assert_eq!(store.delete(&small_id).expect("delete"), Some(16));
+        assert_eq!(store.usage().used("alice"), 500);
+        assert_eq!(store.usage().used("bob"), 0);
+        assert_eq!(store.delete(&small_id).expect("again"), None);
+        assert_eq!(store.usage().used("alice"), 500, "released twice");
+        assert_eq!(store.totals(), (1, 500));
+        (small_id, large_id)
+    };
+    let store = BlobStore::open_with(dir.path(), 1 << 20, tiny_packs()).expect("reopen");
+    assert_eq!(store.usage().used("alice"), 500);
+    assert_eq!(store.size(&small_id).expect("size"), None);
+    assert_eq!(store.totals(), (1, 500));
+    let deleted = store
+        .delete_many(&[large_id, large_id, small_id])
+        .expect("delete");
+    assert_eq!(deleted, vec![(large_id, 500)]);
+    assert!(!store.blob_path(&large_id).exists());
+    assert_eq!(store.usage().used("alice"), 0);
+    assert_eq!(store.totals(), (0, 0));
+    drop(store);
+    let store = BlobStore::open_with(dir.path(), 1 << 20, tiny_packs()).expect("reopen");
+    assert_eq!(store.usage().used("alice"), 0);
+}
+
+#[test]
+fn a_blob_held_in_both_layouts_is_deleted_from_both() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open_with(dir.path(), 1 << 20, tiny_packs()).expect("open");
+    // Streamed first (a file), then written whole (packed).
+    let mut writer = store.writer().expect("writer");
+    writer.write(b"twice").expect("write");
+    let id = writer.commit(None).expect("commit");
+    store
+        .packs()
+        .expect("packs")
+        .put(id, Bytes::from_static(b"twice"), None)
+        .expect("pack");
+    assert!(store.blob_path(&id).exists());
+    assert!(store.packed(&id).expect("packed").is_some());
+    assert_eq!(store.delete_many(&[id]).expect("delete"), vec![(id, 5)]);
+    assert!(!store.blob_path(&id).exists());
+    assert!(store.packed(&id).expect("packed").is_none());
+    assert_eq!(store.size(&id).expect("size"), None);
+}
+
+#[test]
+fn pages_merge_both_layouts_in_address_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open_with(dir.path(), 1 << 20, tiny_packs()).expect("open");
+    let mut expected = Vec::new();
+    for i in 0..40u32 {
+        // Even: packed (short); odd: files (over 100 bytes).
+        let data = if i % 2 == 0 {
+            format!("packed {i}").into_bytes()
+        } else {
+            format!("file {i} ").repeat(20).into_bytes()
+        };
+        let id = store.put(Bytes::from(data.clone()), None).expect("put");
+        expected.push((id, data.len() as u64));
+    }
+    expected.sort();
+    assert!(
+        store
+            .blob_path(&expected.iter().find(|(_, l)| *l > 100).expect("file").0)
+            .exists()
+    );
+    let mut listed = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.page(after, 7).expect("page");
+        assert!(page.len() <= 7);
+        listed.extend(page.iter().copied());
+        if page.len() < 7 {
+            break;
+        }
+        after = page.last().map(|(id, _)| *id);
+    }
+    assert_eq!(listed, expected);
+    // From the middle.
+    let middle = expected[19].0;
+    assert_eq!(
+        store.page(Some(middle), 100).expect("page"),
+        expected[20..].to_vec()
+    );
+    assert!(
+        store
+            .page(Some(expected[39].0), 5)
+            .expect("page")
+            .is_empty()
+    );
+}
