@@ -15,7 +15,12 @@
 //! updates the totals; see [`BlobStore::delete_many`] for the order of its steps.
 //! Listing ([`BlobStore::page`]) merges both layouts in ascending address order.
 //!
-//! All methods block; async callers run them on the blocking pool.
+//! The store decides the layout on both paths: [`BlobStore::read`] finds a blob in a
+//! pack or as a file and reads a requested range of it, and [`BlobStore::receive`]
+//! takes an upload body whole (packed when small enough) or streams it to a file.
+//!
+//! All methods but [`BlobStore::receive`] block; async callers run them on the
+//! blocking pool. `receive` is async and runs its blocking steps there itself.
 
 use std::fs::{self, File};
 use std::io;
@@ -30,13 +35,15 @@ use crate::usage::{QuotaExceeded, Usage};
 mod delete;
 mod list;
 mod read;
+mod receive;
 #[cfg(test)]
 mod tests;
 mod write;
 
+pub use read::{BlobBody, BlobRead, INLINE_READ, Opened};
 pub use write::BlobWriter;
 
-/// Why a write did not store a blob.
+/// Why the store did not store (or read) a blob.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
@@ -57,9 +64,26 @@ pub enum StoreError {
     /// Storing the blob would take its payer past its quota; nothing was stored.
     #[error(transparent)]
     Quota(#[from] QuotaExceeded),
+    /// An upload declared a length over the store's size limit; nothing was read.
+    #[error("blob of {declared} bytes exceeds the limit of {limit} bytes")]
+    DeclaredTooLarge {
+        /// The length the upload declared.
+        declared: u64,
+        /// The configured limit in bytes.
+        limit: u64,
+    },
+    /// An upload's body could not be read; nothing was stored.
+    #[error("could not read body: {0}")]
+    Body(String),
+    /// An upload's body ended before it was complete; nothing was stored.
+    #[error("upload ended early")]
+    Incomplete,
     /// The filesystem failed.
     #[error("storage i/o: {0}")]
     Io(#[from] io::Error),
+    /// A blocking step of an upload failed to run to its end.
+    #[error("blocking task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
 /// Blobs on disk, addressed by SHA-256. Cloning shares the store.
@@ -83,6 +107,8 @@ struct Inner {
     installing: Mutex<()>,
     /// Blobs and bytes held ([`BlobStore::totals`]).
     totals: Totals,
+    /// KiB of upload bodies that may be held in memory at once ([`BlobStore::receive`]).
+    receive_budget: Arc<tokio::sync::Semaphore>,
 }
 
 /// How many blobs, of how many bytes, the store holds: counted at open, then kept up
@@ -182,6 +208,7 @@ impl BlobStore {
                 index,
                 installing: Mutex::new(()),
                 totals: Totals::default(),
+                receive_budget: Arc::new(tokio::sync::Semaphore::new(receive::BUDGET_KIB)),
             }),
         };
         // Counted before the store takes writes, so the totals stay exact.
