@@ -41,6 +41,7 @@ mod tests;
 mod write;
 
 pub use read::{BlobBody, BlobRead, INLINE_READ, Opened};
+pub use receive::INLINE_WRITE;
 pub use write::BlobWriter;
 
 /// Why the store did not store (or read) a blob.

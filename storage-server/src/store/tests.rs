@@ -1,12 +1,18 @@
 //! Unit tests of the blob store: both layouts, totals, limits, hashes, listing,
-//! paging and deletion.
+//! paging and deletion, and its entry points [`BlobStore::read`] (whole, ranges,
+//! packed and files, small and large) and [`BlobStore::receive`] (each way of
+//! receiving a body, and each refusal).
 
 use std::fs;
 use std::io;
 
+use std::io::Read as _;
+
 use bytes::Bytes;
+use futures_util::{Stream, stream};
 
 use super::*;
+use crate::range::ByteRange;
 use crate::usage::Payer;
 
 const NO_PACKS: PackConfig = PackConfig {
@@ -303,4 +309,282 @@ fn pages_merge_both_layouts_in_address_order() {
             .expect("page")
             .is_empty()
     );
+}
+
+/// The bytes of a read's body, and whether they came back as an open file.
+fn body_bytes(body: BlobBody) -> (Vec<u8>, bool) {
+    match body {
+        BlobBody::Bytes(data) => (data, false),
+        BlobBody::File { file, len } => {
+            let mut data = Vec::new();
+            file.take(len).read_to_end(&mut data).expect("read file");
+            (data, true)
+        }
+    }
+}
+
+/// Reads `range` of blob `id`, which must be held and the range satisfiable: the
+/// selected range, the bytes, and whether they came back as an open file.
+fn read(
+    store: &BlobStore,
+    id: &Id,
+    range: Option<ByteRange>,
+) -> (Option<std::ops::RangeInclusive<u64>>, Vec<u8>, bool) {
+    match store.read(id, range).expect("read") {
+        Some(Opened::Content(read)) => {
+            assert_eq!(read.size, store.size(id).expect("size").expect("held"));
+            let len = read.body.len();
+            let (data, file) = body_bytes(read.body);
+            assert_eq!(data.len() as u64, len, "the body's length");
+            (read.range, data, file)
+        }
+        other => panic!("expected content, got {other:?}"),
+    }
+}
+
+#[test]
+fn read_serves_packed_and_file_blobs_whole_and_in_ranges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open_with(dir.path(), 1 << 20, tiny_packs()).expect("open");
+    let packed = b"packed: short enough for a pack".to_vec();
+    let file = b"a file: ".repeat(20);
+    for data in [&packed, &file] {
+        let id = store.put(Bytes::from(data.clone()), None).expect("put");
+        assert_eq!(
+            store.packed(&id).expect("packed").is_some(),
+            data.len() <= 100
+        );
+        let len = data.len() as u64;
+        assert_eq!(read(&store, &id, None), (None, data.clone(), false));
+        let between = Some(ByteRange::Between { first: 2, last: 5 });
+        assert_eq!(
+            read(&store, &id, between),
+            (Some(2..=5), data[2..=5].to_vec(), false)
+        );
+        let past_end = Some(ByteRange::Between {
+            first: 3,
+            last: len + 50,
+        });
+        assert_eq!(
+            read(&store, &id, past_end),
+            (Some(3..=len - 1), data[3..].to_vec(), false)
+        );
+        let last = Some(ByteRange::Last(4));
+        assert_eq!(
+            read(&store, &id, last),
+            (
+                Some(len - 4..=len - 1),
+                data[data.len() - 4..].to_vec(),
+                false
+            )
+        );
+        for outside in [ByteRange::From(len), ByteRange::Last(0)] {
+            assert!(matches!(
+                store.read(&id, Some(outside)).expect("read"),
+                Some(Opened::Unsatisfiable { size }) if size == len
+            ));
+        }
+    }
+    let absent = Id::of_content(b"never stored");
+    assert!(store.read(&absent, None).expect("read").is_none());
+    assert!(
+        store
+            .read(&absent, Some(ByteRange::From(0)))
+            .expect("read")
+            .is_none()
+    );
+}
+
+#[test]
+fn large_selections_come_back_as_open_files_from_either_layout() {
+    let large = (0..INLINE_READ + 5000)
+        .map(|i| (i % 251) as u8)
+        .collect::<Vec<_>>();
+    let len = large.len() as u64;
+    for config in [PackConfig::default(), NO_PACKS] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = BlobStore::open_with(dir.path(), 4 << 20, config).expect("open");
+        let id = store.put(Bytes::from(large.clone()), None).expect("put");
+        assert_eq!(
+            store.packed(&id).expect("packed").is_some(),
+            config.max_blob > 0
+        );
+        assert_eq!(read(&store, &id, None), (None, large.clone(), true));
+        // One byte over the inline size, from the middle: still a file, positioned.
+        let first = 1000;
+        let last = first + INLINE_READ;
+        assert_eq!(
+            read(&store, &id, Some(ByteRange::Between { first, last })),
+            (
+                Some(first..=last),
+                large[first as usize..=last as usize].to_vec(),
+                true
+            )
+        );
+        // A small range of a large blob is read at once.
+        assert_eq!(
+            read(&store, &id, Some(ByteRange::From(len - 10))),
+            (
+                Some(len - 10..=len - 1),
+                large[large.len() - 10..].to_vec(),
+                false
+            )
+        );
+    }
+}
+
+/// An upload body delivered in chunks of `chunk` bytes.
+fn body(data: &[u8], chunk: usize) -> impl Stream<Item = Result<Bytes, String>> + Send + Unpin {
+    let chunks: Vec<Result<Bytes, String>> = data
+        .chunks(chunk.max(1))
+        .map(|c| Ok(Bytes::copy_from_slice(c)))
+        .collect();
+    stream::iter(chunks)
+}
+
+/// Where blob `id` is held: (packed, as a file).
+fn layout(store: &BlobStore, id: &Id) -> (bool, bool) {
+    (
+        store.packed(id).expect("packed").is_some(),
+        store.blob_path(id).exists(),
+    )
+}
+
+#[tokio::test]
+async fn receive_packs_bodies_taken_whole_and_writes_streamed_ones_as_files() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open(dir.path(), 8 << 20).expect("open");
+    let pack_max = store.pack_max_blob();
+    let small = b"small, declared".to_vec();
+    let budgeted = vec![5u8; INLINE_WRITE as usize + 1];
+    let over_pack = vec![6u8; pack_max + 1];
+    let undeclared = b"small, length unknown".to_vec();
+    // (body, declared length, expected layout)
+    let cases = [
+        (&small, Some(small.len() as u64), (true, false)),
+        (&budgeted, Some(budgeted.len() as u64), (true, false)),
+        (&over_pack, Some(over_pack.len() as u64), (false, true)),
+        (&undeclared, None, (false, true)),
+    ];
+    for (data, declared, expected_layout) in cases {
+        let expected = Id::of_content(data);
+        let id = store
+            .receive(body(data, 7000), declared, Some(expected), None)
+            .await
+            .expect("receive");
+        assert_eq!(id, expected);
+        assert_eq!(layout(&store, &id), expected_layout, "{} bytes", data.len());
+        assert_eq!(read(&store, &id, None).1, *data);
+    }
+    assert_eq!(store.totals().0, 4);
+}
+
+#[tokio::test]
+async fn receive_streams_a_packable_body_when_the_memory_budget_is_spent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open(dir.path(), 8 << 20).expect("open");
+    let budget = Arc::clone(&store.inner.receive_budget);
+    let spent = budget
+        .clone()
+        .try_acquire_many_owned(receive::BUDGET_KIB as u32)
+        .expect("the whole budget");
+    let data = vec![9u8; INLINE_WRITE as usize + 1];
+    let declared = Some(data.len() as u64);
+    let streamed = store
+        .receive(body(&data, 4096), declared, None, None)
+        .await
+        .expect("receive");
+    assert_eq!(layout(&store, &streamed), (false, true));
+    // Small bodies do not draw on the budget.
+    let small = store
+        .receive(body(b"tiny", 4096), Some(4), None, None)
+        .await
+        .expect("receive");
+    assert_eq!(layout(&store, &small), (true, false));
+    drop(spent);
+    let other = vec![8u8; INLINE_WRITE as usize + 1];
+    let packed = store
+        .receive(body(&other, 4096), Some(other.len() as u64), None, None)
+        .await
+        .expect("receive");
+    assert_eq!(layout(&store, &packed), (true, false));
+    assert_eq!(
+        budget.available_permits(),
+        receive::BUDGET_KIB,
+        "given back"
+    );
+}
+
+#[tokio::test]
+async fn receive_refuses_and_stores_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open(dir.path(), 1000).expect("open");
+    let data = b"the right bytes".to_vec();
+    let wrong = Id::of_content(b"other bytes");
+
+    let refused = store
+        .receive(body(&data, 4), Some(1001), None, None)
+        .await
+        .expect_err("declared too large");
+    assert!(matches!(
+        refused,
+        StoreError::DeclaredTooLarge {
+            declared: 1001,
+            limit: 1000
+        }
+    ));
+    // Too long without a declared length (streamed) and with a wrong one (whole).
+    let long = vec![1u8; 1001];
+    for declared in [None, Some(10)] {
+        let refused = store
+            .receive(body(&long, 100), declared, None, None)
+            .await
+            .expect_err("too large");
+        assert!(matches!(refused, StoreError::TooLarge { limit: 1000 }));
+    }
+    for declared in [None, Some(data.len() as u64)] {
+        let refused = store
+            .receive(body(&data, 4), declared, Some(wrong), None)
+            .await
+            .expect_err("mismatch");
+        assert!(matches!(refused, StoreError::HashMismatch { expected, .. } if expected == wrong));
+        let broken = stream::iter(vec![
+            Ok(Bytes::from_static(b"the ")),
+            Err("connection reset".to_string()),
+        ]);
+        let refused = store
+            .receive(broken, declared, None, None)
+            .await
+            .expect_err("body error");
+        assert!(matches!(&refused, StoreError::Body(reason) if reason == "connection reset"));
+        assert_eq!(refused.to_string(), "could not read body: connection reset");
+    }
+    assert_eq!(store.totals(), (0, 0));
+    assert_eq!(fs::read_dir(&store.inner.tmp).expect("tmp").count(), 0);
+}
+
+#[tokio::test]
+async fn receive_checks_a_declared_length_against_the_quota_unless_already_held() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = BlobStore::open(dir.path(), 1 << 20).expect("open");
+    let tight = Payer {
+        subject: "tight".to_string(),
+        quota: Some(10),
+    };
+    let data = b"more than ten bytes".to_vec();
+    let id = Id::of_content(&data);
+    let declared = Some(data.len() as u64);
+    let refused = store
+        .receive(body(&data, 4), declared, Some(id), Some(&tight))
+        .await
+        .expect_err("over quota");
+    assert!(matches!(refused, StoreError::Quota(_)));
+    assert_eq!(store.size(&id).expect("size"), None);
+    store.put(Bytes::from(data.clone()), None).expect("put");
+    let held = store
+        .receive(body(&data, 4), declared, Some(id), Some(&tight))
+        .await
+        .expect("already held: free");
+    assert_eq!(held, id);
+    assert_eq!(store.usage().used("tight"), 0);
 }
