@@ -23,6 +23,11 @@ const WRITE_CHUNK: usize = 256 * 1024;
 /// Memory for upload bodies received whole: 256 MiB, counted in KiB.
 pub(super) const BUDGET_KIB: usize = 256 * 1024;
 
+/// An upload body as the store reads it: chunks, or the text of a read error.
+trait UploadBody: Stream<Item = Result<Bytes, String>> + Send + Unpin {}
+
+impl<S: Stream<Item = Result<Bytes, String>> + Send + Unpin> UploadBody for S {}
+
 /// How an upload body is received.
 enum Reception {
     /// Collected in memory, then stored in one blocking call, holding its share of
@@ -64,6 +69,8 @@ impl BlobStore {
                 return Err(StoreError::Quota(refused));
             }
         }
+        // Read errors are kept as their text ([`StoreError::Body`]).
+        let body = body.map(|chunk| chunk.map_err(|e| e.to_string()));
         match self.reception(declared) {
             Reception::Whole(budget) => {
                 let stored = self.receive_whole(body, declared, expected, payer).await;
@@ -92,21 +99,17 @@ impl BlobStore {
     }
 
     /// Collects the body in memory and stores it in one blocking call.
-    async fn receive_whole<S, E>(
+    async fn receive_whole(
         &self,
-        mut body: S,
+        mut body: impl UploadBody,
         declared: Option<u64>,
         expected: Option<Id>,
         payer: Option<&Payer>,
-    ) -> Result<Id, StoreError>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
-        E: std::fmt::Display,
-    {
+    ) -> Result<Id, StoreError> {
         let limit = self.max_blob_size();
         let mut data = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| StoreError::Body(e.to_string()))?;
+            let chunk = chunk.map_err(StoreError::Body)?;
             if (data.len() + chunk.len()) as u64 > limit {
                 return Err(StoreError::TooLarge { limit });
             }
@@ -120,16 +123,12 @@ impl BlobStore {
 
     /// Streams the body to disk: a blocking task hashes and writes what this task
     /// receives, and commits once the body ended.
-    async fn receive_streamed<S, E>(
+    async fn receive_streamed(
         &self,
-        mut body: S,
+        mut body: impl UploadBody,
         expected: Option<Id>,
         payer: Option<&Payer>,
-    ) -> Result<Id, StoreError>
-    where
-        S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
-        E: std::fmt::Display,
-    {
+    ) -> Result<Id, StoreError> {
         let store = self.clone();
         let payer = payer.cloned();
         let (tx, mut rx) = mpsc::channel::<Option<Bytes>>(4);
@@ -159,7 +158,7 @@ impl BlobStore {
                     }
                 }
                 Err(e) => {
-                    read_error = Some(e.to_string());
+                    read_error = Some(e);
                     break;
                 }
             }
