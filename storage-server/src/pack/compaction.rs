@@ -35,7 +35,7 @@ pub struct CompactionConfig {
     /// Most pack bytes compaction reads per second (0: unlimited).
     pub bytes_per_s: u64,
     /// How often the background thread looks for packs to compact; zero: no
-    /// background compaction (only [`Packs::compact_now`]).
+    /// background compaction (only [`Packs::compact_now`](super::Packs::compact_now)).
     pub interval: Duration,
 }
 

@@ -6,9 +6,9 @@
 //! destination directory is fsynced before the write is acknowledged. Temp files left
 //! by a crash are removed by [`BlobStore::open`]. Readers never see partial blobs.
 //!
-//! A write may name a [`Payer`]: once the blob's address is known and it is not yet
-//! held, its size is reserved against the payer's quota, and charged when this write
-//! is the one that stores it ([`crate::usage`]).
+//! A write may name a [`Payer`](crate::usage::Payer): once the blob's address is
+//! known and it is not yet held, its size is reserved against the payer's quota, and
+//! charged when this write is the one that stores it ([`crate::usage`]).
 //!
 //! Deleting ([`BlobStore::delete_many`]) removes packed blobs from the pack index and
 //! blob files from the tree, gives each blob's charge back to its recorded payer and
