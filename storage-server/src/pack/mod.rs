@@ -57,6 +57,11 @@
 //! index). A reader that located a blob in a pack compaction then removed finds the
 //! file gone (`NotFound`) and locates the blob again ([`Packs::read_blob`]); one
 //! already holding the pack open keeps reading the unlinked file.
+//!
+//! Here: the settings, errors, [`Location`] and [`Packs`] (opening, appending,
+//! deleting). Submodules: `index` (the tables), `record` (the record format and
+//! [`verify_packs`]), `recovery` (repairs at open), `packer` (the packing lanes),
+//! `read` (lookups and reads) and `compaction`.
 
 use std::collections::HashMap;
 use std::fs::{self, File};

@@ -21,6 +21,9 @@
 //!
 //! All methods but [`BlobStore::receive`] block; async callers run them on the
 //! blocking pool. `receive` is async and runs its blocking steps there itself.
+//!
+//! Here: [`BlobStore`], its opening, totals and [`StoreError`]. Submodules: `read`,
+//! `receive`, `write` ([`BlobWriter`], installing files), `list` and `delete`.
 
 use std::fs::{self, File};
 use std::io;
