@@ -17,7 +17,6 @@
 //! reach peers only through [`crate::peer::Peers`]. Deletes are reported to find
 //! servers (`PUT /find/gone/`) through [`crate::report`].
 
-use std::io::{self, Read, Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,29 +27,20 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, head, post};
 use axum::{Extension, Json, Router};
-use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use invariant_runtime::{ApiError, ApiJson, ApiPath, ApiResult, Caller};
 use invariant_spec::Id;
 use invariant_spec::storage::{DeleteReport, FetchRequest, ListPage, ListedBlob, MAX_DELETE_BATCH};
 use tokio::io::AsyncReadExt;
-use tokio::sync::mpsc;
 use tokio_util::io::ReaderStream;
 
 use crate::AppState;
-use crate::range::{self, Selection};
-use crate::store::StoreError;
+use crate::range;
+use crate::store::{BlobBody, BlobRead, Opened, StoreError};
 use crate::usage::Payer;
 
-/// Blobs (or ranges) up to this size are read in one blocking call and sent whole.
-const INLINE_READ: u64 = 256 * 1024;
 /// Chunk size when streaming larger blobs from disk.
 const STREAM_CHUNK: usize = 256 * 1024;
-/// Uploads with a declared length up to this are collected in memory, then written
-/// in one blocking call; larger or unknown-length bodies stream to disk.
-const INLINE_WRITE: u64 = 256 * 1024;
-/// Bytes gathered before handing a chunk to the disk writer.
-const WRITE_CHUNK: usize = 256 * 1024;
 /// `Cache-Control` for immutable content.
 const CACHE_CONTROL: &str = "public, max-age=31536000, immutable";
 
@@ -112,9 +102,10 @@ fn not_found(id: &Id) -> ApiError {
     ApiError::not_found(format!("blob {id} is not held here"))
 }
 
-async fn blocking<T, F>(context: &'static str, f: F) -> ApiResult<T>
+async fn blocking<T, E, F>(context: &'static str, f: F) -> ApiResult<T>
 where
-    F: FnOnce() -> io::Result<T> + Send + 'static,
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
     T: Send + 'static,
 {
     match tokio::task::spawn_blocking(f).await {
@@ -138,167 +129,72 @@ async fn head_blob(State(state): State<AppState>, ApiPath(id): ApiPath<Id>) -> A
     Ok(response)
 }
 
-/// What the blocking part of a GET found.
-enum Opened {
-    Absent,
-    Unsatisfiable(u64),
-    Inline {
-        data: Vec<u8>,
-        selection: Selection,
-        len: u64,
-    },
-    Stream {
-        file: std::fs::File,
-        selection: Selection,
-        len: u64,
-    },
-}
-
-/// Finds blob `id` and reads it (small) or opens it for streaming (large).
-fn open_for_get(
-    store: &crate::store::BlobStore,
-    id: &Id,
-    request_headers: &HeaderMap,
-) -> io::Result<Opened> {
-    let id = *id;
-    // One lookup: a packed blob (read through the store's cached pack handle when
-    // it fits in memory) or a blob file.
-    let (packed, file, base, len) = match store.packed(&id)? {
-        Some(location) => (
-            Some(location),
-            None,
-            location.offset,
-            u64::from(location.len),
-        ),
-        None => match store.open_blob(&id)? {
-            Some((file, base, len)) => (None, Some(file), base, len),
-            None => return Ok(Opened::Absent),
-        },
-    };
-    let selection = range::select(request_headers, &id, len);
-    let (start, count) = match selection {
-        Selection::Unsatisfiable => return Ok(Opened::Unsatisfiable(len)),
-        Selection::Full => (0, len),
-        Selection::Partial { start, end } => (start, end - start + 1),
-    };
-    let mut file = match (packed, file) {
-        (Some(location), _) if count <= INLINE_READ => {
-            let data = store.read_packed(&location, start, count as usize)?;
-            return Ok(Opened::Inline {
-                data,
-                selection,
-                len,
-            });
-        }
-        (Some(location), _) => store.open_packed(&location)?,
-        (None, Some(file)) => file,
-        (None, None) => return Ok(Opened::Absent),
-    };
-    file.seek(SeekFrom::Start(base + start))?;
-    if count <= INLINE_READ {
-        let mut data = Vec::with_capacity(count as usize);
-        file.take(count).read_to_end(&mut data)?;
-        if data.len() as u64 != count {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "blob shrank while reading",
-            ));
-        }
-        Ok(Opened::Inline {
-            data,
-            selection,
-            len,
-        })
-    } else {
-        Ok(Opened::Stream {
-            file,
-            selection,
-            len,
-        })
-    }
-}
-
 async fn get_blob(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Id>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     if range::not_modified(&headers, &id) {
-        let store = state.store().clone();
-        let present = blocking("checking blob", move || store.size(&id)).await?;
-        if present.is_none() {
-            return Err(not_found(&id));
-        }
-        let mut response = StatusCode::NOT_MODIFIED.into_response();
-        blob_headers(response.headers_mut(), &id);
-        response.headers_mut().remove(header::CONTENT_TYPE);
-        return Ok(response);
+        return not_modified(&state, id).await;
     }
-
+    let range = range::requested(&headers, &id);
     let store = state.store().clone();
-    let request_headers = headers.clone();
-    let opened = blocking("reading blob", move || {
-        // A packed blob whose pack compaction removed between the lookup and the
-        // read: look it up again (it was moved to a new pack).
-        let mut attempts = 0;
-        loop {
-            match open_for_get(&store, &id, &request_headers) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 3 => attempts += 1,
-                other => return other,
-            }
-        }
-    })
-    .await?;
+    match blocking("reading blob", move || store.read(&id, range)).await? {
+        None => Err(not_found(&id)),
+        Some(Opened::Unsatisfiable { size }) => Ok(range_not_satisfiable(size)),
+        Some(Opened::Content(read)) => Ok(blob_response(&id, read)),
+    }
+}
 
-    let (body, selection, len) = match opened {
-        Opened::Absent => return Err(not_found(&id)),
-        Opened::Unsatisfiable(len) => {
-            let mut response = ApiError::new(
-                StatusCode::RANGE_NOT_SATISFIABLE,
-                format!("range outside the blob's {len} bytes"),
-            )
-            .into_response();
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
-                response.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            return Ok(response);
-        }
-        Opened::Inline {
-            data,
-            selection,
-            len,
-        } => (Body::from(data), selection, len),
-        Opened::Stream {
-            file,
-            selection,
-            len,
-        } => {
-            let count = match selection {
-                Selection::Partial { start, end } => end - start + 1,
-                _ => len,
-            };
-            let file = tokio::fs::File::from_std(file).take(count);
-            let stream = ReaderStream::with_capacity(file, STREAM_CHUNK);
-            (Body::from_stream(stream), selection, len)
-        }
-    };
-
-    let mut response = Response::new(body);
+/// The 304 of a GET whose `If-None-Match` names the blob (404 when it is not held).
+async fn not_modified(state: &AppState, id: Id) -> ApiResult<Response> {
+    let store = state.store().clone();
+    let present = blocking("checking blob", move || store.size(&id)).await?;
+    if present.is_none() {
+        return Err(not_found(&id));
+    }
+    let mut response = StatusCode::NOT_MODIFIED.into_response();
     blob_headers(response.headers_mut(), &id);
-    let count = match selection {
-        Selection::Partial { start, end } => {
-            *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
-                response.headers_mut().insert(header::CONTENT_RANGE, v);
-            }
-            end - start + 1
+    response.headers_mut().remove(header::CONTENT_TYPE);
+    Ok(response)
+}
+
+/// The 416 of a range outside a blob of `size` bytes.
+fn range_not_satisfiable(size: u64) -> Response {
+    let mut response = ApiError::new(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        format!("range outside the blob's {size} bytes"),
+    )
+    .into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+        response.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    response
+}
+
+/// The 200 (whole blob) or 206 (a range of it) carrying what the store read.
+fn blob_response(id: &Id, read: BlobRead) -> Response {
+    let count = read.body.len();
+    let body = match read.body {
+        BlobBody::Bytes(data) => Body::from(data),
+        BlobBody::File { file, len } => {
+            let file = tokio::fs::File::from_std(file).take(len);
+            Body::from_stream(ReaderStream::with_capacity(file, STREAM_CHUNK))
         }
-        _ => len,
     };
+    let mut response = Response::new(body);
+    blob_headers(response.headers_mut(), id);
+    if let Some(range) = read.range {
+        *response.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let content_range = format!("bytes {}-{}/{}", range.start(), range.end(), read.size);
+        if let Ok(v) = HeaderValue::from_str(&content_range) {
+            response.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+    }
     response
         .headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(count));
-    Ok(response)
+    response
 }
 
 fn declared_length(headers: &HeaderMap) -> ApiResult<Option<u64>> {
@@ -323,141 +219,14 @@ fn payer(caller: Option<Extension<Arc<Caller>>>) -> Option<Payer> {
 
 fn store_error(e: StoreError) -> ApiError {
     match e {
-        StoreError::TooLarge { limit } => {
-            ApiError::too_large(format!("blob exceeds the limit of {limit} bytes"))
-        }
-        StoreError::Quota(refused) => ApiError::too_large(refused.to_string()),
+        StoreError::TooLarge { .. }
+        | StoreError::DeclaredTooLarge { .. }
+        | StoreError::Quota(_) => ApiError::too_large(e.to_string()),
         StoreError::HashMismatch { expected, actual } => ApiError::bad_request(format!(
             "body hashes to {actual}, not to the address {expected}"
         )),
+        StoreError::Body(_) | StoreError::Incomplete => ApiError::bad_request(e.to_string()),
         other => ApiError::internal("writing blob", other),
-    }
-}
-
-/// Receives a body into the store, verifying it against `expected` when given and
-/// charging `payer` if it stores the blob first. Nothing is stored unless the whole
-/// body arrived, fits (the size limit and the payer's quota), and verifies.
-pub(crate) async fn receive<S, E>(
-    state: &AppState,
-    body: S,
-    declared: Option<u64>,
-    expected: Option<Id>,
-    payer: Option<&Payer>,
-) -> ApiResult<Id>
-where
-    S: Stream<Item = Result<Bytes, E>> + Send + Unpin,
-    E: std::fmt::Display,
-{
-    let limit = state.store().max_blob_size();
-    if let Some(len) = declared
-        && len > limit
-    {
-        return Err(ApiError::too_large(format!(
-            "blob of {len} bytes exceeds the limit of {limit} bytes"
-        )));
-    }
-    // A blob that cannot fit the payer's quota is refused before its body is read,
-    // unless it is already held (then it costs nothing).
-    if let (Some(payer), Some(len), Some(id)) = (payer, declared, expected)
-        && let Err(refused) = state.store().usage().check(payer, len)
-    {
-        let store = state.store().clone();
-        if blocking("checking blob", move || store.size(&id))
-            .await?
-            .is_none()
-        {
-            return Err(store_error(StoreError::Quota(refused)));
-        }
-    }
-    let mut body = body;
-    let store = state.store().clone();
-    let payer = payer.cloned();
-
-    // Bodies the store packs are received whole (one sync per batch of concurrent
-    // uploads, see `pack`); above the small inline size they draw on a shared memory
-    // budget, and stream through a temp file like larger blobs when it is spent.
-    let packed_max = store.pack_max_blob() as u64;
-    let mut budget = None;
-    let whole = match declared {
-        Some(len) if len <= INLINE_WRITE => true,
-        Some(len) if len <= packed_max => {
-            let kib = u32::try_from(len.div_ceil(1024)).unwrap_or(u32::MAX);
-            budget = state.receive_budget().try_acquire_many_owned(kib).ok();
-            budget.is_some()
-        }
-        _ => false,
-    };
-    if whole {
-        let mut data = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
-        while let Some(chunk) = body.next().await {
-            let chunk =
-                chunk.map_err(|e| ApiError::bad_request(format!("could not read body: {e}")))?;
-            if (data.len() + chunk.len()) as u64 > limit {
-                return Err(store_error(StoreError::TooLarge { limit }));
-            }
-            data.extend_from_slice(&chunk);
-        }
-        let data = data.freeze();
-        let stored =
-            match tokio::task::spawn_blocking(move || store.put_as(data, expected, payer.as_ref()))
-                .await
-            {
-                Ok(result) => result.map_err(store_error),
-                Err(e) => Err(ApiError::internal("writing blob", e)),
-            };
-        drop(budget);
-        return stored;
-    }
-
-    // Stream to disk: a blocking task hashes and writes what this task receives.
-    let (tx, mut rx) = mpsc::channel::<Option<Bytes>>(4);
-    let writer = tokio::task::spawn_blocking(move || -> Result<Option<Id>, StoreError> {
-        let mut writer = store.writer()?;
-        while let Some(message) = rx.blocking_recv() {
-            match message {
-                Some(chunk) => writer.write(&chunk)?,
-                None => return writer.commit_as(expected, payer.as_ref()).map(Some),
-            }
-        }
-        Ok(None) // sender gone without the end marker: upload abandoned
-    });
-
-    let mut pending = BytesMut::with_capacity(WRITE_CHUNK);
-    let mut read_error = None;
-    let mut writer_gone = false;
-    while let Some(chunk) = body.next().await {
-        match chunk {
-            Ok(chunk) => {
-                pending.extend_from_slice(&chunk);
-                if pending.len() >= WRITE_CHUNK
-                    && tx.send(Some(pending.split().freeze())).await.is_err()
-                {
-                    writer_gone = true;
-                    break;
-                }
-            }
-            Err(e) => {
-                read_error = Some(format!("could not read body: {e}"));
-                break;
-            }
-        }
-    }
-    if read_error.is_none() && !writer_gone {
-        if !pending.is_empty() {
-            let _ = tx.send(Some(pending.freeze())).await;
-        }
-        let _ = tx.send(None).await;
-    }
-    drop(tx);
-
-    let outcome = writer
-        .await
-        .map_err(|e| ApiError::internal("writing blob", e))?;
-    match (outcome, read_error) {
-        (Err(e), _) => Err(store_error(e)),
-        (Ok(_), Some(reason)) => Err(ApiError::bad_request(reason)),
-        (Ok(Some(id)), None) => Ok(id),
-        (Ok(None), None) => Err(ApiError::bad_request("upload ended early")),
     }
 }
 
@@ -497,6 +266,28 @@ async fn drain_if_too_large<T>(
     result
 }
 
+/// Receives a PUT or POST body into the store (verified against `expected` when
+/// given), draining the rest of a refused upload so its client sees the 413.
+async fn receive_upload(
+    state: &AppState,
+    caller: Option<Extension<Arc<Caller>>>,
+    headers: &HeaderMap,
+    body: Body,
+    expected: Option<Id>,
+) -> ApiResult<Id> {
+    let declared = declared_length(headers)?;
+    let payer = payer(caller);
+    let mut body = body.into_data_stream();
+    let result = state
+        .store()
+        .receive(&mut body, declared, expected, payer.as_ref())
+        .await
+        .map_err(store_error);
+    let id = drain_if_too_large(result, headers, &mut body).await?;
+    state.report_added(id);
+    Ok(id)
+}
+
 async fn put_blob(
     State(state): State<AppState>,
     ApiPath(id): ApiPath<Id>,
@@ -504,12 +295,7 @@ async fn put_blob(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let declared = declared_length(&headers)?;
-    let payer = payer(caller);
-    let mut body = body.into_data_stream();
-    let result = receive(&state, &mut body, declared, Some(id), payer.as_ref()).await;
-    drain_if_too_large(result, &headers, &mut body).await?;
-    state.report_added(id);
+    receive_upload(&state, caller, &headers, body, Some(id)).await?;
     Ok(StatusCode::OK.into_response())
 }
 
@@ -519,12 +305,7 @@ async fn post_blob(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let declared = declared_length(&headers)?;
-    let payer = payer(caller);
-    let mut body = body.into_data_stream();
-    let result = receive(&state, &mut body, declared, None, payer.as_ref()).await;
-    let id = drain_if_too_large(result, &headers, &mut body).await?;
-    state.report_added(id);
+    let id = receive_upload(&state, caller, &headers, body, None).await?;
     Ok((
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
         id.to_string(),
@@ -583,8 +364,13 @@ async fn fetch_blob(
         };
         match client.get(&address).await {
             Ok(Some(stream)) => {
-                // `receive` verifies the hash; the client stream verifies it too.
-                match receive(&state, stream, None, Some(address), payer.as_ref()).await {
+                // The store verifies the hash; the client stream verifies it too.
+                let received = state
+                    .store()
+                    .receive(stream, None, Some(address), payer.as_ref())
+                    .await
+                    .map_err(store_error);
+                match received {
                     Ok(_) => {
                         state.report_added(address);
                         return Ok(StatusCode::OK.into_response());

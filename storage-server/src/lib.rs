@@ -5,12 +5,13 @@
 //! to 2 MiB uploaded whole, which are appended to group-committed packs under
 //! `<data-dir>/packs/`.
 //!
-//! - [`store`]: atomic, fsynced, verified blob files and their listing.
+//! - [`store`]: atomic, fsynced, verified blob files and their listing; which layout
+//!   a blob is read from or written to, including the streaming upload pipeline.
 //! - [`pack`]: blobs up to 2 MiB in pack files with a redb index; one sync per batch
 //!   per packing lane.
 //! - [`usage`]: bytes stored per token subject, and the quotas of `storage:write`
 //!   tokens (413 past them).
-//! - [`http`]: routes and handlers, including the streaming upload pipeline.
+//! - [`http`]: routes and handlers: requests parsed, the store called, answers made.
 //! - [`peer`]: the hardened client `/storage/fetch` reaches peers with (registered
 //!   http/https urls inside `--peer-allow`, `GET /id` checked first, no redirects).
 //! - [`range`]: `Range` / `If-None-Match` interpretation.
@@ -96,13 +97,7 @@ struct Inner {
     reporter: Option<Reporter>,
     /// Whether deletes are served: with token checks on, or allowed in open mode.
     deletes_allowed: bool,
-    /// KiB of upload bodies that may be held in memory at once (bodies the store
-    /// packs are received whole).
-    receive_budget: Arc<tokio::sync::Semaphore>,
 }
-
-/// Memory for upload bodies received whole: 256 MiB, counted in KiB.
-const RECEIVE_BUDGET_KIB: usize = 256 * 1024;
 
 impl AppState {
     /// State over `store`, resolving peers through `broker` when given and reaching
@@ -158,17 +153,12 @@ impl AppState {
                 peers,
                 reporter,
                 deletes_allowed,
-                receive_budget: Arc::new(tokio::sync::Semaphore::new(RECEIVE_BUDGET_KIB)),
             }),
         }
     }
     /// The blob store.
     pub fn store(&self) -> &BlobStore {
         &self.inner.store
-    }
-    /// The memory budget for upload bodies received whole, in KiB permits.
-    pub(crate) fn receive_budget(&self) -> Arc<tokio::sync::Semaphore> {
-        Arc::clone(&self.inner.receive_budget)
     }
     /// The broker client, if a broker is configured.
     pub fn broker(&self) -> Option<&BrokerClient> {

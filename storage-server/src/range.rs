@@ -46,76 +46,98 @@ fn tag_names(tag: &str, id: &Id) -> bool {
     Id::parse(inner).is_ok_and(|t| t == *id)
 }
 
-/// Chooses what part of a blob of `len` bytes to send.
-pub fn select(headers: &HeaderMap, id: &Id, len: u64) -> Selection {
-    let Some(range) = headers.get(RANGE).and_then(|v| v.to_str().ok()) else {
-        return Selection::Full;
-    };
+/// One byte range a request asks for, before it is matched against a blob's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ByteRange {
+    /// `bytes=A-B`: bytes `first..=last` (`last` may lie past the end).
+    Between {
+        /// First byte.
+        first: u64,
+        /// Last byte, inclusive.
+        last: u64,
+    },
+    /// `bytes=A-`: from byte `A` to the end.
+    From(u64),
+    /// `bytes=-N`: the last `N` bytes.
+    Last(u64),
+}
+
+impl ByteRange {
+    /// Parses one `Range` header value; `None` for a value not honoured (malformed,
+    /// multi-range, another unit), which means the whole blob is sent.
+    pub fn parse(value: &str) -> Option<ByteRange> {
+        let spec = value.trim().strip_prefix("bytes=")?;
+        if spec.contains(',') {
+            return None;
+        }
+        let (first, last) = spec.trim().split_once('-')?;
+        let (first, last) = (first.trim(), last.trim());
+        let number = |s: &str| -> Option<u64> {
+            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| s.parse().ok())
+                .flatten()
+        };
+        match (first.is_empty(), last.is_empty()) {
+            (true, false) => number(last).map(ByteRange::Last),
+            (false, true) => number(first).map(ByteRange::From),
+            (false, false) => match (number(first), number(last)) {
+                (Some(first), Some(last)) if first <= last => {
+                    Some(ByteRange::Between { first, last })
+                }
+                _ => None,
+            },
+            (true, true) => None,
+        }
+    }
+
+    /// The part of a blob of `len` bytes this range selects.
+    pub fn select(self, len: u64) -> Selection {
+        match self {
+            ByteRange::Last(0) => Selection::Unsatisfiable,
+            ByteRange::Last(_) if len == 0 => Selection::Unsatisfiable,
+            ByteRange::Last(n) => Selection::Partial {
+                start: len.saturating_sub(n),
+                end: len - 1,
+            },
+            ByteRange::From(first) | ByteRange::Between { first, .. } if first >= len => {
+                Selection::Unsatisfiable
+            }
+            ByteRange::From(first) => Selection::Partial {
+                start: first,
+                end: len - 1,
+            },
+            ByteRange::Between { first, last } => Selection::Partial {
+                start: first,
+                end: last.min(len - 1),
+            },
+        }
+    }
+}
+
+/// The byte range a GET asks for: `None` without a `Range` header, with one not
+/// honoured, or with an `If-Range` other than this blob's strong ETag.
+pub fn requested(headers: &HeaderMap, id: &Id) -> Option<ByteRange> {
+    let range = headers.get(RANGE).and_then(|v| v.to_str().ok())?;
     if let Some(if_range) = headers.get(IF_RANGE) {
         // Only our strong ETag validates; a date or another tag means "send it all".
         let matches = if_range
             .to_str()
             .is_ok_and(|t| !t.trim().starts_with("W/") && tag_names(t.trim(), id));
         if !matches {
-            return Selection::Full;
+            return None;
         }
     }
-    parse_range(range, len)
+    ByteRange::parse(range)
+}
+
+/// Chooses what part of a blob of `len` bytes to send.
+pub fn select(headers: &HeaderMap, id: &Id, len: u64) -> Selection {
+    requested(headers, id).map_or(Selection::Full, |range| range.select(len))
 }
 
 /// Interprets one `Range` header value against a blob of `len` bytes.
 pub fn parse_range(value: &str, len: u64) -> Selection {
-    let Some(spec) = value.trim().strip_prefix("bytes=") else {
-        return Selection::Full;
-    };
-    if spec.contains(',') {
-        return Selection::Full;
-    }
-    let Some((first, last)) = spec.trim().split_once('-') else {
-        return Selection::Full;
-    };
-    let (first, last) = (first.trim(), last.trim());
-    let number = |s: &str| -> Option<u64> {
-        (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-            .then(|| s.parse().ok())
-            .flatten()
-    };
-    match (first.is_empty(), last.is_empty()) {
-        // bytes=-N: the last N bytes.
-        (true, false) => match number(last) {
-            None => Selection::Full,
-            Some(0) => Selection::Unsatisfiable,
-            Some(_) if len == 0 => Selection::Unsatisfiable,
-            Some(n) => Selection::Partial {
-                start: len.saturating_sub(n),
-                end: len - 1,
-            },
-        },
-        // bytes=A-: from A to the end.
-        (false, true) => match number(first) {
-            None => Selection::Full,
-            Some(a) if a >= len => Selection::Unsatisfiable,
-            Some(a) => Selection::Partial {
-                start: a,
-                end: len - 1,
-            },
-        },
-        // bytes=A-B.
-        (false, false) => match (number(first), number(last)) {
-            (Some(a), Some(b)) if a <= b => {
-                if a >= len {
-                    Selection::Unsatisfiable
-                } else {
-                    Selection::Partial {
-                        start: a,
-                        end: b.min(len - 1),
-                    }
-                }
-            }
-            _ => Selection::Full,
-        },
-        (true, true) => Selection::Full,
-    }
+    ByteRange::parse(value).map_or(Selection::Full, |range| range.select(len))
 }
 
 #[cfg(test)]
