@@ -269,6 +269,7 @@ mod search;
 pub mod serve;
 pub mod session;
 mod slotmove;
+mod snapshot;
 pub mod time;
 pub mod validate;
 pub mod vault;

@@ -27,6 +27,7 @@ use crate::scope::{self, Scope};
 use crate::seal::Kind;
 use crate::search::Index;
 use crate::slotmove::tombstone_address;
+use crate::snapshot::Snapshot;
 use crate::time::{instant, now_ms};
 use crate::vault::{SearchHits, fetch_object};
 
@@ -216,6 +217,15 @@ impl AppSession {
             })
     }
 
+    /// The read-only view of the granted scopes' manifests.
+    fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot::new(
+            self.scopes
+                .iter()
+                .map(|(scope, granted)| (*scope, &granted.manifest)),
+        )
+    }
+
     fn not_granted(&self, resource_type: &str) -> EhiError {
         EhiError::NotGranted(format!(
             "{resource_type} is in scope {}, which grant {} does not cover",
@@ -227,32 +237,14 @@ impl AppSession {
     /// `Type/id` of every current resource the grant covers, sorted.
     pub fn list(&self) -> Result<Vec<String>> {
         self.check()?;
-        let mut out = Vec::new();
-        for granted in self.scopes.values() {
-            for (resource_type, ids) in &granted.manifest.resources {
-                for (id, versions) in ids {
-                    if versions.last().is_some_and(|v| !v.deleted) {
-                        out.push(format!("{resource_type}/{id}"));
-                    }
-                }
-            }
-        }
-        out.sort();
-        Ok(out)
+        Ok(self.snapshot().list())
     }
 
     /// The current version of `resource_type/id`, if a granted scope holds it.
     pub async fn read(&self, resource_type: &str, id: &str) -> Result<Value> {
         self.check()?;
         let label = format!("{resource_type}/{id}");
-        let found = self.scopes.iter().find_map(|(scope, g)| {
-            g.manifest
-                .resources
-                .get(resource_type)
-                .and_then(|ids| ids.get(id))
-                .map(|versions| (*scope, versions))
-        });
-        let Some((scope, versions)) = found else {
+        let Some((scope, latest)) = self.snapshot().current(resource_type, id)? else {
             if self
                 .scopes
                 .contains_key(&scope::default_scope(resource_type))
@@ -261,12 +253,6 @@ impl AppSession {
             }
             return Err(self.not_granted(resource_type));
         };
-        let latest = versions
-            .last()
-            .ok_or_else(|| EhiError::NotFound(label.clone()))?;
-        if latest.deleted {
-            return Err(EhiError::Gone(label));
-        }
         let key = self.resource_key(scope, latest.epoch)?;
         self.fetch(scope, &key, &latest.blocks, &label).await
     }
@@ -307,12 +293,7 @@ impl AppSession {
                 "{resource_type:?} is not a resource type"
             )));
         }
-        let mut scopes: Vec<Scope> = self
-            .scopes
-            .iter()
-            .filter(|(_, g)| g.manifest.resources.contains_key(resource_type))
-            .map(|(s, _)| *s)
-            .collect();
+        let scopes = self.snapshot().holding(resource_type);
         if scopes.is_empty() {
             if self
                 .scopes
@@ -325,9 +306,8 @@ impl AppSession {
             }
             return Err(self.not_granted(resource_type));
         }
-        scopes.sort();
         let mut total = 0;
-        let mut items = Vec::new();
+        let mut hits_by_scope = Vec::new();
         for scope in scopes {
             let Some(granted) = self.scopes.get_mut(&scope) else {
                 continue;
@@ -345,17 +325,13 @@ impl AppSession {
                 .search(resource_type, query)
                 .map_err(EhiError::Search)?;
             total += hits.total;
-            for id in hits.ids {
-                let Some(latest) = granted
-                    .manifest
-                    .resources
-                    .get(resource_type)
-                    .and_then(|m| m.get(&id))
-                    .and_then(|v| v.last())
-                else {
-                    continue;
-                };
-                if !latest.deleted {
+            hits_by_scope.push((scope, hits.ids));
+        }
+        let snapshot = self.snapshot();
+        let mut items = Vec::new();
+        for (scope, ids) in hits_by_scope {
+            for id in ids {
+                if let Some(latest) = snapshot.live_in(scope, resource_type, &id) {
                     items.push((scope, id, latest.epoch, latest.blocks.clone()));
                 }
             }

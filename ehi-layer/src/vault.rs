@@ -56,6 +56,7 @@ use crate::network::Network;
 use crate::scope::{self, Scope};
 use crate::seal::{self, Blob, Kind, Opened, Sealed};
 use crate::search::Index;
+use crate::snapshot::Snapshot;
 use crate::time::{instant, now_ms};
 
 mod audit_log;
@@ -282,15 +283,17 @@ impl State {
             .ok_or_else(|| EhiError::corrupt("vault root", format!("scope {scope} is missing")))
     }
 
+    /// The read-only view of the loaded manifests.
+    fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot::new(
+            self.scopes
+                .iter()
+                .map(|(scope, loaded)| (*scope, &loaded.manifest)),
+        )
+    }
+
     fn versions(&self, resource_type: &str, id: &str) -> Option<(Scope, &Vec<VersionEntry>)> {
-        self.scopes.iter().find_map(|(scope, loaded)| {
-            loaded
-                .manifest
-                .resources
-                .get(resource_type)
-                .and_then(|ids| ids.get(id))
-                .map(|versions| (*scope, versions))
-        })
+        self.snapshot().versions(resource_type, id)
     }
 
     fn resource_key(&self, scope: Scope, epoch: u32) -> Result<SecretKey> {
@@ -1234,16 +1237,10 @@ impl Vault {
     pub async fn read(&self, resource_type: &str, id: &str) -> Result<Value> {
         let (key, blocks, scope) = {
             let state = self.state.lock().await;
-            let label = format!("{resource_type}/{id}");
-            let (scope, versions) = state
-                .versions(resource_type, id)
-                .ok_or_else(|| EhiError::NotFound(label.clone()))?;
-            let latest = versions
-                .last()
-                .ok_or_else(|| EhiError::NotFound(label.clone()))?;
-            if latest.deleted {
-                return Err(EhiError::Gone(label));
-            }
+            let (scope, latest) = state
+                .snapshot()
+                .current(resource_type, id)?
+                .ok_or_else(|| EhiError::NotFound(format!("{resource_type}/{id}")))?;
             (
                 state.resource_key(scope, latest.epoch)?,
                 latest.blocks.clone(),
@@ -1376,18 +1373,9 @@ impl Vault {
             }
             let mut items = Vec::with_capacity(ids.len());
             for (scope, id) in ids {
-                let Some(latest) = state
-                    .scopes
-                    .get(&scope)
-                    .and_then(|l| l.manifest.resources.get(resource_type))
-                    .and_then(|m| m.get(&id))
-                    .and_then(|v| v.last())
-                else {
+                let Some(latest) = state.snapshot().live_in(scope, resource_type, &id) else {
                     continue;
                 };
-                if latest.deleted {
-                    continue;
-                }
                 items.push((
                     scope,
                     format!("{resource_type}/{id}"),
@@ -1485,19 +1473,7 @@ impl Vault {
 
     /// `Type/id` of every current resource, sorted.
     pub async fn list(&self) -> Vec<String> {
-        let state = self.state.lock().await;
-        let mut out = Vec::new();
-        for loaded in state.scopes.values() {
-            for (resource_type, ids) in &loaded.manifest.resources {
-                for (id, versions) in ids {
-                    if versions.last().is_some_and(|v| !v.deleted) {
-                        out.push(format!("{resource_type}/{id}"));
-                    }
-                }
-            }
-        }
-        out.sort();
-        out
+        self.state.lock().await.snapshot().list()
     }
 
     /// Every resource with every version, oldest version first, resources sorted by
