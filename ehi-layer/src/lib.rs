@@ -226,25 +226,12 @@
 //! device (see the `ehi-search` crate for the supported parameters) and fetches the
 //! matching resources; [`Vault::search_ids`] answers from the index alone.
 //!
-//! ## Performance (benches/vault.rs, release build, in-process network of 3 storage
-//! servers on a shared 2-core machine)
-//! - import of 10,000 resources (3 Synthea patients + seeded synthetic Observations):
-//!   about 2,600 resources/s — one blob and one HTTP PUT per version, 64 in flight,
-//!   sealing in batches of 256 on the blocking pool, one pin request, one commit;
-//! - an import into a full vault rewrites the touched scopes' manifests and indexes
-//!   (500 resources into 10,000: about 0.34 s) — manifests are whole objects, not
-//!   trees, which is the first thing to change for vaults far beyond 10^4 resources;
-//! - cold open of that vault: about 30 ms (root + 8 manifests), 40 ms with every
-//!   search index decoded;
-//! - search: index p99 below 1 ms for a token, a date range and a string query; with a
-//!   page of 20 resources fetched and decrypted, p50 about 3 ms and p99 10–30 ms (20
-//!   concurrent GETs; the tail is scheduling noise on the shared machine).
-//! - sharing (benches/sharing.rs, 10,000 resources, 5 apps each granted clinical +
-//!   demographics): grant about 23 ms; app cold open of the 10,000-resource grant about
-//!   24 ms; revoke without re-encryption 73–93 ms (2 scopes rotated, 4 grants
-//!   re-sealed); revoke with re-encryption 10.1 s for 10,000 versions (about 990/s:
-//!   one fetch and re-seal at a time, the next thing to parallelise); device removal
-//!   (root key and 8 scopes rotated) about 79 ms.
+//! ## Performance
+//! Measured by `cargo bench -p ehi-layer --bench vault`, `--bench sharing` and `--bench
+//! serve`; the figures, with the command behind each, are in `BENCHMARKS.md`. The
+//! shape that matters for design: one blob and one PUT per resource version, one pin
+//! request and one commit per import, and manifests that are whole objects (an import
+//! rewrites the touched scopes' manifests and indexes).
 
 pub mod app;
 pub mod audit;

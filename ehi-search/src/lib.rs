@@ -83,12 +83,8 @@
 //!   with the indexed uri).
 //!
 //! # Performance
-//! `cargo bench -p ehi-search --bench search` (100,000 synthetic resources, 2-core
-//! machine shared with other builds): token, one-month date range and name-prefix
-//! queries answer in 0.02–0.2 ms at p50 and under 5 ms at p99; `_sort=-date&_count=10`
-//! over 30,000 matches in about 1 ms at p50, 5 ms at p99; the postcard encoding is
-//! about 90 bytes per resource and decodes in 35–55 ms per 100,000 resources (3 ms for
-//! a 10,000-resource vault).
+//! Figures from `cargo bench -p ehi-search --bench search` (100,000 synthetic resources)
+//! are in `BENCHMARKS.md`.
 //!
 //! # Index
 //! Each resource type has its own ordinal space: ordinal → id, and per parameter a

@@ -81,10 +81,9 @@
 //!
 //! **Audit**: every request is written to the vault's audit log, batched ([`audit`]).
 //!
-//! **Performance** (benches/serve.rs, 100,000 resources, audit on, release, shared
-//! 2-core machine): pages of 20 at concurrency 8 answer with p99 22–29 ms at
-//! 1,000–1,400 requests/s (token, date range, string); search results are cached per
-//! query (emptied with the resource cache), so paging costs one index search.
+//! **Performance**: search results are cached per query (emptied with the resource
+//! cache), so paging costs one index search; figures from `cargo bench -p ehi-layer
+//! --bench serve` are in `BENCHMARKS.md`.
 //!
 //! Only JSON is served: `Accept: application/fhir+xml` or `_format=xml` gets 406.
 //! Errors are OperationOutcomes ([`error`]); OAuth endpoints answer RFC 6749 JSON
