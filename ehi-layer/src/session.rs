@@ -29,7 +29,7 @@ use crate::search::Index;
 use crate::slotmove::tombstone_address;
 use crate::snapshot::Snapshot;
 use crate::time::{instant, now_ms};
-use crate::vault::{SearchHits, fetch_object};
+use crate::vault::{SearchHits, fetch_object, fetch_resource};
 
 /// Concurrent blob reads of a session.
 const CONCURRENCY: usize = 32;
@@ -264,24 +264,7 @@ impl AppSession {
         blocks: &[[u8; 32]],
         label: &str,
     ) -> Result<Value> {
-        let head = blocks
-            .first()
-            .copied()
-            .map(Id::from_bytes)
-            .ok_or_else(|| EhiError::corrupt(label, "a stored version has no blocks"))?;
-        let key = key.clone();
-        let (payload, _) = fetch_object(
-            &self.net,
-            CONCURRENCY,
-            head,
-            Kind::Resource,
-            scope.name(),
-            label,
-            move |_| Some(key.clone()),
-        )
-        .await?;
-        serde_json::from_slice(&payload)
-            .map_err(|e| EhiError::corrupt(label, format!("decrypted content is not JSON: {e}")))
+        fetch_resource(&self.net, CONCURRENCY, key, scope, blocks, label).await
     }
 
     /// FHIR search over `resource_type` in the granted scopes (the same parameters as

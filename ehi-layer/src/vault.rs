@@ -64,7 +64,7 @@ mod commit;
 mod import;
 mod load;
 mod read;
-pub(crate) use load::fetch_object;
+pub(crate) use load::{fetch_object, fetch_resource};
 mod devices;
 use commit::{Plan, RootChange};
 mod sharing;

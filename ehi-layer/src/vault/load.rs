@@ -251,3 +251,33 @@ pub(crate) async fn fetch_object(
         }
     }
 }
+
+/// Fetches, opens and parses the resource version whose blocks are `blocks` (head
+/// first), sealed in `scope` under the resource key `key`.
+pub(crate) async fn fetch_resource(
+    net: &Network,
+    concurrency: usize,
+    key: &SecretKey,
+    scope: Scope,
+    blocks: &[[u8; 32]],
+    label: &str,
+) -> Result<Value> {
+    let head = blocks
+        .first()
+        .copied()
+        .map(Id::from_bytes)
+        .ok_or_else(|| EhiError::corrupt(label, "a stored version has no blocks"))?;
+    let key = key.clone();
+    let (payload, _) = fetch_object(
+        net,
+        concurrency,
+        head,
+        Kind::Resource,
+        scope.name(),
+        label,
+        move |_| Some(key.clone()),
+    )
+    .await?;
+    serde_json::from_slice(&payload)
+        .map_err(|e| EhiError::corrupt(label, format!("decrypted content is not JSON: {e}")))
+}

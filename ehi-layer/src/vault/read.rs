@@ -331,19 +331,15 @@ impl Vault {
         blocks: &[[u8; 32]],
         label: &str,
     ) -> Result<Value> {
-        let head = blocks
-            .first()
-            .copied()
-            .map(Id::from_bytes)
-            .ok_or_else(|| EhiError::corrupt(label, "a stored version has no blocks"))?;
-        let key = key.clone();
-        let (payload, _) = self
-            .fetch_object(head, Kind::Resource, scope.name(), label, move |_| {
-                Some(key.clone())
-            })
-            .await?;
-        serde_json::from_slice(&payload)
-            .map_err(|e| EhiError::corrupt(label, format!("decrypted content is not JSON: {e}")))
+        fetch_resource(
+            &self.net,
+            self.options.concurrency,
+            key,
+            scope,
+            blocks,
+            label,
+        )
+        .await
     }
 }
 
