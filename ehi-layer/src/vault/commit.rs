@@ -1,5 +1,6 @@
 //! The one way a vault changes. [`Vault::commit`] brings the handle's state up to the
-//! vault slot, asks a plan what to write against it, stores and pins what the plan
+//! vault slot (an import instead plans first against the root as last read, see
+//! [`Start`]), asks a plan what to write against it, stores and pins what the plan
 //! writes, seals a new root (appending the plan's audit entry to the log), and moves
 //! the vault slot by compare-and-swap. When another device moved the slot first, what
 //! the attempt wrote is unpinned, the handle waits a short random time, re-reads the
@@ -84,20 +85,44 @@ pub(crate) enum Plan<T> {
     Retire(T),
 }
 
+/// Where the first attempt of a commit starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Start {
+    /// Re-read the vault slot first (a change decided on the freshest root).
+    Reread,
+    /// Plan against the root as this handle last read it; a stale handle then loses
+    /// the swap and plans again on the new root (an import merges this way).
+    AsLastRead,
+}
+
 impl Vault {
-    /// Commits what `plan` decides against the current root, retrying on conflicts
-    /// (see the module docs). `state` is the handle's locked state; `context` is what
-    /// the plan reads or keeps across attempts (the plan's future may borrow it and
-    /// the state, and must be `Send` so that the commit can run in a server task).
+    /// Commits what `plan` decides against the current root (re-read first), retrying
+    /// on conflicts (see the module docs). `state` is the handle's locked state;
+    /// `context` is what the plan reads or keeps across attempts (the plan's future may
+    /// borrow it and the state, and must be `Send` so that the commit can run in a
+    /// server task).
     pub(super) async fn commit<C, T>(
         &self,
+        state: &mut State,
+        context: &mut C,
+        plan: impl for<'s> FnMut(&'s Vault, &'s mut State, &'s mut C) -> PlanFuture<'s, T>,
+    ) -> Result<T> {
+        self.commit_from(Start::Reread, state, context, plan).await
+    }
+
+    /// [`Vault::commit`] with the first attempt starting from `start`.
+    pub(super) async fn commit_from<C, T>(
+        &self,
+        start: Start,
         state: &mut State,
         context: &mut C,
         mut plan: impl for<'s> FnMut(&'s Vault, &'s mut State, &'s mut C) -> PlanFuture<'s, T>,
     ) -> Result<T> {
         let attempts = self.options.max_attempts.max(1);
         for attempt in 1..=attempts {
-            self.refresh_state(state).await?;
+            if attempt > 1 || start == Start::Reread {
+                self.refresh_state(state).await?;
+            }
             let (landed, value) = match plan(self, state, context).await? {
                 Plan::Nothing(value) => return Ok(value),
                 Plan::Write(change, value) => (self.swap_root(state, *change).await?, value),

@@ -3,6 +3,7 @@
 //! attempts when another device commits first), and the touched scopes' manifests and
 //! search indexes rebuilt. The protocol is described in the `vault` module docs.
 
+use super::commit::Start;
 use super::*;
 
 impl Vault {
@@ -71,9 +72,12 @@ impl Vault {
             attempts: 0,
         };
         let committed = self
-            .commit(&mut state, &mut import, |vault, state, import| {
-                Box::pin(vault.plan_import(state, import))
-            })
+            .commit_from(
+                Start::AsLastRead,
+                &mut state,
+                &mut import,
+                |vault, state, import| Box::pin(vault.plan_import(state, import)),
+            )
             .await;
         match committed {
             Ok((mut report, attempt_notes, touched)) => {
