@@ -14,11 +14,11 @@ use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post, put};
-use invariant_runtime::{ApiError, ApiJson, ApiPath, ApiResult};
+use invariant_runtime::{ApiError, ApiJson, ApiPath, ApiResult, blocking};
 use invariant_spec::names::{NameRecord, RegisterRequest, UpdateRequest, canonical_name};
 
 use crate::AppState;
-use crate::store::{RegisterOutcome, StoreError, StoredName, UpdateOutcome};
+use crate::store::{RegisterOutcome, StoredName, UpdateOutcome};
 
 /// Every route [`router`] serves, as `(method, path)` (axum path syntax). Listed for
 /// tools that compare a server with its OpenAPI description (`spec/openapi/`).
@@ -35,19 +35,6 @@ pub fn router(state: AppState) -> Router {
         .route("/names/register", put(register))
         .route("/names/update", post(update))
         .with_state(state)
-}
-
-/// Runs store work on the blocking pool; store failures are internal errors.
-async fn blocking<T, F>(context: &'static str, f: F) -> ApiResult<T>
-where
-    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
-    T: Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(ApiError::internal(context, e)),
-        Err(e) => Err(ApiError::internal(context, e)),
-    }
 }
 
 fn canonical(name: &str) -> ApiResult<String> {
