@@ -199,22 +199,7 @@ fn encode_count(count: u64) -> [u8; 9] {
 }
 
 fn decode_count(value: &[u8]) -> Result<u64, StoreError> {
-    match value.split_first() {
-        Some((&FORMAT_V1, rest)) => {
-            let bytes: [u8; 8] = rest.try_into().map_err(|_| {
-                StoreError::corrupt(
-                    RECORD,
-                    format!("count record has {} bytes, not 9", value.len()),
-                )
-            })?;
-            Ok(u64::from_le_bytes(bytes))
-        }
-        Some((format, _)) => Err(StoreError::corrupt(
-            RECORD,
-            format!("unknown format marker {format}"),
-        )),
-        None => Err(StoreError::corrupt(RECORD, "empty count record")),
-    }
+    store::fixed_value(value, FORMAT_V1, "count record").map(u64::from_le_bytes)
 }
 
 fn holder_key(block: &Id, storage: &Id) -> [u8; 64] {

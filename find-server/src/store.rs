@@ -86,22 +86,7 @@ fn encode_time(time: u64) -> [u8; 9] {
 }
 
 fn decode_time(value: &[u8]) -> Result<u64> {
-    match value.split_first() {
-        Some((&FORMAT_V1, rest)) => {
-            let bytes: [u8; 8] = rest.try_into().map_err(|_| {
-                StoreError::corrupt(
-                    RECORD,
-                    format!("format 1 value has {} bytes, not 9", value.len()),
-                )
-            })?;
-            Ok(u64::from_be_bytes(bytes))
-        }
-        Some((format, _)) => Err(StoreError::corrupt(
-            RECORD,
-            format!("unknown format marker {format}"),
-        )),
-        None => Err(StoreError::corrupt(RECORD, "empty value")),
-    }
+    store::fixed_value(value, FORMAT_V1, RECORD).map(u64::from_be_bytes)
 }
 
 /// The range of 64-byte keys starting with `prefix`.

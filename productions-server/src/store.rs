@@ -62,22 +62,7 @@ fn encode(output: &Id) -> [u8; 33] {
 }
 
 fn decode(value: &[u8]) -> Result<Id, StoreError> {
-    match value.split_first() {
-        Some((&FORMAT_V1, rest)) => {
-            let bytes: [u8; 32] = rest.try_into().map_err(|_| {
-                StoreError::corrupt(
-                    RECORD,
-                    format!("format 1 value has {} bytes, not 33", value.len()),
-                )
-            })?;
-            Ok(Id::from_bytes(bytes))
-        }
-        Some((format, _)) => Err(StoreError::corrupt(
-            RECORD,
-            format!("unknown format marker {format}"),
-        )),
-        None => Err(StoreError::corrupt(RECORD, "empty value")),
-    }
+    store::fixed_value(value, FORMAT_V1, RECORD).map(Id::from_bytes)
 }
 
 impl ProductionStore {

@@ -62,6 +62,33 @@ impl StoreError {
     }
 }
 
+/// The `N` bytes of a stored value laid out as `format ‖ N bytes`: the format marker
+/// first, then a fixed-size payload. Anything else is [`StoreError::Corrupt`] of
+/// `record`.
+pub fn fixed_value<const N: usize>(
+    value: &[u8],
+    format: u8,
+    record: &str,
+) -> Result<[u8; N], StoreError> {
+    match value.split_first() {
+        Some((&marker, rest)) if marker == format => rest.try_into().map_err(|_| {
+            StoreError::corrupt(
+                record,
+                format!(
+                    "format {format} value has {} bytes, not {}",
+                    value.len(),
+                    N + 1
+                ),
+            )
+        }),
+        Some((marker, _)) => Err(StoreError::corrupt(
+            record,
+            format!("unknown format marker {marker}"),
+        )),
+        None => Err(StoreError::corrupt(record, "empty value")),
+    }
+}
+
 /// Implements `From` each of redb's error types for an error that is `From<StoreError>`,
 /// so `?` works on redb calls in code returning that error.
 #[macro_export]
@@ -367,6 +394,24 @@ mod tests {
         assert_eq!(
             StoreError::AlreadyOpen(PathBuf::from("/d/x.redb")).to_string(),
             "/d/x.redb is already open"
+        );
+    }
+
+    #[test]
+    fn fixed_values_check_marker_and_length() {
+        assert_eq!(fixed_value::<2>(&[1, 7, 8], 1, "record").ok(), Some([7, 8]));
+        let message = |value: &[u8]| match fixed_value::<2>(value, 1, "count") {
+            Err(e) => e.to_string(),
+            Ok(bytes) => panic!("decoded {bytes:?}"),
+        };
+        assert_eq!(message(&[]), "stored count is corrupt: empty value");
+        assert_eq!(
+            message(&[2, 7, 8]),
+            "stored count is corrupt: unknown format marker 2"
+        );
+        assert_eq!(
+            message(&[1, 7]),
+            "stored count is corrupt: format 1 value has 2 bytes, not 3"
         );
     }
 
