@@ -270,13 +270,19 @@ mod tests {
         assert!(dir.path().join("a/b/x.redb").is_file());
     }
 
-    #[test]
-    fn open_waits_for_a_held_database() {
+    /// A database at `<temp dir>/x.redb` held open by the returned handle.
+    fn held_database() -> (tempfile::TempDir, PathBuf, Database) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("x.redb");
-        let first = DatabaseOpener::new(&path)
+        let db = DatabaseOpener::new(&path)
             .open(create_things)
             .expect("open");
+        (dir, path, db)
+    }
+
+    #[test]
+    fn open_waits_for_a_held_database() {
+        let (_dir, path, first) = held_database();
         let releaser = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
             drop(first);
@@ -288,11 +294,7 @@ mod tests {
 
     #[test]
     fn a_database_still_held_after_the_wait_is_already_open() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("x.redb");
-        let _first = DatabaseOpener::new(&path)
-            .open(create_things)
-            .expect("open");
+        let (_dir, path, _first) = held_database();
         let second = DatabaseOpener::new(&path)
             .wait(Duration::from_millis(50))
             .open(create_things);

@@ -29,7 +29,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::content::{ContentLink, EntryKind};
-use crate::http::{Endpoint, NOT_JSON};
+use crate::http::{Endpoint, NOT_JSON, read_bytes};
 use crate::{ClientError, ClientResult, Id};
 
 /// A node number: a non-negative integer below 2^53, decimal in paths and queries.
@@ -348,13 +348,7 @@ impl FilesClient {
         let response = self
             .call(self.endpoint.http().get(url.clone()), &url)
             .await?;
-        response
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.to_string(),
-                source,
-            })
+        read_bytes(url.as_str(), response).await
     }
 
     /// Writes `data` into file `node` at `offset`; returns the number of bytes written.

@@ -71,13 +71,7 @@ impl Endpoint {
         url: &str,
         request: reqwest::RequestBuilder,
     ) -> ClientResult<reqwest::Response> {
-        request
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.to_string(),
-                source,
-            })
+        request.send().await.map_err(transport(url))
     }
 
     /// Sends `request` to `url`, expecting a success status.
@@ -391,28 +385,29 @@ pub async fn read_json<T: DeserializeOwned>(
     response: reqwest::Response,
     problem: &str,
 ) -> ClientResult<T> {
-    let body = response
-        .bytes()
-        .await
-        .map_err(|source| ClientError::Transport {
-            url: url.to_string(),
-            source,
-        })?;
+    let body = read_bytes(url, response).await?;
     serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
         url: url.to_string(),
         reason: format!("{problem}: {e}"),
     })
 }
 
+/// Maps a failure to reach `url` or to read its answer.
+pub(crate) fn transport(url: &str) -> impl FnOnce(reqwest::Error) -> ClientError + '_ {
+    move |source| ClientError::Transport {
+        url: url.to_string(),
+        source,
+    }
+}
+
+/// Reads a whole body, mapping failures.
+pub async fn read_bytes(url: &str, response: reqwest::Response) -> ClientResult<bytes::Bytes> {
+    response.bytes().await.map_err(transport(url))
+}
+
 /// Reads a whole text body, mapping failures.
 pub async fn read_text(url: &str, response: reqwest::Response) -> ClientResult<String> {
-    response
-        .text()
-        .await
-        .map_err(|source| ClientError::Transport {
-            url: url.to_string(),
-            source,
-        })
+    response.text().await.map_err(transport(url))
 }
 
 #[cfg(test)]

@@ -118,11 +118,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn names_parse_back() {
-        for role in Role::ALL {
-            assert_eq!(role.name().parse::<Role>(), Ok(role));
-            assert_eq!(role.to_string(), role.name());
-        }
+    fn names_display_and_parse_loosely() {
+        assert_eq!(Role::Productions.to_string(), "productions");
         assert_eq!(" Storage ".parse::<Role>(), Ok(Role::Storage));
         assert_eq!(
             "distribute".parse::<Role>(),
@@ -138,14 +135,6 @@ mod tests {
         assert_eq!(Role::Distributor.kind(), "distribute");
         assert_eq!(Role::Distributor.dir_name(), "distributor");
         assert_eq!(Role::Distributor.right_name(), "distributor");
-    }
-
-    #[test]
-    fn default_ports_are_distinct() {
-        let mut ports: Vec<u16> = Role::ALL.iter().map(|r| r.default_port()).collect();
-        ports.sort_unstable();
-        ports.dedup();
-        assert_eq!(ports.len(), Role::ALL.len());
         assert_eq!(Role::Broker.default_port(), 3000);
     }
 }

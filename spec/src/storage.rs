@@ -14,7 +14,7 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::http::{Endpoint, read_text, status_error};
+use crate::http::{Endpoint, read_bytes, read_text, status_error};
 use crate::{ClientError, ClientResult, Id};
 
 /// Body of `PUT /storage/fetch`: copy `address` from the storage server `container`.
@@ -164,16 +164,7 @@ impl StorageClient {
         let response = self.endpoint.send(&url, request).await?;
         match response.status() {
             reqwest::StatusCode::NOT_FOUND => Ok(None),
-            reqwest::StatusCode::PARTIAL_CONTENT => {
-                let body = response
-                    .bytes()
-                    .await
-                    .map_err(|source| ClientError::Transport {
-                        url: url.clone(),
-                        source,
-                    })?;
-                Ok(Some(body))
-            }
+            reqwest::StatusCode::PARTIAL_CONTENT => read_bytes(&url, response).await.map(Some),
             _ => Err(status_error(&url, response).await),
         }
     }
