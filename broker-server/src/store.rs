@@ -9,15 +9,12 @@
 //! change is on disk when the method returns. All methods block; async callers run them
 //! on the blocking pool.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use invariant_runtime::store::{self, DatabaseOpener};
 use invariant_spec::Id;
-use redb::{
-    CommitError, Database, DatabaseError, MultimapTableDefinition, ReadableDatabase, ReadableTable,
-    StorageError, TableDefinition, TableError, TransactionError,
-};
+use redb::{Database, MultimapTableDefinition, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::record::{DecodeError, Record};
 
@@ -28,31 +25,14 @@ const SERVERS: TableDefinition<&[u8; Id::LEN], &[u8]> = TableDefinition::new("se
 const BY_KIND: MultimapTableDefinition<&str, &[u8; Id::LEN]> =
     MultimapTableDefinition::new("servers_by_kind");
 
-/// How long [`RegistrationStore::open`] waits for a database held by another handle.
-const OPEN_WAIT: Duration = Duration::from_secs(5);
-
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
-    /// Another open handle (this or another process) holds the database.
-    #[error("{0} is already open")]
-    AlreadyOpen(PathBuf),
-    /// The database file cannot be opened.
-    #[error("opening the database: {0}")]
-    Open(#[from] DatabaseError),
-    /// A transaction could not start.
-    #[error("database transaction: {0}")]
-    Transaction(#[from] TransactionError),
-    /// A table could not be opened.
-    #[error("database table: {0}")]
-    Table(#[from] TableError),
-    /// Reading or writing the file failed.
-    #[error("database storage: {0}")]
-    Storage(#[from] StorageError),
-    /// A commit failed (nothing of the transaction is kept).
-    #[error("database commit: {0}")]
-    Commit(#[from] CommitError),
+    /// The database failed: it cannot be opened (or another handle still holds it),
+    /// or a transaction, table, read, write or commit failed.
+    #[error(transparent)]
+    Database(#[from] store::StoreError),
     /// The blocking task running a store operation panicked or was cancelled.
     #[error("store task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
@@ -65,6 +45,8 @@ pub enum StoreError {
         source: DecodeError,
     },
 }
+
+invariant_runtime::redb_error_conversions!(StoreError);
 
 /// A registration refused because another subject owns the id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,28 +64,15 @@ pub struct RegistrationStore {
 
 impl RegistrationStore {
     /// Opens (creating if needed) `<data_dir>/broker.redb`. When another handle holds
-    /// the file (typically a broker still stopping in this process), waits up to 5 s
-    /// for it to be released, then fails with [`StoreError::AlreadyOpen`].
+    /// the file (typically a broker still stopping in this process), waits up to
+    /// [`store::OPEN_WAIT`] for it to be released, then fails with
+    /// [`store::StoreError::AlreadyOpen`].
     pub fn open(data_dir: &Path) -> Result<RegistrationStore, StoreError> {
-        let path = data_dir.join(DB_FILE);
-        let started = Instant::now();
-        let db = loop {
-            match Database::create(&path) {
-                Ok(db) => break db,
-                Err(DatabaseError::DatabaseAlreadyOpen) if started.elapsed() < OPEN_WAIT => {
-                    tracing::debug!(path = %path.display(), "database still held; waiting");
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(DatabaseError::DatabaseAlreadyOpen) => {
-                    return Err(StoreError::AlreadyOpen(path));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        let txn = db.begin_write()?;
-        txn.open_table(SERVERS)?;
-        txn.open_multimap_table(BY_KIND)?;
-        txn.commit()?;
+        let db = DatabaseOpener::new(data_dir.join(DB_FILE)).open(|txn| {
+            txn.open_table(SERVERS)?;
+            txn.open_multimap_table(BY_KIND)?;
+            Ok::<_, StoreError>(())
+        })?;
         Ok(RegistrationStore { db: Arc::new(db) })
     }
 
@@ -243,6 +212,7 @@ fn decode(id: &Id, bytes: &[u8]) -> Result<Record, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn record(kind: &str, urls: &[&str]) -> Record {
         Record {

@@ -40,8 +40,6 @@ mod report;
 mod slots;
 mod storage;
 
-use std::fmt;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 pub use invariant_spec::http::ClientSecurity;
@@ -52,96 +50,28 @@ pub use report::{CheckResult, Report, Status};
 use check::{CheckDef, Ctx, Outcome};
 use helper::Helper;
 
-/// The protocols the suite checks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// `/storage/`: content-addressed blobs.
-    Storage,
-    /// `/slots/`: signed mutable pointers.
-    Slots,
-    /// `/broker/`: server id → urls.
-    Broker,
-    /// `/find/`: who holds a block.
-    Find,
-    /// `/files/`: file trees as numbered nodes.
-    Files,
-    /// `/production/`: task output cache.
-    Productions,
-    /// `/names/`: names → addresses.
-    Names,
-    /// `/distributor/`: pinned blocks kept on N storage servers.
-    Distributor,
-}
+pub use invariant_spec::{Role, UnknownRole};
 
-impl Role {
-    /// Every role, in the order of the spec's index.
-    pub const ALL: [Role; 8] = [
-        Role::Storage,
-        Role::Slots,
-        Role::Broker,
-        Role::Find,
-        Role::Files,
-        Role::Productions,
-        Role::Names,
-        Role::Distributor,
-    ];
-
-    /// The role's name on the command line (and its spec file, `spec/<name>.md`).
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Storage => "storage",
-            Role::Slots => "slots",
-            Role::Broker => "broker",
-            Role::Find => "find",
-            Role::Files => "files",
-            Role::Productions => "productions",
-            Role::Names => "names",
-            Role::Distributor => "distributor",
-        }
-    }
-
-    fn own_checks(self) -> &'static [CheckDef] {
-        match self {
-            Role::Storage => storage::CHECKS,
-            Role::Slots => slots::CHECKS,
-            Role::Broker => broker::CHECKS,
-            Role::Find => find::CHECKS,
-            Role::Files => files::CHECKS,
-            Role::Productions => productions::CHECKS,
-            Role::Names => names::CHECKS,
-            Role::Distributor => distributor::CHECKS,
-        }
-    }
-
-    fn all_checks(self) -> impl Iterator<Item = &'static CheckDef> {
-        common::CHECKS
-            .iter()
-            .chain(self.own_checks())
-            .chain(auth::CHECKS)
+/// The checks of `role` alone (without the common and auth checks).
+fn own_checks(role: Role) -> &'static [CheckDef] {
+    match role {
+        Role::Storage => storage::CHECKS,
+        Role::Slots => slots::CHECKS,
+        Role::Broker => broker::CHECKS,
+        Role::Find => find::CHECKS,
+        Role::Files => files::CHECKS,
+        Role::Productions => productions::CHECKS,
+        Role::Names => names::CHECKS,
+        Role::Distributor => distributor::CHECKS,
     }
 }
 
-impl fmt::Display for Role {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// A string that names no role.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "unknown role {0:?}; expected one of storage, slots, broker, find, files, productions, names, distributor"
-)]
-pub struct UnknownRole(pub String);
-
-impl FromStr for Role {
-    type Err = UnknownRole;
-    fn from_str(s: &str) -> Result<Role, UnknownRole> {
-        Role::ALL
-            .into_iter()
-            .find(|r| r.name().eq_ignore_ascii_case(s.trim()))
-            .ok_or_else(|| UnknownRole(s.to_string()))
-    }
+/// Every check that runs against a server of `role`.
+fn all_checks(role: Role) -> impl Iterator<Item = &'static CheckDef> {
+    common::CHECKS
+        .iter()
+        .chain(own_checks(role))
+        .chain(auth::CHECKS)
 }
 
 /// Why a run could not start.
@@ -218,7 +148,7 @@ impl Default for Options {
 
 /// The checks of `role`, common ones first: `(id, spec anchor, title)`.
 pub fn checks(role: Role) -> Vec<(&'static str, String, &'static str)> {
-    role.all_checks()
+    all_checks(role)
         .map(|c| (c.id, format!("spec/{}#{}", c.doc, c.anchor), c.title))
         .collect()
 }
@@ -239,8 +169,7 @@ fn check_base_url(url: &str) -> Result<String, ConformanceError> {
 /// Runs the checks of `role` against the server at `base_url`.
 pub async fn run(role: Role, base_url: &str, options: Options) -> Result<Report, ConformanceError> {
     let base = check_base_url(base_url)?;
-    let selected: Vec<&CheckDef> = role
-        .all_checks()
+    let selected: Vec<&CheckDef> = all_checks(role)
         .filter(|c| match &options.only {
             Some(only) => c.id == only || c.id.starts_with(only.as_str()),
             None => true,
@@ -329,7 +258,7 @@ mod tests {
     fn check_ids_are_unique_and_cite_an_anchor() {
         for role in Role::ALL {
             let mut seen = HashSet::new();
-            for check in role.all_checks() {
+            for check in all_checks(role) {
                 assert!(seen.insert(check.id), "duplicate check {}", check.id);
                 assert!(check.doc.ends_with(".md"));
                 assert!(!check.anchor.is_empty());

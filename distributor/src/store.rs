@@ -39,6 +39,7 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
+use invariant_runtime::store::{self, DatabaseOpener};
 use invariant_spec::Id;
 pub mod gc;
 
@@ -71,30 +72,10 @@ const SUBJECT_PINS: TableDefinition<(&str, &[u8; 32]), &[u8]> =
 const SUBJECT_TOTALS: TableDefinition<&str, &[u8]> = TableDefinition::new("subject_totals");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
-/// A store failure (never caused by client input).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The data directory cannot be created.
-    #[error("cannot create the data directory: {0}")]
-    Io(#[from] std::io::Error),
-    /// redb failed (I/O, corruption detected by redb, ...).
-    #[error("database error: {0}")]
-    Database(#[from] redb::Error),
-    /// A stored value does not decode.
-    #[error("stored record is corrupt: {0}")]
-    Corrupt(String),
-    /// The database was written by a newer, unknown layout.
-    #[error("database schema {found} is not supported (this build reads {SCHEMA})")]
-    Schema {
-        /// The schema found on disk.
-        found: u64,
-    },
-}
+pub use invariant_runtime::store::StoreError;
 
-fn db_err(e: impl Into<redb::Error>) -> StoreError {
-    StoreError::Database(e.into())
-}
+/// What a corrupt value is called in [`StoreError::Corrupt`].
+const RECORD: &str = "record";
 
 /// A decrement that would go below zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,10 +147,10 @@ impl SubjectTotals {
 
     fn decode(value: &[u8]) -> Result<SubjectTotals, StoreError> {
         let corrupt = || {
-            StoreError::Corrupt(format!(
-                "subject totals record has {} bytes, not 17",
-                value.len()
-            ))
+            StoreError::corrupt(
+                RECORD,
+                format!("subject totals record has {} bytes, not 17", value.len()),
+            )
         };
         match value.split_first() {
             Some((&FORMAT_V1, rest)) => {
@@ -186,10 +167,11 @@ impl SubjectTotals {
                     pins: u64::from_le_bytes(pins),
                 })
             }
-            Some((format, _)) => Err(StoreError::Corrupt(format!(
-                "unknown format marker {format}"
-            ))),
-            None => Err(StoreError::Corrupt("empty subject totals record".into())),
+            Some((format, _)) => Err(StoreError::corrupt(
+                RECORD,
+                format!("unknown format marker {format}"),
+            )),
+            None => Err(StoreError::corrupt(RECORD, "empty subject totals record")),
         }
     }
 }
@@ -217,18 +199,7 @@ fn encode_count(count: u64) -> [u8; 9] {
 }
 
 fn decode_count(value: &[u8]) -> Result<u64, StoreError> {
-    match value.split_first() {
-        Some((&FORMAT_V1, rest)) => {
-            let bytes: [u8; 8] = rest.try_into().map_err(|_| {
-                StoreError::Corrupt(format!("count record has {} bytes, not 9", value.len()))
-            })?;
-            Ok(u64::from_le_bytes(bytes))
-        }
-        Some((format, _)) => Err(StoreError::Corrupt(format!(
-            "unknown format marker {format}"
-        ))),
-        None => Err(StoreError::Corrupt("empty count record".into())),
-    }
+    store::fixed_value(value, FORMAT_V1, "count record").map(u64::from_le_bytes)
 }
 
 fn holder_key(block: &Id, storage: &Id) -> [u8; 64] {
@@ -264,39 +235,35 @@ fn tally(ids: &[Id]) -> BTreeMap<Id, u64> {
 impl Store {
     /// Opens (creating if needed) `<data_dir>/distributor.redb`.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
-        std::fs::create_dir_all(data_dir)?;
-        let db = Database::builder()
-            .set_cache_size(64 * 1024 * 1024)
-            .create(data_dir.join(DB_FILE))
-            .map_err(db_err)?;
-        let txn = db.begin_write().map_err(db_err)?;
-        {
-            let mut meta = txn.open_table(META).map_err(db_err)?;
-            let found = meta.get("schema").map_err(db_err)?.map(|v| v.value());
-            match found {
-                None => {}
-                Some(SCHEMA) | Some(SCHEMA_V2) => {}
-                Some(SCHEMA_V1) => {
-                    let migrated = migrate_v1(&txn)?;
-                    tracing::info!(
-                        blocks = migrated.blocks,
-                        pins = migrated.pins,
-                        "migrated the pins to per-subject counts (all anonymous)"
-                    );
-                }
-                Some(found) => return Err(StoreError::Schema { found }),
-            }
-            meta.insert("schema", SCHEMA).map_err(db_err)?;
-            txn.open_table(PINS).map_err(db_err)?;
-            txn.open_table(SUBJECT_PINS).map_err(db_err)?;
-            txn.open_table(SUBJECT_TOTALS).map_err(db_err)?;
-            txn.open_table(STORAGES).map_err(db_err)?;
-            txn.open_table(HOLDERS).map_err(db_err)?;
-            txn.open_table(gc::RELEASED).map_err(db_err)?;
-            txn.open_table(gc::GC_BEHIND).map_err(db_err)?;
-            txn.open_table(gc::GC_STORAGES).map_err(db_err)?;
-        }
-        txn.commit().map_err(db_err)?;
+        let db = DatabaseOpener::new(data_dir.join(DB_FILE))
+            .cache_size(64 * 1024 * 1024)
+            .open(|txn| {
+                store::upgrade_schema(txn, META, SCHEMA, |found| match found {
+                    SCHEMA_V2 => Ok(()),
+                    SCHEMA_V1 => {
+                        let migrated = migrate_v1(txn)?;
+                        tracing::info!(
+                            blocks = migrated.blocks,
+                            pins = migrated.pins,
+                            "migrated the pins to per-subject counts (all anonymous)"
+                        );
+                        Ok(())
+                    }
+                    found => Err(StoreError::Schema {
+                        found,
+                        supported: SCHEMA,
+                    }),
+                })?;
+                txn.open_table(PINS)?;
+                txn.open_table(SUBJECT_PINS)?;
+                txn.open_table(SUBJECT_TOTALS)?;
+                txn.open_table(STORAGES)?;
+                txn.open_table(HOLDERS)?;
+                txn.open_table(gc::RELEASED)?;
+                txn.open_table(gc::GC_BEHIND)?;
+                txn.open_table(gc::GC_STORAGES)?;
+                Ok::<_, StoreError>(())
+            })?;
         Ok(Store { db: Arc::new(db) })
     }
 
@@ -309,11 +276,11 @@ impl Store {
                 total: self.count_rows(PINS)?,
             });
         }
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db.begin_write()?;
         let added = {
-            let mut pins = txn.open_table(PINS).map_err(db_err)?;
-            let mut mine = txn.open_table(SUBJECT_PINS).map_err(db_err)?;
-            let mut totals = txn.open_table(SUBJECT_TOTALS).map_err(db_err)?;
+            let mut pins = txn.open_table(PINS)?;
+            let mut mine = txn.open_table(SUBJECT_PINS)?;
+            let mut totals = txn.open_table(SUBJECT_TOTALS)?;
             let mut subject_total = read_totals(&totals, subject)?;
             let mut new = Vec::new();
             // Sorted keys: B-tree inserts touch neighbouring pages.
@@ -323,8 +290,7 @@ impl Store {
                 if before == 0 {
                     new.push(block);
                 }
-                pins.insert(key, encode_count(before.saturating_add(add)).as_slice())
-                    .map_err(db_err)?;
+                pins.insert(key, encode_count(before.saturating_add(add)).as_slice())?;
                 let own = read_count(&mine, (subject, key))?;
                 if own == 0 {
                     subject_total.blocks += 1;
@@ -332,20 +298,17 @@ impl Store {
                 mine.insert(
                     (subject, key),
                     encode_count(own.saturating_add(add)).as_slice(),
-                )
-                .map_err(db_err)?;
+                )?;
                 subject_total.pins = subject_total.pins.saturating_add(add);
             }
-            totals
-                .insert(subject, subject_total.encode().as_slice())
-                .map_err(db_err)?;
+            totals.insert(subject, subject_total.encode().as_slice())?;
             Added {
                 new,
-                total: pins.len().map_err(db_err)?,
+                total: pins.len()?,
             }
         };
         gc::unrelease(&txn, &added.new)?;
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok(added)
     }
 
@@ -365,11 +328,11 @@ impl Store {
                 total: self.count_rows(PINS)?,
             }));
         }
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db.begin_write()?;
         let outcome = {
-            let mut pins = txn.open_table(PINS).map_err(db_err)?;
-            let mut mine = txn.open_table(SUBJECT_PINS).map_err(db_err)?;
-            let mut totals = txn.open_table(SUBJECT_TOTALS).map_err(db_err)?;
+            let mut pins = txn.open_table(PINS)?;
+            let mut mine = txn.open_table(SUBJECT_PINS)?;
+            let mut totals = txn.open_table(SUBJECT_TOTALS)?;
             // Check everything first so a refused request changes nothing.
             let mut plan = Vec::new();
             let mut refused = None;
@@ -393,37 +356,36 @@ impl Store {
                     for (block, have, asked) in plan {
                         let key = block.as_bytes();
                         if have == asked {
-                            mine.remove((subject, key)).map_err(db_err)?;
+                            mine.remove((subject, key))?;
                             subject_total.blocks = subject_total.blocks.saturating_sub(1);
                         } else {
-                            mine.insert((subject, key), encode_count(have - asked).as_slice())
-                                .map_err(db_err)?;
+                            mine.insert((subject, key), encode_count(have - asked).as_slice())?;
                         }
                         subject_total.pins = subject_total.pins.saturating_sub(asked);
                         let all = read_count(&pins, key)?;
                         if all < have {
-                            return Err(StoreError::Corrupt(format!(
-                                "block {block} has {all} pins in all but {have} of one subject"
-                            )));
+                            return Err(StoreError::corrupt(
+                                RECORD,
+                                format!(
+                                    "block {block} has {all} pins in all but {have} of one subject"
+                                ),
+                            ));
                         }
                         if all == asked {
-                            pins.remove(key).map_err(db_err)?;
+                            pins.remove(key)?;
                             released.push(block);
                         } else {
-                            pins.insert(key, encode_count(all - asked).as_slice())
-                                .map_err(db_err)?;
+                            pins.insert(key, encode_count(all - asked).as_slice())?;
                         }
                     }
                     if subject_total.blocks == 0 {
-                        totals.remove(subject).map_err(db_err)?;
+                        totals.remove(subject)?;
                     } else {
-                        totals
-                            .insert(subject, subject_total.encode().as_slice())
-                            .map_err(db_err)?;
+                        totals.insert(subject, subject_total.encode().as_slice())?;
                     }
                     Ok(Removed {
                         released,
-                        total: pins.len().map_err(db_err)?,
+                        total: pins.len()?,
                     })
                 }
             }
@@ -432,11 +394,11 @@ impl Store {
             Ok(removed) => {
                 gc::release(&txn, &removed.released, gc::now_ms())?;
                 drop_holders(&txn, &removed.released)?;
-                txn.commit().map_err(db_err)?;
+                txn.commit()?;
                 Ok(Ok(removed))
             }
             Err(below) => {
-                txn.abort().map_err(db_err)?;
+                txn.abort()?;
                 Ok(Err(below))
             }
         }
@@ -444,11 +406,11 @@ impl Store {
 
     /// The pins of each subject holding any, in subject order.
     pub fn pins_by_subject(&self) -> Result<Vec<(String, SubjectTotals)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let totals = txn.open_table(SUBJECT_TOTALS).map_err(db_err)?;
+        let txn = self.db.begin_read()?;
+        let totals = txn.open_table(SUBJECT_TOTALS)?;
         let mut out = Vec::new();
-        for row in totals.iter().map_err(db_err)? {
-            let (subject, value) = row.map_err(db_err)?;
+        for row in totals.iter()? {
+            let (subject, value) = row?;
             out.push((
                 subject.value().to_string(),
                 SubjectTotals::decode(value.value())?,
@@ -459,8 +421,8 @@ impl Store {
 
     /// The pins `subject` holds of `block`.
     pub fn subject_pins(&self, subject: &str, block: &Id) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let mine = txn.open_table(SUBJECT_PINS).map_err(db_err)?;
+        let txn = self.db.begin_read()?;
+        let mine = txn.open_table(SUBJECT_PINS)?;
         read_count(&mine, (subject, block.as_bytes()))
     }
 
@@ -482,13 +444,13 @@ impl Store {
                 total: self.count_rows(table)?,
             });
         }
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db.begin_write()?;
         let added = {
-            let mut rows = txn.open_table(table).map_err(db_err)?;
+            let mut rows = txn.open_table(table)?;
             let mut new = Vec::new();
             // Sorted keys: B-tree inserts touch neighbouring pages.
             for (id, add) in tally(ids) {
-                let before = match rows.get(id.as_bytes()).map_err(db_err)? {
+                let before = match rows.get(id.as_bytes())? {
                     Some(value) => decode_count(value.value())?,
                     None => 0,
                 };
@@ -496,15 +458,14 @@ impl Store {
                     new.push(id);
                 }
                 let after = before.saturating_add(add);
-                rows.insert(id.as_bytes(), encode_count(after).as_slice())
-                    .map_err(db_err)?;
+                rows.insert(id.as_bytes(), encode_count(after).as_slice())?;
             }
             Added {
                 new,
-                total: rows.len().map_err(db_err)?,
+                total: rows.len()?,
             }
         };
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok(added)
     }
 
@@ -519,24 +480,24 @@ impl Store {
                 total: self.count_rows(table)?,
             }));
         }
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db.begin_write()?;
         let outcome = apply_decrement(&txn, table, ids)?;
         match outcome {
             Ok(removed) => {
-                txn.commit().map_err(db_err)?;
+                txn.commit()?;
                 Ok(Ok(removed))
             }
             Err(below) => {
-                txn.abort().map_err(db_err)?;
+                txn.abort()?;
                 Ok(Err(below))
             }
         }
     }
 
     fn count_rows(&self, table: Counts) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let rows = txn.open_table(table).map_err(db_err)?;
-        rows.len().map_err(db_err)
+        let txn = self.db.begin_read()?;
+        let rows = txn.open_table(table)?;
+        Ok(rows.len()?)
     }
 
     /// Distinct pinned blocks.
@@ -546,29 +507,29 @@ impl Store {
 
     /// The pin count of `block` (0 when not pinned).
     pub fn pins(&self, block: &Id) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let rows = txn.open_table(PINS).map_err(db_err)?;
-        let value = rows.get(block.as_bytes()).map_err(db_err)?;
+        let txn = self.db.begin_read()?;
+        let rows = txn.open_table(PINS)?;
+        let value = rows.get(block.as_bytes())?;
         value.map(|v| decode_count(v.value())).unwrap_or(Ok(0))
     }
 
     /// Whether each of `blocks` is pinned, in order.
     pub fn pinned_flags(&self, blocks: &[Id]) -> Result<Vec<bool>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let rows = txn.open_table(PINS).map_err(db_err)?;
+        let txn = self.db.begin_read()?;
+        let rows = txn.open_table(PINS)?;
         blocks
             .iter()
-            .map(|b| Ok(rows.get(b.as_bytes()).map_err(db_err)?.is_some()))
+            .map(|b| Ok(rows.get(b.as_bytes())?.is_some()))
             .collect()
     }
 
     /// The registration count of each explicitly registered storage server.
     pub fn registered(&self) -> Result<Vec<(Id, u64)>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let rows = txn.open_table(STORAGES).map_err(db_err)?;
+        let txn = self.db.begin_read()?;
+        let rows = txn.open_table(STORAGES)?;
         let mut out = Vec::new();
-        for row in rows.iter().map_err(db_err)? {
-            let (key, value) = row.map_err(db_err)?;
+        for row in rows.iter()? {
+            let (key, value) = row?;
             out.push((Id::from_bytes(*key.value()), decode_count(value.value())?));
         }
         Ok(out)
@@ -576,35 +537,32 @@ impl Store {
 
     /// The known holders of `block` when it is pinned; `None` when it is not.
     pub fn pinned_block(&self, block: &Id) -> Result<Option<Vec<Id>>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let pins = txn.open_table(PINS).map_err(db_err)?;
-        if pins.get(block.as_bytes()).map_err(db_err)?.is_none() {
+        let txn = self.db.begin_read()?;
+        let pins = txn.open_table(PINS)?;
+        if pins.get(block.as_bytes())?.is_none() {
             return Ok(None);
         }
-        let holders = txn.open_table(HOLDERS).map_err(db_err)?;
+        let holders = txn.open_table(HOLDERS)?;
         read_holders(&holders, block).map(Some)
     }
 
     /// Up to `limit` pinned blocks after `after` (exclusive) in id order, with their
     /// known holders, all from one snapshot.
     pub fn scan(&self, after: Option<Id>, limit: usize) -> Result<Vec<PinnedBlock>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let pins = txn.open_table(PINS).map_err(db_err)?;
-        let holders = txn.open_table(HOLDERS).map_err(db_err)?;
+        let txn = self.db.begin_read()?;
+        let pins = txn.open_table(PINS)?;
+        let holders = txn.open_table(HOLDERS)?;
         let start = after.map(|a| *a.as_bytes());
         let lower = match &start {
             Some(bytes) => Bound::Excluded(bytes),
             None => Bound::Unbounded,
         };
         let mut out = Vec::with_capacity(limit.min(4096));
-        for row in pins
-            .range::<&[u8; 32]>((lower, Bound::Unbounded))
-            .map_err(db_err)?
-        {
+        for row in pins.range::<&[u8; 32]>((lower, Bound::Unbounded))? {
             if out.len() >= limit {
                 break;
             }
-            let (key, _) = row.map_err(db_err)?;
+            let (key, _) = row?;
             let block = Id::from_bytes(*key.value());
             let known = read_holders(&holders, &block)?;
             out.push(PinnedBlock {
@@ -621,10 +579,10 @@ impl Store {
         if updates.is_empty() {
             return Ok(());
         }
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db.begin_write()?;
         {
-            let pins = txn.open_table(PINS).map_err(db_err)?;
-            let mut holders = txn.open_table(HOLDERS).map_err(db_err)?;
+            let pins = txn.open_table(PINS)?;
+            let mut holders = txn.open_table(HOLDERS)?;
             for update in updates {
                 match update {
                     HolderUpdate::Add {
@@ -632,7 +590,7 @@ impl Store {
                         storage,
                         size,
                     } => {
-                        if pins.get(block.as_bytes()).map_err(db_err)?.is_none() {
+                        if pins.get(block.as_bytes())?.is_none() {
                             continue;
                         }
                         let key = holder_key(block, storage);
@@ -641,26 +599,22 @@ impl Store {
                                 let mut value = [0u8; 9];
                                 value[0] = FORMAT_V1;
                                 value[1..].copy_from_slice(&size.to_le_bytes());
-                                holders.insert(&key, value.as_slice()).map_err(db_err)?;
+                                holders.insert(&key, value.as_slice())?;
                             }
                             None => {
-                                if holders.get(&key).map_err(db_err)?.is_none() {
-                                    holders
-                                        .insert(&key, [FORMAT_V1].as_slice())
-                                        .map_err(db_err)?;
+                                if holders.get(&key)?.is_none() {
+                                    holders.insert(&key, [FORMAT_V1].as_slice())?;
                                 }
                             }
                         }
                     }
                     HolderUpdate::Remove { block, storage } => {
-                        holders
-                            .remove(&holder_key(block, storage))
-                            .map_err(db_err)?;
+                        holders.remove(&holder_key(block, storage))?;
                     }
                 }
             }
         }
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok(())
     }
 }
@@ -671,8 +625,8 @@ fn read_holders(
 ) -> Result<Vec<Id>, StoreError> {
     let (low, high) = holder_bounds(block);
     let mut out = Vec::new();
-    for row in holders.range::<&[u8; 64]>(&low..=&high).map_err(db_err)? {
-        let (key, _) = row.map_err(db_err)?;
+    for row in holders.range::<&[u8; 64]>(&low..=&high)? {
+        let (key, _) = row?;
         out.push(storage_of(key.value()));
     }
     Ok(out)
@@ -683,12 +637,12 @@ fn apply_decrement(
     table: Counts,
     ids: &[Id],
 ) -> Result<Result<Removed, BelowZero>, StoreError> {
-    let mut rows = txn.open_table(table).map_err(db_err)?;
+    let mut rows = txn.open_table(table)?;
     let counts = tally(ids);
     // Check everything first so a refused request changes nothing.
     let mut plan = Vec::with_capacity(counts.len());
     for (id, asked) in counts {
-        let have = match rows.get(id.as_bytes()).map_err(db_err)? {
+        let have = match rows.get(id.as_bytes())? {
             Some(value) => decode_count(value.value())?,
             None => 0,
         };
@@ -700,14 +654,13 @@ fn apply_decrement(
     let mut released = Vec::new();
     for (id, after) in plan {
         if after == 0 {
-            rows.remove(id.as_bytes()).map_err(db_err)?;
+            rows.remove(id.as_bytes())?;
             released.push(id);
         } else {
-            rows.insert(id.as_bytes(), encode_count(after).as_slice())
-                .map_err(db_err)?;
+            rows.insert(id.as_bytes(), encode_count(after).as_slice())?;
         }
     }
-    let total = rows.len().map_err(db_err)?;
+    let total = rows.len()?;
     Ok(Ok(Removed { released, total }))
 }
 
@@ -716,12 +669,10 @@ fn drop_holders(txn: &WriteTransaction, released: &[Id]) -> Result<(), StoreErro
     if released.is_empty() {
         return Ok(());
     }
-    let mut holders = txn.open_table(HOLDERS).map_err(db_err)?;
+    let mut holders = txn.open_table(HOLDERS)?;
     for block in released {
         let (low, high) = holder_bounds(block);
-        holders
-            .retain_in::<&[u8; 64], _>(&low..=&high, |_, _| false)
-            .map_err(db_err)?;
+        holders.retain_in::<&[u8; 64], _>(&low..=&high, |_, _| false)?;
     }
     Ok(())
 }
@@ -731,7 +682,7 @@ fn read_count<'k, K: redb::Key + 'static>(
     table: &impl ReadableTable<K, &'static [u8]>,
     key: impl std::borrow::Borrow<K::SelfType<'k>>,
 ) -> Result<u64, StoreError> {
-    match table.get(key).map_err(db_err)? {
+    match table.get(key)? {
         Some(value) => decode_count(value.value()),
         None => Ok(0),
     }
@@ -741,7 +692,7 @@ fn read_totals(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
     subject: &str,
 ) -> Result<SubjectTotals, StoreError> {
-    match table.get(subject).map_err(db_err)? {
+    match table.get(subject)? {
         Some(value) => SubjectTotals::decode(value.value()),
         None => Ok(SubjectTotals::default()),
     }
@@ -749,22 +700,19 @@ fn read_totals(
 
 /// Makes every schema-1 pin a pin of the anonymous subject, in `txn`.
 fn migrate_v1(txn: &WriteTransaction) -> Result<SubjectTotals, StoreError> {
-    let pins = txn.open_table(PINS).map_err(db_err)?;
-    let mut mine = txn.open_table(SUBJECT_PINS).map_err(db_err)?;
-    let mut totals = txn.open_table(SUBJECT_TOTALS).map_err(db_err)?;
+    let pins = txn.open_table(PINS)?;
+    let mut mine = txn.open_table(SUBJECT_PINS)?;
+    let mut totals = txn.open_table(SUBJECT_TOTALS)?;
     let mut anonymous = SubjectTotals::default();
-    for row in pins.iter().map_err(db_err)? {
-        let (block, value) = row.map_err(db_err)?;
+    for row in pins.iter()? {
+        let (block, value) = row?;
         let count = decode_count(value.value())?;
-        mine.insert((ANONYMOUS, block.value()), encode_count(count).as_slice())
-            .map_err(db_err)?;
+        mine.insert((ANONYMOUS, block.value()), encode_count(count).as_slice())?;
         anonymous.blocks += 1;
         anonymous.pins = anonymous.pins.saturating_add(count);
     }
     if anonymous.blocks > 0 {
-        totals
-            .insert(ANONYMOUS, anonymous.encode().as_slice())
-            .map_err(db_err)?;
+        totals.insert(ANONYMOUS, anonymous.encode().as_slice())?;
     }
     Ok(anonymous)
 }
@@ -1062,7 +1010,7 @@ mod tests {
         }
         assert!(matches!(
             Store::open(dir.path()),
-            Err(StoreError::Schema { found: 99 })
+            Err(StoreError::Schema { found: 99, .. })
         ));
     }
 }

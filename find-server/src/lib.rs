@@ -178,29 +178,16 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// How long [`start`] waits for a database still held by an earlier instance of this
-/// server in the same process (an in-process restart) to be released.
-const OPEN_RETRY: Duration = Duration::from_secs(5);
-
+/// Opens the store (waiting, as [`FindStore::open`] does, for a database still held by
+/// an earlier instance of this server in the same process) and reads the known peers.
 async fn open_store(ctx: &ServerContext) -> Result<(FindStore, Vec<Id>), FindError> {
-    let deadline = tokio::time::Instant::now() + OPEN_RETRY;
-    loop {
-        let dir = ctx.data_dir().clone();
-        let opened = blocking(move || {
-            let store = FindStore::open(&dir)?;
-            let peers = store.peers()?;
-            Ok((store, peers))
-        })
-        .await;
-        match opened {
-            Err(FindError::Store(StoreError::Database(redb::Error::DatabaseAlreadyOpen)))
-                if tokio::time::Instant::now() < deadline =>
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            other => return other,
-        }
-    }
+    let dir = ctx.data_dir().clone();
+    blocking(move || {
+        let store = FindStore::open(&dir)?;
+        let peers = store.peers()?;
+        Ok((store, peers))
+    })
+    .await
 }
 
 /// Opens the store under the context's data directory, serves it, and starts the

@@ -17,6 +17,7 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::Arc;
 
+use invariant_runtime::store;
 use invariant_spec::Id;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
@@ -32,37 +33,10 @@ const BY_CONTAINER: TableDefinition<&[u8; 64], ()> = TableDefinition::new("by_co
 const BY_SEEN: TableDefinition<&[u8; 72], ()> = TableDefinition::new("by_seen");
 const PEERS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("peers");
 
-/// A store failure (never caused by client input).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The data directory cannot be created.
-    #[error("cannot create the data directory: {0}")]
-    Io(#[from] std::io::Error),
-    /// redb failed (I/O, corruption detected by redb, ...).
-    #[error("database error: {0}")]
-    Database(#[from] redb::Error),
-    /// A stored value does not decode.
-    #[error("stored record is corrupt: {0}")]
-    Corrupt(String),
-}
+pub use invariant_runtime::store::StoreError;
 
-macro_rules! from_redb {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> StoreError {
-                StoreError::Database(redb::Error::from(e))
-            }
-        }
-    )*};
-}
-from_redb!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+/// What a corrupt value is called in [`StoreError::Corrupt`].
+const RECORD: &str = "record";
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -112,18 +86,7 @@ fn encode_time(time: u64) -> [u8; 9] {
 }
 
 fn decode_time(value: &[u8]) -> Result<u64> {
-    match value.split_first() {
-        Some((&FORMAT_V1, rest)) => {
-            let bytes: [u8; 8] = rest.try_into().map_err(|_| {
-                StoreError::Corrupt(format!("format 1 value has {} bytes, not 9", value.len()))
-            })?;
-            Ok(u64::from_be_bytes(bytes))
-        }
-        Some((format, _)) => Err(StoreError::Corrupt(format!(
-            "unknown format marker {format}"
-        ))),
-        None => Err(StoreError::Corrupt("empty value".into())),
-    }
+    store::fixed_value(value, FORMAT_V1, RECORD).map(u64::from_be_bytes)
 }
 
 /// The range of 64-byte keys starting with `prefix`.
@@ -182,15 +145,16 @@ impl<'t> Tables<'t> {
 }
 
 impl FindStore {
-    /// Opens (creating if needed) `<data_dir>/find.redb`.
+    /// Opens (creating if needed) `<data_dir>/find.redb`. When another handle holds the
+    /// file (a server of this process still stopping), waits up to
+    /// [`store::OPEN_WAIT`] for it, then fails with [`StoreError::AlreadyOpen`].
     pub fn open(data_dir: &Path) -> Result<FindStore> {
-        std::fs::create_dir_all(data_dir)?;
-        let db = Database::create(data_dir.join(DB_FILE))?;
         // Create the tables so read transactions always find them.
-        let txn = db.begin_write()?;
-        Tables::open(&txn)?;
-        txn.open_table(PEERS)?;
-        txn.commit()?;
+        let db = store::open_in(data_dir, DB_FILE, |txn| {
+            Tables::open(txn)?;
+            txn.open_table(PEERS)?;
+            Ok::<_, StoreError>(())
+        })?;
         Ok(FindStore { db: Arc::new(db) })
     }
 

@@ -14,11 +14,12 @@ use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post, put};
-use invariant_runtime::{ApiError, ApiJson, ApiPath, ApiResult};
+use invariant_runtime::{ApiError, ApiJson, ApiPath, ApiResult, blocking};
+use invariant_spec::Id;
 use invariant_spec::names::{NameRecord, RegisterRequest, UpdateRequest, canonical_name};
 
 use crate::AppState;
-use crate::store::{RegisterOutcome, StoreError, StoredName, UpdateOutcome};
+use crate::store::{RegisterOutcome, StoredName, UpdateOutcome};
 
 /// Every route [`router`] serves, as `(method, path)` (axum path syntax). Listed for
 /// tools that compare a server with its OpenAPI description (`spec/openapi/`).
@@ -35,19 +36,6 @@ pub fn router(state: AppState) -> Router {
         .route("/names/register", put(register))
         .route("/names/update", post(update))
         .with_state(state)
-}
-
-/// Runs store work on the blocking pool; store failures are internal errors.
-async fn blocking<T, F>(context: &'static str, f: F) -> ApiResult<T>
-where
-    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
-    T: Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(ApiError::internal(context, e)),
-        Err(e) => Err(ApiError::internal(context, e)),
-    }
 }
 
 fn canonical(name: &str) -> ApiResult<String> {
@@ -95,16 +83,22 @@ async fn lookup(
     }
 }
 
+/// The record a register or update request asks for, the server's default ttl filling
+/// in an absent one.
+fn stored_name(state: &AppState, address: Id, ttl: Option<u32>, slot: Option<bool>) -> StoredName {
+    StoredName {
+        address,
+        ttl: ttl.unwrap_or(state.default_ttl()),
+        slot: slot.unwrap_or(false),
+    }
+}
+
 async fn register(
     State(state): State<AppState>,
     ApiJson(request): ApiJson<RegisterRequest>,
 ) -> ApiResult<Json<bool>> {
     let name = canonical(&request.name)?;
-    let record = StoredName {
-        address: request.address,
-        ttl: request.ttl.unwrap_or(state.default_ttl()),
-        slot: request.slot.unwrap_or(false),
-    };
+    let record = stored_name(&state, request.address, request.ttl, request.slot);
     let store = state.store().clone();
     let key = name.clone();
     let outcome = blocking("registering a name", move || store.register(&key, &record)).await?;
@@ -121,11 +115,7 @@ async fn update(
     ApiJson(request): ApiJson<UpdateRequest>,
 ) -> ApiResult<Json<bool>> {
     let name = canonical(&request.name)?;
-    let record = StoredName {
-        address: request.address,
-        ttl: request.ttl.unwrap_or(state.default_ttl()),
-        slot: request.slot.unwrap_or(false),
-    };
+    let record = stored_name(&state, request.address, request.ttl, request.slot);
     let previous = request.previous;
     let store = state.store().clone();
     let key = name.clone();

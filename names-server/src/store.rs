@@ -14,6 +14,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use invariant_runtime::store;
 use invariant_spec::Id;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -27,25 +28,7 @@ const V1_LEN: usize = 1 + 1 + 4 + 32;
 /// canonical name → encoded [`StoredName`].
 const NAMES: TableDefinition<&str, &[u8]> = TableDefinition::new("names");
 
-/// A store failure (never caused by client input).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The data directory cannot be created.
-    #[error("cannot create the data directory: {0}")]
-    Io(#[from] std::io::Error),
-    /// redb failed (I/O, corruption detected by redb, ...).
-    #[error("database error: {0}")]
-    Database(#[from] redb::Error),
-    /// A stored record does not decode.
-    #[error("stored record of {name:?} is corrupt: {reason}")]
-    Corrupt {
-        /// The name whose record is bad.
-        name: String,
-        /// What is wrong with it.
-        reason: String,
-    },
-}
+pub use invariant_runtime::store::StoreError;
 
 /// What the server holds for a name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,10 +52,7 @@ impl StoredName {
     }
 
     fn decode(name: &str, value: &[u8]) -> Result<StoredName, StoreError> {
-        let corrupt = |reason: String| StoreError::Corrupt {
-            name: name.to_string(),
-            reason,
-        };
+        let corrupt = |reason: String| StoreError::corrupt(format!("record of {name:?}"), reason);
         match value.first() {
             Some(&FORMAT_V1) => {}
             Some(other) => return Err(corrupt(format!("unknown format marker {other}"))),
@@ -127,14 +107,15 @@ pub struct NameStore {
 }
 
 impl NameStore {
-    /// Opens (creating if needed) `<data_dir>/names.redb`.
+    /// Opens (creating if needed) `<data_dir>/names.redb`. When another handle holds the
+    /// file (a server of this process still stopping), waits up to
+    /// [`store::OPEN_WAIT`] for it, then fails with [`StoreError::AlreadyOpen`].
     pub fn open(data_dir: &Path) -> Result<NameStore, StoreError> {
-        std::fs::create_dir_all(data_dir)?;
-        let db = Database::create(data_dir.join(DB_FILE)).map_err(redb::Error::from)?;
         // Create the table so read transactions always find it.
-        let txn = db.begin_write().map_err(redb::Error::from)?;
-        txn.open_table(NAMES).map_err(redb::Error::from)?;
-        txn.commit().map_err(redb::Error::from)?;
+        let db = store::open_in(data_dir, DB_FILE, |txn| {
+            txn.open_table(NAMES)?;
+            Ok::<_, StoreError>(())
+        })?;
         Ok(NameStore { db: Arc::new(db) })
     }
 
@@ -145,7 +126,7 @@ impl NameStore {
             .transpose()
     }
 
-    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, redb::Error> {
+    fn read(&self, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(NAMES)?;
         Ok(table.get(name)?.map(|v| v.value().to_vec()))
@@ -154,22 +135,20 @@ impl NameStore {
     /// Registers canonical `name` unless it is taken. Durable when it returns
     /// [`RegisterOutcome::Registered`].
     pub fn register(&self, name: &str, record: &StoredName) -> Result<RegisterOutcome, StoreError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let txn = self.db.begin_write()?;
         let taken = {
-            let mut table = txn.open_table(NAMES).map_err(redb::Error::from)?;
-            let taken = table.get(name).map_err(redb::Error::from)?.is_some();
+            let mut table = txn.open_table(NAMES)?;
+            let taken = table.get(name)?.is_some();
             if !taken {
-                table
-                    .insert(name, record.encode().as_slice())
-                    .map_err(redb::Error::from)?;
+                table.insert(name, record.encode().as_slice())?;
             }
             taken
         };
         if taken {
-            txn.abort().map_err(redb::Error::from)?;
+            txn.abort()?;
             Ok(RegisterOutcome::Taken)
         } else {
-            txn.commit().map_err(redb::Error::from)?;
+            txn.commit()?;
             Ok(RegisterOutcome::Registered)
         }
     }
@@ -182,21 +161,16 @@ impl NameStore {
         previous: &Id,
         record: &StoredName,
     ) -> Result<UpdateOutcome, StoreError> {
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let txn = self.db.begin_write()?;
         let outcome = {
-            let mut table = txn.open_table(NAMES).map_err(redb::Error::from)?;
-            let current = table
-                .get(name)
-                .map_err(redb::Error::from)?
-                .map(|v| v.value().to_vec());
+            let mut table = txn.open_table(NAMES)?;
+            let current = table.get(name)?.map(|v| v.value().to_vec());
             match current {
                 None => UpdateOutcome::Unknown,
                 Some(value) => {
                     let current = StoredName::decode(name, &value)?;
                     if current.address == *previous {
-                        table
-                            .insert(name, record.encode().as_slice())
-                            .map_err(redb::Error::from)?;
+                        table.insert(name, record.encode().as_slice())?;
                         UpdateOutcome::Updated
                     } else {
                         UpdateOutcome::Stale {
@@ -207,9 +181,9 @@ impl NameStore {
             }
         };
         if outcome == UpdateOutcome::Updated {
-            txn.commit().map_err(redb::Error::from)?;
+            txn.commit()?;
         } else {
-            txn.abort().map_err(redb::Error::from)?;
+            txn.abort()?;
         }
         Ok(outcome)
     }

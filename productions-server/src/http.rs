@@ -17,11 +17,11 @@ use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use invariant_runtime::{ApiError, ApiPath, ApiResult};
+use invariant_runtime::{ApiError, ApiPath, ApiResult, blocking};
 use invariant_spec::Id;
 
 use crate::AppState;
-use crate::store::{PutOutcome, StoreError};
+use crate::store::PutOutcome;
 
 /// Every route [`router`] serves, as `(method, path)` (axum path syntax). Listed for
 /// tools that compare a server with its OpenAPI description (`spec/openapi/`).
@@ -38,19 +38,6 @@ pub fn router(state: AppState) -> Router {
             get(get_production).put(put_production),
         )
         .with_state(state)
-}
-
-/// Runs store work on the blocking pool; store failures are internal errors.
-async fn blocking<T, F>(context: &'static str, f: F) -> ApiResult<T>
-where
-    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
-    T: Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(ApiError::internal(context, e)),
-        Err(e) => Err(ApiError::internal(context, e)),
-    }
 }
 
 async fn get_production(

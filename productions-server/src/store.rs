@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use invariant_runtime::store;
 use invariant_spec::Id;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
@@ -21,20 +22,10 @@ pub const FORMAT_V1: u8 = 1;
 /// `task ‖ input` → `FORMAT_V1 ‖ output`.
 const PRODUCTIONS: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("productions");
 
-/// A store failure (never caused by client input).
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// The data directory cannot be created.
-    #[error("cannot create the data directory: {0}")]
-    Io(#[from] std::io::Error),
-    /// redb failed (I/O, corruption detected by redb, ...).
-    #[error("database error: {0}")]
-    Database(#[from] redb::Error),
-    /// A stored value does not decode.
-    #[error("stored production is corrupt: {0}")]
-    Corrupt(String),
-}
+pub use invariant_runtime::store::StoreError;
+
+/// What a corrupt value is called in [`StoreError::Corrupt`].
+const RECORD: &str = "production";
 
 /// What a [`ProductionStore::put`] did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,29 +62,19 @@ fn encode(output: &Id) -> [u8; 33] {
 }
 
 fn decode(value: &[u8]) -> Result<Id, StoreError> {
-    match value.split_first() {
-        Some((&FORMAT_V1, rest)) => {
-            let bytes: [u8; 32] = rest.try_into().map_err(|_| {
-                StoreError::Corrupt(format!("format 1 value has {} bytes, not 33", value.len()))
-            })?;
-            Ok(Id::from_bytes(bytes))
-        }
-        Some((format, _)) => Err(StoreError::Corrupt(format!(
-            "unknown format marker {format}"
-        ))),
-        None => Err(StoreError::Corrupt("empty value".into())),
-    }
+    store::fixed_value(value, FORMAT_V1, RECORD).map(Id::from_bytes)
 }
 
 impl ProductionStore {
-    /// Opens (creating if needed) `<data_dir>/productions.redb`.
+    /// Opens (creating if needed) `<data_dir>/productions.redb`. When another handle holds the
+    /// file (a server of this process still stopping), waits up to
+    /// [`store::OPEN_WAIT`] for it, then fails with [`StoreError::AlreadyOpen`].
     pub fn open(data_dir: &Path) -> Result<ProductionStore, StoreError> {
-        std::fs::create_dir_all(data_dir)?;
-        let db = Database::create(data_dir.join(DB_FILE)).map_err(redb::Error::from)?;
         // Create the table so read transactions always find it.
-        let txn = db.begin_write().map_err(redb::Error::from)?;
-        txn.open_table(PRODUCTIONS).map_err(redb::Error::from)?;
-        txn.commit().map_err(redb::Error::from)?;
+        let db = store::open_in(data_dir, DB_FILE, |txn| {
+            txn.open_table(PRODUCTIONS)?;
+            Ok::<_, StoreError>(())
+        })?;
         Ok(ProductionStore { db: Arc::new(db) })
     }
 
@@ -103,7 +84,7 @@ impl ProductionStore {
         found.as_deref().map(decode).transpose()
     }
 
-    fn read(&self, task: &Id, input: &Id) -> Result<Option<Vec<u8>>, redb::Error> {
+    fn read(&self, task: &Id, input: &Id) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(PRODUCTIONS)?;
         Ok(table.get(&key(task, input))?.map(|v| v.value().to_vec()))
@@ -113,13 +94,10 @@ impl ProductionStore {
     /// output. Returns once the write is durable.
     pub fn put(&self, task: &Id, input: &Id, output: &Id) -> Result<PutOutcome, StoreError> {
         let key = key(task, input);
-        let txn = self.db.begin_write().map_err(redb::Error::from)?;
+        let txn = self.db.begin_write()?;
         let outcome = {
-            let mut table = txn.open_table(PRODUCTIONS).map_err(redb::Error::from)?;
-            let existing = table
-                .get(&key)
-                .map_err(redb::Error::from)?
-                .map(|v| v.value().to_vec());
+            let mut table = txn.open_table(PRODUCTIONS)?;
+            let existing = table.get(&key)?.map(|v| v.value().to_vec());
             let outcome = match existing.as_deref().map(decode).transpose() {
                 Ok(None) => PutOutcome::Created,
                 Ok(Some(previous)) if previous == *output => PutOutcome::Unchanged,
@@ -131,17 +109,15 @@ impl ProductionStore {
                 }
             };
             if outcome != PutOutcome::Unchanged {
-                table
-                    .insert(&key, encode(output).as_slice())
-                    .map_err(redb::Error::from)?;
+                table.insert(&key, encode(output).as_slice())?;
             }
             outcome
         };
         if outcome == PutOutcome::Unchanged {
             // Already durable from the commit that wrote it; nothing to commit.
-            txn.abort().map_err(redb::Error::from)?;
+            txn.abort()?;
         } else {
-            txn.commit().map_err(redb::Error::from)?;
+            txn.commit()?;
         }
         Ok(outcome)
     }
@@ -184,8 +160,11 @@ mod tests {
         let value = encode(&id(7));
         assert_eq!(value[0], FORMAT_V1);
         assert_eq!(decode(&value).expect("decode"), id(7));
-        assert!(matches!(decode(&[]), Err(StoreError::Corrupt(_))));
-        assert!(matches!(decode(&[2; 33]), Err(StoreError::Corrupt(_))));
-        assert!(matches!(decode(&value[..20]), Err(StoreError::Corrupt(_))));
+        assert!(matches!(decode(&[]), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(decode(&[2; 33]), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            decode(&value[..20]),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 }

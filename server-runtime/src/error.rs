@@ -82,6 +82,21 @@ impl Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// Runs `f` (blocking work, typically a store call) on tokio's blocking pool. Its
+/// failure, or the task's, is an internal error logged under `context`.
+pub async fn blocking<T, E, F>(context: &'static str, f: F) -> ApiResult<T>
+where
+    F: FnOnce() -> Result<T, E> + Send + 'static,
+    T: Send + 'static,
+    E: Display + Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(ApiError::internal(context, e)),
+        Err(e) => Err(ApiError::internal(context, e)),
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = self.reason;
@@ -152,4 +167,38 @@ fn is_length_limit(error: &axum::Error) -> bool {
         source = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn blocking_returns_the_value() {
+        let value = blocking("adding", || Ok::<_, std::io::Error>(1 + 1)).await;
+        assert_eq!(value, Ok(2));
+    }
+
+    #[tokio::test]
+    async fn blocking_failures_are_bare_internal_errors() {
+        let failed = blocking("reading", || -> Result<(), _> {
+            Err(std::io::Error::other("secret detail"))
+        })
+        .await;
+        let error = failed.expect_err("fails");
+        assert_eq!(error.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(error.reason(), "internal error");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_task_is_an_internal_error() {
+        let failed = blocking("panicking", || -> Result<(), std::io::Error> {
+            panic!("boom");
+        })
+        .await;
+        assert_eq!(
+            failed.map_err(|e| e.status()),
+            Err(StatusCode::INTERNAL_SERVER_ERROR)
+        );
+    }
 }

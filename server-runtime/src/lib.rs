@@ -19,6 +19,8 @@
 //!   handlers use for ownership.
 //! - [`peers`]: the client for urls that came from the network (no redirects, only
 //!   `http`/`https`, only addresses `--peer-allow` permits).
+//! - [`store`]: the one store error of the roles' redb databases, opening a database
+//!   (directory, wait for a held file, tables) and its schema version.
 //! - [`stdout`]: every binary exits quietly when the reader of its output goes away.
 
 pub mod auth;
@@ -32,9 +34,10 @@ pub mod peers;
 pub mod registration;
 pub mod server;
 pub mod stdout;
+pub mod store;
 pub mod tls;
 
 pub use auth::Caller;
-pub use error::{ApiError, ApiJson, ApiPath, ApiResult};
+pub use error::{ApiError, ApiJson, ApiPath, ApiResult, blocking};
 pub use options::{AuthSettings, CommonArgs, LogFormat, Role, ServerOptions, TlsFiles};
 pub use server::{Server, ServerContext, run_main, serve};

@@ -1,4 +1,5 @@
-//! Command-line options shared by every server binary, and the role list.
+//! Command-line options shared by every server binary; the role list, [`Role`], is
+//! the protocol's (`invariant_spec::Role`).
 //!
 //! Besides where to listen and keep state, every server takes the security options
 //! (TLS certificate, the network's root key for token checks, the CA and token it uses
@@ -14,81 +15,7 @@ use invariant_spec::http::ClientSecurity;
 
 use crate::conn::Limits;
 
-/// The eight server roles, with the kind string used in broker registrations.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Role {
-    /// Content-addressed blobs (`/storage/`).
-    Storage,
-    /// Signed mutable pointers (`/slots/`).
-    Slots,
-    /// Server id → urls (`/broker/`).
-    Broker,
-    /// Who holds a blob (`/find/`).
-    Find,
-    /// POSIX-like file trees (`/files/`).
-    Files,
-    /// Task output cache (`/production/`).
-    Productions,
-    /// Names → addresses (`/names/`).
-    Names,
-    /// Keeps pinned blocks on N storage servers (`/distributor/`).
-    Distributor,
-}
-
-impl Role {
-    /// Every role.
-    pub const ALL: [Role; 8] = [
-        Role::Storage,
-        Role::Slots,
-        Role::Broker,
-        Role::Find,
-        Role::Files,
-        Role::Productions,
-        Role::Names,
-        Role::Distributor,
-    ];
-
-    /// The broker registration kind.
-    pub fn kind(self) -> &'static str {
-        match self {
-            Role::Storage => "storage",
-            Role::Slots => "slots",
-            Role::Broker => "broker",
-            Role::Find => "find",
-            Role::Files => "files",
-            Role::Productions => "productions",
-            Role::Names => "names",
-            Role::Distributor => "distribute",
-        }
-    }
-
-    /// The documented default port on 127.0.0.1 (see README "Ports").
-    pub fn default_port(self) -> u16 {
-        match self {
-            Role::Broker => 3000,
-            Role::Storage => 3001,
-            Role::Slots => 3002,
-            Role::Find => 3003,
-            Role::Files => 3004,
-            Role::Productions => 3005,
-            Role::Names => 3006,
-            Role::Distributor => 3007,
-        }
-    }
-
-    /// The role part of its rights (`storage:write`, `distributor:pin`, ...).
-    pub fn right_name(self) -> &'static str {
-        self.dir_name()
-    }
-
-    /// Directory name used under a shared data folder.
-    pub fn dir_name(self) -> &'static str {
-        match self {
-            Role::Distributor => "distributor",
-            other => other.kind(),
-        }
-    }
-}
+pub use invariant_spec::Role;
 
 /// Log output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]

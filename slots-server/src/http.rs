@@ -38,14 +38,14 @@ use axum::extract::State;
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use invariant_runtime::{ApiError, ApiJson, ApiPath, ApiResult, Caller, Role};
+use invariant_runtime::{ApiError, ApiJson, ApiPath, ApiResult, Caller, Role, blocking};
 use invariant_spec::Id;
 use invariant_spec::slots::{
     RegisterRequest, SignatureConfig, SlotConfig, SlotState, SlotVerifier, UpdateRequest,
 };
 
 use crate::AppState;
-use crate::store::{self, Op, Outcome, StoreError};
+use crate::store::{self, Op, Outcome};
 use crate::verifiers::Rules;
 use crate::watch::{history_stream, state_line, watch_stream};
 use crate::writer::WriteError;
@@ -88,19 +88,6 @@ fn unsupported() -> ApiError {
 
 fn write_failed(e: WriteError) -> ApiError {
     ApiError::internal("writing slots", e)
-}
-
-/// Runs database work on the blocking pool.
-async fn blocking<T, F>(context: &'static str, f: F) -> ApiResult<T>
-where
-    F: FnOnce() -> Result<T, StoreError> + Send + 'static,
-    T: Send + 'static,
-{
-    match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(value)) => Ok(value),
-        Ok(Err(e)) => Err(ApiError::internal(context, e)),
-        Err(e) => Err(ApiError::internal(context, e)),
-    }
 }
 
 /// The verified caller of a request, `None` in open mode.

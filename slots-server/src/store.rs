@@ -28,8 +28,9 @@
 //! durable transaction.
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
+use invariant_runtime::store::DatabaseOpener;
 use invariant_spec::Id;
 use invariant_spec::slots::{Previous, SignatureConfig, SlotState, encode_signature};
 use redb::{Database, Durability, ReadableDatabase as _, ReadableTable, TableDefinition};
@@ -54,43 +55,12 @@ const CONFIGS: TableDefinition<[u8; 32], ConfigValue> = TableDefinition::new("co
 const STATES: TableDefinition<StateKey, StateValue> = TableDefinition::new("states");
 const OWNERS: TableDefinition<[u8; 32], OwnerValue> = TableDefinition::new("owners");
 
-/// How long [`Store::open`] waits for a previous server in this process to close the file.
-const OPEN_WAIT: Duration = Duration::from_secs(5);
+pub use invariant_runtime::store::StoreError;
 
-/// A database failure. Rejections (stale, unknown, taken) are [`Outcome`]s, not errors.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StoreError {
-    /// redb failed (I/O, corruption, ...).
-    #[error("database: {0}")]
-    Database(#[from] redb::Error),
-    /// A record has an unknown format version or impossible contents.
-    #[error("record of slot {slot}: {reason}")]
-    Corrupt {
-        /// The slot whose record is unreadable.
-        slot: Id,
-        /// What is wrong with it.
-        reason: String,
-    },
+/// A [`StoreError::Corrupt`] of slot `slot`'s record.
+fn corrupt(slot: &Id, reason: impl Into<String>) -> StoreError {
+    StoreError::corrupt(format!("record of slot {slot}"), reason)
 }
-
-macro_rules! redb_errors {
-    ($($t:ty),*) => {$(
-        impl From<$t> for StoreError {
-            fn from(e: $t) -> StoreError {
-                StoreError::Database(e.into())
-            }
-        }
-    )*};
-}
-redb_errors!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError
-);
 
 /// A change for the writer to apply.
 #[derive(Debug, Clone)]
@@ -184,21 +154,12 @@ impl Store {
     /// Opens (or creates) the database at `path` and its tables. Waits up to 5 s when
     /// the file is still held by a server in this process that is shutting down.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let started = Instant::now();
-        let db = loop {
-            match Database::create(path) {
-                Ok(db) => break db,
-                Err(redb::DatabaseError::DatabaseAlreadyOpen) if started.elapsed() < OPEN_WAIT => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        let txn = db.begin_write()?;
-        txn.open_table(CONFIGS)?;
-        txn.open_table(STATES)?;
-        txn.open_table(OWNERS)?;
-        txn.commit()?;
+        let db = DatabaseOpener::new(path).open(|txn| {
+            txn.open_table(CONFIGS)?;
+            txn.open_table(STATES)?;
+            txn.open_table(OWNERS)?;
+            Ok::<_, StoreError>(())
+        })?;
         Ok(Store { db })
     }
 
@@ -230,10 +191,7 @@ impl Store {
         let base = match range.next() {
             Some(entry) => entry?.0.value().1,
             None => {
-                return Err(StoreError::Corrupt {
-                    slot: *id,
-                    reason: "configured but has no states".into(),
-                });
+                return Err(corrupt(id, "configured but has no states"));
             }
         };
         Ok(Some(Registration {
@@ -344,17 +302,11 @@ impl Store {
                             };
                             let seq = match (existing, last) {
                                 (None, _) => 0,
-                                (Some(_), Some(last)) => {
-                                    last.checked_add(1).ok_or_else(|| StoreError::Corrupt {
-                                        slot: *id,
-                                        reason: "sequence numbers exhausted".into(),
-                                    })?
-                                }
+                                (Some(_), Some(last)) => last
+                                    .checked_add(1)
+                                    .ok_or_else(|| corrupt(id, "sequence numbers exhausted"))?,
                                 (Some(_), None) => {
-                                    return Err(StoreError::Corrupt {
-                                        slot: *id,
-                                        reason: "configured but has no states".into(),
-                                    });
+                                    return Err(corrupt(id, "configured but has no states"));
                                 }
                             };
                             if existing.is_some() {
@@ -506,10 +458,7 @@ fn decode_config(
             key: key.to_string(),
         }),
         KIND_ED25519 => Ok(SignatureConfig::Ed25519),
-        other => Err(StoreError::Corrupt {
-            slot: *id,
-            reason: format!("unknown signature kind {other}"),
-        }),
+        other => Err(corrupt(id, format!("unknown signature kind {other}"))),
     }
 }
 
@@ -539,10 +488,10 @@ fn check_format(id: &Id, format: u8) -> Result<(), StoreError> {
     if format == FORMAT {
         Ok(())
     } else {
-        Err(StoreError::Corrupt {
-            slot: *id,
-            reason: format!("unknown record format {format} (this server reads {FORMAT})"),
-        })
+        Err(corrupt(
+            id,
+            format!("unknown record format {format} (this server reads {FORMAT})"),
+        ))
     }
 }
 

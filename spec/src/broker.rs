@@ -11,8 +11,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::http::{Endpoint, expect_success};
-use crate::{ClientError, ClientResult, Id};
+use crate::http::Endpoint;
+use crate::{ClientResult, Id};
 
 /// Body of `POST /broker/register/`. Readers accept `urls` (array) or `url` (string).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,45 +124,32 @@ impl BrokerClient {
     /// Where server `id` can be reached; `None` when the broker does not know it.
     pub async fn location(&self, id: &Id) -> ClientResult<Option<Location>> {
         let url = self.endpoint.url(&format!("/broker/location/{id}"));
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().get(&url))
-            .await?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let response = expect_success(&url, response).await?;
-        let location: Location = response.json().await.map_err(|e| ClientError::Protocol {
-            url: url.clone(),
-            reason: format!("location is not the expected JSON: {e}"),
-        })?;
-        Ok(Some(location))
+        let request = self.endpoint.http().get(&url);
+        self.endpoint
+            .call_json_optional(&url, request, "location is not the expected JSON")
+            .await
     }
 
     /// Registers a server. Returns the broker's answer (its own id).
     pub async fn register(&self, registration: &Registration) -> ClientResult<RegisterResponse> {
         let url = self.endpoint.url("/broker/register/");
         let request = self.endpoint.http().post(&url).json(registration);
-        let response = self.endpoint.send(&url, request).await?;
-        let response = expect_success(&url, response).await?;
-        response.json().await.map_err(|e| ClientError::Protocol {
-            url,
-            reason: format!("register answer is not the expected JSON: {e}"),
-        })
+        self.endpoint
+            .call_json(&url, request, "register answer is not the expected JSON")
+            .await
     }
 
     /// Ids of the servers registered with `kind` (`GET /broker/registered/:kind`).
     pub async fn registered(&self, kind: &str) -> ClientResult<Vec<Id>> {
         let url = self.endpoint.url(&format!("/broker/registered/{kind}"));
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().get(&url))
-            .await?;
-        let response = expect_success(&url, response).await?;
-        response.json().await.map_err(|e| ClientError::Protocol {
-            url,
-            reason: format!("registered answer is not a JSON array of ids: {e}"),
-        })
+        let request = self.endpoint.http().get(&url);
+        self.endpoint
+            .call_json(
+                &url,
+                request,
+                "registered answer is not a JSON array of ids",
+            )
+            .await
     }
 
     /// A base url at which server `id` answers `GET /id/` with its own id, trying each

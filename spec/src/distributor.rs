@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::http::{Endpoint, LineReader, expect_success};
+use crate::http::{Endpoint, LineReader};
 use crate::{ClientError, ClientResult, Id};
 
 /// One answer item of `POST /distributor/blocks`.
@@ -272,13 +272,14 @@ impl DistributorClient {
     pub async fn blocks(&self, blocks: &[Id]) -> ClientResult<Vec<BlockPlacement>> {
         let url = self.endpoint.url("/distributor/blocks");
         let request = self.endpoint.http().post(&url).body(ids_json(blocks));
-        let response = self.endpoint.send(&url, request).await?;
-        let response = expect_success(&url, response).await?;
-        let placements: Vec<BlockPlacement> =
-            response.json().await.map_err(|e| ClientError::Protocol {
-                url: url.clone(),
-                reason: format!("blocks answer is not a JSON array of placements: {e}"),
-            })?;
+        let placements: Vec<BlockPlacement> = self
+            .endpoint
+            .call_json(
+                &url,
+                request,
+                "blocks answer is not a JSON array of placements",
+            )
+            .await?;
         if placements.len() != blocks.len() {
             return Err(ClientError::Protocol {
                 url,
@@ -318,9 +319,8 @@ impl DistributorClient {
             .url(&format!("/distributor/gc?dry_run={dry_run}"));
         let response = self
             .endpoint
-            .send(&url, self.endpoint.http().post(&url))
+            .call(&url, self.endpoint.http().post(&url))
             .await?;
-        let response = expect_success(&url, response).await?;
         let protocol = |reason: String| ClientError::Protocol {
             url: url.clone(),
             reason,
@@ -349,8 +349,7 @@ impl DistributorClient {
     async fn put_ids(&self, path: &str, ids: &[Id]) -> ClientResult<()> {
         let url = self.endpoint.url(path);
         let request = self.endpoint.http().put(&url).body(ids_json(ids));
-        let response = self.endpoint.send(&url, request).await?;
-        expect_success(&url, response).await?;
+        self.endpoint.call(&url, request).await?;
         Ok(())
     }
 }

@@ -29,7 +29,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::content::{ContentLink, EntryKind};
-use crate::http::{Endpoint, expect_success};
+use crate::http::{Endpoint, NOT_JSON, read_bytes};
 use crate::{ClientError, ClientResult, Id};
 
 /// A node number: a non-negative integer below 2^53, decimal in paths and queries.
@@ -262,41 +262,29 @@ impl FilesClient {
         request: reqwest::RequestBuilder,
         url: &reqwest::Url,
     ) -> ClientResult<reqwest::Response> {
-        let text = url.to_string();
-        let response = self.endpoint.send(&text, request).await?;
-        expect_success(&text, response).await
+        self.endpoint.call(url.as_str(), request).await
     }
 
-    async fn json<T: serde::de::DeserializeOwned>(
+    /// [`FilesClient::call`], then the JSON answer.
+    async fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
+        request: reqwest::RequestBuilder,
         url: &reqwest::Url,
-        response: reqwest::Response,
     ) -> ClientResult<T> {
-        let body = response
-            .bytes()
+        self.endpoint
+            .call_json(url.as_str(), request, NOT_JSON)
             .await
-            .map_err(|source| ClientError::Transport {
-                url: url.to_string(),
-                source,
-            })?;
-        serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
-            url: url.to_string(),
-            reason: format!("answer is not the expected JSON: {e}"),
-        })
     }
 
-    /// Like [`FilesClient::call`] + JSON, but a 404 is `None`.
+    /// `GET url` and its JSON answer, but a 404 is `None`.
     async fn optional_json<T: serde::de::DeserializeOwned>(
         &self,
         url: reqwest::Url,
     ) -> ClientResult<Option<T>> {
-        let text = url.to_string();
         let request = self.endpoint.http().get(url.clone());
-        let response = self.endpoint.send(&text, request).await?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let response = expect_success(&text, response).await?;
-        Self::json(&url, response).await.map(Some)
+        self.endpoint
+            .call_json_optional(url.as_str(), request, NOT_JSON)
+            .await
     }
 
     /// Mounts the tree `link` points at (a directory); returns its root node.
@@ -307,17 +295,14 @@ impl FilesClient {
         }
         let url = self.url(&["mount"], &query)?;
         let request = self.endpoint.http().post(url.clone()).json(link);
-        let response = self.call(request, &url).await?;
-        Self::json(&url, response).await
+        self.call_json(request, &url).await
     }
 
     /// Syncs and unmounts the tree mounted at `root`; returns its content link.
     pub async fn unmount(&self, root: Node) -> ClientResult<ContentLink> {
         let url = self.url(&["unmount", &root.to_string()], &[])?;
-        let response = self
-            .call(self.endpoint.http().post(url.clone()), &url)
-            .await?;
-        Self::json(&url, response).await
+        self.call_json(self.endpoint.http().post(url.clone()), &url)
+            .await
     }
 
     /// The info of `node`, or `None` when the server does not know it.
@@ -335,10 +320,8 @@ impl FilesClient {
     /// The content link of `node`'s current content (pending changes written out).
     pub async fn content(&self, node: Node) -> ClientResult<ContentLink> {
         let url = self.url(&["content", &node.to_string()], &[])?;
-        let response = self
-            .call(self.endpoint.http().get(url.clone()), &url)
-            .await?;
-        Self::json(&url, response).await
+        self.call_json(self.endpoint.http().get(url.clone()), &url)
+            .await
     }
 
     /// Entries of directory `node` in name order, from `offset`, at most `length`.
@@ -350,10 +333,8 @@ impl FilesClient {
     ) -> ClientResult<Vec<DirectoryEntry>> {
         let query = offset_length(offset, length);
         let url = self.url(&["directory", &node.to_string()], &query)?;
-        let response = self
-            .call(self.endpoint.http().get(url.clone()), &url)
-            .await?;
-        Self::json(&url, response).await
+        self.call_json(self.endpoint.http().get(url.clone()), &url)
+            .await
     }
 
     /// Bytes of file `node` from `offset` (default 0), at most `length` (default all).
@@ -367,13 +348,7 @@ impl FilesClient {
         let response = self
             .call(self.endpoint.http().get(url.clone()), &url)
             .await?;
-        response
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.to_string(),
-                source,
-            })
+        read_bytes(url.as_str(), response).await
     }
 
     /// Writes `data` into file `node` at `offset`; returns the number of bytes written.
@@ -385,8 +360,7 @@ impl FilesClient {
     ) -> ClientResult<u64> {
         let url = self.url(&[&node.to_string()], &[("offset", offset.to_string())])?;
         let request = self.endpoint.http().post(url.clone()).body(data);
-        let response = self.call(request, &url).await?;
-        Self::json(&url, response).await
+        self.call_json(request, &url).await
     }
 
     /// Creates child `name` of directory `node`; returns the new node.
@@ -403,18 +377,15 @@ impl FilesClient {
             query.push(("target", target.clone()));
         }
         let url = self.url(&[&node.to_string(), name], &query)?;
-        let response = self
-            .call(self.endpoint.http().put(url.clone()), &url)
-            .await?;
-        Self::json(&url, response).await
+        self.call_json(self.endpoint.http().put(url.clone()), &url)
+            .await
     }
 
     /// Sets attributes of `node`; returns its updated info.
     pub async fn set_attributes(&self, node: Node, attributes: &Attributes) -> ClientResult<Info> {
         let url = self.url(&["attributes", &node.to_string()], &[])?;
         let request = self.endpoint.http().post(url.clone()).json(attributes);
-        let response = self.call(request, &url).await?;
-        Self::json(&url, response).await
+        self.call_json(request, &url).await
     }
 
     /// Truncates or zero-extends file `node` to `size` bytes.

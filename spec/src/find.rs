@@ -18,7 +18,7 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::http::{Endpoint, LineReader, expect_success};
+use crate::http::{Endpoint, LineReader};
 use crate::{BrokerClient, ClientError, ClientResult, Distance, Id};
 
 /// Body of `PUT /find/has/`: `container` (a storage server id) holds `ids`.
@@ -148,9 +148,8 @@ impl FindClient {
         let url = self.endpoint.url(&format!("/find/{id}"));
         let response = self
             .endpoint
-            .send(&url, self.endpoint.http().get(&url))
+            .call(&url, self.endpoint.http().get(&url))
             .await?;
-        let response = expect_success(&url, response).await?;
         let protocol = |reason: String| ClientError::Protocol {
             url: url.clone(),
             reason,
@@ -191,8 +190,7 @@ impl FindClient {
             ids: ids.to_vec(),
         };
         let request = self.endpoint.http().put(&url).json(&body);
-        let response = self.endpoint.send(&url, request).await?;
-        expect_success(&url, response).await?;
+        self.endpoint.call(&url, request).await?;
         Ok(())
     }
 
@@ -204,8 +202,7 @@ impl FindClient {
             .http()
             .put(&url)
             .json(&NotifyRequest { find: *find });
-        let response = self.endpoint.send(&url, request).await?;
-        expect_success(&url, response).await?;
+        self.endpoint.call(&url, request).await?;
         Ok(())
     }
 }

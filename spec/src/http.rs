@@ -5,7 +5,12 @@ use std::path::Path;
 use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
+
 use crate::{ClientError, ClientResult, Id};
+
+/// The [`read_json`] problem of an answer with nothing more specific to say.
+pub(crate) const NOT_JSON: &str = "answer is not the expected JSON";
 
 /// Longest server reason kept in a [`ClientError::Status`].
 const MAX_REASON: usize = 512;
@@ -66,36 +71,70 @@ impl Endpoint {
         url: &str,
         request: reqwest::RequestBuilder,
     ) -> ClientResult<reqwest::Response> {
-        request
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport {
-                url: url.to_string(),
-                source,
-            })
+        request.send().await.map_err(transport(url))
+    }
+
+    /// Sends `request` to `url`, expecting a success status.
+    pub async fn call(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> ClientResult<reqwest::Response> {
+        let response = self.send(url, request).await?;
+        expect_success(url, response).await
+    }
+
+    /// Like [`Endpoint::call`], but a 404 answer is `None`.
+    pub async fn call_optional(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+    ) -> ClientResult<Option<reqwest::Response>> {
+        let response = self.send(url, request).await?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        expect_success(url, response).await.map(Some)
+    }
+
+    /// [`Endpoint::call`], then the answer's JSON body as a `T` (see [`read_json`] for
+    /// `problem`).
+    pub async fn call_json<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+        problem: &str,
+    ) -> ClientResult<T> {
+        let response = self.call(url, request).await?;
+        read_json(url, response, problem).await
+    }
+
+    /// [`Endpoint::call_optional`], then the answer's JSON body as a `T`.
+    pub async fn call_json_optional<T: DeserializeOwned>(
+        &self,
+        url: &str,
+        request: reqwest::RequestBuilder,
+        problem: &str,
+    ) -> ClientResult<Option<T>> {
+        match self.call_optional(url, request).await? {
+            Some(response) => read_json(url, response, problem).await.map(Some),
+            None => Ok(None),
+        }
     }
 
     /// `GET path`, expecting a success with a JSON body of type `T`; `what` names the
     /// answer in the error when it does not decode.
-    pub async fn get_json<T: serde::de::DeserializeOwned>(
-        &self,
-        path: &str,
-        what: &str,
-    ) -> ClientResult<T> {
+    pub async fn get_json<T: DeserializeOwned>(&self, path: &str, what: &str) -> ClientResult<T> {
         let url = self.url(path);
-        let response = self.send(&url, self.http().get(&url)).await?;
-        let response = expect_success(&url, response).await?;
-        response.json().await.map_err(|e| ClientError::Protocol {
-            url,
-            reason: format!("{what} is not the expected JSON: {e}"),
-        })
+        let request = self.http().get(&url);
+        self.call_json(&url, request, &format!("{what} is not the expected JSON"))
+            .await
     }
 
     /// The server's own id (`GET /id/`).
     pub async fn server_id(&self) -> ClientResult<Id> {
         let url = self.url("/id/");
-        let response = self.send(&url, self.http.get(&url)).await?;
-        let response = expect_success(&url, response).await?;
+        let response = self.call(&url, self.http.get(&url)).await?;
         let text = read_text(&url, response).await?;
         Id::parse(text.trim()).map_err(|e| ClientError::Protocol {
             url,
@@ -337,15 +376,38 @@ pub async fn status_error(url: &str, response: reqwest::Response) -> ClientError
     }
 }
 
+/// Reads a whole JSON body as a `T`. A body that does not arrive is a
+/// [`ClientError::Transport`]; one that does not decode is a [`ClientError::Protocol`]
+/// whose reason is `"{problem}: {decoding error}"`, e.g. with `problem` "status answer
+/// is not the expected JSON".
+pub async fn read_json<T: DeserializeOwned>(
+    url: &str,
+    response: reqwest::Response,
+    problem: &str,
+) -> ClientResult<T> {
+    let body = read_bytes(url, response).await?;
+    serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
+        url: url.to_string(),
+        reason: format!("{problem}: {e}"),
+    })
+}
+
+/// Maps a failure to reach `url` or to read its answer.
+pub(crate) fn transport(url: &str) -> impl FnOnce(reqwest::Error) -> ClientError + '_ {
+    move |source| ClientError::Transport {
+        url: url.to_string(),
+        source,
+    }
+}
+
+/// Reads a whole body, mapping failures.
+pub async fn read_bytes(url: &str, response: reqwest::Response) -> ClientResult<bytes::Bytes> {
+    response.bytes().await.map_err(transport(url))
+}
+
 /// Reads a whole text body, mapping failures.
 pub async fn read_text(url: &str, response: reqwest::Response) -> ClientResult<String> {
-    response
-        .text()
-        .await
-        .map_err(|source| ClientError::Transport {
-            url: url.to_string(),
-            source,
-        })
+    response.text().await.map_err(transport(url))
 }
 
 #[cfg(test)]
@@ -360,5 +422,116 @@ mod tests {
         assert!(Endpoint::new("ftp://x").is_err());
         assert!(Endpoint::new("not a url").is_err());
         assert!(Endpoint::new("http://h/?q=1").is_err());
+    }
+
+    /// A one-thread HTTP/1.1 server answering by path: `/json` 200 `[1,2]`, `/text`
+    /// 200 `nope`, `/broken` 500 `broken`, anything else 404.
+    async fn canned_server() -> Endpoint {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match socket.read(&mut byte).await {
+                        Ok(1) => head.push(byte[0]),
+                        _ => break,
+                    }
+                }
+                let head = String::from_utf8_lossy(&head);
+                let path = head.split(' ').nth(1).unwrap_or("/");
+                let (status, body) = match path {
+                    "/json" => ("200 OK", "[1,2]"),
+                    "/text" => ("200 OK", "nope"),
+                    "/broken" => ("500 Internal Server Error", "broken"),
+                    _ => ("404 Not Found", "absent"),
+                };
+                let answer = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(answer.as_bytes()).await;
+            }
+        });
+        Endpoint::new(&format!("http://{address}")).expect("endpoint")
+    }
+
+    fn status_of(error: &ClientError) -> Option<u16> {
+        match error {
+            ClientError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn json_calls_map_404_failures_and_bad_bodies() {
+        let endpoint = canned_server().await;
+        let get = |path: &str| {
+            let url = endpoint.url(path);
+            (url.clone(), endpoint.http().get(url))
+        };
+
+        let (url, request) = get("/json");
+        let found: Vec<u8> = endpoint.call_json(&url, request, "p").await.expect("json");
+        assert_eq!(found, vec![1, 2]);
+
+        let (url, request) = get("/json");
+        let found: Option<Vec<u8>> = endpoint
+            .call_json_optional(&url, request, "p")
+            .await
+            .expect("json");
+        assert_eq!(found, Some(vec![1, 2]));
+
+        let (url, request) = get("/missing");
+        let absent: Option<Vec<u8>> = endpoint
+            .call_json_optional(&url, request, "p")
+            .await
+            .expect("404 is None");
+        assert_eq!(absent, None);
+
+        let (url, request) = get("/missing");
+        let error = endpoint
+            .call_json::<Vec<u8>>(&url, request, "p")
+            .await
+            .expect_err("404 is an error without optional");
+        assert_eq!(status_of(&error), Some(404));
+
+        let (url, request) = get("/broken");
+        let error = endpoint
+            .call_optional(&url, request)
+            .await
+            .expect_err("500");
+        assert_eq!(status_of(&error), Some(500));
+        assert!(error.to_string().contains("broken"), "{error}");
+
+        let (url, request) = get("/text");
+        let error = endpoint
+            .call_json_optional::<Vec<u8>>(&url, request, "list answer is not the expected JSON")
+            .await
+            .expect_err("not JSON");
+        match error {
+            ClientError::Protocol { reason, .. } => {
+                assert!(
+                    reason.starts_with("list answer is not the expected JSON: "),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+
+        let error = endpoint
+            .get_json::<Vec<u8>>("/text", "list")
+            .await
+            .expect_err("not JSON");
+        assert!(
+            error
+                .to_string()
+                .contains("list is not the expected JSON: "),
+            "{error}"
+        );
     }
 }

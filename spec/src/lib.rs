@@ -18,6 +18,8 @@
 //! - [`distributor`]: pins, storage sets, placement and [`DistributorClient`].
 //! - [`http`]: the common conventions every client shares (base urls, `/id`, TLS roots
 //!   and the bearer token of [`http::ClientSecurity`]).
+//! - [`role`]: the eight server roles ([`Role`]) and their names, broker kinds and
+//!   default ports.
 //! - [`auth`]: the capability token format servers check when they run with a root key.
 //! - [`client_config`]: where command-line programs find their token and CAs.
 
@@ -33,6 +35,7 @@ pub mod http;
 pub mod id;
 pub mod names;
 pub mod productions;
+pub mod role;
 pub mod slots;
 pub mod storage;
 
@@ -44,5 +47,6 @@ pub use find::FindClient;
 pub use id::{Distance, Id, IdParseError};
 pub use names::NamesClient;
 pub use productions::ProductionsClient;
+pub use role::{Role, UnknownRole};
 pub use slots::SlotsClient;
 pub use storage::StorageClient;

@@ -19,7 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::http::{Endpoint, expect_success};
+use crate::http::Endpoint;
 use crate::{ClientError, ClientResult, Id};
 
 /// The domain appended to a name that has no dot.
@@ -242,29 +242,17 @@ impl NamesClient {
             .map_err(|()| invalid("url cannot have a path"))?
             .push(name);
         let url = parsed.to_string();
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().get(parsed))
-            .await?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let response = expect_success(&url, response).await?;
-        let record = response.json().await.map_err(|e| ClientError::Protocol {
-            url: url.clone(),
-            reason: format!("lookup answer is not the expected JSON: {e}"),
-        })?;
-        Ok(Some(record))
+        let request = self.endpoint.http().get(parsed);
+        self.endpoint
+            .call_json_optional(&url, request, "lookup answer is not the expected JSON")
+            .await
     }
 
     /// Registers a new name. A taken name is [`ClientError::Status`] 409.
     pub async fn register(&self, request: &RegisterRequest) -> ClientResult<()> {
         let url = self.endpoint.url("/names/register/");
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().put(&url).json(request))
-            .await?;
-        expect_success(&url, response).await?;
+        let request = self.endpoint.http().put(&url).json(request);
+        self.endpoint.call(&url, request).await?;
         Ok(())
     }
 
@@ -273,15 +261,10 @@ impl NamesClient {
     /// [`ClientError::Status`] 404.
     pub async fn update(&self, request: &UpdateRequest) -> ClientResult<bool> {
         let url = self.endpoint.url("/names/update/");
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().post(&url).json(request))
-            .await?;
-        let response = expect_success(&url, response).await?;
-        response.json().await.map_err(|e| ClientError::Protocol {
-            url,
-            reason: format!("update answer is not a JSON boolean: {e}"),
-        })
+        let request = self.endpoint.http().post(&url).json(request);
+        self.endpoint
+            .call_json(&url, request, "update answer is not a JSON boolean")
+            .await
     }
 }
 

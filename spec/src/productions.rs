@@ -8,7 +8,7 @@
 //!   in the reference). Malformed ids or a missing `output` → 400.
 //! - `GET /production/:task/:input` → 200 `text/plain`, the 64-hex output; 404 unknown.
 
-use crate::http::{Endpoint, expect_success, read_text};
+use crate::http::{Endpoint, read_text};
 use crate::{ClientError, ClientResult, Id};
 
 /// Typed client for one productions server.
@@ -47,25 +47,19 @@ impl ProductionsClient {
     /// Records that `task` applied to `input` produced `output`.
     pub async fn put(&self, task: &Id, input: &Id, output: &Id) -> ClientResult<()> {
         let url = format!("{}?output={output}", self.production_url(task, input));
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().put(&url))
+        self.endpoint
+            .call(&url, self.endpoint.http().put(&url))
             .await?;
-        expect_success(&url, response).await?;
         Ok(())
     }
 
     /// The recorded output of `task` applied to `input`, or `None` when none is recorded.
     pub async fn get(&self, task: &Id, input: &Id) -> ClientResult<Option<Id>> {
         let url = self.production_url(task, input);
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().get(&url))
-            .await?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
+        let request = self.endpoint.http().get(&url);
+        let Some(response) = self.endpoint.call_optional(&url, request).await? else {
             return Ok(None);
-        }
-        let response = expect_success(&url, response).await?;
+        };
         let text = read_text(&url, response).await?;
         Id::parse(text.trim())
             .map(Some)

@@ -49,7 +49,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::Sha256;
 
-use crate::http::{Endpoint, expect_success, status_error};
+use crate::http::{Endpoint, NOT_JSON, expect_success, read_json};
 use crate::{ClientError, ClientResult, Id};
 
 /// The `previous` of a freshly registered slot's first state.
@@ -710,21 +710,16 @@ impl SlotsClient {
             return Ok(false);
         }
         let response = expect_success(&url, response).await?;
-        read_json::<bool>(&url, response).await
+        read_json::<bool>(&url, response, NOT_JSON).await
     }
 
     /// The current state of slot `id`, or `None` when it is unknown.
     pub async fn get(&self, id: &Id) -> ClientResult<Option<SlotState>> {
         let url = self.endpoint.url(&format!("/slots/{id}"));
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().get(&url))
-            .await?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let response = expect_success(&url, response).await?;
-        read_json(&url, response).await.map(Some)
+        let request = self.endpoint.http().get(&url);
+        self.endpoint
+            .call_json_optional(&url, request, NOT_JSON)
+            .await
     }
 
     /// Compare-and-swap: sets slot `id` to `request.address` if it holds
@@ -732,11 +727,8 @@ impl SlotsClient {
     /// [`Rejection::of`] (409 stale, 403 signature, 404 unknown, 400 malformed).
     pub async fn update(&self, id: &Id, request: &UpdateRequest) -> ClientResult<()> {
         let url = self.endpoint.url(&format!("/slots/{id}"));
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().put(&url).json(request))
-            .await?;
-        expect_success(&url, response).await?;
+        let request = self.endpoint.http().put(&url).json(request);
+        self.endpoint.call(&url, request).await?;
         Ok(())
     }
 
@@ -761,15 +753,10 @@ impl SlotsClient {
     /// The configuration of slot `id`, or `None` when it is unknown.
     pub async fn config(&self, id: &Id) -> ClientResult<Option<SlotConfig>> {
         let url = self.endpoint.url(&format!("/slots/config/{id}"));
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().get(&url))
-            .await?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        let response = expect_success(&url, response).await?;
-        read_json(&url, response).await.map(Some)
+        let request = self.endpoint.http().get(&url);
+        self.endpoint
+            .call_json_optional(&url, request, NOT_JSON)
+            .await
     }
 
     /// The states of slot `id`, newest first down to the registration, or `None` when
@@ -798,32 +785,10 @@ impl SlotsClient {
 
     async fn state_stream(&self, path: &str) -> ClientResult<Option<StateStream>> {
         let url = self.endpoint.url(path);
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().get(&url))
-            .await?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        if !response.status().is_success() {
-            return Err(status_error(&url, response).await);
-        }
-        Ok(Some(json_values(url, response)))
+        let request = self.endpoint.http().get(&url);
+        let response = self.endpoint.call_optional(&url, request).await?;
+        Ok(response.map(|response| json_values(url, response)))
     }
-}
-
-async fn read_json<T: DeserializeOwned>(url: &str, response: reqwest::Response) -> ClientResult<T> {
-    let body = response
-        .bytes()
-        .await
-        .map_err(|source| ClientError::Transport {
-            url: url.to_string(),
-            source,
-        })?;
-    serde_json::from_slice(&body).map_err(|e| ClientError::Protocol {
-        url: url.to_string(),
-        reason: format!("answer is not the expected JSON: {e}"),
-    })
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;

@@ -14,7 +14,7 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::http::{Endpoint, expect_success, read_text, status_error};
+use crate::http::{Endpoint, read_bytes, read_text, status_error};
 use crate::{ClientError, ClientResult, Id};
 
 /// Body of `PUT /storage/fetch`: copy `address` from the storage server `container`.
@@ -98,14 +98,10 @@ impl StorageClient {
     /// The size of a held blob, or `None` when the server does not have it.
     pub async fn has(&self, address: &Id) -> ClientResult<Option<u64>> {
         let url = self.blob_url(address);
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().head(&url))
-            .await?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
+        let request = self.endpoint.http().head(&url);
+        let Some(response) = self.endpoint.call_optional(&url, request).await? else {
             return Ok(None);
-        }
-        let response = expect_success(&url, response).await?;
+        };
         let length = response
             .headers()
             .get(reqwest::header::CONTENT_LENGTH)
@@ -123,14 +119,10 @@ impl StorageClient {
     /// accepts corrupted content.
     pub async fn get(&self, address: &Id) -> ClientResult<Option<ByteStream>> {
         let url = self.blob_url(address);
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().get(&url))
-            .await?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
+        let request = self.endpoint.http().get(&url);
+        let Some(response) = self.endpoint.call_optional(&url, request).await? else {
             return Ok(None);
-        }
-        let response = expect_success(&url, response).await?;
+        };
         let inner = response.bytes_stream().map(move |chunk| {
             chunk.map_err(|source| ClientError::Transport {
                 url: url.clone(),
@@ -172,16 +164,7 @@ impl StorageClient {
         let response = self.endpoint.send(&url, request).await?;
         match response.status() {
             reqwest::StatusCode::NOT_FOUND => Ok(None),
-            reqwest::StatusCode::PARTIAL_CONTENT => {
-                let body = response
-                    .bytes()
-                    .await
-                    .map_err(|source| ClientError::Transport {
-                        url: url.clone(),
-                        source,
-                    })?;
-                Ok(Some(body))
-            }
+            reqwest::StatusCode::PARTIAL_CONTENT => read_bytes(&url, response).await.map(Some),
             _ => Err(status_error(&url, response).await),
         }
     }
@@ -198,8 +181,7 @@ impl StorageClient {
     pub async fn put(&self, address: &Id, body: impl Into<reqwest::Body>) -> ClientResult<()> {
         let url = self.blob_url(address);
         let request = self.endpoint.http().put(&url).body(body);
-        let response = self.endpoint.send(&url, request).await?;
-        expect_success(&url, response).await?;
+        self.endpoint.call(&url, request).await?;
         Ok(())
     }
 
@@ -227,8 +209,7 @@ impl StorageClient {
     pub async fn post_body(&self, body: impl Into<reqwest::Body>) -> ClientResult<Id> {
         let url = self.endpoint.url("/storage/");
         let request = self.endpoint.http().post(&url).body(body);
-        let response = self.endpoint.send(&url, request).await?;
-        let response = expect_success(&url, response).await?;
+        let response = self.endpoint.call(&url, request).await?;
         let text = read_text(&url, response).await?;
         Id::parse(text.trim()).map_err(|e| ClientError::Protocol {
             url,
@@ -240,15 +221,9 @@ impl StorageClient {
     /// the blob was deleted, `Ok(false)` when the server did not hold it (404).
     pub async fn delete(&self, address: &Id) -> ClientResult<bool> {
         let url = self.blob_url(address);
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().delete(&url))
-            .await?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Ok(false);
-        }
-        expect_success(&url, response).await?;
-        Ok(true)
+        let request = self.endpoint.http().delete(&url);
+        let deleted = self.endpoint.call_optional(&url, request).await?;
+        Ok(deleted.is_some())
     }
 
     /// `POST /storage/delete` with a JSON array of at most [`MAX_DELETE_BATCH`]
@@ -257,13 +232,9 @@ impl StorageClient {
     pub async fn delete_many(&self, addresses: &[Id]) -> ClientResult<DeleteReport> {
         let url = self.endpoint.url("/storage/delete");
         let request = self.endpoint.http().post(&url).json(addresses);
-        let response = self.endpoint.send(&url, request).await?;
-        let response = expect_success(&url, response).await?;
-        let text = read_text(&url, response).await?;
-        serde_json::from_str(&text).map_err(|e| ClientError::Protocol {
-            url,
-            reason: format!("not a delete report: {e}"),
-        })
+        self.endpoint
+            .call_json(&url, request, "not a delete report")
+            .await
     }
 
     /// One page of the server's blobs (`GET /storage/?after=..&limit=..`; needs a token
@@ -274,16 +245,10 @@ impl StorageClient {
         if let Some(after) = after {
             url.push_str(&format!("&after={after}"));
         }
-        let response = self
-            .endpoint
-            .send(&url, self.endpoint.http().get(&url))
-            .await?;
-        let response = expect_success(&url, response).await?;
-        let text = read_text(&url, response).await?;
-        serde_json::from_str(&text).map_err(|e| ClientError::Protocol {
-            url,
-            reason: format!("listing is not a page of blobs: {e}"),
-        })
+        let request = self.endpoint.http().get(&url);
+        self.endpoint
+            .call_json(&url, request, "listing is not a page of blobs")
+            .await
     }
 
     /// Whether the server can copy blobs from peers (`HEAD /storage/fetch`).

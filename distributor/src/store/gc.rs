@@ -28,7 +28,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use invariant_spec::Id;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 
-use super::{FORMAT_V1, HOLDERS, META, PINS, Store, StoreError, db_err, holder_bounds};
+use super::{FORMAT_V1, HOLDERS, META, PINS, RECORD, Store, StoreError, holder_bounds};
 
 pub(super) const RELEASED: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("released");
 pub(super) const GC_BEHIND: TableDefinition<&[u8; 64], &[u8]> = TableDefinition::new("gc_behind");
@@ -88,19 +88,22 @@ impl Released {
 
     fn decode(block: Id, value: &[u8]) -> Result<Released, StoreError> {
         let corrupt = || {
-            StoreError::Corrupt(format!(
-                "released record of {block} has {} bytes, not 18",
-                value.len()
-            ))
+            StoreError::corrupt(
+                RECORD,
+                format!(
+                    "released record of {block} has {} bytes, not 18",
+                    value.len()
+                ),
+            )
         };
         if value.len() != 18 {
             return Err(corrupt());
         }
         if value[0] != FORMAT_V1 {
-            return Err(StoreError::Corrupt(format!(
-                "unknown format marker {}",
-                value[0]
-            )));
+            return Err(StoreError::corrupt(
+                RECORD,
+                format!("unknown format marker {}", value[0]),
+            ));
         }
         let since = u64::from_le_bytes(value[1..9].try_into().map_err(|_| corrupt())?);
         let size = u64::from_le_bytes(value[9..17].try_into().map_err(|_| corrupt())?);
@@ -108,9 +111,10 @@ impl Released {
             0 => Origin::Unpinned,
             1 => Origin::Unknown,
             other => {
-                return Err(StoreError::Corrupt(format!(
-                    "released record of {block} has unknown origin {other}"
-                )));
+                return Err(StoreError::corrupt(
+                    RECORD,
+                    format!("released record of {block} has unknown origin {other}"),
+                ));
             }
         };
         Ok(Released {
@@ -174,11 +178,7 @@ fn behind_key(storage: &Id, block: &Id) -> [u8; 64] {
 }
 
 fn meta_get(meta: &impl ReadableTable<&'static str, u64>, key: &str) -> Result<u64, StoreError> {
-    Ok(meta
-        .get(key)
-        .map_err(db_err)?
-        .map(|v| v.value())
-        .unwrap_or(0))
+    Ok(meta.get(key)?.map(|v| v.value()).unwrap_or(0))
 }
 
 fn meta_add(
@@ -188,7 +188,7 @@ fn meta_add(
     sub: u64,
 ) -> Result<(), StoreError> {
     let value = meta_get(meta, key)?.saturating_add(add).saturating_sub(sub);
-    meta.insert(key, value).map_err(db_err)?;
+    meta.insert(key, value)?;
     Ok(())
 }
 
@@ -207,8 +207,8 @@ pub(super) fn holder_size(
 ) -> Result<u64, StoreError> {
     let (low, high) = holder_bounds(block);
     let mut size = 0;
-    for row in holders.range::<&[u8; 64]>(&low..=&high).map_err(db_err)? {
-        let (_, value) = row.map_err(db_err)?;
+    for row in holders.range::<&[u8; 64]>(&low..=&high)? {
+        let (_, value) = row?;
         size = size.max(decode_size(value.value()));
     }
     Ok(size)
@@ -223,9 +223,9 @@ pub(super) fn release(
     if blocks.is_empty() {
         return Ok(());
     }
-    let holders = txn.open_table(HOLDERS).map_err(db_err)?;
-    let mut released = txn.open_table(RELEASED).map_err(db_err)?;
-    let mut meta = txn.open_table(META).map_err(db_err)?;
+    let holders = txn.open_table(HOLDERS)?;
+    let mut released = txn.open_table(RELEASED)?;
+    let mut meta = txn.open_table(META)?;
     let mut added = 0u64;
     let mut removed = 0u64;
     for block in blocks {
@@ -236,10 +236,7 @@ pub(super) fn release(
             size,
             origin: Origin::Unpinned,
         };
-        if let Some(old) = released
-            .insert(block.as_bytes(), row.encode().as_slice())
-            .map_err(db_err)?
-        {
+        if let Some(old) = released.insert(block.as_bytes(), row.encode().as_slice())? {
             removed = removed.saturating_add(Released::decode(*block, old.value())?.size);
         }
         added = added.saturating_add(size);
@@ -249,15 +246,15 @@ pub(super) fn release(
 
 /// Forgets the released rows of `blocks` (they were pinned), in `txn`.
 pub(super) fn unrelease(txn: &redb::WriteTransaction, blocks: &[Id]) -> Result<(), StoreError> {
-    let mut released = txn.open_table(RELEASED).map_err(db_err)?;
+    let mut released = txn.open_table(RELEASED)?;
     let mut freed = 0u64;
     for block in blocks {
-        if let Some(old) = released.remove(block.as_bytes()).map_err(db_err)? {
+        if let Some(old) = released.remove(block.as_bytes())? {
             freed = freed.saturating_add(Released::decode(*block, old.value())?.size);
         }
     }
     if freed > 0 {
-        let mut meta = txn.open_table(META).map_err(db_err)?;
+        let mut meta = txn.open_table(META)?;
         meta_add(&mut meta, RELEASED_BYTES, 0, freed)?;
     }
     Ok(())
@@ -274,8 +271,8 @@ impl Store {
         after: Option<Id>,
         limit: usize,
     ) -> Result<(Vec<Released>, Option<Id>), StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let released = txn.open_table(RELEASED).map_err(db_err)?;
+        let txn = self.db.begin_read()?;
+        let released = txn.open_table(RELEASED)?;
         let start = after.map(|a| *a.as_bytes());
         let lower = match &start {
             Some(bytes) => Bound::Excluded(bytes),
@@ -284,14 +281,13 @@ impl Store {
         let mut out = Vec::new();
         let mut last = None;
         for (scanned, row) in released
-            .range::<&[u8; 32]>((lower, Bound::Unbounded))
-            .map_err(db_err)?
+            .range::<&[u8; 32]>((lower, Bound::Unbounded))?
             .enumerate()
         {
             if out.len() >= limit || scanned >= limit.saturating_mul(4) {
                 return Ok((out, last));
             }
-            let (key, value) = row.map_err(db_err)?;
+            let (key, value) = row?;
             let block = Id::from_bytes(*key.value());
             let row = Released::decode(block, value.value())?;
             last = Some(block);
@@ -312,19 +308,19 @@ impl Store {
         candidates: &[Released],
         rules: &Eligibility,
     ) -> Result<(u64, Vec<Released>), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db.begin_write()?;
         let (epoch, confirmed) = {
-            let pins = txn.open_table(PINS).map_err(db_err)?;
-            let released = txn.open_table(RELEASED).map_err(db_err)?;
+            let pins = txn.open_table(PINS)?;
+            let released = txn.open_table(RELEASED)?;
             let mut confirmed = Vec::with_capacity(candidates.len());
             let mut stale = Vec::new();
             for candidate in candidates {
                 let key = candidate.block.as_bytes();
-                if pins.get(key).map_err(db_err)?.is_some() {
+                if pins.get(key)?.is_some() {
                     stale.push(candidate.block);
                     continue;
                 }
-                let Some(value) = released.get(key).map_err(db_err)? else {
+                let Some(value) = released.get(key)? else {
                     continue;
                 };
                 let row = Released::decode(candidate.block, value.value())?;
@@ -334,12 +330,12 @@ impl Store {
             }
             drop(released);
             unrelease(&txn, &stale)?;
-            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let mut meta = txn.open_table(META)?;
             let epoch = meta_get(&meta, EPOCH)?.saturating_add(1);
-            meta.insert(EPOCH, epoch).map_err(db_err)?;
+            meta.insert(EPOCH, epoch)?;
             (epoch, confirmed)
         };
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok((epoch, confirmed))
     }
 
@@ -352,41 +348,35 @@ impl Store {
         behind: &[Id],
         bytes: u64,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db.begin_write()?;
         {
             let blocks: Vec<Id> = batch.iter().map(|r| r.block).collect();
             unrelease(&txn, &blocks)?;
-            let mut owed = txn.open_table(GC_BEHIND).map_err(db_err)?;
+            let mut owed = txn.open_table(GC_BEHIND)?;
             for storage in behind {
                 for row in batch {
                     let mut value = [0u8; 9];
                     value[0] = FORMAT_V1;
                     value[1..].copy_from_slice(&row.size.to_le_bytes());
-                    owed.insert(&behind_key(storage, &row.block), value.as_slice())
-                        .map_err(db_err)?;
+                    owed.insert(&behind_key(storage, &row.block), value.as_slice())?;
                 }
             }
-            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let mut meta = txn.open_table(META)?;
             meta_add(&mut meta, DELETED_BLOCKS, batch.len() as u64, 0)?;
             meta_add(&mut meta, DELETED_BYTES, bytes, 0)?;
         }
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok(())
     }
 
     /// Storage servers that owe deletions, in id order.
     pub fn gc_behind_storages(&self) -> Result<Vec<Id>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let owed = txn.open_table(GC_BEHIND).map_err(db_err)?;
+        let txn = self.db.begin_read()?;
+        let owed = txn.open_table(GC_BEHIND)?;
         let mut out = Vec::new();
         let mut low = [0u8; 64];
         loop {
-            let next = owed
-                .range::<&[u8; 64]>(&low..)
-                .map_err(db_err)?
-                .next()
-                .transpose()
-                .map_err(db_err)?;
+            let next = owed.range::<&[u8; 64]>(&low..)?.next().transpose()?;
             let Some((key, _)) = next else {
                 return Ok(out);
             };
@@ -421,16 +411,16 @@ impl Store {
         storage: &Id,
         limit: usize,
     ) -> Result<Option<Vec<(Id, u64)>>, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db.begin_write()?;
         let out = {
-            let pins = txn.open_table(PINS).map_err(db_err)?;
-            let released = txn.open_table(RELEASED).map_err(db_err)?;
-            let mut owed = txn.open_table(GC_BEHIND).map_err(db_err)?;
+            let pins = txn.open_table(PINS)?;
+            let released = txn.open_table(RELEASED)?;
+            let mut owed = txn.open_table(GC_BEHIND)?;
             let low = behind_key(storage, &Id::from_bytes([0; 32]));
             let high = behind_key(storage, &Id::from_bytes([0xff; 32]));
             let mut rows = Vec::new();
-            for row in owed.range::<&[u8; 64]>(&low..=&high).map_err(db_err)? {
-                let (key, value) = row.map_err(db_err)?;
+            for row in owed.range::<&[u8; 64]>(&low..=&high)? {
+                let (key, value) = row?;
                 let mut block = [0u8; 32];
                 block.copy_from_slice(&key.value()[32..]);
                 rows.push((Id::from_bytes(block), decode_size(value.value())));
@@ -444,17 +434,15 @@ impl Store {
             let mut out = Vec::with_capacity(rows.len());
             for (block, size) in rows {
                 let key = block.as_bytes();
-                if pins.get(key).map_err(db_err)?.is_some()
-                    || released.get(key).map_err(db_err)?.is_some()
-                {
-                    owed.remove(&behind_key(storage, &block)).map_err(db_err)?;
+                if pins.get(key)?.is_some() || released.get(key)?.is_some() {
+                    owed.remove(&behind_key(storage, &block))?;
                 } else {
                     out.push((block, size));
                 }
             }
             out
         };
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok(Some(out))
     }
 
@@ -465,40 +453,38 @@ impl Store {
         blocks: &[Id],
         bytes: u64,
     ) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db.begin_write()?;
         {
-            let mut owed = txn.open_table(GC_BEHIND).map_err(db_err)?;
+            let mut owed = txn.open_table(GC_BEHIND)?;
             for block in blocks {
-                owed.remove(&behind_key(storage, block)).map_err(db_err)?;
+                owed.remove(&behind_key(storage, block))?;
             }
-            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let mut meta = txn.open_table(META)?;
             meta_add(&mut meta, DELETED_BYTES, bytes, 0)?;
         }
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok(())
     }
 
     /// Records `active` storage servers as seen and returns every storage server ever
     /// seen active (the ones a batch's deletion is owed by unless they did it).
     pub fn gc_note_storages(&self, active: &[Id]) -> Result<Vec<Id>, StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db.begin_write()?;
         let seen = {
-            let mut table = txn.open_table(GC_STORAGES).map_err(db_err)?;
+            let mut table = txn.open_table(GC_STORAGES)?;
             for id in active {
-                if table.get(id.as_bytes()).map_err(db_err)?.is_none() {
-                    table
-                        .insert(id.as_bytes(), [FORMAT_V1].as_slice())
-                        .map_err(db_err)?;
+                if table.get(id.as_bytes())?.is_none() {
+                    table.insert(id.as_bytes(), [FORMAT_V1].as_slice())?;
                 }
             }
             let mut seen = Vec::new();
-            for row in table.iter().map_err(db_err)? {
-                let (key, _) = row.map_err(db_err)?;
+            for row in table.iter()? {
+                let (key, _) = row?;
                 seen.push(Id::from_bytes(*key.value()));
             }
             seen
         };
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok(seen)
     }
 
@@ -509,18 +495,16 @@ impl Store {
         if listed.is_empty() {
             return Ok(0);
         }
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db.begin_write()?;
         let new = {
-            let pins = txn.open_table(PINS).map_err(db_err)?;
-            let mut released = txn.open_table(RELEASED).map_err(db_err)?;
-            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let pins = txn.open_table(PINS)?;
+            let mut released = txn.open_table(RELEASED)?;
+            let mut meta = txn.open_table(META)?;
             let mut new = 0u64;
             let mut bytes = 0u64;
             for (block, size) in listed {
                 let key = block.as_bytes();
-                if pins.get(key).map_err(db_err)?.is_some()
-                    || released.get(key).map_err(db_err)?.is_some()
-                {
+                if pins.get(key)?.is_some() || released.get(key)?.is_some() {
                     continue;
                 }
                 let row = Released {
@@ -529,41 +513,39 @@ impl Store {
                     size: *size,
                     origin: Origin::Unknown,
                 };
-                released
-                    .insert(key, row.encode().as_slice())
-                    .map_err(db_err)?;
+                released.insert(key, row.encode().as_slice())?;
                 new += 1;
                 bytes = bytes.saturating_add(*size);
             }
             meta_add(&mut meta, RELEASED_BYTES, bytes, 0)?;
             new
         };
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok(new)
     }
 
     /// Counts one finished sweep at `now`.
     pub fn gc_sweep_finished(&self, now: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(db_err)?;
+        let txn = self.db.begin_write()?;
         {
-            let mut meta = txn.open_table(META).map_err(db_err)?;
+            let mut meta = txn.open_table(META)?;
             meta_add(&mut meta, SWEEPS, 1, 0)?;
-            meta.insert(LAST_SWEEP, now).map_err(db_err)?;
+            meta.insert(LAST_SWEEP, now)?;
         }
-        txn.commit().map_err(db_err)?;
+        txn.commit()?;
         Ok(())
     }
 
     /// The collection counters and backlog.
     pub fn gc_totals(&self) -> Result<GcTotals, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let released = txn.open_table(RELEASED).map_err(db_err)?;
-        let owed = txn.open_table(GC_BEHIND).map_err(db_err)?;
-        let meta = txn.open_table(META).map_err(db_err)?;
+        let txn = self.db.begin_read()?;
+        let released = txn.open_table(RELEASED)?;
+        let owed = txn.open_table(GC_BEHIND)?;
+        let meta = txn.open_table(META)?;
         Ok(GcTotals {
-            released_blocks: released.len().map_err(db_err)?,
+            released_blocks: released.len()?,
             released_bytes: meta_get(&meta, RELEASED_BYTES)?,
-            behind: owed.len().map_err(db_err)?,
+            behind: owed.len()?,
             deleted_blocks: meta_get(&meta, DELETED_BLOCKS)?,
             deleted_bytes: meta_get(&meta, DELETED_BYTES)?,
             sweeps: meta_get(&meta, SWEEPS)?,
@@ -573,9 +555,9 @@ impl Store {
 
     /// The released row of `block`, if any.
     pub fn released(&self, block: &Id) -> Result<Option<Released>, StoreError> {
-        let txn = self.db.begin_read().map_err(db_err)?;
-        let released = txn.open_table(RELEASED).map_err(db_err)?;
-        match released.get(block.as_bytes()).map_err(db_err)? {
+        let txn = self.db.begin_read()?;
+        let released = txn.open_table(RELEASED)?;
+        match released.get(block.as_bytes())? {
             Some(value) => Released::decode(*block, value.value()).map(Some),
             None => Ok(None),
         }
