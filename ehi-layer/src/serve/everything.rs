@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use super::access::{check_visible, visible_refs, visible_resources};
 use super::cache::fetch_refs;
 use super::params::{Page, entry};
-use super::route::{check_id, fhir_response, known_type};
+use super::respond::{check_id, fhir_response, known_type};
 use super::search::relative_reference;
 use super::{AppState, Caller, Pairs, Perm, ServeError};
 use crate::fhir::valid_id;

@@ -10,7 +10,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::cache::rewarm;
-use super::route::fhir_response;
+use super::respond::fhir_response;
 use super::{AppState, ServeError, error};
 use crate::error::EhiError;
 

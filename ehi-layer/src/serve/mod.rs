@@ -112,6 +112,7 @@ mod everything;
 mod follow;
 mod params;
 mod read;
+mod respond;
 mod route;
 mod search;
 mod server;
@@ -131,8 +132,8 @@ pub use token::{Access, Claims, Perm, TokenKey};
 pub(crate) use access::{Caller, check_visible, visible_refs, visible_resources};
 use cache::Cache;
 pub(crate) use cache::{current_refs, fetch_refs};
-pub(crate) use route::fhir_response;
-use route::known_type;
+pub(crate) use respond::fhir_response;
+use respond::known_type;
 
 use crate::vault::Vault;
 

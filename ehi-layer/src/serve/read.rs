@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::access::{check_visible, not_visible, visible_ids};
 use super::cache::{FETCH_CONCURRENCY, cached_read};
 use super::params::{Page, Summary, parse_elements, shape_resource};
-use super::route::{check_id, fhir_response, resource_response};
+use super::respond::{check_id, fhir_response, resource_response};
 use super::{AppState, Caller, Pairs, Perm, ServeError};
 use crate::error::EhiError;
 use crate::time::{instant, now_ms};

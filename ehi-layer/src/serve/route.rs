@@ -1,37 +1,23 @@
 //! The request path of the facade: [`handle`] (removal check, audit entry) and
 //! [`route`] (format check, public endpoints, authorization, then the interaction the
-//! method and path name), with the small checks and response builders the handlers
-//! share.
+//! method and path name).
 
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
 
 use super::access::{Caller, authorize};
 use super::everything::everything;
 use super::follow::{mark_removed, removed_response};
 use super::read::{history, read, type_history, vread};
+use super::respond::{fhir_response, known_type};
 use super::search::search;
 use super::write::{create, delete, update};
 use super::{AppState, MAX_BODY, Pairs, ServeError, audit, bulk, capability, oauth};
 use crate::error::EhiError;
-use crate::fhir::valid_id;
 use crate::time::now_ms;
-
-const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
-
-/// A FHIR JSON response.
-pub(crate) fn fhir_response(status: StatusCode, value: &Value) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON))],
-        serde_json::to_vec(value).unwrap_or_default(),
-    )
-        .into_response()
-}
 
 pub(super) async fn handle(State(state): State<Arc<AppState>>, request: Request) -> Response {
     if *state.removed.borrow() {
@@ -250,46 +236,4 @@ fn check_format(headers: &HeaderMap, pairs: &Pairs) -> Result<(), ServeError> {
         }
     }
     Ok(())
-}
-
-pub(super) fn known_type(t: &str) -> Result<&str, ServeError> {
-    if ehi_search::supported_parameters(t).is_some() {
-        Ok(t)
-    } else {
-        Err(ServeError::NotFound(format!(
-            "{t:?} is not a supported resource type"
-        )))
-    }
-}
-
-pub(super) fn check_id(id: &str) -> Result<(), ServeError> {
-    if valid_id(id) {
-        Ok(())
-    } else {
-        Err(ServeError::NotFound(format!("{id:?} is not a valid id")))
-    }
-}
-
-pub(super) fn version_of(resource: &Value) -> Option<&str> {
-    resource.pointer("/meta/versionId").and_then(Value::as_str)
-}
-
-/// A resource response with `ETag` (and `Location` when given).
-pub(super) fn resource_response(
-    status: StatusCode,
-    resource: &Value,
-    location: Option<String>,
-) -> Response {
-    let mut response = fhir_response(status, resource);
-    if let Some(v) = version_of(resource)
-        && let Ok(value) = HeaderValue::from_str(&format!("W/\"{v}\""))
-    {
-        response.headers_mut().insert(header::ETAG, value);
-    }
-    if let Some(location) = location
-        && let Ok(value) = HeaderValue::from_str(&location)
-    {
-        response.headers_mut().insert(header::LOCATION, value);
-    }
-    response
 }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::access::{visible_ids, visible_refs};
 use super::cache::{cached_search, fetch_all, fetch_refs};
 use super::params::{Page, Summary, entry, parse_elements, shape_resource};
-use super::route::{fhir_response, known_type};
+use super::respond::{fhir_response, known_type};
 use super::{AppState, Caller, Pairs, Perm, ServeError};
 use crate::fhir::valid_id;
 use crate::time::{instant, now_ms};

@@ -20,7 +20,8 @@ use tokio::task::JoinHandle;
 
 use super::cache::{Cache, warm_up};
 use super::follow::{flush_audit, follow_slot, refresh};
-use super::route::{fhir_response, handle};
+use super::respond::fhir_response;
+use super::route::handle;
 use super::{
     AppState, MAX_BODY, REFRESH_EVERY, REVOKED_POLL, ServeError, TokenKey, audit, auth, bulk,
     error, oauth,

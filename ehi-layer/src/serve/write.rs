@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::access::check_visible;
 use super::follow::refresh;
-use super::route::{check_id, resource_response, version_of};
+use super::respond::{check_id, resource_response, version_of};
 use super::{AppState, Caller, Perm, ServeError};
 use crate::error::EhiError;
 use crate::fhir::{Input, valid_id};

@@ -131,7 +131,7 @@ impl Packer {
             return;
         }
         let charges: Vec<(&str, u64)> = charges.into_iter().collect();
-        let appended = append_records(&mut self.file, &records)
+        let appended = append_records(&mut self.file, records.iter().map(|r| (&r.id, &r.data[..])))
             .and_then(|()| self.file.sync_data())
             .map_err(PackError::Io)
             .and_then(|()| {

@@ -8,8 +8,6 @@ use std::path::Path;
 
 use invariant_spec::Id;
 
-use super::packer::Request;
-
 pub(super) const MAGIC: &[u8; 4] = b"IVP1";
 /// Bytes of a record before the blob's bytes.
 pub const HEADER: u64 = 4 + 4 + 32;
@@ -124,22 +122,26 @@ pub(super) fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<us
     Ok(filled)
 }
 
-/// Writes `records` at the end of `file`: small records are gathered into one
-/// buffer, large ones written straight from the request (no extra copy).
-pub(super) fn append_records(file: &mut File, records: &[&Request]) -> io::Result<()> {
+/// Writes `records` (address and bytes) at the end of `file`: small records are
+/// gathered into one buffer, large ones written straight from their bytes (no extra
+/// copy).
+pub(super) fn append_records<'a>(
+    file: &mut File,
+    records: impl IntoIterator<Item = (&'a Id, &'a [u8])>,
+) -> io::Result<()> {
     const GATHER: usize = 64 * 1024;
     let mut buf = Vec::with_capacity(GATHER * 2);
-    for request in records {
-        let len = u32::try_from(request.data.len()).unwrap_or(u32::MAX);
+    for (id, data) in records {
+        let len = u32::try_from(data.len()).unwrap_or(u32::MAX);
         buf.extend_from_slice(MAGIC);
         buf.extend_from_slice(&len.to_le_bytes());
-        buf.extend_from_slice(request.id.as_bytes());
-        if request.data.len() < GATHER {
-            buf.extend_from_slice(&request.data);
+        buf.extend_from_slice(id.as_bytes());
+        if data.len() < GATHER {
+            buf.extend_from_slice(data);
         } else {
             file.write_all(&buf)?;
             buf.clear();
-            file.write_all(&request.data)?;
+            file.write_all(data)?;
         }
         if buf.len() >= GATHER {
             file.write_all(&buf)?;
