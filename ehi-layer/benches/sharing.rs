@@ -12,6 +12,7 @@
 mod common;
 mod support;
 
+use ehi_layer::share;
 use std::time::{Duration, Instant};
 
 use common::{TestNet, input};
@@ -70,7 +71,7 @@ async fn run() -> anyhow::Result<()> {
     let mut grants = Vec::new();
     for app in &apps {
         let started = Instant::now();
-        let (info, ticket) = vault.grant(request(app, &scopes)?).await?;
+        let (info, ticket) = share::grant(&vault, request(app, &scopes)?).await?;
         grant_times.push(started.elapsed());
         grants.push((info, ticket));
     }
@@ -101,7 +102,7 @@ async fn run() -> anyhow::Result<()> {
     for (round, app) in apps.iter().enumerate().take(3) {
         let (info, _) = grants.remove(0);
         let started = Instant::now();
-        let report = vault.revoke(&info.id, false).await?;
+        let report = share::revoke(&vault, &info.id, false).await?;
         revokes.push(started.elapsed());
         println!(
             "revoke without re-encryption (round {round}): {:.0} ms ({} scopes rotated, {} grants re-sealed)",
@@ -110,7 +111,7 @@ async fn run() -> anyhow::Result<()> {
             report.resealed.len()
         );
         // Keep 5 apps: grant the revoked app again.
-        let again = vault.grant(request(app, &scopes)?).await?;
+        let again = share::grant(&vault, request(app, &scopes)?).await?;
         grants.push(again);
     }
     println!(
@@ -121,7 +122,7 @@ async fn run() -> anyhow::Result<()> {
     // Revoke with re-encryption of every version of both scopes.
     let (info, _) = grants.remove(0);
     let started = Instant::now();
-    let report = vault.revoke(&info.id, true).await?;
+    let report = share::revoke(&vault, &info.id, true).await?;
     let elapsed = started.elapsed();
     println!(
         "revoke with re-encryption: {:.2} s ({} versions re-encrypted = {:.0} versions/s, {} blocks unpinned)",
@@ -141,7 +142,7 @@ async fn run() -> anyhow::Result<()> {
     );
     let (_joined, added) = (joined?, added?);
     let started = Instant::now();
-    let removal = vault.remove_device(&added.id).await?;
+    let removal = share::remove_device(&vault, &added.id).await?;
     println!(
         "device remove: {:.0} ms ({} scopes rotated, root key generation {})",
         ms(started.elapsed()),

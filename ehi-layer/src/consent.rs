@@ -3,7 +3,7 @@
 //!
 //! ## The inbox
 //! The patient shares an **inbox card** (`ehi-inbox-card` v1, public JSON, printed by
-//! `ehi requests card`, [`crate::Vault::inbox_card`]):
+//! `ehi requests card`, [`crate::share::inbox_card`]):
 //!
 //! ```json
 //! { "format": "ehi-inbox-card", "version": 1,
@@ -28,7 +28,7 @@
 //! does not verify, or whose signature is not the card's key — and names why.
 //!
 //! ## The decision (letter `EHD`)
-//! `ehi approve <id>` creates the grant (the ordinary [`crate::Vault::grant`]), `ehi
+//! `ehi approve <id>` creates the grant (the ordinary [`crate::share::grant`]), `ehi
 //! deny <id>` refuses; either way the device keeps the decision as a FHIR R4
 //! `Consent` resource in the vault (scope `documents`: an app granted `documents`
 //! reads the patient's decisions, other apps' names included), records it in the root, logs
@@ -40,7 +40,7 @@
 //!
 //! ## Finding the inbox by name
 //! Instead of handing out the card, the patient may register a **name** for it on the
-//! names server (`ehi requests card --name <name>`, [`crate::Vault::publish_inbox_name`]):
+//! names server (`ehi requests card --name <name>`, [`crate::share::publish_inbox_name`]):
 //! the card is stored as a public blob and the name points at it; an app looks it up
 //! with [`find_inbox`] and still verifies the card's signature. A name is a
 //! convenience, not an authentication: the card itself is public (it links the name to

@@ -7,7 +7,7 @@
 //! `BLAKE3-derive_key("invariant ehi-layer v1 grant channel", vault slot ‖ grant id)`.
 //! Both sides compute it from what the grant gives them; servers, which never see the
 //! grant id, cannot link it to the vault or the grant slot. The patient's device
-//! registers it ([`crate::Vault::publish_channel`]) at a **header** (letter `EHH`,
+//! registers it ([`crate::share::publish_channel`]) at a **header** (letter `EHH`,
 //! `src/letter.rs`) sealed to the app's HPKE key and signed by the patient, which
 //! carries the patient's per-grant HPKE key (derived from the grant slot's seed, so
 //! every device of the patient holds it). The app appends messages by
@@ -28,7 +28,7 @@
 //!
 //! ## What the patient's device enforces
 //! **Nothing enters the vault without the patient accepting it** (`ehi inbox`, `ehi
-//! accept`, `ehi reject`; [`crate::Vault::contributions`]). A contribution is refused
+//! accept`, `ehi reject`; [`crate::share::contributions`]). A contribution is refused
 //! — listed with the reason, never importable — when it does not open, is not signed by
 //! the grant's app, names another grant, came through a **read-only** grant, holds a
 //! resource without a valid type or id, or a resource of a scope the grant does not

@@ -1,5 +1,5 @@
 //! The patient's devices: pairing a new device with a one-time invite code, listing and
-//! removing devices ([`crate::Vault::devices`], [`crate::Vault::remove_device`]), and
+//! removing devices ([`crate::share::devices()`], [`crate::share::remove_device`]), and
 //! keeping devices in sync ([`crate::Vault::watch`]).
 //!
 //! ## Pairing (`ehi device invite` / `ehi device join <code>`)
@@ -41,7 +41,7 @@
 //!   timing; not the secret, the joiner's key (inside the AEAD), nor the keys.
 //!
 //! ## Removing a device, and its limits
-//! [`crate::Vault::remove_device`] drops the device from the root, creates a new **root
+//! [`crate::share::remove_device`] drops the device from the root, creates a new **root
 //! key generation** (a random key; the root envelope's epoch field carries the
 //! generation) that only the remaining devices receive, HPKE-sealed to each of their
 //! keys in the **device keyring** slot, and rotates **every scope** to a new key epoch
@@ -65,6 +65,7 @@
 //!   to take new ones), so a removed device that kept the old policy can still read
 //!   that log (who, when, why; no health data) until the patient sets a new policy.
 
+use crate::share;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use zeroize::{Zeroize, Zeroizing};
@@ -143,7 +144,7 @@ pub fn keyring_slot(keystore: &Keystore) -> Result<Id> {
 }
 
 /// Whether the root key this keystore holds itself (generation 0) opens the vault root
-/// blob `blob`. For tests and diagnostics: after [`crate::Vault::remove_device`] the
+/// blob `blob`. For tests and diagnostics: after [`crate::share::remove_device`] the
 /// roots are sealed under a later generation that only the remaining devices receive,
 /// so this is false for every new root, whoever asks (devices open them through the
 /// keyring, see `vault/devices.rs`).
@@ -404,7 +405,7 @@ impl Invite {
                             "the invite slot moved while answering".into(),
                         ));
                     }
-                    return vault.add_device(request.joiner_hpke).await;
+                    return share::add_device(vault, request.joiner_hpke).await;
                 }
                 None => return Err(EhiError::Invite("the invite slot disappeared".into())),
             }

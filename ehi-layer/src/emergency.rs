@@ -5,7 +5,7 @@
 //!
 //! ## How the emergency scope is formed
 //! Keys are per scope ([`crate::scope`]), so the policy is an ordinary grant
-//! ([`crate::Vault::grant`]) of whole scopes with purpose `ETREAT`, read access and the
+//! ([`crate::share::grant`]) of whole scopes with purpose `ETREAT`, read access and the
 //! longest lifetime a grant may have (10 years), sealed with HPKE to the holder's key.
 //! The default scopes are [`DEFAULT_SCOPES`]: `allergies`, `medications`,
 //! `immunizations` and `clinical` — **Condition lives in `clinical`, so the holder can
@@ -29,7 +29,7 @@
 //!   slots, newest first (the first slot that exists decides; a tombstone there means
 //!   no policy). Every write goes to the current generation's slot and moves an older
 //!   generation's slot to the tombstone; the blob it replaces is unpinned.
-//! - **Re-keying on device removal**: [`crate::Vault::remove_device`] re-publishes the
+//! - **Re-keying on device removal**: [`crate::share::remove_device`] re-publishes the
 //!   policy under the new generation and tombstones the old slot, so the removed device
 //!   can neither find nor open the new policy blob (tests/devices.rs
 //!   `removing_a_device_re_keys_the_emergency_policy`). The holder notices nothing: its
@@ -52,7 +52,7 @@
 //! ## The patient's side
 //! [`pending`] reads the policy and the log, verifies the chain (signatures by the
 //! holder's key named in the policy, hash links, order) and returns the uses not yet
-//! acknowledged; `ehi status` prints "emergency access on <date> by <who>" for each.
+//! acknowledged; `ehi status` prints `"emergency access on <date> by <who>"` for each.
 //! [`acknowledge`] copies each pending use into the vault's own audit log (action
 //! `emergency`, flagged the same way, written by the patient's key) and records how many
 //! were acknowledged in the policy blob.
@@ -81,9 +81,10 @@
 //! - Servers see a grant slot, a policy slot (a new one after each device removal) and
 //!   a log slot (ids unlinkable to the patient except by timing), bucket-sized
 //!   ciphertext blobs, and when they move.
-//! - Vault removal ([`crate::Vault::remove`]) tombstones the policy slots and the log
+//! - Vault removal ([`crate::share::remove`]) tombstones the policy slots and the log
 //!   slot and unpins the policy blobs; the log entries stay pinned by the holder.
 
+use crate::share;
 use invariant_spec::Id;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -221,7 +222,7 @@ pub struct EmergencyUse {
 }
 
 impl EmergencyUse {
-    /// "emergency access on <date> by <who>".
+    /// `"emergency access on <date> by <who>"`.
     pub fn notice(&self) -> String {
         format!(
             "emergency access on {} by {}: {}",
@@ -365,7 +366,7 @@ async fn close_log(net: &Network, policy: &Policy) {
 }
 
 /// Re-publishes the policy under the current root key generation's keys if it is
-/// still under an older one (after [`Vault::remove_device`]: the removed device,
+/// still under an older one (after [`crate::share::remove_device`]: the removed device,
 /// which lacks the new generation, can neither find nor open the new policy blob).
 /// Returns whether it did. The holder's ticket stays valid: its grant slot was
 /// re-sealed by the device removal and its log slot does not change.
@@ -458,20 +459,22 @@ pub async fn set_policy(
     check_keystore(vault, keystore)?;
     let previous = load_policy(vault).await?;
     if let Some(old) = &previous {
-        match vault.revoke(&old.policy.grant, false).await {
+        match share::revoke(vault, &old.policy.grant, false).await {
             Ok(_) | Err(EhiError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
     }
-    let (info, grant_ticket) = vault
-        .grant(GrantRequest {
+    let (info, grant_ticket) = share::grant(
+        vault,
+        GrantRequest {
             app: holder.clone(),
             scopes: scopes.clone(),
             access: Access::Read,
             duration_ms: LIFETIME_MS,
             purpose: PURPOSE.into(),
-        })
-        .await?;
+        },
+    )
+    .await?;
     let log_seed = SecretKey::random()?;
     let log_key = SecretKey::random()?;
     let (_, log_slot) = slotmove::slot_of(log_seed.expose())?;
@@ -546,7 +549,7 @@ pub async fn clear_policy(vault: &Vault, keystore: &Keystore) -> Result<bool> {
     let Some(found) = load_policy(vault).await? else {
         return Ok(false);
     };
-    match vault.revoke(&found.policy.grant, false).await {
+    match share::revoke(vault, &found.policy.grant, false).await {
         Ok(_) | Err(EhiError::NotFound(_)) => {}
         Err(e) => return Err(e),
     }

@@ -5,7 +5,7 @@
 //! A grant names an app (its [`crate::app::AppCard`]), a set of [`Scope`]s, an
 //! [`Access`] (read, or contribute), an expiry and a purpose of use (a code of the HL7
 //! v3 `PurposeOfUse` value set, [`PURPOSES`]). The patient's device
-//! ([`crate::Vault::grant`]):
+//! ([`crate::share::grant`]):
 //! 1. creates a **per-grant slot** (a fresh ed25519 key whose seed stays in the vault
 //!    root: the patient owns the slot, the app only reads it);
 //! 2. seals a [`GrantPayload`] to the app's HPKE key: for each granted scope its slot
@@ -42,7 +42,7 @@
 //! ([`crate::Vault::import`] calls [`crate::Vault::expire_grants`] first).
 //!
 //! ## Revocation, and what it cannot do
-//! [`crate::Vault::revoke`] moves every scope of the grant to a new key epoch, re-seals
+//! [`crate::share::revoke`] moves every scope of the grant to a new key epoch, re-seals
 //! the manifests under it, re-seals every remaining grant that covers one of those
 //! scopes (with the new key), points the revoked grant's slot at the public tombstone,
 //! and (`reencrypt`) re-encrypts every stored version of those scopes under the new key
@@ -195,7 +195,7 @@ pub struct GrantInfo {
     /// The grant slot.
     pub slot: Id,
     /// Last use by the app: when the newest audit report of the app reached the slots
-    /// server, as merged by [`crate::Vault::merge_app_audit`] (`None` before any).
+    /// server, as merged by [`crate::share::merge_app_audit`] (`None` before any).
     pub last_use_ms: Option<u64>,
     /// The SMART App Launch v2 scopes the grant corresponds to.
     pub smart_scopes: Vec<String>,

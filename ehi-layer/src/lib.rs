@@ -31,7 +31,7 @@
 //!   `derive_key("… resource version", k)`. Every blob header, every manifest and every
 //!   version entry records its epoch, so a rotation (a new epoch) leaves old blobs
 //!   readable through the old key kept in the root.
-//! - **Root key generations**: removing a device ([`Vault::remove_device`]) seals later
+//! - **Root key generations**: removing a device ([`crate::share::remove_device`]) seals later
 //!   roots and audit entries under a new random root key (its generation is the root
 //!   envelope's epoch), HPKE-sealed to each remaining device through the device keyring
 //!   slot, and re-publishes the emergency policy under keys derived from it; see
@@ -113,7 +113,7 @@
 //! No import is lost; a resource changed by both keeps both versions.
 //!
 //! ## Removal and its limits
-//! [`Vault::remove`] moves the vault slot and every other slot the patient's devices
+//! [`crate::share::remove`] moves the vault slot and every other slot the patient's devices
 //! write — scope and grant slots, grant channels, the consent inbox and the requests'
 //! reply slots, the emergency policy and access log slots, the device keyring — to a
 //! public tombstone, unpins every block the patient's devices pinned (the vault's
@@ -142,16 +142,16 @@
 //! ## Sharing with apps ([`app`], [`grant`], [`session`])
 //! An app has its own identity: an ed25519 signing key and an HPKE (X25519) key in an
 //! app keystore file (same protection as the patient's), published as a signed **app
-//! card**. [`Vault::grant`] seals the keys of every epoch of the granted scopes, and
+//! card**. [`crate::share::grant`] seals the keys of every epoch of the granted scopes, and
 //! their slot ids, to the app's HPKE key, signed by the patient, into a blob that a
 //! **per-grant slot** (owned by the patient; its seed is in the root) points at; the
 //! root lists the grants ([`format::GrantRecord`], root format 2). The app opens it with
 //! [`AppSession`] and the library alone: it follows the scope slots to the manifests
 //! and can decrypt nothing else — enforcement is cryptographic, no server decides.
-//! [`Vault::grants`] lists grants (with their SMART v2 scope equivalents,
+//! [`crate::share::grants()`] lists grants (with their SMART v2 scope equivalents,
 //! [`grant::smart_scopes`]) for a server facade to build on.
 //!
-//! **Revocation** ([`Vault::revoke`]) moves every affected scope to a new key epoch,
+//! **Revocation** ([`crate::share::revoke`]) moves every affected scope to a new key epoch,
 //! re-seals the manifests under it, re-seals the remaining grants covering those scopes
 //! with the new key, tombstones the grant slot and its channel, and writes everything afterwards under
 //! the new epoch; `reencrypt` also re-encrypts old versions under the new key and
@@ -185,7 +185,7 @@
 //! whole clinical scope — and immunizations) with purpose `ETREAT`, plus a policy slot
 //! and an access log the holder signs. [`emergency::EmergencyAccess::open`] logs each
 //! use (AuditEvent with `ETREAT` and the `BTG` label) before opening the grant; `ehi
-//! status` shows "emergency access on <date> by <who>" until `ehi emergency ack`.
+//! status` shows `"emergency access on <date> by <who>"` until `ehi emergency ack`.
 //! Logging is done by the holder's software: cryptography cannot force a holder that
 //! has the keys to log. The policy is keyed per root key generation and re-published
 //! when a device is removed; the access log is not (its key is in the holder's ticket).
@@ -195,7 +195,7 @@
 //! secret, expiry, slots server); the joining device answers with its HPKE key through
 //! that slot, sealed with a key derived from the code, and receives the patient's keys
 //! HPKE-sealed to it. Codes are refused when wrong, expired or spent.
-//! [`Vault::remove_device`] rotates the root key and every scope key so the removed
+//! [`crate::share::remove_device`] rotates the root key and every scope key so the removed
 //! device cannot open anything written afterwards (it keeps the signing key: it could
 //! still move the vault's slots, which only a new vault slot would end).
 //! [`Vault::watch`] follows the vault slot's watch stream and refreshes on each move.
@@ -204,7 +204,7 @@
 //! An app sends a **consent request** (its signed card, scopes, access, a v3
 //! PurposeOfUse code, a period, a note) HPKE-sealed to the patient's **inbox** (an open
 //! slot named by a shared inbox card, or found by a name on the names server); `ehi
-//! requests` lists them, `ehi approve` makes the grant ([`Vault::grant`]) and `ehi
+//! requests` lists them, `ehi approve` makes the grant ([`crate::share::grant`]) and `ehi
 //! deny` refuses — either way the decision is kept as a FHIR R4 `Consent` in the
 //! vault, recorded in the root, logged, and posted, signed by the patient and sealed
 //! to the app, to the app's reply slot ([`consent::poll`]). Approving is idempotent:
@@ -217,7 +217,7 @@
 //! Nothing enters the vault until the patient accepts (`ehi inbox`, `ehi accept`,
 //! `ehi reject`): accepted resources are imported with a FHIR R4 `Provenance`; a
 //! read-only grant, a wrong signer or a resource outside the grant's scopes is refused
-//! by the device. [`Vault::merge_app_audit`] verifies the apps' chains and logs them
+//! by the device. [`crate::share::merge_app_audit`] verifies the apps' chains and logs them
 //! (`app-read`), which gives `ehi grants` its "last use".
 //!
 //! ## Search
@@ -255,6 +255,7 @@ pub mod seal;
 mod search;
 pub mod serve;
 pub mod session;
+pub mod share;
 mod slotmove;
 mod snapshot;
 pub mod time;
@@ -270,8 +271,10 @@ pub use keystore::{KdfParams, Keystore, RecoveryCode};
 pub use network::Network;
 pub use scope::Scope;
 pub use session::AppSession;
+pub use share::{
+    ConsentOutcome, ConsentRequestInfo, ContributionInfo, MergeReport, RemoveReport, RequestList,
+};
 pub use vault::{
-    ConsentOutcome, ConsentRequestInfo, ContributionInfo, HistoryEntry, ImportReport, MergeReport,
-    Placement, Progress, ProgressFn, RemoveReport, RequestList, RevokeReport, SearchHits, Stage,
+    HistoryEntry, ImportReport, Placement, Progress, ProgressFn, RevokeReport, SearchHits, Stage,
     Status, Vault, VaultOptions, tombstone_address,
 };

@@ -30,7 +30,6 @@
 //! crash, a lost race) are caught up at the next open or commit.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -62,24 +61,41 @@ use crate::time::{instant, now_ms};
 mod audit_log;
 mod commit;
 mod import;
+mod keyring;
 mod load;
 mod read;
-pub(crate) use load::{fetch_object, fetch_resource};
-mod devices;
-use commit::{Plan, RootChange};
-mod sharing;
-use devices::RootKeys;
-pub use devices::{DeviceRemoval, WatchEvent};
-pub use sharing::RevokeReport;
-// Consent requests, and the grant channels (contributions, apps' own audit chains).
-mod channels;
-mod removal;
-mod requests;
 mod rollback;
-pub use channels::{ContributionInfo, MergeReport};
-pub use requests::{
-    ApproveStep, ConsentOutcome, ConsentRequestInfo, RequestList, UnreadableRequest,
-};
+mod rotation;
+use commit::{Plan, RootChange};
+use keyring::RootKeys;
+pub use keyring::WatchEvent;
+pub(crate) use load::{fetch_object, fetch_resource};
+pub use rotation::RevokeReport;
+
+/// The vault's crate-internal API, for the features built on it ([`crate::share`]): the
+/// handle's state, the one commit primitive and what a change of the root is made of,
+/// key rotation, and the formats and helpers those changes use.
+pub(crate) mod prelude {
+    pub(crate) use std::path::Path;
+
+    pub(crate) use invariant_spec::Id;
+    pub(crate) use invariant_spec::slots::SlotSigner;
+    pub(crate) use serde_json::Value;
+
+    pub(crate) use super::commit::{Plan, RootChange, decided};
+    pub(crate) use super::rotation::{
+        RevokeReport, find_grant, new_scope_epoch, seal_epoch_manifest,
+    };
+    pub(crate) use super::{State, Vault};
+    pub(crate) use crate::audit::{AuditAction, AuditRecord};
+    pub(crate) use crate::error::{EhiError, Result};
+    pub(crate) use crate::format::{DeviceRecord, VaultRoot};
+    pub(crate) use crate::keys::{SecretKey, random_bytes};
+    pub(crate) use crate::scope::Scope;
+    pub(crate) use crate::seal::Blob;
+    pub(crate) use crate::slotmove::{TOMBSTONE, tombstone_address};
+    pub(crate) use crate::time::{instant, now_ms};
+}
 
 pub use crate::slotmove::{TOMBSTONE, tombstone_address};
 
@@ -232,27 +248,6 @@ pub struct Status {
     pub distributor: bool,
 }
 
-/// What a removal did.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct RemoveReport {
-    /// Blocks the vault referenced, and those its devices pinned beside the root
-    /// (channel headers, emergency policy and device keyring blobs, an inbox card).
-    pub blocks: usize,
-    /// Pins removed at the distributor.
-    pub unpinned: usize,
-    /// Whether a distributor was present.
-    pub distributor: bool,
-    /// When the distributor deletes the unpinned blocks from the storage servers
-    /// (`None`: no distributor, or it does not collect). Until then they stay on disk
-    /// as ciphertext nobody can decrypt without the destroyed keys.
-    pub collection: Option<crate::network::Collection>,
-    /// Whether the keystore file was overwritten and removed.
-    pub keystore_destroyed: bool,
-    /// Remarks (slots that could not be tombstoned or read, ...).
-    pub notes: Vec<String>,
-}
-
 /// A scope as loaded on this device.
 #[derive(Clone, Debug)]
 struct Loaded {
@@ -262,10 +257,10 @@ struct Loaded {
 
 /// The vault as last read or written by this handle.
 #[derive(Debug)]
-struct State {
+pub(crate) struct State {
     root_head: Id,
     root_blocks: Vec<Id>,
-    root: VaultRoot,
+    pub(crate) root: VaultRoot,
     scopes: BTreeMap<Scope, Loaded>,
     /// Addresses of every audit entry, oldest first (walked from `root.audit_head`
     /// on demand; complete for the head in `audit_for`).
@@ -355,18 +350,18 @@ impl State {
 /// A handle on an open vault. Cheap operations lock the in-memory state briefly; imports
 /// hold it for their whole commit, so one handle commits one import at a time.
 pub struct Vault {
-    net: Network,
-    slot: Id,
+    pub(crate) net: Network,
+    pub(crate) slot: Id,
     signer: SlotSigner,
     /// The patient's ed25519 key (signs grants).
-    signing: ed25519_dalek::SigningKey,
+    pub(crate) signing: ed25519_dalek::SigningKey,
     root_key: SecretKey,
     /// This device's HPKE seed (opens the device keyring, see `vault/devices.rs`).
     hpke_seed: SecretKey,
     /// The emergency policy's keys of root key generation 0 (see [`crate::emergency`]).
     policy0: crate::keys::PolicyKeys,
     options: VaultOptions,
-    state: Mutex<State>,
+    pub(crate) state: Mutex<State>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -686,60 +681,6 @@ impl Vault {
             commit::decided(plan)
         })
         .await
-    }
-
-    /// Removes the vault: points the vault slot and every other slot of the vault
-    /// (scopes, grants, grant channels, consent inbox and reply slots, emergency policy
-    /// and log, device keyring; see `vault/removal.rs` for the open slots' limits) at
-    /// the public tombstone, unpins every block the patient's devices pinned, destroys
-    /// the keystore file when `keystore_file` is given, and drops (wipes) the keys held
-    /// by this handle. The ciphertext stays on the storage servers until the
-    /// distributor collects the unpinned blocks ([`RemoveReport::collection`] says
-    /// when); without the keys it cannot be decrypted (see the crate docs for what
-    /// copies of the keystore mean).
-    pub async fn remove(self, keystore_file: Option<&Path>) -> Result<RemoveReport> {
-        let mut notes = Vec::new();
-        let tombstone = Blob {
-            address: tombstone_address(),
-            bytes: bytes::Bytes::from_static(TOMBSTONE),
-        };
-        self.net.put(&tombstone).await?;
-        let mut state = self.state.lock().await;
-        let blocks = self
-            .commit(&mut state, &mut (), |vault, state, ()| {
-                Box::pin(async move {
-                    if let Err(e) = vault.ensure_audit_blocks(state).await {
-                        tracing::warn!(error = %e, "walking the audit log");
-                    }
-                    Ok(Plan::Retire(state.all_blocks()))
-                })
-            })
-            .await?;
-        // Every other slot (scopes, grants, channels, inbox, replies, emergency policy
-        // and log, device keyring) and the blocks the root does not list: see
-        // `vault/removal.rs`.
-        let mut blocks = blocks;
-        blocks.extend(self.remove_the_rest(&state, &mut notes).await);
-        let unpinned = self.net.unpin(&blocks).await?;
-        let keystore_destroyed = match keystore_file {
-            Some(path) => {
-                crate::keystore::Keystore::destroy(path)?;
-                true
-            }
-            None => false,
-        };
-        let distributor = self.net.has_distributor();
-        let collection = self.net.collection().await;
-        drop(state);
-        drop(self);
-        Ok(RemoveReport {
-            blocks: blocks.len(),
-            unpinned,
-            distributor,
-            collection,
-            keystore_destroyed,
-            notes,
-        })
     }
 }
 

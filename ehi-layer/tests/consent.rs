@@ -9,6 +9,7 @@ mod common;
 use common::{PASSPHRASE, TestNet, input};
 use ehi_layer::consent::{self, ConsentAsk, Decision, InboxCard, RequestPayload};
 use ehi_layer::grant::GrantRequest;
+use ehi_layer::share;
 use ehi_layer::{Access, AppKeystore, AppSession, EhiError, Network, Scope, Vault};
 use serde_json::{Value, json};
 
@@ -43,8 +44,8 @@ async fn consent_of(vault: &Vault, id: &str) -> anyhow::Result<Value> {
 async fn request_approved_then_the_app_reads() -> anyhow::Result<()> {
     let (net, _dir, vault, _) = setup().await?;
     // Before an inbox exists the list is empty.
-    assert!(vault.requests().await?.pending.is_empty());
-    let card = vault.inbox_card().await?;
+    assert!(share::requests(&vault).await?.pending.is_empty());
+    let card = share::inbox_card(&vault).await?;
     // The card travels as JSON and verifies; a swapped HPKE key does not.
     let card = InboxCard::parse(card.to_json()?.as_bytes())?;
     assert_eq!(card.patient, vault.slot());
@@ -52,7 +53,7 @@ async fn request_approved_then_the_app_reads() -> anyhow::Result<()> {
     swapped.hpke_key = hex::encode([7u8; 32]);
     assert!(swapped.verify().is_err());
     // Asking again gives the same inbox.
-    assert_eq!(vault.inbox_card().await?.inbox, card.inbox);
+    assert_eq!(share::inbox_card(&vault).await?.inbox, card.inbox);
 
     let app = AppKeystore::generate("CardioClinic")?;
     let anet = app_net(&net, &card).await?;
@@ -73,7 +74,7 @@ async fn request_approved_then_the_app_reads() -> anyhow::Result<()> {
         Decision::Pending
     );
 
-    let list = vault.requests().await?;
+    let list = share::requests(&vault).await?;
     assert!(list.unreadable.is_empty(), "{:?}", list.unreadable);
     assert_eq!(list.pending.len(), 1);
     let request = &list.pending[0];
@@ -86,15 +87,15 @@ async fn request_approved_then_the_app_reads() -> anyhow::Result<()> {
 
     // Bad ids are refused with a message.
     assert!(matches!(
-        vault.approve_request("zz").await,
+        share::approve_request(&vault, "zz").await,
         Err(EhiError::InvalidArgument(_))
     ));
     assert!(matches!(
-        vault.approve_request("0000000000").await,
+        share::approve_request(&vault, "0000000000").await,
         Err(EhiError::NotFound(_))
     ));
 
-    let outcome = vault.approve_request(&pending.id[..12]).await?;
+    let outcome = share::approve_request(&vault, &pending.id[..12]).await?;
     let (info, _) = outcome
         .grant
         .clone()
@@ -102,9 +103,9 @@ async fn request_approved_then_the_app_reads() -> anyhow::Result<()> {
     assert_eq!(info.app_name, "CardioClinic");
     assert_eq!(info.scopes, [Scope::Medications]);
     assert_eq!(info.purpose, "TREAT");
-    assert!(vault.requests().await?.pending.is_empty());
+    assert!(share::requests(&vault).await?.pending.is_empty());
     assert!(matches!(
-        vault.approve_request(&pending.id).await,
+        share::approve_request(&vault, &pending.id).await,
         Err(EhiError::InvalidArgument(m)) if m.contains("already approved")
     ));
 
@@ -177,7 +178,7 @@ async fn request_approved_then_the_app_reads() -> anyhow::Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn request_denied_the_app_learns_it_and_gets_nothing() -> anyhow::Result<()> {
     let (net, _dir, vault, _) = setup().await?;
-    let card = vault.inbox_card().await?;
+    let card = share::inbox_card(&vault).await?;
     let app = AppKeystore::generate("AdBroker")?;
     let anet = app_net(&net, &card).await?;
     let pending = consent::send_request(
@@ -187,9 +188,9 @@ async fn request_denied_the_app_learns_it_and_gets_nothing() -> anyhow::Result<(
         &ask(&[Scope::Clinical], Access::Read, "HMARKT", "ads"),
     )
     .await?;
-    let outcome = vault.deny_request(&pending.id, "no thanks").await?;
+    let outcome = share::deny_request(&vault, &pending.id, "no thanks").await?;
     assert!(outcome.grant.is_none());
-    assert!(vault.grants().await.is_empty());
+    assert!(share::grants(&vault).await.is_empty());
     let decision = consent::poll(&anet, &app, &pending).await?;
     assert_eq!(
         decision,
@@ -202,9 +203,9 @@ async fn request_denied_the_app_learns_it_and_gets_nothing() -> anyhow::Result<(
     assert_eq!(consent["status"], "rejected");
     assert_eq!(consent["provision"]["type"], "deny");
     assert_eq!(consent["provision"]["purpose"][0]["code"], "HMARKT");
-    assert!(vault.requests().await?.pending.is_empty());
+    assert!(share::requests(&vault).await?.pending.is_empty());
     assert!(matches!(
-        vault.approve_request(&pending.id).await,
+        share::approve_request(&vault, &pending.id).await,
         Err(EhiError::InvalidArgument(m)) if m.contains("already denied")
     ));
     net.stop().await;
@@ -214,7 +215,7 @@ async fn request_denied_the_app_learns_it_and_gets_nothing() -> anyhow::Result<(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tampered_and_forged_requests_are_refused() -> anyhow::Result<()> {
     let (net, _dir, vault, _) = setup().await?;
-    let card = vault.inbox_card().await?;
+    let card = share::inbox_card(&vault).await?;
     let app = AppKeystore::generate("Honest")?;
     let thief = AppKeystore::generate("Thief")?;
     let anet = app_net(&net, &card).await?;
@@ -241,7 +242,7 @@ async fn tampered_and_forged_requests_are_refused() -> anyhow::Result<()> {
     // Garbage.
     let junk = consent::post_sealed_request(&anet, &card, b"EHQ\x01junk".to_vec()).await?;
 
-    let list = vault.requests().await?;
+    let list = share::requests(&vault).await?;
     assert!(list.pending.is_empty(), "{:?}", list.pending);
     let reason = |address: &invariant_spec::Id| {
         let id = consent::request_id(address);
@@ -268,8 +269,7 @@ async fn tampered_and_forged_requests_are_refused() -> anyhow::Result<()> {
     );
     assert!(!reason(&junk).is_empty());
     // Approving one gives the same clear error, and grants nothing.
-    let err = vault
-        .approve_request(&consent::request_id(&forged))
+    let err = share::approve_request(&vault, &consent::request_id(&forged))
         .await
         .expect_err("forged request approved");
     assert!(matches!(err, EhiError::Corrupt { .. }), "{err}");
@@ -277,12 +277,11 @@ async fn tampered_and_forged_requests_are_refused() -> anyhow::Result<()> {
         err.to_string().contains("signature does not verify"),
         "{err}"
     );
-    let err = vault
-        .approve_request(&consent::request_id(&flipped))
+    let err = share::approve_request(&vault, &consent::request_id(&flipped))
         .await
         .expect_err("tampered request approved");
     assert!(err.to_string().contains("does not open"), "{err}");
-    assert!(vault.grants().await.is_empty());
+    assert!(share::grants(&vault).await.is_empty());
     // Invalid asks are refused on the app's side already.
     assert!(
         RequestPayload::new(
@@ -308,16 +307,18 @@ async fn grant(
     app: &AppKeystore,
     access: Access,
 ) -> anyhow::Result<ehi_layer::GrantTicket> {
-    let (info, ticket) = vault
-        .grant(GrantRequest {
+    let (info, ticket) = share::grant(
+        vault,
+        GrantRequest {
             app: app.card().verify()?,
             scopes: vec![Scope::Medications],
             access,
             duration_ms: DAY_MS,
             purpose: "TREAT".into(),
-        })
-        .await?;
-    vault.publish_channel(&info.id).await?;
+        },
+    )
+    .await?;
+    share::publish_channel(vault, &info.id).await?;
     Ok(ticket)
 }
 
@@ -346,7 +347,7 @@ async fn contribution_accepted_with_provenance_rejected_not() -> anyhow::Result<
         vault.read("MedicationRequest", "contributed-1").await,
         Err(EhiError::NotFound(_))
     ));
-    let inbox = vault.contributions().await?;
+    let inbox = share::contributions(&vault).await?;
     assert_eq!(inbox.len(), 1, "{inbox:?}");
     assert_eq!(inbox[0].id, id);
     assert_eq!(inbox[0].app_name, "Pharmacy Writer");
@@ -354,7 +355,7 @@ async fn contribution_accepted_with_provenance_rejected_not() -> anyhow::Result<
     assert_eq!(inbox[0].note, "refill");
     assert_eq!(inbox[0].refused, None);
 
-    vault.accept_contribution(&id).await?;
+    share::accept_contribution(&vault, &id).await?;
     let stored = vault.read("MedicationRequest", "contributed-1").await?;
     assert_eq!(
         stored["medicationCodeableConcept"]["coding"][0]["code"],
@@ -378,19 +379,19 @@ async fn contribution_accepted_with_provenance_rejected_not() -> anyhow::Result<
         app.card().signing_key
     );
     assert!(provenance["signature"][0]["data"].is_string());
-    assert!(vault.contributions().await?.is_empty());
-    assert!(vault.accept_contribution(&id).await.is_err());
+    assert!(share::contributions(&vault).await?.is_empty());
+    assert!(share::accept_contribution(&vault, &id).await.is_err());
 
     // A second one, rejected: never imported.
     let (id2, _) = s
         .contribute(&app, vec![medication("contributed-2", "1")], "")
         .await?;
-    vault.reject_contribution(&id2).await?;
+    share::reject_contribution(&vault, &id2).await?;
     assert!(matches!(
         vault.read("MedicationRequest", "contributed-2").await,
         Err(EhiError::NotFound(_))
     ));
-    assert!(vault.contributions().await?.is_empty());
+    assert!(share::contributions(&vault).await?.is_empty());
     // An update of an existing resource becomes a new version once accepted.
     let (id3, _) = s
         .contribute(
@@ -399,7 +400,7 @@ async fn contribution_accepted_with_provenance_rejected_not() -> anyhow::Result<
             "dose change",
         )
         .await?;
-    vault.accept_contribution(&id3).await?;
+    share::accept_contribution(&vault, &id3).await?;
     let history = vault.history("MedicationRequest", "contributed-1").await?;
     assert_eq!(history.len(), 2);
     let actions: Vec<String> = vault
@@ -434,7 +435,7 @@ async fn read_only_and_out_of_scope_contributions_are_refused() -> anyhow::Resul
     let (id, _) = s
         .contribute_unchecked(&reader, vec![medication("ro-1", "1")], "")
         .await?;
-    let inbox = vault.contributions().await?;
+    let inbox = share::contributions(&vault).await?;
     let refused = inbox
         .iter()
         .find(|c| c.id == id)
@@ -443,7 +444,9 @@ async fn read_only_and_out_of_scope_contributions_are_refused() -> anyhow::Resul
         refused.as_deref().is_some_and(|r| r.contains("read-only")),
         "{inbox:?}"
     );
-    let err = vault.accept_contribution(&id).await.expect_err("accepted");
+    let err = share::accept_contribution(&vault, &id)
+        .await
+        .expect_err("accepted");
     assert!(err.to_string().contains("read-only"), "{err}");
     assert!(vault.read("MedicationRequest", "ro-1").await.is_err());
 
@@ -454,12 +457,19 @@ async fn read_only_and_out_of_scope_contributions_are_refused() -> anyhow::Resul
     let observation = json!({"resourceType": "Observation", "id": "sneaky", "status": "final",
                              "code": {"text": "x"}});
     let (id, _) = w.contribute(&writer, vec![observation], "").await?;
-    let err = vault.accept_contribution(&id).await.expect_err("accepted");
+    let err = share::accept_contribution(&vault, &id)
+        .await
+        .expect_err("accepted");
     assert!(err.to_string().contains("does not cover"), "{err}");
     assert!(vault.read("Observation", "sneaky").await.is_err());
     // Rejecting a refused contribution clears it.
-    vault.reject_contribution(&id).await?;
-    assert!(vault.contributions().await?.iter().all(|c| c.id != id));
+    share::reject_contribution(&vault, &id).await?;
+    assert!(
+        share::contributions(&vault)
+            .await?
+            .iter()
+            .all(|c| c.id != id)
+    );
     // A contribution signed by another key (a thief who learned the channel), and one
     // with a byte flipped on the way: listed as refused with the reason, never imported.
     let thief = AppKeystore::generate("Thief")?;
@@ -474,7 +484,7 @@ async fn read_only_and_out_of_scope_contributions_are_refused() -> anyhow::Resul
             Some(300),
         )
         .await?;
-    let inbox = vault.contributions().await?;
+    let inbox = share::contributions(&vault).await?;
     let reason = |id: &str| {
         inbox
             .iter()
@@ -487,16 +497,14 @@ async fn read_only_and_out_of_scope_contributions_are_refused() -> anyhow::Resul
         "{inbox:?}"
     );
     assert!(reason(&flipped).contains("does not open"), "{inbox:?}");
-    let err = vault
-        .accept_contribution(&forged)
+    let err = share::accept_contribution(&vault, &forged)
         .await
         .expect_err("forged accepted");
     assert!(
         err.to_string().contains("signature does not verify"),
         "{err}"
     );
-    let err = vault
-        .accept_contribution(&flipped)
+    let err = share::accept_contribution(&vault, &flipped)
         .await
         .expect_err("tampered accepted");
     assert!(err.to_string().contains("does not open"), "{err}");
@@ -506,8 +514,13 @@ async fn read_only_and_out_of_scope_contributions_are_refused() -> anyhow::Resul
     let (id, _) = w
         .contribute(&writer, vec![medication("late", "1")], "")
         .await?;
-    vault.revoke(&ticket.grant, false).await?;
-    assert!(vault.contributions().await?.iter().all(|c| c.id != id));
+    share::revoke(&vault, &ticket.grant, false).await?;
+    assert!(
+        share::contributions(&vault)
+            .await?
+            .iter()
+            .all(|c| c.id != id)
+    );
     // Its channel was moved to the tombstone at revocation.
     let grant_id: [u8; 16] = hex::decode(&ticket.grant)?
         .try_into()
@@ -527,7 +540,7 @@ async fn app_audit_chains_are_merged_and_give_last_use() -> anyhow::Result<()> {
     let (net, _dir, vault, _) = setup().await?;
     let app = AppKeystore::generate("Reporting App")?;
     let ticket = grant(&vault, &app, Access::Read).await?;
-    assert_eq!(vault.grants().await[0].last_use_ms, None);
+    assert_eq!(share::grants(&vault).await[0].last_use_ms, None);
     let s = session(&net, &app, &ticket).await?;
     let first = s
         .report_use(&app, "read", &["MedicationRequest/a".to_string()])
@@ -545,10 +558,10 @@ async fn app_audit_chains_are_merged_and_give_last_use() -> anyhow::Result<()> {
     assert_eq!(second.seq, 1);
     assert_eq!(second.prev_hash, first.hash());
 
-    let report = vault.merge_app_audit().await?;
+    let report = share::merge_app_audit(&vault).await?;
     assert_eq!(report.merged, 2, "{report:?}");
     assert!(report.broken.is_empty());
-    let grants = vault.grants().await;
+    let grants = share::grants(&vault).await;
     assert!(grants[0].last_use_ms.is_some_and(|t| t > 0));
     let entries = vault.audit_entries().await?;
     let merged: Vec<_> = entries
@@ -561,12 +574,12 @@ async fn app_audit_chains_are_merged_and_give_last_use() -> anyhow::Result<()> {
     assert!(merged[0].event.contains(&hex::encode(second.hash())));
     vault.audit_verify().await?;
     // Nothing new: nothing merged; a third report continues.
-    assert_eq!(vault.merge_app_audit().await?.merged, 0);
+    assert_eq!(share::merge_app_audit(&vault).await?.merged, 0);
     let third = s
         .report_use(&app, "read", &["MedicationRequest/b".into()])
         .await?;
     assert_eq!(third.seq, 2);
-    assert_eq!(vault.merge_app_audit().await?.merged, 1);
+    assert_eq!(share::merge_app_audit(&vault).await?.merged, 1);
     net.stop().await;
     Ok(())
 }
@@ -636,19 +649,19 @@ async fn an_app_finds_the_inbox_by_name() -> anyhow::Result<()> {
     net.start_names().await?;
     let dir = tempfile::tempdir()?;
     let (_keystore, _path, vault) = net.new_vault(&dir.path().join("device")).await?;
-    let (card, name) = vault.publish_inbox_name("zq-inbox-7").await?;
+    let (card, name) = share::publish_inbox_name(&vault, "zq-inbox-7").await?;
     assert_eq!(name, "zq-inbox-7.local");
     // Publishing again is fine; a bad name is refused with the reason.
-    vault.publish_inbox_name("zq-inbox-7").await?;
+    share::publish_inbox_name(&vault, "zq-inbox-7").await?;
     assert!(matches!(
-        vault.publish_inbox_name("not a name!").await,
+        share::publish_inbox_name(&vault, "not a name!").await,
         Err(EhiError::InvalidArgument(m)) if m.contains("inbox name")
     ));
     // Another patient cannot take the name over.
     let other_dir = tempfile::tempdir()?;
     let (_k, _p, other) = net.new_vault(other_dir.path()).await?;
     assert!(matches!(
-        other.publish_inbox_name("zq-inbox-7").await,
+        share::publish_inbox_name(&other, "zq-inbox-7").await,
         Err(EhiError::InvalidArgument(m)) if m.contains("taken")
     ));
 
@@ -668,16 +681,16 @@ async fn an_app_finds_the_inbox_by_name() -> anyhow::Result<()> {
         &ask(&[Scope::Immunizations], Access::Read, "PUBHLTH", ""),
     )
     .await?;
-    assert_eq!(vault.requests().await?.pending[0].id, pending.id);
+    assert_eq!(share::requests(&vault).await?.pending[0].id, pending.id);
     net.stop().await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn approving_again_after_a_crash_makes_no_second_grant() -> anyhow::Result<()> {
-    use ehi_layer::vault::ApproveStep;
+    use ehi_layer::share::ApproveStep;
     let (net, _dir, vault, _) = setup().await?;
-    let card = vault.inbox_card().await?;
+    let card = share::inbox_card(&vault).await?;
     let app = AppKeystore::generate("CardioClinic")?;
     let anet = app_net(&net, &card).await?;
     let asked = ask(&[Scope::Medications], Access::Read, "TREAT", "");
@@ -699,9 +712,9 @@ async fn approving_again_after_a_crash_makes_no_second_grant() -> anyhow::Result
     .enumerate()
     {
         let pending = consent::send_request(&anet, &app, &card, &asked).await?;
-        let first = vault.approve_request_until(&pending.id, step).await?;
+        let first = share::approve_request_until(&vault, &pending.id, step).await?;
         let (first_grant, _) = first.grant.clone().expect("a grant");
-        assert_eq!(vault.grants().await.len(), n + 1, "{step:?}");
+        assert_eq!(share::grants(&vault).await.len(), n + 1, "{step:?}");
         assert_eq!(
             consent::poll(&anet, &app, &pending).await?,
             Decision::Pending,
@@ -710,20 +723,19 @@ async fn approving_again_after_a_crash_makes_no_second_grant() -> anyhow::Result
         if step == ApproveStep::Record {
             // Recorded as decided: approving again is refused, but the decision that
             // was never posted is delivered.
-            assert!(vault.requests().await?.pending.is_empty());
-            let err = vault
-                .approve_request(&pending.id)
+            assert!(share::requests(&vault).await?.pending.is_empty());
+            let err = share::approve_request(&vault, &pending.id)
                 .await
                 .expect_err("decided twice");
             assert!(err.to_string().contains("already approved"), "{err}");
         } else {
-            assert_eq!(vault.requests().await?.pending.len(), 1, "{step:?}");
-            let second = vault.approve_request(&pending.id).await?;
+            assert_eq!(share::requests(&vault).await?.pending.len(), 1, "{step:?}");
+            let second = share::approve_request(&vault, &pending.id).await?;
             let (second_grant, _) = second.grant.expect("a grant");
             assert_eq!(second_grant.id, first_grant.id, "{step:?}");
         }
         // Exactly one grant for this request, one Consent version, one grant entry.
-        let grants = vault.grants().await;
+        let grants = share::grants(&vault).await;
         assert_eq!(grants.len(), n + 1, "{step:?}: {grants:?}");
         assert_eq!(grants.iter().filter(|g| g.id == first_grant.id).count(), 1);
         assert_eq!(
@@ -743,19 +755,17 @@ async fn approving_again_after_a_crash_makes_no_second_grant() -> anyhow::Result
         assert_eq!(ticket.grant, first_grant.id);
         let mut session = AppSession::open(anet.clone(), &app, &ticket).await?;
         assert!(session.search("MedicationRequest", "").await?.total >= 1);
-        assert!(vault.requests().await?.pending.is_empty());
+        assert!(share::requests(&vault).await?.pending.is_empty());
     }
 
     // An approval interrupted after its grant, then denied: the grant is revoked and
     // the app learns the refusal.
     let pending = consent::send_request(&anet, &app, &card, &asked).await?;
-    let first = vault
-        .approve_request_until(&pending.id, ApproveStep::Grant)
-        .await?;
+    let first = share::approve_request_until(&vault, &pending.id, ApproveStep::Grant).await?;
     let (grant, ticket) = first.grant.expect("a grant");
-    assert_eq!(vault.grants().await.len(), 4);
-    vault.deny_request(&pending.id, "changed my mind").await?;
-    assert!(vault.grants().await.iter().all(|g| g.id != grant.id));
+    assert_eq!(share::grants(&vault).await.len(), 4);
+    share::deny_request(&vault, &pending.id, "changed my mind").await?;
+    assert!(share::grants(&vault).await.iter().all(|g| g.id != grant.id));
     assert!(AppSession::open(anet.clone(), &app, &ticket).await.is_err());
     assert!(matches!(
         consent::poll(&anet, &app, &pending).await?,
@@ -769,21 +779,18 @@ async fn approving_again_after_a_crash_makes_no_second_grant() -> anyhow::Result
     // An approval interrupted after the channel, whose grant is then revoked: approving
     // again is refused (the derived grant id and its channel are spent); denying works.
     let pending = consent::send_request(&anet, &app, &card, &asked).await?;
-    let first = vault
-        .approve_request_until(&pending.id, ApproveStep::Channel)
-        .await?;
+    let first = share::approve_request_until(&vault, &pending.id, ApproveStep::Channel).await?;
     let (grant, _) = first.grant.expect("a grant");
-    vault.revoke(&grant.id, false).await?;
-    let err = vault
-        .approve_request(&pending.id)
+    share::revoke(&vault, &grant.id, false).await?;
+    let err = share::approve_request(&vault, &pending.id)
         .await
         .expect_err("approved with a spent grant id");
     assert!(
         matches!(err, EhiError::InvalidArgument(ref m) if m.contains("revoked")),
         "{err}"
     );
-    assert!(vault.grants().await.iter().all(|g| g.id != grant.id));
-    vault.deny_request(&pending.id, "").await?;
+    assert!(share::grants(&vault).await.iter().all(|g| g.id != grant.id));
+    share::deny_request(&vault, &pending.id, "").await?;
     assert!(matches!(
         consent::poll(&anet, &app, &pending).await?,
         Decision::Denied { .. }

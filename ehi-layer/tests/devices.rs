@@ -4,6 +4,7 @@
 
 mod common;
 
+use ehi_layer::share;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,8 +32,11 @@ async fn invite_pairing_is_one_time_and_short_lived() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let (keystore, _path, vault) = net.new_patient_vault(dir.path()).await?;
     let vault = Arc::new(vault);
-    assert_eq!(vault.devices().await.len(), 1);
-    assert_eq!(vault.devices().await[0].id, device::this_device(&keystore));
+    assert_eq!(share::devices(&vault).await.len(), 1);
+    assert_eq!(
+        share::devices(&vault).await[0].id,
+        device::this_device(&keystore)
+    );
 
     let invite = Invite::create(&vault, Duration::from_secs(60)).await?;
     let code = invite.code();
@@ -65,7 +69,11 @@ async fn invite_pairing_is_one_time_and_short_lived() -> anyhow::Result<()> {
     assert_eq!(joined.vault_slot(), keystore.vault_slot());
     assert_ne!(joined.hpke_public(), keystore.hpke_public());
     assert_eq!(added.id, device::this_device(&joined));
-    let ids: Vec<String> = vault.devices().await.into_iter().map(|d| d.id).collect();
+    let ids: Vec<String> = share::devices(&vault)
+        .await
+        .into_iter()
+        .map(|d| d.id)
+        .collect();
     assert_eq!(ids.len(), 2);
     assert!(ids.contains(&added.id));
     // The joined keystore opens the vault and reads the data.
@@ -87,7 +95,7 @@ async fn invite_pairing_is_one_time_and_short_lived() -> anyhow::Result<()> {
         .expect_err("reused code");
     assert!(matches!(err, EhiError::Invite(_)), "{err}");
     assert!(err.to_string().contains("already used"), "{err}");
-    assert_eq!(vault.devices().await.len(), 2);
+    assert_eq!(share::devices(&vault).await.len(), 2);
 
     // An expired code: refused by the joiner, and the inviter gives up.
     let short = Invite::create(&vault, Duration::from_secs(1)).await?;
@@ -105,7 +113,7 @@ async fn invite_pairing_is_one_time_and_short_lived() -> anyhow::Result<()> {
     assert!(err.to_string().contains("expired"), "{err}");
     let err = inviter.await?.expect_err("nobody joined");
     assert!(err.to_string().contains("expired"), "{err}");
-    assert_eq!(vault.devices().await.len(), 2);
+    assert_eq!(share::devices(&vault).await.len(), 2);
     // Lifetimes out of range are refused.
     assert!(
         Invite::create(&vault, Duration::from_secs(7200))
@@ -219,7 +227,7 @@ async fn removing_a_device_rotates_every_scope_key() -> anyhow::Result<()> {
 
     // Unknown ids and the last device are refused.
     assert!(matches!(
-        vault.remove_device("0123456789abcdef").await,
+        share::remove_device(&vault, "0123456789abcdef").await,
         Err(EhiError::NotFound(_))
     ));
     // Before: the joined device's own keys open the root as it is stored.
@@ -227,17 +235,17 @@ async fn removing_a_device_rotates_every_scope_key() -> anyhow::Result<()> {
     assert!(device::opens_root(&joined, &old_root));
     assert_eq!(ehi_layer::seal::epoch_of(&old_root), Some(0));
 
-    let removal = vault.remove_device(&id).await?;
+    let removal = share::remove_device(&vault, &id).await?;
     assert_eq!(removal.rotated.len(), 8);
     assert_eq!(removal.root_generation, 1);
-    assert_eq!(vault.devices().await.len(), 1);
+    assert_eq!(share::devices(&vault).await.len(), 1);
     let after = vault.status().await?;
     for (old, new) in before.scopes.iter().zip(&after.scopes) {
         assert_eq!(new.epoch, old.epoch + 1, "scope {}", old.scope);
     }
-    let only = vault.devices().await[0].id.clone();
+    let only = share::devices(&vault).await[0].id.clone();
     assert!(matches!(
-        vault.remove_device(&only).await,
+        share::remove_device(&vault, &only).await,
         Err(EhiError::InvalidArgument(_))
     ));
     // New data is written under the new epochs; the vault still reads everything.
@@ -281,7 +289,7 @@ async fn removing_a_device_rotates_every_scope_key() -> anyhow::Result<()> {
     let (third, _) = pair(&net, &vault, &keystore).await?;
     let on_third = Vault::open(net.connect(Some(&third)).await?, &third).await?;
     on_third.read("Observation", "after-removal").await?;
-    assert_eq!(vault.devices().await.len(), 2);
+    assert_eq!(share::devices(&vault).await.len(), 2);
     Ok(())
 }
 
@@ -328,7 +336,7 @@ async fn removing_a_device_re_keys_the_emergency_policy() -> anyhow::Result<()> 
         &blob_bytes(&net, &old_address)?
     ));
 
-    let removal = vault.remove_device(&id).await?;
+    let removal = share::remove_device(&vault, &id).await?;
     assert!(removal.emergency_rekeyed);
     // After: a new slot and a new blob, keyed from generation 1; the removed device's
     // keys (and the generation-0 keys of anyone) do not open the bytes it can fetch,

@@ -7,6 +7,7 @@ mod common;
 use common::TestNet;
 use ehi_layer::audit::is_emergency;
 use ehi_layer::emergency::{self, EmergencyAccess, EmergencyTicket};
+use ehi_layer::share;
 use ehi_layer::{AppKeystore, EhiError, Network, Scope};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -35,7 +36,7 @@ async fn break_glass_is_logged_flagged_and_surfaced_until_acknowledged() -> anyh
             Scope::Allergies
         ]
     );
-    let grants = vault.grants().await;
+    let grants = share::grants(&vault).await;
     assert_eq!(grants.len(), 1);
     assert_eq!(grants[0].purpose, "ETREAT");
 
@@ -119,7 +120,7 @@ async fn break_glass_is_logged_flagged_and_surfaced_until_acknowledged() -> anyh
     // Clearing the policy revokes the grant: the holder can no longer open it.
     assert!(emergency::clear_policy(&vault, &keystore).await?);
     assert!(emergency::policy(&vault, &keystore).await?.is_none());
-    assert!(vault.grants().await.is_empty());
+    assert!(share::grants(&vault).await.is_empty());
     let err = EmergencyAccess::open(holder_net, &holder, &ticket, "after clear")
         .await
         .expect_err("revoked");
@@ -150,7 +151,7 @@ async fn replacing_the_policy_cuts_off_the_old_holder() -> anyhow::Result<()> {
         vec![Scope::Allergies],
     )
     .await?;
-    assert_eq!(vault.grants().await.len(), 1);
+    assert_eq!(share::grants(&vault).await.len(), 1);
     let holder_net = Network::connect(&net.broker_url, None).await?;
     // The first holder's grant was revoked when the policy was replaced.
     assert!(

@@ -6,6 +6,7 @@
 
 mod common;
 
+use ehi_layer::share;
 use std::collections::HashSet;
 
 use common::{TestNet, input, needles, patient_bundle};
@@ -155,7 +156,7 @@ async fn servers_see_nothing_of_requests_contributions_and_app_audit() -> anyhow
     let net = TestNet::start(2, true).await?;
     let dir = tempfile::tempdir()?;
     let (_keystore, _path, vault) = net.new_patient_vault(&dir.path().join("device")).await?;
-    let card = vault.inbox_card().await?;
+    let card = share::inbox_card(&vault).await?;
     let anet = Network::connect(&net.broker_url, Some(card.slots_server)).await?;
 
     // Approved: contribute access to medications, purpose research.
@@ -173,7 +174,7 @@ async fn servers_see_nothing_of_requests_contributions_and_app_audit() -> anyhow
         },
     )
     .await?;
-    vault.approve_request(&pending.id).await?;
+    share::approve_request(&vault, &pending.id).await?;
     let Decision::Approved { ticket, .. } = consent::poll(&anet, &writer, &pending).await? else {
         anyhow::bail!("not approved");
     };
@@ -189,7 +190,7 @@ async fn servers_see_nothing_of_requests_contributions_and_app_audit() -> anyhow
             "Pendlewick dosage remark",
         )
         .await?;
-    vault.accept_contribution(&contribution).await?;
+    share::accept_contribution(&vault, &contribution).await?;
     session
         .report_use(
             &writer,
@@ -197,7 +198,7 @@ async fn servers_see_nothing_of_requests_contributions_and_app_audit() -> anyhow
             &["MedicationRequest/velvetrose-read-4411".into()],
         )
         .await?;
-    assert_eq!(vault.merge_app_audit().await?.merged, 1);
+    assert_eq!(share::merge_app_audit(&vault).await?.merged, 1);
 
     // Denied: another app, another purpose.
     let denied = AppKeystore::generate("Wobblesworth Marketing")?;
@@ -214,9 +215,7 @@ async fn servers_see_nothing_of_requests_contributions_and_app_audit() -> anyhow
         },
     )
     .await?;
-    vault
-        .deny_request(&pending.id, "Thornquist refusal")
-        .await?;
+    share::deny_request(&vault, &pending.id, "Thornquist refusal").await?;
     assert!(matches!(
         consent::poll(&anet, &denied, &pending).await?,
         Decision::Denied { .. }

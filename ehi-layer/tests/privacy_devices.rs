@@ -6,6 +6,7 @@
 
 mod common;
 
+use ehi_layer::share;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,7 +43,7 @@ async fn servers_see_no_emergency_policy_or_invite_contents() -> anyhow::Result<
     let joiner_net = Network::connect(&net.broker_url, None).await?;
     let joined = device::join(&joiner_net, &code).await?;
     let added = inviter.await??;
-    vault.remove_device(&added.id).await?;
+    share::remove_device(&vault, &added.id).await?;
     vault.audit_verify().await?;
 
     let secret_hex = code

@@ -8,6 +8,7 @@
 
 mod common;
 
+use ehi_layer::share;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -81,7 +82,7 @@ async fn removal_tombstones_every_slot_and_unpins_every_block_of_the_patient() -
     // emergency policy moved to root key generation 1).
     let (_second, _) = pair(&net, &vault, &keystore).await?;
     let (_third, third_id) = pair(&net, &vault, &keystore).await?;
-    let removal = vault.remove_device(&third_id).await?;
+    let removal = share::remove_device(&vault, &third_id).await?;
     assert!(removal.emergency_rekeyed);
     let (policy_slot1, _) = emergency::policy_location(&vault, &keystore)
         .await?
@@ -91,7 +92,7 @@ async fn removal_tombstones_every_slot_and_unpins_every_block_of_the_patient() -
 
     // The consent inbox: one request approved (a contribute grant with its channel and
     // a contribution waiting), one pending.
-    let card = vault.inbox_card().await?;
+    let card = share::inbox_card(&vault).await?;
     let app = AppKeystore::generate("CardioClinic")?;
     let other = AppKeystore::generate("Lab")?;
     let anet = Network::connect(&net.broker_url, Some(card.slots_server)).await?;
@@ -104,7 +105,7 @@ async fn removal_tombstones_every_slot_and_unpins_every_block_of_the_patient() -
     };
     let approved = consent::send_request(&anet, &app, &card, &ask(Access::Contribute)).await?;
     let waiting = consent::send_request(&anet, &other, &card, &ask(Access::Read)).await?;
-    let outcome = vault.approve_request(&approved.id).await?;
+    let outcome = share::approve_request(&vault, &approved.id).await?;
     let (info, ticket) = outcome.grant.ok_or_else(|| anyhow::anyhow!("no grant"))?;
     let session = AppSession::open(anet.clone(), &app, &ticket).await?;
     session
@@ -118,7 +119,7 @@ async fn removal_tombstones_every_slot_and_unpins_every_block_of_the_patient() -
             "refill",
         )
         .await?;
-    assert_eq!(vault.contributions().await?.len(), 1);
+    assert_eq!(share::contributions(&vault).await?.len(), 1);
     let grant_id: [u8; 16] = hex::decode(&info.id)?
         .try_into()
         .map_err(|_| anyhow::anyhow!("grant id"))?;
@@ -169,7 +170,7 @@ async fn removal_tombstones_every_slot_and_unpins_every_block_of_the_patient() -
         .map(|s| s.slot)
         .collect();
     let vault = Arc::try_unwrap(vault).map_err(|_| anyhow::anyhow!("vault still shared"))?;
-    let report = vault.remove(Some(&path)).await?;
+    let report = share::remove(vault, Some(&path)).await?;
     assert!(report.notes.is_empty(), "{:?}", report.notes);
 
     // Every slot the patient's devices write (or could reach) holds the tombstone.

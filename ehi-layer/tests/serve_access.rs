@@ -6,6 +6,7 @@
 
 mod common;
 
+use ehi_layer::share;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -571,7 +572,7 @@ async fn a_grant_revoked_on_another_device_is_refused_within_two_seconds() -> an
 
     // `ehi revoke` on another device: the revocation reaches the slots server when
     // `revoke` returns.
-    other.revoke(&meds.id, false).await?;
+    share::revoke(&other, &meds.id, false).await?;
     let revoked = Instant::now();
     for t in [&token, &oauth] {
         let limit = Duration::from_secs(2).saturating_sub(revoked.elapsed());
@@ -612,7 +613,7 @@ async fn a_removed_vault_is_answered_410_within_two_seconds() -> anyhow::Result<
 
     // `ehi delete --yes` on another handle.
     let other = Vault::open(net.connect(Some(&keystore)).await?, &keystore).await?;
-    other.remove(None).await?;
+    share::remove(other, None).await?;
     let removed = Instant::now();
     let (_, body) = time_until(
         &http,

@@ -5,6 +5,7 @@
 
 mod common;
 
+use ehi_layer::share;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -141,7 +142,7 @@ async fn grant_tokens_are_bound_to_their_grant_and_revocable() -> anyhow::Result
     assert!(key.mint_grant(&short, None, now_s(), 60).is_err());
 
     // The grant revoked: after the server's next refresh its tokens get 401.
-    vault.revoke(&meds.id, false).await?;
+    share::revoke(&vault, &meds.id, false).await?;
     server.refresh().await?;
     let (status, body) = get(&http, &format!("{base}/MedicationRequest"), &other).await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);

@@ -5,6 +5,7 @@ mod common;
 
 use common::{PASSPHRASE, TestNet, input};
 use ehi_layer::grant::GrantRequest;
+use ehi_layer::share;
 use ehi_layer::{Access, AppKeystore, AppSession, EhiError, GrantTicket, KdfParams, Scope, Vault};
 use serde_json::{Value, json};
 
@@ -51,15 +52,14 @@ async fn app_reads_only_granted_scopes() -> anyhow::Result<()> {
     AppKeystore::generate("MedTracker")?.save(&app_path, PASSPHRASE, KdfParams::insecure_fast())?;
     let app = AppKeystore::open(&app_path, PASSPHRASE)?;
 
-    let (info, ticket) = vault
-        .grant(request(&app, &[Scope::Medications], 30 * DAY_MS)?)
-        .await?;
+    let (info, ticket) =
+        share::grant(&vault, request(&app, &[Scope::Medications], 30 * DAY_MS)?).await?;
     assert_eq!(info.scopes, [Scope::Medications]);
     assert!(
         info.smart_scopes
             .contains(&"patient/MedicationRequest.rs".to_string())
     );
-    assert_eq!(vault.grants().await.len(), 1);
+    assert_eq!(share::grants(&vault).await.len(), 1);
     // The ticket travels as JSON.
     let ticket = GrantTicket::parse(&serde_json::to_vec(&ticket)?)?;
 
@@ -123,16 +123,16 @@ async fn revoke_rotates_and_remaining_grantees_keep_access() -> anyhow::Result<(
     let (net, _dir, vault) = setup().await?;
     let revoked_app = AppKeystore::generate("Revoked")?;
     let kept_app = AppKeystore::generate("Kept")?;
-    let (gone, gone_ticket) = vault
-        .grant(request(&revoked_app, &[Scope::Medications], DAY_MS)?)
-        .await?;
-    let (_, kept_ticket) = vault
-        .grant(request(
-            &kept_app,
-            &[Scope::Medications, Scope::Allergies],
-            DAY_MS,
-        )?)
-        .await?;
+    let (gone, gone_ticket) = share::grant(
+        &vault,
+        request(&revoked_app, &[Scope::Medications], DAY_MS)?,
+    )
+    .await?;
+    let (_, kept_ticket) = share::grant(
+        &vault,
+        request(&kept_app, &[Scope::Medications, Scope::Allergies], DAY_MS)?,
+    )
+    .await?;
     let mut stale = session(&net, &revoked_app, &gone_ticket).await?;
     let before = stale.list()?;
     let epoch_before = vault
@@ -143,10 +143,10 @@ async fn revoke_rotates_and_remaining_grantees_keep_access() -> anyhow::Result<(
         .find(|s| s.scope == Scope::Medications)
         .map(|s| s.epoch);
 
-    let report = vault.revoke(&gone.id, false).await?;
+    let report = share::revoke(&vault, &gone.id, false).await?;
     assert_eq!(report.rotated.len(), 1);
     assert_eq!(report.resealed.len(), 1);
-    assert_eq!(vault.grants().await.len(), 1);
+    assert_eq!(share::grants(&vault).await.len(), 1);
     let epoch_after = vault
         .status()
         .await?
@@ -196,14 +196,15 @@ async fn revoke_with_reencrypt_moves_old_blobs_to_the_new_key() -> anyhow::Resul
     let (net, _dir, vault) = setup().await?;
     let revoked_app = AppKeystore::generate("Revoked")?;
     let kept_app = AppKeystore::generate("Kept")?;
-    let (gone, gone_ticket) = vault
-        .grant(request(&revoked_app, &[Scope::Medications], DAY_MS)?)
-        .await?;
-    let (_, kept_ticket) = vault
-        .grant(request(&kept_app, &[Scope::Medications], DAY_MS)?)
-        .await?;
+    let (gone, gone_ticket) = share::grant(
+        &vault,
+        request(&revoked_app, &[Scope::Medications], DAY_MS)?,
+    )
+    .await?;
+    let (_, kept_ticket) =
+        share::grant(&vault, request(&kept_app, &[Scope::Medications], DAY_MS)?).await?;
     let blocks_before = vault.blocks().await;
-    let report = vault.revoke(&gone.id, true).await?;
+    let report = share::revoke(&vault, &gone.id, true).await?;
     assert!(report.reencrypted >= 1, "{report:?}");
     assert!(report.unpinned >= report.reencrypted);
     let blocks_after = vault.blocks().await;
@@ -236,11 +237,9 @@ async fn revoke_with_reencrypt_moves_old_blobs_to_the_new_key() -> anyhow::Resul
 async fn expired_grant_is_refused_and_rotated_at_next_write() -> anyhow::Result<()> {
     let (net, _dir, vault) = setup().await?;
     let app = AppKeystore::generate("Brief")?;
-    let (_, ticket) = vault
-        .grant(request(&app, &[Scope::Allergies], 300)?)
-        .await?;
+    let (_, ticket) = share::grant(&vault, request(&app, &[Scope::Allergies], 300)?).await?;
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
-    assert!(vault.grants().await[0].expired);
+    assert!(share::grants(&vault).await[0].expired);
     assert!(matches!(
         session(&net, &app, &ticket).await,
         Err(EhiError::GrantExpired { .. })
@@ -256,13 +255,17 @@ async fn expired_grant_is_refused_and_rotated_at_next_write() -> anyhow::Result<
     vault
         .import(vec![input("new.json", &medication_request("later", "1"))])
         .await?;
-    assert!(vault.grants().await.is_empty());
+    assert!(share::grants(&vault).await.is_empty());
     assert_ne!(before, epoch(&vault.status().await?));
     // Invalid requests are refused.
     let mut bad = request(&app, &[Scope::Allergies], DAY_MS)?;
     bad.purpose = "FUN".into();
-    assert!(vault.grant(bad).await.is_err());
-    assert!(vault.grant(request(&app, &[], DAY_MS)?).await.is_err());
+    assert!(share::grant(&vault, bad).await.is_err());
+    assert!(
+        share::grant(&vault, request(&app, &[], DAY_MS)?)
+            .await
+            .is_err()
+    );
     net.stop().await;
     Ok(())
 }
@@ -271,15 +274,13 @@ async fn expired_grant_is_refused_and_rotated_at_next_write() -> anyhow::Result<
 async fn servers_see_no_grant_contents() -> anyhow::Result<()> {
     let (net, _dir, vault) = setup().await?;
     let app = AppKeystore::generate("Quixotic Pharmacy Reader")?;
-    let (info, ticket) = vault
-        .grant(request(
-            &app,
-            &[Scope::Medications, Scope::Allergies],
-            DAY_MS,
-        )?)
-        .await?;
+    let (info, ticket) = share::grant(
+        &vault,
+        request(&app, &[Scope::Medications, Scope::Allergies], DAY_MS)?,
+    )
+    .await?;
     session(&net, &app, &ticket).await?;
-    vault.revoke(&info.id, false).await?;
+    share::revoke(&vault, &info.id, false).await?;
     assert!(vault.audit_verify().await? >= 3);
     let needles: Vec<Vec<u8>> = [
         "Quixotic Pharmacy Reader".to_string(),
@@ -323,10 +324,8 @@ async fn audit_log_chains_verifies_and_detects_tampering() -> anyhow::Result<()>
     use ehi_layer::audit::{AuditAction, AuditRecord, verify_chain};
     let (net, dir, vault) = setup().await?;
     let app = AppKeystore::generate("Auditor")?;
-    let (info, _) = vault
-        .grant(request(&app, &[Scope::Medications], DAY_MS)?)
-        .await?;
-    vault.revoke(&info.id, false).await?;
+    let (info, _) = share::grant(&vault, request(&app, &[Scope::Medications], DAY_MS)?).await?;
+    share::revoke(&vault, &info.id, false).await?;
     vault
         .audit(AuditRecord::new(AuditAction::Export, "bundle").with_entities(vec!["Bundle".into()]))
         .await?;

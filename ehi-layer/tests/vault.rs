@@ -7,6 +7,7 @@ mod common;
 use common::{
     PASSPHRASE, TestNet, distributor, input, patient_bundle, slots_client, without_timestamp,
 };
+use ehi_layer::share;
 use ehi_layer::{
     EhiError, ImportReport, Input, Keystore, KeystoreError, Vault, export, tombstone_address,
 };
@@ -466,7 +467,7 @@ async fn removal_leaves_a_tombstone_and_nothing_decryptable() -> anyhow::Result<
     let blocks = vault.blocks().await;
     assert!(distributor(&net).await?.status().await?.pinned > 0);
 
-    let report = vault.remove(Some(&path)).await?;
+    let report = share::remove(vault, Some(&path)).await?;
     assert!(report.keystore_destroyed && report.distributor);
     // The distributor's default collection: 24 h grace, a sweep every hour.
     let collection = report

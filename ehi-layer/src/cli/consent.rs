@@ -3,6 +3,7 @@
 
 use anyhow::bail;
 use ehi_layer::Vault;
+use ehi_layer::share;
 
 use super::args::{Command, RequestsCommand};
 use super::common::print_json;
@@ -20,16 +21,16 @@ pub(crate) async fn consent_command(
         } => {
             let card = match name {
                 Some(name) => {
-                    let (card, name) = vault.publish_inbox_name(&name).await?;
+                    let (card, name) = share::publish_inbox_name(vault, &name).await?;
                     eprintln!("apps find this inbox under the name {name}");
                     card
                 }
-                None => vault.inbox_card().await?,
+                None => share::inbox_card(vault).await?,
             };
             println!("{}", card.to_json()?);
         }
         Command::Requests { command: None } => {
-            let list = vault.requests().await?;
+            let list = share::requests(vault).await?;
             if table {
                 for r in &list.pending {
                     println!(
@@ -56,7 +57,7 @@ pub(crate) async fn consent_command(
             }
         }
         Command::Approve { id } => {
-            let outcome = vault.approve_request(&id).await?;
+            let outcome = share::approve_request(vault, &id).await?;
             eprintln!(
                 "approved request {} of {}: Consent/{} recorded, the app was told",
                 outcome.request, outcome.app_name, outcome.consent_id
@@ -67,17 +68,17 @@ pub(crate) async fn consent_command(
             }
         }
         Command::Deny { id, note } => {
-            let outcome = vault.deny_request(&id, &note).await?;
+            let outcome = share::deny_request(vault, &id, &note).await?;
             eprintln!(
                 "denied request {} of {}: Consent/{} recorded, the app was told",
                 outcome.request, outcome.app_name, outcome.consent_id
             );
         }
         Command::Inbox => {
-            if let Err(e) = vault.publish_channels().await {
+            if let Err(e) = share::publish_channels(vault).await {
                 eprintln!("warning: could not open the grant channels: {e}");
             }
-            let list = vault.contributions().await?;
+            let list = share::contributions(vault).await?;
             if table {
                 for c in &list {
                     match &c.refused {
@@ -96,7 +97,7 @@ pub(crate) async fn consent_command(
             }
         }
         Command::Accept { id } => {
-            let info = vault.accept_contribution(&id).await?;
+            let info = share::accept_contribution(vault, &id).await?;
             eprintln!(
                 "accepted {} resource(s) from {} with Provenance/contribution-{}",
                 info.resources.len(),
@@ -105,7 +106,7 @@ pub(crate) async fn consent_command(
             );
         }
         Command::Reject { id } => {
-            vault.reject_contribution(&id).await?;
+            share::reject_contribution(vault, &id).await?;
             eprintln!("rejected contribution {id}: nothing was imported");
         }
         other => bail!("unexpected command {other:?}"),

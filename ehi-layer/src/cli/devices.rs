@@ -1,6 +1,7 @@
 //! Devices and break-glass access: `ehi device invite|join|list|remove` and
 //! `ehi emergency set|show|ack|clear|open`.
 
+use ehi_layer::share;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -116,7 +117,7 @@ pub(crate) async fn device(
         }
         DeviceCommand::List => {
             let this = device::this_device(keystore);
-            let devices = vault.devices().await;
+            let devices = share::devices(vault).await;
             if table {
                 for d in &devices {
                     println!(
@@ -145,7 +146,7 @@ pub(crate) async fn device(
             {
                 bail!("that is this device; remove it from another one");
             }
-            let report = vault.remove_device(&id).await?;
+            let report = share::remove_device(vault, &id).await?;
             eprintln!(
                 "device {} removed: root key moved to generation {}, {} scope(s) to new key \
                  epochs, {} grant(s) re-sealed. It cannot open anything written from now on; \

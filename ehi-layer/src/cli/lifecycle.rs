@@ -2,6 +2,7 @@
 //! keystore backup|recover`), opening the vault for the other commands (with rollback
 //! detection), `ehi status`, `ehi watch` and `ehi delete`.
 
+use ehi_layer::share;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -185,7 +186,7 @@ pub(crate) async fn delete(
     }
     log_read(&vault, AuditAction::Remove, Vec::new()).await;
     let vault = Arc::into_inner(vault).context("the vault is still in use")?;
-    let report = vault.remove(Some(keystore_path)).await?;
+    let report = share::remove(vault, Some(keystore_path)).await?;
     eprintln!(
         "vault removed: slots point at the tombstone, {} of {} blocks unpinned{}, keystore {} destroyed.\n\
          the data cannot be decrypted from now on: every key is gone (crypto-shredded).\n\

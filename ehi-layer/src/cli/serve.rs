@@ -1,6 +1,7 @@
 //! The FHIR server and its tokens: `ehi serve` and `ehi token [<grant>|--patient|
 //! --scopes|revoke]`.
 
+use ehi_layer::share;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -20,7 +21,7 @@ pub(crate) async fn serve(
 ) -> anyhow::Result<()> {
     use ehi_layer::serve::{self, ServeOptions, TokenKey};
     let ttl = serve::token::parse_duration(token_expires).map_err(anyhow::Error::msg)?;
-    let grants = vault.grants().await;
+    let grants = share::grants(&vault).await;
     let mut registered = Vec::new();
     for client in clients {
         let Some((client_id, grant)) = client.split_once('=') else {
@@ -102,7 +103,11 @@ pub(crate) async fn token_grant(
 ) -> anyhow::Result<()> {
     use ehi_layer::serve::{self, TokenKey};
     let ttl = serve::token::parse_duration(expires).map_err(anyhow::Error::msg)?;
-    let Some(info) = vault.grants().await.into_iter().find(|g| g.id == grant) else {
+    let Some(info) = share::grants(vault)
+        .await
+        .into_iter()
+        .find(|g| g.id == grant)
+    else {
         bail!("no grant {grant:?} in this vault (see ehi grants)");
     };
     let key = TokenKey::from_keystore(keystore);

@@ -1,6 +1,7 @@
 //! Sharing with apps: app identities (`ehi app new|card`), `ehi grant`, `ehi grants`
 //! and `ehi revoke`.
 
+use ehi_layer::share;
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -30,10 +31,10 @@ pub(crate) fn card_and_scopes(
 
 /// Merges the apps' audit chains (for "last use"); a failure is reported, not fatal.
 async fn merge_app_audit(vault: &Vault) {
-    if let Err(e) = vault.publish_channels().await {
+    if let Err(e) = share::publish_channels(vault).await {
         eprintln!("warning: could not open the grant channels: {e}");
     }
-    match vault.merge_app_audit().await {
+    match share::merge_app_audit(vault).await {
         Ok(report) => {
             for (grant, reason) in report.broken {
                 eprintln!(
@@ -100,8 +101,8 @@ pub(crate) async fn grant(
         duration_ms: ehi_layer::grant::parse_duration_ms(expires)?,
         purpose,
     };
-    let (info, ticket) = vault.grant(request).await?;
-    vault.publish_channel(&info.id).await?;
+    let (info, ticket) = share::grant(vault, request).await?;
+    share::publish_channel(vault, &info.id).await?;
     eprintln!(
         "granted {} to {} until {} (grant {}); hand the ticket below to the app",
         info.scopes
@@ -120,7 +121,7 @@ pub(crate) async fn grant(
 /// `ehi grants`: every grant, with its last use from the apps' audit chains.
 pub(crate) async fn grants(vault: &Vault, table: bool) -> anyhow::Result<()> {
     merge_app_audit(vault).await;
-    let grants = vault.grants().await;
+    let grants = share::grants(vault).await;
     if table {
         for g in &grants {
             println!(
@@ -149,7 +150,7 @@ pub(crate) async fn grants(vault: &Vault, table: bool) -> anyhow::Result<()> {
 
 /// `ehi revoke <grant>`.
 pub(crate) async fn revoke(vault: &Vault, grant: &str, reencrypt: bool) -> anyhow::Result<()> {
-    let report = vault.revoke(grant, reencrypt).await?;
+    let report = share::revoke(vault, grant, reencrypt).await?;
     eprintln!(
         "revoked {}: {} scope(s) moved to a new key epoch, {} other grant(s) re-sealed, \
          {} version(s) re-encrypted, {} block(s) unpinned.\n\

@@ -1,7 +1,7 @@
 //! Which tokens the facade accepts right now, beyond their tag and expiry ([`super::token`]):
 //!
 //! - **Grants**: a token bound to a grant (`grant` claim) is accepted only while the
-//!   grant is in the vault's current grant list ([`Vault::grants`]) and has not
+//!   grant is in the vault's current grant list ([`crate::share::grants()`]) and has not
 //!   expired. The list is held in memory (grant id → app name, scopes, expiry), loaded
 //!   at start and reloaded after every refresh of the vault — each time the vault slot
 //!   moves (the server follows it, see [`super`]) and every
@@ -15,6 +15,7 @@
 //!
 //! Both checks are a hash-map lookup under a read lock per request.
 
+use crate::share;
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Mutex, RwLock};
@@ -59,8 +60,7 @@ impl Auth {
 
     /// Reloads the grant list from the vault's in-memory state.
     pub(crate) async fn refresh_grants(&self, vault: &Vault) {
-        let grants: HashMap<String, GrantEntry> = vault
-            .grants()
+        let grants: HashMap<String, GrantEntry> = share::grants(vault)
             .await
             .into_iter()
             .map(|info| (info.id.clone(), GrantEntry { info }))

@@ -13,7 +13,7 @@
 //! ## Approval: pre-authorized clients
 //! The facade runs on the patient's device with no user interface, so the patient
 //! approves **ahead of time**: `ehi serve --client <client_id>=<grant>` registers a
-//! client id for one of the vault's grants ([`crate::Vault::grant`]). `/authorize`
+//! client id for one of the vault's grants ([`crate::share::grant`]). `/authorize`
 //! then approves that client at once, for the grant's scopes narrowed to the requested
 //! ones. Consequences, stated plainly: anyone who can reach the facade and knows a
 //! registered client id can run the flow and obtain a token for that grant (PKCE stops

@@ -4,7 +4,7 @@
 //! Appending needs only the newest entry (fetched when the root's `audit_head` moved).
 //! The address of every entry — so that the vault's block list, pins and removal cover
 //! the log — is walked backwards from the head on demand ([`Vault::blocks`],
-//! [`Vault::status`], [`Vault::remove`], [`Vault::audit_entries`]), incrementally
+//! [`Vault::status`], [`crate::share::remove`], [`Vault::audit_entries`]), incrementally
 //! from the entries already known; opening a vault does not walk the log.
 
 use std::collections::HashSet;

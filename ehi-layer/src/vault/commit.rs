@@ -101,7 +101,7 @@ impl Vault {
     /// `context` is what the plan reads or keeps across attempts (the plan's future may
     /// borrow it and the state, and must be `Send` so that the commit can run in a
     /// server task).
-    pub(super) async fn commit<C, T>(
+    pub(crate) async fn commit<C, T>(
         &self,
         state: &mut State,
         context: &mut C,
@@ -211,6 +211,37 @@ impl Vault {
                 Err(EhiError::network("moving the vault slot", e))
             }
         }
+    }
+
+    /// Points the vault slot at the public tombstone (stored by the caller), retried
+    /// like any commit, and returns every block the retired root listed (the audit
+    /// log walked to its start), for the caller to unpin.
+    pub(crate) async fn retire_root(&self, state: &mut State) -> Result<Vec<Id>> {
+        self.commit(state, &mut (), |vault, state, ()| {
+            Box::pin(async move {
+                if let Err(e) = vault.ensure_audit_blocks(state).await {
+                    tracing::warn!(error = %e, "walking the audit log");
+                }
+                Ok(Plan::Retire(state.all_blocks()))
+            })
+        })
+        .await
+    }
+
+    /// Commits a change of the root's format 3 extensions with an audit entry (retried
+    /// on conflict; `edit` runs on the freshest root and may refuse).
+    pub(crate) async fn commit_extension(
+        &self,
+        edit: impl Fn(&mut VaultRoot) -> Result<()>,
+        audit: &AuditRecord,
+    ) -> Result<()> {
+        let mut state = self.state.lock().await;
+        self.commit(&mut state, &mut (edit, audit), |_, state, (edit, audit)| {
+            let mut root = state.root.clone();
+            let change = edit(&mut root).map(|()| RootChange::root(root).audited((*audit).clone()));
+            decided(change.map(|change| Plan::write(change, ())))
+        })
+        .await
     }
 }
 

@@ -7,7 +7,7 @@ use super::*;
 impl Vault {
     /// Brings `state` up to the vault slot's current root, fetching only manifests that
     /// changed.
-    pub(super) async fn refresh_state(&self, state: &mut State) -> Result<()> {
+    pub(crate) async fn refresh_state(&self, state: &mut State) -> Result<()> {
         let current = self
             .net
             .slots()
@@ -159,7 +159,7 @@ impl Vault {
 
     /// Moves each scope slot to its manifest in the current root (best effort; see the
     /// module docs).
-    pub(super) async fn sync_scope_slots(&self, state: &State, scopes: &[Scope]) {
+    pub(crate) async fn sync_scope_slots(&self, state: &State, scopes: &[Scope]) {
         let tasks = scopes.iter().filter_map(|scope| {
             let record = state.root.scopes.get(scope)?;
             let target = Id::from_bytes(*record.manifest.first()?);

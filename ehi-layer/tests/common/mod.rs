@@ -9,6 +9,7 @@
 
 pub mod cli;
 
+use ehi_layer::share;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -400,15 +401,17 @@ pub async fn grant_to(
     ms: u64,
 ) -> anyhow::Result<ehi_layer::GrantInfo> {
     let app = ehi_layer::AppKeystore::generate(app)?;
-    let (info, _) = vault
-        .grant(ehi_layer::grant::GrantRequest {
+    let (info, _) = share::grant(
+        vault,
+        ehi_layer::grant::GrantRequest {
             app: app.card().verify()?,
             scopes: scopes.to_vec(),
             access,
             duration_ms: ms,
             purpose: "TREAT".into(),
-        })
-        .await?;
+        },
+    )
+    .await?;
     Ok(info)
 }
 

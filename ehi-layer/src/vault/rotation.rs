@@ -1,20 +1,18 @@
-//! The patient's side of sharing: granting scopes to apps, listing grants, revoking
-//! them (key rotation, re-sealing for the remaining grantees, optional re-encryption),
-//! and rotating expired grants away. The design is in [`crate::grant`]. Its key
-//! rotation pieces (`new_scope_epoch`, `seal_epoch_manifest`, `Vault::reseal_grants`)
-//! serve device removal too (`vault/devices.rs`).
+//! Key rotation: moving scopes to new key epochs when a grant ends (revocation or
+//! expiry) or a device is removed, re-sealing the grants that remain, optionally
+//! re-encrypting what the old keys opened, and retiring the ended grant's slot and
+//! channel. The vault owns this because its own writes depend on it: expired grants are
+//! rotated away at the patient's next import. Who gets keys is decided in
+//! [`crate::share`]; the design of grants is in [`crate::grant`].
 //!
 //! Every change here is one new vault root committed through `Vault::commit`
-//! (`vault/commit.rs`). Grant slots and scope slots trail the root:
-//! they are moved after the commit.
-
-use std::collections::BTreeSet;
+//! (`vault/commit.rs`). Grant slots and scope slots trail the root: they are moved
+//! after the commit.
 
 use super::*;
+use crate::contribution;
 use crate::format::GrantRecord;
-use crate::grant::{
-    self, Access, GrantInfo, GrantPayload, GrantRequest, GrantTicket, GrantedScope,
-};
+use crate::grant::{self, GrantPayload, GrantedScope};
 use crate::slotmove;
 
 /// What a revocation did.
@@ -40,136 +38,6 @@ pub struct RevokeReport {
 const REENCRYPT_PARALLELISM: usize = 16;
 
 impl Vault {
-    /// Every grant in the vault (no key material).
-    pub async fn grants(&self) -> Vec<GrantInfo> {
-        let state = self.state.lock().await;
-        let now = now_ms();
-        state
-            .root
-            .grants
-            .iter()
-            .map(|g| {
-                let mut info = GrantInfo::of(g, now);
-                info.last_use_ms = Vault::last_use(&state.root, &g.id);
-                info
-            })
-            .collect()
-    }
-
-    /// The ticket of grant `id` for the app (also points the grant slot at the sealed
-    /// grant again, in case a crash came between the commit and the slot update).
-    pub async fn grant_ticket(&self, id: &str) -> Result<GrantTicket> {
-        let record = {
-            let state = self.state.lock().await;
-            find(&state.root.grants, id)?.clone()
-        };
-        self.publish_grant_slot(&record).await?;
-        Ok(GrantInfo::of(&record, now_ms()).ticket(self.slot, self.net.slots_server()))
-    }
-
-    /// Grants `request.scopes` to the app: seals the scopes' keys (every epoch) and slots
-    /// to the app's HPKE key, signed by the patient, through a new per-grant slot.
-    /// Returns the grant and the ticket to hand to the app.
-    pub async fn grant(&self, request: GrantRequest) -> Result<(GrantInfo, GrantTicket)> {
-        self.grant_with_id(request, random_bytes()?).await
-    }
-
-    /// [`Vault::grant`] with the grant id chosen by the caller (consent approvals derive
-    /// it from the request, so that approving again after a crash finds the grant).
-    /// When the root already holds a grant with that id, nothing is committed and that
-    /// grant is returned (its slot pointed at its sealed grant again).
-    pub(super) async fn grant_with_id(
-        &self,
-        request: GrantRequest,
-        id: [u8; 16],
-    ) -> Result<(GrantInfo, GrantTicket)> {
-        let scopes: BTreeSet<Scope> = request.scopes.iter().copied().collect();
-        if scopes.is_empty() {
-            return Err(EhiError::InvalidArgument("grant at least one scope".into()));
-        }
-        let purpose = grant::check_purpose(&request.purpose)?;
-        if request.duration_ms == 0 {
-            return Err(EhiError::InvalidArgument(
-                "the grant's duration is 0".into(),
-            ));
-        }
-        let now = now_ms();
-        let slot_seed = SecretKey::random()?;
-        let slot_signer = SlotSigner::ed25519_from_seed(slot_seed.expose());
-        let slot_id = slot_signer
-            .ed25519_slot()
-            .ok_or_else(|| EhiError::Crypto("grant slot key".into()))?;
-        let mut record = GrantRecord {
-            id,
-            app_name: request.app.name.clone(),
-            app_signing: request.app.signing_key,
-            app_hpke: request.app.hpke_key,
-            slot_seed,
-            slot_id: *slot_id.as_bytes(),
-            scopes: scopes.into_iter().collect(),
-            contribute: request.access == Access::Contribute,
-            created_ms: now,
-            expires_ms: now.saturating_add(request.duration_ms),
-            purpose,
-            sealed: [0; 32],
-        };
-        let mut state = self.state.lock().await;
-        let record = self
-            .commit(&mut state, &mut record, move |vault, state, record| {
-                Box::pin(async move {
-                    if let Some(existing) = state.root.grants.iter().find(|g| g.id == record.id) {
-                        return Ok(Plan::Nothing(existing.clone()));
-                    }
-                    let blob = vault.seal_grant_blob(&state.root, record, now)?;
-                    record.sealed = *blob.address.as_bytes();
-                    let mut root = state.root.clone();
-                    root.grants.push(record.clone());
-                    let mut audit = AuditRecord::new(
-                        AuditAction::Grant,
-                        format!(
-                            "{} access to {} for {} until {}",
-                            if record.contribute {
-                                "contribute"
-                            } else {
-                                "read"
-                            },
-                            record
-                                .scopes
-                                .iter()
-                                .map(|s| s.name())
-                                .collect::<Vec<_>>()
-                                .join(","),
-                            record.app_name,
-                            instant(record.expires_ms)
-                        ),
-                    )
-                    .with_entities(vec![format!("grant/{}", hex::encode(record.id))]);
-                    audit.purpose = Some(record.purpose.clone());
-                    let mut change = RootChange::root(root).audited(audit);
-                    change.blobs.push(blob);
-                    Ok(Plan::write(change, record.clone()))
-                })
-            })
-            .await?;
-        drop(state);
-        self.publish_grant_slot(&record).await?;
-        let info = GrantInfo::of(&record, now_ms());
-        let ticket = info.ticket(self.slot, self.net.slots_server());
-        Ok((info, ticket))
-    }
-
-    /// Revokes grant `id` (see [`crate::grant`]): every scope it covered moves to a new
-    /// key epoch (manifests re-sealed under it, so the app can no longer open them),
-    /// remaining grants covering those scopes are re-sealed with the new keys, the grant
-    /// slot and the grant's channel are pointed at the tombstone (the channel header is
-    /// unpinned), and everything written afterwards uses the new epoch. With `reencrypt`, every stored version of those scopes is re-encrypted
-    /// under the new key and the old blobs are unpinned. What the app already read or
-    /// copied cannot be taken back.
-    pub async fn revoke(&self, id: &str, reencrypt: bool) -> Result<RevokeReport> {
-        let mut state = self.state.lock().await;
-        self.revoke_locked(&mut state, id, reencrypt).await
-    }
-
     /// Revokes every expired grant (without re-encryption). Returns their ids. Called
     /// before every import ("expired grants are rotated away at the next write").
     pub async fn expire_grants(&self) -> Result<Vec<String>> {
@@ -194,7 +62,7 @@ impl Vault {
         Ok(done)
     }
 
-    async fn revoke_locked(
+    pub(crate) async fn revoke_locked(
         &self,
         state: &mut State,
         id: &str,
@@ -206,7 +74,7 @@ impl Vault {
                 &mut (id, reencrypt),
                 |vault, state, &mut (id, reencrypt)| {
                     Box::pin(async move {
-                        let revoked = find(&state.root.grants, id)?.clone();
+                        let revoked = find_grant(&state.root.grants, id)?.clone();
                         let now = now_ms();
                         let mut root = state.root.clone();
                         root.grants.retain(|g| g.id != revoked.id);
@@ -399,7 +267,7 @@ impl Vault {
     /// Re-seals (with the keys now in `root`) every grant of `root` that `covers`
     /// selects: the new blobs go to `blobs`, the old sealed grants to `superseded`.
     /// Returns the re-sealed records (to republish on their channels).
-    pub(super) fn reseal_grants(
+    pub(crate) fn reseal_grants(
         &self,
         root: &mut VaultRoot,
         now: u64,
@@ -423,7 +291,7 @@ impl Vault {
     }
 
     /// The sealed grant blob of `record` with the keys in `root`.
-    pub(super) fn seal_grant_blob(
+    pub(crate) fn seal_grant_blob(
         &self,
         root: &VaultRoot,
         record: &GrantRecord,
@@ -459,7 +327,7 @@ impl Vault {
 
     /// Points the grant slot of `record` at its sealed grant (registering it the first
     /// time).
-    pub(super) async fn publish_grant_slot(&self, record: &GrantRecord) -> Result<()> {
+    pub(crate) async fn publish_grant_slot(&self, record: &GrantRecord) -> Result<()> {
         let slot = Id::from_bytes(record.slot_id);
         let target = Id::from_bytes(record.sealed);
         let signer = SlotSigner::ed25519_from_seed(record.slot_seed.expose());
@@ -468,7 +336,7 @@ impl Vault {
 
     /// Points a revoked grant's slot at the public tombstone (best effort: the key
     /// rotation, not the slot, is what ends the access).
-    pub(super) async fn tombstone_grant_slot(&self, record: &GrantRecord) {
+    pub(crate) async fn tombstone_grant_slot(&self, record: &GrantRecord) {
         let signer = SlotSigner::ed25519_from_seed(record.slot_seed.expose());
         let result = async {
             slotmove::store_tombstone(&self.net).await?;
@@ -485,9 +353,24 @@ impl Vault {
             tracing::warn!(error = %e, "tombstoning a grant slot");
         }
     }
+
+    /// Points the channel of `grant` at the public tombstone (an open slot: the app
+    /// could still move it on, but the patient's devices no longer read it) and returns
+    /// its header blob (pinned by the patient's device; the caller unpins it), `None`
+    /// when the channel was never opened.
+    pub(crate) async fn close_channel(&self, grant: &GrantRecord) -> Result<Option<Id>> {
+        let slot = contribution::channel_slot(&self.slot, &grant.id);
+        let Some(header) = slotmove::registered_at(&self.net, slot, "grant channel").await? else {
+            return Ok(None);
+        };
+        slotmove::store_tombstone(&self.net).await?;
+        slotmove::tombstone(&self.net, slot, None, "grant channel").await?;
+        Ok(Some(header))
+    }
 }
 
-fn find<'a>(grants: &'a [GrantRecord], id: &str) -> Result<&'a GrantRecord> {
+/// The grant `id` (hex, any case) of `grants`.
+pub(crate) fn find_grant<'a>(grants: &'a [GrantRecord], id: &str) -> Result<&'a GrantRecord> {
     let wanted = id.trim().to_ascii_lowercase();
     grants
         .iter()
@@ -498,7 +381,7 @@ fn find<'a>(grants: &'a [GrantRecord], id: &str) -> Result<&'a GrantRecord> {
 /// Moves `scope` of `root` to a new key epoch (one past the newest it has): a fresh
 /// random key becomes current. Returns the epoch, its key and a copy of the scope's
 /// loaded manifest (for the caller to re-seal under that key).
-pub(super) fn new_scope_epoch(
+pub(crate) fn new_scope_epoch(
     state: &State,
     root: &mut VaultRoot,
     scope: &Scope,
@@ -534,7 +417,7 @@ pub(super) fn new_scope_epoch(
 
 /// Seals `manifest` as `scope`'s manifest of `epoch` under `key` and points `root` at
 /// it: the new blobs go to `blobs`, the old manifest's blocks to `superseded`.
-pub(super) fn seal_epoch_manifest(
+pub(crate) fn seal_epoch_manifest(
     root: &mut VaultRoot,
     scope: &Scope,
     manifest: &mut ScopeManifest,

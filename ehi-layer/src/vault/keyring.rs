@@ -1,7 +1,6 @@
-//! The patient's devices in the vault root (`devices`, [`DeviceRecord`]: each device's
-//! HPKE public key and when it joined): listing, adding (after a pairing, see
-//! [`crate::device`]), removing (rotating the root key and every scope key), and keeping
-//! a device in sync by watching the vault slot.
+//! The root key generations and the device keyring that carries them to the patient's
+//! devices, reading a root of any generation, and keeping a handle in sync by watching
+//! the vault slot. Listing, adding and removing devices is in [`crate::share::devices`].
 //!
 //! ## Root key generations and the device keyring
 //! Generation 0 of the root's AEAD key is derived from the keystore's root key (every
@@ -22,9 +21,7 @@
 //! generation ([`crate::emergency`], [`DeviceRemoval::emergency_rekeyed`]). Vault
 //! removal tombstones the keyring slot and unpins every keyring blob it ever held.
 
-use super::sharing;
 use super::*;
-use crate::device::{DeviceInfo, device_id};
 use crate::keystore::{HpkeSealed, hpke_open_with_seed, hpke_seal};
 use crate::slotmove;
 use serde::{Deserialize, Serialize};
@@ -128,25 +125,6 @@ fn keyring_aad(slot: &Id, generation: u32) -> Vec<u8> {
     aad
 }
 
-/// What removing a device did.
-#[derive(Clone, Debug)]
-#[non_exhaustive]
-pub struct DeviceRemoval {
-    /// The removed device.
-    pub device: String,
-    /// The new root key generation (given to the remaining devices only).
-    pub root_generation: u32,
-    /// Every scope, with the new key epoch it moved to.
-    pub rotated: Vec<(Scope, u32)>,
-    /// Grants re-sealed with the new keys.
-    pub resealed: usize,
-    /// Whether an emergency policy was re-published under the new root key generation
-    /// (see [`crate::emergency`]; `false` without a policy). When this fails the
-    /// removal still stands, the error is logged and the next change of the policy
-    /// (or the next device removal) re-keys it.
-    pub emergency_rekeyed: bool,
-}
-
 /// A change seen by [`Vault::watch`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
@@ -158,7 +136,41 @@ pub struct WatchEvent {
 }
 
 impl Vault {
-    pub(super) fn keyring_slot(&self) -> Result<(SlotSigner, Id)> {
+    /// Gives the keys of every later root key generation to `devices` too (after a
+    /// device joined); nothing to do while the vault is at generation 0.
+    pub(crate) async fn extend_keyring(
+        &self,
+        state: &State,
+        devices: &[DeviceRecord],
+    ) -> Result<()> {
+        if state.root_keys.newest() == 0 {
+            return Ok(());
+        }
+        self.publish_keyring(&state.root_keys, devices).await
+    }
+
+    /// Starts a new root key generation, given to `devices` only (after a device was
+    /// removed): publishes the keyring, makes the generation current in `state` and
+    /// returns it.
+    pub(crate) async fn new_root_generation(
+        &self,
+        state: &mut State,
+        devices: &[DeviceRecord],
+    ) -> Result<u32> {
+        let generation = state
+            .root_keys
+            .newest()
+            .checked_add(1)
+            .ok_or_else(|| EhiError::Crypto("root key generations exhausted".into()))?;
+        let mut keys = state.root_keys.clone();
+        keys.insert(generation, SecretKey::random()?);
+        keys.set_current(generation);
+        self.publish_keyring(&keys, devices).await?;
+        state.root_keys = keys;
+        Ok(generation)
+    }
+
+    pub(crate) fn keyring_slot(&self) -> Result<(SlotSigner, Id)> {
         slotmove::slot_of(self.root_key.derive(CONTEXT_KEYRING_SLOT).expose())
     }
 
@@ -273,7 +285,7 @@ impl Vault {
     }
 
     /// [`Vault::policy_keys`] with the state already locked.
-    pub(super) fn policy_keys_of(&self, state: &State) -> Vec<crate::keys::PolicyKeys> {
+    pub(crate) fn policy_keys_of(&self, state: &State) -> Vec<crate::keys::PolicyKeys> {
         state
             .root_keys
             .generations()
@@ -286,155 +298,6 @@ impl Vault {
                     .map(|k| crate::keys::PolicyKeys::of_generation(&k)),
             })
             .collect()
-    }
-
-    /// The devices listed in the vault root (as of the last refresh).
-    pub async fn devices(&self) -> Vec<DeviceInfo> {
-        let state = self.state.lock().await;
-        state.root.devices.iter().map(DeviceInfo::of).collect()
-    }
-
-    /// Adds a device (its HPKE public key) to the root, with an audit entry.
-    pub(crate) async fn add_device(&self, hpke_public: [u8; 32]) -> Result<DeviceInfo> {
-        let record = DeviceRecord {
-            hpke_public,
-            added_ms: now_ms(),
-        };
-        let mut state = self.state.lock().await;
-        self.commit(&mut state, &mut (), move |vault, state, ()| {
-            let record = record.clone();
-            Box::pin(async move {
-                let mut root = state.root.clone();
-                if root.devices.iter().any(|d| d.hpke_public == hpke_public) {
-                    return Ok(Plan::Nothing(DeviceInfo::of(&record)));
-                }
-                root.devices.push(record.clone());
-                if state.root_keys.newest() > 0 {
-                    vault
-                        .publish_keyring(&state.root_keys, &root.devices)
-                        .await?;
-                }
-                let audit = AuditRecord::new(
-                    AuditAction::Device,
-                    format!("device {} joined", device_id(&hpke_public)),
-                )
-                .with_entities(vec![format!("device/{}", device_id(&hpke_public))]);
-                Ok(Plan::write(
-                    RootChange::root(root).audited(audit),
-                    DeviceInfo::of(&record),
-                ))
-            })
-        })
-        .await
-    }
-
-    /// Removes device `id` (from [`Vault::devices`]) and rotates the key of **every
-    /// scope** to a new epoch, like a revocation ([`Vault::revoke`]) covering everything:
-    /// manifests are re-sealed under the new keys, every grant is re-sealed, and all
-    /// later writes use the new epochs. See [`crate::device`] for what this does not
-    /// achieve against a device that kept its keystore.
-    pub async fn remove_device(&self, id: &str) -> Result<DeviceRemoval> {
-        let wanted = id.trim().to_ascii_lowercase();
-        let mut state = self.state.lock().await;
-        let (generation, scopes, rotated, republish, superseded) = self
-            .commit(&mut state, &mut (id, wanted.as_str()), |vault, state, &mut (id, wanted)| {
-                Box::pin(async move {
-                    let Some(position) = state
-                        .root
-                        .devices
-                        .iter()
-                        .position(|d| device_id(&d.hpke_public) == wanted)
-                    else {
-                        return Err(EhiError::NotFound(format!("device {id}")));
-                    };
-                    if state.root.devices.len() == 1 {
-                        return Err(EhiError::InvalidArgument(
-                            "that is the vault's only device; removing it would lock the patient out"
-                                .into(),
-                        ));
-                    }
-                    let now = now_ms();
-                    let mut root = state.root.clone();
-                    root.devices.remove(position);
-                    // A new root key generation, given to the remaining devices only.
-                    let generation = state
-                        .root_keys
-                        .newest()
-                        .checked_add(1)
-                        .ok_or_else(|| EhiError::Crypto("root key generations exhausted".into()))?;
-                    let mut keys = state.root_keys.clone();
-                    keys.insert(generation, SecretKey::random()?);
-                    keys.set_current(generation);
-                    vault.publish_keyring(&keys, &root.devices).await?;
-                    state.root_keys = keys;
-                    let mut blobs: Vec<Blob> = Vec::new();
-                    let mut manifests: Vec<(Scope, ScopeManifest)> = Vec::new();
-                    let mut superseded: Vec<Id> = Vec::new();
-                    let mut rotated = Vec::new();
-                    let scopes: Vec<Scope> = root.scopes.keys().copied().collect();
-                    for scope in &scopes {
-                        let (epoch, key, mut manifest) =
-                            sharing::new_scope_epoch(state, &mut root, scope, now)?;
-                        sharing::seal_epoch_manifest(
-                            &mut root,
-                            scope,
-                            &mut manifest,
-                            epoch,
-                            &key,
-                            &mut blobs,
-                            &mut superseded,
-                        )?;
-                        manifests.push((*scope, manifest));
-                        rotated.push((*scope, epoch));
-                    }
-                    let republish =
-                        vault.reseal_grants(&mut root, now, |_| true, &mut blobs, &mut superseded)?;
-                    let audit = AuditRecord::new(
-                        AuditAction::Device,
-                        format!(
-                            "device {wanted} removed; {} scope(s) moved to new key epochs",
-                            rotated.len()
-                        ),
-                    )
-                    .with_entities(vec![format!("device/{wanted}")]);
-                    let change = RootChange {
-                        root,
-                        blobs,
-                        manifests: manifests.into_iter().map(|(s, m)| (s, m, None)).collect(),
-                        unpin_after: Vec::new(),
-                        audit: Some(audit),
-                    };
-                    Ok(Plan::write(
-                        change,
-                        (generation, scopes, rotated, republish, superseded),
-                    ))
-                })
-            })
-            .await?;
-        self.sync_scope_slots(&state, &scopes).await;
-        for g in &republish {
-            if let Err(e) = self.publish_grant_slot(g).await {
-                tracing::warn!(error = %e, "moving a grant slot");
-            }
-        }
-        self.net.unpin_quietly(&superseded).await;
-        drop(state);
-        // The emergency policy was keyed from a generation the removed device
-        // holds: re-publish it under the new one.
-        let emergency_rekeyed = match crate::emergency::rekey(self).await {
-            Ok(done) => done,
-            Err(e) => {
-                tracing::warn!(error = %e, "re-keying the emergency policy");
-                false
-            }
-        };
-        Ok(DeviceRemoval {
-            device: wanted,
-            root_generation: generation,
-            rotated,
-            resealed: republish.len(),
-            emergency_rekeyed,
-        })
     }
 
     /// Keeps this handle in sync with the other devices: follows the vault slot through
