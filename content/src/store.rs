@@ -75,42 +75,88 @@ impl BlockStore for StorageClient {
     }
 }
 
-/// Several stores used together: reads try each in turn (skipping ones that lack or
-/// corrupt the blob), writes go to every store that lacks the blob.
+/// Several stores used together, in one of two placements:
+/// - [`StorageSet::new`]: reads try each store in the given order (skipping ones that
+///   lack or corrupt the blob), writes go to every store that lacks the blob;
+/// - [`StorageSet::nearest`]: stores known by their server id; reads try them nearest
+///   to the blob's address first (XOR distance, the order in which the distributor
+///   places pinned blocks), and a write goes to the `copies` nearest stores that
+///   accept it, skipping ones that fail.
+///
+/// A read that finds no intact copy reports a corrupt copy before any other failure:
+/// it says more about the network than a server that did not answer.
 #[derive(Debug, Clone)]
 pub struct StorageSet {
-    stores: Vec<Arc<dyn BlockStore>>,
+    stores: Vec<(Option<Id>, Arc<dyn BlockStore>)>,
+    /// `None`: write to every store; `Some(n)`: to the `n` nearest that accept.
+    copies: Option<usize>,
 }
 
 impl StorageSet {
     /// A set reading in the given order. An empty set holds nothing and refuses writes.
     pub fn new(stores: Vec<Arc<dyn BlockStore>>) -> StorageSet {
-        StorageSet { stores }
+        StorageSet {
+            stores: stores.into_iter().map(|s| (None, s)).collect(),
+            copies: None,
+        }
+    }
+
+    /// A set of stores known by server id, used nearest to each address first; a write
+    /// keeps `copies` copies (at least one). An empty set holds nothing and refuses
+    /// writes.
+    pub fn nearest(stores: Vec<(Id, Arc<dyn BlockStore>)>, copies: usize) -> StorageSet {
+        StorageSet {
+            stores: stores.into_iter().map(|(id, s)| (Some(id), s)).collect(),
+            copies: Some(copies.max(1)),
+        }
+    }
+
+    /// The server ids of a [`StorageSet::nearest`] set (none for [`StorageSet::new`]).
+    pub fn ids(&self) -> Vec<Id> {
+        self.stores.iter().filter_map(|(id, _)| *id).collect()
+    }
+
+    /// Whether the set has no store.
+    pub fn is_empty(&self) -> bool {
+        self.stores.is_empty()
+    }
+
+    /// The stores in the order they are tried for `address`.
+    fn order(&self, address: &Id) -> Vec<&Arc<dyn BlockStore>> {
+        let mut stores: Vec<&(Option<Id>, Arc<dyn BlockStore>)> = self.stores.iter().collect();
+        if self.copies.is_some() {
+            stores.sort_by_key(|(id, _)| id.map(|id| address.distance(&id)));
+        }
+        stores.into_iter().map(|(_, store)| store).collect()
     }
 }
 
 impl BlockStore for StorageSet {
     fn get(&self, address: Id) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
         Box::pin(async move {
-            let mut first_error = None;
-            for store in &self.stores {
+            let mut corrupt = None;
+            let mut failure = None;
+            for store in self.order(&address) {
                 match store.get(address).await {
                     Ok(Some(bytes)) => return Ok(Some(bytes)),
                     Ok(None) => {}
                     Err(e) => {
                         tracing::debug!(%address, error = %e, "store failed, trying the next");
-                        first_error.get_or_insert(e);
+                        match e {
+                            StoreError::Corrupt { .. } => corrupt.get_or_insert(e),
+                            e => failure.get_or_insert(e),
+                        };
                     }
                 }
             }
-            first_error.map_or(Ok(None), Err)
+            corrupt.or(failure).map_or(Ok(None), Err)
         })
     }
 
     fn has(&self, address: Id) -> BoxFuture<'_, Result<bool, StoreError>> {
         Box::pin(async move {
             for store in &self.stores {
-                if !store.has(address).await? {
+                if !store.1.has(address).await? {
                     return Ok(false);
                 }
             }
@@ -123,12 +169,34 @@ impl BlockStore for StorageSet {
             if self.stores.is_empty() {
                 return Err(StoreError::Rejected("no stores to write to".into()));
             }
-            for store in &self.stores {
-                if !store.has(address).await? {
-                    store.put(address, data.clone()).await?;
+            let Some(copies) = self.copies else {
+                for (_, store) in &self.stores {
+                    if !store.has(address).await? {
+                        store.put(address, data.clone()).await?;
+                    }
+                }
+                return Ok(());
+            };
+            let mut written = 0;
+            let mut failure = None;
+            for store in self.order(&address) {
+                match store.put(address, data.clone()).await {
+                    Ok(()) => {
+                        written += 1;
+                        if written == copies {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(%address, error = %e, "store refused a write, trying the next");
+                        failure.get_or_insert(e);
+                    }
                 }
             }
-            Ok(())
+            match failure {
+                Some(e) if written == 0 => Err(e),
+                _ => Ok(()),
+            }
         })
     }
 }
@@ -249,5 +317,88 @@ mod tests {
         assert!(a.has(other_address).await.expect("has a"));
         assert!(b.has(other_address).await.expect("has b"));
         assert!(set.has(other_address).await.expect("has set"));
+    }
+
+    /// A store that refuses every request, like a server that is down.
+    #[derive(Debug)]
+    struct Down;
+
+    impl BlockStore for Down {
+        fn get(&self, _: Id) -> BoxFuture<'_, Result<Option<Bytes>, StoreError>> {
+            Box::pin(async { Err(StoreError::Rejected("down".into())) })
+        }
+        fn has(&self, _: Id) -> BoxFuture<'_, Result<bool, StoreError>> {
+            Box::pin(async { Err(StoreError::Rejected("down".into())) })
+        }
+        fn put(&self, _: Id, _: Bytes) -> BoxFuture<'_, Result<(), StoreError>> {
+            Box::pin(async { Err(StoreError::Rejected("down".into())) })
+        }
+    }
+
+    #[tokio::test]
+    async fn nearest_set_writes_to_the_nearest_that_accepts() {
+        let data = Bytes::from_static(b"placed blob");
+        let address = Id::of_content(&data);
+        // Server ids at growing XOR distance from the address.
+        let near = |bit: u8| {
+            let mut bytes = *address.as_bytes();
+            bytes[0] ^= bit;
+            Id::from_bytes(bytes)
+        };
+        let (a, b, c) = (MemoryStore::new(), MemoryStore::new(), MemoryStore::new());
+        let set = StorageSet::nearest(
+            vec![
+                (near(0x40), Arc::new(c.clone())),
+                (near(0x01), Arc::new(a.clone())),
+                (near(0x08), Arc::new(b.clone())),
+            ],
+            1,
+        );
+        assert_eq!(set.ids().len(), 3);
+        set.put(address, data.clone()).await.expect("put");
+        assert!(a.has(address).await.expect("has a"), "nearest holds it");
+        assert!(!b.has(address).await.expect("has b"));
+        assert!(!c.has(address).await.expect("has c"));
+
+        // The nearest is down: the write goes to the next one, and two copies to two.
+        let set = StorageSet::nearest(
+            vec![
+                (near(0x01), Arc::new(Down)),
+                (near(0x08), Arc::new(b.clone())),
+                (near(0x40), Arc::new(c.clone())),
+            ],
+            2,
+        );
+        set.put(address, data.clone())
+            .await
+            .expect("put past a down store");
+        assert!(b.has(address).await.expect("has b"));
+        assert!(c.has(address).await.expect("has c"));
+        assert_eq!(set.get(address).await.expect("get"), Some(data.clone()));
+
+        // Every store down: the write fails.
+        let down = StorageSet::nearest(vec![(near(0x01), Arc::new(Down))], 1);
+        assert!(down.put(address, data).await.is_err());
+        assert!(
+            StorageSet::nearest(Vec::new(), 1)
+                .put(address, Bytes::new())
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_copy_is_reported_before_a_failure() {
+        let data = Bytes::from_static(b"only copy");
+        let address = Id::of_content(&data);
+        let corrupt = MemoryStore::new();
+        corrupt.insert_unchecked(address, Bytes::from_static(b"bad"));
+        let set = StorageSet::new(vec![Arc::new(Down), Arc::new(corrupt)]);
+        assert!(matches!(
+            set.get(address).await,
+            Err(StoreError::Corrupt { actual }) if actual == Id::of_content(b"bad")
+        ));
+        let empty = StorageSet::new(vec![Arc::new(MemoryStore::new())]);
+        assert_eq!(empty.get(address).await.expect("get"), None);
     }
 }

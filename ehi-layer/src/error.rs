@@ -155,6 +155,16 @@ pub enum EhiError {
         #[source]
         source: ClientError,
     },
+    /// The set of storage servers refused a blob operation (other than a failed
+    /// request to one of them, which is [`EhiError::Network`]).
+    #[error("{context}: {source}")]
+    Storage {
+        /// What the vault was doing.
+        context: String,
+        /// Why.
+        #[source]
+        source: invariant_content::StoreError,
+    },
     /// Nothing accepts connections at the broker's address.
     #[error("no broker at {url}; start one with `invariant up` (or give --broker)")]
     NoBroker {

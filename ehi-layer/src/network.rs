@@ -7,13 +7,17 @@
 //!   distributor places pinned blocks on the N nearest, so that server is one of them)
 //!   and, if that fails, to the next nearest. Reads try servers nearest first; a server
 //!   answering bytes that do not hash to the address is skipped, and only when every
-//!   server fails is the blob reported missing or corrupted.
+//!   server fails is the blob reported missing or corrupted. Both are the content
+//!   crate's `StorageSet::nearest`, the one multi-server blob client of the project.
 //! - Pins go to the distributor when one is registered; without one, pinning is a
 //!   no-op and the blobs live only where they were written.
 //! - All clients share one HTTP connection pool.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures_util::future::join_all;
+use invariant_content::{BlockStore, StorageSet, StoreError};
 use invariant_spec::http::{Endpoint, default_http_client};
 use invariant_spec::{
     BrokerClient, ClientError, DistributorClient, Id, SlotsClient, StorageClient,
@@ -26,17 +30,11 @@ use crate::seal::Blob;
 const PIN_BATCH: usize = 20_000;
 
 /// One storage server.
-#[derive(Clone, Debug)]
-struct StorageNode {
-    id: Id,
-    client: StorageClient,
-}
-
 /// The servers a vault uses.
 #[derive(Clone, Debug)]
 pub struct Network {
     broker_url: String,
-    storages: Vec<StorageNode>,
+    storage: StorageSet,
     slots_id: Id,
     slots: SlotsClient,
     distributor: Option<DistributorClient>,
@@ -62,10 +60,8 @@ impl Network {
         let mut storages = Vec::new();
         for (id, url) in storage_ids.iter().zip(resolved) {
             if let Ok(Some(url)) = url {
-                storages.push(StorageNode {
-                    id: *id,
-                    client: StorageClient::from_endpoint(client(&url)?),
-                });
+                let store = StorageClient::from_endpoint(client(&url)?);
+                storages.push((*id, Arc::new(store) as Arc<dyn BlockStore>));
             }
         }
         if storages.is_empty() {
@@ -120,7 +116,7 @@ impl Network {
 
         Ok(Network {
             broker_url,
-            storages,
+            storage: StorageSet::nearest(storages, 1),
             slots_id,
             slots,
             distributor,
@@ -139,7 +135,7 @@ impl Network {
 
     /// Ids of the storage servers in use.
     pub fn storage_servers(&self) -> Vec<Id> {
-        self.storages.iter().map(|s| s.id).collect()
+        self.storage.ids()
     }
 
     /// Whether a distributor keeps the vault's blocks replicated.
@@ -151,62 +147,38 @@ impl Network {
         &self.slots
     }
 
-    /// Storage servers ordered by XOR distance to `address`, nearest first.
-    fn nearest(&self, address: &Id) -> Vec<&StorageNode> {
-        let mut nodes: Vec<&StorageNode> = self.storages.iter().collect();
-        nodes.sort_by_key(|n| address.distance(&n.id));
-        nodes
-    }
-
-    /// Stores `blob` on the nearest storage server that accepts it.
+    /// Stores `blob` on the storage server nearest its address that accepts it.
     pub(crate) async fn put(&self, blob: &Blob) -> Result<()> {
-        let mut last = None;
-        for node in self.nearest(&blob.address) {
-            match node.client.put(&blob.address, blob.bytes.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(match last {
-            Some(e) => EhiError::network(format!("storing blob {}", blob.address), e),
-            None => EhiError::MissingServer {
-                broker: self.broker_url.clone(),
-                kind: "storage",
-                hint: String::new(),
-            },
-        })
+        self.storage
+            .put(blob.address, blob.bytes.clone())
+            .await
+            .map_err(|e| match e {
+                StoreError::Rejected(_) if self.storage.is_empty() => EhiError::MissingServer {
+                    broker: self.broker_url.clone(),
+                    kind: "storage",
+                    hint: String::new(),
+                },
+                e => store_error(format!("storing blob {}", blob.address), e),
+            })
     }
 
-    /// Reads blob `address` (verified against its address). `what` names it in errors.
+    /// Reads blob `address` (verified against its address) from the storage servers,
+    /// nearest first. `what` names it in errors.
     pub(crate) async fn get(&self, address: &Id, what: &str) -> Result<Bytes> {
-        let mut corrupt = None;
-        let mut failure = None;
-        for node in self.nearest(address) {
-            match node.client.get_bytes(address).await {
-                Ok(Some(bytes)) => return Ok(bytes),
-                Ok(None) => {}
-                Err(ClientError::HashMismatch { actual, .. }) => {
-                    corrupt = Some(format!(
-                        "storage server {} returned bytes hashing to {actual}",
-                        node.id
-                    ));
-                }
-                Err(e) => failure = Some(e),
-            }
-        }
-        if let Some(reason) = corrupt {
-            return Err(EhiError::corrupt(
+        match self.storage.get(*address).await {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(EhiError::MissingBlob {
+                what: what.to_string(),
+                address: *address,
+            }),
+            Err(StoreError::Corrupt { actual }) => Err(EhiError::corrupt(
                 format!("{what} (blob {address})"),
-                format!("no server holds an intact copy; {reason}"),
-            ));
+                format!(
+                    "no server holds an intact copy; a storage server returned bytes hashing to {actual}"
+                ),
+            )),
+            Err(e) => Err(store_error(format!("reading {what} ({address})"), e)),
         }
-        if let Some(e) = failure {
-            return Err(EhiError::network(format!("reading {what} ({address})"), e));
-        }
-        Err(EhiError::MissingBlob {
-            what: what.to_string(),
-            address: *address,
-        })
     }
 
     /// Adds one pin to each block (no-op without a distributor).
@@ -271,6 +243,14 @@ impl Network {
         if let Err(e) = self.unpin(blocks).await {
             tracing::warn!(error = %e, count = blocks.len(), "could not unpin superseded blocks");
         }
+    }
+}
+
+/// A storage failure other than corruption, as the vault reports it.
+fn store_error(context: String, error: StoreError) -> EhiError {
+    match error {
+        StoreError::Client(e) => EhiError::network(context, e),
+        source => EhiError::Storage { context, source },
     }
 }
 
