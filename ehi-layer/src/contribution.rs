@@ -53,7 +53,6 @@ use crate::network::Network;
 use crate::time::now_ms;
 
 /// BLAKE3 context of a channel slot id.
-const CONTEXT_CHANNEL: &str = "invariant ehi-layer v1 grant channel";
 /// BLAKE3 context of the patient's per-grant HPKE seed (from the grant slot seed).
 const CONTEXT_CHANNEL_HPKE: &str = "invariant ehi-layer v1 grant channel hpke";
 pub(crate) const HEADER_MAGIC: &[u8; 3] = b"EHH";
@@ -72,13 +71,7 @@ pub const CHANNEL_FORMAT: u32 = 1;
 /// Smallest padded letter.
 const MIN_PADDED: usize = 4096;
 
-/// The channel slot of grant `grant_id` of the vault `vault`.
-pub fn channel_slot(vault: &Id, grant_id: &[u8; 16]) -> Id {
-    let mut material = Vec::with_capacity(48);
-    material.extend_from_slice(vault.as_bytes());
-    material.extend_from_slice(grant_id);
-    Id::from_bytes(blake3::derive_key(CONTEXT_CHANNEL, &material))
-}
+pub use crate::keys::channel_slot;
 
 /// The patient's per-grant HPKE seed.
 pub(crate) fn channel_seed(grant_slot_seed: &SecretKey) -> SecretKey {

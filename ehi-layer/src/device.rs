@@ -89,9 +89,7 @@ pub const CONTEXT_INVITE_SLOT: &str = "invariant ehi-layer v1 device invite slot
 pub const CONTEXT_INVITE: &str = "invariant ehi-layer v1 device invite";
 /// HPKE `info` of the keys sealed to the joining device.
 pub const JOIN_INFO: &[u8] = b"invariant ehi-layer v1 device join";
-/// BLAKE3 context: the device keyring slot's seed, from the generation-0 root AEAD key
-/// (see `vault/devices.rs`).
-pub const CONTEXT_KEYRING_SLOT: &str = "invariant ehi-layer v1 device keyring slot";
+pub use crate::keys::CONTEXT_KEYRING_SLOT;
 /// Prefix of a code.
 const CODE_PREFIX: &str = "ehi1";
 /// Default lifetime of a code.

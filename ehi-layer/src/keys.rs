@@ -28,6 +28,21 @@ pub const CONTEXT_AUDIT: &str = "invariant ehi-layer v1 audit log";
 pub const CONTEXT_POLICY_SLOT: &str = "invariant ehi-layer v1 emergency policy slot";
 /// BLAKE3 context: the AEAD key of the policy blob, from the keystore's root key (or a later root key generation).
 pub const CONTEXT_POLICY: &str = "invariant ehi-layer v1 emergency policy";
+/// BLAKE3 context: the device keyring slot's seed, from the generation-0 root AEAD key
+/// (see `vault/keyring.rs`).
+pub const CONTEXT_KEYRING_SLOT: &str = "invariant ehi-layer v1 device keyring slot";
+/// BLAKE3 context: a grant's channel slot id, from the vault slot and the grant id
+/// ([`channel_slot`]).
+pub const CONTEXT_CHANNEL: &str = "invariant ehi-layer v1 grant channel";
+
+/// The channel slot of grant `grant_id` of the vault `vault` (see
+/// [`crate::contribution`]).
+pub fn channel_slot(vault: &invariant_spec::Id, grant_id: &[u8; 16]) -> invariant_spec::Id {
+    let mut material = Vec::with_capacity(48);
+    material.extend_from_slice(vault.as_bytes());
+    material.extend_from_slice(grant_id);
+    invariant_spec::Id::from_bytes(blake3::derive_key(CONTEXT_CHANNEL, &material))
+}
 
 /// A 32-byte secret key. Wiped from memory when dropped; never printed.
 #[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]

@@ -83,9 +83,7 @@ pub(crate) mod prelude {
     pub(crate) use serde_json::Value;
 
     pub(crate) use super::commit::{Plan, RootChange, decided};
-    pub(crate) use super::rotation::{
-        RevokeReport, find_grant, new_scope_epoch, seal_epoch_manifest,
-    };
+    pub(crate) use super::rotation::{RevokeReport, Rotation, find_grant};
     pub(crate) use super::{State, Vault};
     pub(crate) use crate::audit::{AuditAction, AuditRecord};
     pub(crate) use crate::error::{EhiError, Result};

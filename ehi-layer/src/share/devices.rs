@@ -4,7 +4,6 @@
 //! the device keyring they travel in are the vault's (`vault/keyring.rs`).
 
 use crate::device::{DeviceInfo, device_id};
-use crate::format::ScopeManifest;
 use crate::vault::prelude::*;
 
 /// What removing a device did.
@@ -95,48 +94,21 @@ pub async fn remove_device(vault: &Vault, id: &str) -> Result<DeviceRemoval> {
                     let mut root = state.root.clone();
                     root.devices.remove(position);
                     let generation = vault.new_root_generation(state, &root.devices).await?;
-                    let mut blobs: Vec<Blob> = Vec::new();
-                    let mut manifests: Vec<(Scope, ScopeManifest)> = Vec::new();
-                    let mut superseded: Vec<Id> = Vec::new();
-                    let mut rotated = Vec::new();
+                    let mut rotation = Rotation::default();
                     let scopes: Vec<Scope> = root.scopes.keys().copied().collect();
                     for scope in &scopes {
-                        let (epoch, key, mut manifest) =
-                            new_scope_epoch(state, &mut root, scope, now)?;
-                        seal_epoch_manifest(
-                            &mut root,
-                            scope,
-                            &mut manifest,
-                            epoch,
-                            &key,
-                            &mut blobs,
-                            &mut superseded,
-                        )?;
-                        manifests.push((*scope, manifest));
-                        rotated.push((*scope, epoch));
+                        rotation.rotate(state, &mut root, scope, now)?;
                     }
-                    let republish = vault.reseal_grants(
-                        &mut root,
-                        now,
-                        |_| true,
-                        &mut blobs,
-                        &mut superseded,
-                    )?;
+                    let republish = rotation.reseal_grants(vault, &mut root, now, |_| true)?;
                     let audit = AuditRecord::new(
                         AuditAction::Device,
                         format!(
                             "device {wanted} removed; {} scope(s) moved to new key epochs",
-                            rotated.len()
+                            rotation.rotated.len()
                         ),
                     )
                     .with_entities(vec![format!("device/{wanted}")]);
-                    let change = RootChange {
-                        root,
-                        blobs,
-                        manifests: manifests.into_iter().map(|(s, m)| (s, m, None)).collect(),
-                        unpin_after: Vec::new(),
-                        audit: Some(audit),
-                    };
+                    let (change, superseded, rotated) = rotation.into_change(root, audit);
                     Ok(Plan::write(
                         change,
                         (generation, scopes, rotated, republish, superseded),

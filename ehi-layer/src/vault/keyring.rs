@@ -26,7 +26,7 @@ use crate::keystore::{HpkeSealed, hpke_open_with_seed, hpke_seal};
 use crate::slotmove;
 use serde::{Deserialize, Serialize};
 
-use crate::device::CONTEXT_KEYRING_SLOT;
+use crate::keys::CONTEXT_KEYRING_SLOT;
 /// HPKE `info` of keyring entries.
 const KEYRING_INFO: &[u8] = b"invariant ehi-layer v1 device keyring";
 

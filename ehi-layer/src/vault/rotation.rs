@@ -10,7 +10,6 @@
 //! after the commit.
 
 use super::*;
-use crate::contribution;
 use crate::format::GrantRecord;
 use crate::grant::{self, GrantPayload, GrantedScope};
 use crate::slotmove;
@@ -62,188 +61,37 @@ impl Vault {
         Ok(done)
     }
 
+    /// Revokes grant `id` with the vault's state lock held (see [`crate::share::revoke`]).
     pub(crate) async fn revoke_locked(
         &self,
         state: &mut State,
         id: &str,
         reencrypt: bool,
     ) -> Result<RevokeReport> {
-        let (revoked, mut superseded, rotated, republish, resealed, reencrypted) = self
+        let Revoked {
+            grant,
+            mut superseded,
+            rotated,
+            republish,
+            reencrypted,
+        } = self
             .commit(
                 state,
                 &mut (id, reencrypt),
                 |vault, state, &mut (id, reencrypt)| {
-                    Box::pin(async move {
-                        let revoked = find_grant(&state.root.grants, id)?.clone();
-                        let now = now_ms();
-                        let mut root = state.root.clone();
-                        root.grants.retain(|g| g.id != revoked.id);
-                        let mut blobs: Vec<Blob> = Vec::new();
-                        let mut manifests: Vec<(Scope, ScopeManifest)> = Vec::new();
-                        let mut superseded: Vec<Id> = Vec::new();
-                        let mut rotated = Vec::new();
-                        let mut reencrypted = 0usize;
-                        for scope in &revoked.scopes {
-                            let (epoch, key, mut manifest) =
-                                new_scope_epoch(state, &mut root, scope, now)?;
-                            if reencrypt {
-                                let resource_key = key.derive(CONTEXT_RESOURCE);
-                                // Every live version still under an older key.
-                                let mut jobs = Vec::new();
-                                for (resource_type, ids) in &manifest.resources {
-                                    for (rid, versions) in ids {
-                                        for (index, v) in versions.iter().enumerate() {
-                                            if v.deleted || v.epoch == epoch {
-                                                continue;
-                                            }
-                                            let label = format!(
-                                                "{resource_type}/{rid}/_history/{}",
-                                                v.version
-                                            );
-                                            let old_key = state.resource_key(*scope, v.epoch)?;
-                                            jobs.push((
-                                                resource_type.clone(),
-                                                rid.clone(),
-                                                index,
-                                                v.blocks.clone(),
-                                                old_key,
-                                                label,
-                                            ));
-                                        }
-                                    }
-                                }
-                                // Fetch and decrypt with bounded parallelism; seal in order.
-                                let scope_copy = *scope;
-                                let fetched: Vec<_> =
-                                    futures_util::stream::iter(
-                                        jobs.into_iter().map(
-                                            |(
-                                                resource_type,
-                                                rid,
-                                                index,
-                                                blocks,
-                                                old_key,
-                                                label,
-                                            )| async move {
-                                                let content = self
-                                                    .fetch_resource(
-                                                        &old_key, scope_copy, &blocks, &label,
-                                                    )
-                                                    .await?;
-                                                Ok::<_, EhiError>((
-                                                    resource_type,
-                                                    rid,
-                                                    index,
-                                                    content,
-                                                ))
-                                            },
-                                        ),
-                                    )
-                                    .buffer_unordered(REENCRYPT_PARALLELISM)
-                                    .collect()
-                                    .await;
-                                for item in fetched {
-                                    let (resource_type, rid, index, content) = item?;
-                                    let v = manifest
-                                        .resources
-                                        .get_mut(&resource_type)
-                                        .and_then(|ids| ids.get_mut(&rid))
-                                        .and_then(|versions| versions.get_mut(index))
-                                        .ok_or_else(|| {
-                                            EhiError::corrupt(
-                                                "scope manifest",
-                                                "a version vanished",
-                                            )
-                                        })?;
-                                    let plaintext = Zeroizing::new(
-                                        serde_json::to_vec(&content).map_err(|e| {
-                                            EhiError::Crypto(format!("encoding a resource: {e}"))
-                                        })?,
-                                    );
-                                    let sealed = seal::seal_object(
-                                        &resource_key,
-                                        Kind::Resource,
-                                        scope.name(),
-                                        epoch,
-                                        &plaintext,
-                                    )?;
-                                    superseded.extend(v.blocks.iter().copied().map(Id::from_bytes));
-                                    v.blocks = to_raw(&sealed.addresses());
-                                    v.epoch = epoch;
-                                    blobs.extend(sealed.into_blobs());
-                                    reencrypted += 1;
-                                }
-                            }
-                            seal_epoch_manifest(
-                                &mut root,
-                                scope,
-                                &mut manifest,
-                                epoch,
-                                &key,
-                                &mut blobs,
-                                &mut superseded,
-                            )?;
-                            manifests.push((*scope, manifest));
-                            rotated.push((*scope, epoch));
-                        }
-                        // Re-seal the remaining grants that cover a rotated scope.
-                        let republish = vault.reseal_grants(
-                            &mut root,
-                            now,
-                            |g| g.scopes.iter().any(|s| revoked.scopes.contains(s)),
-                            &mut blobs,
-                            &mut superseded,
-                        )?;
-                        let resealed: Vec<String> =
-                            republish.iter().map(|g| hex::encode(g.id)).collect();
-                        superseded.push(Id::from_bytes(revoked.sealed));
-                        let audit = AuditRecord::new(
-                    AuditAction::Revoke,
-                    format!(
-                        "grant to {} revoked{}; {} scope(s) rotated, {} version(s) re-encrypted",
-                        revoked.app_name,
-                        if revoked.expires_ms <= now {
-                            " (expired)"
-                        } else {
-                            ""
-                        },
-                        rotated.len(),
-                        reencrypted
-                    ),
-                )
-                .with_entities(vec![format!("grant/{}", hex::encode(revoked.id))]);
-                        let change = RootChange {
-                            root,
-                            blobs,
-                            manifests: manifests.into_iter().map(|(s, m)| (s, m, None)).collect(),
-                            unpin_after: Vec::new(),
-                            audit: Some(audit),
-                        };
-                        Ok(Plan::write(
-                            change,
-                            (
-                                revoked,
-                                superseded,
-                                rotated,
-                                republish,
-                                resealed,
-                                reencrypted,
-                            ),
-                        ))
-                    })
+                    Box::pin(vault.plan_revoke(state, id, reencrypt))
                 },
             )
             .await?;
-        let scopes: Vec<Scope> = revoked.scopes.clone();
-        self.sync_scope_slots(state, &scopes).await;
+        self.sync_scope_slots(state, &grant.scopes).await;
         for g in &republish {
             if let Err(e) = self.publish_grant_slot(g).await {
                 tracing::warn!(error = %e, "moving a grant slot");
             }
         }
-        self.tombstone_grant_slot(&revoked).await;
+        self.tombstone_grant_slot(&grant).await;
         // Its channel is no longer read: tombstone it, unpin its header.
-        match self.close_channel(&revoked).await {
+        match self.close_channel(&grant).await {
             Ok(Some(header)) => superseded.push(header),
             Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "closing a revoked grant's channel"),
@@ -255,39 +103,141 @@ impl Vault {
             None
         };
         Ok(RevokeReport {
-            grant: hex::encode(revoked.id),
+            grant: hex::encode(grant.id),
             rotated,
-            resealed,
+            resealed: republish.iter().map(|g| hex::encode(g.id)).collect(),
             reencrypted,
             unpinned,
             collection,
         })
     }
 
-    /// Re-seals (with the keys now in `root`) every grant of `root` that `covers`
-    /// selects: the new blobs go to `blobs`, the old sealed grants to `superseded`.
-    /// Returns the re-sealed records (to republish on their channels).
-    pub(crate) fn reseal_grants(
-        &self,
-        root: &mut VaultRoot,
-        now: u64,
-        covers: impl Fn(&GrantRecord) -> bool,
-        blobs: &mut Vec<Blob>,
-        superseded: &mut Vec<Id>,
-    ) -> Result<Vec<GrantRecord>> {
-        let mut resealed = Vec::new();
-        for index in 0..root.grants.len() {
-            if !covers(&root.grants[index]) {
-                continue;
+    /// The root without grant `id`: every scope it covered moved to a new key epoch
+    /// (with `reencrypt`, every live version re-encrypted under it), the remaining grants
+    /// covering those scopes re-sealed.
+    async fn plan_revoke(&self, state: &State, id: &str, reencrypt: bool) -> Result<Plan<Revoked>> {
+        let grant = find_grant(&state.root.grants, id)?.clone();
+        let now = now_ms();
+        let mut root = state.root.clone();
+        root.grants.retain(|g| g.id != grant.id);
+        let mut rotation = Rotation::default();
+        let mut reencrypted = 0usize;
+        for scope in &grant.scopes {
+            let (epoch, key, mut manifest) = new_scope_epoch(state, &mut root, scope, now)?;
+            if reencrypt {
+                reencrypted += self
+                    .reencrypt(state, *scope, epoch, &key, &mut manifest, &mut rotation)
+                    .await?;
             }
-            let blob = self.seal_grant_blob(root, &root.grants[index], now)?;
-            let g = &mut root.grants[index];
-            superseded.push(Id::from_bytes(g.sealed));
-            g.sealed = *blob.address.as_bytes();
-            blobs.push(blob);
-            resealed.push(g.clone());
+            rotation.seal(&mut root, scope, manifest, epoch, &key)?;
         }
-        Ok(resealed)
+        // Re-seal the remaining grants that cover a rotated scope.
+        let republish = rotation.reseal_grants(self, &mut root, now, |g| {
+            g.scopes.iter().any(|s| grant.scopes.contains(s))
+        })?;
+        rotation.superseded.push(Id::from_bytes(grant.sealed));
+        let audit = AuditRecord::new(
+            AuditAction::Revoke,
+            format!(
+                "grant to {} revoked{}; {} scope(s) rotated, {} version(s) re-encrypted",
+                grant.app_name,
+                if grant.expires_ms <= now {
+                    " (expired)"
+                } else {
+                    ""
+                },
+                rotation.rotated.len(),
+                reencrypted
+            ),
+        )
+        .with_entities(vec![format!("grant/{}", hex::encode(grant.id))]);
+        let (change, superseded, rotated) = rotation.into_change(root, audit);
+        Ok(Plan::write(
+            change,
+            Revoked {
+                grant,
+                superseded,
+                rotated,
+                republish,
+                reencrypted,
+            },
+        ))
+    }
+
+    /// Re-encrypts under `key` (the new `epoch` of `scope`) every live version of
+    /// `manifest` still under an older key: fetched and decrypted with bounded
+    /// parallelism, sealed in order; the new blobs and the superseded ones go to
+    /// `rotation`. Returns how many versions were re-encrypted.
+    async fn reencrypt(
+        &self,
+        state: &State,
+        scope: Scope,
+        epoch: u32,
+        key: &SecretKey,
+        manifest: &mut ScopeManifest,
+        rotation: &mut Rotation,
+    ) -> Result<usize> {
+        let resource_key = key.derive(CONTEXT_RESOURCE);
+        let mut jobs = Vec::new();
+        for (resource_type, ids) in &manifest.resources {
+            for (rid, versions) in ids {
+                for (index, v) in versions.iter().enumerate() {
+                    if v.deleted || v.epoch == epoch {
+                        continue;
+                    }
+                    let label = format!("{resource_type}/{rid}/_history/{}", v.version);
+                    let old_key = state.resource_key(scope, v.epoch)?;
+                    jobs.push((
+                        resource_type.clone(),
+                        rid.clone(),
+                        index,
+                        v.blocks.clone(),
+                        old_key,
+                        label,
+                    ));
+                }
+            }
+        }
+        let fetched: Vec<_> = futures_util::stream::iter(jobs.into_iter().map(
+            |(resource_type, rid, index, blocks, old_key, label)| async move {
+                let content = self
+                    .fetch_resource(&old_key, scope, &blocks, &label)
+                    .await?;
+                Ok::<_, EhiError>((resource_type, rid, index, content))
+            },
+        ))
+        .buffer_unordered(REENCRYPT_PARALLELISM)
+        .collect()
+        .await;
+        let mut reencrypted = 0;
+        for item in fetched {
+            let (resource_type, rid, index, content) = item?;
+            let v = manifest
+                .resources
+                .get_mut(&resource_type)
+                .and_then(|ids| ids.get_mut(&rid))
+                .and_then(|versions| versions.get_mut(index))
+                .ok_or_else(|| EhiError::corrupt("scope manifest", "a version vanished"))?;
+            let plaintext = Zeroizing::new(
+                serde_json::to_vec(&content)
+                    .map_err(|e| EhiError::Crypto(format!("encoding a resource: {e}")))?,
+            );
+            let sealed = seal::seal_object(
+                &resource_key,
+                Kind::Resource,
+                scope.name(),
+                epoch,
+                &plaintext,
+            )?;
+            rotation
+                .superseded
+                .extend(v.blocks.iter().copied().map(Id::from_bytes));
+            v.blocks = to_raw(&sealed.addresses());
+            v.epoch = epoch;
+            rotation.blobs.extend(sealed.into_blobs());
+            reencrypted += 1;
+        }
+        Ok(reencrypted)
     }
 
     /// The sealed grant blob of `record` with the keys in `root`.
@@ -359,7 +309,7 @@ impl Vault {
     /// its header blob (pinned by the patient's device; the caller unpins it), `None`
     /// when the channel was never opened.
     pub(crate) async fn close_channel(&self, grant: &GrantRecord) -> Result<Option<Id>> {
-        let slot = contribution::channel_slot(&self.slot, &grant.id);
+        let slot = crate::keys::channel_slot(&self.slot, &grant.id);
         let Some(header) = slotmove::registered_at(&self.net, slot, "grant channel").await? else {
             return Ok(None);
         };
@@ -415,26 +365,109 @@ pub(crate) fn new_scope_epoch(
     Ok((epoch, key, manifest))
 }
 
-/// Seals `manifest` as `scope`'s manifest of `epoch` under `key` and points `root` at
-/// it: the new blobs go to `blobs`, the old manifest's blocks to `superseded`.
-pub(crate) fn seal_epoch_manifest(
-    root: &mut VaultRoot,
-    scope: &Scope,
-    manifest: &mut ScopeManifest,
-    epoch: u32,
-    key: &SecretKey,
-    blobs: &mut Vec<Blob>,
-    superseded: &mut Vec<Id>,
-) -> Result<()> {
-    let record = root
-        .scopes
-        .get_mut(scope)
-        .ok_or_else(|| EhiError::corrupt("vault root", format!("scope {scope} is missing")))?;
-    manifest.epoch = epoch;
-    manifest.generation += 1;
-    let sealed = seal_manifest(manifest, key)?;
-    superseded.extend(record.manifest.iter().copied().map(Id::from_bytes));
-    record.manifest = to_raw(&sealed.addresses());
-    blobs.extend(sealed.into_blobs());
-    Ok(())
+/// What a revocation committed, for the steps after the commit.
+struct Revoked {
+    grant: GrantRecord,
+    superseded: Vec<Id>,
+    rotated: Vec<(Scope, u32)>,
+    republish: Vec<GrantRecord>,
+    reencrypted: usize,
+}
+
+/// A key rotation being planned: the scopes moved to new epochs so far with their
+/// re-sealed manifests, the blobs to write and the blocks they supersede.
+#[derive(Default)]
+pub(crate) struct Rotation {
+    /// New blobs (manifests, re-sealed grants, re-encrypted versions).
+    pub(crate) blobs: Vec<Blob>,
+    /// Blocks the new blobs replace (unpinned once the commit stands).
+    pub(crate) superseded: Vec<Id>,
+    /// The scopes moved, with their new epoch.
+    pub(crate) rotated: Vec<(Scope, u32)>,
+    manifests: Vec<(Scope, ScopeManifest)>,
+}
+
+impl Rotation {
+    /// Moves `scope` of `root` to a new key epoch and re-seals its manifest under it.
+    pub(crate) fn rotate(
+        &mut self,
+        state: &State,
+        root: &mut VaultRoot,
+        scope: &Scope,
+        now: u64,
+    ) -> Result<()> {
+        let (epoch, key, manifest) = new_scope_epoch(state, root, scope, now)?;
+        self.seal(root, scope, manifest, epoch, &key)
+    }
+
+    /// Seals `manifest` as `scope`'s manifest of `epoch` under `key` and points `root`
+    /// at it.
+    pub(crate) fn seal(
+        &mut self,
+        root: &mut VaultRoot,
+        scope: &Scope,
+        mut manifest: ScopeManifest,
+        epoch: u32,
+        key: &SecretKey,
+    ) -> Result<()> {
+        let record = root
+            .scopes
+            .get_mut(scope)
+            .ok_or_else(|| EhiError::corrupt("vault root", format!("scope {scope} is missing")))?;
+        manifest.epoch = epoch;
+        manifest.generation += 1;
+        let sealed = seal_manifest(&manifest, key)?;
+        self.superseded
+            .extend(record.manifest.iter().copied().map(Id::from_bytes));
+        record.manifest = to_raw(&sealed.addresses());
+        self.blobs.extend(sealed.into_blobs());
+        self.manifests.push((*scope, manifest));
+        self.rotated.push((*scope, epoch));
+        Ok(())
+    }
+
+    /// Re-seals (with the keys now in `root`) every grant of `root` that `covers`
+    /// selects. Returns the re-sealed records (to point their slots at the new blobs).
+    pub(crate) fn reseal_grants(
+        &mut self,
+        vault: &Vault,
+        root: &mut VaultRoot,
+        now: u64,
+        covers: impl Fn(&GrantRecord) -> bool,
+    ) -> Result<Vec<GrantRecord>> {
+        let mut resealed = Vec::new();
+        for index in 0..root.grants.len() {
+            if !covers(&root.grants[index]) {
+                continue;
+            }
+            let blob = vault.seal_grant_blob(root, &root.grants[index], now)?;
+            let g = &mut root.grants[index];
+            self.superseded.push(Id::from_bytes(g.sealed));
+            g.sealed = *blob.address.as_bytes();
+            self.blobs.push(blob);
+            resealed.push(g.clone());
+        }
+        Ok(resealed)
+    }
+
+    /// The change of the root this rotation makes, with the blocks it supersedes and
+    /// the scopes it moved.
+    pub(crate) fn into_change(
+        self,
+        root: VaultRoot,
+        audit: AuditRecord,
+    ) -> (RootChange, Vec<Id>, Vec<(Scope, u32)>) {
+        let change = RootChange {
+            root,
+            blobs: self.blobs,
+            manifests: self
+                .manifests
+                .into_iter()
+                .map(|(s, m)| (s, m, None))
+                .collect(),
+            unpin_after: Vec::new(),
+            audit: Some(audit),
+        };
+        (change, self.superseded, self.rotated)
+    }
 }
