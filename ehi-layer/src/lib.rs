@@ -122,7 +122,7 @@
 //! (tests/removal.rs). Open slots (inbox, reply slots, channels) and the emergency log
 //! (whose key the holder has) can be moved off the tombstone again by the apps, and
 //! blobs the apps and the holder pinned (requests, contributions, log entries) stay
-//! pinned by them: see `vault/removal.rs`.
+//! pinned by them: see `ehi_share::removal`.
 //!
 //! **The timeline of removal.** At once: every key is gone, so the data cannot be
 //! decrypted (crypto-shredding) and the slots show the tombstone. The ciphertext
@@ -233,34 +233,17 @@
 //! request and one commit per import, and manifests that are whole objects (an import
 //! rewrites the touched scopes' manifests and indexes).
 
-pub mod app;
-pub mod audit;
-pub mod consent;
-pub mod contribution;
-pub mod device;
-pub mod emergency;
-pub mod error;
-pub mod export;
-pub mod fhir;
-pub mod format;
-pub mod grant;
-pub mod keys;
-pub mod keystore;
-mod letter;
-pub mod network;
-pub mod present;
-pub mod purpose;
-pub mod scope;
-pub mod seal;
-mod search;
-pub mod serve;
-pub mod session;
-pub mod share;
-mod slotmove;
-mod snapshot;
-pub mod time;
-pub mod validate;
-pub mod vault;
+// The crates the ehi-layer is made of, re-exported so one path serves every user of
+// the library: `ehi-vault` (keys, formats, the vault), `ehi-share` (grants, requests,
+// channels, devices, emergency, removal, the app's side) and `ehi-serve` (the FHIR
+// facade). The `ehi` binary (src/main.rs, src/cli/) is built on this crate.
+pub use ehi_serve as serve;
+pub use ehi_share as share;
+pub use ehi_share::{consent, contribution, device, emergency, session};
+pub use ehi_vault::{
+    app, audit, error, export, fhir, format, grant, keys, keystore, network, present, purpose,
+    scope, seal, time, validate, vault,
+};
 
 pub use app::{AppCard, AppKeystore};
 pub use consent::{ConsentAsk, Decision, InboxCard, PendingRequest};

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate ehi-layer/src/validate/r4.rs from the official FHIR R4 structure definitions.
+"""Regenerate ehi-layer/vault/src/validate/r4.rs from the official FHIR R4 structure definitions.
 
 Source: the npm package `hl7.fhir.r4.examples` 4.0.1 (CC0-1.0), files
 `package/StructureDefinition-*.json`: every R4 resource, complex datatype and primitive
@@ -7,7 +7,7 @@ datatype, with their snapshots (the same package ehi-search's parameter table co
 
 Usage:
     cd "$(mktemp -d)" && npm pack hl7.fhir.r4.examples@4.0.1 && tar xzf hl7.fhir.r4.examples-4.0.1.tgz
-    python3 <repo>/ehi-layer/tools/gen_structure.py package > <repo>/ehi-layer/src/validate/r4.rs
+    python3 <repo>/ehi-layer/tools/gen_structure.py package > <repo>/ehi-layer/vault/src/validate/r4.rs
     cargo fmt -p ehi-layer
 
 What is kept:
