@@ -6,8 +6,10 @@
 //! - [`body`]: streaming parser of id-list request bodies.
 //! - [`store`]: pins, registrations and placement knowledge in redb.
 //! - [`placement`]: the N nearest servers of a block.
-//! - `membership`: candidate storage servers and health checks.
-//! - `repair`: the repair queue, copy workers and full placement passes.
+//! - `membership`: candidate storage servers and the active set.
+//! - `health`: health rounds probing the candidates.
+//! - `work`: the queue of blocks needing placement work, with retries and backoff.
+//! - `repair`: the copy workers and full placement passes.
 //! - `report`: best-effort reports of new holders to find servers.
 //! - `gc`: garbage collection: released blocks leave every storage server after
 //!   their grace period.
@@ -37,11 +39,13 @@ pub mod placement;
 pub mod store;
 
 mod gc;
+mod health;
 mod http;
 mod membership;
 mod repair;
 mod report;
 mod state;
+mod work;
 
 use std::collections::HashSet;
 use std::io;
@@ -61,9 +65,9 @@ use tokio_util::task::TaskTracker;
 pub use state::BlockingError;
 
 use crate::membership::Membership;
-use crate::repair::WorkQueue;
 use crate::state::{Core, Stats};
 use crate::store::{HolderUpdate, Store, StoreError};
+use crate::work::WorkQueue;
 
 /// Distributor settings. `Default` is right for local use.
 #[derive(Clone, Debug)]
@@ -313,7 +317,7 @@ async fn health_loop(core: Arc<Core>) {
     let mut first = true;
     loop {
         let outcome = tokio::select! {
-            outcome = membership::round(&core) => outcome,
+            outcome = health::round(&core) => outcome,
             _ = core.shutdown.cancelled() => return,
         };
         if outcome.changed || first {

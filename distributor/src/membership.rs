@@ -1,32 +1,22 @@
-//! The storage servers blocks are distributed onto, and their health.
+//! The storage servers blocks are distributed onto: the candidates and the published
+//! active set.
 //!
 //! Candidates are the explicitly registered servers plus (unless turned off) every
-//! server the broker lists under kind `storage`. A health round, every
-//! `health_interval` ±20% and at once after a registration change, probes each
-//! candidate (bounded concurrency, every call under a timeout): `GET /id/` at the url
-//! that answered last time, else each url of the broker's location checked with
-//! `GET /id/`. A server that answers with its id is active; an active server that
-//! misses `lost_after` probes in a row is lost. Each round that changes the active set
-//! publishes a new [`ActiveSet`] and asks for a placement pass; servers coming back
-//! after being lost have their holdings re-checked by that pass.
+//! server the broker lists under kind `storage`. The health rounds (`health`) probe them
+//! and record here which answered: a server that answers with its id is active; an
+//! active server that misses `lost_after` probes in a row is lost. Each round that
+//! changes the active set publishes a new [`ActiveSet`]; servers coming back after
+//! being lost are reported so that the next placement pass re-checks their holdings.
 //!
 //! Only an active server's url (one that answered with the expected id at the last
-//! probe) is ever sent a block, asked for one, or asked to fetch one. Probes and
-//! transfers go through the peer clients (no redirects, `--peer-allow`, the server's
-//! token): a url outside the allowed networks, or answering with a redirect, never
-//! answers a probe, so its server never becomes active.
+//! probe) is ever sent a block, asked for one, or asked to fetch one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
-use futures_util::StreamExt;
+use invariant_runtime::peers::PeerClient;
 use invariant_spec::{Id, StorageClient};
 use tokio::sync::Notify;
-
-use crate::state::Core;
-
-/// Health probes run at once.
-const PROBE_CONCURRENCY: usize = 16;
 
 /// An active storage server.
 #[derive(Clone, Debug)]
@@ -78,6 +68,14 @@ pub(crate) struct Membership {
     pub wake: Notify,
 }
 
+/// A candidate to probe: its id, the url that answered last time, and whether it
+/// supports fetch when it is active (so that need not be asked again).
+pub(crate) type Probe = (Id, Option<String>, Option<bool>);
+
+/// What a health round found of one candidate: `Some((url, fetch supported))` when it
+/// answered with its id.
+pub(crate) type ProbeResult = (Id, Option<(String, bool)>);
+
 /// What a health round changed.
 #[derive(Debug, Default)]
 pub(crate) struct RoundOutcome {
@@ -127,47 +125,15 @@ impl Membership {
         self.wake.notify_one();
     }
 
-    fn publish(&self, table: &Table, core: &Core) {
-        let mut set = ActiveSet::default();
-        for (id, member) in &table.members {
-            if !member.active {
-                continue;
-            }
-            let Some(url) = &member.url else { continue };
-            let Ok(endpoint) = core.transfer.endpoint(url) else {
-                continue;
-            };
-            set.ids.push(*id);
-            set.storages.insert(
-                *id,
-                Storage {
-                    id: *id,
-                    client: StorageClient::from_endpoint(endpoint),
-                    fetch: member.fetch,
-                },
-            );
-        }
-        set.ids.sort();
-        *self.active.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
-    }
-}
-
-/// One health round (see the module docs).
-pub(crate) async fn round(core: &Core) -> RoundOutcome {
-    let members = &core.members;
-    if core.config.broker_storages
-        && let Some(broker) = &core.broker
-    {
-        match tokio::time::timeout(core.config.probe_timeout, broker.registered("storage")).await {
-            Ok(Ok(ids)) => members.lock().from_broker = ids.into_iter().collect(),
-            Ok(Err(e)) => tracing::debug!(error = %e, "broker storage list unavailable"),
-            Err(_) => tracing::debug!("broker storage list timed out"),
-        }
+    /// Replaces the servers the broker lists.
+    pub fn set_from_broker(&self, ids: impl IntoIterator<Item = Id>) {
+        self.lock().from_broker = ids.into_iter().collect();
     }
 
-    let mut outcome = RoundOutcome::default();
-    let probes: Vec<(Id, Option<String>, Option<bool>)> = {
-        let mut table = members.lock();
+    /// Starts a health round: forgets servers that are no longer candidates (noting in
+    /// `outcome` when an active one goes) and returns the candidates to probe.
+    pub fn begin_round(&self, outcome: &mut RoundOutcome) -> Vec<Probe> {
+        let mut table = self.lock();
         let candidates: Vec<Id> = table
             .registered
             .union(&table.from_broker)
@@ -195,123 +161,82 @@ pub(crate) async fn round(core: &Core) -> RoundOutcome {
                 (id, member.url.clone(), fetch)
             })
             .collect()
-    };
-
-    let results: Vec<(Id, Option<(String, bool)>)> = futures_util::stream::iter(probes)
-        .map(|(id, url, fetch)| async move { (id, probe(core, id, url, fetch).await) })
-        .buffer_unordered(PROBE_CONCURRENCY)
-        .collect()
-        .await;
-
-    let mut table = members.lock();
-    for (id, result) in results {
-        if !table.is_candidate(&id) {
-            continue;
-        }
-        let Some(member) = table.members.get_mut(&id) else {
-            continue;
-        };
-        match result {
-            Some((url, fetch)) => {
-                member.failures = 0;
-                if !member.active {
-                    member.active = true;
-                    outcome.changed = true;
-                    if member.seen_active {
-                        outcome.returned.push(id);
-                        tracing::info!(storage = %id, %url, "storage server is back");
-                    } else {
-                        tracing::info!(storage = %id, %url, fetch, "storage server active");
-                    }
-                    member.seen_active = true;
-                }
-                if member.url.as_deref() != Some(url.as_str()) || member.fetch != fetch {
-                    member.url = Some(url);
-                    member.fetch = fetch;
-                    outcome.changed = true;
-                }
-            }
-            None => {
-                member.failures = member.failures.saturating_add(1);
-                if member.active && member.failures >= core.config.lost_after {
-                    member.active = false;
-                    outcome.changed = true;
-                    tracing::warn!(storage = %id, "storage server lost");
-                }
-            }
-        }
     }
-    if outcome.changed {
-        members.publish(&table, core);
-    }
-    outcome
-}
 
-/// Checks one server: `Some((url, fetch supported))` when it answers with its id.
-async fn probe(
-    core: &Core,
-    id: Id,
-    cached_url: Option<String>,
-    cached_fetch: Option<bool>,
-) -> Option<(String, bool)> {
-    let check = async {
-        if let Some(url) = cached_url
-            && let Some(url) = answers_as(core, &url, &id).await
-        {
-            let fetch = match cached_fetch {
-                Some(fetch) => fetch,
-                None => fetch_supported(core, &url).await,
+    /// Ends a health round with the probes' `results`: a server missing `lost_after`
+    /// probes in a row is lost. When the active set changed, publishes the new one with
+    /// clients on `transfer`.
+    pub fn finish_round(
+        &self,
+        results: Vec<ProbeResult>,
+        lost_after: u32,
+        transfer: &PeerClient,
+        outcome: &mut RoundOutcome,
+    ) {
+        let mut table = self.lock();
+        for (id, result) in results {
+            if !table.is_candidate(&id) {
+                continue;
+            }
+            let Some(member) = table.members.get_mut(&id) else {
+                continue;
             };
-            return Some((url, fetch));
+            match result {
+                Some((url, fetch)) => {
+                    member.failures = 0;
+                    if !member.active {
+                        member.active = true;
+                        outcome.changed = true;
+                        if member.seen_active {
+                            outcome.returned.push(id);
+                            tracing::info!(storage = %id, %url, "storage server is back");
+                        } else {
+                            tracing::info!(storage = %id, %url, fetch, "storage server active");
+                        }
+                        member.seen_active = true;
+                    }
+                    if member.url.as_deref() != Some(url.as_str()) || member.fetch != fetch {
+                        member.url = Some(url);
+                        member.fetch = fetch;
+                        outcome.changed = true;
+                    }
+                }
+                None => {
+                    member.failures = member.failures.saturating_add(1);
+                    if member.active && member.failures >= lost_after {
+                        member.active = false;
+                        outcome.changed = true;
+                        tracing::warn!(storage = %id, "storage server lost");
+                    }
+                }
+            }
         }
-        let url = resolve(core, &id).await?;
-        let fetch = fetch_supported(core, &url).await;
-        Some((url, fetch))
-    };
-    // Each call has its own timeout; this bounds the whole probe.
-    tokio::time::timeout(core.config.probe_timeout * 3, check)
-        .await
-        .ok()
-        .flatten()
-}
-
-/// The base url of `url` when the server there answers `GET /id/` with `id`.
-async fn answers_as(core: &Core, url: &str, id: &Id) -> Option<String> {
-    let endpoint = match core.probe.endpoint(url) {
-        Ok(endpoint) => endpoint,
-        Err(e) => {
-            tracing::debug!(storage = %id, error = %e, "url not contacted");
-            return None;
-        }
-    };
-    match endpoint.server_id().await {
-        Ok(answered) if answered == *id => Some(endpoint.base_url().to_string()),
-        Ok(answered) => {
-            tracing::debug!(storage = %id, url, %answered, "url answers with another id");
-            None
-        }
-        Err(_) => None,
-    }
-}
-
-/// A url of server `id` from the broker's location that answers `GET /id/` with `id`.
-pub(crate) async fn resolve(core: &Core, id: &Id) -> Option<String> {
-    let broker = core.broker.as_ref()?;
-    let location = broker.location(id).await.ok().flatten()?;
-    for url in location.all_urls() {
-        if let Some(url) = answers_as(core, &url, id).await {
-            return Some(url);
+        if outcome.changed {
+            self.publish(&table, transfer);
         }
     }
-    None
-}
 
-async fn fetch_supported(core: &Core, url: &str) -> bool {
-    match core.probe.endpoint(url) {
-        Ok(endpoint) => StorageClient::from_endpoint(endpoint)
-            .fetch_supported()
-            .await
-            .unwrap_or(false),
-        Err(_) => false,
+    fn publish(&self, table: &Table, transfer: &PeerClient) {
+        let mut set = ActiveSet::default();
+        for (id, member) in &table.members {
+            if !member.active {
+                continue;
+            }
+            let Some(url) = &member.url else { continue };
+            let Ok(endpoint) = transfer.endpoint(url) else {
+                continue;
+            };
+            set.ids.push(*id);
+            set.storages.insert(
+                *id,
+                Storage {
+                    id: *id,
+                    client: StorageClient::from_endpoint(endpoint),
+                    fetch: member.fetch,
+                },
+            );
+        }
+        set.ids.sort();
+        *self.active.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(set);
     }
 }

@@ -71,7 +71,7 @@ async fn send(core: &Core, finds: &mut FindServers, batch: HashMap<Id, Vec<Id>>)
         match broker.registered("find").await {
             Ok(ids) => {
                 for id in ids {
-                    let Some(url) = crate::membership::resolve(core, &id).await else {
+                    let Some(url) = crate::health::resolve(core, &id).await else {
                         continue;
                     };
                     match core.probe.endpoint(&url) {

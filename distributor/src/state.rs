@@ -13,9 +13,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::DistributorConfig;
 use crate::membership::Membership;
-use crate::repair::WorkQueue;
 use crate::store::gc::GcTotals;
 use crate::store::{HolderUpdate, Store, StoreError};
+use crate::work::WorkQueue;
 
 /// A blocking store call that failed.
 #[derive(Debug, thiserror::Error)]

@@ -309,7 +309,7 @@ pub(crate) fn reference_type(reference: &Value) -> Option<&str> {
     if let Some((ty, _)) = reference
         .get("reference")
         .and_then(Value::as_str)
-        .and_then(crate::store::split_reference)
+        .and_then(crate::reference::split_reference)
     {
         return Some(ty);
     }

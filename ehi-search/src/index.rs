@@ -23,6 +23,7 @@ use crate::date::{self, DateRange};
 use crate::fhirpath::Expression;
 use crate::normalize::normalize;
 use crate::query::{SearchQuery, split_unescaped, unescape};
+use crate::reference::{is_fhir_id, split_reference};
 use crate::store::{self, Entries, ParamStore, Ranker, SEP};
 use crate::{ParamDef, ParamKind, SearchError, parameter, supported_parameters};
 
@@ -160,7 +161,7 @@ impl SearchIndex {
             .get("id")
             .and_then(Value::as_str)
             .ok_or_else(|| invalid(format!("{rt} has no id")))?;
-        if !store::is_fhir_id(id) {
+        if !is_fhir_id(id) {
             return Err(invalid(format!("{rt} id {id:?} is not a valid FHIR id")));
         }
         let exprs = EXPRESSIONS.get(rt).map(Vec::as_slice).unwrap_or_default();
@@ -814,7 +815,7 @@ fn parse_reference(v: &str, ty: Option<&str>, out: &mut Vec<RefValue>) -> Result
     if absolute {
         out.push(RefValue::Raw(v.to_string()));
     }
-    match store::split_reference(v) {
+    match split_reference(v) {
         // A `:Type` modifier that contradicts the value's type matches nothing.
         Some((t, id)) if ty.is_none_or(|m| m == t) => {
             out.push(RefValue::Typed {
@@ -824,7 +825,7 @@ fn parse_reference(v: &str, ty: Option<&str>, out: &mut Vec<RefValue>) -> Result
         }
         Some(_) => {}
         None if !absolute => {
-            if store::is_fhir_id(v) {
+            if is_fhir_id(v) {
                 out.push(RefValue::Typed {
                     ty: ty.map(str::to_string),
                     id: v.to_string(),

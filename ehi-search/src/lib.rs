@@ -99,6 +99,7 @@ pub mod index;
 mod normalize;
 mod params;
 mod query;
+mod reference;
 mod store;
 
 pub use index::{FORMAT_VERSION, SearchIndex, SearchResult};

@@ -15,6 +15,7 @@ use invariant_spec::http::ClientSecurity;
 
 use crate::conn::Limits;
 
+pub use crate::tls::TlsFiles;
 pub use invariant_spec::Role;
 
 /// Log output format.
@@ -151,15 +152,6 @@ impl LimitArgs {
             body_budget: self.body_budget.max(64 << 10),
         }
     }
-}
-
-/// Certificate and key files of a TLS server.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
 }
 
 /// Token checking of incoming requests.

@@ -7,7 +7,7 @@
 //! keeps the previous certificate and logs why.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use rustls::ServerConfig;
@@ -17,7 +17,14 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpStream;
 
-use crate::options::TlsFiles;
+/// Certificate and key files of a TLS server.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
