@@ -209,6 +209,16 @@ impl Ctx {
         self.call(self.req(Method::GET, path)).await
     }
 
+    /// `GET path` right after the server refused a request by closing its connection:
+    /// a pooled connection may be the closed one, so a request that meets a closed
+    /// connection is sent once more.
+    pub(crate) async fn get_after_refusal(&self, path: &str) -> Result<Resp, Fail> {
+        match self.get(path).await {
+            Err(Fail(text)) if closed_while_sending(&text) => self.get(path).await,
+            other => other,
+        }
+    }
+
     pub(crate) async fn head(&self, path: &str) -> Result<Resp, Fail> {
         self.call(self.req(Method::HEAD, path)).await
     }

@@ -565,3 +565,42 @@ fn repair(c: &Ctx) -> BoxFuture<'_, Verdict> {
         Ok(Outcome::Pass)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids at known distances from `block`: `near(block, k)` differs in the last byte.
+    fn near(block: &Id, k: u8) -> Id {
+        let mut bytes = *block.as_bytes();
+        bytes[31] ^= k;
+        Id::from_bytes(bytes)
+    }
+
+    #[test]
+    fn a_placement_may_use_the_brokers_other_storage_servers() {
+        let block = Id::of_content(b"block");
+        let peers = [
+            near(&block, 2),
+            near(&block, 8),
+            near(&block, 16),
+            near(&block, 32),
+        ];
+        let listed = [near(&block, 1), near(&block, 4)];
+        // Nearest first over registered and listed servers.
+        let placement = [listed[0], peers[0], listed[1]];
+        assert_eq!(
+            placement_verdict(&block, &placement, &peers, &listed),
+            Ok(Outcome::Pass)
+        );
+        // A listed server may be down: skipping it is allowed, skipping a peer is not.
+        let without_listed = [peers[0], listed[1], peers[1]];
+        assert!(placement_verdict(&block, &without_listed, &peers, &listed).is_ok());
+        let skips_a_peer = [listed[0], listed[1], peers[1]];
+        assert!(placement_verdict(&block, &skips_a_peer, &peers, &listed).is_err());
+        let unordered = [peers[0], listed[0], listed[1]];
+        assert!(placement_verdict(&block, &unordered, &peers, &listed).is_err());
+        let stranger = [near(&block, 3), peers[0], peers[1]];
+        assert!(placement_verdict(&block, &stranger, &peers, &listed).is_err());
+    }
+}

@@ -320,7 +320,7 @@ fn oversize(c: &Ctx) -> BoxFuture<'_, Verdict> {
             .await?
         else {
             // Refused by closing the connection: nothing may have been registered.
-            c.get(&format!("/slots/{id}")).await?.expect(
+            c.get_after_refusal(&format!("/slots/{id}")).await?.expect(
                 404,
                 "after a registration refused by closing the connection",
             )?;
@@ -328,7 +328,7 @@ fn oversize(c: &Ctx) -> BoxFuture<'_, Verdict> {
         };
         match resp.status {
             413 => {
-                c.get(&format!("/slots/{id}"))
+                c.get_after_refusal(&format!("/slots/{id}"))
                     .await?
                     .expect(404, "after a refused registration")?;
                 Ok(Outcome::Pass)

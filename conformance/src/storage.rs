@@ -839,8 +839,11 @@ fn list(c: &Ctx) -> BoxFuture<'_, Verdict> {
         ensure!(
             one.blobs.first().map(|b| (b.address, b.size)) == Some((first, first_len)),
             "listing after the address just below {first} should start with it ({first_len} \
-             bytes), got {:?}",
-            one.blobs.first()
+             bytes), got {}",
+            one.blobs.first().map_or("nothing".to_string(), |b| format!(
+                "{} ({} bytes)",
+                b.address, b.size
+            ))
         );
         ensure!(
             one.next.is_some(),

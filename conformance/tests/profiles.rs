@@ -104,3 +104,50 @@ async fn a_crash_mid_run_is_reported_once() {
             .all(|r| r.status != Status::Skip || r.check != "storage-put")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reference_like_distributor_passes_core_and_fails_only_extensions_under_full() {
+    let url = fakes::core_distributor().await;
+    let core = run(Role::Distributor, &url, profile(Profile::Core))
+        .await
+        .expect("run");
+    assert!(core.passed(), "{}", core.table());
+    let full = run(Role::Distributor, &url, profile(Profile::Full))
+        .await
+        .expect("run");
+    let mut failures = failed(&full);
+    failures.sort_unstable();
+    assert_eq!(
+        failures,
+        [
+            "distributor-blocks",
+            "distributor-body-malformed",
+            "distributor-unpin-below-zero",
+        ],
+        "{}",
+        full.table()
+    );
+    assert!(
+        full.failures().all(|r| r.profile == Profile::Full),
+        "{}",
+        full.table()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_answer_for_an_unknown_files_node_is_a_warning() {
+    let url = fakes::reference_like_files().await;
+    let report = run(Role::Files, &url, profile(Profile::Core))
+        .await
+        .expect("run");
+    assert!(report.passed(), "{}", report.table());
+    for check in ["files-unknown-node", "files-unknown-node-changes"] {
+        let result = report
+            .results
+            .iter()
+            .find(|r| r.check == check)
+            .expect("the check ran");
+        assert_eq!(result.status, Status::Warn, "{}", report.table());
+        assert!(result.detail.contains("400"), "{result:?}");
+    }
+}

@@ -146,3 +146,113 @@ pub fn closed_port_url() -> String {
         .port();
     format!("http://127.0.0.1:{port}")
 }
+
+/// Reference-counted pins and registrations of the fake distributor.
+#[derive(Clone, Default)]
+struct Counts {
+    pins: Arc<Mutex<HashMap<Id, u64>>>,
+    storages: Arc<Mutex<HashMap<Id, u64>>>,
+}
+
+/// Reads an id list leniently, as the reference does: any run of hex characters
+/// between separators (white space, commas, quotes, brackets) that parses is an id;
+/// anything else is ignored.
+fn lenient_ids(body: &[u8]) -> Vec<Id> {
+    String::from_utf8_lossy(body)
+        .split(|c: char| c.is_whitespace() || matches!(c, ',' | '"' | '[' | ']'))
+        .filter_map(|t| Id::parse(t).ok())
+        .collect()
+}
+
+fn add(map: &Mutex<HashMap<Id, u64>>, ids: &[Id]) {
+    let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
+    for id in ids {
+        *map.entry(*id).or_default() += 1;
+    }
+}
+
+/// Removes one count per id, stopping at zero without complaint (the reference).
+fn remove(map: &Mutex<HashMap<Id, u64>>, ids: &[Id]) {
+    let mut map = map.lock().unwrap_or_else(PoisonError::into_inner);
+    for id in ids {
+        if let Some(n) = map.get_mut(id) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(id);
+            }
+        }
+    }
+}
+
+/// Answers items for pinned blocks only, with no active storage server.
+async fn blocks(State(counts): State<Counts>, body: Bytes) -> Response {
+    let pins = counts.pins.lock().unwrap_or_else(PoisonError::into_inner);
+    let items: Vec<serde_json::Value> = lenient_ids(&body)
+        .into_iter()
+        .filter(|id| pins.contains_key(id))
+        .map(|id| serde_json::json!({"block": id, "storages": []}))
+        .collect();
+    axum::Json(items).into_response()
+}
+
+/// A distributor that does what the reference's documents and code do: lenient id
+/// lists, unpin below zero ignored (200), `blocks` items for pinned blocks only, no
+/// status or gc routes.
+pub async fn core_distributor() -> String {
+    let app = Router::new()
+        .route("/id", get(id))
+        .route("/id/", get(id))
+        .route(
+            "/distributor/pin",
+            axum::routing::put(|State(c): State<Counts>, body: Bytes| async move {
+                add(&c.pins, &lenient_ids(&body));
+            }),
+        )
+        .route(
+            "/distributor/unpin",
+            axum::routing::put(|State(c): State<Counts>, body: Bytes| async move {
+                remove(&c.pins, &lenient_ids(&body));
+            }),
+        )
+        .route(
+            "/distributor/register/storage",
+            axum::routing::put(|State(c): State<Counts>, body: Bytes| async move {
+                add(&c.storages, &lenient_ids(&body));
+            }),
+        )
+        .route(
+            "/distributor/unregister/storage",
+            axum::routing::put(|State(c): State<Counts>, body: Bytes| async move {
+                remove(&c.storages, &lenient_ids(&body));
+            }),
+        )
+        .route("/distributor/blocks", post(blocks))
+        .with_state(Counts::default());
+    serve(app, Arc::new(Notify::new())).await
+}
+
+/// A files server that knows no node and answers 400 for every node it does not know,
+/// as the reference does ("Unrecognized node").
+pub async fn reference_like_files() -> String {
+    let unrecognized = || async { (StatusCode::BAD_REQUEST, "Unrecognized node\n") };
+    let app = Router::new()
+        .route("/id", get(id))
+        .route("/id/", get(id))
+        .route(
+            "/files/sync",
+            axum::routing::put(|| async { StatusCode::OK }),
+        )
+        .route(
+            "/files/mount",
+            post(|| async { (StatusCode::BAD_REQUEST, "not a content link\n") }),
+        )
+        .route("/files/info/{node}", get(unrecognized))
+        .route("/files/directory/{node}", get(unrecognized))
+        .route("/files/lookup/{node}/{name}", get(unrecognized))
+        .route("/files/unmount/{node}", post(unrecognized))
+        .route("/files/size/{node}", axum::routing::put(unrecognized))
+        .route("/files/remove/{node}/{name}", post(unrecognized))
+        .route("/files/{node}", get(unrecognized).post(unrecognized))
+        .route("/files/{node}/{name}", axum::routing::put(unrecognized));
+    serve(app, Arc::new(Notify::new())).await
+}
