@@ -30,6 +30,7 @@ use crate::check::{
 };
 use crate::distributor::json_list;
 use crate::files::UNKNOWN_NODE;
+use crate::profile::Profile;
 
 const DOC: &str = "security.md";
 
@@ -39,6 +40,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "security-401",
         title: "every changing route refuses a request without a token: 401, Bearer, nothing changed",
+        profile: Profile::Secure,
         run: no_token,
     },
     CheckDef {
@@ -46,6 +48,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "security-403",
         title: "a token narrowed to <role>:read (lacking the right) is 403 and changes nothing",
+        profile: Profile::Secure,
         run: narrowed_token,
     },
     CheckDef {
@@ -53,6 +56,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "security-403",
         title: "an expired token is 403 and changes nothing",
+        profile: Profile::Secure,
         run: expired_token,
     },
     CheckDef {
@@ -60,6 +64,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "security-403",
         title: "a token of another root, or a value that is no token, is 403 and changes nothing",
+        profile: Profile::Secure,
         run: foreign_token,
     },
     CheckDef {
@@ -67,6 +72,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "security-reads",
         title: "reads need no token (or <role>:read with --auth-reads)",
+        profile: Profile::Secure,
         run: reads,
     },
     CheckDef {
@@ -74,6 +80,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "security-id-open",
         title: "GET /id answers without a token",
+        profile: Profile::Secure,
         run: id_open,
     },
 ];
@@ -484,7 +491,7 @@ async fn slots(c: &Ctx, credential: &Credential) -> Result<(), Fail> {
 
 async fn broker(c: &Ctx, credential: &Credential) -> Result<(), Fail> {
     let owned = random_id();
-    let url = c.helper.peer_url(&owned);
+    let url = c.helper.fake_server(&owned).await?;
     ok(
         c.json(
             Method::POST,
@@ -495,15 +502,16 @@ async fn broker(c: &Ctx, credential: &Credential) -> Result<(), Fail> {
         "POST /broker/register with the run's token",
     )?;
     let fresh = random_id();
+    let fresh_url = c.helper.fake_server(&fresh).await?;
     refused_json(
         c,
         credential,
         Method::POST,
         "/broker/register",
-        &json!({"id": fresh, "urls": [c.helper.peer_url(&fresh)], "kind": "storage"}),
+        &json!({"id": fresh, "urls": [fresh_url], "kind": "storage"}),
     )
     .await?;
-    let elsewhere = c.helper.peer_url(&random_id());
+    let elsewhere = c.helper.fake_server(&random_id()).await?;
     refused_json(
         c,
         credential,

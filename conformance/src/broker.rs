@@ -9,6 +9,7 @@ use crate::check::{
     BoxFuture, CheckDef, Ctx, Fail, Outcome, Verdict, Warnings, ensure, lowercase_id,
     malformed_answer, random_id, rejected_answer, upper,
 };
+use crate::profile::Profile;
 
 const DOC: &str = "broker.md";
 
@@ -18,6 +19,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "broker-register",
         title: "POST /broker/register/ answers the broker's id",
+        profile: Profile::Core,
         run: register,
     },
     CheckDef {
@@ -25,6 +27,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "broker-register",
         title: "the single-url registration form is accepted",
+        profile: Profile::Full,
         run: register_url,
     },
     CheckDef {
@@ -32,20 +35,31 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "broker-register",
         title: "a registration without urls, with a bad id or an unknown kind is 400",
+        profile: Profile::Core,
         run: register_malformed,
     },
     CheckDef {
         id: "broker-location",
         doc: DOC,
         anchor: "broker-location",
-        title: "GET /broker/location/:id answers urls and url",
+        title: "GET /broker/location/:id names the registered url",
+        profile: Profile::Core,
         run: location,
+    },
+    CheckDef {
+        id: "broker-location-url-and-urls",
+        doc: DOC,
+        anchor: "broker-location",
+        title: "the location answers both `urls` and `url` (its first)",
+        profile: Profile::Full,
+        run: location_both,
     },
     CheckDef {
         id: "broker-location-unknown",
         doc: DOC,
         anchor: "broker-location",
         title: "the location of an unknown server is 404",
+        profile: Profile::Core,
         run: location_unknown,
     },
     CheckDef {
@@ -53,6 +67,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "broker-registered",
         title: "GET /broker/registered/:kind lists registered ids as a JSON array",
+        profile: Profile::Core,
         run: registered,
     },
     CheckDef {
@@ -60,6 +75,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "broker-servers",
         title: "GET /broker/servers/:kind lists ids one per line",
+        profile: Profile::Core,
         run: servers,
     },
     CheckDef {
@@ -67,6 +83,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-malformed-id",
         title: "a malformed id in the path is a client error (400 preferred)",
+        profile: Profile::Core,
         run: malformed_id,
     },
     CheckDef {
@@ -74,6 +91,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-id-case",
         title: "ids are accepted in upper case and emitted in lower case",
+        profile: Profile::Full,
         run: id_case,
     },
     CheckDef {
@@ -81,19 +99,20 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-trailing-slash",
         title: "routes answer with and without a trailing slash",
+        profile: Profile::Core,
         run: trailing_slash,
     },
 ];
 
-/// A url for a fake server: one of the suite helper's peers, which answers `/id` with
-/// `id` once added, so liveness checks of the broker keep it.
-fn fake_url(c: &Ctx, id: &Id) -> String {
-    c.helper.peer_url(id)
+/// The url of a fake server of the suite on its own port, which answers `/id` with
+/// `id`, so liveness checks of the broker keep its registration during the run.
+async fn fake_url(c: &Ctx, id: &Id) -> Result<String, Fail> {
+    c.helper.fake_server(id).await
 }
 
 async fn register_id(c: &Ctx, kind: &str) -> Result<(Id, String), Fail> {
     let id = random_id();
-    let url = fake_url(c, &id);
+    let url = fake_url(c, &id).await?;
     let resp = c
         .json(
             Method::POST,
@@ -112,7 +131,7 @@ fn register(c: &Ctx) -> BoxFuture<'_, Verdict> {
             .json(
                 Method::POST,
                 "/broker/register/",
-                &json!({"id": id, "urls": [fake_url(c, &id)], "kind": "storage"}),
+                &json!({"id": id, "urls": [fake_url(c, &id).await?], "kind": "storage"}),
             )
             .await?;
         resp.expect(200, "POST /broker/register/")?;
@@ -133,7 +152,7 @@ fn register(c: &Ctx) -> BoxFuture<'_, Verdict> {
 fn register_url(c: &Ctx) -> BoxFuture<'_, Verdict> {
     Box::pin(async move {
         let id = random_id();
-        let url = fake_url(c, &id);
+        let url = fake_url(c, &id).await?;
         c.json(
             Method::POST,
             "/broker/register/",
@@ -155,7 +174,7 @@ fn register_malformed(c: &Ctx) -> BoxFuture<'_, Verdict> {
     Box::pin(async move {
         let mut warnings = Warnings::default();
         let id = random_id();
-        let url = fake_url(c, &id);
+        let url = fake_url(c, &id).await?;
         let bodies = [
             ("broken JSON", "{\"id\"".to_string()),
             ("no urls", json!({"id": id, "kind": "storage"}).to_string()),
@@ -193,6 +212,23 @@ fn location(c: &Ctx) -> BoxFuture<'_, Verdict> {
             body.get("id") == Some(&json!(id.to_string())),
             "location id must be the lowercase id asked for: {body}"
         );
+        // The reference's documents answer `url`, its code `urls`: either names it.
+        let in_urls = body.get("urls") == Some(&json!([url]));
+        let in_url = body.get("url") == Some(&json!(url));
+        ensure!(
+            in_urls || in_url,
+            "the location must name the registered url in `urls` (or `url`): {body}"
+        );
+        Ok(Outcome::Pass)
+    })
+}
+
+fn location_both(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let (id, url) = register_id(c, "storage").await?;
+        let resp = c.get(&format!("/broker/location/{id}")).await?;
+        resp.expect(200, "GET /broker/location/:id")?;
+        let body: Value = resp.json()?;
         ensure!(
             body.get("urls") == Some(&json!([url])),
             "location urls must be the registered urls: {body}"
@@ -262,7 +298,7 @@ fn malformed_id(c: &Ctx) -> BoxFuture<'_, Verdict> {
 fn id_case(c: &Ctx) -> BoxFuture<'_, Verdict> {
     Box::pin(async move {
         let id = random_id();
-        let url = fake_url(c, &id);
+        let url = fake_url(c, &id).await?;
         c.json(
             Method::POST,
             "/broker/register/",
@@ -287,7 +323,7 @@ fn trailing_slash(c: &Ctx) -> BoxFuture<'_, Verdict> {
         c.json(
             Method::POST,
             "/broker/register",
-            &json!({"id": id, "urls": [fake_url(c, &id)], "kind": "storage"}),
+            &json!({"id": id, "urls": [fake_url(c, &id).await?], "kind": "storage"}),
         )
         .await?
         .expect(200, "POST /broker/register (no slash)")?;

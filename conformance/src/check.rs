@@ -12,40 +12,10 @@ use reqwest::{Method, RequestBuilder};
 
 use crate::Role;
 use crate::helper::Helper;
+use crate::profile::Profile;
 
-/// How a check that did not fail ended.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    Pass,
-    Warn(String),
-    Skip(String),
-}
-
-/// Why a check failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct Fail(pub(crate) String);
-
-impl From<reqwest::Error> for Fail {
-    fn from(e: reqwest::Error) -> Fail {
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        Fail(text)
-    }
-}
-
-impl From<invariant_spec::ClientError> for Fail {
-    fn from(e: invariant_spec::ClientError) -> Fail {
-        Fail(e.to_string())
-    }
-}
-
-/// What a check returns.
-pub(crate) type Verdict = Result<Outcome, Fail>;
+pub(crate) use crate::verdict::{Fail, Outcome, Verdict, Warnings, ensure, fail};
+pub(crate) use crate::verdict::{body_excerpt, id_list};
 
 /// A boxed check future.
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -64,6 +34,8 @@ pub(crate) struct CheckDef {
     pub(crate) anchor: &'static str,
     /// What it checks.
     pub(crate) title: &'static str,
+    /// The smallest profile that holds servers to this rule.
+    pub(crate) profile: Profile,
     /// The check itself.
     pub(crate) run: CheckFn,
 }
@@ -71,47 +43,6 @@ pub(crate) struct CheckDef {
 impl std::fmt::Debug for CheckDef {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CheckDef").field("id", &self.id).finish()
-    }
-}
-
-/// Returns early with a failure.
-macro_rules! fail {
-    ($($arg:tt)*) => {
-        return Err($crate::check::Fail(format!($($arg)*)))
-    };
-}
-
-/// Fails unless `cond` holds.
-macro_rules! ensure {
-    ($cond:expr, $($arg:tt)*) => {
-        if !$cond {
-            return Err($crate::check::Fail(format!($($arg)*)));
-        }
-    };
-}
-
-pub(crate) use {ensure, fail};
-
-/// Warnings gathered while a check runs; the check passes when there are none.
-#[derive(Debug, Default)]
-pub(crate) struct Warnings(Vec<String>);
-
-impl Warnings {
-    pub(crate) fn add(&mut self, note: impl Into<String>) {
-        self.0.push(note.into());
-    }
-    pub(crate) fn merge(&mut self, outcome: Outcome) {
-        match outcome {
-            Outcome::Pass => {}
-            Outcome::Warn(note) | Outcome::Skip(note) => self.0.push(note),
-        }
-    }
-    pub(crate) fn outcome(self) -> Verdict {
-        if self.0.is_empty() {
-            Ok(Outcome::Pass)
-        } else {
-            Ok(Outcome::Warn(self.0.join("; ")))
-        }
     }
 }
 
@@ -145,10 +76,10 @@ impl Resp {
             .to_ascii_lowercase()
     }
 
-    /// `"<status> <first 160 characters of the body>"`, for messages.
+    /// `"<status> <body excerpt>"`, for messages: short text is quoted, anything
+    /// else is shown as its length and a hex excerpt.
     pub(crate) fn describe(&self) -> String {
-        let text: String = self.text().chars().take(160).collect();
-        format!("{} {:?}", self.status, text.trim())
+        format!("{} {}", self.status, body_excerpt(&self.body))
     }
 
     /// The body parsed as JSON.
@@ -276,6 +207,16 @@ impl Ctx {
 
     pub(crate) async fn get(&self, path: &str) -> Result<Resp, Fail> {
         self.call(self.req(Method::GET, path)).await
+    }
+
+    /// `GET path` right after the server refused a request by closing its connection:
+    /// a pooled connection may be the closed one, so a request that meets a closed
+    /// connection is sent once more.
+    pub(crate) async fn get_after_refusal(&self, path: &str) -> Result<Resp, Fail> {
+        match self.get(path).await {
+            Err(Fail(text)) if closed_while_sending(&text) => self.get(path).await,
+            other => other,
+        }
     }
 
     pub(crate) async fn head(&self, path: &str) -> Result<Resp, Fail> {

@@ -3,6 +3,7 @@
 use reqwest::Method;
 
 use crate::check::{BoxFuture, CheckDef, Ctx, Outcome, Verdict, Warnings, ensure, lowercase_id};
+use crate::profile::Profile;
 
 pub(crate) static CHECKS: &[CheckDef] = &[
     CheckDef {
@@ -10,6 +11,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-id",
         title: "GET /id/ and /id answer the server id as text/plain",
+        profile: Profile::Core,
         run: id,
     },
     CheckDef {
@@ -17,6 +19,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-id-stable",
         title: "the server id does not change between requests",
+        profile: Profile::Core,
         run: id_stable,
     },
     CheckDef {
@@ -24,6 +27,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-errors",
         title: "a path outside the protocol gets 404, not 5xx",
+        profile: Profile::Core,
         run: unknown_route,
     },
 ];

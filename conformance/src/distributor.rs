@@ -10,9 +10,10 @@ use reqwest::Method;
 use serde_json::Value;
 
 use crate::check::{
-    BoxFuture, CheckDef, Ctx, Fail, Outcome, Resp, Verdict, Warnings, ensure, fail, lowercase_id,
-    random_bytes, random_id, rejected_answer,
+    BoxFuture, CheckDef, Ctx, Fail, Outcome, Resp, Verdict, Warnings, ensure, fail, id_list,
+    lowercase_id, random_bytes, random_id, rejected_answer,
 };
+use crate::profile::Profile;
 
 const DOC: &str = "distributor.md";
 
@@ -21,7 +22,8 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         id: "distributor-pin",
         doc: DOC,
         anchor: "distributor-pins",
-        title: "PUT /distributor/pin and unpin count references; below zero is 409",
+        title: "PUT /distributor/pin and unpin answer 200 and count references",
+        profile: Profile::Core,
         run: pin,
     },
     CheckDef {
@@ -29,13 +31,31 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "distributor-bodies",
         title: "id lists are accepted as a JSON array, separated by white space or commas",
+        profile: Profile::Core,
         run: body_forms,
+    },
+    CheckDef {
+        id: "distributor-unpin-below-zero",
+        doc: DOC,
+        anchor: "distributor-pins",
+        title: "unpinning or unregistering below zero is 409 and applies nothing",
+        profile: Profile::Full,
+        run: unpin_below_zero,
+    },
+    CheckDef {
+        id: "distributor-id-case",
+        doc: "common.md",
+        anchor: "common-id-case",
+        title: "ids in id lists are accepted in upper case",
+        profile: Profile::Full,
+        run: id_case,
     },
     CheckDef {
         id: "distributor-body-malformed",
         doc: DOC,
         anchor: "distributor-bodies",
         title: "a malformed id list is 400 and nothing in it is applied",
+        profile: Profile::Full,
         run: body_malformed,
     },
     CheckDef {
@@ -43,13 +63,23 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "distributor-storage",
         title: "PUT /distributor/register/storage and unregister count references",
+        profile: Profile::Core,
         run: storage,
+    },
+    CheckDef {
+        id: "distributor-blocks-pinned",
+        doc: DOC,
+        anchor: "distributor-blocks",
+        title: "POST /distributor/blocks answers a pinned block's placement",
+        profile: Profile::Core,
+        run: blocks_pinned,
     },
     CheckDef {
         id: "distributor-blocks",
         doc: DOC,
         anchor: "distributor-blocks",
         title: "POST /distributor/blocks answers one placement per id, in order",
+        profile: Profile::Full,
         run: blocks,
     },
     CheckDef {
@@ -57,6 +87,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "distributor-placement",
         title: "a pinned block is placed on the N registered storage servers nearest to it",
+        profile: Profile::Core,
         run: placement,
     },
     CheckDef {
@@ -64,6 +95,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "distributor-placement",
         title: "a pinned block is copied onto every server of its placement",
+        profile: Profile::Core,
         run: repair,
     },
     CheckDef {
@@ -71,6 +103,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "distributor-status",
         title: "GET /distributor/status answers a JSON object",
+        profile: Profile::Full,
         run: status,
     },
     CheckDef {
@@ -78,6 +111,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "distributor-gc",
         title: "GET /distributor/gc answers the collection backlog and rules as JSON",
+        profile: Profile::Full,
         run: gc_status,
     },
 ];
@@ -108,12 +142,9 @@ fn pin(c: &Ctx) -> BoxFuture<'_, Verdict> {
     Box::pin(async move {
         let (a, b) = (random_id(), random_id());
         put_ok(c, "pin", &[a, a, b]).await?;
-        // a has 2 pins, b has 1: asking for b twice must change nothing.
-        below_zero(c, "unpin", &[a, b, b], "unpinning b below zero").await?;
+        // a has 2 pins, b has 1: every pin can be removed once.
         put_ok(c, "unpin", &[a, b]).await?;
         put_ok(c, "unpin", &[a]).await?;
-        below_zero(c, "unpin", &[a], "unpinning a block with no pins").await?;
-        below_zero(c, "unpin", &[random_id()], "unpinning a block never pinned").await?;
         put(c, "pin", "[]".into())
             .await?
             .expect(200, "pinning an empty list")?;
@@ -121,43 +152,80 @@ fn pin(c: &Ctx) -> BoxFuture<'_, Verdict> {
     })
 }
 
+fn unpin_below_zero(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let (a, b) = (random_id(), random_id());
+        put_ok(c, "pin", &[a, a, b]).await?;
+        // a has 2 pins, b has 1: asking for b twice must change nothing.
+        below_zero(c, "unpin", &[a, b, b], "unpinning b below zero").await?;
+        put_ok(c, "unpin", &[a, b]).await?;
+        put_ok(c, "unpin", &[a]).await?;
+        below_zero(c, "unpin", &[a], "unpinning a block with no pins").await?;
+        below_zero(c, "unpin", &[random_id()], "unpinning a block never pinned").await?;
+        // Each body form adds one pin per id: as many unpins succeed, one more is refused.
+        let ids: Vec<Id> = (0..4).map(|_| random_id()).collect();
+        for (_, body) in body_forms_of(&ids) {
+            put(c, "pin", body).await?.expect(200, "pin")?;
+        }
+        for _ in body_forms_of(&ids) {
+            put_ok(c, "unpin", &ids).await?;
+        }
+        below_zero(c, "unpin", &ids[..1], "one unpin more than pins").await?;
+        let s = random_id();
+        put_ok(c, "register/storage", &[s, s]).await?;
+        put_ok(c, "unregister/storage", &[s]).await?;
+        put_ok(c, "unregister/storage", &[s]).await?;
+        below_zero(
+            c,
+            "unregister/storage",
+            &[s],
+            "unregistering a storage server below zero",
+        )
+        .await?;
+        Ok(Outcome::Pass)
+    })
+}
+
+/// The id-list body forms of the reference (white space, commas, quoted values), each
+/// listing `ids` once.
+fn body_forms_of(ids: &[Id]) -> Vec<(&'static str, String)> {
+    let plain: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    let quoted: Vec<String> = plain.iter().map(|i| format!("\"{i}\"")).collect();
+    vec![
+        ("white space", plain.join("\n")),
+        ("commas", plain.join(", ")),
+        ("quoted values", quoted.join(" ")),
+    ]
+}
+
+fn id_case(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let ids: Vec<Id> = (0..2).map(|_| random_id()).collect();
+        let upper: Vec<String> = ids
+            .iter()
+            .map(|i| i.to_string().to_ascii_uppercase())
+            .collect();
+        put(c, "pin", upper.join(" "))
+            .await?
+            .expect(200, "pin with upper-case ids")?;
+        put_ok(c, "unpin", &ids).await?;
+        Ok(Outcome::Pass)
+    })
+}
+
 fn body_forms(c: &Ctx) -> BoxFuture<'_, Verdict> {
     Box::pin(async move {
         let ids: Vec<Id> = (0..4).map(|_| random_id()).collect();
-        let forms = [
-            (
-                "white space",
-                format!("{}\n{}\t{} {}\n", ids[0], ids[1], ids[2], ids[3]),
-            ),
-            (
-                "commas",
-                format!("{},{}, {} ,{}", ids[0], ids[1], ids[2], ids[3]),
-            ),
-            (
-                "quoted values",
-                format!(
-                    "\"{}\" \"{}\",\"{}\"\n\"{}\"",
-                    ids[0], ids[1], ids[2], ids[3]
-                ),
-            ),
-            (
-                "upper case",
-                ids.iter()
-                    .map(|i| i.to_string().to_ascii_uppercase())
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            ),
-        ];
-        for (what, body) in forms {
-            put(c, "pin", body)
+        let forms = body_forms_of(&ids);
+        for (what, body) in &forms {
+            put(c, "pin", body.clone())
                 .await?
                 .expect(200, &format!("pin with ids separated by {what}"))?;
         }
-        // Each form added one pin to each id: four unpins succeed, a fifth is refused.
-        for _ in 0..4 {
+        // Each form added one pin to each id: as many unpins succeed.
+        for _ in &forms {
             put_ok(c, "unpin", &ids).await?;
         }
-        below_zero(c, "unpin", &ids[..1], "a fifth unpin").await?;
         Ok(Outcome::Pass)
     })
 }
@@ -193,13 +261,43 @@ fn storage(c: &Ctx) -> BoxFuture<'_, Verdict> {
         put_ok(c, "register/storage", &[s, s]).await?;
         put_ok(c, "unregister/storage", &[s]).await?;
         put_ok(c, "unregister/storage", &[s]).await?;
-        below_zero(
-            c,
-            "unregister/storage",
-            &[s],
-            "unregistering a storage server below zero",
-        )
-        .await?;
+        Ok(Outcome::Pass)
+    })
+}
+
+fn blocks_pinned(c: &Ctx) -> BoxFuture<'_, Verdict> {
+    Box::pin(async move {
+        let (pinned, loose) = (random_id(), random_id());
+        put_ok(c, "pin", &[pinned]).await?;
+        let asked = [loose, pinned];
+        let resp = c
+            .send(Method::POST, "/distributor/blocks", json_list(&asked))
+            .await?;
+        resp.expect(200, "POST /distributor/blocks")?;
+        let answer: Vec<Value> = resp.json()?;
+        let mut seen_pinned = false;
+        for item in &answer {
+            let Some(text) = item.get("block").and_then(Value::as_str) else {
+                fail!("a placement has no block: {item}");
+            };
+            let block = lowercase_id(text, "block")?;
+            ensure!(
+                asked.contains(&block),
+                "a placement for a block not asked about: {item}"
+            );
+            seen_pinned |= block == pinned;
+            let Some(storages) = item.get("storages").and_then(Value::as_array) else {
+                fail!("a placement has no storages array: {item}");
+            };
+            for storage in storages {
+                lowercase_id(storage.as_str().unwrap_or(""), "a storage id")?;
+            }
+        }
+        put_ok(c, "unpin", &[pinned]).await?;
+        ensure!(
+            seen_pinned,
+            "the pinned block {pinned} has no placement in the answer: {answer:?}"
+        );
         Ok(Outcome::Pass)
     })
 }
@@ -226,7 +324,7 @@ fn blocks(c: &Ctx) -> BoxFuture<'_, Verdict> {
             };
             ensure!(
                 lowercase_id(text, "block")? == block,
-                "placements must follow the request order: {item} for {block}"
+                "one placement per asked id, in request order: {item} for {block}"
             );
             let Some(storages) = item.get("storages").and_then(Value::as_array) else {
                 fail!("a placement has no storages array: {item}");
@@ -358,16 +456,17 @@ fn deadline(c: &Ctx) -> tokio::time::Instant {
 fn placement(c: &Ctx) -> BoxFuture<'_, Verdict> {
     Box::pin(async move {
         let data = Bytes::from(random_bytes(2000));
-        let Some((mut peers, block)) = storage_peers(c, &data).await? else {
+        let Some((peers, block)) = storage_peers(c, &data).await? else {
             return Ok(Outcome::Skip(NO_BROKER.into()));
         };
+        // The distributor also places on the storage servers its broker lists
+        // (`distributor-storage`): they are candidates too.
+        let listed = c.helper.broker_storages().await?;
         put_ok(c, "pin", &[block]).await?;
-        let registered = peers.clone();
-        block.sort_by_distance(&mut peers);
         let until = deadline(c);
         let (settled, last) = loop {
             let last = placement_of(c, &block).await?;
-            if last.len() >= 3 || last.len() == registered.len() {
+            if last.len() >= 3 || last.len() >= peers.len() {
                 break (true, last);
             }
             if tokio::time::Instant::now() >= until {
@@ -376,25 +475,55 @@ fn placement(c: &Ctx) -> BoxFuture<'_, Verdict> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         put_ok(c, "unpin", &[block]).await?;
-        put_ok(c, "unregister/storage", &registered).await?;
+        put_ok(c, "unregister/storage", &peers).await?;
         ensure!(
             settled,
-            "the placement never reached 3 of the 4 active storage servers: {last:?}"
+            "the placement never reached 3 of the {} active storage servers: {}",
+            peers.len(),
+            id_list(&last)
         );
-        let n = last.len();
-        ensure!(
-            last == peers[..n],
-            "the placement must be the {n} servers nearest to the block, nearest first: \
-             got {last:?}, expected {:?}",
-            &peers[..n]
-        );
-        if n != 3 {
-            return Ok(Outcome::Warn(format!(
-                "placement on {n} servers (the default N is 3)"
-            )));
-        }
-        Ok(Outcome::Pass)
+        placement_verdict(&block, &last, &peers, &listed)
     })
+}
+
+/// Whether `placement` is the N servers nearest to `block`, nearest first, among the
+/// registered `peers` (all reachable) and the broker's `listed` storage servers (whose
+/// liveness the suite cannot know, so they may be missing from it).
+fn placement_verdict(block: &Id, placement: &[Id], peers: &[Id], listed: &[Id]) -> Verdict {
+    let n = placement.len();
+    for server in placement {
+        ensure!(
+            peers.contains(server) || listed.contains(server),
+            "the placement names {server}, neither registered nor listed by the broker: {}",
+            id_list(placement)
+        );
+    }
+    let distance = |id: &Id| block.distance(id);
+    ensure!(
+        placement
+            .windows(2)
+            .all(|w| distance(&w[0]) < distance(&w[1])),
+        "the placement must list its servers nearest first: {}",
+        id_list(placement)
+    );
+    if let Some(farthest) = placement.last() {
+        let skipped: Vec<&Id> = peers
+            .iter()
+            .filter(|p| !placement.contains(p) && distance(p) < distance(farthest))
+            .collect();
+        ensure!(
+            skipped.is_empty(),
+            "the placement {} skips registered servers nearer to the block: {}",
+            id_list(placement),
+            id_list(skipped)
+        );
+    }
+    if n != 3 {
+        return Ok(Outcome::Warn(format!(
+            "placement on {n} servers (the default N is 3)"
+        )));
+    }
+    Ok(Outcome::Pass)
 }
 
 fn repair(c: &Ctx) -> BoxFuture<'_, Verdict> {
@@ -406,7 +535,12 @@ fn repair(c: &Ctx) -> BoxFuture<'_, Verdict> {
         put_ok(c, "pin", &[block]).await?;
         let until = deadline(c);
         let (copied, targets) = loop {
-            let targets = placement_of(c, &block).await?;
+            // Only the suite's peers can be inspected; the broker may list others.
+            let targets: Vec<Id> = placement_of(c, &block)
+                .await?
+                .into_iter()
+                .filter(|t| peers.contains(t))
+                .collect();
             if !targets.is_empty() && targets.iter().all(|t| c.helper.holds(t, &block)) {
                 break (true, targets);
             }
@@ -423,9 +557,50 @@ fn repair(c: &Ctx) -> BoxFuture<'_, Verdict> {
             .collect();
         ensure!(
             copied,
-            "after {} s, placement {targets:?} still lacks the block on {missing:?}",
-            (c.timeout * 2).as_secs()
+            "after {} s, placement {} still lacks the block on {}",
+            (c.timeout * 2).as_secs(),
+            id_list(&targets),
+            id_list(missing)
         );
         Ok(Outcome::Pass)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ids at known distances from `block`: `near(block, k)` differs in the last byte.
+    fn near(block: &Id, k: u8) -> Id {
+        let mut bytes = *block.as_bytes();
+        bytes[31] ^= k;
+        Id::from_bytes(bytes)
+    }
+
+    #[test]
+    fn a_placement_may_use_the_brokers_other_storage_servers() {
+        let block = Id::of_content(b"block");
+        let peers = [
+            near(&block, 2),
+            near(&block, 8),
+            near(&block, 16),
+            near(&block, 32),
+        ];
+        let listed = [near(&block, 1), near(&block, 4)];
+        // Nearest first over registered and listed servers.
+        let placement = [listed[0], peers[0], listed[1]];
+        assert_eq!(
+            placement_verdict(&block, &placement, &peers, &listed),
+            Ok(Outcome::Pass)
+        );
+        // A listed server may be down: skipping it is allowed, skipping a peer is not.
+        let without_listed = [peers[0], listed[1], peers[1]];
+        assert!(placement_verdict(&block, &without_listed, &peers, &listed).is_ok());
+        let skips_a_peer = [listed[0], listed[1], peers[1]];
+        assert!(placement_verdict(&block, &skips_a_peer, &peers, &listed).is_err());
+        let unordered = [peers[0], listed[0], listed[1]];
+        assert!(placement_verdict(&block, &unordered, &peers, &listed).is_err());
+        let stranger = [near(&block, 3), peers[0], peers[1]];
+        assert!(placement_verdict(&block, &stranger, &peers, &listed).is_err());
+    }
 }

@@ -1,16 +1,20 @@
-//! The suite's own helper server on 127.0.0.1: fake peers for checks that need a second
-//! server, and (optionally) a minimal broker.
+//! The suite's own helper servers on 127.0.0.1: fake peers for checks that need a
+//! second server, fake servers for broker registrations, and (optionally) a minimal
+//! broker.
 //!
-//! Each fake peer has an id and answers under `<helper>/peer/<id>`: `GET /id` with its
-//! id, `GET|HEAD /storage/:address` from the blobs given to it (which may be corrupt on
-//! purpose), `PUT /storage/:address` (verified), and `PUT|POST /find/has`,
-//! `/find/notify` (recorded, answered 200).
+//! Every fake peer has an id and its **own origin** (its own loopback port), so an
+//! implementation that builds peer urls from an origin (`new URL('/id/', base)`) reaches
+//! it: `GET /id` answers its id, `GET|HEAD /storage/:address` serves the blobs given to
+//! it (which may be corrupt on purpose), `PUT /storage/:address` stores a verified
+//! body, and `PUT|POST /find/has`, `/find/notify` are recorded and answered 200.
 //!
 //! A server under test finds the peers through a broker: either the helper itself
 //! (start the server with `--broker <helper url>`; the helper answers
 //! `GET /broker/location/:id` for its peers and accepts registrations), or an external
 //! broker given to the suite, where each peer is registered with
-//! `POST /broker/register/`.
+//! `POST /broker/register/`. The external broker has no way to remove a registration:
+//! when the run ends the fake servers stop answering, and the broker's liveness checks
+//! drop them (`spec/broker.md#broker-liveness`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -24,8 +28,8 @@ use axum::routing::{get, post, put};
 use invariant_spec::Id;
 use tokio::task::JoinHandle;
 
-use crate::ConformanceError;
-use crate::check::Fail;
+use crate::error::ConformanceError;
+use crate::verdict::Fail;
 
 /// How the server under test resolves server ids.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +53,7 @@ pub(crate) struct Received {
 #[derive(Debug, Default)]
 struct Peers {
     blobs: HashMap<Id, HashMap<Id, Bytes>>,
+    urls: HashMap<Id, String>,
     received: Vec<Received>,
     registrations: Vec<serde_json::Value>,
 }
@@ -56,7 +61,6 @@ struct Peers {
 #[derive(Debug)]
 struct Shared {
     id: Id,
-    url: String,
     peers: Mutex<Peers>,
 }
 
@@ -67,24 +71,39 @@ impl Shared {
     }
 }
 
-/// The running helper server. Stops when dropped.
+/// The running helper servers. Stop when dropped.
 #[derive(Debug)]
 pub(crate) struct Helper {
     shared: Arc<Shared>,
     mode: BrokerMode,
     http: reqwest::Client,
     task: JoinHandle<()>,
+    /// The fake peers' and fake servers' own servers.
+    servers: Mutex<Vec<JoinHandle<()>>>,
+    /// Ids registered with the external broker during the run.
+    registered: Mutex<Vec<Id>>,
 }
 
 impl Drop for Helper {
     fn drop(&mut self) {
         self.task.abort();
+        self.stop_fakes();
     }
 }
 
+/// Binds a fresh 127.0.0.1 port and serves `app` there; returns its url and task.
+async fn serve_loopback(app: Router) -> Result<(String, JoinHandle<()>), std::io::Error> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok((url, task))
+}
+
 impl Helper {
-    /// Serves on `listener` (the suite broker the server under test was pointed at), or
-    /// on a fresh 127.0.0.1 port.
+    /// Serves the suite broker on `listener` (the address the server under test was
+    /// pointed at), or on a fresh 127.0.0.1 port.
     pub(crate) async fn start(
         listener: Option<std::net::TcpListener>,
         external_broker: Option<String>,
@@ -100,10 +119,8 @@ impl Helper {
                 .await
                 .map_err(ConformanceError::Helper)?,
         };
-        let addr = listener.local_addr().map_err(ConformanceError::Helper)?;
         let shared = Arc::new(Shared {
             id: Id::random(),
-            url: format!("http://{addr}"),
             peers: Mutex::new(Peers::default()),
         });
         let mode = if suite {
@@ -113,7 +130,7 @@ impl Helper {
         } else {
             BrokerMode::None
         };
-        let app = router(Arc::clone(&shared));
+        let app = broker_router(Arc::clone(&shared));
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
@@ -122,6 +139,8 @@ impl Helper {
             mode,
             http,
             task,
+            servers: Mutex::new(Vec::new()),
+            registered: Mutex::new(Vec::new()),
         })
     }
 
@@ -130,34 +149,74 @@ impl Helper {
         self.mode != BrokerMode::None
     }
 
-    /// The url a peer answers at.
-    pub(crate) fn peer_url(&self, peer: &Id) -> String {
-        format!("{}/peer/{peer}", self.shared.url)
+    fn keep(&self, task: JoinHandle<()>) {
+        self.servers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(task);
+    }
+
+    /// Starts a fake server on its own port that answers `GET /id` (and `/id/`) with
+    /// `id`, so a broker's liveness checks keep a registration of it; returns its url.
+    pub(crate) async fn fake_server(&self, id: &Id) -> Result<String, Fail> {
+        let text_id = id.to_string();
+        let answer = move || {
+            let text_id = text_id.clone();
+            async move { text(text_id) }
+        };
+        let app = Router::new()
+            .route("/id", get(answer.clone()))
+            .route("/id/", get(answer));
+        let (url, task) = serve_loopback(app)
+            .await
+            .map_err(|e| Fail(format!("starting a fake server: {e}")))?;
+        self.keep(task);
+        Ok(url)
     }
 
     /// Creates a peer of `kind` holding `blobs` (address → bytes, as served, so a blob
-    /// may be corrupt) and makes it resolvable through the broker.
+    /// may be corrupt) on its own port, and makes it resolvable through the broker.
     pub(crate) async fn add_peer(&self, kind: &str, blobs: Vec<(Id, Bytes)>) -> Result<Id, Fail> {
         let peer = Id::random();
+        let (url, task) = serve_loopback(peer_router(Arc::clone(&self.shared), peer))
+            .await
+            .map_err(|e| Fail(format!("starting a fake peer: {e}")))?;
+        self.keep(task);
         self.shared.with(|p| {
             p.blobs.insert(peer, blobs.into_iter().collect());
+            p.urls.insert(peer, url.clone());
         });
         if let BrokerMode::External(broker) = &self.mode {
-            let body = serde_json::json!({
-                "id": peer,
-                "urls": [self.peer_url(&peer)],
-                "kind": kind,
-            });
-            let url = format!("{broker}/broker/register/");
-            let response = self.http.post(&url).json(&body).send().await?;
+            let body = serde_json::json!({"id": peer, "urls": [url], "kind": kind});
+            let target = format!("{broker}/broker/register/");
+            let response = self.http.post(&target).json(&body).send().await?;
             if !response.status().is_success() {
                 return Err(Fail(format!(
                     "registering a suite peer with the broker {broker} answered {}",
                     response.status()
                 )));
             }
+            self.registered
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(peer);
         }
         Ok(peer)
+    }
+
+    /// The storage servers the broker of the server under test lists (besides the
+    /// suite's peers): `GET /broker/registered/storage` of an external broker.
+    pub(crate) async fn broker_storages(&self) -> Result<Vec<Id>, Fail> {
+        let BrokerMode::External(broker) = &self.mode else {
+            return Ok(Vec::new());
+        };
+        let url = format!("{broker}/broker/registered/storage");
+        let response = self.http.get(&url).send().await?;
+        if !response.status().is_success() {
+            return Err(Fail(format!("GET {url} answered {}", response.status())));
+        }
+        let ids: Vec<String> = response.json().await?;
+        Ok(ids.iter().filter_map(|t| Id::parse(t).ok()).collect())
     }
 
     /// Whether `peer` holds a blob stored under `address`.
@@ -176,9 +235,29 @@ impl Helper {
                 .collect()
         })
     }
+
+    /// Stops every fake peer and fake server (they stop answering at once).
+    fn stop_fakes(&self) {
+        let tasks =
+            std::mem::take(&mut *self.servers.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in tasks {
+            task.abort();
+        }
+    }
+
+    /// Ends the run's side effects: stops the fake servers, so an external broker's
+    /// liveness checks drop their registrations. Returns how many registrations the
+    /// external broker still holds until then.
+    pub(crate) fn finish(&self) -> usize {
+        self.stop_fakes();
+        self.registered
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
 }
 
-fn router(shared: Arc<Shared>) -> Router {
+fn broker_router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/id", get(own_id))
         .route("/id/", get(own_id))
@@ -190,29 +269,31 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/broker/registered/{kind}/", get(registered))
         .route("/broker/servers/{kind}", get(servers))
         .route("/broker/servers/{kind}/", get(servers))
-        .route("/peer/{peer}/id", get(peer_id))
-        .route("/peer/{peer}/id/", get(peer_id))
+        .with_state(shared)
+}
+
+/// A fake peer's routes, at the root of its own origin.
+fn peer_router(shared: Arc<Shared>, peer: Id) -> Router {
+    Router::new()
+        .route("/id", get(peer_id))
+        .route("/id/", get(peer_id))
         .route(
-            "/peer/{peer}/storage/fetch",
+            "/storage/fetch",
             get(cannot_fetch).put(cannot_fetch).post(cannot_fetch),
         )
         .route(
-            "/peer/{peer}/storage/{address}",
+            "/storage/{address}",
             get(peer_blob).head(peer_blob).put(peer_store),
         )
-        .route("/peer/{peer}/find/has", put(peer_record).post(peer_record))
-        .route("/peer/{peer}/find/has/", put(peer_record).post(peer_record))
-        .route(
-            "/peer/{peer}/find/notify",
-            put(peer_record).post(peer_record),
-        )
-        .route(
-            "/peer/{peer}/find/notify/",
-            put(peer_record).post(peer_record),
-        )
-        .route("/peer/{peer}/find/{block}", get(peer_find))
-        .with_state(shared)
+        .route("/find/has", put(peer_record).post(peer_record))
+        .route("/find/has/", put(peer_record).post(peer_record))
+        .route("/find/notify", put(peer_record).post(peer_record))
+        .route("/find/notify/", put(peer_record).post(peer_record))
+        .route("/find/{block}", get(peer_find))
+        .with_state((shared, peer))
 }
+
+type PeerState = State<(Arc<Shared>, Id)>;
 
 fn text(body: String) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
@@ -226,10 +307,9 @@ async fn location(State(shared): State<Arc<Shared>>, Path(id): Path<String>) -> 
     let Ok(id) = Id::parse(&id) else {
         return (StatusCode::BAD_REQUEST, "malformed id\n").into_response();
     };
-    if !shared.with(|p| p.blobs.contains_key(&id)) {
+    let Some(url) = shared.with(|p| p.urls.get(&id).cloned()) else {
         return (StatusCode::NOT_FOUND, "unknown server\n").into_response();
-    }
-    let url = format!("{}/peer/{id}", shared.url);
+    };
     axum::Json(serde_json::json!({"id": id, "urls": [url.clone()], "url": url})).into_response()
 }
 
@@ -247,25 +327,12 @@ async fn servers() -> Response {
     text(String::new())
 }
 
-fn known_peer(shared: &Shared, peer: &str) -> Option<Id> {
-    let peer = Id::parse(peer).ok()?;
-    shared.with(|p| p.blobs.contains_key(&peer)).then_some(peer)
+async fn peer_id(State((_, peer)): PeerState) -> Response {
+    text(peer.to_string())
 }
 
-/// Any well-formed peer id answers with itself, so a broker's liveness checks keep the
-/// fake registrations of broker checks.
-async fn peer_id(Path(peer): Path<String>) -> Response {
-    match Id::parse(&peer) {
-        Ok(peer) => text(peer.to_string()),
-        Err(_) => StatusCode::NOT_FOUND.into_response(),
-    }
-}
-
-async fn peer_blob(
-    State(shared): State<Arc<Shared>>,
-    Path((peer, address)): Path<(String, String)>,
-) -> Response {
-    let (Ok(peer), Ok(address)) = (Id::parse(&peer), Id::parse(&address)) else {
+async fn peer_blob(State((shared, peer)): PeerState, Path(address): Path<String>) -> Response {
+    let Ok(address) = Id::parse(&address) else {
         return (StatusCode::BAD_REQUEST, "malformed id\n").into_response();
     };
     let blob = shared.with(|p| p.blobs.get(&peer).and_then(|b| b.get(&address).cloned()));
@@ -290,12 +357,12 @@ async fn cannot_fetch() -> Response {
 
 /// Stores a blob on a peer when it hashes to its address (400 otherwise).
 async fn peer_store(
-    State(shared): State<Arc<Shared>>,
-    Path((peer, address)): Path<(String, String)>,
+    State((shared, peer)): PeerState,
+    Path(address): Path<String>,
     body: Bytes,
 ) -> Response {
-    let (Some(peer), Ok(address)) = (known_peer(&shared, &peer), Id::parse(&address)) else {
-        return (StatusCode::BAD_REQUEST, "malformed id or unknown peer\n").into_response();
+    let Ok(address) = Id::parse(&address) else {
+        return (StatusCode::BAD_REQUEST, "malformed id\n").into_response();
     };
     if Id::of_content(&body) != address {
         return (
@@ -313,13 +380,9 @@ async fn peer_store(
 }
 
 async fn peer_record(
-    State(shared): State<Arc<Shared>>,
-    Path(peer): Path<String>,
+    State((shared, peer)): PeerState,
     request: axum::extract::Request,
 ) -> Response {
-    let Some(peer) = known_peer(&shared, &peer) else {
-        return StatusCode::NOT_FOUND.into_response();
-    };
     let route = request.uri().path().to_string();
     let body = axum::body::to_bytes(request.into_body(), 1 << 20)
         .await

@@ -1,5 +1,9 @@
 //! `invariant-conformance`: runs the protocol checks of one role against a server and
-//! prints a table (or JSON); exits non-zero when a check fails.
+//! prints a table (or JSON, or JUnit XML to a file).
+//!
+//! Exit status: 0 every check passed (warnings allowed); 1 a check failed; 2 a usage
+//! error, or the server is unreachable or stopped answering during the run; 3 no
+//! check failed but some were skipped and `--strict` asks for none.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,14 +11,18 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
-use invariant_conformance::{ClientSecurity, Options, Role, run};
+use invariant_conformance::{
+    ClientSecurity, Options, Profile, Role, Status, check_list, parse_role, run,
+};
 use invariant_spec::http::read_token_file;
 
 /// Checks that a server speaks an invariant protocol as spec/*.md defines it.
 #[derive(Parser, Debug)]
 #[command(name = "invariant-conformance", version, about)]
 struct Cli {
-    /// The protocol: storage, slots, broker, find, files, productions, names, distributor.
+    /// The protocol: storage, slots, broker, find, files, productions, names,
+    /// distributor (or distribute).
+    #[arg(value_parser = parse_role)]
     role: Role,
 
     /// The server's base url, e.g. http://127.0.0.1:3001.
@@ -24,11 +32,26 @@ struct Cli {
     #[arg(long)]
     json: bool,
 
-    /// Run only the check with this id (or the checks whose id starts with it).
+    /// Run only these checks: a comma-separated list of exact ids or glob patterns
+    /// (`storage-get*`, `*-id-case`).
     #[arg(long)]
     only: Option<String>,
 
-    /// List the role's checks and exit.
+    /// The rules to hold the server to: core (the reference's documents), full (core
+    /// plus this project's extensions), secure (full plus the authorization rules).
+    /// Default: full, or secure when a token is given.
+    #[arg(long, value_name = "PROFILE")]
+    profile: Option<Profile>,
+
+    /// Exit with status 3 when no check failed but some were skipped.
+    #[arg(long)]
+    strict: bool,
+
+    /// Also write the report as JUnit XML to this file.
+    #[arg(long, value_name = "FILE")]
+    junit: Option<PathBuf>,
+
+    /// List the role's checks (with --profile, those of that profile) and exit.
     #[arg(long)]
     list: bool,
 
@@ -71,14 +94,44 @@ struct Cli {
     timeout: u64,
 }
 
-fn main() -> anyhow::Result<ExitCode> {
+/// Exit status of a usage error or an unreachable server.
+const USAGE_OR_UNREACHABLE: u8 = 2;
+/// Exit status of a run without failures but with skips, under `--strict`.
+const STRICT_SKIPS: u8 = 3;
+
+fn main() -> ExitCode {
     invariant_runtime::stdout::exit_quietly_on_closed_pipe();
     let cli = Cli::parse();
-    if cli.list {
-        for (id, spec, title) in invariant_conformance::checks(cli.role) {
-            println!("{id:<32} {spec:<48} {title}");
+    match run_cli(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("invariant-conformance: error: {e:#}");
+            ExitCode::from(USAGE_OR_UNREACHABLE)
         }
-        return Ok(ExitCode::SUCCESS);
+    }
+}
+
+fn list(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let checks = check_list(cli.role, cli.profile.unwrap_or(Profile::Secure));
+    if cli.json {
+        println!("{}", serde_json::to_string_pretty(&checks)?);
+    } else {
+        for c in checks {
+            println!(
+                "{:<32} {:<7} {:<48} {}",
+                c.id,
+                c.profile.name(),
+                c.spec,
+                c.title
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn run_cli(cli: Cli) -> anyhow::Result<ExitCode> {
+    if cli.list {
+        return list(&cli);
     }
     let suite_broker = match cli.suite_broker {
         Some(addr) => Some(
@@ -99,6 +152,7 @@ fn main() -> anyhow::Result<ExitCode> {
     let timeout = Duration::from_secs(cli.timeout.max(1));
     let options = Options {
         only: cli.only,
+        profile: cli.profile,
         request_timeout: timeout,
         check_timeout: timeout * 3,
         suite_broker,
@@ -108,15 +162,29 @@ fn main() -> anyhow::Result<ExitCode> {
         auth_reads: cli.auth_reads,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    let report = runtime.block_on(run(cli.role, &cli.base_url, options))?;
+    let mut report = runtime.block_on(run(cli.role, &cli.base_url, options))?;
+    if cli.strict {
+        report.flags.push("--strict".into());
+    }
+    if let Some(path) = &cli.junit {
+        report.flags.push(format!("--junit={}", path.display()));
+        std::fs::write(path, report.junit())
+            .with_context(|| format!("writing the JUnit report {}", path.display()))?;
+    }
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", report.table());
     }
-    Ok(if report.passed() {
-        ExitCode::SUCCESS
-    } else {
+    if let Some(reason) = &report.aborted {
+        eprintln!("invariant-conformance: error: {reason}");
+        return Ok(ExitCode::from(USAGE_OR_UNREACHABLE));
+    }
+    Ok(if !report.passed() {
         ExitCode::FAILURE
+    } else if cli.strict && report.count(Status::Skip) > 0 {
+        ExitCode::from(STRICT_SKIPS)
+    } else {
+        ExitCode::SUCCESS
     })
 }

@@ -7,6 +7,7 @@ use crate::check::{
     BoxFuture, CheckDef, Ctx, Fail, Outcome, Verdict, Warnings, ensure, lowercase_id,
     malformed_answer, random_id, rejected_answer, upper,
 };
+use crate::profile::Profile;
 
 const DOC: &str = "productions.md";
 
@@ -16,6 +17,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "productions-put",
         title: "PUT records an output that GET answers as text/plain",
+        profile: Profile::Core,
         run: put_get,
     },
     CheckDef {
@@ -23,6 +25,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "productions-get",
         title: "GET of an unrecorded task and input is 404",
+        profile: Profile::Core,
         run: get_unknown,
     },
     CheckDef {
@@ -30,6 +33,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "productions-put",
         title: "recording another output for the same task and input replaces it",
+        profile: Profile::Core,
         run: replace,
     },
     CheckDef {
@@ -37,6 +41,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "productions-put",
         title: "a missing or malformed output is 400 and records nothing",
+        profile: Profile::Core,
         run: put_malformed,
     },
     CheckDef {
@@ -44,6 +49,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-malformed-id",
         title: "a malformed task or input is a client error (400 preferred)",
+        profile: Profile::Core,
         run: malformed_id,
     },
     CheckDef {
@@ -51,6 +57,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-id-case",
         title: "ids are accepted in upper case and emitted in lower case",
+        profile: Profile::Full,
         run: id_case,
     },
     CheckDef {
@@ -58,6 +65,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-trailing-slash",
         title: "routes answer with and without a trailing slash",
+        profile: Profile::Core,
         run: trailing_slash,
     },
 ];

@@ -14,6 +14,7 @@ use crate::check::{
     BoxFuture, CheckDef, Ctx, Fail, Outcome, Resp, Verdict, Warnings, ensure, fail, lowercase_id,
     malformed_answer, random_id, rejected_answer, upper,
 };
+use crate::profile::Profile;
 
 const DOC: &str = "slots.md";
 
@@ -23,6 +24,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-register",
         title: "PUT /slots/register creates a slot and answers true",
+        profile: Profile::Core,
         run: register,
     },
     CheckDef {
@@ -30,6 +32,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-register-taken",
         title: "registering an existing id is refused (409 preferred) and changes nothing",
+        profile: Profile::Core,
         run: register_taken,
     },
     CheckDef {
@@ -37,6 +40,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-register",
         title: "a malformed registration is 400",
+        profile: Profile::Core,
         run: register_malformed,
     },
     CheckDef {
@@ -44,6 +48,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-bodies",
         title: "a very large JSON body is refused with 413 or handled, never a 5xx",
+        profile: Profile::Core,
         run: oversize,
     },
     CheckDef {
@@ -51,6 +56,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-get",
         title: "GET /slots/:id answers the state; a new slot's previous is \"root\"",
+        profile: Profile::Core,
         run: get,
     },
     CheckDef {
@@ -58,6 +64,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-get",
         title: "GET of an unknown slot is 404",
+        profile: Profile::Core,
         run: get_unknown,
     },
     CheckDef {
@@ -65,6 +72,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-update",
         title: "PUT /slots/:id with the current previous succeeds",
+        profile: Profile::Core,
         run: update,
     },
     CheckDef {
@@ -72,6 +80,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-update-stale",
         title: "an update with a stale previous is 409 and changes nothing",
+        profile: Profile::Core,
         run: update_stale,
     },
     CheckDef {
@@ -79,6 +88,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-update",
         title: "updating an unknown slot is 404",
+        profile: Profile::Core,
         run: update_unknown,
     },
     CheckDef {
@@ -86,6 +96,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-update",
         title: "a malformed update is 400 and changes nothing",
+        profile: Profile::Core,
         run: update_malformed,
     },
     CheckDef {
@@ -93,6 +104,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-linearizable",
         title: "of concurrent updates with the same previous exactly one wins",
+        profile: Profile::Core,
         run: cas_race,
     },
     CheckDef {
@@ -100,6 +112,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-config",
         title: "GET /slots/config/:id answers the signature configuration",
+        profile: Profile::Full,
         run: config,
     },
     CheckDef {
@@ -107,6 +120,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-history",
         title: "history lists every state newest first down to the registration",
+        profile: Profile::Core,
         run: history,
     },
     CheckDef {
@@ -114,6 +128,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-streams",
         title: "history and watch are newline-delimited JSON",
+        profile: Profile::Core,
         run: stream_format,
     },
     CheckDef {
@@ -121,6 +136,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-watch",
         title: "watch sends the current state at once, then a later update",
+        profile: Profile::Core,
         run: watch,
     },
     CheckDef {
@@ -128,6 +144,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-ed25519",
         title: "ed25519 slots accept good signatures and refuse bad ones with 403",
+        profile: Profile::Full,
         run: ed25519,
     },
     CheckDef {
@@ -135,6 +152,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "slots-ed25519",
         title: "an ed25519 registration whose id is not a usable key is 400",
+        profile: Profile::Full,
         run: ed25519_not_a_key,
     },
     CheckDef {
@@ -142,6 +160,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-malformed-id",
         title: "a malformed slot id in the path is a client error (400 preferred)",
+        profile: Profile::Core,
         run: malformed_id,
     },
     CheckDef {
@@ -149,6 +168,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-id-case",
         title: "slot ids are accepted in upper case and emitted in lower case",
+        profile: Profile::Full,
         run: id_case,
     },
     CheckDef {
@@ -156,6 +176,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-trailing-slash",
         title: "routes answer with and without a trailing slash",
+        profile: Profile::Core,
         run: trailing_slash,
     },
 ];
@@ -299,7 +320,7 @@ fn oversize(c: &Ctx) -> BoxFuture<'_, Verdict> {
             .await?
         else {
             // Refused by closing the connection: nothing may have been registered.
-            c.get(&format!("/slots/{id}")).await?.expect(
+            c.get_after_refusal(&format!("/slots/{id}")).await?.expect(
                 404,
                 "after a registration refused by closing the connection",
             )?;
@@ -307,7 +328,7 @@ fn oversize(c: &Ctx) -> BoxFuture<'_, Verdict> {
         };
         match resp.status {
             413 => {
-                c.get(&format!("/slots/{id}"))
+                c.get_after_refusal(&format!("/slots/{id}"))
                     .await?
                     .expect(404, "after a refused registration")?;
                 Ok(Outcome::Pass)

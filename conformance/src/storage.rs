@@ -16,6 +16,7 @@ use crate::check::{
     BoxFuture, CheckDef, Ctx, Outcome, Verdict, Warnings, ensure, fail, lowercase_id,
     malformed_answer, random_bytes, random_id, rejected_answer, upper,
 };
+use crate::profile::Profile;
 
 const DOC: &str = "storage.md";
 const MIB: usize = 1024 * 1024;
@@ -26,6 +27,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-post",
         title: "POST /storage/ stores a blob and answers its address",
+        profile: Profile::Core,
         run: post,
     },
     CheckDef {
@@ -33,6 +35,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-get",
         title: "GET /storage/:address answers the bytes with ETag and Cache-Control",
+        profile: Profile::Core,
         run: get,
     },
     CheckDef {
@@ -40,6 +43,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-get",
         title: "GET of an absent blob is 404",
+        profile: Profile::Core,
         run: get_absent,
     },
     CheckDef {
@@ -47,6 +51,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-head",
         title: "HEAD answers Content-Length and ETag, 404 when absent",
+        profile: Profile::Core,
         run: head,
     },
     CheckDef {
@@ -54,6 +59,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-put",
         title: "PUT /storage/:address stores a matching body, idempotently",
+        profile: Profile::Core,
         run: put,
     },
     CheckDef {
@@ -61,6 +67,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-put-mismatch",
         title: "PUT of a body that does not hash to the address is 400 and stores nothing",
+        profile: Profile::Core,
         run: put_mismatch,
     },
     CheckDef {
@@ -68,6 +75,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-range",
         title: "Range requests answer 206 with Content-Range, 416 when unsatisfiable",
+        profile: Profile::Full,
         run: range,
     },
     CheckDef {
@@ -75,6 +83,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-if-none-match",
         title: "If-None-Match with the blob's ETag answers 304",
+        profile: Profile::Full,
         run: if_none_match,
     },
     CheckDef {
@@ -82,6 +91,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-id-case",
         title: "addresses are accepted in upper case",
+        profile: Profile::Full,
         run: id_case,
     },
     CheckDef {
@@ -89,6 +99,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-malformed-id",
         title: "a malformed address in the path is a client error (400 preferred)",
+        profile: Profile::Core,
         run: malformed_address,
     },
     CheckDef {
@@ -96,6 +107,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: "common.md",
         anchor: "common-trailing-slash",
         title: "routes answer with and without a trailing slash",
+        profile: Profile::Core,
         run: trailing_slash,
     },
     CheckDef {
@@ -103,6 +115,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-limits",
         title: "blobs of 1 MiB and more are accepted and read back intact",
+        profile: Profile::Core,
         run: large,
     },
     CheckDef {
@@ -110,6 +123,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-limits",
         title: "a blob above the configured limit is refused with 413 and not stored",
+        profile: Profile::Core,
         run: oversize,
     },
     CheckDef {
@@ -117,6 +131,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-atomic",
         title: "concurrent uploads of one blob all succeed and leave it intact",
+        profile: Profile::Core,
         run: concurrent_put,
     },
     CheckDef {
@@ -124,6 +139,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-fetch",
         title: "HEAD /storage/fetch answers 200 or 404",
+        profile: Profile::Core,
         run: fetch_supported,
     },
     CheckDef {
@@ -131,6 +147,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-fetch",
         title: "PUT and POST /storage/fetch copy a blob from a peer found through the broker",
+        profile: Profile::Core,
         run: fetch,
     },
     CheckDef {
@@ -138,6 +155,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-fetch",
         title: "fetching from a container nobody knows is 404",
+        profile: Profile::Core,
         run: fetch_unknown,
     },
     CheckDef {
@@ -145,6 +163,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-fetch-verify",
         title: "a fetched blob that does not hash to its address is refused and not stored",
+        profile: Profile::Core,
         run: fetch_corrupt,
     },
     CheckDef {
@@ -152,6 +171,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-delete",
         title: "DELETE /storage/:address answers 204 (or 200), then GET and DELETE are 404",
+        profile: Profile::Full,
         run: delete,
     },
     CheckDef {
@@ -159,6 +179,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-delete-batch",
         title: "POST /storage/delete deletes the held blobs of a list and reports counts and bytes",
+        profile: Profile::Full,
         run: delete_batch,
     },
     CheckDef {
@@ -166,6 +187,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-list",
         title: "GET /storage/ pages through held blobs in ascending address order",
+        profile: Profile::Full,
         run: list,
     },
     CheckDef {
@@ -173,6 +195,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "storage-fetch",
         title: "a malformed fetch request is 400",
+        profile: Profile::Core,
         run: fetch_malformed,
     },
 ];
@@ -263,10 +286,7 @@ fn get(c: &Ctx) -> BoxFuture<'_, Verdict> {
         resp.expect(200, "GET /storage/:address")?;
         ensure!(resp.body.as_ref() == data, "GET answered different bytes");
         let etag = resp.header("etag").unwrap_or("");
-        ensure!(
-            etag == format!("\"{address}\""),
-            "ETag must be the quoted address, got {etag:?}"
-        );
+        warnings.merge(etag_verdict(etag, &address, "GET")?);
         let cache = resp
             .header("cache-control")
             .unwrap_or("")
@@ -291,6 +311,21 @@ fn get(c: &Ctx) -> BoxFuture<'_, Verdict> {
     })
 }
 
+/// The verdict on an ETag: the quoted address passes; the bare address (the form of
+/// the reference's documents, a recorded divergence) warns; anything else fails.
+fn etag_verdict(etag: &str, address: &Id, what: &str) -> Verdict {
+    if etag == format!("\"{address}\"") {
+        Ok(Outcome::Pass)
+    } else if etag.eq_ignore_ascii_case(&address.to_string()) {
+        Ok(Outcome::Warn(format!(
+            "{what} ETag is the bare address (the reference documents' form); the quoted \
+             address is required by RFC 9110 and preferred"
+        )))
+    } else {
+        fail!("{what} ETag must be the quoted address, got {etag:?}")
+    }
+}
+
 fn get_absent(c: &Ctx) -> BoxFuture<'_, Verdict> {
     Box::pin(async move {
         let resp = c.get(&path(&random_id())).await?;
@@ -311,14 +346,10 @@ fn head(c: &Ctx) -> BoxFuture<'_, Verdict> {
             "HEAD Content-Length must be the blob size 777, got {:?}",
             resp.header("content-length")
         );
-        ensure!(
-            resp.header("etag") == Some(&format!("\"{address}\"")),
-            "HEAD ETag must be the quoted address, got {:?}",
-            resp.header("etag")
-        );
+        let etag = etag_verdict(resp.header("etag").unwrap_or(""), &address, "HEAD")?;
         let missing = c.head(&path(&random_id())).await?;
         missing.expect(404, "HEAD of an absent blob")?;
-        Ok(Outcome::Pass)
+        Ok(etag)
     })
 }
 
@@ -808,8 +839,11 @@ fn list(c: &Ctx) -> BoxFuture<'_, Verdict> {
         ensure!(
             one.blobs.first().map(|b| (b.address, b.size)) == Some((first, first_len)),
             "listing after the address just below {first} should start with it ({first_len} \
-             bytes), got {:?}",
-            one.blobs.first()
+             bytes), got {}",
+            one.blobs.first().map_or("nothing".to_string(), |b| format!(
+                "{} ({} bytes)",
+                b.address, b.size
+            ))
         );
         ensure!(
             one.next.is_some(),

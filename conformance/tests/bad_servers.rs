@@ -218,7 +218,8 @@ async fn without_a_token_the_auth_checks_are_skipped() {
         Role::Storage,
         &url,
         Options {
-            only: Some("auth-".into()),
+            only: Some("auth-*".into()),
+            profile: Some(invariant_conformance::Profile::Secure),
             ..Options::default()
         },
     )

@@ -146,7 +146,7 @@ fn the_binary_passes_a_real_productions_server() {
     let data = tempfile::tempdir().expect("tempdir");
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let (process, in_process, url) = productions(&runtime, data.path(), None);
-    let output = run_cli(&["productions", &url, "--json"]);
+    let output = run_cli(&["productions", &url, "--json", "--profile", "secure"]);
     let results = results(&output);
     assert!(results.len() >= 5);
     let (auth, protocol): (Vec<_>, Vec<_>) = results.iter().partition(|r| is_auth(r));
@@ -224,7 +224,8 @@ fn the_binary_checks_a_server_in_auth_mode() {
 
 #[test]
 fn the_binary_fails_on_a_failing_check_and_lists_checks() {
-    // Nothing listens on this port (bound, then released): every check fails.
+    // Nothing listens on this port (bound, then released): one error, exit status 2,
+    // no check run.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -237,9 +238,11 @@ fn the_binary_fails_on_a_failing_check_and_lists_checks() {
         "--timeout",
         "2",
     ]);
-    assert!(!output.status.success());
-    let text = String::from_utf8_lossy(&output.stdout);
-    assert!(text.contains("fail   common-id"), "{text}");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(text.contains("unreachable"), "{text}");
+    assert_eq!(text.trim().lines().count(), 1, "{text}");
 
     let list = run_cli(&["storage", "http://127.0.0.1:1", "--list"]);
     assert!(list.status.success());

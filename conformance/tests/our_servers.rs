@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use invariant_conformance::{
-    ClientSecurity, Options, Report, Role, Status, reserve_suite_broker, run,
+    ClientSecurity, Options, Profile, Report, Role, Status, reserve_suite_broker, run,
 };
 use invariant_runtime::{Role as ServerRole, Server, ServerContext, ServerOptions, TlsFiles};
 use invariant_test_support::{TestAuth, TestPki};
@@ -80,7 +80,9 @@ impl Setup {
                 ..ClientSecurity::default()
             },
         };
+        // Every profile: ours must pass the extensions and the authorization rules too.
         Options {
+            profile: Some(Profile::Secure),
             request_timeout: Duration::from_secs(10),
             check_timeout: Duration::from_secs(30),
             security,
@@ -208,7 +210,7 @@ async fn storage_without_broker_cannot_fetch() {
         Role::Storage,
         server.url(),
         Options {
-            only: Some("storage-fetch".into()),
+            only: Some("storage-fetch*".into()),
             ..setup.options()
         },
     )
