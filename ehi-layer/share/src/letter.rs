@@ -17,12 +17,13 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use invariant_spec::Id;
-use invariant_spec::slots::{Previous, RegisterRequest, Rejection, UpdateRequest};
+use invariant_spec::slots::{Previous, RegisterRequest};
 
 use ehi_vault::error::{EhiError, KeystoreError, Result};
 use ehi_vault::keystore::{HpkeSealed, hpke_seal};
 use ehi_vault::network::Network;
 use ehi_vault::seal::Blob;
+use ehi_vault::slotmove;
 
 /// Letter envelope version.
 const VERSION: u8 = 1;
@@ -237,35 +238,8 @@ pub(crate) async fn store(net: &Network, bytes: Vec<u8>) -> Result<Id> {
 /// Appends the stored blob `address` to the open slot `slot` (compare-and-swap from
 /// whatever it holds; retried on conflict).
 pub(crate) async fn append(net: &Network, slot: Id, address: Id, what: &str) -> Result<Id> {
-    let blob_address = address;
-    for attempt in 0..32u64 {
-        let current = net
-            .slots()
-            .get(&slot)
-            .await
-            .map_err(|e| EhiError::network(format!("reading {what}"), e))?;
-        let result = match current {
-            None => return Err(EhiError::NotFound(format!("{what} (slot {slot})"))),
-            Some(current) if current.address == blob_address => return Ok(blob_address),
-            Some(current) => {
-                net.slots()
-                    .update(
-                        &slot,
-                        &UpdateRequest::unsigned(current.address, blob_address),
-                    )
-                    .await
-            }
-        };
-        match result {
-            Ok(()) => {}
-            Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => {
-                let jitter: u64 = rand::random::<u64>() % 20;
-                tokio::time::sleep(std::time::Duration::from_millis(5 + jitter + attempt)).await;
-            }
-            Err(e) => return Err(EhiError::network(format!("posting to {what}"), e)),
-        }
-    }
-    Err(EhiError::Contention { attempts: 32 })
+    slotmove::append(net, slot, address, what).await?;
+    Ok(address)
 }
 
 /// Every address an open slot held after its registration, oldest first, with when the

@@ -5,7 +5,7 @@
 //! and listing what it held (removal, revocation).
 
 use invariant_spec::Id;
-use invariant_spec::slots::{Rejection, SlotSigner};
+use invariant_spec::slots::{Rejection, SlotSigner, UpdateRequest};
 
 use crate::error::{EhiError, Result};
 use crate::network::Network;
@@ -28,6 +28,9 @@ pub fn slot_of(seed: &[u8; 32]) -> Result<(SlotSigner, Id)> {
     Ok((signer, slot))
 }
 
+/// Compare-and-swap attempts before [`point`] and [`append`] give up.
+const MOVE_ATTEMPTS: u32 = 32;
+
 /// Points `slot` at `target` whatever it points at now (registering it if unknown).
 pub async fn point(
     net: &Network,
@@ -36,32 +39,75 @@ pub async fn point(
     target: Id,
     what: &str,
 ) -> Result<()> {
-    for _ in 0..8 {
+    move_to(net, Some(signer), slot, target, Unknown::Register, what).await
+}
+
+/// Points the open (unsigned) slot `slot` at `target` whatever it points at now; the
+/// slot must exist (an open slot is registered by whoever hands it out).
+pub async fn append(net: &Network, slot: Id, target: Id, what: &str) -> Result<()> {
+    move_to(net, None, slot, target, Unknown::Refuse, what).await
+}
+
+/// What [`move_to`] does with a slot the server does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Unknown {
+    /// Register it at the target (needs a signer).
+    Register,
+    /// Nothing: done.
+    Skip,
+    /// [`EhiError::NotFound`].
+    Refuse,
+}
+
+/// Moves `slot` to `target` from whatever it holds: a compare-and-swap (signed by
+/// `signer`, or unsigned for an open slot) retried with back-off while other writers
+/// move it meanwhile; an unknown slot is handled as `unknown` says. The one
+/// compare-and-swap loop of the vault's side slots.
+async fn move_to(
+    net: &Network,
+    signer: Option<&SlotSigner>,
+    slot: Id,
+    target: Id,
+    unknown: Unknown,
+    what: &str,
+) -> Result<()> {
+    for attempt in 0..MOVE_ATTEMPTS {
         let current = net
             .slots()
             .get(&slot)
             .await
             .map_err(|e| EhiError::network(format!("reading the {what} slot"), e))?;
-        let result = match current {
-            None => net
+        let result = match (current, signer) {
+            (Some(current), _) if current.address == target => return Ok(()),
+            (None, Some(signer)) if unknown == Unknown::Register => net
                 .slots()
                 .register(&signer.register_request(slot, target))
                 .await
                 .map(|_| ()),
-            Some(current) if current.address == target => return Ok(()),
-            Some(current) => {
+            (None, _) if unknown == Unknown::Skip => return Ok(()),
+            (None, _) => return Err(EhiError::NotFound(format!("{what} (slot {slot})"))),
+            (Some(current), Some(signer)) => {
                 net.slots()
                     .update_signed(&slot, signer, &current.address, &target)
+                    .await
+            }
+            (Some(current), None) => {
+                net.slots()
+                    .update(&slot, &UpdateRequest::unsigned(current.address, target))
                     .await
             }
         };
         match result {
             Ok(()) => {}
-            Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => {}
+            Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => {
+                crate::time::backoff(attempt).await;
+            }
             Err(e) => return Err(EhiError::network(format!("moving the {what} slot"), e)),
         }
     }
-    Err(EhiError::Contention { attempts: 8 })
+    Err(EhiError::Contention {
+        attempts: MOVE_ATTEMPTS,
+    })
 }
 
 /// Moves `slot` from `from` to `to`. `Ok(false)` when it no longer points at `from`.
@@ -111,41 +157,7 @@ pub async fn tombstone(
     signer: Option<&SlotSigner>,
     what: &str,
 ) -> Result<()> {
-    let tombstone = tombstone_address();
-    for _ in 0..5 {
-        let Some(current) = read(net, slot, what).await? else {
-            return Ok(());
-        };
-        if current == tombstone {
-            return Ok(());
-        }
-        let result = match signer {
-            Some(signer) => {
-                net.slots()
-                    .update_signed(&slot, signer, &current, &tombstone)
-                    .await
-            }
-            None => {
-                net.slots()
-                    .update(
-                        &slot,
-                        &invariant_spec::slots::UpdateRequest::unsigned(current, tombstone),
-                    )
-                    .await
-            }
-        };
-        match result {
-            Ok(()) => return Ok(()),
-            Err(e) if Rejection::of(&e) == Some(Rejection::Conflict) => {}
-            Err(e) => {
-                return Err(EhiError::network(
-                    format!("moving the {what} slot to the tombstone"),
-                    e,
-                ));
-            }
-        }
-    }
-    Err(EhiError::Contention { attempts: 5 })
+    move_to(net, signer, slot, tombstone_address(), Unknown::Skip, what).await
 }
 
 /// The whole history of `slot` (empty when the slot is unknown).

@@ -100,6 +100,16 @@ pub fn span(seconds: u64) -> String {
     }
 }
 
+/// Waits before attempt `attempt + 1`: a few milliseconds, growing with the attempts,
+/// plus a random part so that two devices that collided do not collide again.
+pub async fn backoff(attempt: u32) {
+    let jitter: u64 = rand::random::<u64>() % 40;
+    tokio::time::sleep(std::time::Duration::from_millis(
+        5 + jitter + 5 * u64::from(attempt.min(20)),
+    ))
+    .await;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -138,7 +138,7 @@ impl Vault {
                 return Ok(value);
             }
             if attempt < attempts {
-                backoff(attempt).await;
+                crate::time::backoff(attempt).await;
             }
         }
         Err(EhiError::Contention { attempts })
@@ -274,14 +274,4 @@ impl Vault {
             )),
         }
     }
-}
-
-/// Waits before attempt `attempt + 1`: a few milliseconds, growing with the attempts,
-/// plus a random part so that two devices that collided do not collide again.
-pub async fn backoff(attempt: u32) {
-    let jitter: u64 = rand::random::<u64>() % 40;
-    tokio::time::sleep(Duration::from_millis(
-        5 + jitter + 5 * u64::from(attempt.min(20)),
-    ))
-    .await;
 }
