@@ -24,21 +24,33 @@ impl<'a> Snapshot<'a> {
         }
     }
 
-    /// `Type/id` of every current (not deleted) resource, sorted.
-    #[doc(hidden)]
-    pub fn list(&self) -> Vec<String> {
+    /// Every resource held (current, deleted, with all its versions oldest first) with
+    /// the scope holding it, sorted by type and id.
+    pub fn resources(&self) -> Vec<(Scope, &'a str, &'a str, &'a [VersionEntry])> {
         let mut out = Vec::new();
-        for (_, manifest) in &self.scopes {
+        for (scope, manifest) in &self.scopes {
             for (resource_type, ids) in &manifest.resources {
                 for (id, versions) in ids {
-                    if versions.last().is_some_and(|v| !v.deleted) {
-                        out.push(format!("{resource_type}/{id}"));
-                    }
+                    out.push((
+                        *scope,
+                        resource_type.as_str(),
+                        id.as_str(),
+                        versions.as_slice(),
+                    ));
                 }
             }
         }
-        out.sort();
+        out.sort_by(|a, b| (a.1, a.2).cmp(&(b.1, b.2)));
         out
+    }
+
+    /// `Type/id` of every current (not deleted) resource, sorted.
+    pub fn list(&self) -> Vec<String> {
+        self.resources()
+            .into_iter()
+            .filter(|(_, _, _, versions)| versions.last().is_some_and(|v| !v.deleted))
+            .map(|(_, resource_type, id, _)| format!("{resource_type}/{id}"))
+            .collect()
     }
 
     /// Every version of `resource_type/id`, oldest first, with the scope holding them.
@@ -158,6 +170,20 @@ mod tests {
         );
         let view = Snapshot::new([(Scope::Clinical, &clinical), (Scope::Allergies, &allergies)]);
         assert_eq!(view.list(), vec!["AllergyIntolerance/a1", "Condition/c1"]);
+        // Every resource, deleted ones too, sorted by type and id across scopes.
+        let held: Vec<(Scope, &str, &str, usize)> = view
+            .resources()
+            .into_iter()
+            .map(|(scope, t, id, versions)| (scope, t, id, versions.len()))
+            .collect();
+        assert_eq!(
+            held,
+            vec![
+                (Scope::Allergies, "AllergyIntolerance", "a1", 1),
+                (Scope::Clinical, "Condition", "c1", 2),
+                (Scope::Clinical, "Condition", "c2", 2),
+            ]
+        );
         let (scope, latest) = view
             .current("Condition", "c1")
             .expect("a live resource")

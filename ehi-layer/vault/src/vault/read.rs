@@ -94,25 +94,20 @@ impl Vault {
         let items = {
             let state = self.state.lock().await;
             let mut items = Vec::new();
-            for (scope, loaded) in &state.scopes {
-                for (resource_type, ids) in &loaded.manifest.resources {
-                    for (id, versions) in ids {
-                        let Some(latest) = versions.last() else {
-                            continue;
-                        };
-                        if latest.deleted || !latest.patients.iter().any(|p| p == patient_id) {
-                            continue;
-                        }
-                        items.push((
-                            *scope,
-                            format!("{resource_type}/{id}"),
-                            latest.blocks.clone(),
-                            state.resource_key(*scope, latest.epoch)?,
-                        ));
-                    }
+            for (scope, resource_type, id, versions) in state.snapshot().resources() {
+                let Some(latest) = versions.last() else {
+                    continue;
+                };
+                if latest.deleted || !latest.patients.iter().any(|p| p == patient_id) {
+                    continue;
                 }
+                items.push((
+                    scope,
+                    format!("{resource_type}/{id}"),
+                    latest.blocks.clone(),
+                    state.resource_key(scope, latest.epoch)?,
+                ));
             }
-            items.sort_by(|a, b| a.1.cmp(&b.1));
             items
         };
         self.fetch_many(items).await
@@ -256,18 +251,9 @@ impl Vault {
             let state = self.state.lock().await;
             let mut plan: Vec<(String, String, Vec<VersionEntry>)> = Vec::new();
             let mut items = Vec::new();
-            let mut all: Vec<(Scope, &String, &String, &Vec<VersionEntry>)> = Vec::new();
-            for (scope, loaded) in &state.scopes {
-                for (resource_type, ids) in &loaded.manifest.resources {
-                    for (id, versions) in ids {
-                        all.push((*scope, resource_type, id, versions));
-                    }
-                }
-            }
-            all.sort_by(|a, b| (a.1, a.2).cmp(&(b.1, b.2)));
-            for (scope, resource_type, id, versions) in all {
+            for (scope, resource_type, id, versions) in state.snapshot().resources() {
                 let chosen: Vec<VersionEntry> = if with_history {
-                    versions.clone()
+                    versions.to_vec()
                 } else {
                     match versions.last() {
                         Some(v) if !v.deleted => vec![v.clone()],
@@ -284,7 +270,7 @@ impl Vault {
                         ));
                     }
                 }
-                plan.push((resource_type.clone(), id.clone(), chosen));
+                plan.push((resource_type.to_string(), id.to_string(), chosen));
             }
             (plan, items)
         };
