@@ -116,11 +116,6 @@ impl StorageSet {
         self.stores.iter().filter_map(|(id, _)| *id).collect()
     }
 
-    /// Whether the set has no store.
-    pub fn is_empty(&self) -> bool {
-        self.stores.is_empty()
-    }
-
     /// The stores in the order they are tried for `address`.
     fn order(&self, address: &Id) -> Vec<&Arc<dyn BlockStore>> {
         let mut stores: Vec<&(Option<Id>, Arc<dyn BlockStore>)> = self.stores.iter().collect();

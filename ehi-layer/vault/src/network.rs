@@ -29,7 +29,6 @@ use crate::seal::Blob;
 /// Ids per pin/unpin request.
 const PIN_BATCH: usize = 20_000;
 
-/// One storage server.
 /// The servers a vault uses.
 #[derive(Clone, Debug)]
 pub struct Network {
@@ -154,14 +153,7 @@ impl Network {
         self.storage
             .put(blob.address, blob.bytes.clone())
             .await
-            .map_err(|e| match e {
-                StoreError::Rejected(_) if self.storage.is_empty() => EhiError::MissingServer {
-                    broker: self.broker_url.clone(),
-                    kind: "storage",
-                    hint: String::new(),
-                },
-                e => store_error(format!("storing blob {}", blob.address), e),
-            })
+            .map_err(|e| store_error(format!("storing blob {}", blob.address), e))
     }
 
     /// Reads blob `address` (verified against its address) from the storage servers,
