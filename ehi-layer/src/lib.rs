@@ -242,7 +242,7 @@ pub use ehi_share as share;
 pub use ehi_share::{consent, contribution, device, emergency, session};
 pub use ehi_vault::{
     app, audit, error, export, fhir, format, grant, keys, keystore, network, present, purpose,
-    scope, seal, time, validate, vault,
+    reads, scope, seal, time, validate, vault,
 };
 
 pub use app::{AppCard, AppKeystore};

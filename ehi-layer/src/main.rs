@@ -16,9 +16,11 @@
 mod cli;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use ehi_layer::{Keystore, Vault};
 
 use cli::args::{
     AuditCommand, Cli, Command, DeviceCommand, EmergencyCommand, KeystoreCommand, TokenAction,
@@ -122,31 +124,7 @@ async fn with_vault(
         refuse_non_empty(dir)?;
     }
     let (keystore, vault, seen_file) = lifecycle::open(broker, keystore_path).await?;
-    match command {
-        Command::Init { .. } | Command::Keystore { .. } => {}
-        Command::Import {
-            files,
-            lenient,
-            allow_other_patients,
-        } => {
-            let options = ehi_layer::ImportOptions {
-                lenient,
-                allow_other_patients,
-            };
-            records::import(&vault, &files, &options).await?
-        }
-        Command::Search {
-            resource_type,
-            params,
-            lenient,
-        } => {
-            let vault = vault.clone();
-            records::print_search(vault, &keystore, &resource_type, &params, lenient, table).await?
-        }
-        Command::Show { reference } => records::show(&vault, &reference, table).await?,
-        Command::History { reference } => records::history(&vault, &reference, table).await?,
-        Command::Patient { id } => records::patient(&vault, &id, table).await?,
-        Command::Export { dir, history, .. } => records::export(&vault, &dir, history).await?,
+    let command = match command {
         Command::Delete { yes } => return lifecycle::delete(vault, keystore_path, yes).await,
         Command::Serve {
             listen,
@@ -165,12 +143,57 @@ async fn with_vault(
             )
             .await;
         }
+        command => command,
+    };
+    // What the command read is queued in the audit log; appended here, whether the
+    // command succeeded or not.
+    let outcome = on_vault(&vault, &keystore, table, command).await;
+    audit::flush(&vault).await;
+    outcome?;
+    if let Err(e) = vault.check_rollback(&seen_file).await {
+        eprintln!("warning: could not record the vault generation: {e}");
+    }
+    Ok(())
+}
+
+/// The commands that run on the open vault and return to [`with_vault`].
+async fn on_vault(
+    vault: &Arc<Vault>,
+    keystore: &Keystore,
+    table: bool,
+    command: Command,
+) -> anyhow::Result<()> {
+    match command {
+        Command::Init { .. } | Command::Keystore { .. } => {}
+        Command::Import {
+            files,
+            lenient,
+            allow_other_patients,
+        } => {
+            let options = ehi_layer::ImportOptions {
+                lenient,
+                allow_other_patients,
+            };
+            records::import(vault, &files, &options).await?
+        }
+        Command::Search {
+            resource_type,
+            params,
+            lenient,
+        } => {
+            let vault = vault.clone();
+            records::print_search(vault, keystore, &resource_type, &params, lenient, table).await?
+        }
+        Command::Show { reference } => records::show(vault, &reference, table).await?,
+        Command::History { reference } => records::history(vault, &reference, table).await?,
+        Command::Patient { id } => records::patient(vault, &id, table).await?,
+        Command::Export { dir, history, .. } => records::export(vault, &dir, history).await?,
         Command::Token {
             grant: Some(grant),
             scopes,
             expires,
             ..
-        } => serve::token_grant(&vault, &keystore, &grant, scopes.as_deref(), &expires).await?,
+        } => serve::token_grant(vault, keystore, &grant, scopes.as_deref(), &expires).await?,
         Command::Token { .. } => {}
         Command::App { .. } => {}
         Command::Grant {
@@ -179,28 +202,25 @@ async fn with_vault(
             access,
             expires,
             purpose,
-        } => sharing::grant(&vault, &card, &scopes, &access, &expires, purpose).await?,
+        } => sharing::grant(vault, &card, &scopes, &access, &expires, purpose).await?,
         Command::Audit {
             command: Some(AuditCommand::Verify),
             ..
-        } => audit::verify(&vault).await?,
+        } => audit::verify(vault).await?,
         Command::Audit {
             command: None,
             kind,
             app,
             since,
             until,
-        } => audit::list(&vault, kind, app, since, until, table).await?,
-        Command::Grants => sharing::grants(&vault, table).await?,
-        Command::Revoke { grant, reencrypt } => sharing::revoke(&vault, &grant, reencrypt).await?,
-        Command::Status => lifecycle::status(&vault, &keystore, table).await?,
-        Command::Emergency { command } => devices::emergency(&vault, &keystore, command).await?,
-        Command::Device { command } => devices::device(&vault, &keystore, command, table).await?,
-        Command::Watch => lifecycle::watch(&vault).await?,
-        command => consent::consent_command(&vault, command, table).await?,
-    }
-    if let Err(e) = vault.check_rollback(&seen_file).await {
-        eprintln!("warning: could not record the vault generation: {e}");
+        } => audit::list(vault, kind, app, since, until, table).await?,
+        Command::Grants => sharing::grants(vault, table).await?,
+        Command::Revoke { grant, reencrypt } => sharing::revoke(vault, &grant, reencrypt).await?,
+        Command::Status => lifecycle::status(vault, keystore, table).await?,
+        Command::Emergency { command } => devices::emergency(vault, keystore, command).await?,
+        Command::Device { command } => devices::device(vault, keystore, command, table).await?,
+        Command::Watch => lifecycle::watch(vault).await?,
+        command => consent::consent_command(vault, command, table).await?,
     }
     Ok(())
 }

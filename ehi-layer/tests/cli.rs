@@ -124,6 +124,29 @@ async fn the_cli_drives_a_vault() -> anyhow::Result<()> {
     let out = run(&["show", "garbage"]).await?;
     assert!(!out.status.success() && !text(&out.stderr).contains("panicked"));
 
+    // Every read above is in the audit log, the failed one as a failure.
+    let pair = |what: String, outcome: &str| (what, outcome.to_string());
+    assert_eq!(
+        logged(home.path(), &broker, "read").await?,
+        vec![
+            pair(format!("Patient/{PATIENT}"), "0"),
+            pair(format!("Patient/{PATIENT}/_history"), "0"),
+            pair(format!("Patient/{PATIENT}/$everything"), "0"),
+            pair("Patient/nobody".into(), "8"),
+        ]
+    );
+    assert_eq!(
+        logged(home.path(), &broker, "search").await?,
+        vec![
+            pair("Observation?code=http://loinc.org|8302-2".into(), "0"),
+            pair("Observation?_sort=date".into(), "0"),
+        ]
+    );
+    assert_eq!(
+        logged(home.path(), &broker, "export").await?,
+        vec![pair("10 entries".into(), "0")]
+    );
+
     // Delete without --yes and no confirmation on stdin: refused.
     let out = run(&["delete"]).await?;
     assert!(!out.status.success());
@@ -139,4 +162,30 @@ async fn the_cli_drives_a_vault() -> anyhow::Result<()> {
     assert!(!keystore.exists());
     net.stop().await;
     Ok(())
+}
+
+/// The audit entries of one type, oldest first: what each concerned and its outcome
+/// (`0` success, `8` failure).
+async fn logged(
+    home: &std::path::Path,
+    broker: &str,
+    kind: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let out = ehi_as(home, broker, PASSPHRASE, ["audit", "--type", kind]).await?;
+    let log: Value = serde_json::from_slice(&out.stdout)?;
+    Ok(log["entry"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let event = &e["resource"];
+            (
+                event["entity"][0]["what"]["display"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                event["outcome"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect())
 }

@@ -4,101 +4,18 @@
 //! the search query, as `METHOD path?query`), when (the request's arrival time) and the
 //! outcome (success below 400, failure otherwise, with the HTTP status).
 //!
-//! Entries are **buffered in memory and appended in batches** ([`Vault::audit_batch`]:
-//! one commit for the whole batch), so a request never waits for a network commit: the
-//! buffer is flushed every [`super::ServeOptions::audit_flush_every`] (1 s by default),
-//! as soon as it holds [`super::ServeOptions::audit_batch`] entries (100), on
-//! [`super::Server::flush_audit`], and when the server stops. A failed flush keeps the
-//! entries for the next one (at most [`MAX_PENDING`]; beyond that the oldest are
-//! dropped with a warning). What is lost if the process is killed: the entries of the
-//! last interval not yet flushed.
-
-use std::collections::VecDeque;
-use std::sync::Mutex;
-
-use tokio::sync::Notify;
+//! Entries go to the **vault's queue** ([`ehi_vault::vault::Vault::audit_queue`], the
+//! queue the patient's own reads use too) and are appended in batches
+//! ([`ehi_vault::vault::Vault::flush_audit`]: one commit per [`MAX_PER_COMMIT`]
+//! entries), so a request never waits for a network commit: the queue is flushed every
+//! [`super::ServeOptions::audit_flush_every`] (1 s by default), as soon as it holds
+//! [`super::ServeOptions::audit_batch`] entries (100), on [`super::Server::flush_audit`],
+//! and when the server stops. A failed flush keeps the entries for the next one (at most
+//! [`MAX_PENDING`]; beyond that the oldest are dropped with a warning). What is lost if
+//! the process is killed: the entries of the last interval not yet flushed.
 
 use ehi_vault::audit::{AuditAction, AuditRecord, PendingAudit, Requestor};
-use ehi_vault::error::EhiError;
-use ehi_vault::vault::Vault;
-
-/// Most entries kept while flushes fail.
-pub const MAX_PENDING: usize = 100_000;
-/// Most entries appended in one commit.
-pub const MAX_PER_COMMIT: usize = 1000;
-
-/// The buffer of entries not yet appended.
-#[derive(Debug)]
-pub(crate) struct AuditBuffer {
-    /// Oldest first (a deque: dropping the oldest when full is O(1)).
-    pending: Mutex<VecDeque<PendingAudit>>,
-    /// Woken when the buffer reaches `batch` entries.
-    pub(crate) full: Notify,
-    batch: usize,
-    /// Serializes flushes (so entries keep their order).
-    flushing: tokio::sync::Mutex<()>,
-}
-
-impl AuditBuffer {
-    pub(crate) fn new(batch: usize) -> AuditBuffer {
-        AuditBuffer {
-            pending: Mutex::new(VecDeque::new()),
-            full: Notify::new(),
-            batch: batch.max(1),
-            flushing: tokio::sync::Mutex::new(()),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<PendingAudit>> {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Queues one entry.
-    pub(crate) fn push(&self, entry: PendingAudit) {
-        let len = {
-            let mut pending = self.lock();
-            if pending.len() >= MAX_PENDING {
-                tracing::warn!("audit buffer full: dropping the oldest entry");
-                pending.pop_front();
-            }
-            pending.push_back(entry);
-            pending.len()
-        };
-        if len >= self.batch {
-            self.full.notify_one();
-        }
-    }
-
-    /// Drops every entry waiting (the vault was removed: there is no log to append to).
-    pub(crate) fn discard(&self) -> usize {
-        std::mem::take(&mut *self.lock()).len()
-    }
-
-    /// Entries waiting.
-    pub(crate) fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Appends everything queued (in commits of at most [`MAX_PER_COMMIT`]). Returns
-    /// how many entries were appended; on failure the rest stays queued.
-    pub(crate) async fn flush(&self, vault: &Vault) -> Result<usize, EhiError> {
-        let _one = self.flushing.lock().await;
-        let mut taken = std::mem::take(&mut *self.lock());
-        let mut done = 0;
-        while !taken.is_empty() {
-            let n = taken.len().min(MAX_PER_COMMIT);
-            if let Err(e) = vault.audit_batch(&taken.make_contiguous()[..n]).await {
-                let mut pending = self.lock();
-                taken.append(&mut pending);
-                *pending = taken;
-                return Err(e);
-            }
-            taken.drain(..n);
-            done += n;
-        }
-        Ok(done)
-    }
-}
+pub use ehi_vault::vault::{MAX_PENDING, MAX_PER_COMMIT};
 
 /// The entry for one request.
 pub(crate) fn entry(
@@ -160,14 +77,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_full_buffer_drops_the_oldest_entry() {
-        let buffer = AuditBuffer::new(usize::MAX);
-        for ms in 0..=MAX_PENDING as u64 {
-            buffer.push(entry("GET", "/metadata", None, 200, ms, Interaction::Read));
-        }
-        assert_eq!(buffer.len(), MAX_PENDING);
-        let pending = buffer.lock();
-        assert_eq!(pending.front().map(|e| e.ms), Some(1));
-        assert_eq!(pending.back().map(|e| e.ms), Some(MAX_PENDING as u64));
+    fn requests_are_classified_by_method_and_path() {
+        assert_eq!(Interaction::of("GET", &["Patient"]), Interaction::Search);
+        assert_eq!(
+            Interaction::of("GET", &["Patient", "p1"]),
+            Interaction::Read
+        );
+        assert_eq!(
+            Interaction::of("POST", &["Observation", "_search"]),
+            Interaction::Search
+        );
+        assert_eq!(
+            Interaction::of("GET", &["Patient", "p1", "$everything"]),
+            Interaction::Search
+        );
+        assert_eq!(Interaction::of("GET", &["$export"]), Interaction::Export);
+        assert_eq!(
+            Interaction::of("PUT", &["Patient", "p1"]),
+            Interaction::Write
+        );
+        assert_eq!(Interaction::of("POST", &["token"]), Interaction::Read);
+    }
+
+    #[test]
+    fn an_entry_records_the_status_as_its_outcome() {
+        let ok = entry("GET", "/Patient/p1", None, 200, 7, Interaction::Read);
+        assert!(ok.record.success);
+        assert_eq!(ok.record.action, AuditAction::Read);
+        assert_eq!(ok.record.entities, vec!["/Patient/p1".to_string()]);
+        let refused = entry("GET", "/Patient/p1", None, 403, 7, Interaction::Read);
+        assert!(!refused.record.success);
     }
 }

@@ -1,6 +1,6 @@
 //! Keeping up with the vault: following the vault slot
 //! ([`Vault::watch`](ehi_vault::vault::Vault::watch)), refreshing the vault, its grants and
-//! the cache, flushing the audit buffer, and the vault's removal (every request
+//! the cache, flushing the audit queue, and the vault's removal (every request
 //! answered 410 Gone from then on).
 
 use std::sync::Arc;
@@ -27,9 +27,7 @@ pub(super) fn mark_removed(state: &AppState) {
     tracing::warn!("the vault was removed: answering every request with 410 Gone");
     state.cache.clear();
     state.jobs.clear();
-    if let Some(audit) = &state.audit {
-        audit.discard();
-    }
+    state.vault.audit_queue().discard();
     let vault = state.vault.clone();
     tokio::spawn(async move { vault.forget_loaded().await });
 }
@@ -49,10 +47,7 @@ pub(super) async fn flush_audit(state: &AppState) -> Result<usize, ServeError> {
     if *state.removed.borrow() {
         return Ok(0);
     }
-    match &state.audit {
-        Some(buffer) => Ok(buffer.flush(&state.vault).await?),
-        None => Ok(0),
-    }
+    Ok(state.vault.flush_audit().await?)
 }
 
 /// Re-reads the vault; reloads the grants; empties and re-warms the cache if the

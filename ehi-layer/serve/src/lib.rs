@@ -160,7 +160,8 @@ pub(crate) struct AppState {
     cache: Arc<Cache>,
     auth: auth::Auth,
     oauth: oauth::OAuth,
-    audit: Option<audit::AuditBuffer>,
+    /// Whether requests are queued in the vault's audit log ([`audit`]).
+    audit: bool,
     warmed: watch::Sender<bool>,
     /// [`ServeOptions::warm_up`]: whether a refresh that changed the resources warms
     /// the emptied cache again.

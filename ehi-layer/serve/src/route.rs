@@ -42,7 +42,7 @@ pub(super) async fn handle(State(state): State<Arc<AppState>>, request: Request)
         // Removed while this request ran: what it read is not handed out.
         return removed_response();
     }
-    if let Some(buffer) = &state.audit {
+    if state.audit {
         let segs: Vec<&str> = target
             .split('?')
             .next()
@@ -58,7 +58,7 @@ pub(super) async fn handle(State(state): State<Arc<AppState>>, request: Request)
                 grant: None,
             }),
         };
-        buffer.push(audit::entry(
+        state.vault.audit_queue().push(audit::entry(
             &method,
             &target,
             requestor,

@@ -23,8 +23,7 @@ use super::follow::{flush_audit, follow_slot, refresh};
 use super::respond::fhir_response;
 use super::route::handle;
 use super::{
-    AppState, MAX_BODY, REFRESH_EVERY, REVOKED_POLL, ServeError, TokenKey, audit, auth, bulk,
-    error, oauth,
+    AppState, MAX_BODY, REFRESH_EVERY, REVOKED_POLL, ServeError, TokenKey, auth, bulk, error, oauth,
 };
 use ehi_vault::time::now_ms;
 use ehi_vault::vault::Vault;
@@ -45,9 +44,9 @@ pub struct ServeOptions {
     pub clients: Vec<(String, String)>,
     /// Lifetime of an authorization code. Default [`oauth::CODE_TTL`] (60 s).
     pub code_ttl: Duration,
-    /// Whether requests are written to the audit log ([`audit`]). Default true.
+    /// Whether requests are written to the audit log ([`crate::audit`]). Default true.
     pub audit: bool,
-    /// Flush the audit buffer at least this often. Default 1 s.
+    /// Flush the audit queue at least this often. Default 1 s.
     pub audit_flush_every: Duration,
     /// Flush as soon as this many entries wait. Default 100.
     pub audit_batch: usize,
@@ -106,15 +105,15 @@ impl Server {
         &self.url
     }
 
-    /// Appends every buffered audit entry to the vault's log now (one commit per
-    /// [`audit::MAX_PER_COMMIT`] entries). Returns how many were appended.
+    /// Appends every queued audit entry to the vault's log now (one commit per
+    /// [`crate::audit::MAX_PER_COMMIT`] entries). Returns how many were appended.
     pub async fn flush_audit(&self) -> Result<usize, ServeError> {
         flush_audit(&self.state).await
     }
 
     /// Audit entries not yet appended.
     pub fn audit_pending(&self) -> usize {
-        self.state.audit.as_ref().map_or(0, |a| a.len())
+        self.state.vault.audit_queue().len()
     }
 
     /// Waits until the cache warm-up has finished (at once without warm-up).
@@ -146,7 +145,7 @@ impl Server {
     }
 
     /// Stops accepting connections, lets in-flight requests finish, flushes the audit
-    /// buffer, and waits.
+    /// queue, and waits.
     pub async fn stop(mut self) -> Result<(), ServeError> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
@@ -154,7 +153,7 @@ impl Server {
         self.join().await
     }
 
-    /// Waits until the server stops (then flushes the audit buffer).
+    /// Waits until the server stops (then flushes the audit queue).
     pub async fn join(self) -> Result<(), ServeError> {
         let addr = self.local_addr.to_string();
         let served = match self.task.await {
@@ -194,6 +193,9 @@ async fn new_state(
     *cache.known() = vault.resources_fingerprint().await;
     let (warmed, _) = watch::channel(!options.warm_up);
     let (removed, _) = watch::channel(false);
+    if options.audit {
+        vault.audit_queue().set_batch(options.audit_batch);
+    }
     Ok(Arc::new(AppState {
         vault,
         key,
@@ -203,9 +205,7 @@ async fn new_state(
         cache,
         auth,
         oauth: oauth::OAuth::new(options.clients.clone(), options.code_ttl),
-        audit: options
-            .audit
-            .then(|| audit::AuditBuffer::new(options.audit_batch)),
+        audit: options.audit,
         warmed,
         warm_up: options.warm_up,
         removed,
@@ -300,9 +300,9 @@ pub async fn start_with(
         refresh_tick.tick().await;
         loop {
             let full = async {
-                match &state.audit {
-                    Some(buffer) => buffer.full.notified().await,
-                    None => std::future::pending().await,
+                match state.audit {
+                    true => state.vault.audit_queue().batch_full().await,
+                    false => std::future::pending().await,
                 }
             };
             tokio::select! {

@@ -38,6 +38,7 @@
 //! with the vault, or to the app.
 
 use crate::letter;
+use ehi_vault::audit::{AuditAction, AuditRecord, PendingAudit};
 use ehi_vault::slotmove;
 use ehi_vault::vault::prelude::*;
 
@@ -73,6 +74,18 @@ pub struct RemoveReport {
 /// copies of the keystore mean).
 pub async fn remove(vault: Vault, keystore_file: Option<&Path>) -> Result<RemoveReport> {
     let mut notes = Vec::new();
+    // The removal is the log's last entry, after whatever reads were still queued;
+    // the log then goes with the vault.
+    vault.audit_queue().push(PendingAudit {
+        record: AuditRecord::new(AuditAction::Remove, "the vault was removed"),
+        requestor: None,
+        ms: ehi_vault::time::now_ms(),
+    });
+    if let Err(e) = vault.flush_audit().await {
+        notes.push(format!(
+            "the removal could not be written to the audit log: {e}"
+        ));
+    }
     let tombstone = Blob {
         address: tombstone_address(),
         bytes: bytes::Bytes::from_static(TOMBSTONE),

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 
+use futures_util::stream::{self, StreamExt, TryStreamExt};
 use invariant_spec::Id;
 use serde_json::{Value, json};
 
@@ -331,16 +332,16 @@ impl AppSession {
     }
 
     /// Everything the grant covers, current versions, as a FHIR `collection` Bundle
-    /// (sorted by type and id).
+    /// (sorted by type and id). The resources are fetched several at a time.
     pub async fn export_bundle(&self) -> Result<Value> {
         self.check()?;
-        let mut entries = Vec::new();
-        for reference in self.list()? {
-            let Some((resource_type, id)) = reference.split_once('/') else {
-                continue;
-            };
-            entries.push(json!({ "resource": self.read(resource_type, id).await? }));
-        }
+        let references = self.list()?;
+        let entries: Vec<Value> = stream::iter(references.iter().filter_map(|r| r.split_once('/')))
+            .map(|(resource_type, id)| self.read(resource_type, id))
+            .buffered(CONCURRENCY)
+            .map_ok(|resource| json!({ "resource": resource }))
+            .try_collect()
+            .await?;
         Ok(json!({
             "resourceType": "Bundle",
             "type": "collection",

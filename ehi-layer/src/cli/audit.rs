@@ -1,18 +1,22 @@
-//! The audit log from the command line: `ehi audit [verify]`, and the entries the
-//! command line writes for what it reads.
+//! The audit log from the command line: `ehi audit [verify]`, and how the command
+//! line's reads reach it (through the library's [`Reads`], flushed once per command).
 
 use ehi_layer::Vault;
-use ehi_layer::audit::{AuditAction, AuditRecord};
+use ehi_layer::audit::AuditAction;
+use ehi_layer::reads::Reads;
 
 use super::common::print_json;
 
-/// Appends a read/search/export/removal entry to the audit log; a failure is reported
-/// but does not undo what was shown.
-pub(crate) async fn log_read(vault: &Vault, action: AuditAction, entities: Vec<String>) {
-    let record = AuditRecord::new(action, "by the patient with the ehi command line")
-        .with_entities(entities);
-    if let Err(e) = vault.audit(record).await {
-        eprintln!("warning: the audit entry could not be written: {e}");
+/// The patient's reads through this command line, each queued in the audit log.
+pub(crate) fn reads(vault: &Vault) -> Reads<'_> {
+    Reads::patient(vault, "the ehi command line")
+}
+
+/// Appends what the command queued to the audit log; a failure is reported but does
+/// not undo what was shown.
+pub(crate) async fn flush(vault: &Vault) {
+    if let Err(e) = vault.flush_audit().await {
+        eprintln!("warning: the audit entries could not be written: {e}");
     }
 }
 

@@ -7,11 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use ehi_layer::audit::AuditAction;
 use ehi_layer::{KdfParams, Keystore, Network, Vault, present};
 use zeroize::Zeroizing;
 
-use super::audit::log_read;
 use super::common::{collection_note, confirm_delete, passphrase, print_json, prompt_secret};
 
 pub(crate) async fn init(
@@ -184,7 +182,6 @@ pub(crate) async fn delete(
     if !yes && !confirm_delete()? {
         bail!("not deleted");
     }
-    log_read(&vault, AuditAction::Remove, Vec::new()).await;
     let vault = Arc::into_inner(vault).context("the vault is still in use")?;
     let report = share::remove(vault, Some(keystore_path)).await?;
     eprintln!(

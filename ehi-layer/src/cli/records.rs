@@ -7,10 +7,10 @@ use std::sync::Arc;
 use anyhow::bail;
 use ehi_layer::audit::AuditAction;
 use ehi_layer::vault::Stage;
-use ehi_layer::{Input, Keystore, Progress, Vault, export, present};
+use ehi_layer::{Input, Keystore, Progress, Vault, present};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use super::audit::log_read;
+use super::audit::reads;
 use super::common::{parse_reference, print_json};
 
 pub(crate) async fn import(
@@ -65,8 +65,7 @@ pub(crate) async fn import(
 }
 
 /// `ehi search`: the search `ehi serve` runs, answered in process, as the patient;
-/// every page is fetched (one Bundle) unless the query names `_count`. Logged in the
-/// audit log like any read of the patient's.
+/// every page is fetched (one Bundle) unless the query names `_count`.
 async fn search(
     vault: Arc<Vault>,
     keystore: &Keystore,
@@ -121,12 +120,6 @@ async fn search(
         // Every page is in this one Bundle: paging links would mislead.
         obj.remove("link");
     }
-    log_read(
-        &vault,
-        AuditAction::Search,
-        vec![format!("{resource_type}?{query}")],
-    )
-    .await;
     Ok(bundle)
 }
 
@@ -141,7 +134,10 @@ pub(crate) async fn print_search(
     table: bool,
 ) -> anyhow::Result<()> {
     let query = params.join("&");
-    let bundle = search(vault, keystore, resource_type, &query, lenient).await?;
+    let result = search(vault.clone(), keystore, resource_type, &query, lenient).await;
+    let entity = format!("{resource_type}?{query}");
+    reads(&vault).record(AuditAction::Search, vec![entity], result.is_ok());
+    let bundle = result?;
     if table {
         let resources: Vec<serde_json::Value> = bundle["entry"]
             .as_array()
@@ -165,10 +161,9 @@ pub(crate) async fn print_search(
 pub(crate) async fn show(vault: &Vault, reference: &str, table: bool) -> anyhow::Result<()> {
     let (resource_type, id, version) = parse_reference(reference)?;
     let resource = match version {
-        Some(v) => vault.read_version(&resource_type, &id, v).await?,
-        None => vault.read(&resource_type, &id).await?,
+        Some(v) => reads(vault).read_version(&resource_type, &id, v).await?,
+        None => reads(vault).read(&resource_type, &id).await?,
     };
-    log_read(vault, AuditAction::Read, vec![reference.to_string()]).await;
     if table {
         print!("{}", present::table(&[resource]));
     } else {
@@ -180,8 +175,7 @@ pub(crate) async fn show(vault: &Vault, reference: &str, table: bool) -> anyhow:
 /// `ehi history Type/id`.
 pub(crate) async fn history(vault: &Vault, reference: &str, table: bool) -> anyhow::Result<()> {
     let (resource_type, id, _) = parse_reference(reference)?;
-    let history = vault.history(&resource_type, &id).await?;
-    log_read(vault, AuditAction::Read, vec![reference.to_string()]).await;
+    let history = reads(vault).history(&resource_type, &id).await?;
     if table {
         print!("{}", present::history_table(&resource_type, &id, &history));
     } else {
@@ -192,13 +186,7 @@ pub(crate) async fn history(vault: &Vault, reference: &str, table: bool) -> anyh
 
 /// `ehi patient <id>`: the Patient's compartment as a collection Bundle (or a table).
 pub(crate) async fn patient(vault: &Vault, id: &str, table: bool) -> anyhow::Result<()> {
-    let resources = vault.patient_compartment(id).await?;
-    log_read(
-        vault,
-        AuditAction::Read,
-        vec![format!("Patient/{id}/$everything")],
-    )
-    .await;
+    let resources = reads(vault).patient_compartment(id).await?;
     if table {
         print!("{}", present::table(&resources));
     } else {
@@ -215,13 +203,7 @@ pub(crate) async fn patient(vault: &Vault, id: &str, table: bool) -> anyhow::Res
 
 /// `ehi export <dir>` (the folder was checked before the vault was opened).
 pub(crate) async fn export(vault: &Vault, dir: &Path, history: bool) -> anyhow::Result<()> {
-    let summary = export::to_dir(vault, dir, history).await?;
-    log_read(
-        vault,
-        AuditAction::Export,
-        vec![format!("{} entries", summary.bundle_entries)],
-    )
-    .await;
+    let summary = reads(vault).export_to_dir(dir, history).await?;
     eprintln!(
         "wrote {} ({} entries) and {} NDJSON file(s) under {}",
         summary.bundle.display(),

@@ -23,6 +23,7 @@ pub mod keystore;
 pub mod network;
 pub mod present;
 pub mod purpose;
+pub mod reads;
 pub mod scope;
 pub mod seal;
 #[doc(hidden)]

@@ -63,6 +63,7 @@ mod commit;
 mod import;
 mod keyring;
 mod load;
+mod pending;
 mod read;
 mod rollback;
 mod rotation;
@@ -70,6 +71,7 @@ use commit::{Plan, RootChange};
 use keyring::RootKeys;
 pub use keyring::WatchEvent;
 pub use load::{fetch_object, fetch_resource};
+pub use pending::{MAX_PENDING, MAX_PER_COMMIT, Pending};
 pub use rotation::RevokeReport;
 
 /// The vault's API for the features built on it (the `ehi-share` crate): the
@@ -366,6 +368,8 @@ pub struct Vault {
     options: VaultOptions,
     #[doc(hidden)]
     pub state: Mutex<State>,
+    /// Audit entries queued by the front ends, not yet appended (see `vault/pending.rs`).
+    pending: pending::Pending,
 }
 
 impl std::fmt::Debug for Vault {
@@ -490,6 +494,7 @@ impl Vault {
                 audit_tail: None,
                 root_keys,
             }),
+            pending: pending::Pending::new(),
         };
         let addresses: Vec<Id> = blobs.iter().map(|b| b.address).collect();
         vault.put_all(blobs).await?;
@@ -559,6 +564,7 @@ impl Vault {
             policy0: crate::keys::PolicyKeys::of_keystore_root(keystore.root_key()),
             options,
             state: Mutex::new(placeholder),
+            pending: pending::Pending::new(),
         };
         {
             let mut state = vault.state.lock().await;

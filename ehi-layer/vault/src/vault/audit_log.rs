@@ -196,8 +196,8 @@ impl Vault {
 
 impl Vault {
     /// Appends `pending` to the audit log, chained in order, in **one** commit (one
-    /// blob per entry, one root swap): what `ehi serve` calls to log its requests in
-    /// batches instead of one network commit per request. Entries record who asked
+    /// blob per entry, one root swap): how [`Vault::flush_audit`] appends what the
+    /// front ends queued, instead of one network commit per read. Entries record who asked
     /// ([`crate::audit::Requestor`]) and their own time. Does nothing for an empty
     /// batch.
     ///
@@ -234,7 +234,7 @@ impl Vault {
             for p in pending {
                 let event = p.record.to_fhir_for(
                     &writer,
-                    "ehi-layer patient device (ehi serve)",
+                    "ehi-layer patient device",
                     p.ms,
                     p.requestor.as_ref(),
                 );
@@ -266,6 +266,7 @@ impl Vault {
             if state.root_head != base_head {
                 drop(state);
                 self.net.unpin_quietly(&blocks).await;
+                crate::time::backoff(attempt).await;
                 continue;
             }
             match self
@@ -293,6 +294,7 @@ impl Vault {
                     if attempt == self.options.max_attempts {
                         break;
                     }
+                    crate::time::backoff(attempt).await;
                 }
                 Err(e) => {
                     drop(state);
