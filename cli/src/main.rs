@@ -3,7 +3,8 @@
 //! - `up`: start every role locally ([`up`]).
 //! - `status`: what the broker knows, and whether each server answers.
 //! - `put` / `get` / `cat`: blobs on the network's storage servers.
-//! - `slot create|get|set|history|watch`: ed25519-signed slots (keys in [`keys`]).
+//! - `slot create|get|set|history|watch`: slots, ed25519-signed (keys in [`keys`]) or
+//!   unsigned (`slot create --unsigned`, for servers without ed25519 slots).
 //! - `name register|lookup|update`: names.
 //! - `upload` / `download`: file trees ([`trees`]).
 //! - `pin` / `unpin`: blocks (or a whole tree's) kept on N storage servers by the
@@ -84,18 +85,27 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum SlotCommand {
-    /// Create an ed25519 slot holding `address`; its key is kept in the config dir.
+    /// Create a slot holding `address` and print its id. By default an ed25519 slot:
+    /// its key is kept in the config dir and signs every update. With `--unsigned`, a
+    /// plain slot: a random id, no key, and updates carry no signature.
     Create {
         /// The slot's first address.
         address: Id,
+        /// Create an unsigned (`{"kind":"none"}`) slot: anyone who knows its current
+        /// value may move it (on a server with token checks: its registrant or an
+        /// operator). Servers that do not implement ed25519 slots, such as the
+        /// TypeScript reference, accept only these.
+        #[arg(long)]
+        unsigned: bool,
     },
     /// The slot's current state (JSON).
     Get {
         /// The slot id.
         slot: Id,
     },
-    /// Move the slot to `address` (compare-and-swap from its current value, signed
-    /// with the local key when the slot needs one).
+    /// Move the slot to `address` (compare-and-swap from its current value). Signed
+    /// with the slot's key when the config dir holds one; without a key (an unsigned
+    /// slot) the update carries no signature.
     Set {
         /// The slot id.
         slot: Id,
@@ -125,7 +135,8 @@ enum NameCommand {
         /// `address` is a slot id.
         #[arg(long)]
         slot: bool,
-        /// Seconds lookups may cache the answer.
+        /// Seconds lookups may cache the answer. Sent as given: a TypeScript
+        /// reference server reads the number as milliseconds (spec/names.md).
         #[arg(long)]
         ttl: Option<u32>,
     },
@@ -134,7 +145,9 @@ enum NameCommand {
         /// The name.
         name: String,
     },
-    /// Move `name` from `previous` to `address` (compare-and-swap).
+    /// Move `name` from `previous` to `address` (compare-and-swap). A server that
+    /// answers `{}` instead of true/false (the TypeScript reference) is checked with a
+    /// lookup: the update succeeded when the name now holds `address`.
     Update {
         /// The name.
         name: String,
@@ -192,7 +205,7 @@ enum Command {
         /// The blob's address.
         address: Id,
     },
-    /// Slots: signed mutable pointers.
+    /// Slots: mutable pointers, ed25519-signed or (`create --unsigned`) plain.
     #[command(subcommand)]
     Slot(SlotCommand),
     /// Names → addresses.
@@ -471,14 +484,34 @@ async fn slot(
 ) -> anyhow::Result<()> {
     let slots = SlotsClient::from_endpoint(network::first(broker, "slots").await?);
     match command {
-        SlotCommand::Create { address } => {
-            let (signer, slot) = keys::create(config_dir)?;
-            if !slots
-                .register(&signer.register_request(slot, address))
-                .await?
-            {
-                bail!("slot {slot} already exists");
-            }
+        SlotCommand::Create { address, unsigned } => {
+            let slot = if unsigned {
+                let slot = Id::random();
+                let request = invariant_spec::slots::RegisterRequest::unsigned(slot, address);
+                if !slots.register(&request).await? {
+                    bail!("slot {slot} already exists");
+                }
+                slot
+            } else {
+                let (signer, slot) = keys::create(config_dir)?;
+                let registered = match slots
+                    .register(&signer.register_request(slot, address))
+                    .await
+                {
+                    Err(e) if e.status() == Some(400) => {
+                        return Err(anyhow::Error::new(e).context(
+                            "the slots server refused an ed25519 slot; a server without \
+                             ed25519 slots (such as the TypeScript reference) takes \
+                             `invariant slot create --unsigned`",
+                        ));
+                    }
+                    other => other?,
+                };
+                if !registered {
+                    bail!("slot {slot} already exists");
+                }
+                slot
+            };
             println!("{slot}");
         }
         SlotCommand::Get { slot } => {
