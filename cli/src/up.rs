@@ -5,6 +5,8 @@
 //! ...), so ids and data are reused on the next `up`. Prints one line per server,
 //! `<name> <url>`, then waits. SIGINT/SIGTERM (Ctrl-C) stops every server with SIGTERM,
 //! last started first, waiting for each to drain. Server logs go to `<data>/logs/`.
+//! The servers and their arguments ([`launches`], [`server_args`], [`Security`]) also
+//! describe the network to `invariant systemd` ([`crate::systemd`]).
 //!
 //! Security ([`auth`], [`tls`]):
 //! - Token checks are on unless `--open` (or `auth = false`): every server gets
