@@ -1,4 +1,4 @@
-//! The `invariant up` configuration file (TOML).
+//! The configuration file (TOML) of `invariant up` and `invariant systemd`.
 //!
 //! Every field is optional; an absent file means the defaults below:
 //!

@@ -1,9 +1,11 @@
 //! `invariant`: start a local network and use it from the shell.
 //!
 //! - `up`: start every role locally ([`up`]).
+//! - `systemd`: systemd units for the network `up` would start ([`systemd`]).
 //! - `status`: what the broker knows, and whether each server answers.
 //! - `put` / `get` / `cat`: blobs on the network's storage servers.
-//! - `slot create|get|set|history|watch`: ed25519-signed slots (keys in [`keys`]).
+//! - `slot create|get|set|history|watch`: slots, ed25519-signed (keys in [`keys`]) or
+//!   unsigned (`slot create --unsigned`, for servers without ed25519 slots).
 //! - `name register|lookup|update`: names.
 //! - `upload` / `download`: file trees ([`trees`]).
 //! - `pin` / `unpin`: blocks (or a whole tree's) kept on N storage servers by the
@@ -12,7 +14,7 @@
 //! - `auth init|issue|attenuate|inspect`: the network's root key and capability
 //!   tokens ([`auth`]).
 //!
-//! Every command except `up` and `auth` finds the network through `--broker` (or
+//! Every command except `up`, `systemd` and `auth` finds the network through `--broker` (or
 //! `INVARIANT_BROKER`), defaulting to the broker url `up` uses by default. Every
 //! request carries the capability token and trusts the CAs of the global client
 //! options (`--token`, `--token-file`, `--ca-cert`, `--insecure-skip-verify`; the
@@ -24,6 +26,7 @@ mod config;
 mod gc;
 mod keys;
 mod network;
+mod systemd;
 mod trees;
 mod up;
 
@@ -84,18 +87,27 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum SlotCommand {
-    /// Create an ed25519 slot holding `address`; its key is kept in the config dir.
+    /// Create a slot holding `address` and print its id. By default an ed25519 slot:
+    /// its key is kept in the config dir and signs every update. With `--unsigned`, a
+    /// plain slot: a random id, no key, and updates carry no signature.
     Create {
         /// The slot's first address.
         address: Id,
+        /// Create an unsigned (`{"kind":"none"}`) slot: anyone who knows its current
+        /// value may move it (on a server with token checks: its registrant or an
+        /// operator). Servers that do not implement ed25519 slots, such as the
+        /// TypeScript reference, accept only these.
+        #[arg(long)]
+        unsigned: bool,
     },
     /// The slot's current state (JSON).
     Get {
         /// The slot id.
         slot: Id,
     },
-    /// Move the slot to `address` (compare-and-swap from its current value, signed
-    /// with the local key when the slot needs one).
+    /// Move the slot to `address` (compare-and-swap from its current value). Signed
+    /// with the slot's key when the config dir holds one; without a key (an unsigned
+    /// slot) the update carries no signature.
     Set {
         /// The slot id.
         slot: Id,
@@ -125,7 +137,8 @@ enum NameCommand {
         /// `address` is a slot id.
         #[arg(long)]
         slot: bool,
-        /// Seconds lookups may cache the answer.
+        /// Seconds lookups may cache the answer. Sent as given: a TypeScript
+        /// reference server reads the number as milliseconds (spec/names.md).
         #[arg(long)]
         ttl: Option<u32>,
     },
@@ -134,7 +147,9 @@ enum NameCommand {
         /// The name.
         name: String,
     },
-    /// Move `name` from `previous` to `address` (compare-and-swap).
+    /// Move `name` from `previous` to `address` (compare-and-swap). A server that
+    /// answers `{}` instead of true/false (the TypeScript reference) is checked with a
+    /// lookup: the update succeeded when the name now holds `address`.
     Update {
         /// The name.
         name: String,
@@ -153,21 +168,26 @@ enum Command {
     /// Start the whole local network (broker, find, storage ×3, slots, names,
     /// productions, files, distributor); Ctrl-C stops it.
     Up {
-        /// Folder for every server's data; reused on the next `up`.
-        #[arg(long, default_value = "invariant-data")]
-        data_dir: PathBuf,
-        /// TOML file with counts and ports (see the `config` module docs).
+        #[command(flatten)]
+        network: NetworkArgs,
+    },
+    /// Write systemd units for the network `up` would start: one service per server
+    /// (`<prefix>-<name>.service`, hardened, restarted on failure) and a target
+    /// grouping them (`<prefix>.target`). Prepares the data dir as `up` does (root
+    /// key, tokens, certificates, one folder per server).
+    Systemd {
+        #[command(flatten)]
+        network: NetworkArgs,
+        /// Folder the unit files are written to.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Unit names start with `<prefix>-`; the target is `<prefix>.target`.
+        #[arg(long, default_value = "invariant")]
+        prefix: String,
+        /// Account the servers run as (`User=`; it must own the data dir). Default:
+        /// root, confined to the server's data folder.
         #[arg(long)]
-        config: Option<PathBuf>,
-        /// Folder holding the server binaries (default: beside `invariant`).
-        #[arg(long, env = "INVARIANT_BIN_DIR")]
-        bin_dir: Option<PathBuf>,
-        /// Serve HTTPS with certificates from a local CA under `<data-dir>/tls/`.
-        #[arg(long)]
-        tls: bool,
-        /// No token checks: anyone who reaches the ports may change the network.
-        #[arg(long)]
-        open: bool,
+        user: Option<String>,
     },
     /// The network's root key and capability tokens.
     #[command(subcommand)]
@@ -192,7 +212,7 @@ enum Command {
         /// The blob's address.
         address: Id,
     },
-    /// Slots: signed mutable pointers.
+    /// Slots: mutable pointers, ed25519-signed or (`create --unsigned`) plain.
     #[command(subcommand)]
     Slot(SlotCommand),
     /// Names → addresses.
@@ -245,6 +265,40 @@ enum Command {
         /// The blob's address.
         address: Id,
     },
+}
+
+/// The network `up` starts and `systemd` describes.
+#[derive(clap::Args, Debug)]
+struct NetworkArgs {
+    /// Folder for every server's data; reused on the next `up`.
+    #[arg(long, default_value = "invariant-data")]
+    data_dir: PathBuf,
+    /// TOML file with counts and ports (see the `config` module docs).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Folder holding the server binaries (default: beside `invariant`).
+    #[arg(long, env = "INVARIANT_BIN_DIR")]
+    bin_dir: Option<PathBuf>,
+    /// Serve HTTPS with certificates from a local CA under `<data-dir>/tls/`.
+    #[arg(long)]
+    tls: bool,
+    /// No token checks: anyone who reaches the ports may change the network.
+    #[arg(long)]
+    open: bool,
+}
+
+impl NetworkArgs {
+    /// The config file with the flags applied, and the folder of the server binaries.
+    fn resolve(&self) -> anyhow::Result<(config::NetworkConfig, PathBuf)> {
+        let mut config = config::NetworkConfig::load(self.config.as_deref())?;
+        config.tls |= self.tls;
+        config.auth &= !self.open;
+        let bin_dir = match &self.bin_dir {
+            Some(dir) => dir.clone(),
+            None => up::default_bin_dir()?,
+        };
+        Ok((config, bin_dir))
+    }
 }
 
 /// Block compression for `upload`.
@@ -334,8 +388,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
              the path can read and change this traffic, tokens included"
         );
     }
-    // `up` and `auth` send no requests; every other command's clients use these.
-    if !matches!(cli.command, Command::Up { .. } | Command::Auth(_)) {
+    // `up`, `systemd` and `auth` send no requests; every other command's clients use
+    // these.
+    if !matches!(
+        cli.command,
+        Command::Up { .. } | Command::Systemd { .. } | Command::Auth(_)
+    ) {
         let flags = invariant_spec::client_config::ClientFlags {
             token: cli.token.clone(),
             token_file: cli.token_file.clone(),
@@ -346,26 +404,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         security.install();
     }
     match cli.command {
-        Command::Up {
-            data_dir,
-            config,
-            bin_dir,
-            tls,
-            open,
-        } => {
-            let mut config = config::NetworkConfig::load(config.as_deref())?;
-            config.tls |= tls;
-            config.auth &= !open;
-            let bin_dir = match bin_dir {
-                Some(dir) => dir,
-                None => up::default_bin_dir()?,
-            };
+        Command::Up { network } => {
+            let (config, bin_dir) = network.resolve()?;
             let paths = up::UpPaths {
-                data_dir: &data_dir,
+                data_dir: &network.data_dir,
                 bin_dir: &bin_dir,
                 config_dir: &config_dir,
             };
             up::up(&config, &paths).await
+        }
+        Command::Systemd {
+            network,
+            out,
+            prefix,
+            user,
+        } => {
+            let (config, bin_dir) = network.resolve()?;
+            let options = systemd::UnitOptions { prefix, user };
+            systemd::run(&config, &network.data_dir, &bin_dir, &out, &options)
         }
         Command::Auth(command) => auth::run(command, &config_dir),
         Command::Status => status(&broker(&cli.broker)?).await,
@@ -471,14 +527,34 @@ async fn slot(
 ) -> anyhow::Result<()> {
     let slots = SlotsClient::from_endpoint(network::first(broker, "slots").await?);
     match command {
-        SlotCommand::Create { address } => {
-            let (signer, slot) = keys::create(config_dir)?;
-            if !slots
-                .register(&signer.register_request(slot, address))
-                .await?
-            {
-                bail!("slot {slot} already exists");
-            }
+        SlotCommand::Create { address, unsigned } => {
+            let slot = if unsigned {
+                let slot = Id::random();
+                let request = invariant_spec::slots::RegisterRequest::unsigned(slot, address);
+                if !slots.register(&request).await? {
+                    bail!("slot {slot} already exists");
+                }
+                slot
+            } else {
+                let (signer, slot) = keys::create(config_dir)?;
+                let registered = match slots
+                    .register(&signer.register_request(slot, address))
+                    .await
+                {
+                    Err(e) if e.status() == Some(400) => {
+                        return Err(anyhow::Error::new(e).context(
+                            "the slots server refused an ed25519 slot; a server without \
+                             ed25519 slots (such as the TypeScript reference) takes \
+                             `invariant slot create --unsigned`",
+                        ));
+                    }
+                    other => other?,
+                };
+                if !registered {
+                    bail!("slot {slot} already exists");
+                }
+                slot
+            };
             println!("{slot}");
         }
         SlotCommand::Get { slot } => {

@@ -5,6 +5,8 @@
 //! ...), so ids and data are reused on the next `up`. Prints one line per server,
 //! `<name> <url>`, then waits. SIGINT/SIGTERM (Ctrl-C) stops every server with SIGTERM,
 //! last started first, waiting for each to drain. Server logs go to `<data>/logs/`.
+//! The servers and their arguments ([`launches`], [`server_args`], [`Security`]) also
+//! describe the network to `invariant systemd` ([`crate::systemd`]).
 //!
 //! Security ([`auth`], [`tls`]):
 //! - Token checks are on unless `--open` (or `auth = false`): every server gets
@@ -102,21 +104,89 @@ struct Running {
     child: Child,
 }
 
-/// One server to start.
-struct Launch {
-    name: String,
-    role: Role,
-    port: u16,
+/// One server of the network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Launch {
+    /// Its name: the role's folder name, `storage-<n>` for storage servers; also the
+    /// name of its folder under the data dir.
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+    /// The port it binds (0: any free port).
+    pub port: u16,
+}
+
+/// The servers `config` describes, in start order: the broker, find, slots, names,
+/// productions, the storage servers, files, the distributor (leaving out disabled
+/// roles).
+pub fn launches(config: &NetworkConfig) -> Vec<Launch> {
+    let mut launches = vec![Launch {
+        name: "broker".into(),
+        role: Role::Broker,
+        port: config.broker.port.unwrap_or(Role::Broker.default_port()),
+    }];
+    for (role, role_config) in config.single_roles() {
+        if role == Role::Files {
+            // storage servers come before files and the distributor, which use them
+            push_storage(&mut launches, config);
+        }
+        if role_config.enabled() {
+            launches.push(Launch {
+                name: role.dir_name().into(),
+                role,
+                port: role_config.port.unwrap_or(role.default_port()),
+            });
+        }
+    }
+    launches
+}
+
+/// The arguments of one server after its binary: where it listens and keeps its data
+/// (`<data_dir>/<name>`), its security options, and the broker to register with.
+pub fn server_args(
+    launch: &Launch,
+    config: &NetworkConfig,
+    data_dir: &Path,
+    broker: Option<&str>,
+    security: &ServerSecurity,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec![
+        "--listen".into(),
+        std::net::SocketAddr::new(config.host, launch.port)
+            .to_string()
+            .into(),
+        "--data-dir".into(),
+        data_dir.join(&launch.name).into(),
+    ];
+    args.extend(security.args.iter().cloned());
+    if let Some(broker) = broker {
+        args.push("--broker".into());
+        args.push(broker.into());
+    }
+    args
+}
+
+/// The security options of one server, and the private files among them (its token
+/// and TLS key), which no other server needs.
+#[derive(Clone, Debug, Default)]
+pub struct ServerSecurity {
+    /// Options to pass.
+    pub args: Vec<OsString>,
+    /// Private files those options name.
+    pub private: Vec<PathBuf>,
 }
 
 /// The network's security material.
-struct Security {
+#[derive(Debug)]
+pub struct Security {
     auth: Option<auth::NetworkAuth>,
     tls: Option<tls::LocalCa>,
 }
 
 impl Security {
-    fn prepare(config: &NetworkConfig, data_dir: &Path) -> anyhow::Result<Security> {
+    /// Checks the config's host/TLS rule, then opens (or creates) the root key and
+    /// the local CA under `data_dir` as the config asks.
+    pub fn prepare(config: &NetworkConfig, data_dir: &Path) -> anyhow::Result<Security> {
         if !config.tls && !config.host.is_loopback() {
             bail!(
                 "host {} is not a loopback address: servers reachable from other machines \
@@ -138,15 +208,28 @@ impl Security {
         Ok(Security { auth, tls })
     }
 
-    /// The security options of one server.
-    fn args(&self, launch: &Launch) -> anyhow::Result<Vec<OsString>> {
+    /// The root key (when token checks are on).
+    pub fn auth(&self) -> Option<&auth::NetworkAuth> {
+        self.auth.as_ref()
+    }
+
+    /// The local CA (with TLS).
+    pub fn tls(&self) -> Option<&tls::LocalCa> {
+        self.tls.as_ref()
+    }
+
+    /// The security options of one server, writing its token and certificate files
+    /// when they are missing or no longer good.
+    pub fn server(&self, launch: &Launch) -> anyhow::Result<ServerSecurity> {
         let mut args: Vec<OsString> = Vec::new();
+        let mut private = Vec::new();
         if let Some(auth) = &self.auth {
             args.push("--auth-root-key".into());
             args.push(auth.root_pub_path().into());
             if let Some(token) = auth.server_token(&launch.name, launch.role)? {
                 args.push("--token-file".into());
-                args.push(token.into());
+                args.push(token.clone().into());
+                private.push(token);
             }
         } else if launch.role == Role::Storage {
             // Without tokens anyone may already change this local network; its
@@ -159,12 +242,13 @@ impl Security {
                 "--tls-cert".into(),
                 files.cert.into(),
                 "--tls-key".into(),
-                files.key.into(),
+                files.key.clone().into(),
                 "--ca-cert".into(),
                 ca.ca_path().into(),
             ]);
+            private.push(files.key);
         }
-        Ok(args)
+        Ok(ServerSecurity { args, private })
     }
 }
 
@@ -190,24 +274,7 @@ pub async fn up(config: &NetworkConfig, paths: &UpPaths<'_>) -> anyhow::Result<(
     std::fs::create_dir_all(data_dir.join("logs"))
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let security = Security::prepare(config, data_dir)?;
-    let mut launches = vec![Launch {
-        name: "broker".into(),
-        role: Role::Broker,
-        port: config.broker.port.unwrap_or(Role::Broker.default_port()),
-    }];
-    for (role, role_config) in config.single_roles() {
-        if role == Role::Files {
-            // storage servers come before files and the distributor, which use them
-            push_storage(&mut launches, config);
-        }
-        if role_config.enabled() {
-            launches.push(Launch {
-                name: role.dir_name().into(),
-                role,
-                port: role_config.port.unwrap_or(role.default_port()),
-            });
-        }
-    }
+    let launches = launches(config);
 
     let mut running: Vec<Running> = Vec::new();
     let started = start_all(&launches, config, paths, &security, &mut running).await;
@@ -322,16 +389,14 @@ async fn start_all(
             );
             continue;
         }
-        let extra = security.args(launch)?;
-        let server = start_one(
+        let args = server_args(
             launch,
-            &binary,
             config,
             paths.data_dir,
             broker_url.as_deref(),
-            &extra,
-        )
-        .await?;
+            &security.server(launch)?,
+        );
+        let server = start_one(launch, &binary, paths.data_dir, &args).await?;
         println!("{:<12} {}", server.name, server.url);
         if launch.role == Role::Broker {
             broker_url = Some(server.url.clone());
@@ -344,10 +409,8 @@ async fn start_all(
 async fn start_one(
     launch: &Launch,
     binary: &Path,
-    config: &NetworkConfig,
     data_dir: &Path,
-    broker: Option<&str>,
-    extra: &[OsString],
+    args: &[OsString],
 ) -> anyhow::Result<Running> {
     let log_path = data_dir.join("logs").join(format!("{}.log", launch.name));
     let log = std::fs::OpenOptions::new()
@@ -360,18 +423,11 @@ async fn start_one(
         command.env_remove(var);
     }
     command
-        .arg("--listen")
-        .arg(std::net::SocketAddr::new(config.host, launch.port).to_string())
-        .arg("--data-dir")
-        .arg(data_dir.join(&launch.name))
-        .args(extra)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::from(log))
         .kill_on_drop(true);
-    if let Some(broker) = broker {
-        command.arg("--broker").arg(broker);
-    }
     let mut child = command
         .spawn()
         .with_context(|| format!("starting {}", binary.display()))?;

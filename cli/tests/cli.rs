@@ -14,8 +14,8 @@ fn help_lists_every_command() {
     assert!(output.status.success());
     let help = String::from_utf8_lossy(&output.stdout);
     for command in [
-        "up", "status", "put", "get", "cat", "upload", "download", "slot", "name", "pin", "unpin",
-        "find", "auth",
+        "up", "systemd", "status", "put", "get", "cat", "upload", "download", "slot", "name",
+        "pin", "unpin", "find", "auth",
     ] {
         assert!(
             help.lines().any(|l| l.trim_start().starts_with(command)),

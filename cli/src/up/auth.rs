@@ -81,6 +81,11 @@ impl NetworkAuth {
         self.dir.join(ROOT_PUB_FILE)
     }
 
+    /// The root private key file (no server needs it).
+    pub fn root_key_path(&self) -> PathBuf {
+        self.dir.join(ROOT_KEY_FILE)
+    }
+
     /// The token file of server `name` of `role`, written if needed; `None` when the
     /// role needs no token.
     pub fn server_token(&self, name: &str, role: Role) -> anyhow::Result<Option<PathBuf>> {

@@ -178,6 +178,11 @@ impl LocalCa {
         self.dir.join("ca.pem")
     }
 
+    /// The CA's private key (no server needs it).
+    pub fn ca_key_path(&self) -> PathBuf {
+        self.dir.join("ca.key")
+    }
+
     fn sign(&self, key: &KeyPair) -> anyhow::Result<rcgen::Certificate> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         for name in &self.names {
