@@ -115,7 +115,9 @@ pub struct Options {
     /// fake peers.
     pub suite_broker: Option<std::net::TcpListener>,
     /// The broker the server under test uses (when it is not the suite's): the suite
-    /// registers its fake peers there.
+    /// registers its fake peers there, and leaves those registrations behind (the
+    /// broker protocol cannot remove one; the broker's liveness checks drop them once
+    /// the fake peers stop answering at the end of the run).
     pub broker: Option<String>,
     /// The server's configured blob size limit (storage): enables the oversize check.
     pub max_blob_size: Option<u64>,

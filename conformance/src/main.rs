@@ -62,6 +62,10 @@ struct Cli {
     suite_broker: Option<std::net::SocketAddr>,
 
     /// The broker the server under test uses; the suite registers its fake peers there.
+    /// These registrations stay behind after the run: the broker protocol has no way
+    /// to remove one. The fake peers stop answering when the run ends, so the broker's
+    /// liveness checks drop them (spec/broker.md#broker-liveness; about 30 s for a
+    /// broker of this project).
     #[arg(long, value_name = "URL", conflicts_with = "suite_broker")]
     broker: Option<String>,
 

@@ -44,7 +44,7 @@ pub(crate) static CHECKS: &[CheckDef] = &[
         doc: DOC,
         anchor: "names-syntax",
         title: "a label with an inner `-` (DNS syntax) is accepted",
-        profile: Profile::Full,
+        profile: Profile::Core,
         run: hyphen,
     },
     CheckDef {

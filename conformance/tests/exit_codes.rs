@@ -1,7 +1,7 @@
 //! The binary's exit statuses and reports against fakes on 127.0.0.1: 0 all passed,
 //! 1 a check failed, 2 usage error or unreachable (or crashed) server, 3 passed with
 //! skips under `--strict`; the JSON summary, JUnit output, `--list --json`, the
-//! `distribute` alias and a closed stdout.
+//! `distribute` alias, a closed stdout, and the help on what `--broker` leaves behind.
 
 mod fakes;
 
@@ -179,4 +179,20 @@ fn a_closed_stdout_exits_quietly() {
     let stderr = text(&output.stderr);
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn the_help_says_broker_registrations_stay_behind() {
+    let output = cli(&["--help"]);
+    assert_eq!(output.status.code(), Some(0));
+    // clap wraps long help at the terminal width: compare without line breaks.
+    let help = text(&output.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        help.contains("These registrations stay behind after the run"),
+        "{help}"
+    );
+    assert!(help.contains("spec/broker.md#broker-liveness"), "{help}");
 }

@@ -1,9 +1,18 @@
 //! Small fake servers for the conformance suite's own tests, on 127.0.0.1 ephemeral
 //! ports only: a storage server that implements exactly the `core` profile (no Range,
-//! no If-None-Match, lowercase ids only, no delete or listing, cannot fetch), and
-//! servers that stop accepting connections at a chosen request (a crash).
+//! no If-None-Match, lowercase ids only, no delete or listing, cannot fetch), servers
+//! that stop accepting connections at a chosen request (a crash), reference-like
+//! distributor and files servers, and one module per other role (`slots`, `broker`,
+//! `find`, `names`, `productions`) with a server that implements only that role's
+//! `core` profile and a variant with one deliberate defect.
 
 #![allow(dead_code)]
+
+pub mod broker;
+pub mod find;
+pub mod names;
+pub mod productions;
+pub mod slots;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -40,8 +49,56 @@ fn bad_request() -> Response {
     (StatusCode::BAD_REQUEST, "malformed address\n").into_response()
 }
 
+/// A refused request: its status and a one-line plain-text reason.
+#[derive(Debug)]
+struct Refusal(StatusCode, &'static str);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, format!("{}\n", self.1)).into_response()
+    }
+}
+
+fn refuse(status: StatusCode, reason: &'static str) -> Refusal {
+    Refusal(status, reason)
+}
+
+/// What the fakes' handlers answer.
+type Answer = Result<Response, Refusal>;
+
+/// The id every fake answers on `GET /id`.
+fn fake_id() -> Id {
+    Id::of_content(b"core-only fake storage")
+}
+
 async fn id() -> String {
-    Id::of_content(b"core-only fake storage").to_string()
+    fake_id().to_string()
+}
+
+/// `GET /id` and `GET /id/`, answering [`fake_id`].
+fn id_routes<S: Clone + Send + Sync + 'static>() -> Router<S> {
+    Router::new().route("/id", get(id)).route("/id/", get(id))
+}
+
+/// A plain-text answer.
+fn plain(body: String) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+/// A JSON object body; anything else is refused with 400.
+fn json_object(body: &[u8]) -> Result<serde_json::Map<String, serde_json::Value>, Refusal> {
+    match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        _ => Err(refuse(StatusCode::BAD_REQUEST, "not a JSON object")),
+    }
+}
+
+/// The lowercase id in string field `field`, if there is one.
+fn json_id(object: &serde_json::Map<String, serde_json::Value>, field: &str) -> Option<Id> {
+    object
+        .get(field)
+        .and_then(serde_json::Value::as_str)
+        .and_then(strict_id)
 }
 
 async fn post_blob(State(fake): State<Fake>, body: Bytes) -> Response {
