@@ -115,6 +115,9 @@ async fn apply_pin(core: &Core, subject: String, blocks: Vec<Id>) -> ApiResult<S
         core.refresh_gc()
             .await
             .map_err(internal("reading collection totals"))?;
+        if let Some(backup) = &core.backup {
+            backup.wake.notify_one();
+        }
     }
     if core.members.active().ids.is_empty() {
         core.work.stall(added.new);

@@ -38,6 +38,7 @@ pub mod metrics;
 pub mod placement;
 pub mod store;
 
+mod backup;
 mod gc;
 mod health;
 mod http;
@@ -106,6 +107,18 @@ pub struct DistributorConfig {
     pub gc_unpinned_after: Option<Duration>,
     /// Time between automatic sweeps (±10%). Default 1 h; `None`: only on request.
     pub gc_interval: Option<Duration>,
+    /// A storage server every pinned block is also copied to ([`backup`]). Default
+    /// none.
+    pub backup: Option<BackupConfig>,
+}
+
+/// The backup destination (`--backup-storage`, `--backup-mb-per-hour`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackupConfig {
+    /// The backup storage server's url.
+    pub url: String,
+    /// Most bytes copied to it per hour (`None`: as fast as the copies go).
+    pub bytes_per_hour: Option<u64>,
 }
 
 impl Default for DistributorConfig {
@@ -126,6 +139,7 @@ impl Default for DistributorConfig {
             gc_grace: Duration::from_secs(24 * 3600),
             gc_unpinned_after: None,
             gc_interval: Some(Duration::from_secs(3600)),
+            backup: None,
         }
     }
 }
@@ -274,6 +288,7 @@ pub async fn launch(
         pass_wake: Notify::new(),
         pass_verify: std::sync::Mutex::new(HashSet::new()),
         gc: state::GcState::default(),
+        backup: config.backup.clone().map(backup::BackupState::new),
         config,
     });
     core.refresh_gc().await?;
@@ -290,6 +305,7 @@ pub async fn launch(
     tasks.spawn(health_loop(Arc::clone(&core)));
     tasks.spawn(repair::pass_loop(Arc::clone(&core)));
     tasks.spawn(gc::run(Arc::clone(&core)));
+    tasks.spawn(backup::run(Arc::clone(&core)));
     for _ in 0..core.config.parallelism {
         tasks.spawn(repair::worker(Arc::clone(&core)));
     }
@@ -335,6 +351,9 @@ async fn health_loop(core: Arc<Core>) {
                 .ready
                 .store(true, std::sync::atomic::Ordering::Release);
             core.gc.wake.notify_one();
+            if let Some(backup) = &core.backup {
+                backup.wake.notify_one();
+            }
         }
         first = false;
         tokio::select! {

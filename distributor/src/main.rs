@@ -49,6 +49,16 @@ struct Cli {
     /// request (`POST /distributor/gc`).
     #[arg(long, env = "INVARIANT_GC_INTERVAL", default_value = "3600", value_parser = seconds_or_zero)]
     gc_interval: Duration,
+
+    /// Also copy every pinned block to this storage server (a backup outside the
+    /// placement: repairs and collection leave it alone). Progress is in the status.
+    #[arg(long, env = "INVARIANT_BACKUP_STORAGE", value_name = "URL")]
+    backup_storage: Option<String>,
+
+    /// Most megabytes (10^6 bytes) copied to the backup per hour; unlimited when
+    /// absent.
+    #[arg(long, env = "INVARIANT_BACKUP_MB_PER_HOUR", requires = "backup_storage", value_parser = clap::value_parser!(u64).range(1..))]
+    backup_mb_per_hour: Option<u64>,
 }
 
 fn seconds_or_zero(text: &str) -> Result<Duration, String> {
@@ -77,6 +87,12 @@ fn main() -> anyhow::Result<()> {
         gc_grace: cli.gc_grace,
         gc_unpinned_after: cli.gc_unpinned_after,
         gc_interval: (!cli.gc_interval.is_zero()).then_some(cli.gc_interval),
+        backup: cli.backup_storage.map(|url| distributor::BackupConfig {
+            url,
+            bytes_per_hour: cli
+                .backup_mb_per_hour
+                .map(|mb| mb.saturating_mul(1_000_000)),
+        }),
         ..DistributorConfig::default()
     };
     run_main(Role::Distributor, &cli.common, |ctx| async move {

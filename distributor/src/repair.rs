@@ -166,7 +166,7 @@ pub(crate) async fn repair_block(core: &Core, block: Id) -> Outcome {
 
 /// Asks every active non-target server whether it holds `block`; records and returns
 /// those that do, with the block's size when any does.
-async fn discover<'a>(
+pub(crate) async fn discover<'a>(
     core: &Core,
     active: &'a ActiveSet,
     block: &Id,
@@ -201,7 +201,7 @@ async fn discover<'a>(
 }
 
 /// Copies `block` onto `target` from the first source that works.
-async fn copy(
+pub(crate) async fn copy(
     core: &Core,
     block: &Id,
     target: &Storage,

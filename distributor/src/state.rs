@@ -106,6 +106,8 @@ pub(crate) struct Core {
     /// Storage servers whose holdings the next pass must re-check (they came back).
     pub pass_verify: Mutex<HashSet<Id>>,
     pub gc: GcState,
+    /// The backup destination, when configured.
+    pub backup: Option<crate::backup::BackupState>,
 }
 
 impl Core {
@@ -217,6 +219,7 @@ impl Core {
             gc_deleted_bytes: gc.deleted_bytes,
             gc_sweeps: gc.sweeps,
             pins_by_subject: None,
+            backup: self.backup.as_ref().map(|b| b.status()),
         }
     }
 

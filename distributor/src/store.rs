@@ -14,6 +14,7 @@
 //!   block (placement knowledge; rows go when the block's last pin goes).
 //! - `meta`: `"schema"` → [`SCHEMA`], checked at open, and the collection counters.
 //! - `released`, `gc_behind`, `gc_storages`: garbage-collection bookkeeping ([`gc`]).
+//! - `backed_up`: what the backup storage server holds ([`backup`]).
 //!
 //! A `holders` value may carry the block's size (`FORMAT_V1 ‖ size (u64 LE)`) when the
 //! storage server reported it; a released block's row keeps the largest known.
@@ -41,6 +42,7 @@ use std::sync::Arc;
 
 use invariant_runtime::store::{self, DatabaseOpener};
 use invariant_spec::Id;
+pub mod backup;
 pub mod gc;
 
 use redb::{
@@ -262,6 +264,7 @@ impl Store {
                 txn.open_table(gc::RELEASED)?;
                 txn.open_table(gc::GC_BEHIND)?;
                 txn.open_table(gc::GC_STORAGES)?;
+                txn.open_table(backup::BACKED_UP)?;
                 Ok::<_, StoreError>(())
             })?;
         Ok(Store { db: Arc::new(db) })

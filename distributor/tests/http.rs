@@ -1391,3 +1391,149 @@ async fn random_interleavings_never_collect_a_pinned_block() {
     );
     net.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Backup destination
+// ---------------------------------------------------------------------------------------
+
+/// The status's backup section (the test configured one).
+async fn backup_status(client: &DistributorClient) -> invariant_spec::distributor::BackupStatus {
+    client
+        .status()
+        .await
+        .expect("status")
+        .backup
+        .expect("a backup section")
+}
+
+#[tokio::test]
+async fn every_pinned_block_is_copied_to_the_backup_at_the_set_rate_and_a_restart_resumes() {
+    let broker = FakeBroker::start().await;
+    let storages = registered_storages(&broker, 2).await;
+    // The backup is not known to the broker: it is no placement target.
+    let backup = Storage::start(None).await;
+    let dir = tempfile::tempdir().expect("distributor dir");
+    // 3.6 MB per hour = 1,000 bytes per second; blobs of 2,000 bytes: one every 2 s.
+    let limited = DistributorConfig {
+        replicas: 2,
+        backup: Some(distributor::BackupConfig {
+            url: backup.server.url().to_string(),
+            bytes_per_hour: Some(3_600_000),
+        }),
+        ..fast_config()
+    };
+    let server = launch(dir.path(), Some(&broker), limited.clone()).await;
+    let client = DistributorClient::new(server.url()).expect("client");
+    eventually("two active storage servers", || async {
+        client.status().await.expect("status").storages_active == 2
+    })
+    .await;
+
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut blocks = Vec::new();
+    for _ in 0..6 {
+        let mut data = vec![0u8; 2_000];
+        rng.fill_bytes(&mut data);
+        blocks.push(
+            storages[0]
+                .client
+                .post(Bytes::from(data))
+                .await
+                .expect("store"),
+        );
+    }
+    client.pin(&blocks).await.expect("pin");
+
+    // The first copy goes at once; the pace holds the others back.
+    eventually("a first copy to the backup", || async {
+        backup_status(&client).await.blocks_copied >= 1
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let status = backup_status(&client).await;
+    assert!(
+        status.blocks_copied <= 2,
+        "the rate limit let {} copies through in about a second",
+        status.blocks_copied
+    );
+    assert_eq!(status.bytes_per_hour, Some(3_600_000));
+    assert_eq!(status.id, Some(backup.id()));
+    assert!(status.blocks_behind >= 4, "{status:?}");
+    // Sizes are counted once the placement learned them.
+    eventually("the bytes behind counted", || async {
+        let status = backup_status(&client).await;
+        status.blocks_behind > 0 && status.bytes_behind == status.blocks_behind * 2_000
+    })
+    .await;
+    // The backup stays outside the placement.
+    assert_eq!(client.status().await.expect("status").storages_active, 2);
+
+    // Stopped part way, then started again without a limit: it carries on with what
+    // is left, and every pinned block ends up on the backup.
+    server.stop().await.expect("stop distributor");
+    let held_before: usize = {
+        let mut n = 0;
+        for block in &blocks {
+            n += usize::from(backup.holds(block).await);
+        }
+        n
+    };
+    assert!(held_before < blocks.len());
+    let unlimited = DistributorConfig {
+        backup: Some(distributor::BackupConfig {
+            url: backup.server.url().to_string(),
+            bytes_per_hour: None,
+        }),
+        ..limited
+    };
+    let server = launch(dir.path(), Some(&broker), unlimited).await;
+    let client = DistributorClient::new(server.url()).expect("client");
+    eventually("every pinned block on the backup", || async {
+        let status = backup_status(&client).await;
+        status.blocks_behind == 0 && status.passes >= 1 && status.last_error.is_none()
+    })
+    .await;
+    for block in &blocks {
+        assert!(backup.holds(block).await, "{block} is not on the backup");
+    }
+    let status = backup_status(&client).await;
+    assert!(
+        status.blocks_copied as usize <= blocks.len() - held_before,
+        "copied again what the backup held: {status:?}"
+    );
+    assert_eq!(status.bytes_per_hour, None);
+    server.stop().await.expect("stop distributor");
+}
+
+#[tokio::test]
+async fn an_unreachable_backup_is_reported_in_the_status() {
+    let broker = FakeBroker::start().await;
+    let storages = registered_storages(&broker, 1).await;
+    // A port nothing listens on.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    drop(listener);
+    let dir = tempfile::tempdir().expect("distributor dir");
+    let config = DistributorConfig {
+        replicas: 1,
+        backup: Some(distributor::BackupConfig {
+            url: format!("http://127.0.0.1:{port}"),
+            bytes_per_hour: None,
+        }),
+        ..fast_config()
+    };
+    let server = launch(dir.path(), Some(&broker), config).await;
+    let client = DistributorClient::new(server.url()).expect("client");
+    let block = storages[0]
+        .client
+        .post(Bytes::from_static(b"kept twice"))
+        .await
+        .expect("store");
+    client.pin(&[block]).await.expect("pin");
+    eventually("the failure in the status", || async {
+        let status = backup_status(&client).await;
+        status.id.is_none() && status.last_error.is_some()
+    })
+    .await;
+    server.stop().await.expect("stop distributor");
+}

@@ -107,6 +107,43 @@ pub struct DistributorStatus {
     /// whose token holds `distributor:admin`; absent otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pins_by_subject: Option<BTreeMap<String, SubjectPins>>,
+    /// The backup destination's progress, when the distributor copies every pinned
+    /// block to one (`--backup-storage`); absent otherwise. An extension of this
+    /// implementation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupStatus>,
+}
+
+/// How far the backup storage server is behind the pins ([`DistributorStatus::backup`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupStatus {
+    /// The backup storage server's url.
+    pub url: String,
+    /// Its id, once it answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<Id>,
+    /// Pinned blocks it does not hold yet.
+    #[serde(default)]
+    pub blocks_behind: u64,
+    /// Known bytes of those blocks (sizes no storage server reported count 0).
+    #[serde(default)]
+    pub bytes_behind: u64,
+    /// Blocks copied to it since the distributor started.
+    #[serde(default)]
+    pub blocks_copied: u64,
+    /// Bytes copied to it since the distributor started.
+    #[serde(default)]
+    pub bytes_copied: u64,
+    /// The copy rate limit, bytes per hour; absent when unlimited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_per_hour: Option<u64>,
+    /// Walks over every pinned block finished since the distributor started.
+    #[serde(default)]
+    pub passes: u64,
+    /// The last failure (the backup server unreachable, a block with no reachable
+    /// copy), cleared by the next copy that lands.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// Answer of `GET /distributor/gc`.
