@@ -13,12 +13,16 @@
 //! - `distributor_gc_pending_blocks`, `distributor_gc_pending_bytes`: released blocks
 //!   waiting for collection and their known bytes.
 //! - `distributor_gc_behind`: deletions unreachable storage servers still owe.
+//! - `distributor_backup_behind_blocks`, `distributor_backup_behind_bytes`: pinned
+//!   blocks the backup destination lacks and their known bytes (with a backup only).
 //!
 //! Counters:
 //! - `distributor_copies_total{result="ok"|"failed"}`: finished copy attempts.
 //! - `distributor_gc_deleted_blocks_total`, `distributor_gc_deleted_bytes_total`,
 //!   `distributor_gc_sweeps_total`: collection since the database was created (set
 //!   from the stored totals).
+//! - `distributor_backup_copied_blocks_total`, `distributor_backup_copied_bytes_total`:
+//!   copies to the backup destination since the distributor started.
 
 use invariant_spec::distributor::DistributorStatus;
 
@@ -36,6 +40,12 @@ pub fn publish(status: &DistributorStatus) {
     metrics::counter!("distributor_gc_deleted_blocks_total").absolute(status.gc_deleted_blocks);
     metrics::counter!("distributor_gc_deleted_bytes_total").absolute(status.gc_deleted_bytes);
     metrics::counter!("distributor_gc_sweeps_total").absolute(status.gc_sweeps);
+    if let Some(backup) = &status.backup {
+        metrics::gauge!("distributor_backup_behind_blocks").set(backup.blocks_behind as f64);
+        metrics::gauge!("distributor_backup_behind_bytes").set(backup.bytes_behind as f64);
+        metrics::counter!("distributor_backup_copied_blocks_total").absolute(backup.blocks_copied);
+        metrics::counter!("distributor_backup_copied_bytes_total").absolute(backup.bytes_copied);
+    }
 }
 
 /// Counts one finished copy attempt.
