@@ -4,6 +4,8 @@
 //! auth mode (a token from the environment or a file); and against a broken fake,
 //! where it must exit non-zero.
 
+mod binary;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use invariant_runtime::{Role, Server, ServerContext, ServerOptions, TlsFiles};
 use invariant_test_support::{TestAuth, TestPki};
 
-const BIN: &str = env!("CARGO_BIN_EXE_invariant-conformance");
+use binary::BIN;
 
 /// A server process started by this test; killed (by its own handle) when dropped.
 struct Process(Child);
@@ -101,19 +103,7 @@ fn run_cli(args: &[&str]) -> std::process::Output {
 /// Runs the binary with `env` set (and no other client settings from the environment).
 fn run_cli_with(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let started = Instant::now();
-    let mut command = Command::new(BIN);
-    for name in [
-        "INVARIANT_TOKEN",
-        "INVARIANT_TOKEN_FILE",
-        "INVARIANT_CA_CERT",
-    ] {
-        command.env_remove(name);
-    }
-    let output = command
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run binary");
+    let output = binary::run(args, env);
     assert!(
         started.elapsed() < Duration::from_secs(60),
         "the suite took too long"

@@ -3,22 +3,15 @@
 //! skips under `--strict`; the JSON summary, JUnit output, `--list --json`, the
 //! `distribute` alias, a closed stdout, and the help on what `--broker` leaves behind.
 
+mod binary;
 mod fakes;
 
 use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_invariant-conformance");
+use binary::BIN;
 
 fn cli(args: &[&str]) -> Output {
-    let mut command = Command::new(BIN);
-    for name in [
-        "INVARIANT_TOKEN",
-        "INVARIANT_TOKEN_FILE",
-        "INVARIANT_CA_CERT",
-    ] {
-        command.env_remove(name);
-    }
-    command.args(args).output().expect("run the binary")
+    binary::run(args, &[])
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -220,6 +220,22 @@ async fn a_names_server_failing_on_broken_json_fails_exactly_names_malformed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_names_server_answering_updates_with_nothing_warns_as_documented() {
+    let url = fakes::names::silent_updates().await;
+    let report = measure(Role::Names, &url, Profile::Core, None).await;
+    assert_passes_core(&report);
+    assert_eq!(
+        with_status(&report, Status::Warn),
+        ["names-cas-race", "names-update", "names-update-stale"],
+        "{}",
+        report.table()
+    );
+    for warning in report.results.iter().filter(|r| r.status == Status::Warn) {
+        assert!(warning.detail.contains("names-divergences"), "{warning:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_core_only_productions_server_passes_core_and_fails_only_extensions_under_full() {
     let url = fakes::productions::core().await;
     let core = measure(Role::Productions, &url, Profile::Core, None).await;

@@ -1,7 +1,8 @@
 //! A names server that implements only the `core` profile of `spec/names.md`: DNS-syntax
 //! names compared in lower case (`<name>.local` without a dot), registration, lookup
 //! and compare-and-swap updates; no DNS fallback. Its defective variant answers 500 to
-//! a body that is not JSON.
+//! a body that is not JSON; its reference-like variant answers every update with `{}`,
+//! applied or not (a divergence the names document records).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -25,6 +26,8 @@ struct Names {
     records: Arc<Mutex<HashMap<String, Value>>>,
     /// The defect switch: true answers 500 to a body that is not JSON.
     fails_on_broken_json: bool,
+    /// Update answers are `{}` instead of true or false.
+    silent_updates: bool,
 }
 
 impl Names {
@@ -126,17 +129,21 @@ async fn update(State(names): State<Names>, body: Bytes) -> Answer {
     let current = records
         .get_mut(&name)
         .ok_or(refuse(StatusCode::NOT_FOUND, "unknown name"))?;
-    if current.get("address") != Some(&json!(previous)) {
-        return Ok(axum::Json(false).into_response());
+    let applied = current.get("address") == Some(&json!(previous));
+    if applied {
+        *current = record;
     }
-    *current = record;
-    Ok(axum::Json(true).into_response())
+    if names.silent_updates {
+        return Ok(axum::Json(json!({})).into_response());
+    }
+    Ok(axum::Json(applied).into_response())
 }
 
-async fn start(fails_on_broken_json: bool) -> String {
+async fn start(fails_on_broken_json: bool, silent_updates: bool) -> String {
     let names = Names {
         records: Arc::default(),
         fails_on_broken_json,
+        silent_updates,
     };
     let app = super::id_routes()
         .route("/names/lookup/{name}", get(lookup))
@@ -151,10 +158,15 @@ async fn start(fails_on_broken_json: bool) -> String {
 
 /// A names server that does exactly what the `core` profile asks.
 pub async fn core() -> String {
-    start(false).await
+    start(false, false).await
 }
 
 /// The core names server, except that a body that is not JSON gets a 500.
 pub async fn failing_on_broken_json() -> String {
-    start(true).await
+    start(true, false).await
+}
+
+/// The core names server answering every update `{}`, as the reference does.
+pub async fn silent_updates() -> String {
+    start(false, true).await
 }
