@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use crate::BackupConfig;
 use crate::membership::Storage;
-use crate::state::Core;
+use crate::state::{BackupState, Core};
 use crate::store::PinnedBlock;
 
 /// Pinned blocks read per store call during a walk.
@@ -37,22 +37,6 @@ const PAGE: usize = 1024;
 /// How often a walk counts again what is behind (sizes are learned as the placement
 /// copies go, so a count made when a block was just pinned may lack them).
 const RECOUNT: Duration = Duration::from_secs(5);
-
-/// The backup's share of the distributor state.
-#[derive(Debug)]
-pub(crate) struct BackupState {
-    config: BackupConfig,
-    /// The backup server's id, once it answered.
-    id: OnceLock<Id>,
-    blocks_behind: AtomicU64,
-    bytes_behind: AtomicU64,
-    blocks_copied: AtomicU64,
-    bytes_copied: AtomicU64,
-    passes: AtomicU64,
-    last_error: Mutex<Option<String>>,
-    /// Starts a walk (new pins).
-    pub wake: Notify,
-}
 
 impl BackupState {
     pub(crate) fn new(config: BackupConfig) -> BackupState {

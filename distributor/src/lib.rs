@@ -288,7 +288,7 @@ pub async fn launch(
         pass_wake: Notify::new(),
         pass_verify: std::sync::Mutex::new(HashSet::new()),
         gc: state::GcState::default(),
-        backup: config.backup.clone().map(backup::BackupState::new),
+        backup: config.backup.clone().map(state::BackupState::new),
         config,
     });
     core.refresh_gc().await?;

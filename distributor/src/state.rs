@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 
 use invariant_runtime::peers::PeerClient;
 use invariant_spec::distributor::{DistributorStatus, GcStatus, SweepReport};
@@ -11,11 +11,11 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::DistributorConfig;
 use crate::membership::Membership;
 use crate::store::gc::GcTotals;
 use crate::store::{HolderUpdate, Store, StoreError};
 use crate::work::WorkQueue;
+use crate::{BackupConfig, DistributorConfig};
 
 /// A blocking store call that failed.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +58,23 @@ pub(crate) struct GcState {
     /// The first health round finished (sweeps wait for it: before it no storage
     /// server is known active).
     pub ready: AtomicBool,
+}
+
+/// The backup destination's share of the distributor state (the task and its
+/// accounting are in `backup`).
+#[derive(Debug)]
+pub(crate) struct BackupState {
+    pub config: BackupConfig,
+    /// The backup server's id, once it answered.
+    pub id: OnceLock<Id>,
+    pub blocks_behind: AtomicU64,
+    pub bytes_behind: AtomicU64,
+    pub blocks_copied: AtomicU64,
+    pub bytes_copied: AtomicU64,
+    pub passes: AtomicU64,
+    pub last_error: Mutex<Option<String>>,
+    /// Starts a walk (new pins).
+    pub wake: Notify,
 }
 
 /// Counts one copy as in flight until dropped.
@@ -107,7 +124,7 @@ pub(crate) struct Core {
     pub pass_verify: Mutex<HashSet<Id>>,
     pub gc: GcState,
     /// The backup destination, when configured.
-    pub backup: Option<crate::backup::BackupState>,
+    pub backup: Option<BackupState>,
 }
 
 impl Core {
