@@ -28,7 +28,7 @@
 //! and discards its unsynced changes: the `close`/`fsync` that asked fails with `EIO`
 //! and a line on stderr says why.
 //!
-//! **Stopping.** Ctrl-C or SIGTERM unmounts the folder (`umount`, or `fusermount3 -u`
+//! **Stopping.** Ctrl-C, SIGTERM or SIGHUP unmounts the folder (`umount`, or `fusermount3 -u`
 //! for a user; a lazy unmount when the folder is busy); `fusermount3 -u <dir>` from
 //! elsewhere ends the command too. Either way the tree is then unmounted from the
 //! files server, which syncs it; for a writable mount the resulting content link is
@@ -114,14 +114,25 @@ pub async fn run(broker: &BrokerClient, args: MountArgs) -> anyhow::Result<()> {
 
 /// Fails with a clear reason when this machine cannot mount FUSE file systems.
 fn fuse_available() -> anyhow::Result<()> {
-    if !Path::new("/dev/fuse").exists() {
+    let helper = on_path("fusermount3").or_else(|| on_path("fusermount"));
+    check_fuse(
+        Path::new("/dev/fuse"),
+        nix::unistd::geteuid().is_root(),
+        helper.is_some(),
+    )
+}
+
+/// [`fuse_available`] for a device path, whether this process is root, and whether a
+/// `fusermount` helper was found.
+fn check_fuse(device: &Path, root: bool, helper: bool) -> anyhow::Result<()> {
+    if !device.exists() {
         bail!(
-            "FUSE is not available: /dev/fuse is missing (load the `fuse` kernel module, or \
-             give the container the device)"
+            "FUSE is not available: {} is missing (load the `fuse` kernel module, or give \
+             the container the device)",
+            device.display()
         );
     }
-    let root = nix::unistd::geteuid().is_root();
-    if !root && on_path("fusermount3").is_none() && on_path("fusermount").is_none() {
+    if !root && !helper {
         bail!("FUSE is not available: fusermount3 is not on PATH (Debian: apt-get install fuse3)");
     }
     Ok(())
@@ -197,7 +208,10 @@ async fn serve(files: &FilesClient, root: Node, writable: bool, dir: &Path) -> a
         if writable { "read-write" } else { "read-only" },
         dir.display()
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let signal = |kind| tokio::signal::unix::signal(kind).context("installing a signal handler");
+    let mut term = signal(tokio::signal::unix::SignalKind::terminate())?;
+    // A closed terminal unmounts too, rather than leaving a dead mount behind.
+    let mut hangup = signal(tokio::signal::unix::SignalKind::hangup())?;
     tokio::select! {
         ended = &mut running => {
             // Unmounted from outside (`fusermount3 -u`).
@@ -205,6 +219,7 @@ async fn serve(files: &FilesClient, root: Node, writable: bool, dir: &Path) -> a
         }
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+        _ = hangup.recv() => {}
     }
     eprintln!("unmounting {}", dir.display());
     let unmounted = tokio::task::spawn_blocking(move || unmounter.unmount()).await?;
@@ -1009,6 +1024,27 @@ mod tests {
             assert_ne!(fs.ino(node), INodeNo::ROOT);
             assert_eq!(fs.node(fs.ino(node)), node);
         }
+    }
+
+    #[test]
+    fn missing_fuse_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("dir");
+        let missing = dir.path().join("fuse");
+        let error = check_fuse(&missing, true, true).expect_err("no device");
+        assert!(
+            error.to_string().contains("FUSE is not available"),
+            "{error}"
+        );
+        assert!(error.to_string().contains("is missing"), "{error}");
+        let device = dir.path().join("device");
+        std::fs::write(&device, b"").expect("device");
+        let error = check_fuse(&device, false, false).expect_err("no helper");
+        assert!(error.to_string().contains("fusermount3"), "{error}");
+        assert!(
+            check_fuse(&device, true, false).is_ok(),
+            "root mounts itself"
+        );
+        assert!(check_fuse(&device, false, true).is_ok());
     }
 
     #[test]

@@ -39,13 +39,14 @@ fn fuse_ready() -> bool {
     true
 }
 
-/// Broker, storage, slots and two files servers (no periodic syncs: only the
+/// Broker, storage, slots, names and two files servers (no periodic syncs: only the
 /// mounts' own).
 struct Net {
     dir: PathBuf,
     broker: ServerProcess,
     _storage: ServerProcess,
     _slots: ServerProcess,
+    _names: ServerProcess,
     files: [ServerProcess; 2],
 }
 
@@ -55,6 +56,7 @@ impl Net {
         let with_broker = ["--broker", broker.url()];
         let storage = ServerProcess::start("storage-server", &dir.join("storage"), &with_broker)?;
         let slots = ServerProcess::start("slots-server", &dir.join("slots"), &with_broker)?;
+        let names = ServerProcess::start("names-server", &dir.join("names"), &with_broker)?;
         let files_args = ["--broker", broker.url(), "--sync-interval", "0"];
         let files = [
             ServerProcess::start("files-server", &dir.join("files-1"), &files_args)?,
@@ -65,6 +67,7 @@ impl Net {
             broker,
             _storage: storage,
             _slots: slots,
+            _names: names,
             files,
         };
         net.wait_registered()?;
@@ -108,7 +111,8 @@ impl Net {
             let out = self.invariant(&["status"])?;
             let text = String::from_utf8_lossy(&out.stdout).to_string();
             let count = |kind: &str| text.lines().filter(|l| l.starts_with(kind)).count();
-            if count("storage") == 1 && count("slots") == 1 && count("files") == 2 {
+            let ready = [("storage", 1), ("slots", 1), ("names", 1), ("files", 2)];
+            if ready.iter().all(|(kind, n)| count(kind) == *n) {
                 return Ok(());
             }
             ensure!(
@@ -351,6 +355,19 @@ fn a_tree_mounted_read_only_reads_like_its_source() -> anyhow::Result<()> {
 
     let status = mounted.stop()?;
     assert!(status.success(), "mount failed: {}", mounted.log());
+
+    // The same tree by name (a name holds an address: a plain upload).
+    let plain = net.upload(&source, &[])?;
+    let value: serde_json::Value = serde_json::from_str(&plain)?;
+    let address = value["address"].as_str().context("link without address")?;
+    net.last_line(&["name", "register", "mounted-tree", address])?;
+    let mut by_name = net.mount("mounted-tree", &dir.path().join("by-name"), &[])?;
+    assert_eq!(
+        std::fs::read(by_name.dir.join("readme.txt"))?,
+        b"hello mount\n"
+    );
+    let status = by_name.stop()?;
+    assert!(status.success(), "mount failed: {}", by_name.log());
     Ok(())
 }
 
