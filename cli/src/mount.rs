@@ -22,7 +22,8 @@
 //!
 //! **Syncing.** A mount is read-only unless `--read-write` is given. Changes are held
 //! by the files server until a sync: closing a file that was written through that
-//! descriptor and `fsync` sync (`PUT /files/sync`), so do the server's periodic sync
+//! descriptor and `fsync` sync this mount (`PUT /files/sync?root=`: other mounts on
+//! the same server keep their changes and their conflicts), so do the server's periodic sync
 //! and the unmount. For a slot, a sync moves the slot by compare-and-swap; when
 //! someone else moved it first the server answers 409, reloads the tree from the slot
 //! and discards its unsynced changes: the `close`/`fsync` that asked fails with `EIO`
@@ -448,9 +449,10 @@ impl MountFs {
         }
     }
 
-    /// `PUT /files/sync`; a lost slot race is logged and is `EIO`.
+    /// `PUT /files/sync?root=` (this mount only); a lost slot race is logged and is
+    /// `EIO`.
     fn sync(&self) -> Result<(), Errno> {
-        match self.runtime.block_on(self.files.sync()) {
+        match self.runtime.block_on(self.files.sync_root(self.root)) {
             Ok(()) => Ok(()),
             Err(e) if e.status() == Some(409) => {
                 eprintln!(

@@ -434,14 +434,23 @@ fn two_writers_of_one_slot_one_sync_wins_the_other_reports_the_conflict() -> any
     }
     let dir = tempfile::tempdir()?;
     let net = Net::start(dir.path())?;
-    let slot = net.empty_slot()?;
     let urls = [
         net.files[0].url().to_string(),
         net.files[1].url().to_string(),
     ];
+    race(&net, &dir.path().join("two-servers"), &urls)?;
+    // Both mounts on one files server: each sync is its own mount's.
+    let one = [urls[0].clone(), urls[0].clone()];
+    race(&net, &dir.path().join("one-server"), &one)
+}
+
+/// Mounts one new slot through `urls` (one mount each), writes and fsyncs a file in
+/// both at once, and checks that exactly one sync wins.
+fn race(net: &Net, dir: &Path, urls: &[String; 2]) -> anyhow::Result<()> {
+    let slot = net.empty_slot()?;
     let mut mounts = Vec::new();
     for (i, url) in urls.iter().enumerate() {
-        let mnt = dir.path().join(format!("mnt-{i}"));
+        let mnt = dir.join(format!("mnt-{i}"));
         mounts.push(net.mount(&slot, &mnt, &["--read-write", "--files", url])?);
     }
     // Both trees were read from the same slot value: whichever syncs first wins.
@@ -495,7 +504,7 @@ fn two_writers_of_one_slot_one_sync_wins_the_other_reports_the_conflict() -> any
     }
 
     // The slot holds the winner's file only.
-    let mut check = net.mount(&slot, &dir.path().join("check"), &[])?;
+    let mut check = net.mount(&slot, &dir.join("check"), &[])?;
     assert!(check.dir.join(&winner_name).is_file());
     assert!(!check.dir.join(format!("writer-{loser}.txt")).exists());
     check.stop()?;
