@@ -61,7 +61,7 @@ use crate::{network, trees};
 pub const TTL: Duration = Duration::from_secs(1);
 
 /// The least a read asks the files server for; the rest is kept for the next reads.
-pub const READ_AHEAD: u64 = 1 << 20;
+pub const READ_AHEAD: u64 = 4 << 20;
 
 /// Worker threads answering the kernel.
 const THREADS: usize = 4;
