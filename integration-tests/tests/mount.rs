@@ -529,3 +529,79 @@ fn mounting_an_unknown_name_fails_clearly() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn every_kind_of_change_in_a_writable_mount_reaches_the_slot() -> anyhow::Result<()> {
+    if !fuse_ready() {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let net = Net::start(dir.path())?;
+    let slot = net.empty_slot()?;
+    let files_1 = net.files[0].url().to_string();
+    let mut first = net.mount(
+        &slot,
+        &dir.path().join("mnt-1"),
+        &["--read-write", "--files", &files_1],
+    )?;
+    let root = first.dir.clone();
+    std::fs::create_dir(root.join("folder"))?;
+    std::fs::create_dir(root.join("gone"))?;
+    std::fs::write(root.join("a.txt"), b"0123456789")?;
+    std::fs::rename(root.join("a.txt"), root.join("folder/b.txt"))?;
+    // Write at an offset past the end: the gap reads as zeros.
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(root.join("folder/b.txt"))?;
+    file.write_all_at(b"xy", 12)?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::write(root.join("cut.bin"), vec![7u8; 100_000])?;
+    File::options()
+        .write(true)
+        .open(root.join("cut.bin"))?
+        .set_len(1_000)?;
+    std::fs::write(root.join("tool"), b"#!/bin/sh\n")?;
+    std::fs::set_permissions(root.join("tool"), std::fs::Permissions::from_mode(0o755))?;
+    std::os::unix::fs::symlink("folder/b.txt", root.join("link"))?;
+    std::fs::write(root.join("old"), b"old")?;
+    std::fs::write(root.join("new"), b"new")?;
+    std::fs::rename(root.join("new"), root.join("old"))?;
+    std::fs::write(root.join("removed"), b"x")?;
+    std::fs::remove_file(root.join("removed"))?;
+    std::fs::remove_dir(root.join("gone"))?;
+    let refused = std::fs::remove_dir(root.join("folder")).expect_err("not empty");
+    assert_eq!(refused.raw_os_error(), Some(39), "ENOTEMPTY: {refused}");
+    let status = first.stop()?;
+    assert!(status.success(), "mount failed: {}", first.log());
+
+    let files_2 = net.files[1].url().to_string();
+    let mut second = net.mount(&slot, &dir.path().join("mnt-2"), &["--files", &files_2])?;
+    let root = second.dir.clone();
+    let names: Vec<String> = {
+        let mut names: Vec<String> = std::fs::read_dir(&root)?
+            .map(|e| Ok(e?.file_name().to_string_lossy().to_string()))
+            .collect::<anyhow::Result<_>>()?;
+        names.sort();
+        names
+    };
+    assert_eq!(names, ["cut.bin", "folder", "link", "old", "tool"]);
+    assert_eq!(
+        std::fs::read(root.join("folder/b.txt"))?,
+        b"0123456789\0\0xy"
+    );
+    assert_eq!(std::fs::read(root.join("cut.bin"))?, vec![7u8; 1_000]);
+    assert_eq!(std::fs::read(root.join("old"))?, b"new");
+    assert_eq!(
+        std::fs::read_link(root.join("link"))?,
+        Path::new("folder/b.txt")
+    );
+    assert_eq!(std::fs::read(root.join("link"))?, b"0123456789\0\0xy");
+    let mode = std::fs::metadata(root.join("tool"))?.permissions().mode();
+    assert_eq!(mode & 0o111, 0o111, "executable: {mode:o}");
+    let mode = std::fs::metadata(root.join("old"))?.permissions().mode();
+    assert_eq!(mode & 0o111, 0, "not executable: {mode:o}");
+    let status = second.stop()?;
+    assert!(status.success(), "mount failed: {}", second.log());
+    Ok(())
+}
