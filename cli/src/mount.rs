@@ -33,7 +33,14 @@
 //! for a user; a lazy unmount when the folder is busy); `fusermount3 -u <dir>` from
 //! elsewhere ends the command too. Either way the tree is then unmounted from the
 //! files server, which syncs it; for a writable mount the resulting content link is
-//! printed on stdout, and a conflict at that last sync makes the command fail.
+//! printed on stdout, and a conflict at that last sync makes the command fail. When
+//! that sync fails otherwise (the slots server refused this files server, say), the
+//! tree is still written out and its link printed, so the changes are not lost.
+//!
+//! **Who moves the slot.** The files server does, with its own token and, for an
+//! ed25519 slot, a key it holds (`files-server --slot-key`). On a network with token
+//! checks an unsigned slot may be moved only by its registrant or an operator, so a
+//! writable mount needs a slot the files server may move.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -274,9 +281,24 @@ async fn unmount_tree(files: &FilesClient, root: Node, writable: bool) -> anyhow
             }
             Err(anyhow::Error::new(e).context("the last sync lost a slot conflict"))
         }
-        Err(e) => Err(anyhow::Error::new(e).context(
-            "unmounting the tree from the files server (it keeps the changes until its next sync)",
-        )),
+        Err(e) if writable && e.status() != Some(404) => {
+            // The tree could not be synced (say, the slot refused this files server):
+            // write it out without the slot and hand its link over, so the changes
+            // are not lost with the mount.
+            match files.content(root).await {
+                Ok(link) => {
+                    println!("{}", serde_json::to_string(&link)?);
+                    eprintln!(
+                        "the tree as it was left is stored at the link printed above (not in \
+                         the slot)"
+                    );
+                }
+                Err(again) => eprintln!("warning: the tree could not be written out: {again}"),
+            }
+            Err(anyhow::Error::new(e)
+                .context("unmounting the tree from the files server (it keeps the tree mounted)"))
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("unmounting the tree from the files server")),
     }
 }
 
@@ -465,7 +487,11 @@ impl MountFs {
                 cache.clear();
                 Err(Errno::EIO)
             }
-            Err(e) => Err(self.errno("sync", Errno::EIO, &e)),
+            Err(e) => {
+                // Whatever the errno, say why: the changes are not in the slot.
+                eprintln!("invariant mount: sync failed, the changes stay unsynced: {e}");
+                Err(self.errno("sync", Errno::EIO, &e))
+            }
         }
     }
 

@@ -1,8 +1,10 @@
-//! `invariant mount` through FUSE against real servers (broker, storage, slots and two
-//! files servers on loopback): an uploaded tree mounted read-only reads like its
-//! source; a slot mounted read-write takes a `cp -r` and a git commit, and a second
-//! files server then shows the same tree; two writable mounts of one slot race and
-//! exactly one sync wins.
+//! `invariant mount` through FUSE against real servers (broker, storage, slots, names
+//! and two files servers on loopback): an uploaded tree mounted read-only (by link and
+//! by name) reads like its source; a slot mounted read-write takes a `cp -r`, a git
+//! commit and every other kind of change, and a second files server then shows the
+//! same tree; two writable mounts of one slot (on two servers, then on one) race and
+//! exactly one sync wins; and under `invariant up`'s token checks, where the slot
+//! refuses the files server, the tree is still handed over as a link.
 //!
 //! These tests need `/dev/fuse` and `fusermount3`: without them they skip loudly, and
 //! fail when `CI` is set.
@@ -16,7 +18,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
-use integration_tests::up::CLIENT_ENV;
+use integration_tests::up::{CLIENT_ENV, Up, UpMode};
 use integration_tests::{ServerProcess, bin_path};
 
 /// Whether this machine can mount FUSE file systems; reports the skip otherwise.
@@ -141,40 +143,49 @@ impl Net {
 
     /// Starts `invariant mount <target> <dir> <extra…>` and waits for the mount.
     fn mount(&self, target: &str, dir: &Path, extra: &[&str]) -> anyhow::Result<Mounted> {
-        std::fs::create_dir_all(dir)?;
-        let dir = dir.canonicalize()?;
-        let log = dir.with_extension("log");
-        let out = dir.with_extension("out");
-        let child = self
-            .command()?
-            .args(["mount", target, path_str(&dir)?])
-            .args(extra)
-            .stdout(File::create(&out)?)
-            .stderr(File::create(&log)?)
-            .spawn()?;
-        let mut mounted = Mounted {
-            child: Some(child),
-            dir,
-            log,
-            out,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !mounted.is_mounted()? {
-            if let Some(child) = mounted.child.as_mut()
-                && let Some(status) = child.try_wait()?
-            {
-                mounted.child = None;
-                bail!("mount exited with {status}: {}", mounted.log());
-            }
-            ensure!(
-                Instant::now() < deadline,
-                "not mounted in time: {}",
-                mounted.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Ok(mounted)
+        spawn_mount(self.command()?, target, dir, extra)
     }
+}
+
+/// Starts `<command> mount <target> <dir> <extra…>` and waits for the mount.
+fn spawn_mount(
+    mut command: Command,
+    target: &str,
+    dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<Mounted> {
+    std::fs::create_dir_all(dir)?;
+    let dir = dir.canonicalize()?;
+    let log = dir.with_extension("log");
+    let out = dir.with_extension("out");
+    let child = command
+        .args(["mount", target, path_str(&dir)?])
+        .args(extra)
+        .stdout(File::create(&out)?)
+        .stderr(File::create(&log)?)
+        .spawn()?;
+    let mut mounted = Mounted {
+        child: Some(child),
+        dir,
+        log,
+        out,
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !mounted.is_mounted()? {
+        if let Some(child) = mounted.child.as_mut()
+            && let Some(status) = child.try_wait()?
+        {
+            mounted.child = None;
+            bail!("mount exited with {status}: {}", mounted.log());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "not mounted in time: {}",
+            mounted.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(mounted)
 }
 
 fn path_str(path: &Path) -> anyhow::Result<&str> {
@@ -603,5 +614,69 @@ fn every_kind_of_change_in_a_writable_mount_reaches_the_slot() -> anyhow::Result
     assert_eq!(mode & 0o111, 0, "not executable: {mode:o}");
     let status = second.stop()?;
     assert!(status.success(), "mount failed: {}", second.log());
+    Ok(())
+}
+
+#[test]
+fn a_sync_the_slot_refuses_still_hands_over_the_tree() -> anyhow::Result<()> {
+    if !fuse_ready() {
+        return Ok(());
+    }
+    // `invariant up` checks tokens: an unsigned slot the operator registered may be
+    // moved only by the operator, not by the files server.
+    let dir = tempfile::tempdir()?;
+    let mut net = Up::start(dir.path(), UpMode::default())?;
+    net.wait_registered(3, &["files", "slots"])?;
+    let empty = dir.path().join("empty");
+    std::fs::create_dir_all(&empty)?;
+    let upload = net.invariant(&["upload", path_str(&empty)?])?;
+    ensure!(upload.status.success(), "upload failed");
+    let link: serde_json::Value = serde_json::from_str(
+        String::from_utf8(upload.stdout)?
+            .lines()
+            .last()
+            .context("no link")?,
+    )?;
+    let address = link["address"].as_str().context("no address")?;
+    let created = net.invariant(&["slot", "create", "--unsigned", address])?;
+    ensure!(created.status.success(), "slot create failed");
+    let slot = String::from_utf8(created.stdout)?.trim().to_string();
+
+    let mut mounted = spawn_mount(
+        net.cli()?,
+        &slot,
+        &dir.path().join("mnt"),
+        &["--read-write"],
+    )?;
+    let mut file = File::create(mounted.dir.join("kept.txt"))?;
+    file.write_all(b"not lost\n")?;
+    let refused = file
+        .sync_all()
+        .expect_err("the slot refuses the files server");
+    assert_eq!(refused.raw_os_error(), Some(13), "EACCES: {refused}");
+    drop(file);
+    assert!(mounted.log().contains("sync failed"), "{}", mounted.log());
+    let status = mounted.stop()?;
+    assert!(!status.success(), "the command says the slot was not moved");
+    let link = mounted.stdout();
+    assert!(
+        link.contains("\"address\""),
+        "the tree's link is printed: {link}"
+    );
+    let link_file = dir.path().join("left.json");
+    std::fs::write(&link_file, link.trim())?;
+    let restored = dir.path().join("restored");
+    let download = net.invariant(&[
+        "download",
+        &format!("@{}", link_file.display()),
+        path_str(&restored)?,
+    ])?;
+    ensure!(
+        download.status.success(),
+        "download failed: {}",
+        String::from_utf8_lossy(&download.stderr)
+    );
+    assert_eq!(std::fs::read(restored.join("kept.txt"))?, b"not lost\n");
+    net.stop()?;
     Ok(())
 }
