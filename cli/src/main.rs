@@ -243,8 +243,9 @@ enum Command {
     },
     /// Mount a tree as a local folder (FUSE) until Ctrl-C: read-only, or with
     /// `--read-write` changes go through the files server (a slot moves on each sync;
-    /// closing a written file and fsync sync). A writable mount prints the tree's
-    /// final content link when it is unmounted.
+    /// closing a written file, fsync and the unmount sync; a slot whose key is in the
+    /// config dir, or an unsigned one, is moved by this command). A writable mount
+    /// prints the tree's final content link when it is unmounted.
     Mount {
         /// What to mount: a content link as JSON, `@file` holding one, a slot id, or
         /// a name.
@@ -502,6 +503,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 dir,
                 read_write,
                 files,
+                config_dir: config_dir.clone(),
             };
             mount::run(&broker(&cli.broker)?, args).await
         }

@@ -22,31 +22,38 @@
 //!
 //! **Syncing.** A mount is read-only unless `--read-write` is given. Changes are held
 //! by the files server until a sync: closing a file that was written through that
-//! descriptor and `fsync` sync this mount (`PUT /files/sync?root=`: other mounts on
-//! the same server keep their changes and their conflicts), so do the server's periodic sync
-//! and the unmount. For a slot, a sync moves the slot by compare-and-swap; when
-//! someone else moved it first the server answers 409, reloads the tree from the slot
-//! and discards its unsynced changes: the `close`/`fsync` that asked fails with `EIO`
-//! and a line on stderr says why.
+//! descriptor and `fsync` sync this mount, and so does the unmount. For a plain link
+//! that is `PUT /files/sync?root=` (other mounts on the same server keep their changes
+//! and their conflicts), and the new tree's link is printed when the command ends.
 //!
-//! **Stopping.** Ctrl-C, SIGTERM or SIGHUP unmounts the folder (`umount`, or `fusermount3 -u`
-//! for a user; a lazy unmount when the folder is busy); `fusermount3 -u <dir>` from
-//! elsewhere ends the command too. Either way the tree is then unmounted from the
-//! files server, which syncs it; for a writable mount the resulting content link is
-//! printed on stdout, and a conflict at that last sync makes the command fail. When
-//! that sync fails otherwise (the slots server refused this files server, say), the
-//! tree is still written out and its link printed, so the changes are not lost.
+//! **Who moves a slot.** When this command can move the slot — it holds the slot's
+//! ed25519 key in the config dir ([`crate::keys`]), or the slot is unsigned — it does
+//! so itself, with its own token ([`SlotMover`]): the files server holds the slot's
+//! tree as a plain writable mount, and each sync writes it out
+//! (`GET /files/content/:root`) and swaps the slot from the address it was read at. On
+//! a network with token checks that is what works, because the slots server lets
+//! only an unsigned slot's registrant or an operator move it. Otherwise (a signed slot
+//! whose key only the files server holds, `files-server --slot-key`) the slot is
+//! mounted as a slot and the files server moves it on each sync. Either way, when
+//! someone else moved the slot first, the sync that asked fails with `EIO`, a line on
+//! stderr says why (with the link of this mount's tree, when this command moved the
+//! slot), and the mount then shows the slot's tree: its unsynced changes are gone
+//! from it.
 //!
-//! **Who moves the slot.** The files server does, with its own token and, for an
-//! ed25519 slot, a key it holds (`files-server --slot-key`). On a network with token
-//! checks an unsigned slot may be moved only by its registrant or an operator, so a
-//! writable mount needs a slot the files server may move.
+//! **Stopping.** Ctrl-C, SIGTERM or SIGHUP unmounts the folder (`umount`, or
+//! `fusermount3 -u` for a user; a lazy unmount when the folder is busy);
+//! `fusermount3 -u <dir>` from elsewhere ends the command too. Either way the tree is
+//! then synced and unmounted from the files server; for a writable mount the resulting
+//! content link is printed on stdout, and a conflict at that last sync makes the
+//! command fail (the link printed is then this mount's tree, not the slot's). When the
+//! files server's last sync fails otherwise, the tree is still written out and its
+//! link printed, so the changes are not lost.
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
@@ -60,7 +67,8 @@ use fuser::{
 use invariant_spec::content::{ContentLink, EntryKind};
 use invariant_spec::files::{Attributes, Create, FilesClient, Info, MountOptions, Node};
 use invariant_spec::http::Endpoint;
-use invariant_spec::{BrokerClient, ClientError, Id, NamesClient};
+use invariant_spec::slots::{SignatureConfig, SlotSigner, UpdateRequest};
+use invariant_spec::{BrokerClient, ClientError, Id, NamesClient, SlotsClient};
 
 use crate::{network, trees};
 
@@ -84,6 +92,8 @@ pub struct MountArgs {
     pub read_write: bool,
     /// The files server's url (else the broker's first).
     pub files: Option<String>,
+    /// Where slot keys are kept ([`crate::keys`]).
+    pub config_dir: PathBuf,
 }
 
 /// Mounts the tree, serves it until a signal or an outside unmount, then unmounts it
@@ -103,19 +113,35 @@ pub async fn run(broker: &BrokerClient, args: MountArgs) -> anyhow::Result<()> {
         ),
         None => FilesClient::from_endpoint(network::first(broker, "files").await?),
     };
+    let mover = match link.slot && args.read_write {
+        true => SlotMover::for_link(broker, &args.config_dir, &link).await?,
+        false => None,
+    };
+    // A slot this command moves is mounted as the plain tree it holds now.
+    let mounted_link = match &mover {
+        Some(mover) => ContentLink::new(mover.current()),
+        None => link.clone(),
+    };
     let options = MountOptions {
         executable: false,
         writable: Some(args.read_write),
     };
-    let root = files.mount(&link, options).await.with_context(|| {
+    let root = files.mount(&mounted_link, options).await.with_context(|| {
         format!(
             "mounting {} on the files server at {}",
             link.address,
             files.endpoint().base_url()
         )
     })?;
-    let served = serve(&files, root, args.read_write, &args.dir).await;
-    let unmounted = unmount_tree(&files, root, args.read_write).await;
+    let shared = Arc::new(Shared {
+        root: AtomicU64::new(root),
+        mover,
+    });
+    let served = serve(&files, shared.clone(), args.read_write, &args.dir).await;
+    let unmounted = match &shared.mover {
+        Some(mover) => finish_slot(&files, &shared, mover).await,
+        None => unmount_tree(&files, shared.root(), args.read_write).await,
+    };
     served?;
     unmounted
 }
@@ -178,11 +204,16 @@ async fn resolve_target(broker: &BrokerClient, target: &str) -> anyhow::Result<C
 }
 
 /// Mounts the file system on `dir` and answers the kernel until it is unmounted.
-async fn serve(files: &FilesClient, root: Node, writable: bool, dir: &Path) -> anyhow::Result<()> {
+async fn serve(
+    files: &FilesClient,
+    shared: Arc<Shared>,
+    writable: bool,
+    dir: &Path,
+) -> anyhow::Result<()> {
     let fs = MountFs::new(
         tokio::runtime::Handle::current(),
         files.clone(),
-        root,
+        shared,
         writable,
     );
     let mut config = Config::default();
@@ -302,6 +333,166 @@ async fn unmount_tree(files: &FilesClient, root: Node, writable: bool) -> anyhow
     }
 }
 
+/// The last sync and unmount of a slot this command moves: a conflict fails the
+/// command, with the tree's link printed so the changes are not lost.
+async fn finish_slot(
+    files: &FilesClient,
+    shared: &Shared,
+    mover: &SlotMover,
+) -> anyhow::Result<()> {
+    let root = shared.root();
+    let moved = mover.sync(files, root).await;
+    let link = files.unmount(root).await;
+    match moved {
+        Ok(()) => {
+            let link = link.context("unmounting the tree from the files server")?;
+            println!("{}", serde_json::to_string(&link)?);
+            Ok(())
+        }
+        Err(SlotSyncError::Conflict { link, error }) => {
+            println!("{}", serde_json::to_string(&link)?);
+            eprintln!(
+                "conflict: the slot was changed by someone else; it keeps their tree, and \
+                 this mount's tree is stored at the link printed above"
+            );
+            Err(anyhow::Error::new(error).context("the last sync lost a slot conflict"))
+        }
+        Err(SlotSyncError::Other(error)) => {
+            Err(anyhow::Error::new(error).context("the last sync of the slot failed"))
+        }
+    }
+}
+
+/// What the kernel side and the command share: the files-server node of the mount's
+/// root (it changes when a slot conflict reloads the tree) and the slot mover.
+struct Shared {
+    root: AtomicU64,
+    mover: Option<SlotMover>,
+}
+
+impl Shared {
+    fn root(&self) -> Node {
+        self.root.load(Ordering::SeqCst)
+    }
+}
+
+/// A slot this command moves itself, with the operator's token and, for an ed25519
+/// slot, the key in the config dir: the files server holds the slot's tree as a plain
+/// writable mount and each sync writes it out (`GET /files/content/:root`) and swaps
+/// the slot from the address it was read at.
+struct SlotMover {
+    slots: SlotsClient,
+    id: Id,
+    signer: Option<SlotSigner>,
+    current: Mutex<Id>,
+}
+
+/// Why a sync of a moved slot failed.
+#[derive(Debug)]
+enum SlotSyncError {
+    /// Someone else moved the slot; `link` is this mount's tree.
+    Conflict {
+        link: ContentLink,
+        error: ClientError,
+    },
+    /// Anything else.
+    Other(ClientError),
+}
+
+impl SlotMover {
+    /// A mover for the slot of `link` when this command can move it: it holds the
+    /// slot's key, or the slot is unsigned. `None` leaves the slot to the files server
+    /// (which may hold the key).
+    async fn for_link(
+        broker: &BrokerClient,
+        config_dir: &Path,
+        link: &ContentLink,
+    ) -> anyhow::Result<Option<SlotMover>> {
+        if !link.transforms.is_empty() {
+            return Ok(None);
+        }
+        let id = link.address;
+        let slots = SlotsClient::from_endpoint(network::first(broker, "slots").await?);
+        let state = slots
+            .get(&id)
+            .await?
+            .with_context(|| format!("unknown slot {id}"))?;
+        let signer = crate::keys::load(config_dir, &id)?;
+        let unsigned = slots
+            .config(&id)
+            .await?
+            .is_some_and(|config| config.signature == SignatureConfig::None);
+        if signer.is_none() && !unsigned {
+            return Ok(None);
+        }
+        Ok(Some(SlotMover {
+            slots,
+            id,
+            signer,
+            current: Mutex::new(state.address),
+        }))
+    }
+
+    fn current(&self) -> Id {
+        *lock(&self.current)
+    }
+
+    /// Writes the tree at `root` out and swaps the slot to it.
+    async fn sync(&self, files: &FilesClient, root: Node) -> Result<(), SlotSyncError> {
+        let link = files.content(root).await.map_err(SlotSyncError::Other)?;
+        let current = self.current();
+        if link.address == current {
+            return Ok(());
+        }
+        let moved = match &self.signer {
+            Some(signer) => {
+                self.slots
+                    .update_signed(&self.id, signer, &current, &link.address)
+                    .await
+            }
+            None => {
+                let request = UpdateRequest::unsigned(current, link.address);
+                self.slots.update(&self.id, &request).await
+            }
+        };
+        match moved {
+            Ok(()) => {
+                *lock(&self.current) = link.address;
+                Ok(())
+            }
+            Err(error) if error.status() == Some(409) => {
+                Err(SlotSyncError::Conflict { link, error })
+            }
+            Err(error) => Err(SlotSyncError::Other(error)),
+        }
+    }
+
+    /// After a conflict: mounts the slot's current tree in place of the one at `root`
+    /// (which is let go); returns the new root.
+    async fn reload(&self, files: &FilesClient, root: Node) -> Result<Node, ClientError> {
+        let state = self
+            .slots
+            .get(&self.id)
+            .await?
+            .ok_or_else(|| ClientError::Protocol {
+                url: self.slots.endpoint().base_url().to_string(),
+                reason: format!("slot {} is gone", self.id),
+            })?;
+        let options = MountOptions {
+            executable: false,
+            writable: Some(true),
+        };
+        let new_root = files
+            .mount(&ContentLink::new(state.address), options)
+            .await?;
+        *lock(&self.current) = state.address;
+        if let Err(e) = files.unmount(root).await {
+            eprintln!("invariant mount: letting the old tree go: {e}");
+        }
+        Ok(new_root)
+    }
+}
+
 /// An open file or folder.
 #[derive(Debug)]
 enum Open {
@@ -324,7 +515,7 @@ struct Cached {
 struct MountFs {
     runtime: tokio::runtime::Handle,
     files: FilesClient,
-    root: Node,
+    shared: Arc<Shared>,
     writable: bool,
     uid: u32,
     gid: u32,
@@ -345,13 +536,13 @@ impl MountFs {
     fn new(
         runtime: tokio::runtime::Handle,
         files: FilesClient,
-        root: Node,
+        shared: Arc<Shared>,
         writable: bool,
     ) -> MountFs {
         MountFs {
             runtime,
             files,
-            root,
+            shared,
             writable,
             uid: nix::unistd::getuid().as_raw(),
             gid: nix::unistd::getgid().as_raw(),
@@ -363,7 +554,7 @@ impl MountFs {
     }
 
     fn ino(&self, node: Node) -> INodeNo {
-        if node == self.root {
+        if node == self.shared.root() {
             INodeNo::ROOT
         } else {
             INodeNo(node.saturating_add(2))
@@ -372,7 +563,7 @@ impl MountFs {
 
     fn node(&self, ino: INodeNo) -> Node {
         if ino == INodeNo::ROOT {
-            self.root
+            self.shared.root()
         } else {
             ino.0.saturating_sub(2)
         }
@@ -474,7 +665,13 @@ impl MountFs {
     /// `PUT /files/sync?root=` (this mount only); a lost slot race is logged and is
     /// `EIO`.
     fn sync(&self) -> Result<(), Errno> {
-        match self.runtime.block_on(self.files.sync_root(self.root)) {
+        if let Some(mover) = &self.shared.mover {
+            return self.sync_slot(mover);
+        }
+        match self
+            .runtime
+            .block_on(self.files.sync_root(self.shared.root()))
+        {
             Ok(()) => Ok(()),
             Err(e) if e.status() == Some(409) => {
                 eprintln!(
@@ -489,6 +686,35 @@ impl MountFs {
             }
             Err(e) => {
                 // Whatever the errno, say why: the changes are not in the slot.
+                eprintln!("invariant mount: sync failed, the changes stay unsynced: {e}");
+                Err(self.errno("sync", Errno::EIO, &e))
+            }
+        }
+    }
+
+    /// [`MountFs::sync`] of a slot this command moves: after a conflict the slot's
+    /// tree replaces this one (its unsynced changes stay under the logged link).
+    fn sync_slot(&self, mover: &SlotMover) -> Result<(), Errno> {
+        let root = self.shared.root();
+        match self.runtime.block_on(mover.sync(&self.files, root)) {
+            Ok(()) => Ok(()),
+            Err(SlotSyncError::Conflict { link, error }) => {
+                let link = serde_json::to_string(&link).unwrap_or_default();
+                eprintln!(
+                    "invariant mount: conflict: the slot was changed by someone else ({error}); \
+                     the mount now shows the slot's tree, and this mount's changes are \
+                     stored at {link}"
+                );
+                match self.runtime.block_on(mover.reload(&self.files, root)) {
+                    Ok(new_root) => self.shared.root.store(new_root, Ordering::SeqCst),
+                    Err(e) => eprintln!("invariant mount: reloading the slot failed: {e}"),
+                }
+                let mut cache = lock(&self.cache);
+                self.changes.fetch_add(1, Ordering::SeqCst);
+                cache.clear();
+                Err(Errno::EIO)
+            }
+            Err(SlotSyncError::Other(e)) => {
                 eprintln!("invariant mount: sync failed, the changes stay unsynced: {e}");
                 Err(self.errno("sync", Errno::EIO, &e))
             }
@@ -1045,7 +1271,11 @@ mod tests {
             .build()
             .expect("runtime");
         let files = FilesClient::new("http://127.0.0.1:1").expect("client");
-        let fs = MountFs::new(runtime.handle().clone(), files, 7, false);
+        let shared = Arc::new(Shared {
+            root: AtomicU64::new(7),
+            mover: None,
+        });
+        let fs = MountFs::new(runtime.handle().clone(), files, shared, false);
         assert_eq!(fs.ino(7), INodeNo::ROOT);
         assert_eq!(fs.node(INodeNo::ROOT), 7);
         for node in [0, 1, 2, 6, 8, 1 << 52] {

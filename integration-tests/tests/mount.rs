@@ -3,8 +3,8 @@
 //! by name) reads like its source; a slot mounted read-write takes a `cp -r`, a git
 //! commit and every other kind of change, and a second files server then shows the
 //! same tree; two writable mounts of one slot (on two servers, then on one) race and
-//! exactly one sync wins; and under `invariant up`'s token checks, where the slot
-//! refuses the files server, the tree is still handed over as a link.
+//! exactly one sync wins; and under `invariant up`'s token checks the command moves
+//! signed and unsigned slots itself.
 //!
 //! These tests need `/dev/fuse` and `fusermount3`: without them they skip loudly, and
 //! fail when `CI` is set.
@@ -379,6 +379,24 @@ fn a_tree_mounted_read_only_reads_like_its_source() -> anyhow::Result<()> {
     );
     let status = by_name.stop()?;
     assert!(status.success(), "mount failed: {}", by_name.log());
+
+    // A plain link mounted read-write: the new tree's link is printed at the end.
+    let mut writable = net.mount(&plain, &dir.path().join("writable"), &["--read-write"])?;
+    let mut file = File::create(writable.dir.join("added.txt"))?;
+    file.write_all(b"added\n")?;
+    file.sync_all()?;
+    drop(file);
+    let status = writable.stop()?;
+    assert!(status.success(), "mount failed: {}", writable.log());
+    let changed = writable.stdout().trim().to_string();
+    assert_ne!(changed, plain.trim(), "a new tree");
+    let mut check = net.mount(&changed, &dir.path().join("changed"), &[])?;
+    assert_eq!(std::fs::read(check.dir.join("added.txt"))?, b"added\n");
+    assert_eq!(
+        std::fs::read(check.dir.join("readme.txt"))?,
+        b"hello mount\n"
+    );
+    check.stop()?;
     Ok(())
 }
 
@@ -618,12 +636,12 @@ fn every_kind_of_change_in_a_writable_mount_reaches_the_slot() -> anyhow::Result
 }
 
 #[test]
-fn a_sync_the_slot_refuses_still_hands_over_the_tree() -> anyhow::Result<()> {
+fn under_token_checks_the_command_moves_signed_and_unsigned_slots() -> anyhow::Result<()> {
     if !fuse_ready() {
         return Ok(());
     }
-    // `invariant up` checks tokens: an unsigned slot the operator registered may be
-    // moved only by the operator, not by the files server.
+    // `invariant up` checks tokens: the files server may not move the operator's
+    // slots, so the command moves them itself (with the ed25519 key of a signed slot).
     let dir = tempfile::tempdir()?;
     let mut net = Up::start(dir.path(), UpMode::default())?;
     net.wait_registered(3, &["files", "slots"])?;
@@ -638,45 +656,29 @@ fn a_sync_the_slot_refuses_still_hands_over_the_tree() -> anyhow::Result<()> {
             .context("no link")?,
     )?;
     let address = link["address"].as_str().context("no address")?;
-    let created = net.invariant(&["slot", "create", "--unsigned", address])?;
-    ensure!(created.status.success(), "slot create failed");
-    let slot = String::from_utf8(created.stdout)?.trim().to_string();
+    for kind in [&["--unsigned"][..], &[][..]] {
+        let mut args = vec!["slot", "create", address];
+        args.extend_from_slice(kind);
+        let created = net.invariant(&args)?;
+        ensure!(created.status.success(), "slot create {kind:?} failed");
+        let slot = String::from_utf8(created.stdout)?.trim().to_string();
 
-    let mut mounted = spawn_mount(
-        net.cli()?,
-        &slot,
-        &dir.path().join("mnt"),
-        &["--read-write"],
-    )?;
-    let mut file = File::create(mounted.dir.join("kept.txt"))?;
-    file.write_all(b"not lost\n")?;
-    let refused = file
-        .sync_all()
-        .expect_err("the slot refuses the files server");
-    assert_eq!(refused.raw_os_error(), Some(13), "EACCES: {refused}");
-    drop(file);
-    assert!(mounted.log().contains("sync failed"), "{}", mounted.log());
-    let status = mounted.stop()?;
-    assert!(!status.success(), "the command says the slot was not moved");
-    let link = mounted.stdout();
-    assert!(
-        link.contains("\"address\""),
-        "the tree's link is printed: {link}"
-    );
-    let link_file = dir.path().join("left.json");
-    std::fs::write(&link_file, link.trim())?;
-    let restored = dir.path().join("restored");
-    let download = net.invariant(&[
-        "download",
-        &format!("@{}", link_file.display()),
-        path_str(&restored)?,
-    ])?;
-    ensure!(
-        download.status.success(),
-        "download failed: {}",
-        String::from_utf8_lossy(&download.stderr)
-    );
-    assert_eq!(std::fs::read(restored.join("kept.txt"))?, b"not lost\n");
+        let mnt = dir.path().join(format!("mnt-{}", kind.len()));
+        let mut mounted = spawn_mount(net.cli()?, &slot, &mnt, &["--read-write"])?;
+        let mut file = File::create(mounted.dir.join("kept.txt"))?;
+        file.write_all(b"kept\n")?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::create_dir(mounted.dir.join("folder"))?;
+        let status = mounted.stop()?;
+        assert!(status.success(), "mount {kind:?} failed: {}", mounted.log());
+
+        let check = dir.path().join(format!("check-{}", kind.len()));
+        let mut again = spawn_mount(net.cli()?, &slot, &check, &[])?;
+        assert_eq!(std::fs::read(again.dir.join("kept.txt"))?, b"kept\n");
+        assert!(again.dir.join("folder").is_dir(), "the unmount synced");
+        again.stop()?;
+    }
     net.stop()?;
     Ok(())
 }
