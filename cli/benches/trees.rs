@@ -5,7 +5,9 @@
 //! large ones; seeded), then measures:
 //! - upload MB/s (content crate writer → one storage server, 1 MiB CDC blocks),
 //! - download MB/s (reader over every storage server),
-//! - the dedup ratio after changing 1% of the bytes: bytes re-sent / tree size.
+//! - the dedup ratio after changing 1% of the bytes: bytes re-sent / tree size,
+//! - read MB/s through `invariant mount` (FUSE over the files server): the whole tree
+//!   read file by file, and its largest file alone (skipped without `/dev/fuse`).
 //!
 //! Run: `cargo build --release --workspace && cargo bench -p invariant-cli --bench trees`
 //! (`INVARIANT_BENCH_MIB=256` for a smaller tree; `INVARIANT_BENCH_DIR` picks the disk).
@@ -132,7 +134,7 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(
         &config,
         "[broker]\nport = 0\n[storage]\ncount = 3\nports = [0, 0, 0]\n[find]\nport = 0\n\
-         [slots]\nport = 0\n[names]\nport = 0\n[productions]\nport = 0\n[files]\nenabled = false\n\
+         [slots]\nport = 0\n[names]\nport = 0\n[productions]\nport = 0\n[files]\nport = 0\n\
          [distributor]\nenabled = false\n",
     )?;
     let mut up = Command::new(&invariant)
@@ -165,6 +167,7 @@ fn main() -> anyhow::Result<()> {
     println!("generating a {mib} MiB tree ...");
     let total = generate_tree(&tree, mib * MIB, &mut rng)?;
 
+    let broker_url = broker.clone();
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async {
         let broker = BrokerClient::new(&broker)?;
@@ -199,6 +202,10 @@ fn main() -> anyhow::Result<()> {
         let started = Instant::now();
         download_directory(&reader, &written.link, &base.path().join("restored")).await?;
         let down_secs = started.elapsed().as_secs_f64();
+        let link = serde_json::to_string(&written.link)?;
+        let mounted = tokio::task::block_in_place(|| {
+            mount_read(&invariant, &broker_url, &link, base.path(), total)
+        })?;
 
         // A fresh writer each time: dedup comes from the storage server's `has`.
         let mut resent = Vec::new();
@@ -214,6 +221,21 @@ fn main() -> anyhow::Result<()> {
         println!("tree: {:.0} MB in 1,004 files", mb);
         println!("upload    {:>8.1} MB/s ({up_secs:.2} s)", mb / up_secs);
         println!("download  {:>8.1} MB/s ({down_secs:.2} s)", mb / down_secs);
+        match mounted {
+            Some(figures) => {
+                println!(
+                    "mount: tree read {:>8.1} MB/s ({:.2} s)",
+                    mb / figures.tree_secs,
+                    figures.tree_secs
+                );
+                println!(
+                    "mount: largest file ({:.0} MB) read {:>8.1} MB/s",
+                    figures.largest as f64 / 1e6,
+                    figures.largest as f64 / 1e6 / figures.largest_secs
+                );
+            }
+            None => println!("mount: skipped (no /dev/fuse)"),
+        }
         for (run_len, bytes) in resent {
             println!(
                 "after changing 1% of the bytes in runs of {} KiB, re-upload sent {:.1} MB = {:.2}% of the tree",
@@ -230,6 +252,98 @@ fn main() -> anyhow::Result<()> {
         .status();
     let _ = up.wait();
     result
+}
+
+/// Seconds to read through a mount: the whole tree, and its largest file.
+struct MountFigures {
+    tree_secs: f64,
+    largest: u64,
+    largest_secs: f64,
+}
+
+/// Mounts `link` read-only with `invariant mount`, reads every file of it (1 MiB
+/// reads), then its largest file again, and unmounts. `None` without FUSE.
+fn mount_read(
+    invariant: &Path,
+    broker: &str,
+    link: &str,
+    base: &Path,
+    total: u64,
+) -> anyhow::Result<Option<MountFigures>> {
+    if !Path::new("/dev/fuse").exists() {
+        return Ok(None);
+    }
+    let dir = base.join("mnt");
+    std::fs::create_dir_all(&dir)?;
+    let mut mount = Command::new(invariant)
+        .env("INVARIANT_CONFIG_DIR", base.join("config"))
+        .arg("--broker")
+        .arg(broker)
+        .arg("mount")
+        .arg(link)
+        .arg(&dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting invariant mount")?;
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    let wanted = dir.canonicalize()?.to_string_lossy().to_string();
+    while !std::fs::read_to_string("/proc/self/mounts")?
+        .lines()
+        .any(|l| l.split(' ').nth(1) == Some(wanted.as_str()))
+    {
+        if Instant::now() > deadline {
+            let _ = mount.kill();
+            bail!("invariant mount did not mount in time");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let read = (|| {
+        let mut buf = vec![0u8; MIB as usize];
+        let mut read_file = |path: &Path| -> anyhow::Result<u64> {
+            let mut file = std::fs::File::open(path)?;
+            let mut bytes = 0;
+            loop {
+                let n = std::io::Read::read(&mut file, &mut buf)?;
+                if n == 0 {
+                    return Ok(bytes);
+                }
+                bytes += n as u64;
+            }
+        };
+        let started = Instant::now();
+        let (mut bytes, mut largest) = (0u64, (0u64, dir.clone()));
+        let mut pending = vec![dir.clone()];
+        while let Some(folder) = pending.pop() {
+            for entry in std::fs::read_dir(&folder)? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    pending.push(entry.path());
+                } else {
+                    let n = read_file(&entry.path())?;
+                    if n > largest.0 {
+                        largest = (n, entry.path());
+                    }
+                    bytes += n;
+                }
+            }
+        }
+        let tree_secs = started.elapsed().as_secs_f64();
+        anyhow::ensure!(bytes == total, "read {bytes} bytes of {total}");
+        let started = Instant::now();
+        read_file(&largest.1)?;
+        anyhow::Ok(MountFigures {
+            tree_secs,
+            largest: largest.0,
+            largest_secs: started.elapsed().as_secs_f64(),
+        })
+    })();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(mount.id().to_string())
+        .status();
+    let _ = mount.wait();
+    read.map(Some)
 }
 
 async fn writer_upload(writer: &Writer, tree: &Path) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@
 //!   unsigned (`slot create --unsigned`, for servers without ed25519 slots).
 //! - `name register|lookup|update`: names.
 //! - `upload` / `download`: file trees ([`trees`]).
+//! - `mount`: a tree, slot or name as a local folder through FUSE ([`mount`]).
 //! - `pin` / `unpin`: blocks (or a whole tree's) kept on N storage servers by the
 //!   distributor.
 //! - `find`: which storage servers hold a blob.
@@ -25,6 +26,7 @@ mod auth;
 mod config;
 mod gc;
 mod keys;
+mod mount;
 mod network;
 mod systemd;
 mod trees;
@@ -238,6 +240,24 @@ enum Command {
         link: String,
         /// Destination directory.
         dir: PathBuf,
+    },
+    /// Mount a tree as a local folder (FUSE) until Ctrl-C: read-only, or with
+    /// `--read-write` changes go through the files server (a slot moves on each sync;
+    /// closing a written file, fsync and the unmount sync; a slot whose key is in the
+    /// config dir, or an unsigned one, is moved by this command). A writable mount
+    /// prints the tree's final content link when it is unmounted.
+    Mount {
+        /// What to mount: a content link as JSON, `@file` holding one, a slot id, or
+        /// a name.
+        target: String,
+        /// The (existing) folder to mount on.
+        dir: PathBuf,
+        /// Allow changes (else the mount is read-only).
+        #[arg(long)]
+        read_write: bool,
+        /// Files server url (default: the first one the broker knows).
+        #[arg(long)]
+        files: Option<String>,
     },
     /// Ask the distributor to keep blocks on N storage servers.
     Pin {
@@ -471,6 +491,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Download { link, dir } => {
             let link = trees::parse_link(&link)?;
             trees::download(&broker(&cli.broker)?, &link, &dir).await
+        }
+        Command::Mount {
+            target,
+            dir,
+            read_write,
+            files,
+        } => {
+            let args = mount::MountArgs {
+                target,
+                dir,
+                read_write,
+                files,
+                config_dir: config_dir.clone(),
+            };
+            mount::run(&broker(&cli.broker)?, args).await
         }
         Command::Pin { blocks, tree } => pin(&broker(&cli.broker)?, blocks, tree, true).await,
         Command::Unpin { blocks, tree } => pin(&broker(&cli.broker)?, blocks, tree, false).await,

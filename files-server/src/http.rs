@@ -367,7 +367,10 @@ async fn remove(
     Ok(StatusCode::OK)
 }
 
-async fn sync(State(state): State<AppState>) -> ApiResult<StatusCode> {
-    state.fs().sync().await.map_err(fail)?;
+async fn sync(State(state): State<AppState>, params: Params) -> ApiResult<StatusCode> {
+    match params.number("root")? {
+        Some(root) => state.fs().sync_root(root).await.map_err(fail)?,
+        None => state.fs().sync().await.map_err(fail)?,
+    }
     Ok(StatusCode::OK)
 }

@@ -3,7 +3,8 @@
 //! address into the slot with compare-and-swap.
 //!
 //! A sync (`PUT /files/sync`, the periodic sync, unmount, and the last sync at
-//! graceful shutdown) handles every writable mount in turn; syncs, unmounts and
+//! graceful shutdown) handles every writable mount in turn (`PUT /files/sync?root=`
+//! only the one mounted at that root); syncs, unmounts and
 //! `GET /files/content` never overlap. Unchanged files and directories keep their
 //! links and are not uploaded again. Changes made while a sync runs may or may not
 //! be part of it; whatever it missed stays marked and goes out with the next one.
@@ -72,6 +73,26 @@ impl FileSystem {
             return Err(FilesError::Conflict(conflicts));
         }
         failure.map_or(Ok(()), Err)
+    }
+
+    /// Writes every change of the mount at `root` out (nothing for a read-only
+    /// mount); a lost slot race is [`FilesError::Conflict`] and reloads that mount.
+    /// The other mounts are left for their own syncs.
+    pub async fn sync_root(&self, root: Node) -> FilesResult<()> {
+        let _guard = self.sync_lock.lock().await;
+        if !self.table().mount(root)?.writable {
+            return Ok(());
+        }
+        match self.sync_mount(root).await {
+            Ok(_) => Ok(()),
+            Err(FilesError::Conflict(lost)) => {
+                for conflict in &lost {
+                    tracing::warn!(%conflict, "slot conflict");
+                }
+                Err(FilesError::Conflict(lost))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Syncs the mount at `root` and forgets it; returns the link of its tree.

@@ -1219,6 +1219,57 @@ async fn the_loser_of_a_slot_race_reports_conflict_and_reloads() {
 }
 
 #[tokio::test]
+async fn a_sync_of_one_root_leaves_the_other_mounts_alone() {
+    let network = Network::start().await;
+    let empty = network.empty_directory().await.address;
+    let slot = network.slot(empty).await;
+    let other_slot = network.slot(empty).await;
+    let files = Files::start(network.config()).await;
+    // Two mounts of one slot on one server, and a mount of another slot.
+    let root_a = files.mount(&slot, None).await;
+    let root_b = files.mount(&slot, None).await;
+    let root_c = files.mount(&other_slot, None).await;
+    for (root, name) in [(root_a, "a.txt"), (root_b, "b.txt"), (root_c, "c.txt")] {
+        let node = files.create(root, name, Create::file()).await;
+        files.write(node, 0, name.as_bytes()).await;
+    }
+
+    files.client.sync_root(root_a).await.expect("a syncs alone");
+    assert_ne!(network.slot_value(&slot).await, empty);
+    assert_eq!(
+        network.slot_value(&other_slot).await,
+        empty,
+        "the other slot's mount was left for its own sync"
+    );
+    let lost = files
+        .client
+        .sync_root(root_b)
+        .await
+        .expect_err("b is behind");
+    assert_eq!(lost.status(), Some(409), "{lost}");
+    let expected = Model::from([("a.txt".into(), file(b"a.txt"))]);
+    assert_eq!(walk_http(&files, root_b).await, expected, "b reloaded");
+    files.client.sync_root(root_c).await.expect("c syncs");
+    assert_ne!(network.slot_value(&other_slot).await, empty);
+
+    // A node that is not a mount root, and a malformed one.
+    let not_root = files
+        .client
+        .sync_root(root_a + 1_000)
+        .await
+        .expect_err("404");
+    assert_eq!(not_root.status(), Some(404), "{not_root}");
+    files
+        .expect(
+            reqwest::Method::PUT,
+            "/files/sync?root=x",
+            "",
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+}
+
+#[tokio::test]
 async fn signed_slots_need_their_key() {
     let network = Network::start().await;
     let seed = [7u8; 32];

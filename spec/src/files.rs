@@ -17,7 +17,7 @@
 //! | `PUT /files/rename/:node/:name?newParent=&newName=` | move a child |
 //! | `PUT /files/link/:node/:name?node=` | another name for a node; 409 name exists |
 //! | `POST /files/remove/:node/:name` | remove a child; 409 non-empty directory |
-//! | `PUT /files/sync` | write every change out; 409 when a slot moved underneath |
+//! | `PUT /files/sync?root=` | write every change (of one mount) out; 409 when a slot moved |
 //!
 //! Node numbers are meaningful only on the server that handed them out, until it
 //! restarts or the tree is unmounted. [`FilesClient`] wraps every route; refusals are
@@ -427,6 +427,18 @@ impl FilesClient {
     pub async fn remove(&self, node: Node, name: &str) -> ClientResult<()> {
         let url = self.url(&["remove", &node.to_string(), name], &[])?;
         self.call(self.endpoint.http().post(url.clone()), &url)
+            .await
+            .map(drop)
+    }
+
+    /// Writes the pending changes of the mount at `root` out (and into its slot, for
+    /// a slot mount), leaving other mounts alone (`PUT /files/sync?root=`). A 409
+    /// [`ClientError::Status`] means its slot moved underneath: the mount was
+    /// reloaded; 404 means `root` is not a mount root. A server that does not know
+    /// the parameter syncs every mount.
+    pub async fn sync_root(&self, root: Node) -> ClientResult<()> {
+        let url = self.url(&["sync"], &[("root", root.to_string())])?;
+        self.call(self.endpoint.http().put(url.clone()), &url)
             .await
             .map(drop)
     }

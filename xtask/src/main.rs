@@ -35,6 +35,8 @@ const DEBIAN: &[(&str, &str)] = &[
     ("node", "nodejs"),
     ("npm", "npm"),
     ("systemd-analyze", "systemd"),
+    ("fusermount3", "fuse3"),
+    ("git", "git"),
 ];
 
 type Result<T> = std::result::Result<T, String>;
