@@ -241,7 +241,7 @@ pub use ehi_serve as serve;
 pub use ehi_share as share;
 pub use ehi_share::{consent, contribution, device, emergency, session};
 pub use ehi_vault::{
-    app, audit, error, export, fhir, format, grant, keys, keystore, network, present, purpose,
+    app, audit, error, export, fhir, format, grant, ips, keys, keystore, network, present, purpose,
     reads, scope, seal, time, validate, vault,
 };
 
