@@ -381,3 +381,91 @@ async fn synthea_patient_summary_passes_the_checklist_and_r4b() -> anyhow::Resul
     net.stop().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cli_summary_writes_verifies_and_audits() -> anyhow::Result<()> {
+    use common::cli::{ehi, init_with_patient, ok, text};
+    let home = tempfile::tempdir()?;
+    let net = TestNet::start(3, true).await?;
+    let broker = net.broker_url.clone();
+    init_with_patient(home.path(), &broker).await?;
+
+    // To stdout, and to a file.
+    let out = ehi(home.path(), &broker, ["summary"]).await?;
+    ok(&out)?;
+    let printed: Value = serde_json::from_slice(&out.stdout)?;
+    let problems = ips::check(&printed);
+    ensure!(problems.is_empty(), "{problems:#?}");
+    let file = home.path().join("ips.json");
+    let out = ehi(
+        home.path(),
+        &broker,
+        ["summary", "--patient", PATIENT, "--out"]
+            .map(String::from)
+            .into_iter()
+            .chain([file.display().to_string()]),
+    )
+    .await?;
+    ok(&out)?;
+    assert!(
+        text(&out.stderr).contains("signed"),
+        "{}",
+        text(&out.stderr)
+    );
+    let written: Value = serde_json::from_slice(&std::fs::read(&file)?)?;
+    ensure!(ips::check(&written).is_empty());
+    assert!(
+        written["entry"][0]["fullUrl"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("ehi://")),
+        "{}",
+        written["entry"][0]["fullUrl"]
+    );
+
+    // Verified with the vault's key; a changed file is refused.
+    let out = ehi(
+        home.path(),
+        &broker,
+        [
+            "summary".to_string(),
+            "--verify".into(),
+            file.display().to_string(),
+        ],
+    )
+    .await?;
+    ok(&out)?;
+    let mut tampered = written.clone();
+    tampered["entry"][1]["resource"]["birthDate"] = json!("1971-08-29");
+    let bad = home.path().join("tampered.json");
+    std::fs::write(&bad, serde_json::to_vec_pretty(&tampered)?)?;
+    let out = ehi(
+        home.path(),
+        &broker,
+        [
+            "summary".to_string(),
+            "--verify".into(),
+            bad.display().to_string(),
+        ],
+    )
+    .await?;
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("does not verify"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // Each summary is a read in the audit log.
+    let out = ehi(home.path(), &broker, ["audit"]).await?;
+    ok(&out)?;
+    let audit = text(&out.stdout);
+    assert_eq!(
+        audit
+            .matches(&format!("Patient/{PATIENT}/$summary"))
+            .count(),
+        2,
+        "{audit}"
+    );
+    net.stop().await;
+    Ok(())
+}

@@ -728,7 +728,10 @@ fn entry_line(resource: &Value, others: &HashMap<String, Value>) -> String {
         line.push_str(": ");
         line.push_str(&value);
     }
-    let status = concept_text(&resource["clinicalStatus"])
+    // A clinical status is a code of a required value set: its code says it.
+    let status = codes(&resource["clinicalStatus"])
+        .map(|(_, code)| code.to_string())
+        .next()
         .or_else(|| resource["status"].as_str().map(str::to_string));
     let mut details: Vec<String> = Vec::new();
     if let Some(status) = status {
@@ -1131,6 +1134,18 @@ mod tests {
         .expect("literal");
         let line = entry_line(&obs, &HashMap::new());
         assert_eq!(line, "A &lt;b&gt;&amp;: 1.50 mg (final)");
+    }
+
+    #[test]
+    fn numbers_outside_the_double_range_cannot_be_signed() {
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let mut bundle: Value =
+            serde_json::from_str(r#"{"resourceType": "Bundle", "x": 1e400}"#).expect("literal");
+        assert!(matches!(
+            sign(&mut bundle, &key, 0),
+            Err(SignatureError::Canonical(_))
+        ));
+        assert!(bundle.get("signature").is_none());
     }
 
     #[test]
