@@ -4,9 +4,11 @@
 //! document type, the Composition first with the IPS type, subject = the one Patient,
 //! required sections, every section entry included, unique fullUrls, every reference
 //! resolvable), their signatures verified (and broken by tampering), and validated by
-//! the Python `fhir.resources` R4B models (`tests/clients/validate_r4b.py`; skipped
-//! with a loud message without them, a failure when `CI` is set:
-//! `pip install fhir.resources==8.3.0`).
+//! the Python `fhir.resources` R4B models (`tests/clients/validate_r4b.py`), their
+//! signatures checked by an independent JOSE library too (`joserfc` with the `rfc8785`
+//! canonicalizer, `tests/clients/verify_jws.py`). The Python parts are skipped with a
+//! loud message without their packages, and fail when `CI` is set:
+//! `pip install fhir.resources==8.3.0 joserfc==1.6.5 rfc8785==0.1.4`.
 
 mod common;
 
@@ -148,6 +150,49 @@ fn validate_r4b(bundle: &Value, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Verifies `bundle`'s signature with `key` through Python's `joserfc` and `rfc8785`
+/// (`tests/clients/verify_jws.py`), and that a changed Bundle fails there too (skipped,
+/// loudly, when they are missing; a failure when `CI` is set).
+fn verify_in_python(bundle: &Value, key: [u8; 32], dir: &Path) -> anyhow::Result<()> {
+    let works = Command::new("python3")
+        .args(["-c", "import joserfc, rfc8785"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !works {
+        invariant_test_support::missing_tool(
+            "python3 with joserfc and rfc8785",
+            "pip install joserfc==1.6.5 rfc8785==0.1.4",
+        );
+        return Ok(());
+    }
+    let x = hex::encode(key);
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/verify_jws.py");
+    let run = |bundle: &Value, name: &str| -> anyhow::Result<std::process::Output> {
+        let file = dir.join(name);
+        std::fs::write(&file, serde_json::to_vec_pretty(bundle)?)?;
+        Ok(Command::new("python3")
+            .arg(&script)
+            .arg(&file)
+            .arg(&x)
+            .output()?)
+    };
+    let out = run(bundle, "signed.json")?;
+    ensure!(
+        out.status.success(),
+        "joserfc did not verify the summary:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_slice(out.stdout.trim_ascii())?;
+    assert_eq!(seen["alg"], "Ed25519");
+    let mut changed = bundle.clone();
+    changed["entry"][0]["resource"]["title"] = json!("Someone else's summary");
+    ensure!(
+        !run(&changed, "changed.json")?.status.success(),
+        "joserfc verified a changed summary"
+    );
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fixture_patient_summary_passes_the_checklist_and_is_signed() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -208,6 +253,11 @@ async fn fixture_patient_summary_passes_the_checklist_and_is_signed() -> anyhow:
     assert!(procedures.get("entry").is_none());
 
     validate_r4b(&bundle, dir.path())?;
+    verify_in_python(
+        &bundle,
+        vault.signing.verifying_key().to_bytes(),
+        dir.path(),
+    )?;
     net.stop().await;
     Ok(())
 }
@@ -378,6 +428,11 @@ async fn synthea_patient_summary_passes_the_checklist_and_r4b() -> anyhow::Resul
             .map_or(0, Vec::len)
     );
     validate_r4b(&bundle, dir.path())?;
+    verify_in_python(
+        &bundle,
+        vault.signing.verifying_key().to_bytes(),
+        dir.path(),
+    )?;
     net.stop().await;
     Ok(())
 }

@@ -224,7 +224,7 @@ pub(crate) enum Command {
         id: String,
     },
     /// The International Patient Summary: a FHIR document Bundle (IPS sections, each
-    /// with a narrative) signed with the patient's key (a detached EdDSA JWS over the
+    /// with a narrative) signed with the patient's key (a detached Ed25519 JWS over the
     /// RFC 8785 canonical Bundle), printed or written to `--out`.
     ///
     /// With `--verify FILE`, checks a summary's signature against this vault's key

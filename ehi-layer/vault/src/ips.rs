@@ -46,22 +46,26 @@
 //!
 //! ## The signature
 //! [`sign`] adds `Bundle.signature` (FHIR R4 `Signature`): a JSON Web Signature
-//! (RFC 7515) with `alg` `EdDSA` (RFC 8037, Ed25519 — the patient's signing key, the key
-//! whose public half is the vault slot's id), in compact serialization with a
-//! **detached payload** (`<header>..<signature>`, RFC 7515 appendix F), base64 in
-//! `Signature.data`; `sigFormat` `application/jose`; `targetFormat`
+//! (RFC 7515) with `alg` `Ed25519` (the fully-specified name RFC 9864 gives EdDSA over
+//! Ed25519; [`verify`] also accepts the older polymorphic `EdDSA` of RFC 8037) made with
+//! the patient's signing key — the key whose public half is the vault slot's id — in
+//! compact serialization with a **detached payload** (`<header>..<signature>`, RFC 7515
+//! appendix F), base64 in `Signature.data`; `sigFormat` `application/jose`;
+//! `targetFormat`
 //! `application/fhir+json;canonicalization=http://hl7.org/fhir/canonicalization/json`.
 //! The payload is the **RFC 8785 (JCS) canonical JSON of the whole Bundle without its
 //! `signature` element** — what FHIR's JSON canonicalization names: members sorted,
-//! no insignificant whitespace, numbers in their ECMAScript form. Why this form: JWS and
-//! EdDSA are what FHIR's signature page and the JOSE registry offer for JSON, any
-//! JOSE library verifies it, a detached payload keeps the Bundle readable as it is,
-//! and JCS makes the signed bytes independent of how the Bundle was re-serialized on
-//! the way (indentation, member order). Narrative, `meta` and ids are signed too: the
-//! whole document is the patient's statement. The protected header carries the public
-//! key as a JWK (`kty` OKP, `crv` Ed25519), so [`signer`] can say who signed; whether
-//! that key is the patient's must be known another way (the verifier passes the key
-//! it trusts to [`verify`]).
+//! no insignificant whitespace, numbers in their ECMAScript form. Why this form: a JWS
+//! (`application/jose`) is the JSON signature FHIR's signature page names, so a JOSE
+//! library verifies it as it is (the tests check one: Python's `joserfc` with the
+//! `rfc8785` canonicalizer); Ed25519 is the key the patient already holds; a detached
+//! payload keeps the Bundle readable as it is, not wrapped in base64; and JCS makes the
+//! signed bytes independent of how the Bundle was re-serialized on the way
+//! (indentation, member order). Narrative, `meta` and ids are signed too: the whole
+//! document is the patient's statement. The protected header carries the public key
+//! as a JWK (`kty` OKP, `crv` Ed25519), so [`signer`] can say who signed; whether that
+//! key is the patient's must be known another way (the verifier passes the key it
+//! trusts to [`verify`]).
 //!
 //! Limits of the form: JCS writes every number as an IEEE-754 double, so `1.50` and
 //! `1.5` (or two integers past 2^53 that round alike) canonicalize alike — changing a
@@ -228,7 +232,7 @@ pub enum SignatureError {
     #[error("the Bundle is not signed (no Bundle.signature)")]
     Missing,
     /// The signature is not a JWS of the form this module writes.
-    #[error("Bundle.signature is not a detached EdDSA JWS: {0}")]
+    #[error("Bundle.signature is not a detached Ed25519 JWS: {0}")]
     Format(String),
     /// The Bundle has no RFC 8785 canonical form (a number outside the double range,
     /// or not a JSON object).
@@ -852,7 +856,7 @@ pub fn sign(
     let payload = canonical(bundle)?;
     let public = key.verifying_key();
     let header = json!({
-        "alg": "EdDSA",
+        "alg": "Ed25519",
         "jwk": {"kty": "OKP", "crv": "Ed25519", "x": URL_SAFE_NO_PAD.encode(public.as_bytes())},
     });
     let header =
@@ -908,8 +912,8 @@ fn parse_jws(bundle: &Value) -> std::result::Result<(String, Value, Signature), 
         .ok()
         .and_then(|h| serde_json::from_slice(&h).ok())
         .ok_or_else(|| format("the protected header is not base64url JSON"))?;
-    if header_json["alg"] != "EdDSA" {
-        return Err(format("alg is not EdDSA"));
+    if !matches!(header_json["alg"].as_str(), Some("Ed25519" | "EdDSA")) {
+        return Err(format("alg is not Ed25519 (or EdDSA)"));
     }
     if header_json.get("crit").is_some() || header_json.get("b64").is_some() {
         return Err(format("unsupported header parameters (crit, b64)"));
