@@ -33,11 +33,18 @@
 //! their records apart without terminology).
 //!
 //! Which record goes where is decided from the resources alone (no terminology
-//! server): [`section_of`] reads the type, the status, the clinical status and the
-//! Observation category (or, for vital signs, the LOINC codes of the R4 vital signs
-//! profile). Entered-in-error, refuted, cancelled and not-done records are left out;
-//! the medication summary keeps active, on-hold and intended medications; Results,
-//! Vital signs and Social history keep the most recent Observation (or
+//! server), by [`section_of`]: Conditions are problems, or past illnesses when their
+//! clinical status is inactive, remission or resolved; AllergyIntolerances that are
+//! not inactive or resolved; MedicationStatements (active, intended, on-hold) and
+//! MedicationRequests (active, on-hold); Immunizations; Procedures;
+//! DeviceUseStatements; Observations by category — `vital-signs` (or a LOINC code of
+//! the R4 vital signs profile) are vital signs, `social-history` social history,
+//! `laboratory`, `imaging`, `procedure` or none are results, any other category (a
+//! survey, an exam) is left out — and DiagnosticReports as results; CarePlans (active,
+//! on-hold, draft) and ImmunizationRecommendations as the plan of care; active
+//! Consents of scope `adr` as advance directives; active Flags as alerts.
+//! Entered-in-error, refuted, cancelled and not-done records are always left out.
+//! Results, Vital signs and Social history keep the most recent Observation (or
 //! DiagnosticReport) of each code, so a summary of years of measurements stays short.
 //!
 //! Every section has a `text` (status `generated`, XHTML) listing its entries, built
