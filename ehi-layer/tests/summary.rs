@@ -274,7 +274,11 @@ async fn a_patient_without_records_gets_empty_required_sections() -> anyhow::Res
                     "name": [{"text": "Ada <Lovelace> & Co"}]}),
         )])
         .await?;
-    let bundle = ips::summary(&vault, "lonely", "http://127.0.0.1:1/fhir").await?;
+    let bundle = ips::summary(&vault, "lonely", "http://127.0.0.1:1/fhir/").await?;
+    assert_eq!(
+        bundle["entry"][1]["fullUrl"],
+        "http://127.0.0.1:1/fhir/Patient/lonely"
+    );
     check_summary(&vault, &bundle).await?;
     for code in REQUIRED {
         let s = section(&bundle, code).context("required section")?;

@@ -281,6 +281,7 @@ pub async fn summary(vault: &Vault, patient_id: &str, base: &str) -> Result<Valu
 /// The unsigned summary document of `Patient/patient_id` (see the module docs).
 /// Fails as a read does when the Patient is unknown or deleted. Not audited.
 pub async fn build(vault: &Vault, patient_id: &str, base: &str) -> Result<Value> {
+    let base = base.trim_end_matches('/');
     let patient = vault.read("Patient", patient_id).await?;
     let compartment = vault.patient_compartment(patient_id).await?;
     let mut known: HashMap<String, Value> = compartment
