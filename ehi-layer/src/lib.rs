@@ -59,6 +59,9 @@
 //!   message, [`contribution`]), each with a format-1 payload; seen-generation file
 //!   `ehi-seen-generation` v1 (rollback detection).
 //! - Export: FHIR R4 Bundles and Bulk Data NDJSON ([`export`]).
+//! - Patient summary: the HL7 International Patient Summary, a FHIR `document` Bundle
+//!   signed by the patient (`Bundle.signature`: detached Ed25519 JWS over the RFC 8785
+//!   canonical Bundle) ([`ips`]).
 //!
 //! ## Scopes
 //! Eight scopes (demographics, clinical, medications, immunizations, allergies,
@@ -241,7 +244,7 @@ pub use ehi_serve as serve;
 pub use ehi_share as share;
 pub use ehi_share::{consent, contribution, device, emergency, session};
 pub use ehi_vault::{
-    app, audit, error, export, fhir, format, grant, keys, keystore, network, present, purpose,
+    app, audit, error, export, fhir, format, grant, ips, keys, keystore, network, present, purpose,
     reads, scope, seal, time, validate, vault,
 };
 

@@ -188,6 +188,14 @@ async fn on_vault(
         Command::History { reference } => records::history(vault, &reference, table).await?,
         Command::Patient { id } => records::patient(vault, &id, table).await?,
         Command::Export { dir, history, .. } => records::export(vault, &dir, history).await?,
+        Command::Summary {
+            patient,
+            out,
+            verify,
+        } => match verify {
+            Some(file) => records::verify_summary(vault, &file)?,
+            None => records::summary(vault, patient.as_deref(), out.as_deref()).await?,
+        },
         Command::Token {
             grant: Some(grant),
             scopes,

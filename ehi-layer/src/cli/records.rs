@@ -1,5 +1,6 @@
 //! The patient's records: `ehi import`, `ehi search`, `ehi show`, `ehi history`,
-//! `ehi patient` and `ehi export`; every read is written to the audit log.
+//! `ehi patient`, `ehi summary` and `ehi export`; every read is written to the audit
+//! log.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use anyhow::bail;
 use ehi_layer::audit::AuditAction;
 use ehi_layer::vault::Stage;
-use ehi_layer::{Input, Keystore, Progress, Vault, present};
+use ehi_layer::{Input, Keystore, Progress, Vault, ips, present};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::audit::reads;
@@ -198,6 +199,58 @@ pub(crate) async fn patient(vault: &Vault, id: &str, table: bool) -> anyhow::Res
             "resourceType": "Bundle", "type": "collection", "entry": entries
         }))?;
     }
+    Ok(())
+}
+
+/// `ehi summary [--patient id] [--out file]`: the signed International Patient
+/// Summary (fullUrls under `ehi://<vault slot>`, as `ehi search` answers).
+pub(crate) async fn summary(
+    vault: &Vault,
+    patient: Option<&str>,
+    out: Option<&Path>,
+) -> anyhow::Result<()> {
+    let id = match patient {
+        Some(id) => id.to_string(),
+        None => ips::the_patient(vault).await?,
+    };
+    let base = format!("ehi://{}", vault.slot());
+    let bundle = reads(vault).patient_summary(&id, &base).await?;
+    for problem in ips::check(&bundle) {
+        eprintln!("warning: {problem}");
+    }
+    match out {
+        None => print_json(&bundle)?,
+        Some(path) => {
+            let mut text = serde_json::to_string_pretty(&bundle)?;
+            text.push('\n');
+            std::fs::write(path, text)
+                .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))?;
+            let sections = bundle["entry"][0]["resource"]["section"]
+                .as_array()
+                .map_or(0, Vec::len);
+            let entries = bundle["entry"].as_array().map_or(0, Vec::len);
+            eprintln!(
+                "wrote {} (Patient/{id}: {sections} sections, {entries} entries, signed \
+                 with the patient's key)",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `ehi summary --verify <file>`: checks the summary's signature with this vault's key.
+pub(crate) fn verify_summary(vault: &Vault, file: &Path) -> anyhow::Result<()> {
+    let bytes =
+        std::fs::read(file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+    let bundle: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", file.display()))?;
+    ips::verify(&bundle, &vault.signing.verifying_key())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+    eprintln!(
+        "{}: the signature is valid, made with this vault's patient key",
+        file.display()
+    );
     Ok(())
 }
 

@@ -260,6 +260,9 @@ pub enum EhiError {
     /// Encryption or signing failed.
     #[error("cryptography: {0}")]
     Crypto(String),
+    /// A patient summary could not be signed (see [`crate::ips`]).
+    #[error("patient summary: {0}")]
+    Signature(#[from] crate::ips::SignatureError),
     /// The grant expired: the app library refuses to use it.
     #[error("grant {grant} expired at {expired}; ask the patient for a new grant")]
     GrantExpired {

@@ -4,8 +4,9 @@
 //! stored as blobs in the invariant network and tracked by one slot. It holds the
 //! keystore and key hierarchy, the sealed formats, parsing and the R4 structure check,
 //! the [`Vault`] handle (create, open, import, read, history, search,
-//! export, status), its one commit primitive, key rotation, the device keyring and the
-//! audit log. The design is written in the `ehi-layer` crate docs and in each module's.
+//! export, status), its one commit primitive, key rotation, the device keyring, the
+//! audit log, and the signed International Patient Summary ([`ips`]). The design is
+//! written in the `ehi-layer` crate docs and in each module's.
 //!
 //! What the patient does with the vault beyond keeping records (grants, consent
 //! requests, contributions, devices, emergency access, removal) is in `ehi-share`,
@@ -18,6 +19,7 @@ pub mod export;
 pub mod fhir;
 pub mod format;
 pub mod grant;
+pub mod ips;
 pub mod keys;
 pub mod keystore;
 pub mod network;

@@ -1,5 +1,6 @@
 //! The patient's own reads, audited in one place: [`Reads`] wraps the vault's read
-//! views (a resource, a version, a history, a compartment, an export) and queues one
+//! views (a resource, a version, a history, a compartment, a patient summary, an
+//! export) and queues one
 //! audit entry per call, succeeded or failed, naming the front end that read
 //! ([`Vault::audit_queue`]); [`Vault::flush_audit`] appends the queue in one commit.
 //! A front end therefore never writes audit entries of its own for what the patient
@@ -13,6 +14,7 @@ use serde_json::Value;
 use crate::audit::{AuditAction, AuditRecord, PendingAudit};
 use crate::error::Result;
 use crate::export::{self, ExportSummary};
+use crate::ips;
 use crate::time::now_ms;
 use crate::vault::{HistoryEntry, Vault};
 
@@ -73,6 +75,14 @@ impl<'v> Reads<'v> {
     pub async fn patient_compartment(&self, patient_id: &str) -> Result<Vec<Value>> {
         let result = self.vault.patient_compartment(patient_id).await;
         let entity = format!("Patient/{patient_id}/$everything");
+        self.recorded(AuditAction::Read, entity, result)
+    }
+
+    /// [`ips::summary`] (the signed International Patient Summary, fullUrls under
+    /// `base`), audited as a read of `Patient/<id>/$summary`.
+    pub async fn patient_summary(&self, patient_id: &str, base: &str) -> Result<Value> {
+        let result = ips::summary(self.vault, patient_id, base).await;
+        let entity = format!("Patient/{patient_id}/$summary");
         self.recorded(AuditAction::Read, entity, result)
     }
 
