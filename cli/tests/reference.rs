@@ -3,6 +3,10 @@
 //! register answers an empty body, and a slots server that knows no ed25519 slots
 //! (400) and answers updates with an empty body.
 
+mod output;
+
+use output::{ok, text};
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -195,20 +199,6 @@ impl ReferenceNetwork {
             .await
             .expect("run invariant")
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// The trimmed stdout of a run that must have succeeded.
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "invariant failed: {}",
-        text(&output.stderr)
-    );
-    text(&output.stdout).trim().to_string()
 }
 
 #[tokio::test]

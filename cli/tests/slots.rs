@@ -4,6 +4,10 @@
 //! `get`, `history` and `watch`; with token checks on, only their registrant may move
 //! them.
 
+mod output;
+
+use output::{ok, text};
+
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::Duration;
@@ -89,20 +93,6 @@ async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>) -> String {
         .expect("watch printed in time")
         .expect("read watch output")
         .expect("watch still running")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// The trimmed stdout of a run that must have succeeded.
-fn ok(output: &Output) -> String {
-    assert!(
-        output.status.success(),
-        "invariant failed: {}",
-        text(&output.stderr)
-    );
-    text(&output.stdout).trim().to_string()
 }
 
 #[tokio::test]

@@ -20,6 +20,19 @@ pub mod up;
 /// How long a server may take to print its `listening on` line.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Broker flags for tests that lose servers: liveness checks every 200 ms (±50),
+/// a server dropped after 2 missed checks of 500 ms each.
+pub const FAST_BROKER_CHECKS: &[&str] = &[
+    "--check-interval-ms",
+    "200",
+    "--check-jitter-ms",
+    "50",
+    "--check-failures",
+    "2",
+    "--check-timeout-ms",
+    "500",
+];
+
 /// The directory holding the workspace's built binaries: `$INVARIANT_BIN_DIR`, else the
 /// profile directory this test executable was built into (`target/<profile>`).
 pub fn bin_dir() -> anyhow::Result<PathBuf> {

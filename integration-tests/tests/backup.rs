@@ -7,19 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use integration_tests::ServerProcess;
+use integration_tests::{FAST_BROKER_CHECKS as BROKER_FLAGS, ServerProcess};
 use invariant_spec::DistributorClient;
-
-const BROKER_FLAGS: &[&str] = &[
-    "--check-interval-ms",
-    "200",
-    "--check-jitter-ms",
-    "50",
-    "--check-failures",
-    "2",
-    "--check-timeout-ms",
-    "500",
-];
 
 fn invariant(
     config_dir: &Path,

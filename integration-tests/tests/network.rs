@@ -9,20 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use integration_tests::ServerProcess;
+use integration_tests::{FAST_BROKER_CHECKS as BROKER_FLAGS, ServerProcess};
 use invariant_spec::find::{FindAnswer, LookupOptions, lookup};
 use invariant_spec::{BrokerClient, DistributorClient, FindClient, Id, StorageClient};
-
-const BROKER_FLAGS: &[&str] = &[
-    "--check-interval-ms",
-    "200",
-    "--check-jitter-ms",
-    "50",
-    "--check-failures",
-    "2",
-    "--check-timeout-ms",
-    "500",
-];
 
 async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<()>
 where
