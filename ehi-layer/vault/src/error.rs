@@ -262,7 +262,7 @@ pub enum EhiError {
     Crypto(String),
     /// A patient summary could not be signed (see [`crate::ips`]).
     #[error("patient summary: {0}")]
-    Signature(#[from] crate::ips::SignatureError),
+    Signature(#[from] SignatureError),
     /// The grant expired: the app library refuses to use it.
     #[error("grant {grant} expired at {expired}; ask the patient for a new grant")]
     GrantExpired {
@@ -350,4 +350,25 @@ pub struct AuditBreak {
     pub seq: u64,
     /// What failed.
     pub reason: String,
+}
+
+/// Why a patient summary's signature could not be made or does not verify (see
+/// [`crate::ips`]).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SignatureError {
+    /// The Bundle has no `signature`.
+    #[error("the Bundle is not signed (no Bundle.signature)")]
+    Missing,
+    /// The signature is not a JWS of the form this module writes.
+    #[error("Bundle.signature is not a detached Ed25519 JWS: {0}")]
+    Format(String),
+    /// The Bundle has no RFC 8785 canonical form (a number outside the double range,
+    /// or not a JSON object).
+    #[error("the Bundle cannot be canonicalized (RFC 8785): {0}")]
+    Canonical(String),
+    /// The signature does not match the Bundle and key: the Bundle was changed after
+    /// signing, or another key signed it.
+    #[error("the signature does not verify: the Bundle was altered or signed by another key")]
+    Mismatch,
 }
