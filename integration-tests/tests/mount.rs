@@ -512,7 +512,13 @@ fn race(net: &Net, dir: &Path, urls: &[String; 2]) -> anyhow::Result<()> {
             .collect()
     });
     let won: Vec<usize> = (0..2).filter(|i| results[*i].is_ok()).collect();
-    assert_eq!(won.len(), 1, "exactly one sync wins: {results:?}");
+    assert_eq!(
+        won.len(),
+        1,
+        "exactly one sync wins: {results:?}\nmount 0 said:\n{}\nmount 1 said:\n{}",
+        mounts[0].log(),
+        mounts[1].log()
+    );
     let (winner, loser) = (won[0], 1 - won[0]);
     let lost = results[loser].as_ref().expect_err("the loser failed");
     assert_eq!(lost.raw_os_error(), Some(5), "EIO: {lost}");
