@@ -368,6 +368,12 @@ async fn remove(
 }
 
 async fn sync(State(state): State<AppState>, params: Params) -> ApiResult<StatusCode> {
+    if params.0.get("root").is_some_and(String::is_empty) {
+        // `?root=` names no mount: refused rather than read as "every mount".
+        return Err(ApiError::bad_request(
+            "root must be a decimal non-negative integer, got \"\"",
+        ));
+    }
     match params.number("root")? {
         Some(root) => state.fs().sync_root(root).await.map_err(fail)?,
         None => state.fs().sync().await.map_err(fail)?,

@@ -1267,6 +1267,15 @@ async fn a_sync_of_one_root_leaves_the_other_mounts_alone() {
             StatusCode::BAD_REQUEST,
         )
         .await;
+    // An empty root names no mount: refused, not read as "every mount".
+    files
+        .expect(
+            reqwest::Method::PUT,
+            "/files/sync?root=",
+            "",
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
 }
 
 #[tokio::test]
