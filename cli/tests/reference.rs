@@ -3,13 +3,13 @@
 //! register answers an empty body, and a slots server that knows no ed25519 slots
 //! (400) and answers updates with an empty body.
 
-mod output;
+mod common;
 
-use output::{ok, text};
+use common::{invariant, ok, text};
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Output, Stdio};
+use std::process::Output;
 use std::sync::{Arc, Mutex};
 
 use axum::Json;
@@ -20,16 +20,6 @@ use axum::routing::{get, post, put};
 use invariant_spec::Id;
 use invariant_test_support::{FakeBroker, spawn_app};
 use serde_json::{Value, json};
-use tokio::process::Command;
-
-/// Client variables the test must not inherit from the environment that runs it.
-const CLIENT_ENV: [&str; 5] = [
-    "INVARIANT_TOKEN",
-    "INVARIANT_TOKEN_FILE",
-    "INVARIANT_CA_CERT",
-    "INVARIANT_BROKER",
-    "INVARIANT_CONFIG_DIR",
-];
 
 /// What a fake keeps: records by key, and its own id.
 #[derive(Clone)]
@@ -183,17 +173,8 @@ impl ReferenceNetwork {
     }
 
     async fn run(&self, config_dir: &Path, args: &[&str]) -> Output {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_invariant"));
-        for var in CLIENT_ENV {
-            command.env_remove(var);
-        }
-        command
-            .arg("--broker")
-            .arg(self.broker.url())
-            .arg("--config-dir")
-            .arg(config_dir)
+        invariant(self.broker.url(), config_dir)
             .args(args)
-            .stdin(Stdio::null())
             .kill_on_drop(true)
             .output()
             .await

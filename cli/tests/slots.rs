@@ -4,9 +4,9 @@
 //! `get`, `history` and `watch`; with token checks on, only their registrant may move
 //! them.
 
-mod output;
+mod common;
 
-use output::{ok, text};
+use common::{invariant, ok, text};
 
 use std::path::Path;
 use std::process::{Output, Stdio};
@@ -19,15 +19,6 @@ use invariant_test_support::{FakeBroker, TestAuth};
 use slots_server::SlotsConfig;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{ChildStdout, Command};
-
-/// Client variables the test must not inherit from the environment that runs it.
-const CLIENT_ENV: [&str; 5] = [
-    "INVARIANT_TOKEN",
-    "INVARIANT_TOKEN_FILE",
-    "INVARIANT_CA_CERT",
-    "INVARIANT_BROKER",
-    "INVARIANT_CONFIG_DIR",
-];
 
 /// A slots server registered with a broker double, in auth mode when `auth` is given.
 struct Network {
@@ -56,17 +47,8 @@ impl Network {
 
     /// `invariant --broker <broker> --config-dir <config_dir> [--token T] args…`.
     fn command(&self, config_dir: &Path, token: Option<&str>, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_invariant"));
-        for var in CLIENT_ENV {
-            command.env_remove(var);
-        }
-        command
-            .arg("--broker")
-            .arg(self.broker.url())
-            .arg("--config-dir")
-            .arg(config_dir)
-            .stdin(Stdio::null())
-            .kill_on_drop(true);
+        let mut command = invariant(self.broker.url(), config_dir);
+        command.kill_on_drop(true);
         if let Some(token) = token {
             command.arg("--token").arg(token);
         }

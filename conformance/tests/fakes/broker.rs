@@ -19,17 +19,6 @@ use super::{
     Answer, Refusal, fake_id, id_routes, json_id, json_object, plain, refuse, serve, strict_id,
 };
 
-const KINDS: [&str; 8] = [
-    "broker",
-    "distribute",
-    "files",
-    "find",
-    "names",
-    "productions",
-    "slots",
-    "storage",
-];
-
 struct Registration {
     urls: Vec<String>,
     kind: Option<String>,
@@ -91,7 +80,7 @@ async fn location(State(broker): State<Broker>, Path(id): Path<String>) -> Answe
 
 /// `kind` when it is a known kind; anything else is refused with 400.
 fn of_kind_name(kind: &str) -> Result<&str, Refusal> {
-    KINDS
+    invariant_spec::broker::KINDS
         .contains(&kind)
         .then_some(kind)
         .ok_or(refuse(StatusCode::BAD_REQUEST, "unknown kind"))
